@@ -1,0 +1,28 @@
+//! The contract between fedtune agents and the aggregator.
+//!
+//! Sans-IO: nothing here touches a socket, a file or a clock. Both sides drive these
+//! types from their own transport, and tests and fuzzers drive them directly.
+//!
+//! # Layout
+//! - [`message`]: the messages of each direction (hello, task, update, …).
+//! - [`frame`]: length-prefixed frames with size limits and a version check.
+//! - [`tensor`]: parameter manifests, their hash, and the raw f32 wire layout.
+//! - [`model`]: model specifications and their parameter layout and initialisation.
+//! - [`error`]: what can go wrong, as one error type.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod model;
+pub mod tensor;
+
+pub use error::ProtocolError;
+pub use frame::{Limits, PROTOCOL_VERSION};
+pub use message::{
+    Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode,
+    ErrorMessage, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
+};
+pub use model::{MlpSpec, ModelSpec};
+pub use tensor::{Manifest, ManifestHash, TensorSpec};

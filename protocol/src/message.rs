@@ -1,0 +1,306 @@
+//! The messages agents and the aggregator exchange, one enum per direction.
+//!
+//! A message travels as the bincode header of a [`frame`](crate::frame); tensor data
+//! (global parameters in a [`Task`], the delta in an [`Update`]) travels as the frame's
+//! raw payload, never through serde.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelSpec;
+use crate::tensor::ManifestHash;
+
+/// Messages an agent sends to the aggregator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First message on a new connection.
+    Hello(Hello),
+    /// Result of a [`Task`]; the frame payload holds the parameter delta.
+    Update(Update),
+    /// The agent will not run a task.
+    Decline(Decline),
+    /// The agent could not handle what it received.
+    Error(ErrorMessage),
+}
+
+/// Messages the aggregator sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AggregatorMessage {
+    /// Answer to [`Hello`]: the session is open.
+    Welcome(Welcome),
+    /// Train for one round; the frame payload holds the global parameters.
+    Task(Task),
+    /// The update was accepted into the round.
+    Ack(Ack),
+    /// The aggregator refused what it received.
+    Error(ErrorMessage),
+    /// The federation is stopping; the agent should disconnect and exit.
+    Shutdown(Shutdown),
+}
+
+/// What a device can do; the aggregator uses it to pick cohorts and size tasks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// CPU cores available for training.
+    pub cores: u32,
+    /// Memory available for training, in bytes (0 when unknown).
+    pub memory_bytes: u64,
+    /// Compute backend, e.g. `ndarray-cpu`.
+    pub backend: String,
+    /// Local training samples.
+    pub train_samples: u64,
+    /// Local validation samples.
+    pub validation_samples: u64,
+}
+
+/// Opens a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the agent speaks.
+    pub protocol_version: u16,
+    /// Name the agent calls itself; informational only — identity comes from its
+    /// certificate.
+    pub name: String,
+    /// What the device offers.
+    pub capabilities: Capabilities,
+}
+
+/// Limits the aggregator enforces on a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Largest frame payload the aggregator accepts, in bytes.
+    pub max_payload_bytes: u64,
+}
+
+/// Accepts a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Identifier of this session, unique per aggregator run.
+    pub session_id: u64,
+    /// The agent's identity as read from its certificate.
+    pub agent_id: String,
+    /// Limits for the session.
+    pub limits: SessionLimits,
+}
+
+/// Local optimizer an agent trains with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Stochastic gradient descent (with optional momentum).
+    Sgd,
+    /// Adam.
+    #[default]
+    Adam,
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sgd" => Ok(Self::Sgd),
+            "adam" => Ok(Self::Adam),
+            other => Err(format!("unknown optimizer `{other}` (expected `sgd` or `adam`)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sgd => "sgd",
+            Self::Adam => "adam",
+        })
+    }
+}
+
+/// Hyperparameters an agent applies while training locally.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientHyperparameters {
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// Minibatch size.
+    pub batch_size: u32,
+    /// Passes over the local training split.
+    pub local_epochs: u32,
+    /// Optimizer.
+    pub optimizer: Optimizer,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Momentum (SGD only).
+    pub momentum: f64,
+}
+
+impl Default for ClientHyperparameters {
+    fn default() -> Self {
+        Self {
+            learning_rate: 0.01,
+            batch_size: 32,
+            local_epochs: 2,
+            optimizer: Optimizer::Adam,
+            weight_decay: 0.0,
+            momentum: 0.0,
+        }
+    }
+}
+
+impl ClientHyperparameters {
+    /// Checks every value is in its valid range.
+    ///
+    /// # Errors
+    /// A message naming the offending hyperparameter.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(format!("learning_rate must be positive, got {}", self.learning_rate));
+        }
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if self.local_epochs == 0 {
+            return Err("local_epochs must be at least 1".into());
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        Ok(())
+    }
+}
+
+/// One round of local training for one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Study the trial belongs to.
+    pub study: String,
+    /// Trial number within the study.
+    pub trial: u64,
+    /// Round number within the trial (0-based).
+    pub round: u64,
+    /// Architecture to build.
+    pub model: ModelSpec,
+    /// Hash of `model.manifest()`; the payload is laid out by it.
+    pub manifest_hash: ManifestHash,
+    /// Hyperparameters for local training.
+    pub hyperparameters: ClientHyperparameters,
+    /// Time budget for the task in milliseconds; the aggregator drops later updates.
+    pub deadline_ms: u64,
+    /// Seed for the agent's local shuffling, so a round is reproducible.
+    pub seed: u64,
+}
+
+/// Metrics an agent reports with an update.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainMetrics {
+    /// Validation loss of the received global model, before training.
+    pub loss_before: f64,
+    /// Validation accuracy of the received global model, before training.
+    pub accuracy_before: f64,
+    /// Validation loss after local training.
+    pub loss_after: f64,
+    /// Validation accuracy after local training.
+    pub accuracy_after: f64,
+    /// Mean training loss over the last local epoch.
+    pub train_loss: f64,
+    /// Local validation samples the accuracies were measured on.
+    pub validation_samples: u64,
+    /// Wall time of the task on the device, in seconds.
+    pub wall_seconds: f64,
+    /// Peak resident memory of the agent process, in bytes (0 when unknown).
+    pub peak_memory_bytes: u64,
+}
+
+/// Result of a [`Task`]. The frame payload holds `local - global`, laid out by the
+/// task's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// Trial of the task.
+    pub trial: u64,
+    /// Round of the task.
+    pub round: u64,
+    /// Manifest the delta is laid out by.
+    pub manifest_hash: ManifestHash,
+    /// Training samples the update was computed from (FedAvg weight).
+    pub num_samples: u64,
+    /// What the agent measured.
+    pub metrics: TrainMetrics,
+    /// Hyperparameters the agent used.
+    pub used: ClientHyperparameters,
+    /// Hyperparameters the agent proposes for its next task, if its local rule moved any.
+    pub proposal: Option<ClientHyperparameters>,
+}
+
+/// The agent declines a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decline {
+    /// Trial of the task.
+    pub trial: u64,
+    /// Round of the task.
+    pub round: u64,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The aggregator accepted an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Trial of the update.
+    pub trial: u64,
+    /// Round of the update.
+    pub round: u64,
+}
+
+/// The federation is stopping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shutdown {
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What kind of failure an [`ErrorMessage`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A frame or message could not be decoded.
+    Malformed,
+    /// A frame exceeded a size limit.
+    TooLarge,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// A message arrived that the receiver did not expect now.
+    Unexpected,
+    /// An update came from an agent that is not in the round, or for another round.
+    NotInRound,
+    /// An update is laid out by another manifest.
+    ManifestMismatch,
+    /// An update holds NaN or infinity.
+    NonFinite,
+    /// The update arrived after the round's deadline.
+    TooLate,
+    /// The task could not be run (bad hyperparameters, unsupported model).
+    InvalidTask,
+    /// Something failed on the sender's side.
+    Internal,
+}
+
+/// A failure reported to the peer, in words it can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Failure kind.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+}
+
+impl ErrorMessage {
+    /// An error of kind `code` saying `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ErrorMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
