@@ -193,3 +193,111 @@ pub fn decode_frame<'a, M: DeserializeOwned>(
     let message = decode_header(&rest[..header_len])?;
     Ok((message, &rest[header_len..]))
 }
+
+/// Incremental frame decoder for stream transports, without I/O of its own.
+///
+/// The driver fills [`buffer`](Self::buffer) completely (e.g. with `read_exact`) and
+/// calls [`advance`](Self::advance) until it returns `true`, then takes the message with
+/// [`finish`](Self::finish). Lengths are checked against the limits before anything is
+/// allocated, and the payload is read straight into an f32 buffer: no second copy.
+///
+/// ```
+/// # use fedtune_protocol::{frame::*, *};
+/// let msg = AgentMessage::Error(ErrorMessage::new(ErrorCode::Internal, "x"));
+/// let wire = encode_frame(&msg, &1.5f32.to_le_bytes()).unwrap();
+/// let mut reader = FrameReader::new(Limits::default());
+/// let mut input = &wire[..];
+/// loop {
+///     let buf = reader.buffer();
+///     let n = buf.len();
+///     buf.copy_from_slice(&input[..n]);
+///     input = &input[n..];
+///     if reader.advance().unwrap() { break; }
+/// }
+/// let (back, payload) = reader.finish::<AgentMessage>().unwrap();
+/// assert_eq!((back, payload), (msg, vec![1.5]));
+/// ```
+#[derive(Debug)]
+pub struct FrameReader {
+    limits: Limits,
+    state: ReadState,
+}
+
+#[derive(Debug)]
+enum ReadState {
+    Prefix([u8; PREFIX_LEN]),
+    Header { header: Vec<u8>, payload_len: usize },
+    Payload { header: Vec<u8>, payload: Vec<f32> },
+    Done { header: Vec<u8>, payload: Vec<f32> },
+}
+
+impl FrameReader {
+    /// A reader that enforces `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, state: ReadState::Prefix([0; PREFIX_LEN]) }
+    }
+
+    /// The bytes to read next; fill all of them, then call [`advance`](Self::advance).
+    /// Empty once the frame is complete.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        match &mut self.state {
+            ReadState::Prefix(prefix) => prefix,
+            ReadState::Header { header, .. } => header,
+            ReadState::Payload { payload, .. } => bytemuck::cast_slice_mut(payload),
+            ReadState::Done { .. } => &mut [],
+        }
+    }
+
+    /// Moves past the buffer just filled; `true` when the frame is complete.
+    ///
+    /// # Errors
+    /// Prefix errors ([`FramePrefix::decode`]), or [`ProtocolError::Malformed`] when the
+    /// payload is not a whole number of f32s.
+    pub fn advance(&mut self) -> Result<bool, ProtocolError> {
+        let state = std::mem::replace(&mut self.state, ReadState::Prefix([0; PREFIX_LEN]));
+        self.state = match state {
+            ReadState::Prefix(bytes) => {
+                let prefix = FramePrefix::decode(&bytes, &self.limits)?;
+                if prefix.payload_len % 4 != 0 {
+                    return Err(ProtocolError::Malformed(format!(
+                        "payload of {} bytes is not a whole number of f32s",
+                        prefix.payload_len
+                    )));
+                }
+                let payload_len = usize::try_from(prefix.payload_len / 4).map_err(|_| ProtocolError::TooLarge {
+                    what: "frame payload",
+                    len: prefix.payload_len,
+                    limit: usize::MAX as u64,
+                })?;
+                ReadState::Header { header: vec![0; prefix.header_len as usize], payload_len }
+            }
+            ReadState::Header { header, payload_len } => {
+                ReadState::Payload { header, payload: vec![0.0; payload_len] }
+            }
+            ReadState::Payload { header, mut payload } => {
+                crate::tensor::le_in_place(&mut payload);
+                ReadState::Done { header, payload }
+            }
+            done @ ReadState::Done { .. } => done,
+        };
+        // Empty sections need no read: step over them.
+        match &self.state {
+            ReadState::Done { .. } => Ok(true),
+            ReadState::Header { header, .. } if header.is_empty() => self.advance(),
+            ReadState::Payload { payload, .. } if payload.is_empty() => self.advance(),
+            _ => Ok(false),
+        }
+    }
+
+    /// Decodes the completed frame into its message and payload.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Truncated`] when called before the frame is complete, or any
+    /// header decoding error.
+    pub fn finish<M: DeserializeOwned>(self) -> Result<(M, Vec<f32>), ProtocolError> {
+        match self.state {
+            ReadState::Done { header, payload } => Ok((decode_header(&header)?, payload)),
+            _ => Err(ProtocolError::Truncated { expected: PREFIX_LEN as u64, got: 0 }),
+        }
+    }
+}

@@ -19,10 +19,10 @@ pub mod model;
 pub mod tensor;
 
 pub use error::ProtocolError;
-pub use frame::{Limits, PROTOCOL_VERSION};
+pub use frame::{FrameReader, Limits, PROTOCOL_VERSION};
 pub use message::{
     Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode,
-    ErrorMessage, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
+    ErrorMessage, Evaluate, Evaluation, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
 };
 pub use model::{MlpSpec, ModelSpec};
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

@@ -16,6 +16,8 @@ pub enum AgentMessage {
     Hello(Hello),
     /// Result of a [`Task`]; the frame payload holds the parameter delta.
     Update(Update),
+    /// Result of an [`Evaluate`] request.
+    Evaluation(Evaluation),
     /// The agent will not run a task.
     Decline(Decline),
     /// The agent could not handle what it received.
@@ -29,6 +31,8 @@ pub enum AggregatorMessage {
     Welcome(Welcome),
     /// Train for one round; the frame payload holds the global parameters.
     Task(Task),
+    /// Evaluate the global parameters in the payload on the local validation split.
+    Evaluate(Evaluate),
     /// The update was accepted into the round.
     Ack(Ack),
     /// The aggregator refused what it received.
@@ -188,6 +192,37 @@ pub struct Task {
     pub deadline_ms: u64,
     /// Seed for the agent's local shuffling, so a round is reproducible.
     pub seed: u64,
+}
+
+/// Federated evaluation: measure the global parameters in the frame payload on the
+/// agent's local validation split, without training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluate {
+    /// Study the trial belongs to.
+    pub study: String,
+    /// Trial number within the study.
+    pub trial: u64,
+    /// Round whose global model is evaluated.
+    pub round: u64,
+    /// Architecture to build.
+    pub model: ModelSpec,
+    /// Hash of `model.manifest()`; the payload is laid out by it.
+    pub manifest_hash: ManifestHash,
+}
+
+/// Result of an [`Evaluate`] request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Trial of the request.
+    pub trial: u64,
+    /// Round of the request.
+    pub round: u64,
+    /// Mean cross-entropy on the local validation split.
+    pub loss: f64,
+    /// Accuracy on the local validation split.
+    pub accuracy: f64,
+    /// Validation samples measured.
+    pub samples: u64,
 }
 
 /// Metrics an agent reports with an update.

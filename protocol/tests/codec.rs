@@ -202,3 +202,51 @@ fn hyperparameters_are_validated() {
     let bad = ClientHyperparameters { batch_size: 0, ..Default::default() };
     assert!(bad.validate().unwrap_err().contains("batch_size"));
 }
+
+/// Feeds `wire` to a [`FrameReader`] the way a stream driver does.
+fn read_incrementally<M: serde::de::DeserializeOwned>(
+    wire: &[u8],
+    limits: Limits,
+) -> Result<(M, Vec<f32>), ProtocolError> {
+    let mut reader = FrameReader::new(limits);
+    let mut input = wire;
+    loop {
+        let buf = reader.buffer();
+        let n = buf.len();
+        if input.len() < n {
+            return Err(ProtocolError::Truncated { expected: n as u64, got: input.len() as u64 });
+        }
+        buf.copy_from_slice(&input[..n]);
+        input = &input[n..];
+        if reader.advance()? {
+            break;
+        }
+    }
+    reader.finish()
+}
+
+proptest! {
+    #[test]
+    fn frame_reader_matches_whole_frame_decoding(samples in any::<u64>(),
+                                                 params in prop::collection::vec(-1e3f32..1e3, 0..300)) {
+        let msg = update(samples, 0.5, 3);
+        let wire = encode_frame(&msg, &f32_to_le_bytes(&params)).unwrap();
+        let (back, payload) = read_incrementally::<AgentMessage>(&wire, Limits::default()).unwrap();
+        prop_assert_eq!(back, msg);
+        prop_assert_eq!(payload, params);
+    }
+
+    #[test]
+    fn frame_reader_survives_garbage(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = read_incrementally::<AgentMessage>(&bytes, Limits { max_header: 1024, max_payload: 1 << 16 });
+    }
+}
+
+#[test]
+fn frame_reader_refuses_oversized_payload_before_allocating() {
+    let wire = FramePrefix { header_len: 4, payload_len: 1 << 40 }.encode();
+    let err = read_incrementally::<AgentMessage>(&wire, Limits { max_header: 1024, max_payload: 1 << 20 });
+    assert!(matches!(err, Err(ProtocolError::TooLarge { what: "frame payload", .. })));
+    let wire = FramePrefix { header_len: 4, payload_len: 6 }.encode();
+    assert!(matches!(read_incrementally::<AgentMessage>(&wire, Limits::default()), Err(ProtocolError::Malformed(_))));
+}
