@@ -1,0 +1,306 @@
+//! The agent's side of a federation: connect, say hello, serve tasks, reconnect.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedtune_protocol::{
+    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Update,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::trainer::Trainer;
+use crate::wire::{WireError, read_frame, write_frame};
+
+/// How an agent reaches its aggregator.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Aggregator address.
+    pub aggregator: SocketAddr,
+    /// Name in the aggregator's certificate (e.g. `localhost`).
+    pub server_name: String,
+    /// Name the agent calls itself in its hello (identity comes from its certificate).
+    pub name: String,
+    /// Largest task payload accepted, in bytes.
+    pub max_payload_bytes: u64,
+    /// Reconnection policy.
+    pub reconnect: Reconnect,
+}
+
+/// Exponential backoff between connection attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconnect {
+    /// First wait.
+    pub initial: Duration,
+    /// Longest wait.
+    pub max: Duration,
+    /// Consecutive failed attempts before giving up (`None`: never give up).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(200), max: Duration::from_secs(30), max_attempts: Some(20) }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The aggregator said the federation is over.
+    Shutdown(String),
+    /// The local stop signal fired.
+    Stopped,
+}
+
+/// Why the agent gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The aggregator could not be reached or kept dropping the connection.
+    #[error("gave up after {attempts} failed connection attempts; last error: {last}")]
+    Unreachable {
+        /// Consecutive attempts.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The aggregator refused the session.
+    #[error("the aggregator refused the session: {0}")]
+    Refused(ErrorMessage),
+}
+
+/// Serves the aggregator until it says shutdown or `stop` becomes `true`, reconnecting
+/// with backoff when the connection drops.
+///
+/// # Errors
+/// [`AgentError`] when the aggregator refuses the session or stays unreachable.
+pub async fn run<T: Trainer>(
+    endpoint: quinn::Endpoint,
+    options: AgentOptions,
+    trainer: T,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Exit, AgentError> {
+    let trainer = Arc::new(Mutex::new(trainer));
+    let mut backoff = options.reconnect.initial;
+    let mut failures = 0u32;
+    loop {
+        let attempt = serve_connection(&endpoint, &options, &trainer, &mut stop, &mut failures).await;
+        let last = match attempt {
+            Ok(exit) => return Ok(exit),
+            Err(Failure::Refused(error)) => return Err(AgentError::Refused(error)),
+            Err(Failure::Lost(e)) => e,
+        };
+        failures += 1;
+        if options.reconnect.max_attempts.is_some_and(|max| failures >= max) {
+            return Err(AgentError::Unreachable { attempts: failures, last });
+        }
+        warn!("connection to {} failed ({last}); retrying in {backoff:?}", options.aggregator);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return Ok(Exit::Stopped),
+        }
+        backoff = (backoff * 2).min(options.reconnect.max);
+    }
+}
+
+enum Failure {
+    Refused(ErrorMessage),
+    Lost(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Lost(e.to_string())
+    }
+}
+
+async fn serve_connection<T: Trainer>(
+    endpoint: &quinn::Endpoint,
+    options: &AgentOptions,
+    trainer: &Arc<Mutex<T>>,
+    stop: &mut watch::Receiver<bool>,
+    failures: &mut u32,
+) -> Result<Exit, Failure> {
+    let connection = endpoint.connect(options.aggregator, &options.server_name)?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let capabilities = lock(trainer).capabilities();
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, name: options.name.clone(), capabilities };
+    write_frame(&mut send, &AgentMessage::Hello(hello), &[]).await?;
+    send.finish()?;
+    let welcome = match read_frame(&mut recv, Limits::control()).await?.0 {
+        AggregatorMessage::Welcome(welcome) => welcome,
+        AggregatorMessage::Error(error) => return Err(Failure::Refused(error)),
+        other => return Err(Failure::Lost(format!("expected Welcome, got {other:?}"))),
+    };
+    info!(agent = %welcome.agent_id, session = welcome.session_id, "connected to {}", options.aggregator);
+    *failures = 0;
+
+    let limits = Limits { max_payload: options.max_payload_bytes, ..Limits::default() };
+    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<String>(1);
+    loop {
+        tokio::select! {
+            stream = connection.accept_bi() => {
+                let (send, recv) = stream?;
+                let (trainer, shutdown_tx) = (trainer.clone(), shutdown_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_stream(send, recv, limits, trainer, shutdown_tx).await {
+                        debug!("exchange ended: {e}");
+                    }
+                });
+            }
+            Some(reason) = shutdown_rx.recv() => {
+                info!("aggregator shut the federation down: {reason}");
+                connection.close(0u32.into(), b"bye");
+                return Ok(Exit::Shutdown(reason));
+            }
+            _ = stop.changed() => {
+                connection.close(0u32.into(), b"agent stopping");
+                return Ok(Exit::Stopped);
+            }
+        }
+    }
+}
+
+fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Training state is rebuilt from each task, so a trainer poisoned by a panic is
+    // still safe to use for the next one.
+    trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn serve_stream<T: Trainer>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    limits: Limits,
+    trainer: Arc<Mutex<T>>,
+    shutdown: mpsc::Sender<String>,
+) -> Result<(), WireError> {
+    let (message, payload) = match read_frame(&mut recv, limits).await {
+        Ok(frame) => frame,
+        Err(WireError::Protocol(e)) => {
+            warn!("malformed frame from the aggregator: {e}");
+            let error = AgentMessage::Error(ErrorMessage::new(e.code(), e.to_string()));
+            write_frame(&mut send, &error, &[]).await?;
+            send.finish()?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    match message {
+        AggregatorMessage::Task(task) => {
+            let (trial, round) = (task.trial, task.round);
+            if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
+                write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
+                return Ok(send.finish()?);
+            }
+            let started = std::time::Instant::now();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let result = lock(&trainer).fit(&task, &payload);
+                (task, result)
+            })
+            .await;
+            let (task, outcome) = match outcome {
+                Ok(done) => done,
+                Err(panic) => {
+                    let error = ErrorMessage::new(ErrorCode::Internal, format!("training crashed: {panic}"));
+                    write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
+                    return Ok(send.finish()?);
+                }
+            };
+            match outcome {
+                Ok(fit) => {
+                    let update = Update {
+                        trial,
+                        round,
+                        manifest_hash: task.manifest_hash,
+                        num_samples: fit.num_samples,
+                        metrics: fit.metrics,
+                        used: task.hyperparameters.clone(),
+                        proposal: fit.proposal,
+                    };
+                    write_frame(&mut send, &AgentMessage::Update(update), &fit.delta).await?;
+                    match read_frame(&mut recv, Limits::control()).await?.0 {
+                        AggregatorMessage::Ack(_) => {
+                            debug!(trial, round, seconds = started.elapsed().as_secs_f64(), "update accepted")
+                        }
+                        AggregatorMessage::Error(e) => warn!(trial, round, "update refused: {e}"),
+                        other => warn!(trial, round, "unexpected reply to an update: {other:?}"),
+                    }
+                }
+                Err(reason) => {
+                    warn!(trial, round, "declining task: {reason}");
+                    let decline = AgentMessage::Decline(Decline { trial, round, reason });
+                    write_frame(&mut send, &decline, &[]).await?;
+                }
+            }
+        }
+        AggregatorMessage::Evaluate(request) => {
+            let reply = match check_layout(&request.model, request.manifest_hash, payload.len()) {
+                Some(error) => AgentMessage::Error(error),
+                None => {
+                    let result = tokio::task::spawn_blocking(move || lock(&trainer).evaluate(&request, &payload)).await;
+                    match result {
+                        Ok(Ok(evaluation)) => AgentMessage::Evaluation(evaluation),
+                        Ok(Err(reason)) => AgentMessage::Error(ErrorMessage::new(ErrorCode::InvalidTask, reason)),
+                        Err(panic) => AgentMessage::Error(ErrorMessage::new(ErrorCode::Internal, panic.to_string())),
+                    }
+                }
+            };
+            write_frame(&mut send, &reply, &[]).await?;
+        }
+        AggregatorMessage::Shutdown(s) => {
+            let _ = shutdown.send(s.reason).await;
+            return Ok(());
+        }
+        AggregatorMessage::Error(e) => warn!("aggregator error: {e}"),
+        other @ (AggregatorMessage::Welcome(_) | AggregatorMessage::Ack(_)) => {
+            let error = ErrorMessage::new(ErrorCode::Unexpected, format!("unexpected {other:?} outside an exchange"));
+            write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// Checks a task's payload against its model before any work is done.
+fn check_layout(
+    model: &fedtune_protocol::ModelSpec,
+    hash: fedtune_protocol::ManifestHash,
+    payload_len: usize,
+) -> Option<ErrorMessage> {
+    if let Err(e) = model.validate() {
+        return Some(ErrorMessage::new(ErrorCode::InvalidTask, e.to_string()));
+    }
+    let manifest = model.manifest();
+    if manifest.hash() != hash || manifest.numel() != payload_len {
+        return Some(ErrorMessage::new(
+            ErrorCode::ManifestMismatch,
+            format!(
+                "task payload has {payload_len} parameters for manifest {hash}, the model has {} (manifest {})",
+                manifest.numel(),
+                manifest.hash()
+            ),
+        ));
+    }
+    None
+}
+
+/// A client endpoint for reaching `aggregator`, bound to the matching wildcard (or, for
+/// loopback, local) address.
+///
+/// # Errors
+/// I/O errors binding the socket.
+pub fn client_endpoint(config: quinn::ClientConfig, aggregator: SocketAddr, loopback: bool) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = match (aggregator.is_ipv4(), loopback) {
+        (true, true) => ([127, 0, 0, 1], 0).into(),
+        (true, false) => ([0, 0, 0, 0], 0).into(),
+        (false, true) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+        (false, false) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    let mut endpoint =
+        quinn::Endpoint::new(crate::tls::default_endpoint_config(loopback), None, socket, runtime)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}

@@ -1,0 +1,322 @@
+//! Typed configuration of the agent daemon, loaded from TOML, and the local data it
+//! names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{AgentOptions, Reconnect};
+use crate::data::{Dataset, load_csv, load_fashion_mnist};
+use crate::partition::{Dirichlet, Iid, PartitionSpec, SplitFile};
+
+/// Everything the agent daemon needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Name used in logs and the hello (identity comes from the certificate).
+    pub name: String,
+    /// Aggregator address.
+    pub aggregator: SocketAddr,
+    /// Name in the aggregator's certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Largest task payload accepted, in bytes.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: u64,
+    /// Large datagrams; only when the aggregator is on 127.0.0.1.
+    #[serde(default)]
+    pub loopback: bool,
+    /// Certificate files.
+    pub pki: AgentPki,
+    /// Local data.
+    pub data: DataConfig,
+    /// Reconnection policy.
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+fn default_max_payload() -> u64 {
+    1 << 30
+}
+
+/// The agent's certificate files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPki {
+    /// Federation CA certificate.
+    pub ca_cert: PathBuf,
+    /// This agent's certificate.
+    pub cert: PathBuf,
+    /// This agent's private key.
+    pub key: PathBuf,
+}
+
+/// Where a dataset comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
+pub enum DataSource {
+    /// A CSV file: features, then an integer label in the last column.
+    Csv {
+        /// File path.
+        path: PathBuf,
+        /// Multiplier applied to every feature (digits: 1/16).
+        #[serde(default = "one")]
+        scale: f32,
+    },
+    /// Fashion-MNIST's training set in IDX files (Debian package `dataset-fashion-mnist`).
+    FashionMnist {
+        /// Directory of the IDX files.
+        #[serde(default = "fashion_dir")]
+        dir: PathBuf,
+    },
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn fashion_dir() -> PathBuf {
+    crate::data::FASHION_MNIST_DIR.into()
+}
+
+/// Which share of a dataset this agent holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset.
+    pub source: DataSource,
+    /// `iid`, `dirichlet:ALPHA` or `file:PATH` (a split file such as
+    /// `data/digits_partition.json`).
+    pub partition: PartitionSpec,
+    /// Number of clients the data is split among (ignored for `file:`).
+    #[serde(default = "ten")]
+    pub clients: usize,
+    /// This agent's client number.
+    pub client: u32,
+    /// Seed of the split (every agent of a federation must use the same one).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// Reconnection policy as written in TOML.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectConfig {
+    /// First wait, in milliseconds.
+    pub initial_ms: u64,
+    /// Longest wait, in milliseconds.
+    pub max_ms: u64,
+    /// Consecutive failures before giving up (0: never).
+    pub max_attempts: u32,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        let r = Reconnect::default();
+        Self {
+            initial_ms: r.initial.as_millis() as u64,
+            max_ms: r.max.as_millis() as u64,
+            max_attempts: r.max_attempts.unwrap_or(0),
+        }
+    }
+}
+
+/// A configuration or dataset that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// The data could not be loaded or split.
+    #[error("local data: {0}")]
+    Data(String),
+}
+
+impl AgentConfig {
+    /// Reads a TOML file; relative paths are resolved against its directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the problem.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.pki.ca_cert);
+        resolve(&mut config.pki.cert);
+        resolve(&mut config.pki.key);
+        match &mut config.data.source {
+            DataSource::Csv { path, .. } => resolve(path),
+            DataSource::FashionMnist { dir } => resolve(dir),
+        }
+        if let PartitionSpec::File(p) = &mut config.data.partition {
+            resolve(p);
+        }
+        Ok(config)
+    }
+
+    /// Connection options for [`crate::client::run`].
+    pub fn options(&self) -> AgentOptions {
+        let r = self.reconnect;
+        AgentOptions {
+            aggregator: self.aggregator,
+            server_name: self.server_name.clone(),
+            name: self.name.clone(),
+            max_payload_bytes: self.max_payload_bytes,
+            reconnect: Reconnect {
+                initial: Duration::from_millis(r.initial_ms.max(1)),
+                max: Duration::from_millis(r.max_ms.max(r.initial_ms).max(1)),
+                max_attempts: (r.max_attempts > 0).then_some(r.max_attempts),
+            },
+        }
+    }
+}
+
+/// A dataset split for a federation: a global test set and per-client train/validation.
+#[derive(Debug)]
+pub struct FederatedData {
+    /// The whole dataset.
+    pub dataset: Dataset,
+    /// Row indices of the split.
+    pub split: SplitFile,
+}
+
+/// Share of rows held out as the global test set when the split is generated.
+pub const GLOBAL_TEST_FRACTION: f64 = 0.2;
+/// Share of each client's rows kept as its local validation split.
+pub const VALIDATION_FRACTION: f64 = 0.2;
+
+impl FederatedData {
+    /// Loads `source` and splits it as `partition` says among `clients` clients.
+    ///
+    /// # Errors
+    /// [`ConfigError::Data`] when the data cannot be read or split.
+    pub fn load(source: &DataSource, partition: &PartitionSpec, clients: usize, seed: u64) -> Result<Self, ConfigError> {
+        let data_err = |e: &dyn std::fmt::Display| ConfigError::Data(e.to_string());
+        let dataset = match source {
+            DataSource::Csv { path, scale } => load_csv(path, *scale),
+            DataSource::FashionMnist { dir } => load_fashion_mnist(dir, true),
+        }
+        .map_err(|e| data_err(&e))?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let split = match partition {
+            PartitionSpec::File(path) => SplitFile::load(path).map_err(|e| data_err(&e))?,
+            PartitionSpec::Iid => {
+                SplitFile::generate(dataset.labels(), &Iid, clients, GLOBAL_TEST_FRACTION, VALIDATION_FRACTION, &mut rng)
+                    .map_err(|e| data_err(&e))?
+            }
+            PartitionSpec::Dirichlet(alpha) => {
+                let partitioner = Dirichlet { alpha: *alpha, min_size: 10 };
+                SplitFile::generate(
+                    dataset.labels(),
+                    &partitioner,
+                    clients,
+                    GLOBAL_TEST_FRACTION,
+                    VALIDATION_FRACTION,
+                    &mut rng,
+                )
+                .map_err(|e| data_err(&e))?
+            }
+        };
+        split.validate(dataset.len()).map_err(|e| data_err(&e))?;
+        Ok(Self { dataset, split })
+    }
+
+    /// Number of clients in the split.
+    pub fn clients(&self) -> usize {
+        self.split.clients.len()
+    }
+
+    /// Client `cid`'s (train, validation) datasets.
+    ///
+    /// # Errors
+    /// [`ConfigError::Data`] when the split has no such client.
+    pub fn client(&self, cid: u32) -> Result<(Dataset, Dataset), ConfigError> {
+        let c = self.split.client(cid).ok_or_else(|| {
+            ConfigError::Data(format!("the split has no client {cid} (it has {})", self.split.clients.len()))
+        })?;
+        let subset = |rows: &[usize]| self.dataset.subset(rows).map_err(|e| ConfigError::Data(e.to_string()));
+        Ok((subset(&c.train)?, subset(&c.test)?))
+    }
+
+    /// The global test set.
+    ///
+    /// # Errors
+    /// [`ConfigError::Data`] when the split's indices do not fit the dataset.
+    pub fn global_test(&self) -> Result<Dataset, ConfigError> {
+        self.dataset.subset(&self.split.global_test).map_err(|e| ConfigError::Data(e.to_string()))
+    }
+}
+
+impl DataConfig {
+    /// Loads this agent's (train, validation) share.
+    ///
+    /// # Errors
+    /// [`ConfigError::Data`] when the data cannot be read or split.
+    pub fn load(&self) -> Result<(Dataset, Dataset), ConfigError> {
+        FederatedData::load(&self.source, &self.partition, self.clients, self.seed)?.client(self.client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_its_data_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.toml"));
+        let config = AgentConfig::load(path).unwrap();
+        let (train, validation) = config.data.load().unwrap();
+        assert!(train.len() > 20 && validation.len() > 5);
+        assert_eq!(train.dim(), 64);
+        assert!(config.options().reconnect.max_attempts.is_some());
+    }
+
+    #[test]
+    fn bad_partition_is_named() {
+        let text = r#"
+            name = "a"
+            aggregator = "127.0.0.1:1"
+            [pki]
+            ca_cert = "x"
+            cert = "y"
+            key = "z"
+            [data]
+            source = { kind = "csv", path = "d.csv" }
+            partition = "dirichlet:-1"
+            client = 0
+        "#;
+        let err = toml::from_str::<AgentConfig>(text).unwrap_err().to_string();
+        assert!(err.contains("dirichlet"), "{err}");
+    }
+}

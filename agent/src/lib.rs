@@ -1,0 +1,26 @@
+//! The fedtune edge agent: holds local data, trains with Burn, reports updates over
+//! mutual-TLS QUIC.
+//!
+//! # Layout
+//! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
+//! - [`partition`]: seeded partitioners (IID, Dirichlet label skew) and split files.
+//! - [`model`]: the Burn model built from a task's model spec; flat parameter I/O.
+//! - [`train`]: local training and evaluation.
+//! - [`trainer`]: the [`trainer::Trainer`] seam the connection loop calls, and its Burn
+//!   implementation.
+//! - [`client`]: connect, hello, serve tasks, reconnect.
+//! - [`config`]: the daemon's TOML configuration and the local data it names.
+//! - [`tls`]: the client side of mutual TLS.
+//! - [`wire`]: frames over QUIC streams.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod partition;
+pub mod tls;
+pub mod train;
+pub mod trainer;
+pub mod wire;

@@ -1,0 +1,229 @@
+//! The client side of mutual TLS: an agent trusts only the federation CA and proves its
+//! identity with the certificate the federation issued it (its subject common name is the
+//! agent id).
+//!
+//! TLS 1.3 only, with the *ring* provider passed explicitly (never a process-wide default).
+//! The aggregator's side, and the tool that issues these certificates, live in
+//! `fedtune_aggregator::identity`; the transport numbers here mirror its `TransportTuning`
+//! because this crate does not depend on the aggregator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol identifier spoken between agents and the aggregator (the aggregator's
+/// `identity::ALPN` has the same value).
+pub const ALPN: &[u8] = b"fedtune/1";
+
+/// UDP payload size used on loopback: the largest that fits the Linux loopback MTU (65,536)
+/// over IPv6 as well as IPv4. Same value as the aggregator's `LOOPBACK_UDP_PAYLOAD`.
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
+
+/// What can go wrong building the agent's TLS configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// PEM text could not be decoded.
+    #[error("{what}: not valid PEM: {source}")]
+    Pem {
+        /// Which input: `CA certificate`, `agent certificate` or `agent key`.
+        what: &'static str,
+        /// The decoder's reason.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// PEM text holds no block of the expected kind.
+    #[error("{what}: no {expected} found in the PEM text")]
+    MissingPem {
+        /// Which input.
+        what: &'static str,
+        /// The PEM block that was expected, e.g. `CERTIFICATE`.
+        expected: &'static str,
+    },
+    /// rustls rejected the CA, the certificate or the key (e.g. a key that does not belong
+    /// to the certificate).
+    #[error("building the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
+    #[error("the TLS configuration cannot be used for QUIC: {0}")]
+    Quic(#[from] NoInitialCipherSuite),
+}
+
+/// The agent's QUIC client configuration: TLS 1.3 with the *ring* provider, the federation
+/// CA as the only root, this agent's certificate for client authentication, ALPN [`ALPN`].
+///
+/// Connect with the server name that is in the aggregator's certificate (e.g. `localhost`).
+///
+/// # Errors
+/// [`TlsError::Pem`] or [`TlsError::MissingPem`] for unreadable PEM; [`TlsError::Tls`] if
+/// rustls rejects the CA, the certificate or the key.
+pub fn client_config(
+    ca_cert_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let chain = certificates(cert_pem, "agent certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::MissingPem {
+            what: "agent key",
+            expected: "PRIVATE KEY",
+        },
+        source => TlsError::Pem {
+            what: "agent key",
+            source,
+        },
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_cert_pem)?)
+        .with_client_auth_cert(chain, key)?;
+    finish(tls, transport)
+}
+
+/// Like [`client_config`] but presenting no client certificate. The aggregator refuses such
+/// connections; this exists to test that it does.
+///
+/// # Errors
+/// As [`client_config`], for the CA certificate.
+pub fn client_config_without_certificate(
+    ca_cert_pem: &str,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_cert_pem)?)
+        .with_no_client_auth();
+    finish(tls, transport)
+}
+
+/// The agent's transport settings, the same numbers as the aggregator's `TransportTuning`:
+/// 30 s idle timeout, 5 s keep-alive, 16 MiB per stream, 64 MiB per connection (receive and
+/// send), 64 bidirectional streams. With `loopback`, packets are fixed at
+/// [`LOOPBACK_UDP_PAYLOAD`] bytes without MTU discovery; otherwise they start at 1200 bytes and
+/// MTU discovery searches up to 1452.
+pub fn default_transport(loopback: bool) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()))
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
+        .receive_window(quinn::VarInt::from_u32(64 << 20))
+        .send_window(64 << 20)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+    if loopback {
+        config
+            .initial_mtu(LOOPBACK_UDP_PAYLOAD)
+            .mtu_discovery_config(None);
+    } else {
+        let mut mtud = quinn::MtuDiscoveryConfig::default();
+        mtud.upper_bound(1452);
+        config.initial_mtu(1200).mtu_discovery_config(Some(mtud));
+    }
+    config
+}
+
+/// The agent's endpoint settings. With `loopback`, the endpoint accepts
+/// [`LOOPBACK_UDP_PAYLOAD`]-byte packets; large packets flow in a direction only if the
+/// receiving endpoint accepts them, so use this together with `default_transport(true)`.
+/// Create the endpoint with `quinn::Endpoint::new(default_endpoint_config(..), None, socket,
+/// runtime)`.
+pub fn default_endpoint_config(loopback: bool) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    if loopback {
+        // Cannot fail: the value is a constant inside quinn's 1200..=65527.
+        let _ = config.max_udp_payload_size(LOOPBACK_UDP_PAYLOAD);
+    }
+    config
+}
+
+fn finish(
+    mut tls: rustls::ClientConfig,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+fn roots(ca_cert_pem: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(ca_cert_pem, "CA certificate")? {
+        roots.add(ca)?;
+    }
+    Ok(roots)
+}
+
+fn certificates(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if chain.is_empty() {
+        return Err(TlsError::MissingPem {
+            what,
+            expected: "CERTIFICATE",
+        });
+    }
+    Ok(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport() -> Arc<quinn::TransportConfig> {
+        Arc::new(default_transport(false))
+    }
+
+    #[test]
+    fn missing_pem_is_reported_per_input() {
+        let err = client_config_without_certificate("", transport()).expect_err("empty CA");
+        assert!(
+            matches!(
+                err,
+                TlsError::MissingPem {
+                    what: "CA certificate",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = client_config("", "", "", transport()).expect_err("empty cert");
+        assert!(
+            matches!(
+                err,
+                TlsError::MissingPem {
+                    what: "agent certificate",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broken_pem_is_reported() {
+        let broken = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+        let err = client_config_without_certificate(broken, transport()).expect_err("broken");
+        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
+    }
+
+    #[test]
+    fn loopback_endpoint_accepts_large_packets() {
+        assert_eq!(
+            default_endpoint_config(true).get_max_udp_payload_size(),
+            u64::from(LOOPBACK_UDP_PAYLOAD)
+        );
+        assert_eq!(default_endpoint_config(false).get_max_udp_payload_size(), 1472);
+    }
+}

@@ -1,0 +1,614 @@
+//! Local training and evaluation: what an agent does with a task.
+//!
+//! [`train_local`] takes the global parameters, trains them on the agent's data and returns
+//! `local - global` with the metrics the aggregator asks for. Batches are copied straight
+//! from the dataset's row-major buffer into one tensor per step; nothing is allocated per
+//! sample. The functions block: call them from a blocking thread, not the async runtime.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+use fedtune_protocol::tensor::check_finite;
+use fedtune_protocol::{
+    ClientHyperparameters, MlpSpec, ModelSpec, Optimizer, ProtocolError, TrainMetrics,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::data::Dataset;
+use crate::model::{Device, Mlp, ModelError, flatten};
+
+/// Rows per forward pass when evaluating (no gradients, so memory stays small).
+const EVAL_BATCH: usize = 1024;
+
+/// Why a task could not be trained or evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The task asks for a model the built-in trainer does not build.
+    #[error("the built-in trainer trains MLP specs only, not custom model `{0}`")]
+    UnsupportedModel(String),
+    /// The model spec is inconsistent.
+    #[error("{0}")]
+    InvalidModel(ProtocolError),
+    /// A hyperparameter is out of range.
+    #[error("invalid hyperparameters: {0}")]
+    InvalidHyperparameters(String),
+    /// The data's feature count differs from the model's input width.
+    #[error("the {what} data has {got} features per row, but the model takes {expected}")]
+    DimensionMismatch {
+        /// `training` or `validation`.
+        what: &'static str,
+        /// Model input width.
+        expected: usize,
+        /// Features per row in the data.
+        got: usize,
+    },
+    /// The data has labels the model has no output for.
+    #[error("the {what} data has {got} classes, but the model outputs only {expected}")]
+    ClassMismatch {
+        /// `training` or `validation`.
+        what: &'static str,
+        /// Model output width.
+        expected: usize,
+        /// Classes in the data.
+        got: usize,
+    },
+    /// There is nothing to train on.
+    #[error("the local training set is empty")]
+    EmptyTrainingSet,
+    /// The parameters do not fit the model.
+    #[error("parameters do not fit the model: {0}")]
+    Params(#[from] ModelError),
+    /// The global parameters hold NaN or infinity.
+    #[error("global parameter {index} is not finite")]
+    NonFiniteGlobal {
+        /// Index of the first non-finite value.
+        index: usize,
+    },
+    /// Training produced a non-finite loss or parameters.
+    #[error(
+        "training diverged (non-finite loss or parameters) in epoch {epoch}, step {step}; \
+         lower the learning rate"
+    )]
+    Diverged {
+        /// Epoch, from 0.
+        epoch: u32,
+        /// Step within the epoch, from 0.
+        step: usize,
+    },
+    /// The backend failed to compute or read back a tensor.
+    #[error("backend failure: {0}")]
+    Backend(String),
+}
+
+/// Loss and accuracy of a model on a dataset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy (natural log) over the samples; 0 for no samples.
+    pub loss: f64,
+    /// Fraction of samples whose largest logit is the label; 0 for no samples.
+    pub accuracy: f64,
+    /// Samples evaluated.
+    pub samples: u64,
+}
+
+/// The result of local training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalUpdate {
+    /// `local - global`, in manifest order.
+    pub delta: Vec<f32>,
+    /// Training samples behind the update (its FedAvg weight).
+    pub num_samples: u64,
+    /// What was measured, for the aggregator.
+    pub metrics: TrainMetrics,
+}
+
+/// Evaluates the MLP `spec` with parameters `params` (manifest order) on `data`, in batches,
+/// on `device` (autodiff is not used even if the device has it).
+///
+/// # Errors
+/// [`TrainError::InvalidModel`], [`TrainError::DimensionMismatch`],
+/// [`TrainError::ClassMismatch`], [`TrainError::Params`] when `params` does not fit `spec`,
+/// [`TrainError::Backend`].
+pub fn evaluate(
+    spec: &MlpSpec,
+    params: &[f32],
+    data: &Dataset,
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    ModelSpec::Mlp(spec.clone())
+        .validate()
+        .map_err(TrainError::InvalidModel)?;
+    check_data(spec, data, "validation")?;
+    let device = device.clone().without_autodiff();
+    let model = Mlp::from_params(spec, params, &device)?;
+    evaluate_model(&model, data, &device)
+}
+
+/// Trains the global parameters `global` on `train` for `hp.local_epochs` epochs of
+/// shuffled minibatches (order seeded by `seed`) with SGD (momentum and weight decay as
+/// `hp` says) or Adam (with weight decay as L2), evaluating on `validation` before and
+/// after. `device` picks the backend; autodiff is enabled on it for training.
+///
+/// SGD momentum uses no dampening (`v ← μv + g`) and Adam uses ε = 1e-8, as PyTorch does,
+/// so results compare with other frameworks' reference runs.
+///
+/// # Errors
+/// [`TrainError::UnsupportedModel`] for custom specs, [`TrainError::InvalidModel`],
+/// [`TrainError::InvalidHyperparameters`], [`TrainError::DimensionMismatch`] and
+/// [`TrainError::ClassMismatch`] when a dataset does not fit the model,
+/// [`TrainError::EmptyTrainingSet`], [`TrainError::Params`] when `global` does not fit,
+/// [`TrainError::NonFiniteGlobal`], [`TrainError::Diverged`], [`TrainError::Backend`].
+pub fn train_local(
+    spec: &ModelSpec,
+    global: &[f32],
+    hp: &ClientHyperparameters,
+    train: &Dataset,
+    validation: &Dataset,
+    seed: u64,
+    device: &Device,
+) -> Result<LocalUpdate, TrainError> {
+    let start = Instant::now();
+    let mlp = match spec {
+        ModelSpec::Mlp(mlp) => mlp,
+        ModelSpec::Custom { name, .. } => return Err(TrainError::UnsupportedModel(name.clone())),
+    };
+    spec.validate().map_err(TrainError::InvalidModel)?;
+    hp.validate().map_err(TrainError::InvalidHyperparameters)?;
+    check_data(mlp, train, "training")?;
+    check_data(mlp, validation, "validation")?;
+    if train.is_empty() {
+        return Err(TrainError::EmptyTrainingSet);
+    }
+    if let Err(ProtocolError::NonFinite { index }) = check_finite(global) {
+        return Err(TrainError::NonFiniteGlobal { index });
+    }
+
+    let plain = device.clone().without_autodiff();
+    let before = evaluate_model(&Mlp::from_params(mlp, global, &plain)?, validation, &plain)?;
+
+    let autodiff = device.clone().autodiff();
+    let mut model = Mlp::from_params(mlp, global, &autodiff)?;
+    let mut optim = optimizer(hp);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut train_loss = 0.0;
+    for epoch in 0..hp.local_epochs {
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
+            let (x, y) = batch(train, rows, &autodiff);
+            let loss = cross_entropy(model.forward(x), y);
+            let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { epoch, step });
+            }
+            loss_sum += f64::from(value) * rows.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(hp.learning_rate, model, grads);
+        }
+        train_loss = loss_sum / train.len() as f64;
+    }
+
+    let local = flatten(&model);
+    let delta: Vec<f32> = local.iter().zip(global).map(|(l, g)| l - g).collect();
+    if check_finite(&delta).is_err() {
+        return Err(TrainError::Diverged {
+            epoch: hp.local_epochs - 1,
+            step: order.len().div_ceil(hp.batch_size as usize) - 1,
+        });
+    }
+    let after = evaluate_model(&model.valid(), validation, &plain)?;
+    Ok(LocalUpdate {
+        delta,
+        num_samples: train.len() as u64,
+        metrics: TrainMetrics {
+            loss_before: before.loss,
+            accuracy_before: before.accuracy,
+            loss_after: after.loss,
+            accuracy_after: after.accuracy,
+            train_loss,
+            validation_samples: validation.len() as u64,
+            wall_seconds: start.elapsed().as_secs_f64(),
+            peak_memory_bytes: peak_rss_bytes(),
+        },
+    })
+}
+
+/// Peak resident memory of this process (`VmHWM` in `/proc/self/status`), in bytes; 0 where
+/// that is unavailable (not Linux).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_vm_hwm(&s))
+        .unwrap_or(0)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let mut fields = line.split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+fn check_data(spec: &MlpSpec, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
+    if data.dim() != spec.input {
+        return Err(TrainError::DimensionMismatch {
+            what,
+            expected: spec.input,
+            got: data.dim(),
+        });
+    }
+    // Fewer classes than outputs is fine (a file may lack the last classes); more is not.
+    if data.classes() > spec.classes {
+        return Err(TrainError::ClassMismatch {
+            what,
+            expected: spec.classes,
+            got: data.classes(),
+        });
+    }
+    Ok(())
+}
+
+fn optimizer(hp: &ClientHyperparameters) -> ModuleOptimizer {
+    let decay = (hp.weight_decay > 0.0).then(|| WeightDecayConfig::new(hp.weight_decay as f32));
+    match hp.optimizer {
+        Optimizer::Sgd => {
+            let momentum = (hp.momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(hp.momentum)
+                    .with_dampening(0.0)
+            });
+            SgdConfig::new()
+                .with_weight_decay(decay)
+                .with_momentum(momentum)
+                .init()
+        }
+        Optimizer::Adam => AdamConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(decay)
+            .init(),
+    }
+}
+
+/// The rows `rows` of `data` as a `[batch, dim]` feature tensor and a `[batch]` label tensor.
+fn batch(data: &Dataset, rows: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+    let dim = data.dim();
+    let (features, labels) = (data.features(), data.labels());
+    let mut x = Vec::with_capacity(rows.len() * dim);
+    let mut y = Vec::with_capacity(rows.len());
+    for &row in rows {
+        x.extend_from_slice(&features[row * dim..(row + 1) * dim]);
+        y.push(i64::from(labels[row]));
+    }
+    (
+        Tensor::from_data(TensorData::new(x, [rows.len(), dim]), device),
+        Tensor::from_data(TensorData::new(y, [rows.len()]), device),
+    )
+}
+
+/// Mean cross-entropy of `logits` (`[batch, classes]`) against `targets` (`[batch]`).
+fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [batch, _] = logits.dims();
+    log_softmax(logits, 1)
+        .gather(1, targets.reshape([batch, 1]))
+        .mean()
+        .neg()
+}
+
+/// Loss and accuracy of `model` on `data`; the softmax is done on the host in f64, on
+/// logits read back one batch at a time.
+fn evaluate_model(model: &Mlp, data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
+    if data.is_empty() {
+        return Ok(Evaluation::default());
+    }
+    let dim = data.dim();
+    let mut loss = 0.0;
+    let mut correct = 0u64;
+    for (rows, labels) in data
+        .features()
+        .chunks(EVAL_BATCH * dim)
+        .zip(data.labels().chunks(EVAL_BATCH))
+    {
+        let x = Tensor::from_data(TensorData::new(rows.to_vec(), [labels.len(), dim]), device);
+        let logits = model.forward(x).try_into_vec_as::<f32>().map_err(backend)?;
+        let classes = logits.len() / labels.len();
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            let Some(&target) = row.get(label as usize) else {
+                return Err(TrainError::ClassMismatch {
+                    what: "evaluation",
+                    expected: classes,
+                    got: data.classes(),
+                });
+            };
+            let (mut argmax, mut max) = (0, f32::NEG_INFINITY);
+            for (class, &logit) in row.iter().enumerate() {
+                // Strictly greater: ties go to the lowest class, as argmax does elsewhere.
+                if logit > max {
+                    (argmax, max) = (class, logit);
+                }
+            }
+            let sum_exp: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+            loss += f64::from(max) + sum_exp.ln() - f64::from(target);
+            correct += u64::from(argmax == label as usize);
+        }
+    }
+    let n = data.len() as f64;
+    Ok(Evaluation {
+        loss: loss / n,
+        accuracy: correct as f64 / n,
+        samples: data.len() as u64,
+    })
+}
+
+fn backend(error: impl std::fmt::Display) -> TrainError {
+    TrainError::Backend(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::default_device;
+    use rand::RngExt;
+
+    /// Two Gaussian blobs per class on a ring: separable, but not at initialisation.
+    fn blobs(n: usize, seed: u64) -> Dataset {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut features = Vec::with_capacity(n * 4);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let class = (i % 3) as u32;
+            let angle = f32::from(class as u8) * 2.1;
+            let (cx, cy) = (angle.cos() * 2.0, angle.sin() * 2.0);
+            let noise = |rng: &mut StdRng| rng.random_range(-0.6f32..0.6);
+            let (x, y) = (cx + noise(&mut rng), cy + noise(&mut rng));
+            features.extend_from_slice(&[x, y, x * y, 1.0]);
+            labels.push(class);
+        }
+        Dataset::from_parts(features, labels, 4, 3).unwrap()
+    }
+
+    fn setup() -> (ModelSpec, Vec<f32>) {
+        let spec = ModelSpec::Mlp(MlpSpec {
+            input: 4,
+            hidden: vec![8],
+            classes: 3,
+        });
+        let global = spec.init_params(&mut StdRng::seed_from_u64(3));
+        (spec, global)
+    }
+
+    fn hp(optimizer: Optimizer) -> ClientHyperparameters {
+        ClientHyperparameters {
+            learning_rate: if optimizer == Optimizer::Adam {
+                0.05
+            } else {
+                0.1
+            },
+            batch_size: 16,
+            local_epochs: 5,
+            optimizer,
+            weight_decay: 1e-4,
+            momentum: if optimizer == Optimizer::Sgd {
+                0.9
+            } else {
+                0.0
+            },
+        }
+    }
+
+    #[test]
+    fn training_raises_accuracy_with_both_optimizers() {
+        let (spec, global) = setup();
+        let (train, valid) = (blobs(240, 1), blobs(90, 2));
+        for optimizer in [Optimizer::Adam, Optimizer::Sgd] {
+            let update = train_local(
+                &spec,
+                &global,
+                &hp(optimizer),
+                &train,
+                &valid,
+                7,
+                &default_device(),
+            )
+            .unwrap();
+            let m = &update.metrics;
+            assert_eq!(update.delta.len(), spec.manifest().numel());
+            assert!(update.delta.iter().all(|d| d.is_finite()));
+            assert!(update.delta.iter().any(|&d| d != 0.0));
+            assert_eq!((update.num_samples, m.validation_samples), (240, 90));
+            assert!(m.accuracy_after >= 0.95, "{optimizer:?}: {m:?}");
+            assert!(
+                m.accuracy_after > m.accuracy_before && m.loss_after < m.loss_before,
+                "{m:?}"
+            );
+            assert!(m.train_loss.is_finite() && m.train_loss > 0.0);
+            assert!(m.wall_seconds > 0.0);
+
+            // The delta is what training moved: global + delta evaluates as `after`.
+            let local: Vec<f32> = global
+                .iter()
+                .zip(&update.delta)
+                .map(|(g, d)| g + d)
+                .collect();
+            let ModelSpec::Mlp(mlp) = &spec else {
+                unreachable!()
+            };
+            let after = evaluate(mlp, &local, &valid, &default_device()).unwrap();
+            assert!((after.accuracy - m.accuracy_after).abs() < 1e-9);
+            assert!((after.loss - m.loss_after).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn training_is_reproducible_from_its_seed() {
+        let (spec, global) = setup();
+        let (train, valid) = (blobs(64, 1), blobs(0, 2));
+        let mut hp = hp(Optimizer::Adam);
+        hp.local_epochs = 1;
+        let run = |seed| {
+            train_local(&spec, &global, &hp, &train, &valid, seed, &default_device()).unwrap()
+        };
+        let (a, b, c) = (run(1), run(1), run(2));
+        assert_eq!(a.delta, b.delta);
+        assert_ne!(a.delta, c.delta);
+        assert_eq!(
+            (
+                a.metrics.validation_samples,
+                a.metrics.accuracy_after,
+                a.metrics.loss_after
+            ),
+            (0, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn train_local_refuses_bad_tasks() {
+        let (spec, global) = setup();
+        let (train, valid) = (blobs(32, 1), blobs(8, 2));
+        let device = default_device();
+        let ok = hp(Optimizer::Adam);
+        let run =
+            |spec: &ModelSpec, global: &[f32], hp: &ClientHyperparameters, train: &Dataset| {
+                train_local(spec, global, hp, train, &valid, 0, &device).unwrap_err()
+            };
+
+        let custom = ModelSpec::Custom {
+            name: "cnn".into(),
+            manifest: spec.manifest(),
+        };
+        let err = run(&custom, &global, &ok, &train);
+        assert!(
+            matches!(&err, TrainError::UnsupportedModel(n) if n == "cnn"),
+            "{err}"
+        );
+        let bad_hp = ClientHyperparameters {
+            batch_size: 0,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            run(&spec, &global, &bad_hp, &train),
+            TrainError::InvalidHyperparameters(_)
+        ));
+        let bad_hp = ClientHyperparameters {
+            learning_rate: f64::NAN,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            run(&spec, &global, &bad_hp, &train),
+            TrainError::InvalidHyperparameters(_)
+        ));
+        let wide = Dataset::from_parts(vec![0.0; 5], vec![0], 5, 3).unwrap();
+        assert!(matches!(
+            run(&spec, &global, &ok, &wide),
+            TrainError::DimensionMismatch {
+                expected: 4,
+                got: 5,
+                ..
+            }
+        ));
+        let many = Dataset::from_parts(vec![0.0; 4], vec![4], 4, 5).unwrap();
+        assert!(matches!(
+            run(&spec, &global, &ok, &many),
+            TrainError::ClassMismatch {
+                expected: 3,
+                got: 5,
+                ..
+            }
+        ));
+        let empty = train.subset(&[]).unwrap();
+        assert!(matches!(
+            run(&spec, &global, &ok, &empty),
+            TrainError::EmptyTrainingSet
+        ));
+        assert!(matches!(
+            run(&spec, &global[1..], &ok, &train),
+            TrainError::Params(ModelError::Length { .. })
+        ));
+        let mut nan = global.clone();
+        nan[5] = f32::NAN;
+        assert!(matches!(
+            run(&spec, &nan, &ok, &train),
+            TrainError::NonFiniteGlobal { index: 5 }
+        ));
+        let zero = ModelSpec::Mlp(MlpSpec {
+            input: 4,
+            hidden: vec![0],
+            classes: 3,
+        });
+        assert!(matches!(
+            run(&zero, &global, &ok, &train),
+            TrainError::InvalidModel(_)
+        ));
+        let wild = ClientHyperparameters {
+            learning_rate: 1e30,
+            optimizer: Optimizer::Sgd,
+            ..ok
+        };
+        assert!(matches!(
+            run(&spec, &global, &wild, &train),
+            TrainError::Diverged { .. }
+        ));
+    }
+
+    #[test]
+    fn evaluate_computes_cross_entropy_and_accuracy() {
+        let spec = MlpSpec {
+            input: 2,
+            hidden: vec![],
+            classes: 2,
+        };
+        let device = default_device();
+        let data =
+            Dataset::from_parts(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![0, 1, 1], 2, 2).unwrap();
+        // Zero weights: uniform softmax, loss ln 2; ties go to class 0.
+        let eval = evaluate(&spec, &[0.0; 6], &data, &device).unwrap();
+        assert!((eval.loss - std::f64::consts::LN_2).abs() < 1e-6);
+        assert!((eval.accuracy - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(eval.samples, 3);
+        // Weights: logit_c = x_c, so rows 0 and 1 are right, row 2 ties.
+        let eval = evaluate(&spec, &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0], &data, &device).unwrap();
+        let confident = (1.0 + (-1.0f64).exp()).ln();
+        assert!(
+            (eval.loss - (2.0 * confident + std::f64::consts::LN_2) / 3.0).abs() < 1e-6,
+            "{eval:?}"
+        );
+        assert!((eval.accuracy - 2.0 / 3.0).abs() < 1e-9);
+
+        let empty = evaluate(&spec, &[0.0; 6], &data.subset(&[]).unwrap(), &device).unwrap();
+        assert_eq!(
+            empty,
+            Evaluation {
+                loss: 0.0,
+                accuracy: 0.0,
+                samples: 0
+            }
+        );
+        assert!(matches!(
+            evaluate(&spec, &[0.0; 5], &data, &device),
+            Err(TrainError::Params(_))
+        ));
+    }
+
+    #[test]
+    fn vm_hwm_parses() {
+        assert_eq!(
+            parse_vm_hwm("Name:\tx\nVmHWM:\t   2048 kB\nVmRSS: 1 kB\n"),
+            Some(2048 * 1024)
+        );
+        assert_eq!(parse_vm_hwm("VmRSS: 1 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM: x kB\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes() > 0);
+        }
+    }
+}

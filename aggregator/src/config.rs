@@ -1,0 +1,259 @@
+//! Typed configuration of the aggregator service, loaded from TOML.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
+use serde::{Deserialize, Serialize};
+
+/// Everything the aggregator needs to run a federation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// UDP address to serve QUIC on.
+    pub listen: SocketAddr,
+    /// Files of the federation's PKI (from `fedtune-aggregator init`).
+    pub pki: PkiPaths,
+    /// How rounds are run.
+    pub federation: FederationConfig,
+    /// The model to train.
+    pub model: ModelSpec,
+    /// Hyperparameters sent to agents.
+    pub client: ClientHyperparameters,
+    /// Where to write the JSON run report at the end (optional).
+    pub report: Option<PathBuf>,
+}
+
+/// Paths of the CA certificate and the server's certificate and key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiPaths {
+    /// CA certificate agents' certificates must chain to.
+    pub ca_cert: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+}
+
+impl PkiPaths {
+    /// The standard file names inside a directory made by `init`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self { ca_cert: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") }
+    }
+}
+
+impl Default for PkiPaths {
+    fn default() -> Self {
+        Self::in_dir(Path::new("pki"))
+    }
+}
+
+/// How the federation runs rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Study name, sent with every task.
+    pub study: String,
+    /// Rounds to run.
+    pub rounds: u64,
+    /// Agents that must be connected before the first round.
+    pub min_agents: usize,
+    /// How long to wait for `min_agents` before giving up, in seconds.
+    pub wait_for_agents_secs: f64,
+    /// Agents per round: a fraction of those connected when in (0, 1] (1.0: all of
+    /// them), a count when above 1.
+    pub cohort: f64,
+    /// Fewer accepted updates than this and a round is not applied.
+    pub min_updates: usize,
+    /// How long a round waits for stragglers, in seconds.
+    pub round_timeout_secs: f64,
+    /// Seed for cohort sampling, model initialisation and agents' shuffling.
+    pub seed: u64,
+    /// Most agents connected at once.
+    pub max_agents: usize,
+    /// Largest update payload accepted, in bytes.
+    pub max_payload_bytes: u64,
+    /// Updates buffered in memory at once before being folded into the average.
+    pub max_buffered_updates: usize,
+    /// Run a federated evaluation of the final model on every connected agent.
+    pub final_evaluation: bool,
+    /// Use the loopback transport tuning (large datagrams); only for 127.0.0.1.
+    pub loopback: bool,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            study: "default".into(),
+            rounds: 30,
+            min_agents: 2,
+            wait_for_agents_secs: 120.0,
+            cohort: 1.0,
+            min_updates: 1,
+            round_timeout_secs: 300.0,
+            seed: 0,
+            max_agents: 1024,
+            max_payload_bytes: 1 << 30,
+            max_buffered_updates: 4,
+            final_evaluation: true,
+            loopback: false,
+        }
+    }
+}
+
+impl FederationConfig {
+    /// How many of `connected` agents a round asks.
+    pub fn cohort_size(&self, connected: usize) -> usize {
+        let wanted = if self.cohort <= 1.0 {
+            (self.cohort * connected as f64).ceil() as usize
+        } else {
+            self.cohort as usize
+        };
+        wanted.clamp(1, connected.max(1)).min(connected)
+    }
+
+    /// The wait for agents as a duration.
+    pub fn wait_for_agents(&self) -> Duration {
+        Duration::from_secs_f64(self.wait_for_agents_secs)
+    }
+
+    /// The round timeout as a duration.
+    pub fn round_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.round_timeout_secs)
+    }
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            pki: PkiPaths::default(),
+            federation: FederationConfig::default(),
+            model: ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![64], classes: 10 }),
+            client: ClientHyperparameters::default(),
+            report: None,
+        }
+    }
+}
+
+/// A configuration that cannot run, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl AggregatorConfig {
+    /// Reads and validates a TOML file. Relative PKI and report paths are resolved
+    /// against the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] saying which file and which value.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(report) = config.report.as_mut().filter(|r| r.is_relative()) {
+            *report = base.join(&*report);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value is usable.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.federation;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if f.rounds == 0 {
+            return invalid("federation.rounds must be at least 1".into());
+        }
+        if f.min_agents == 0 || f.min_agents > f.max_agents {
+            return invalid(format!(
+                "federation.min_agents must be between 1 and max_agents ({}), got {}",
+                f.max_agents, f.min_agents
+            ));
+        }
+        if !(f.cohort.is_finite() && f.cohort > 0.0) {
+            return invalid(format!("federation.cohort must be a positive count or fraction, got {}", f.cohort));
+        }
+        if f.min_updates == 0 {
+            return invalid("federation.min_updates must be at least 1".into());
+        }
+        for (name, secs) in [("wait_for_agents_secs", f.wait_for_agents_secs), ("round_timeout_secs", f.round_timeout_secs)] {
+            if !(secs.is_finite() && secs > 0.0 && secs < 1e7) {
+                return invalid(format!("federation.{name} must be a positive number of seconds, got {secs}"));
+            }
+        }
+        if f.max_buffered_updates == 0 {
+            return invalid("federation.max_buffered_updates must be at least 1".into());
+        }
+        self.model.validate().map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
+        let bytes = self.model.manifest().byte_len() as u64;
+        if bytes > f.max_payload_bytes {
+            return invalid(format!(
+                "the model has {bytes} bytes of parameters, above federation.max_payload_bytes ({})",
+                f.max_payload_bytes
+            ));
+        }
+        self.client.validate().map_err(|e| ConfigError::Invalid(format!("client: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_cohorts_are_sized() {
+        let config = AggregatorConfig::default();
+        config.validate().unwrap();
+        let mut f = FederationConfig { cohort: 0.5, ..Default::default() };
+        assert_eq!(f.cohort_size(10), 5);
+        assert_eq!(FederationConfig::default().cohort_size(10), 10);
+        assert_eq!(f.cohort_size(3), 2);
+        f.cohort = 20.0;
+        assert_eq!(f.cohort_size(7), 7);
+        assert_eq!(f.cohort_size(0), 0);
+    }
+
+    #[test]
+    fn example_file_parses_and_bad_values_are_named() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/aggregator.toml"));
+        let config = AggregatorConfig::load(path).unwrap();
+        assert!(config.pki.ca_cert.ends_with("pki/ca.pem"));
+
+        let text = "[federation]\nrounds = 0\n";
+        let config: AggregatorConfig = toml::from_str(text).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("federation.rounds"));
+        let unknown: Result<AggregatorConfig, _> = toml::from_str("[federation]\nround = 3\n");
+        assert!(unknown.unwrap_err().to_string().contains("round"));
+    }
+}

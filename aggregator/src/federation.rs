@@ -1,0 +1,495 @@
+//! The federation driver: waits for agents, runs rounds, evaluates, shuts down.
+//!
+//! This is the thin async shell around [`Round`]: it sends tasks over QUIC, feeds what
+//! comes back into the state machine and applies the average when the round closes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fedtune_protocol::{
+    Ack, AgentMessage, AggregatorMessage, ErrorCode, ErrorMessage, Evaluate, Evaluation, Limits, ModelSpec,
+    Shutdown, Task, Update,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::AggregatorConfig;
+use crate::registry::{AgentHandle, Registry, accept_loop, message_name};
+use crate::round::{AgentFailure, AgentResult, Round, RoundSpec, RoundStatus};
+use crate::wire::{params_to_bytes, read_agent_frame, reply_error, write_frame_shared, write_message};
+
+/// Loss and accuracy of a global model on a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GlobalEvaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Samples measured.
+    pub samples: u64,
+}
+
+/// Server-side evaluation of the global model (e.g. on a held-out test set), as
+/// Flower's `evaluate_fn`.
+pub trait Evaluator: Send + Sync + 'static {
+    /// Evaluates `params` (laid out by `model.manifest()`).
+    ///
+    /// # Errors
+    /// A message saying why the model could not be evaluated.
+    fn evaluate(&self, model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, String>;
+}
+
+/// What happened in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRecord {
+    /// Round number (0-based).
+    pub round: u64,
+    /// Agents asked.
+    pub cohort: Vec<String>,
+    /// Accepted updates.
+    pub updates: usize,
+    /// Whether the average was applied (quorum met).
+    pub applied: bool,
+    /// Agents that did not contribute, and why.
+    pub failures: Vec<FailureRecord>,
+    /// Sample-weighted mean of the agents' training loss.
+    pub train_loss: f64,
+    /// Sample-weighted validation accuracy of the round's incoming global model, as the
+    /// agents measured it before training (federated evaluation).
+    pub federated_accuracy: f64,
+    /// Per-agent validation accuracy of the incoming global model.
+    pub agent_accuracy: BTreeMap<String, f64>,
+    /// Server-side evaluation of the global model after the round.
+    pub test: Option<GlobalEvaluation>,
+    /// Wall time of the round, from the first task sent to the model updated.
+    pub seconds: f64,
+}
+
+/// A cohort member that did not contribute.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureRecord {
+    /// Agent id.
+    pub agent: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<AgentFailure> for FailureRecord {
+    fn from(f: AgentFailure) -> Self {
+        Self { agent: f.agent, reason: f.reason }
+    }
+}
+
+/// The result of a whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Every round, in order.
+    pub rounds: Vec<RoundRecord>,
+    /// Federated evaluation of the final model on each agent's validation split.
+    pub final_agent_evaluation: BTreeMap<String, GlobalEvaluation>,
+    /// Server-side evaluation of the final model.
+    pub final_test: Option<GlobalEvaluation>,
+    /// Whether the run stopped early because shutdown was requested.
+    pub interrupted: bool,
+    /// Final global parameters.
+    #[serde(skip)]
+    pub global: Vec<f32>,
+}
+
+/// Why a federation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// Not enough agents connected in time.
+    #[error("only {connected} of the {needed} required agents connected within {waited:?}")]
+    NotEnoughAgents {
+        /// Agents connected when the wait ended.
+        connected: usize,
+        /// `federation.min_agents`.
+        needed: usize,
+        /// How long the aggregator waited.
+        waited: Duration,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Callbacks into the run: server-side evaluation and progress reporting.
+#[derive(Default)]
+pub struct Hooks {
+    /// Evaluates the global model after each round and at the end.
+    pub evaluator: Option<Arc<dyn Evaluator>>,
+    /// Called after each round.
+    pub on_round: Option<Box<dyn FnMut(&RoundRecord) + Send>>,
+    /// Called while waiting for agents, with (connected, needed).
+    pub on_waiting: Option<Box<dyn FnMut(usize, usize) + Send>>,
+}
+
+/// A finished exchange with one agent, sent to the round loop.
+enum Event {
+    Update { agent: String, update: Box<Update>, delta: Vec<f32>, verdict: oneshot::Sender<Result<(), ErrorMessage>> },
+    Failed { agent: String, reason: String },
+}
+
+/// Serves `endpoint` and runs the federation `config` describes until the last round or
+/// until `shutdown` becomes `true`; then tells every agent to stop and closes the
+/// endpoint.
+///
+/// # Errors
+/// [`FederationError`] when the configuration is invalid or too few agents connect.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    config: AggregatorConfig,
+    mut hooks: Hooks,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, FederationError> {
+    config.validate()?;
+    let fed = &config.federation;
+    let registry = Arc::new(Registry::default());
+    tokio::spawn(accept_loop(endpoint.clone(), registry.clone(), fed.max_agents, fed.max_payload_bytes));
+
+    let result = async {
+        if !wait_for_agents(&registry, fed.min_agents, fed.wait_for_agents(), &mut hooks, &mut shutdown).await? {
+            return Ok(empty_report(Vec::new(), true));
+        }
+        let mut rng = StdRng::seed_from_u64(fed.seed);
+        let mut global = config.model.init_params(&mut rng);
+        let mut rounds = Vec::new();
+        let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
+        for round in 0..fed.rounds {
+            if *shutdown.borrow() {
+                break;
+            }
+            let span = info_span!("round", round);
+            let Some(record) = run_round(&config, &registry, round, &mut global, &mut rng, &buffers, &hooks, &mut shutdown)
+                .instrument(span)
+                .await
+            else {
+                break;
+            };
+            if let Some(on_round) = hooks.on_round.as_mut() {
+                on_round(&record);
+            }
+            rounds.push(record);
+        }
+        let interrupted = *shutdown.borrow() || rounds.len() < fed.rounds as usize;
+        let final_agent_evaluation = if fed.final_evaluation && !interrupted {
+            evaluate_on_agents(&config, &registry, fed.rounds, &global).await
+        } else {
+            BTreeMap::new()
+        };
+        let final_test = rounds.last().and_then(|r: &RoundRecord| r.test);
+        Ok(RunReport { rounds, final_agent_evaluation, final_test, interrupted, global })
+    }
+    .await;
+
+    stop_agents(&registry, &endpoint, "the federation finished").await;
+    result
+}
+
+fn empty_report(rounds: Vec<RoundRecord>, interrupted: bool) -> RunReport {
+    RunReport { rounds, final_agent_evaluation: BTreeMap::new(), final_test: None, interrupted, global: Vec::new() }
+}
+
+/// Waits for `needed` agents; `Ok(false)` when shutdown was requested meanwhile.
+async fn wait_for_agents(
+    registry: &Registry,
+    needed: usize,
+    limit: Duration,
+    hooks: &mut Hooks,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, FederationError> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last_report = None;
+    loop {
+        let connected = registry.len();
+        if connected >= needed {
+            return Ok(true);
+        }
+        if last_report != Some(connected) {
+            info!("waiting for agents: {connected}/{needed} connected (giving up after {limit:?})");
+            if let Some(on_waiting) = hooks.on_waiting.as_mut() {
+                on_waiting(connected, needed);
+            }
+            last_report = Some(connected);
+        }
+        tokio::select! {
+            _ = registry.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(FederationError::NotEnoughAgents {
+                    connected: registry.len(), needed, waited: started.elapsed(),
+                });
+            }
+            _ = shutdown.changed() => return Ok(false),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_round(
+    config: &AggregatorConfig,
+    registry: &Registry,
+    round: u64,
+    global: &mut [f32],
+    rng: &mut StdRng,
+    buffers: &Arc<Semaphore>,
+    hooks: &Hooks,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<RoundRecord> {
+    let fed = &config.federation;
+    let started = Instant::now();
+    let connected = registry.snapshot();
+    let cohort: Vec<AgentHandle> =
+        connected.sample(rng, fed.cohort_size(connected.len())).cloned().collect();
+    let manifest = config.model.manifest();
+    let spec = RoundSpec {
+        trial: 0,
+        round,
+        cohort: cohort.iter().map(|a| a.id.clone()).collect(),
+        manifest_hash: manifest.hash(),
+        numel: manifest.numel(),
+        target_updates: cohort.len(),
+        min_updates: fed.min_updates,
+        timeout: fed.round_timeout(),
+    };
+    info!(cohort = cohort.len(), connected = connected.len(), "round started");
+
+    let payload = params_to_bytes(global);
+    let limits = Limits { max_payload: fed.max_payload_bytes, ..Limits::default() };
+    let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
+    let mut exchanges = JoinSet::new();
+    for agent in &cohort {
+        let task = Task {
+            study: fed.study.clone(),
+            trial: 0,
+            round,
+            model: config.model.clone(),
+            manifest_hash: spec.manifest_hash,
+            hyperparameters: config.client.clone(),
+            deadline_ms: spec.timeout.as_millis() as u64,
+            seed: rand::RngExt::random(rng),
+        };
+        exchanges.spawn(fit_exchange(agent.clone(), task, payload.clone(), limits, buffers.clone(), events.clone()));
+    }
+    drop(events);
+
+    let mut state = Round::new(spec, Instant::now());
+    loop {
+        let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) else { break };
+        tokio::select! {
+            event = inbox.recv() => match event {
+                Some(Event::Update { agent, update, delta, verdict }) => {
+                    let result = state.on_update(&agent, &update, &delta, Instant::now());
+                    if let Err(e) = &result {
+                        warn!(%agent, "update refused: {}", e.message);
+                    }
+                    let _ = verdict.send(result);
+                }
+                Some(Event::Failed { agent, reason }) => {
+                    warn!(%agent, "no update: {reason}");
+                    state.on_failure(&agent, reason);
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = shutdown.changed() => {
+                exchanges.abort_all();
+                return None;
+            }
+        }
+    }
+    // Stragglers are dropped, not waited on: their streams are reset.
+    exchanges.abort_all();
+    let outcome = state.finish();
+    if outcome.quorum_met {
+        outcome.average.apply_to(global);
+    } else {
+        warn!(updates = outcome.results.len(), needed = fed.min_updates, "quorum not met: global model unchanged");
+    }
+    let test = match &hooks.evaluator {
+        Some(evaluator) => evaluate_global(evaluator.clone(), &config.model, global).await,
+        None => None,
+    };
+    let record = RoundRecord {
+        round,
+        cohort: outcome.spec.cohort.clone(),
+        updates: outcome.results.len(),
+        applied: outcome.quorum_met,
+        train_loss: weighted_mean(&outcome.results, |m| m.metrics.train_loss),
+        federated_accuracy: weighted_mean(&outcome.results, |m| m.metrics.accuracy_before),
+        agent_accuracy: outcome.results.iter().map(|r| (r.agent.clone(), r.metrics.accuracy_before)).collect(),
+        failures: outcome.failures.into_iter().map(Into::into).collect(),
+        test,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    info!(
+        updates = record.updates,
+        failures = record.failures.len(),
+        train_loss = record.train_loss,
+        federated_accuracy = record.federated_accuracy,
+        test_accuracy = record.test.map(|t| t.accuracy),
+        seconds = record.seconds,
+        "round finished"
+    );
+    Some(record)
+}
+
+fn weighted_mean(results: &[AgentResult], value: impl Fn(&AgentResult) -> f64) -> f64 {
+    let total: u64 = results.iter().map(|r| r.num_samples).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    results.iter().map(|r| value(r) * r.num_samples as f64).sum::<f64>() / total as f64
+}
+
+async fn evaluate_global(evaluator: Arc<dyn Evaluator>, model: &ModelSpec, global: &[f32]) -> Option<GlobalEvaluation> {
+    let (model, params) = (model.clone(), global.to_vec());
+    match tokio::task::spawn_blocking(move || evaluator.evaluate(&model, &params)).await {
+        Ok(Ok(evaluation)) => Some(evaluation),
+        Ok(Err(e)) => {
+            warn!("server-side evaluation failed: {e}");
+            None
+        }
+        Err(e) => {
+            warn!("server-side evaluation panicked: {e}");
+            None
+        }
+    }
+}
+
+/// One task/update exchange with one agent.
+async fn fit_exchange(
+    agent: AgentHandle,
+    task: Task,
+    payload: Bytes,
+    limits: Limits,
+    buffers: Arc<Semaphore>,
+    events: mpsc::Sender<Event>,
+) {
+    let id = agent.id.clone();
+    let (trial, round) = (task.trial, task.round);
+    let result: anyhow::Result<()> = async {
+        let (mut send, mut recv) = agent.connection.open_bi().await?;
+        write_frame_shared(&mut send, &AggregatorMessage::Task(task), payload).await?;
+        // Only `max_buffered_updates` updates sit in memory at once; the others wait in
+        // QUIC flow control until a buffer frees up.
+        let read = read_agent_frame(&mut recv, limits, async || buffers.acquire().await.ok()).await;
+        let (message, delta, _buffer) = match read {
+            Ok(frame) => frame,
+            Err(e) => {
+                if let Some(error) = crate::wire::error_for(&e) {
+                    reply_error(&mut send, error).await;
+                }
+                return Err(e.into());
+            }
+        };
+        match message {
+            AgentMessage::Update(update) => {
+                let (verdict, answer) = oneshot::channel();
+                let event = Event::Update { agent: id.clone(), update: Box::new(update), delta, verdict };
+                events.send(event).await.map_err(|_| anyhow::anyhow!("round already closed"))?;
+                let reply = match answer.await {
+                    Ok(Ok(())) => AggregatorMessage::Ack(Ack { trial, round }),
+                    Ok(Err(error)) => AggregatorMessage::Error(error),
+                    Err(_) => AggregatorMessage::Error(ErrorMessage::new(ErrorCode::TooLate, "the round closed")),
+                };
+                write_message(&mut send, &reply).await?;
+                send.finish()?;
+                Ok(())
+            }
+            AgentMessage::Decline(d) => anyhow::bail!("declined: {}", d.reason),
+            AgentMessage::Error(e) => anyhow::bail!("agent error: {e}"),
+            other => {
+                let msg = format!("expected Update, got {}", message_name(&other));
+                reply_error(&mut send, ErrorMessage::new(ErrorCode::Unexpected, msg.clone())).await;
+                anyhow::bail!(msg)
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = events.send(Event::Failed { agent: id, reason: e.to_string() }).await;
+    }
+}
+
+/// Federated evaluation of `global` on every connected agent's validation split.
+async fn evaluate_on_agents(
+    config: &AggregatorConfig,
+    registry: &Registry,
+    round: u64,
+    global: &[f32],
+) -> BTreeMap<String, GlobalEvaluation> {
+    let payload = params_to_bytes(global);
+    let model = config.model.clone();
+    let request = Evaluate {
+        study: config.federation.study.clone(),
+        trial: 0,
+        round,
+        manifest_hash: model.manifest().hash(),
+        model,
+    };
+    let mut exchanges = JoinSet::new();
+    for agent in registry.snapshot() {
+        let (request, payload) = (request.clone(), payload.clone());
+        exchanges.spawn(async move {
+            let result: anyhow::Result<Evaluation> = async {
+                let (mut send, mut recv) = agent.connection.open_bi().await?;
+                write_frame_shared(&mut send, &AggregatorMessage::Evaluate(request), payload).await?;
+                send.finish()?;
+                match read_agent_frame(&mut recv, Limits::control(), async || ()).await? {
+                    (AgentMessage::Evaluation(e), _, ()) => Ok(e),
+                    (other, _, ()) => anyhow::bail!("expected Evaluation, got {}", message_name(&other)),
+                }
+            }
+            .await;
+            (agent.id, result)
+        });
+    }
+    let timeout = config.federation.round_timeout();
+    let mut results = BTreeMap::new();
+    let collect = async {
+        while let Some(joined) = exchanges.join_next().await {
+            match joined {
+                Ok((agent, Ok(e))) if e.accuracy.is_finite() && e.loss.is_finite() => {
+                    results.insert(agent, GlobalEvaluation { loss: e.loss, accuracy: e.accuracy, samples: e.samples });
+                }
+                Ok((agent, Ok(_))) => warn!(%agent, "evaluation refused: non-finite metrics"),
+                Ok((agent, Err(e))) => warn!(%agent, "evaluation failed: {e}"),
+                Err(e) => warn!("evaluation task failed: {e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(timeout, collect).await.is_err() {
+        warn!("final evaluation timed out after {timeout:?}; stragglers dropped");
+    }
+    results
+}
+
+/// Tells every agent to stop, then closes the endpoint.
+async fn stop_agents(registry: &Registry, endpoint: &quinn::Endpoint, reason: &str) {
+    let mut goodbyes = JoinSet::new();
+    for agent in registry.snapshot() {
+        let reason = reason.to_owned();
+        goodbyes.spawn(async move {
+            if let Ok((mut send, _recv)) = agent.connection.open_bi().await {
+                let _ = write_message(&mut send, &AggregatorMessage::Shutdown(Shutdown { reason })).await;
+                let _ = send.finish();
+                // Give the agent a moment to read it and close from its side.
+                let _ = tokio::time::timeout(Duration::from_secs(2), agent.connection.closed()).await;
+            }
+            agent.connection.close(0u32.into(), b"shutdown");
+        });
+    }
+    while goodbyes.join_next().await.is_some() {}
+    endpoint.close(0u32.into(), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}

@@ -1,0 +1,1280 @@
+//! The federation's identities: one CA, one aggregator (server) certificate and one client
+//! certificate per agent, plus the TLS and QUIC transport configuration built from them.
+//!
+//! Trust model: the federation CA is the only root either side trusts. The aggregator requires
+//! every agent to present a certificate issued by that CA (mutual TLS) and takes the agent's
+//! identity from the certificate's subject common name, see [`peer_agent_id`]. Server and agent
+//! certificates carry different extended key usages, so an agent's key cannot pose as the
+//! aggregator and the aggregator's key cannot pose as an agent.
+//!
+//! Every TLS configuration here uses the *ring* provider explicitly and speaks TLS 1.3 only
+//! (QUIC requires it); nothing depends on a process-wide default provider.
+//!
+//! On disk ([`FederationPki::write_to_dir`]):
+//!
+//! ```text
+//! <dir>/ca.pem  ca.key  server.pem  server.key  agents/<id>.pem  agents/<id>.key
+//! ```
+//!
+//! Key files are created with mode 0600 on Unix. Nothing is ever overwritten: re-running
+//! generation over an existing federation would invalidate every certificate it issued.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicServerConfig};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
+use x509_parser::asn1_rs::Tag;
+use x509_parser::extensions::ParsedExtension;
+
+/// ALPN protocol identifier spoken between agents and the aggregator.
+///
+/// Both sides insist on it, so a client of some other QUIC protocol fails the handshake
+/// instead of reaching the federation's message layer.
+pub const ALPN: &[u8] = b"fedtune/1";
+
+/// Longest accepted agent id, in bytes (ids are ASCII).
+pub const MAX_AGENT_ID_LEN: usize = 64;
+
+/// Common name of the aggregator's certificate (never a valid agent id: it has spaces).
+const SERVER_COMMON_NAME: &str = "fedtune aggregator";
+/// Validity of the federation CA.
+const CA_VALIDITY_DAYS: i64 = 10 * 365;
+/// Validity of server and agent certificates; re-issue with [`issue_agent`].
+const LEAF_VALIDITY_DAYS: i64 = 5 * 365;
+/// Certificates start one day in the past so a device whose clock lags a little still
+/// accepts a certificate issued just now.
+const BACKDATE_DAYS: i64 = 1;
+
+/// quinn's floor for any UDP payload size (RFC 9000 §14).
+const QUIC_MIN_UDP_PAYLOAD: u16 = 1200;
+/// quinn's ceiling for any UDP payload size (65,535 − 8 UDP header bytes).
+const QUIC_MAX_UDP_PAYLOAD: u16 = 65_527;
+/// UDP payload used by [`TransportTuning::loopback`]: the largest that fits the Linux loopback
+/// MTU (65,536) over IPv6 as well as IPv4 (65,536 − 40 IPv6 − 8 UDP header bytes).
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
+
+/// What can go wrong creating, loading or using the federation's identities.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// An agent id breaks the naming rule.
+    #[error(
+        "invalid agent id {id:?}: {reason} (use 1-{MAX_AGENT_ID_LEN} characters from A-Z a-z 0-9 . _ -)"
+    )]
+    InvalidAgentId {
+        /// The offending id (possibly truncated by the caller's display).
+        id: String,
+        /// Which part of the rule it breaks.
+        reason: &'static str,
+    },
+    /// The same agent id was requested twice.
+    #[error("agent id {0:?} is listed more than once")]
+    DuplicateAgentId(String),
+    /// No DNS name or IP address was given for the aggregator certificate.
+    #[error(
+        "no server names given: the aggregator certificate needs at least one DNS name or IP \
+         address that agents will connect to (e.g. \"localhost\", \"127.0.0.1\")"
+    )]
+    NoServerNames,
+    /// A server name is neither an IP address nor a usable DNS name.
+    #[error("server name {name:?} is neither an IP address nor a valid DNS name: {source}")]
+    InvalidServerName {
+        /// The offending name.
+        name: String,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+    /// rcgen failed to build, sign or parse a certificate or key.
+    #[error("{what}: {source}")]
+    Certificate {
+        /// Which certificate or key was being handled.
+        what: String,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+    /// A file that would be written already exists.
+    #[error(
+        "{0} already exists; refusing to overwrite it (certificates already issued would stop \
+         working). Move it away or choose another directory"
+    )]
+    AlreadyExists(PathBuf),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// PEM text could not be decoded.
+    #[error("{what}: not valid PEM: {source}")]
+    Pem {
+        /// Which certificate or key, e.g. `certificate file agents/a1.pem`.
+        what: String,
+        /// The decoder's reason.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// PEM text holds no block of the expected kind.
+    #[error("{what}: no {expected} found in the PEM text")]
+    MissingPem {
+        /// Which certificate or key.
+        what: String,
+        /// The PEM block that was expected, e.g. `CERTIFICATE`.
+        expected: &'static str,
+    },
+    /// A certificate could not be parsed as X.509 or lacks something required.
+    #[error("{what}: {reason}")]
+    BadCertificate {
+        /// Which certificate.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The CA key does not belong to the CA certificate.
+    #[error(
+        "the CA private key does not match the CA certificate (were ca.pem and ca.key taken from \
+         different federations?)"
+    )]
+    CaKeyMismatch,
+    /// rustls rejected the certificate, key or configuration.
+    #[error("building the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built.
+    #[error("building the client-certificate verifier: {0}")]
+    Verifier(#[from] VerifierBuilderError),
+    /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
+    #[error("the TLS configuration cannot be used for QUIC: {0}")]
+    Quic(#[from] NoInitialCipherSuite),
+    /// A transport tuning value is out of range.
+    #[error("transport tuning: {field} {reason}")]
+    InvalidTransport {
+        /// The [`TransportTuning`] field.
+        field: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// The peer presented no certificate chain.
+    #[error(
+        "the peer presented no certificate (the server endpoint must be built with \
+         identity::server_config, which requires client certificates)"
+    )]
+    NoPeerCertificate,
+}
+
+/// A certificate (PEM, leaf first) with its private key (PEM, PKCS#8).
+///
+/// `Debug` never prints the private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// PEM `CERTIFICATE` block(s), the leaf first.
+    pub cert_pem: String,
+    /// PEM private key.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Identity {
+    /// Writes the certificate and key to two new files; the key file gets mode 0600 on Unix.
+    ///
+    /// # Errors
+    /// [`IdentityError::AlreadyExists`] if either file exists (nothing is written then), or
+    /// [`IdentityError::Io`] if a file cannot be created or written.
+    pub fn write_to(&self, cert_path: &Path, key_path: &Path) -> Result<(), IdentityError> {
+        refuse_existing(&[cert_path, key_path])?;
+        write_new(key_path, &self.key_pem, true)?;
+        write_new(cert_path, &self.cert_pem, false)
+    }
+}
+
+/// Everything a new federation needs: the CA, the aggregator's identity and one identity per
+/// agent. `Debug` never prints private keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FederationPki {
+    /// The CA certificate, PEM. Distributed to every agent and to the aggregator.
+    pub ca_cert_pem: String,
+    /// The CA private key, PEM. Needed only to issue more certificates: keep it offline.
+    pub ca_key_pem: String,
+    /// The aggregator's certificate and key.
+    pub server: Identity,
+    /// `(agent id, identity)` in the order the ids were given.
+    pub agents: Vec<(String, Identity)>,
+}
+
+impl fmt::Debug for FederationPki {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FederationPki")
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .field("ca_key_pem", &"<redacted>")
+            .field("server", &self.server)
+            .field("agents", &self.agents)
+            .finish()
+    }
+}
+
+impl FederationPki {
+    /// Writes the federation to `dir` (created if missing):
+    /// `ca.pem`, `ca.key`, `server.pem`, `server.key`, `agents/<id>.pem`, `agents/<id>.key`.
+    ///
+    /// Key files get mode 0600 on Unix. `ca.pem` is written last, so its presence marks a
+    /// complete federation directory.
+    ///
+    /// # Errors
+    /// [`IdentityError::AlreadyExists`] if `ca.pem` or any other target file already exists
+    /// (checked before anything is written), [`IdentityError::InvalidAgentId`] if an agent
+    /// id is not a safe file name, or [`IdentityError::Io`] on a file-system failure.
+    pub fn write_to_dir(&self, dir: &Path) -> Result<(), IdentityError> {
+        for (id, _) in &self.agents {
+            // The id becomes a file name: never let one escape `agents/`.
+            validate_agent_id(id)?;
+        }
+        let agents_dir = dir.join("agents");
+        let ca_cert = dir.join("ca.pem");
+        let ca_key = dir.join("ca.key");
+        let server_cert = dir.join("server.pem");
+        let server_key = dir.join("server.key");
+        let agent_files: Vec<(PathBuf, PathBuf, &Identity)> = self
+            .agents
+            .iter()
+            .map(|(id, identity)| {
+                (
+                    agents_dir.join(format!("{id}.pem")),
+                    agents_dir.join(format!("{id}.key")),
+                    identity,
+                )
+            })
+            .collect();
+
+        let mut targets: Vec<&Path> = vec![&ca_cert, &ca_key, &server_cert, &server_key];
+        for (cert, key, _) in &agent_files {
+            targets.push(cert);
+            targets.push(key);
+        }
+        refuse_existing(&targets)?;
+
+        fs::create_dir_all(&agents_dir).map_err(|source| IdentityError::Io {
+            path: agents_dir.clone(),
+            source,
+        })?;
+        write_new(&ca_key, &self.ca_key_pem, true)?;
+        self.server.write_to(&server_cert, &server_key)?;
+        for (cert, key, identity) in &agent_files {
+            identity.write_to(cert, key)?;
+        }
+        write_new(&ca_cert, &self.ca_cert_pem, false)
+    }
+}
+
+/// Checks an agent id: 1 to 64 characters, each one of `A-Z a-z 0-9 . _ -`.
+///
+/// Ids become certificate common names and file names, hence the narrow alphabet.
+///
+/// # Errors
+/// [`IdentityError::InvalidAgentId`] saying which part of the rule the id breaks.
+pub fn validate_agent_id(id: &str) -> Result<(), IdentityError> {
+    let invalid = |reason| IdentityError::InvalidAgentId {
+        id: id.chars().take(MAX_AGENT_ID_LEN + 8).collect(),
+        reason,
+    };
+    if id.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if id.len() > MAX_AGENT_ID_LEN {
+        return Err(invalid("it is longer than 64 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid("it contains a character outside A-Z a-z 0-9 . _ -"));
+    }
+    Ok(())
+}
+
+/// Creates a new federation: a CA, an aggregator certificate valid for `server_names` (DNS
+/// names and/or IP addresses such as `"localhost"`, `"127.0.0.1"`) and one client certificate
+/// per agent id, whose subject common name is the id.
+///
+/// Keys are ECDSA P-256. The CA may sign leaf certificates only (path length 0); the
+/// aggregator certificate is for server authentication only and agent certificates for client
+/// authentication only.
+///
+/// # Errors
+/// [`IdentityError::InvalidAgentId`] or [`IdentityError::DuplicateAgentId`] for a bad agent
+/// list, [`IdentityError::NoServerNames`] or [`IdentityError::InvalidServerName`] for bad
+/// server names, [`IdentityError::Certificate`] if key generation or signing fails.
+pub fn generate(
+    agent_ids: &[String],
+    server_names: &[String],
+) -> Result<FederationPki, IdentityError> {
+    let mut seen = HashSet::new();
+    for id in agent_ids {
+        validate_agent_id(id)?;
+        if !seen.insert(id.as_str()) {
+            return Err(IdentityError::DuplicateAgentId(id.clone()));
+        }
+    }
+    if server_names.is_empty() {
+        return Err(IdentityError::NoServerNames);
+    }
+
+    let ca_key = new_key("the CA key")?;
+    let today = days_since_epoch_now();
+    let mut ca_params = CertificateParams::default();
+    // A federation-specific CA name (suffix from the key's hash) keeps two federations' CAs
+    // apart even in tools that match issuers by name.
+    let key_id = ca_params.key_identifier(&ca_key);
+    let suffix: String = key_id.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "fedtune");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("fedtune federation CA {suffix}"));
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut ca_params, today, CA_VALIDITY_DAYS);
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(certificate_error("signing the CA certificate"))?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server = issue_server(&issuer, server_names, today)?;
+    let agents = agent_ids
+        .iter()
+        .map(|id| Ok((id.clone(), issue_agent_with(&issuer, id, today)?)))
+        .collect::<Result<Vec<_>, IdentityError>>()?;
+
+    Ok(FederationPki {
+        ca_cert_pem: ca_cert.pem(),
+        ca_key_pem: issuer.key().serialize_pem(),
+        server,
+        agents,
+    })
+}
+
+/// Issues a certificate for one more agent, signed by an existing federation CA.
+///
+/// The issuer is rebuilt from the CA certificate's subject name and subject key identifier
+/// plus the CA key, so the new certificate chains to the same CA as the ones made by
+/// [`generate`]. Write it with [`Identity::write_to`].
+///
+/// # Errors
+/// [`IdentityError::InvalidAgentId`] for a bad id; [`IdentityError::Pem`],
+/// [`IdentityError::MissingPem`] or [`IdentityError::BadCertificate`] if the CA certificate is
+/// unreadable or not a CA; [`IdentityError::Certificate`] if the key is unreadable or signing
+/// fails; [`IdentityError::CaKeyMismatch`] if the key does not belong to the certificate.
+pub fn issue_agent(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    agent_id: &str,
+) -> Result<Identity, IdentityError> {
+    validate_agent_id(agent_id)?;
+    let what = "CA certificate";
+    let ca_der = first_certificate(ca_cert_pem, what)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| bad(what, e))?;
+    if !ca.is_ca() {
+        return Err(bad(
+            what,
+            "it is not a CA certificate (basic constraints CA:FALSE or missing)",
+        ));
+    }
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(certificate_error("reading the CA key"))?;
+    if rcgen::PublicKeyData::subject_public_key_info(&ca_key) != ca.public_key().raw {
+        return Err(IdentityError::CaKeyMismatch);
+    }
+
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(ca.subject()).map_err(|e| bad(what, e))?;
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Reuse the CA's own subject key identifier so the new certificate's authority key
+    // identifier matches it exactly.
+    for ext in ca.extensions() {
+        if let ParsedExtension::SubjectKeyIdentifier(ski) = ext.parsed_extension() {
+            params.key_identifier_method = KeyIdMethod::PreSpecified(ski.0.to_vec());
+        }
+    }
+    let issuer = Issuer::new(params, ca_key);
+    let identity = issue_agent_with(&issuer, agent_id, days_since_epoch_now())?;
+
+    // Verifiers find the issuer by comparing names byte for byte: check the rebuilt name
+    // encodes exactly like the CA's own.
+    let leaf_der = first_certificate(&identity.cert_pem, "new agent certificate")?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der)
+        .map_err(|e| bad("new agent certificate", e))?;
+    if leaf.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(bad(
+            what,
+            "its subject name uses an encoding this tool cannot reproduce; issue agent \
+             certificates with the tool that created the CA",
+        ));
+    }
+    Ok(identity)
+}
+
+/// Reads a certificate file and its key file and checks both hold PEM of the right kind.
+///
+/// # Errors
+/// [`IdentityError::Io`] if a file cannot be read; [`IdentityError::Pem`] or
+/// [`IdentityError::MissingPem`] (naming the file) if it does not hold a certificate or a
+/// private key.
+pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, IdentityError> {
+    let cert_pem = read_text(cert_path)?;
+    let key_pem = read_text(key_path)?;
+    certificate_chain(
+        &cert_pem,
+        &format!("certificate file {}", cert_path.display()),
+    )?;
+    private_key(&key_pem, &format!("key file {}", key_path.display()))?;
+    Ok(Identity { cert_pem, key_pem })
+}
+
+/// Reads the federation CA certificate from a file and checks it is a CA certificate.
+///
+/// # Errors
+/// [`IdentityError::Io`] if the file cannot be read; [`IdentityError::Pem`],
+/// [`IdentityError::MissingPem`] or [`IdentityError::BadCertificate`] (naming the file) if it
+/// does not hold a CA certificate.
+pub fn load_ca_certificate(path: &Path) -> Result<String, IdentityError> {
+    let pem = read_text(path)?;
+    let what = format!("CA certificate file {}", path.display());
+    let der = first_certificate(&pem, &what)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(&what, e))?;
+    if !cert.is_ca() {
+        return Err(bad(&what, "it is not a CA certificate"));
+    }
+    Ok(pem)
+}
+
+/// Transport settings shared by the aggregator's and agents' QUIC connections.
+///
+/// The flow-control windows are sized for multi-megabyte tensors: one stream may have
+/// `stream_receive_window` bytes in flight, a connection `receive_window` in total, which is
+/// also the most a peer can make this side buffer per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportTuning {
+    /// A connection silent for this long is closed (RFC 9308 suggests 30 s).
+    pub max_idle_timeout: Duration,
+    /// Interval of keep-alive packets; must be shorter than `max_idle_timeout`.
+    pub keep_alive_interval: Duration,
+    /// Bytes one stream may have unread before the sender must wait.
+    pub stream_receive_window: u64,
+    /// Bytes all streams of a connection may have unread before the sender must wait.
+    pub receive_window: u64,
+    /// Bytes of unacknowledged data this side keeps buffered per connection.
+    pub send_window: u64,
+    /// UDP payload size used before path MTU discovery; at least 1200.
+    pub initial_mtu: u16,
+    /// Bidirectional streams the peer may have open at once.
+    pub max_concurrent_bidi_streams: u32,
+    /// Largest UDP payload this endpoint accepts, advertised to the peer; applied by
+    /// [`TransportTuning::endpoint_config`]. The peer never sends larger packets, whatever
+    /// its `initial_mtu`.
+    pub max_udp_payload_size: u16,
+    /// Upper bound of path MTU discovery, or `None` to keep the packet size fixed at
+    /// `initial_mtu` (capped by the peer's `max_udp_payload_size`).
+    pub mtu_discovery_upper_bound: Option<u16>,
+}
+
+impl Default for TransportTuning {
+    /// Internet defaults: 1200-byte initial packets, MTU discovery up to 1452 (quinn's
+    /// defaults), 16 MiB per stream, 64 MiB per connection.
+    fn default() -> Self {
+        Self {
+            max_idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(5),
+            stream_receive_window: 16 << 20,
+            receive_window: 64 << 20,
+            send_window: 64 << 20,
+            initial_mtu: QUIC_MIN_UDP_PAYLOAD,
+            max_concurrent_bidi_streams: 64,
+            max_udp_payload_size: 1472,
+            mtu_discovery_upper_bound: Some(1452),
+        }
+    }
+}
+
+impl TransportTuning {
+    /// Settings for simulations and benchmarks on 127.0.0.1 / ::1: fixed
+    /// [`LOOPBACK_UDP_PAYLOAD`]-byte packets and no MTU discovery.
+    ///
+    /// Large packets take effect only if *both* endpoints accept them, i.e. both are built
+    /// from [`TransportTuning::endpoint_config`] of a loopback tuning; otherwise the packet
+    /// size falls back to the peer's limit. Note that quinn sizes an endpoint's receive buffer
+    /// as `max_udp_payload_size` × 64 GRO segments × 32 (≈ 128 MiB of mostly untouched virtual
+    /// memory at this size, against ≈ 3 MiB by default).
+    pub fn loopback() -> Self {
+        Self {
+            initial_mtu: LOOPBACK_UDP_PAYLOAD,
+            max_udp_payload_size: LOOPBACK_UDP_PAYLOAD,
+            mtu_discovery_upper_bound: None,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every value is in the range QUIC and quinn accept.
+    ///
+    /// # Errors
+    /// [`IdentityError::InvalidTransport`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), IdentityError> {
+        let invalid = |field, reason: String| Err(IdentityError::InvalidTransport { field, reason });
+        if self.max_idle_timeout.is_zero()
+            || quinn::IdleTimeout::try_from(self.max_idle_timeout).is_err()
+        {
+            return invalid(
+                "max_idle_timeout",
+                "must be positive and below 2^62 ms (zero would never time out a vanished peer)"
+                    .into(),
+            );
+        }
+        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.max_idle_timeout
+        {
+            return invalid(
+                "keep_alive_interval",
+                format!(
+                    "must be positive and shorter than max_idle_timeout ({:?})",
+                    self.max_idle_timeout
+                ),
+            );
+        }
+        for (field, value) in [
+            ("stream_receive_window", self.stream_receive_window),
+            ("receive_window", self.receive_window),
+            ("send_window", self.send_window),
+        ] {
+            if value == 0 || value > quinn::VarInt::MAX.into_inner() {
+                return invalid(field, format!("must be in 1..2^62, got {value}"));
+            }
+        }
+        if self.stream_receive_window > self.receive_window {
+            return invalid(
+                "stream_receive_window",
+                format!(
+                    "({}) exceeds receive_window ({}), which would cap it anyway",
+                    self.stream_receive_window, self.receive_window
+                ),
+            );
+        }
+        let udp_range = QUIC_MIN_UDP_PAYLOAD..=QUIC_MAX_UDP_PAYLOAD;
+        for (field, value) in [
+            ("initial_mtu", Some(self.initial_mtu)),
+            ("max_udp_payload_size", Some(self.max_udp_payload_size)),
+            ("mtu_discovery_upper_bound", self.mtu_discovery_upper_bound),
+        ] {
+            if let Some(value) = value
+                && !udp_range.contains(&value)
+            {
+                return invalid(field, format!("must be in 1200..=65527, got {value}"));
+            }
+        }
+        if self.max_concurrent_bidi_streams == 0 {
+            return invalid(
+                "max_concurrent_bidi_streams",
+                "must be at least 1 (the protocol uses bidirectional streams)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The quinn transport configuration for these settings.
+    ///
+    /// Out-of-range values are clamped; call [`TransportTuning::validate`] first to have them
+    /// reported instead ([`server_config`] does).
+    pub fn transport_config(&self) -> quinn::TransportConfig {
+        let varint = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
+        let mut config = quinn::TransportConfig::default();
+        config
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(self.max_idle_timeout)
+                    .unwrap_or_else(|_| quinn::VarInt::MAX.into()),
+            ))
+            .keep_alive_interval((!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval))
+            .stream_receive_window(varint(self.stream_receive_window))
+            .receive_window(varint(self.receive_window))
+            .send_window(self.send_window)
+            .initial_mtu(self.initial_mtu.min(QUIC_MAX_UDP_PAYLOAD))
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .mtu_discovery_config(self.mtu_discovery_upper_bound.map(|bound| {
+                let mut mtud = quinn::MtuDiscoveryConfig::default();
+                mtud.upper_bound(bound);
+                mtud
+            }));
+        config
+    }
+
+    /// The quinn endpoint configuration (it carries `max_udp_payload_size`). Build the
+    /// endpoint with `quinn::Endpoint::new(tuning.endpoint_config()?, ..)`.
+    ///
+    /// # Errors
+    /// [`IdentityError::InvalidTransport`] if `max_udp_payload_size` is outside 1200..=65527.
+    pub fn endpoint_config(&self) -> Result<quinn::EndpointConfig, IdentityError> {
+        let mut config = quinn::EndpointConfig::default();
+        config
+            .max_udp_payload_size(self.max_udp_payload_size)
+            .map_err(|e| IdentityError::InvalidTransport {
+                field: "max_udp_payload_size",
+                reason: format!("{e} (must be in 1200..=65527)"),
+            })?;
+        Ok(config)
+    }
+}
+
+/// The aggregator's QUIC server configuration: TLS 1.3 with the *ring* provider, ALPN
+/// [`ALPN`], and client certificates **required** and verified against the federation CA.
+///
+/// 0-RTT stays disabled: early data could be replayed by anyone who captured it.
+///
+/// # Errors
+/// [`IdentityError::InvalidTransport`] for bad tuning; [`IdentityError::Pem`],
+/// [`IdentityError::MissingPem`] for unreadable PEM; [`IdentityError::Tls`] if rustls rejects
+/// the CA, the certificate or the key (e.g. a key that does not match the certificate).
+pub fn server_config(
+    ca_cert_pem: &str,
+    identity: &Identity,
+    transport: &TransportTuning,
+) -> Result<quinn::ServerConfig, IdentityError> {
+    transport.validate()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in certificate_chain(ca_cert_pem, "CA certificate")? {
+        roots.add(ca)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()?;
+    let chain = certificate_chain(&identity.cert_pem, "server certificate")?;
+    let key = private_key(&identity.key_pem, "server key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport.transport_config()));
+    Ok(config)
+}
+
+/// The agent id of an accepted connection: the subject common name of the certificate the
+/// peer authenticated with, checked with [`validate_agent_id`].
+///
+/// Trustworthy only on connections accepted by an endpoint built with [`server_config`],
+/// which has already verified the certificate against the federation CA.
+///
+/// # Errors
+/// [`IdentityError::NoPeerCertificate`] if the peer presented no certificate;
+/// [`IdentityError::BadCertificate`] if it has no (or several) common names;
+/// [`IdentityError::InvalidAgentId`] if the name is not a valid agent id.
+pub fn peer_agent_id(connection: &quinn::Connection) -> Result<String, IdentityError> {
+    let chain = connection
+        .peer_identity()
+        .ok_or(IdentityError::NoPeerCertificate)?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| IdentityError::NoPeerCertificate)?;
+    let leaf = chain.first().ok_or(IdentityError::NoPeerCertificate)?;
+    agent_id_from_certificate(leaf)
+}
+
+/// The agent id in a DER certificate: its single subject common name, validated.
+///
+/// # Errors
+/// [`IdentityError::BadCertificate`] if the certificate cannot be parsed or has no (or
+/// several) common names; [`IdentityError::InvalidAgentId`] if the name is not a valid id.
+pub fn agent_id_from_certificate(der: &[u8]) -> Result<String, IdentityError> {
+    let what = "peer certificate";
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(what, e))?;
+    let mut names = cert.subject().iter_common_name();
+    let name = names
+        .next()
+        .ok_or_else(|| bad(what, "its subject has no common name (CN)"))?;
+    if names.next().is_some() {
+        return Err(bad(
+            what,
+            "its subject has several common names (CN); expected exactly one",
+        ));
+    }
+    let id = name
+        .as_str()
+        .map_err(|e| bad(what, format!("its common name is not a text string: {e}")))?;
+    validate_agent_id(id)?;
+    Ok(id.to_owned())
+}
+
+fn issue_server(
+    issuer: &Issuer<'_, KeyPair>,
+    server_names: &[String],
+    today: i64,
+) -> Result<Identity, IdentityError> {
+    let mut params = CertificateParams::default();
+    for name in server_names {
+        // The same rule as rcgen's `CertificateParams::new`, but naming the offending entry.
+        let san = match name.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.as_str().try_into().map_err(|source| {
+                IdentityError::InvalidServerName {
+                    name: name.clone(),
+                    source,
+                }
+            })?),
+        };
+        params.subject_alt_names.push(san);
+    }
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, SERVER_COMMON_NAME);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, today, LEAF_VALIDITY_DAYS);
+    let key = new_key("the server key")?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(certificate_error("signing the server certificate"))?;
+    Ok(Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn issue_agent_with(
+    issuer: &Issuer<'_, KeyPair>,
+    agent_id: &str,
+    today: i64,
+) -> Result<Identity, IdentityError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, agent_id);
+    // A DNS SAN as well, for tools that ignore the CN, when the id is a valid DNS name
+    // (`agent_1` is not). The aggregator reads the CN.
+    if DnsName::try_from(agent_id).is_ok()
+        && let Ok(name) = agent_id.try_into()
+    {
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, today, LEAF_VALIDITY_DAYS);
+    let what = || format!("agent {agent_id:?}");
+    let key = KeyPair::generate().map_err(|source| IdentityError::Certificate {
+        what: format!("generating the key of {}", what()),
+        source,
+    })?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|source| IdentityError::Certificate {
+            what: format!("signing the certificate of {}", what()),
+            source,
+        })?;
+    Ok(Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn new_key(what: &'static str) -> Result<KeyPair, IdentityError> {
+    // rcgen's default with ring: ECDSA P-256 with SHA-256.
+    KeyPair::generate().map_err(certificate_error(what))
+}
+
+fn certificate_error(what: &'static str) -> impl Fn(rcgen::Error) -> IdentityError {
+    move |source| IdentityError::Certificate {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn bad(what: &str, reason: impl fmt::Display) -> IdentityError {
+    IdentityError::BadCertificate {
+        what: what.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Rebuilds an X.509 name for rcgen, keeping each attribute's string type so that the DER
+/// encoding (which verifiers compare byte for byte) comes out identical.
+fn distinguished_name(
+    name: &x509_parser::x509::X509Name<'_>,
+) -> Result<rcgen::DistinguishedName, String> {
+    let mut dn = rcgen::DistinguishedName::new();
+    for rdn in name.iter() {
+        let mut attributes = rdn.iter();
+        let (Some(attribute), None) = (attributes.next(), attributes.next()) else {
+            return Err("its subject has a multi-valued name component".into());
+        };
+        let oid: Vec<u64> = attribute
+            .attr_type()
+            .iter()
+            .ok_or("its subject has an attribute type that is not a valid OID")?
+            .collect();
+        let value = attribute.attr_value();
+        let text = || {
+            std::str::from_utf8(value.data).map_err(|_| "its subject has a non-UTF-8 string")
+        };
+        let value = match value.header.tag() {
+            Tag::PrintableString => DnValue::PrintableString(
+                text()?
+                    .try_into()
+                    .map_err(|e| format!("its subject: {e}"))?,
+            ),
+            Tag::Ia5String => {
+                DnValue::Ia5String(text()?.try_into().map_err(|e| format!("its subject: {e}"))?)
+            }
+            Tag::Utf8String => DnValue::Utf8String(text()?.to_owned()),
+            other => {
+                return Err(format!(
+                    "its subject uses a string type ({other}) this tool cannot reproduce"
+                ));
+            }
+        };
+        let ty = DnType::from_oid(&oid);
+        if dn.get(&ty).is_some() {
+            return Err("its subject repeats an attribute type".into());
+        }
+        dn.push(ty, value);
+    }
+    Ok(dn)
+}
+
+fn first_certificate(pem: &str, what: &str) -> Result<CertificateDer<'static>, IdentityError> {
+    certificate_chain(pem, what)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| IdentityError::MissingPem {
+            what: what.to_owned(),
+            expected: "CERTIFICATE",
+        })
+}
+
+fn certificate_chain(
+    pem: &str,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| IdentityError::Pem {
+            what: what.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(IdentityError::MissingPem {
+            what: what.to_owned(),
+            expected: "CERTIFICATE",
+        });
+    }
+    Ok(chain)
+}
+
+fn private_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => IdentityError::MissingPem {
+            what: what.to_owned(),
+            expected: "PRIVATE KEY",
+        },
+        source => IdentityError::Pem {
+            what: what.to_owned(),
+            source,
+        },
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, IdentityError> {
+    fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn refuse_existing(paths: &[&Path]) -> Result<(), IdentityError> {
+    for path in paths {
+        // `symlink_metadata` so a dangling symlink also counts as "exists".
+        if path.symlink_metadata().is_ok() {
+            return Err(IdentityError::AlreadyExists(path.to_path_buf()));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` (failing if it exists) and writes `contents`; private files get mode 0600
+/// from the start on Unix, never a wider mode in between.
+fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), IdentityError> {
+    let io_error = |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            IdentityError::AlreadyExists(path.to_owned())
+        } else {
+            io_error(source)
+        }
+    })?;
+    file.write_all(contents.as_bytes()).map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
+
+fn days_since_epoch_now() -> i64 {
+    // A clock before 1970 is broken; certificates then start at the epoch.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
+}
+
+fn set_validity(params: &mut CertificateParams, today: i64, validity_days: i64) {
+    let date = |days: i64| {
+        let (year, month, day) = civil_from_days(days);
+        rcgen::date_time_ymd(year, month, day)
+    };
+    params.not_before = date(today - BACKDATE_DAYS);
+    params.not_after = date(today + validity_days);
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's
+/// `civil_from_days`.
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        i32::try_from(year).unwrap_or(i32::MAX),
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "fedtune-identity-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn parse(pem: &str) -> CertificateDer<'static> {
+        first_certificate(pem, "test").expect("a certificate")
+    }
+
+    #[test]
+    fn agent_ids_follow_the_naming_rule() {
+        for good in ["a", "agent-1", "edge_07.site-b", "A.B_C-d9", &"x".repeat(64)] {
+            assert!(validate_agent_id(good).is_ok(), "{good:?} should be valid");
+        }
+        for bad in [
+            "",
+            &"x".repeat(65),
+            "agent 1",
+            "agent/1",
+            "../ca",
+            "agent\n",
+            "agént",
+            "a:b",
+        ] {
+            let err = validate_agent_id(bad).expect_err(bad);
+            assert!(
+                matches!(err, IdentityError::InvalidAgentId { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn generate_issues_cn_per_agent_and_server_sans() {
+        let pki = generate(
+            &ids(&["agent-1", "agent_2"]),
+            &ids(&["localhost", "127.0.0.1"]),
+        )
+        .expect("generate");
+        assert_eq!(pki.agents.len(), 2);
+        for (id, identity) in &pki.agents {
+            let der = parse(&identity.cert_pem);
+            assert_eq!(&agent_id_from_certificate(&der).expect("agent id"), id);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+            let eku = cert.extended_key_usage().expect("eku").expect("eku present");
+            assert!(eku.value.client_auth && !eku.value.server_auth);
+        }
+
+        let ca_der = parse(&pki.ca_cert_pem);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
+        assert!(ca.is_ca());
+        let ku = ca.key_usage().expect("ku").expect("ku present");
+        assert!(ku.value.key_cert_sign());
+        let server_der = parse(&pki.server.cert_pem);
+        let (_, server) = x509_parser::parse_x509_certificate(&server_der).expect("server");
+        assert_eq!(server.issuer().as_raw(), ca.subject().as_raw());
+        let sans = server.subject_alternative_name().expect("san").expect("san present");
+        use x509_parser::extensions::GeneralName;
+        let names = &sans.value.general_names;
+        assert!(
+            names.contains(&GeneralName::DNSName("localhost")),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])),
+            "{names:?}"
+        );
+        // The server certificate must not be usable as an agent identity.
+        assert!(agent_id_from_certificate(&parse(&pki.server.cert_pem)).is_err());
+        // Debug output never leaks private keys.
+        let debug = format!("{pki:?}");
+        assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+    }
+
+    #[test]
+    fn generate_rejects_bad_input() {
+        let names = ids(&["localhost"]);
+        assert!(matches!(
+            generate(&ids(&["a", "b", "a"]), &names),
+            Err(IdentityError::DuplicateAgentId(id)) if id == "a"
+        ));
+        assert!(matches!(
+            generate(&ids(&["bad id"]), &names),
+            Err(IdentityError::InvalidAgentId { .. })
+        ));
+        assert!(matches!(
+            generate(&ids(&["a"]), &[]),
+            Err(IdentityError::NoServerNames)
+        ));
+        assert!(matches!(
+            generate(&ids(&["a"]), &ids(&["bad name\u{e9}"])),
+            Err(IdentityError::InvalidServerName { .. })
+        ));
+    }
+
+    #[test]
+    fn write_then_reload_round_trips_and_never_overwrites() {
+        let dir = temp_dir("roundtrip");
+        let pki = generate(&ids(&["a1", "a2"]), &ids(&["localhost"])).expect("generate");
+        pki.write_to_dir(&dir).expect("write");
+
+        let server = load_identity(&dir.join("server.pem"), &dir.join("server.key"))
+            .expect("load server");
+        assert_eq!(server, pki.server);
+        let a2 = load_identity(&dir.join("agents/a2.pem"), &dir.join("agents/a2.key"))
+            .expect("load agent");
+        assert_eq!(a2, pki.agents[1].1);
+        assert_eq!(
+            load_ca_certificate(&dir.join("ca.pem")).expect("ca"),
+            pki.ca_cert_pem
+        );
+        assert!(load_ca_certificate(&dir.join("server.pem")).is_err());
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for key in ["ca.key", "server.key", "agents/a1.key"] {
+                let mode = fs::metadata(dir.join(key)).expect("key").permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{key}");
+            }
+        }
+
+        // A second federation must not replace the first: every issued certificate would
+        // stop working.
+        let other = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+        let err = other.write_to_dir(&dir).expect_err("must refuse");
+        assert!(matches!(&err, IdentityError::AlreadyExists(p) if p.ends_with("ca.pem")));
+        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+        assert_eq!(fs::read_to_string(dir.join("ca.pem")).expect("ca"), pki.ca_cert_pem);
+        assert_eq!(
+            fs::read_to_string(dir.join("agents/a1.key")).expect("key"),
+            pki.agents[0].1.key_pem
+        );
+
+        // Writing one more agent also refuses to clobber an existing one.
+        let err = pki.agents[0]
+            .1
+            .write_to(&dir.join("agents/a1.pem"), &dir.join("agents/a1.key"))
+            .expect_err("must refuse");
+        assert!(matches!(err, IdentityError::AlreadyExists(_)));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = temp_dir("load-errors");
+        fs::create_dir_all(&dir).expect("dir");
+        let cert = dir.join("cert.pem");
+        let key = dir.join("cert.key");
+        fs::write(&cert, "not pem at all").expect("write");
+        fs::write(&key, "").expect("write");
+        let err = load_identity(&cert, &key).expect_err("garbage");
+        assert!(err.to_string().contains("certificate file"), "{err}");
+        assert!(err.to_string().contains("cert.pem"), "{err}");
+
+        let pki = generate(&ids(&["a"]), &ids(&["localhost"])).expect("generate");
+        fs::write(&cert, &pki.agents[0].1.cert_pem).expect("write");
+        let err = load_identity(&cert, &key).expect_err("empty key");
+        assert!(err.to_string().contains("cert.key"), "{err}");
+        assert!(err.to_string().contains("PRIVATE KEY"), "{err}");
+
+        let err = load_identity(&dir.join("missing.pem"), &key).expect_err("missing");
+        assert!(matches!(err, IdentityError::Io { .. }));
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn issue_agent_chains_to_the_existing_ca() {
+        let pki = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+        let later = issue_agent(&pki.ca_cert_pem, &pki.ca_key_pem, "late-joiner").expect("issue");
+        let der = parse(&later.cert_pem);
+        assert_eq!(agent_id_from_certificate(&der).expect("id"), "late-joiner");
+
+        let (_, leaf) = x509_parser::parse_x509_certificate(&der).expect("leaf");
+        let ca_der = parse(&pki.ca_cert_pem);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
+        // Signature and chain are checked by a real handshake in tests/mtls.rs.
+        assert_eq!(leaf.issuer().as_raw(), ca.subject().as_raw());
+        let aki = leaf
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.clone(),
+                _ => None,
+            })
+            .expect("authority key identifier");
+        let ski = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.clone()),
+                _ => None,
+            })
+            .expect("subject key identifier");
+        assert_eq!(aki.0, ski.0);
+    }
+
+    #[test]
+    fn issue_agent_refuses_mismatched_or_non_ca_input() {
+        let pki = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+        let other = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+        assert!(matches!(
+            issue_agent(&pki.ca_cert_pem, &other.ca_key_pem, "x"),
+            Err(IdentityError::CaKeyMismatch)
+        ));
+        assert!(matches!(
+            issue_agent(&pki.agents[0].1.cert_pem, &pki.agents[0].1.key_pem, "x"),
+            Err(IdentityError::BadCertificate { .. })
+        ));
+        assert!(matches!(
+            issue_agent(&pki.ca_cert_pem, &pki.ca_key_pem, "no spaces please"),
+            Err(IdentityError::InvalidAgentId { .. })
+        ));
+    }
+
+    #[test]
+    fn tuning_is_validated_and_applied() {
+        assert!(TransportTuning::default().validate().is_ok());
+        assert!(TransportTuning::loopback().validate().is_ok());
+        let bad = [
+            TransportTuning {
+                keep_alive_interval: Duration::from_secs(60),
+                ..TransportTuning::default()
+            },
+            TransportTuning {
+                max_idle_timeout: Duration::ZERO,
+                ..TransportTuning::default()
+            },
+            TransportTuning {
+                initial_mtu: 1000,
+                ..TransportTuning::default()
+            },
+            TransportTuning {
+                max_udp_payload_size: 65_535,
+                ..TransportTuning::default()
+            },
+            TransportTuning {
+                stream_receive_window: 1 << 30,
+                ..TransportTuning::default()
+            },
+            TransportTuning {
+                max_concurrent_bidi_streams: 0,
+                ..TransportTuning::default()
+            },
+        ];
+        for tuning in bad {
+            assert!(
+                matches!(tuning.validate(), Err(IdentityError::InvalidTransport { .. })),
+                "{tuning:?}"
+            );
+        }
+        let endpoint = TransportTuning::loopback().endpoint_config().expect("endpoint");
+        assert_eq!(
+            endpoint.get_max_udp_payload_size(),
+            u64::from(LOOPBACK_UDP_PAYLOAD)
+        );
+    }
+
+    #[test]
+    fn server_config_rejects_mismatched_key() {
+        let pki = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+        let wrong = Identity {
+            cert_pem: pki.server.cert_pem.clone(),
+            key_pem: pki.agents[0].1.key_pem.clone(),
+        };
+        assert!(matches!(
+            server_config(&pki.ca_cert_pem, &wrong, &TransportTuning::default()),
+            Err(IdentityError::Tls(_))
+        ));
+        assert!(
+            server_config(&pki.ca_cert_pem, &pki.server, &TransportTuning::default()).is_ok()
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_000), (2024, 10, 4));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}

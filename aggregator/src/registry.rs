@@ -1,0 +1,205 @@
+//! Connected agents: the accept loop, the hello handshake, and who is online.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedtune_protocol::{
+    AgentMessage, AggregatorMessage, Capabilities, ErrorCode, ErrorMessage, Limits, PROTOCOL_VERSION,
+    SessionLimits, Welcome,
+};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::identity::peer_agent_id;
+use crate::wire::{error_for, read_agent_frame, reply_error, write_message};
+
+/// How long a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected, authenticated agent.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    /// Identity from the agent's certificate.
+    pub id: String,
+    /// Session number, unique per aggregator run.
+    pub session_id: u64,
+    /// What the agent said it offers.
+    pub capabilities: Capabilities,
+    /// The QUIC connection.
+    pub connection: quinn::Connection,
+}
+
+/// The agents currently connected, keyed by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    agents: Mutex<BTreeMap<String, AgentHandle>>,
+    changed: Notify,
+    next_session: AtomicU64,
+}
+
+impl Registry {
+    /// Connected agents, ordered by id (so seeded sampling is reproducible).
+    pub fn snapshot(&self) -> Vec<AgentHandle> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Number of connected agents.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no agent is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the set of agents changes.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AgentHandle>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single
+        // insert/remove), so a poisoned lock is still usable.
+        self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn insert(&self, handle: AgentHandle) {
+        if let Some(old) = self.lock().insert(handle.id.clone(), handle) {
+            old.connection.close(2u32.into(), b"replaced by a newer connection of the same agent");
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn remove(&self, id: &str, session_id: u64) {
+        let mut agents = self.lock();
+        if agents.get(id).is_some_and(|h| h.session_id == session_id) {
+            agents.remove(id);
+        }
+        drop(agents);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Accepts connections until the endpoint closes. At most `max_agents` connections are
+/// served at once; more are refused.
+pub async fn accept_loop(endpoint: quinn::Endpoint, registry: Arc<Registry>, max_agents: usize, max_payload: u64) {
+    let slots = Arc::new(Semaphore::new(max_agents));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "refusing connection: {max_agents} agents already connected");
+            incoming.refuse();
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(e) = serve_agent(incoming, &registry, max_payload).await {
+                info!(%remote, "agent connection ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload: u64) -> anyhow::Result<()> {
+    let connection = incoming.await?;
+    let id = match peer_agent_id(&connection) {
+        Ok(id) => id,
+        Err(e) => {
+            connection.close(1u32.into(), b"no valid agent certificate");
+            return Err(e.into());
+        }
+    };
+    let session_id = registry.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+    let capabilities = tokio::time::timeout(HELLO_TIMEOUT, handshake(&connection, &id, session_id, max_payload))
+        .await
+        .map_err(|_| anyhow::anyhow!("agent {id} did not say hello within {HELLO_TIMEOUT:?}"))??;
+    info!(agent = %id, session_id, ?capabilities, "agent connected");
+    registry.insert(AgentHandle { id: id.clone(), session_id, capabilities, connection: connection.clone() });
+
+    // Streams the agent opens after the handshake are unsolicited: answer and go on.
+    let reason = loop {
+        match connection.accept_bi().await {
+            Ok((mut send, mut recv)) => {
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let limits = Limits { max_payload, ..Limits::default() };
+                    let error = match read_agent_frame(&mut recv, limits, async || ()).await {
+                        Ok((AgentMessage::Update(u), _, ())) => ErrorMessage::new(
+                            ErrorCode::NotInRound,
+                            format!("no task was sent for trial {} round {} to agent {id}", u.trial, u.round),
+                        ),
+                        Ok((other, _, ())) => ErrorMessage::new(
+                            ErrorCode::Unexpected,
+                            format!("unexpected {} outside an exchange", message_name(&other)),
+                        ),
+                        Err(e) => match error_for(&e) {
+                            Some(error) => error,
+                            None => return debug!(agent = %id, "unsolicited stream failed: {e}"),
+                        },
+                    };
+                    warn!(agent = %id, "refused unsolicited message: {}", error.message);
+                    reply_error(&mut send, error).await;
+                    let _ = recv.stop(0u32.into());
+                });
+            }
+            Err(e) => break e,
+        }
+    };
+    registry.remove(&id, session_id);
+    info!(agent = %id, "agent disconnected: {reason}");
+    Ok(())
+}
+
+async fn handshake(
+    connection: &quinn::Connection,
+    id: &str,
+    session_id: u64,
+    max_payload: u64,
+) -> anyhow::Result<Capabilities> {
+    let (mut send, mut recv) = connection.accept_bi().await?;
+    let hello = match read_agent_frame(&mut recv, Limits::control(), async || ()).await {
+        Ok((AgentMessage::Hello(hello), _, ())) => hello,
+        Ok((other, _, ())) => {
+            let error = ErrorMessage::new(ErrorCode::Unexpected, format!("expected Hello, got {}", message_name(&other)));
+            reply_error(&mut send, error.clone()).await;
+            anyhow::bail!("agent {id}: {error}");
+        }
+        Err(e) => {
+            if let Some(error) = error_for(&e) {
+                reply_error(&mut send, error).await;
+            }
+            anyhow::bail!("agent {id}: bad hello: {e}");
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let error = ErrorMessage::new(
+            ErrorCode::UnsupportedVersion,
+            format!("agent speaks protocol {}, this aggregator speaks {PROTOCOL_VERSION}", hello.protocol_version),
+        );
+        reply_error(&mut send, error.clone()).await;
+        anyhow::bail!("agent {id}: {error}");
+    }
+    let welcome = Welcome {
+        session_id,
+        agent_id: id.to_owned(),
+        limits: SessionLimits { max_payload_bytes: max_payload },
+    };
+    write_message(&mut send, &AggregatorMessage::Welcome(welcome)).await?;
+    send.finish()?;
+    Ok(hello.capabilities)
+}
+
+/// A message's variant name, for error texts.
+pub fn message_name(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello(_) => "Hello",
+        AgentMessage::Update(_) => "Update",
+        AgentMessage::Evaluation(_) => "Evaluation",
+        AgentMessage::Decline(_) => "Decline",
+        AgentMessage::Error(_) => "Error",
+    }
+}

@@ -1,0 +1,328 @@
+//! One federated round as a state machine: fed events, polled for its status, no I/O.
+//!
+//! The driver in [`server`](crate::server) sends tasks, then feeds [`Round`] what comes
+//! back (`on_update`, `on_failure`) and asks it, with the current time, whether the round
+//! is over (`poll`). Time is passed in, so deadlines are tested without sleeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use fedtune_protocol::tensor::check_finite;
+use fedtune_protocol::{ErrorCode, ErrorMessage, ManifestHash, TrainMetrics, Update};
+
+use crate::fedavg::FedAvg;
+
+/// What one agent contributed to a round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentResult {
+    /// Agent id (from its certificate).
+    pub agent: String,
+    /// Training samples behind the update.
+    pub num_samples: u64,
+    /// What the agent measured.
+    pub metrics: TrainMetrics,
+    /// When the update arrived, counted from the start of the round.
+    pub arrived_after: Duration,
+}
+
+/// An agent in the cohort that did not contribute, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFailure {
+    /// Agent id.
+    pub agent: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Where a round stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundStatus {
+    /// Waiting for more updates until the deadline.
+    Collecting {
+        /// When the round closes regardless.
+        deadline: Instant,
+    },
+    /// Enough updates arrived, every cohort member answered, or the deadline passed.
+    Closed,
+}
+
+/// Identity and rules of a round.
+#[derive(Debug, Clone)]
+pub struct RoundSpec {
+    /// Trial number.
+    pub trial: u64,
+    /// Round number.
+    pub round: u64,
+    /// Agents asked to train.
+    pub cohort: Vec<String>,
+    /// Layout every update must have.
+    pub manifest_hash: ManifestHash,
+    /// Parameters per update.
+    pub numel: usize,
+    /// The round closes early once this many updates are in.
+    pub target_updates: usize,
+    /// Fewer updates than this and the round is not applied.
+    pub min_updates: usize,
+    /// How long the round waits for stragglers.
+    pub timeout: Duration,
+}
+
+/// A federated round in progress.
+#[derive(Debug)]
+pub struct Round {
+    spec: RoundSpec,
+    started: Instant,
+    pending: BTreeSet<String>,
+    average: FedAvg,
+    results: Vec<AgentResult>,
+    failures: Vec<AgentFailure>,
+}
+
+/// A closed round: the averaged update and who contributed.
+#[derive(Debug)]
+pub struct RoundOutcome {
+    /// The round's rules.
+    pub spec: RoundSpec,
+    /// Running average of the accepted updates.
+    pub average: FedAvg,
+    /// Accepted updates, in arrival order.
+    pub results: Vec<AgentResult>,
+    /// Cohort members that failed, declined, were refused or timed out.
+    pub failures: Vec<AgentFailure>,
+    /// Whether enough updates arrived for the average to be applied.
+    pub quorum_met: bool,
+}
+
+impl Round {
+    /// Starts a round at `now`.
+    pub fn new(spec: RoundSpec, now: Instant) -> Self {
+        Self {
+            pending: spec.cohort.iter().cloned().collect(),
+            average: FedAvg::new(spec.numel),
+            results: Vec::new(),
+            failures: Vec::new(),
+            started: now,
+            spec,
+        }
+    }
+
+    /// The round's rules.
+    pub fn spec(&self) -> &RoundSpec {
+        &self.spec
+    }
+
+    /// Checks an update and folds it into the average.
+    ///
+    /// # Errors
+    /// The error to send back to the agent: it is not (or no longer) expected in this
+    /// round, the update is for another trial/round or manifest, has the wrong length,
+    /// no samples, or holds non-finite values. A refused update counts as that agent's
+    /// failure for the round; the round goes on with the others.
+    pub fn on_update(&mut self, agent: &str, update: &Update, delta: &[f32], now: Instant) -> Result<(), ErrorMessage> {
+        if !self.pending.contains(agent) {
+            let why = if self.spec.cohort.iter().any(|a| a == agent) {
+                "already answered in this round"
+            } else {
+                "is not in this round's cohort"
+            };
+            return Err(ErrorMessage::new(
+                ErrorCode::NotInRound,
+                format!("agent {agent} {why} (trial {}, round {})", self.spec.trial, self.spec.round),
+            ));
+        }
+        if let Err(refusal) = self.check(update, delta, now) {
+            self.fail(agent, format!("update refused: {}", refusal.message));
+            return Err(refusal);
+        }
+        self.pending.remove(agent);
+        self.average.add(delta, update.num_samples);
+        self.results.push(AgentResult {
+            agent: agent.to_owned(),
+            num_samples: update.num_samples,
+            metrics: update.metrics.clone(),
+            arrived_after: now.saturating_duration_since(self.started),
+        });
+        Ok(())
+    }
+
+    fn check(&self, update: &Update, delta: &[f32], now: Instant) -> Result<(), ErrorMessage> {
+        let spec = &self.spec;
+        if now >= self.deadline() {
+            return Err(ErrorMessage::new(ErrorCode::TooLate, "the round's deadline has passed"));
+        }
+        if (update.trial, update.round) != (spec.trial, spec.round) {
+            return Err(ErrorMessage::new(
+                ErrorCode::NotInRound,
+                format!(
+                    "update is for trial {} round {}, the open round is trial {} round {}",
+                    update.trial, update.round, spec.trial, spec.round
+                ),
+            ));
+        }
+        if update.manifest_hash != spec.manifest_hash || delta.len() != spec.numel {
+            return Err(ErrorMessage::new(
+                ErrorCode::ManifestMismatch,
+                format!(
+                    "update has manifest {} with {} parameters, the round expects manifest {} with {}",
+                    update.manifest_hash,
+                    delta.len(),
+                    spec.manifest_hash,
+                    spec.numel
+                ),
+            ));
+        }
+        if update.num_samples == 0 {
+            return Err(ErrorMessage::new(ErrorCode::Malformed, "update reports zero training samples"));
+        }
+        check_finite(delta).map_err(|e| ErrorMessage::new(ErrorCode::NonFinite, e.to_string()))
+    }
+
+    /// Records that a cohort member will not contribute (declined, errored, went away).
+    /// Ignored for agents that already answered.
+    pub fn on_failure(&mut self, agent: &str, reason: impl Into<String>) {
+        if self.pending.contains(agent) {
+            self.fail(agent, reason.into());
+        }
+    }
+
+    fn fail(&mut self, agent: &str, reason: String) {
+        self.pending.remove(agent);
+        self.failures.push(AgentFailure { agent: agent.to_owned(), reason });
+    }
+
+    /// When the round closes regardless of stragglers.
+    pub fn deadline(&self) -> Instant {
+        self.started + self.spec.timeout
+    }
+
+    /// Whether the round is still collecting at `now`.
+    pub fn poll(&self, now: Instant) -> RoundStatus {
+        let enough = self.results.len() >= self.spec.target_updates;
+        if enough || self.pending.is_empty() || now >= self.deadline() {
+            RoundStatus::Closed
+        } else {
+            RoundStatus::Collecting { deadline: self.deadline() }
+        }
+    }
+
+    /// Closes the round; agents still pending are recorded as stragglers.
+    pub fn finish(mut self) -> RoundOutcome {
+        let stragglers: Vec<String> = std::mem::take(&mut self.pending).into_iter().collect();
+        for agent in stragglers {
+            self.failures.push(AgentFailure { agent, reason: "no update before the round closed".into() });
+        }
+        let quorum_met = self.results.len() >= self.spec.min_updates.max(1);
+        RoundOutcome {
+            spec: self.spec,
+            average: self.average,
+            results: self.results,
+            failures: self.failures,
+            quorum_met,
+        }
+    }
+}
+
+/// Per-agent validation metrics of one global model, keyed by agent id.
+pub type AgentAccuracies = BTreeMap<String, f64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedtune_protocol::ClientHyperparameters;
+
+    fn spec(cohort: &[&str], target: usize) -> RoundSpec {
+        RoundSpec {
+            trial: 0,
+            round: 3,
+            cohort: cohort.iter().map(|s| s.to_string()).collect(),
+            manifest_hash: ManifestHash([1; 32]),
+            numel: 2,
+            target_updates: target,
+            min_updates: 1,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn update(samples: u64) -> Update {
+        Update {
+            trial: 0,
+            round: 3,
+            manifest_hash: ManifestHash([1; 32]),
+            num_samples: samples,
+            metrics: TrainMetrics::default(),
+            used: ClientHyperparameters::default(),
+            proposal: None,
+        }
+    }
+
+    #[test]
+    fn closes_when_every_member_answered_and_averages_by_samples() {
+        let t0 = Instant::now();
+        let mut round = Round::new(spec(&["a", "b", "c"], 3), t0);
+        round.on_update("a", &update(1), &[1.0, 1.0], t0).unwrap();
+        assert!(matches!(round.poll(t0), RoundStatus::Collecting { .. }));
+        round.on_update("b", &update(3), &[5.0, -1.0], t0).unwrap();
+        round.on_failure("c", "declined");
+        assert_eq!(round.poll(t0), RoundStatus::Closed);
+        let outcome = round.finish();
+        assert!(outcome.quorum_met);
+        let mut global = vec![0.0, 0.0];
+        outcome.average.apply_to(&mut global);
+        assert_eq!(global, vec![4.0, -0.5]);
+        assert_eq!(outcome.failures, vec![AgentFailure { agent: "c".into(), reason: "declined".into() }]);
+    }
+
+    #[test]
+    fn bad_updates_are_refused_and_the_round_goes_on() {
+        let t0 = Instant::now();
+        let mut round = Round::new(spec(&["a", "b", "c", "d", "e"], 5), t0);
+        let nan = round.on_update("a", &update(1), &[f32::NAN, 0.0], t0).unwrap_err();
+        assert_eq!(nan.code, ErrorCode::NonFinite);
+        let mut wrong = update(1);
+        wrong.manifest_hash = ManifestHash([9; 32]);
+        assert_eq!(round.on_update("b", &wrong, &[0.0, 0.0], t0).unwrap_err().code, ErrorCode::ManifestMismatch);
+        assert_eq!(round.on_update("c", &update(1), &[0.0], t0).unwrap_err().code, ErrorCode::ManifestMismatch);
+        assert_eq!(round.on_update("x", &update(1), &[0.0, 0.0], t0).unwrap_err().code, ErrorCode::NotInRound);
+        let mut stale = update(1);
+        stale.round = 2;
+        assert_eq!(round.on_update("d", &stale, &[0.0, 0.0], t0).unwrap_err().code, ErrorCode::NotInRound);
+        round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap();
+        assert_eq!(round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap_err().code, ErrorCode::NotInRound);
+        assert_eq!(round.poll(t0), RoundStatus::Closed);
+        let outcome = round.finish();
+        assert_eq!(outcome.results.len(), 1);
+        assert_eq!(outcome.failures.len(), 4);
+        let mut global = vec![0.0, 0.0];
+        assert!(outcome.average.apply_to(&mut global));
+        assert_eq!(global, vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn deadline_drops_stragglers_without_waiting() {
+        let t0 = Instant::now();
+        let mut round = Round::new(spec(&["a", "b"], 2), t0);
+        round.on_update("a", &update(1), &[1.0, 1.0], t0 + Duration::from_secs(1)).unwrap();
+        assert!(matches!(round.poll(t0 + Duration::from_secs(9)), RoundStatus::Collecting { .. }));
+        let late = t0 + Duration::from_secs(10);
+        assert_eq!(round.poll(late), RoundStatus::Closed);
+        assert_eq!(round.on_update("b", &update(1), &[1.0, 1.0], late).unwrap_err().code, ErrorCode::TooLate);
+        let outcome = round.finish();
+        assert_eq!(outcome.results.len(), 1);
+        assert!(outcome.failures.iter().any(|f| f.agent == "b"));
+    }
+
+    #[test]
+    fn closes_early_at_target_and_reports_missing_quorum() {
+        let t0 = Instant::now();
+        let mut round = Round::new(spec(&["a", "b", "c"], 1), t0);
+        round.on_update("a", &update(1), &[1.0, 1.0], t0).unwrap();
+        assert_eq!(round.poll(t0), RoundStatus::Closed);
+
+        let mut s = spec(&["a", "b"], 2);
+        s.min_updates = 2;
+        let mut round = Round::new(s, t0);
+        round.on_update("a", &update(1), &[1.0, 1.0], t0).unwrap();
+        round.on_failure("b", "connection lost");
+        assert!(!round.finish().quorum_met);
+    }
+}

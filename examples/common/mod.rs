@@ -1,0 +1,49 @@
+//! Set-up shared by the examples.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The repository's bundled data directory.
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+/// Mean of `xs` (0 for none).
+pub fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 }
+}
+
+/// Population variance of `xs` (0 for none).
+pub fn variance(xs: &[f64]) -> f64 {
+    let m = mean(xs);
+    if xs.is_empty() { 0.0 } else { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64 }
+}
+
+/// Median of `xs` (0 for none).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Writes `summary` as pretty JSON to `path` when one was given.
+pub fn write_summary(path: Option<&Path>, summary: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(summary)?)?;
+        println!("summary written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Logs to stderr at `warn` unless `RUST_LOG` says otherwise, so reports stay readable.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,32 @@
+//! Server-side evaluation on a held-out test set, with the agents' Burn model code.
+
+use fedtune_agent::data::Dataset;
+use fedtune_agent::model::Device;
+use fedtune_agent::train::evaluate;
+use fedtune_aggregator::{Evaluator, GlobalEvaluation};
+use fedtune_protocol::ModelSpec;
+
+/// Evaluates global models on a test set the aggregator holds (as Flower's
+/// `evaluate_fn`).
+#[derive(Debug)]
+pub struct TestSetEvaluator {
+    test: Dataset,
+    device: Device,
+}
+
+impl TestSetEvaluator {
+    /// An evaluator over `test` on `device`.
+    pub fn new(test: Dataset, device: Device) -> Self {
+        Self { test, device }
+    }
+}
+
+impl Evaluator for TestSetEvaluator {
+    fn evaluate(&self, model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, String> {
+        let ModelSpec::Mlp(spec) = model else {
+            return Err("only MLP models can be evaluated on the test set".into());
+        };
+        let e = evaluate(spec, params, &self.test, &self.device).map_err(|e| e.to_string())?;
+        Ok(GlobalEvaluation { loss: e.loss, accuracy: e.accuracy, samples: e.samples })
+    }
+}

@@ -1,0 +1,21 @@
+//! fedtune: federated tuning and fine-tuning across edge devices, without moving their
+//! data.
+//!
+//! This crate ties the three parts together for simulations, examples and end-to-end
+//! tests; the parts are usable on their own:
+//! - [`protocol`] (`fedtune-protocol`): the contract between agents and the aggregator.
+//! - [`agent`] (`fedtune-agent`): the edge daemon.
+//! - [`aggregator`] (`fedtune-aggregator`): the service.
+//!
+//! # Layout
+//! - [`sim`]: an aggregator and N agents in one process over real QUIC on 127.0.0.1.
+//! - [`evaluate`]: server-side evaluation of the global model on a held-out test set.
+
+#![forbid(unsafe_code)]
+
+pub use fedtune_agent as agent;
+pub use fedtune_aggregator as aggregator;
+pub use fedtune_protocol as protocol;
+
+pub mod evaluate;
+pub mod sim;

@@ -1,0 +1,75 @@
+//! An aggregator and N agents in one process, over real QUIC on 127.0.0.1 with
+//! certificates generated on the fly. Used by the examples and the end-to-end tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fedtune_agent::client::{AgentError, AgentOptions, Exit, Reconnect, client_endpoint, run};
+use fedtune_agent::tls::{client_config, default_transport};
+use fedtune_agent::trainer::Trainer;
+use fedtune_aggregator::identity::{FederationPki, IdentityError, TransportTuning, generate};
+use fedtune_aggregator::service::bind;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A throwaway PKI for `agents` agents named `agent-0` …, valid for `localhost` and
+/// `127.0.0.1`.
+///
+/// # Errors
+/// [`IdentityError`] if certificate generation fails.
+pub fn ephemeral_pki(agents: usize) -> Result<FederationPki, IdentityError> {
+    let ids: Vec<String> = (0..agents).map(agent_id).collect();
+    generate(&ids, &["localhost".to_string(), "127.0.0.1".to_string()])
+}
+
+/// The id of simulated agent `i`.
+pub fn agent_id(i: usize) -> String {
+    format!("agent-{i}")
+}
+
+/// Binds an aggregator endpoint on 127.0.0.1 with an OS-chosen port.
+///
+/// # Errors
+/// [`IdentityError`] for bad certificates or when the socket cannot be bound.
+pub fn bind_aggregator(pki: &FederationPki, loopback: bool) -> Result<quinn::Endpoint, IdentityError> {
+    let tuning = if loopback { TransportTuning::loopback() } else { TransportTuning::default() };
+    bind(SocketAddr::from(([127, 0, 0, 1], 0)), &pki.ca_cert_pem, &pki.server, &tuning)
+}
+
+/// Starts one agent per trainer (agent `i` uses `pki.agents[i]`), each with its own QUIC
+/// endpoint, connecting to `aggregator`. Each task ends when its agent exits.
+///
+/// # Errors
+/// A message when there are more trainers than agent certificates or a TLS config fails.
+pub fn spawn_agents<T: Trainer>(
+    pki: &FederationPki,
+    aggregator: SocketAddr,
+    trainers: Vec<T>,
+    loopback: bool,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinSet<Result<Exit, AgentError>>, String> {
+    if trainers.len() > pki.agents.len() {
+        return Err(format!("{} trainers but only {} agent certificates", trainers.len(), pki.agents.len()));
+    }
+    let transport = Arc::new(default_transport(loopback));
+    let mut agents = JoinSet::new();
+    for (trainer, (id, identity)) in trainers.into_iter().zip(&pki.agents) {
+        let tls = client_config(&pki.ca_cert_pem, &identity.cert_pem, &identity.key_pem, transport.clone())
+            .map_err(|e| e.to_string())?;
+        let endpoint = client_endpoint(tls, aggregator, loopback).map_err(|e| e.to_string())?;
+        let options = AgentOptions {
+            aggregator,
+            server_name: "localhost".into(),
+            name: id.clone(),
+            max_payload_bytes: 1 << 32,
+            reconnect: Reconnect { max_attempts: Some(5), ..Reconnect::default() },
+        };
+        let stop = stop.clone();
+        agents.spawn(async move {
+            let exit = run(endpoint.clone(), options, trainer, stop).await;
+            endpoint.wait_idle().await;
+            exit
+        });
+    }
+    Ok(agents)
+}
