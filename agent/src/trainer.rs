@@ -85,3 +85,17 @@ impl Trainer for BurnTrainer {
         Ok(Evaluation { trial: request.trial, round: request.round, loss: e.loss, accuracy: e.accuracy, samples: e.samples })
     }
 }
+
+impl Trainer for Box<dyn Trainer> {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+
+    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+        (**self).fit(task, global)
+    }
+
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+        (**self).evaluate(request, params)
+    }
+}

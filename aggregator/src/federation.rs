@@ -168,7 +168,7 @@ pub async fn run(
                 break;
             }
             let span = info_span!("round", round);
-            let Some(record) = run_round(&config, &registry, round, &mut global, &mut rng, &buffers, &hooks, &mut shutdown)
+            let Some(record) = run_round(&config, &registry, round, &mut global, &mut rng, &buffers, hooks.evaluator.clone(), &mut shutdown)
                 .instrument(span)
                 .await
             else {
@@ -242,7 +242,7 @@ async fn run_round(
     global: &mut [f32],
     rng: &mut StdRng,
     buffers: &Arc<Semaphore>,
-    hooks: &Hooks,
+    evaluator: Option<Arc<dyn Evaluator>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<RoundRecord> {
     let fed = &config.federation;
@@ -315,8 +315,8 @@ async fn run_round(
     } else {
         warn!(updates = outcome.results.len(), needed = fed.min_updates, "quorum not met: global model unchanged");
     }
-    let test = match &hooks.evaluator {
-        Some(evaluator) => evaluate_global(evaluator.clone(), &config.model, global).await,
+    let test = match evaluator {
+        Some(evaluator) => evaluate_global(evaluator, &config.model, global).await,
         None => None,
     };
     let record = RoundRecord {

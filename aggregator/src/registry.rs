@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::identity::peer_agent_id;
-use crate::wire::{error_for, read_agent_frame, reply_error, write_message};
+use crate::wire::{error_for, read_agent_frame, reply_error, reply_error_and_linger, write_message};
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,12 +165,12 @@ async fn handshake(
         Ok((AgentMessage::Hello(hello), _, ())) => hello,
         Ok((other, _, ())) => {
             let error = ErrorMessage::new(ErrorCode::Unexpected, format!("expected Hello, got {}", message_name(&other)));
-            reply_error(&mut send, error.clone()).await;
+            reply_error_and_linger(&mut send, error.clone()).await;
             anyhow::bail!("agent {id}: {error}");
         }
         Err(e) => {
             if let Some(error) = error_for(&e) {
-                reply_error(&mut send, error).await;
+                reply_error_and_linger(&mut send, error).await;
             }
             anyhow::bail!("agent {id}: bad hello: {e}");
         }
@@ -180,7 +180,7 @@ async fn handshake(
             ErrorCode::UnsupportedVersion,
             format!("agent speaks protocol {}, this aggregator speaks {PROTOCOL_VERSION}", hello.protocol_version),
         );
-        reply_error(&mut send, error.clone()).await;
+        reply_error_and_linger(&mut send, error.clone()).await;
         anyhow::bail!("agent {id}: {error}");
     }
     let welcome = Welcome {

@@ -76,6 +76,13 @@ pub async fn reply_error(send: &mut quinn::SendStream, error: ErrorMessage) {
     let _ = send.finish();
 }
 
+/// Answers a stream with an error, then waits (briefly) until the peer has the bytes,
+/// for when the connection is about to be closed and would otherwise drop the reply.
+pub async fn reply_error_and_linger(send: &mut quinn::SendStream, error: ErrorMessage) {
+    reply_error(send, error).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+}
+
 /// Packs parameters as shareable wire bytes (one copy per round, not per agent).
 pub fn params_to_bytes(params: &[f32]) -> Bytes {
     Bytes::from(f32_to_le_bytes(params).into_owned())

@@ -390,6 +390,7 @@ async fn zz_probe_mtu() -> Result<()> {
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(iw);
     transport.congestion_controller_factory(Arc::new(cubic));
+    transport.enable_segmentation_offload(std::env::var("NOGSO").is_err());
     let transport = Arc::new(transport);
     let mut sc = identity::server_config(&pki.ca_cert_pem, &pki.server, &tuning)?;
     sc.transport_config(transport.clone());
@@ -431,6 +432,8 @@ async fn zz_probe_mtu() -> Result<()> {
         connection.close(0u32.into(), b"");
     }
     times.sort_by(f64::total_cmp);
+    let rss = std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmRSS") || l.starts_with("VmSize")).collect::<Vec<_>>().join(" ");
+    eprintln!("  {rss}");
     eprintln!("  median of 5: {:.1} ms", times[2]);
     Ok(())
 }

@@ -1,0 +1,120 @@
+//! End-to-end federated rounds over real mutual-TLS QUIC on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use fedtune::agent::client::Exit;
+use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer};
+use fedtune::aggregator::Hooks;
+use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Task};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federation_trains_digits_over_quic() {
+    let report = run_digits(4, 5, true).await;
+    assert_eq!(report.rounds.len(), 5);
+    assert!(!report.interrupted);
+    for round in &report.rounds {
+        assert_eq!(round.updates, 4, "round {}: {:?}", round.round, round.failures);
+        assert!(round.applied);
+    }
+    let first = report.rounds[0].test.expect("test evaluation").accuracy;
+    let last = report.final_test.expect("test evaluation").accuracy;
+    assert!(last > first + 0.2, "test accuracy went from {first} to {last}");
+    assert!(last > 0.6, "test accuracy {last}");
+    // The final model was evaluated on every agent's own validation split.
+    assert_eq!(report.final_agent_evaluation.len(), 4);
+    assert!(report.final_agent_evaluation.values().all(|e| e.samples > 0 && e.accuracy > 0.3));
+    // The agents measured the incoming global model before training, so accuracy rises.
+    assert!(report.rounds[4].federated_accuracy > report.rounds[0].federated_accuracy);
+}
+
+/// An agent whose update is corrupted after honest training.
+struct Corrupt {
+    inner: BurnTrainer,
+    how: fn(&mut Vec<f32>),
+}
+
+impl Trainer for Corrupt {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+        let mut outcome = self.inner.fit(task, global)?;
+        (self.how)(&mut outcome.delta);
+        Ok(outcome)
+    }
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+        self.inner.evaluate(request, params)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_and_wrong_manifest_updates_are_refused_while_the_round_completes() {
+    let data = digits();
+    let fed = start_aggregator(4, config(4, 2), Hooks::default());
+    let mut trainers = digits_trainers(&data, 4).into_iter();
+    let honest: Vec<Corrupt> = trainers.by_ref().take(2).map(|inner| Corrupt { inner, how: |_| {} }).collect();
+    let nan = Corrupt { inner: trainers.next().unwrap(), how: |d| d[5] = f32::NAN };
+    let truncated = Corrupt { inner: trainers.next().unwrap(), how: |d| d.truncate(d.len() - 1) };
+    let mut agents = start_agents(&fed, honest.into_iter().chain([nan, truncated]).collect());
+
+    let report = fed.aggregator.await.unwrap().unwrap();
+    assert_eq!(report.rounds.len(), 2);
+    for round in &report.rounds {
+        assert_eq!(round.updates, 2, "only the honest updates count");
+        assert!(round.applied);
+        let reason = |agent: &str| {
+            round.failures.iter().find(|f| f.agent == agent).map(|f| f.reason.clone()).unwrap_or_default()
+        };
+        assert!(reason("agent-2").contains("not finite"), "{:?}", round.failures);
+        assert!(reason("agent-3").contains("manifest"), "{:?}", round.failures);
+    }
+    assert!(report.global.iter().all(|v| v.is_finite()));
+    // Refused agents stay connected and are told to stop like everyone else.
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+}
+
+/// An agent that never answers in time.
+struct Sleepy;
+
+impl Trainer for Sleepy {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    fn fit(&mut self, _: &Task, _: &[f32]) -> Result<FitOutcome, String> {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        Err("too slow anyway".into())
+    }
+    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, String> {
+        Err("no data".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stragglers_are_dropped_at_the_deadline() {
+    let data = digits();
+    let mut config = config(2, 1);
+    config.federation.round_timeout_secs = 1.0;
+    config.federation.final_evaluation = false;
+    let fed = start_aggregator(2, config, Hooks::default());
+    let honest = digits_trainers(&data, 1).remove(0);
+    let mut agents = fedtune::sim::spawn_agents(&fed.pki, fed.addr, vec![Box::new(honest) as Box<dyn Trainer>, Box::new(Sleepy)], false, fed.stop.subscribe()).unwrap();
+    let started = std::time::Instant::now();
+    let report = fed.aggregator.await.unwrap().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let round = &report.rounds[0];
+    assert_eq!(round.updates, 1);
+    assert!(round.failures.iter().any(|f| f.agent == "agent-1" && f.reason.contains("before the round closed")));
+    while agents.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_agents_is_a_clear_error_not_a_hang() {
+    let mut config = config(3, 1);
+    config.federation.wait_for_agents_secs = 0.5;
+    let fed = start_aggregator(3, config, Hooks::default());
+    let err = fed.aggregator.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("only 0 of the 3 required agents"), "{err}");
+}
