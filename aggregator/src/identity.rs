@@ -65,6 +65,13 @@ const QUIC_MAX_UDP_PAYLOAD: u16 = 65_527;
 /// UDP payload used by [`TransportTuning::loopback`]: the largest that fits the Linux loopback
 /// MTU (65,536) over IPv6 as well as IPv4 (65,536 − 40 IPv6 − 8 UDP header bytes).
 pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
+/// Largest UDP send Linux accepts, GSO batches included (65,535 − 28 header bytes).
+const LINUX_MAX_UDP_SEND: usize = 65_507;
+/// Datagrams quinn puts in one GSO batch at most (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11).
+const QUINN_MAX_GSO_SEGMENTS: usize = 10;
+/// Socket buffers requested by default: enough for a few 64 KiB packets or GSO batches per
+/// connection. Linux caps the request at `net.core.rmem_max` / `wmem_max` without an error.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// What can go wrong creating, loading or using the federation's identities.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +165,14 @@ pub enum IdentityError {
     /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
     #[error("the TLS configuration cannot be used for QUIC: {0}")]
     Quic(#[from] NoInitialCipherSuite),
+    /// The UDP socket could not be bound or wrapped into an endpoint.
+    #[error("binding the UDP socket {addr}: {source}")]
+    Socket {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
     /// A transport tuning value is out of range.
     #[error("transport tuning: {field} {reason}")]
     InvalidTransport {
@@ -495,11 +510,16 @@ pub struct TransportTuning {
     /// Upper bound of path MTU discovery, or `None` to keep the packet size fixed at
     /// `initial_mtu` (capped by the peer's `max_udp_payload_size`).
     pub mtu_discovery_upper_bound: Option<u16>,
+    /// Kernel receive and send buffer to request for the endpoint's UDP socket, or `None` for
+    /// the OS default (often 208 KiB, which drops packets in bursts: QUIC then retransmits and
+    /// slows down). Linux caps the request at `net.core.rmem_max` / `wmem_max`. Applied by
+    /// [`TransportTuning::endpoint`].
+    pub socket_buffer_size: Option<usize>,
 }
 
 impl Default for TransportTuning {
     /// Internet defaults: 1200-byte initial packets, MTU discovery up to 1452 (quinn's
-    /// defaults), 16 MiB per stream, 64 MiB per connection.
+    /// defaults), 16 MiB per stream, 64 MiB per connection, 4 MiB socket buffers.
     fn default() -> Self {
         Self {
             max_idle_timeout: Duration::from_secs(30),
@@ -511,6 +531,7 @@ impl Default for TransportTuning {
             max_concurrent_bidi_streams: 64,
             max_udp_payload_size: 1472,
             mtu_discovery_upper_bound: Some(1452),
+            socket_buffer_size: Some(SOCKET_BUFFER_BYTES),
         }
     }
 }
@@ -520,10 +541,14 @@ impl TransportTuning {
     /// [`LOOPBACK_UDP_PAYLOAD`]-byte packets and no MTU discovery.
     ///
     /// Large packets take effect only if *both* endpoints accept them, i.e. both are built
-    /// from [`TransportTuning::endpoint_config`] of a loopback tuning; otherwise the packet
-    /// size falls back to the peer's limit. Note that quinn sizes an endpoint's receive buffer
-    /// as `max_udp_payload_size` × 64 GRO segments × 32 (≈ 128 MiB of mostly untouched virtual
-    /// memory at this size, against ≈ 3 MiB by default).
+    /// with [`TransportTuning::endpoint`] (or [`TransportTuning::endpoint_config`]) of a
+    /// loopback tuning; otherwise the packet size falls back to the peer's limit.
+    /// [`TransportTuning::transport_config`] turns segmentation offload off and scales the
+    /// initial congestion window for packets this large (see there).
+    ///
+    /// quinn sizes an endpoint's receive buffer as `max_udp_payload_size` × 64 GRO segments ×
+    /// 32: ≈ 128 MiB of virtual memory at this size (≈ 3 MiB by default), almost all of it
+    /// never touched; resident memory stays about the same.
     pub fn loopback() -> Self {
         Self {
             initial_mtu: LOOPBACK_UDP_PAYLOAD,
@@ -588,6 +613,12 @@ impl TransportTuning {
                 return invalid(field, format!("must be in 1200..=65527, got {value}"));
             }
         }
+        if self.socket_buffer_size == Some(0) {
+            return invalid(
+                "socket_buffer_size",
+                "must be positive, or None for the OS default".into(),
+            );
+        }
         if self.max_concurrent_bidi_streams == 0 {
             return invalid(
                 "max_concurrent_bidi_streams",
@@ -599,10 +630,23 @@ impl TransportTuning {
 
     /// The quinn transport configuration for these settings.
     ///
+    /// Two quinn settings follow from the packet size, because quinn's defaults break with
+    /// large packets:
+    /// - the initial congestion window is 10 × `initial_mtu` (quinn's default, 12,000 bytes,
+    ///   is smaller than one 16 KiB packet, and then not even the first handshake packet is
+    ///   ever sent);
+    /// - segmentation offload (GSO) stays on only while 10 packets fit one UDP send (≤ 6,550
+    ///   bytes each): quinn batches up to 10 packets per send, Linux refuses sends over 64 KiB,
+    ///   the batch is lost and black-hole detection drops the MTU back to 1200.
+    ///
     /// Out-of-range values are clamped; call [`TransportTuning::validate`] first to have them
     /// reported instead ([`server_config`] does).
     pub fn transport_config(&self) -> quinn::TransportConfig {
         let varint = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
+        let initial_mtu = self.initial_mtu.clamp(QUIC_MIN_UDP_PAYLOAD, QUIC_MAX_UDP_PAYLOAD);
+        let largest_mtu = initial_mtu.max(self.mtu_discovery_upper_bound.unwrap_or(0));
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(10 * u64::from(initial_mtu));
         let mut config = quinn::TransportConfig::default();
         config
             .max_idle_timeout(Some(
@@ -613,14 +657,45 @@ impl TransportTuning {
             .stream_receive_window(varint(self.stream_receive_window))
             .receive_window(varint(self.receive_window))
             .send_window(self.send_window)
-            .initial_mtu(self.initial_mtu.min(QUIC_MAX_UDP_PAYLOAD))
+            .initial_mtu(initial_mtu)
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_concurrent_bidi_streams))
             .mtu_discovery_config(self.mtu_discovery_upper_bound.map(|bound| {
                 let mut mtud = quinn::MtuDiscoveryConfig::default();
                 mtud.upper_bound(bound);
                 mtud
-            }));
+            }))
+            .congestion_controller_factory(Arc::new(cubic))
+            .enable_segmentation_offload(
+                usize::from(largest_mtu) * QUINN_MAX_GSO_SEGMENTS <= LINUX_MAX_UDP_SEND,
+            );
         config
+    }
+
+    /// Binds a UDP socket at `addr` with these settings and makes it a quinn endpoint: a
+    /// server if `server_config` is given (see [`server_config`]), otherwise a client-only
+    /// endpoint. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`IdentityError::InvalidTransport`] for bad tuning; [`IdentityError::Socket`] if the
+    /// address cannot be bound or there is no tokio runtime.
+    pub fn endpoint(
+        &self,
+        addr: std::net::SocketAddr,
+        server_config: Option<quinn::ServerConfig>,
+    ) -> Result<quinn::Endpoint, IdentityError> {
+        self.validate()?;
+        let socket_error = |source| IdentityError::Socket { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(socket_error)?;
+        if let Some(bytes) = self.socket_buffer_size {
+            set_socket_buffers(&socket, bytes);
+        }
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            socket_error(std::io::Error::other(
+                "no async runtime: create endpoints inside a tokio runtime",
+            ))
+        })?;
+        quinn::Endpoint::new(self.endpoint_config()?, server_config, socket, runtime)
+            .map_err(socket_error)
     }
 
     /// The quinn endpoint configuration (it carries `max_udp_payload_size`). Build the
@@ -943,6 +1018,34 @@ fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), IdentityE
     })?;
     file.write_all(contents.as_bytes()).map_err(io_error)?;
     file.sync_all().map_err(io_error)
+}
+
+/// Best effort: a smaller buffer than asked for only costs throughput, so problems are logged
+/// rather than returned.
+fn set_socket_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let state = match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot inspect UDP socket; keeping OS buffer sizes");
+            return;
+        }
+    };
+    if let Err(e) = state.set_recv_buffer_size(socket.into(), bytes) {
+        tracing::debug!(error = %e, bytes, "cannot set UDP receive buffer");
+    }
+    if let Err(e) = state.set_send_buffer_size(socket.into(), bytes) {
+        tracing::debug!(error = %e, bytes, "cannot set UDP send buffer");
+    }
+    // Linux reports twice the usable size it granted.
+    if let Ok(granted) = state.recv_buffer_size(socket.into())
+        && granted < bytes
+    {
+        tracing::debug!(
+            requested = bytes,
+            granted,
+            "UDP receive buffer capped by the OS (raise net.core.rmem_max for fewer drops)"
+        );
+    }
 }
 
 fn days_since_epoch_now() -> i64 {

@@ -1,0 +1,115 @@
+//! The two daemons as separate OS processes: `fedtune-aggregator init` + `serve`, and
+//! three `fedtune-agent run`, for three rounds on loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary of this workspace, built next to the test executable by
+/// `cargo test --workspace`.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn aggregator_and_three_agents_run_as_separate_processes() {
+    let dir = common::scratch_dir("daemons");
+    let pki = dir.join("pki");
+    let status = Command::new(binary("fedtune-aggregator"))
+        .args(["init", "--out"])
+        .arg(&pki)
+        .args(["--agents", "3"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A second init must not overwrite the federation's CA.
+    let again = Command::new(binary("fedtune-aggregator"))
+        .args(["init", "--out"])
+        .arg(&pki)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!again.success());
+
+    let port = free_udp_port();
+    let data = common::repo().join("data");
+    let report = dir.join("report.json");
+    let aggregator_toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))
+        .unwrap()
+        .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
+        .replace("rounds = 30", "rounds = 3")
+        .replace("wait_for_agents_secs = 120", "wait_for_agents_secs = 60")
+        .replace("aggregator-report.json", report.to_str().unwrap());
+    std::fs::write(dir.join("aggregator.toml"), aggregator_toml).unwrap();
+    let mut aggregator = Command::new(binary("fedtune-aggregator"))
+        .args(["serve", "--config"])
+        .arg(dir.join("aggregator.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut agents: Vec<Child> = (0..3)
+        .map(|i| {
+            let toml = std::fs::read_to_string(common::repo().join("config/agent.toml"))
+                .unwrap()
+                .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
+                .replace("agent-0", &format!("agent-{i}"))
+                .replace("client = 0", &format!("client = {i}"))
+                .replace("../data", data.to_str().unwrap());
+            let path = dir.join(format!("agent-{i}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            Command::new(binary("fedtune-agent"))
+                .args(["run", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+
+    let status = wait(&mut aggregator, Duration::from_secs(120));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut aggregator.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "aggregator failed: {stdout}");
+    for agent in &mut agents {
+        assert!(wait(agent, Duration::from_secs(30)).success(), "agents exit cleanly when told to stop");
+    }
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for round in rounds {
+        assert_eq!(round["updates"], 3, "{round}");
+    }
+    let last = rounds[2]["federated_accuracy"].as_f64().unwrap();
+    let first = rounds[0]["federated_accuracy"].as_f64().unwrap();
+    assert!(last > first, "federated accuracy {first} -> {last}");
+    assert_eq!(report["final_agent_evaluation"].as_object().unwrap().len(), 3);
+    assert!(stdout.contains("round   2"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
