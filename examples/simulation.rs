@@ -7,7 +7,7 @@
 
 mod common;
 
-const LOOPBACK: bool = false;
+const LOOPBACK: bool = true;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -19,9 +19,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// `identity::ALPN` has the same value).
 pub const ALPN: &[u8] = b"fedtune/1";
 
-/// UDP payload size used on loopback: the largest that fits the Linux loopback MTU (65,536)
-/// over IPv6 as well as IPv4. Same value as the aggregator's `LOOPBACK_UDP_PAYLOAD`.
-pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
+/// UDP payload size used on loopback: jumbo-frame sized. Larger payloads (up to the
+/// 65,536-byte loopback MTU) stall the handshake once GSO batches several of them into
+/// one send. Same value as the aggregator's `LOOPBACK_UDP_PAYLOAD`.
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 9000;
+
+/// QUIC's smallest UDP payload, quinn's default initial packet size.
+const MIN_UDP_PAYLOAD: u16 = 1200;
+/// quinn's default upper bound for MTU discovery (fits Ethernet over IPv4 and IPv6).
+const DISCOVERY_UPPER_BOUND: u16 = 1452;
+/// Largest UDP send Linux accepts, GSO batches included (quinn batches up to 10 packets).
+const LINUX_MAX_UDP_SEND: usize = 65_507;
+/// Socket buffers requested by [`client_endpoint`].
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// What can go wrong building the agent's TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,14 @@ pub enum TlsError {
     /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
     #[error("the TLS configuration cannot be used for QUIC: {0}")]
     Quic(#[from] NoInitialCipherSuite),
+    /// The UDP socket could not be bound or wrapped into an endpoint.
+    #[error("binding the UDP socket {addr}: {source}")]
+    Socket {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
 }
 
 /// The agent's QUIC client configuration: TLS 1.3 with the *ring* provider, the federation
@@ -107,7 +125,25 @@ pub fn client_config_without_certificate(
 /// send), 64 bidirectional streams. With `loopback`, packets are fixed at
 /// [`LOOPBACK_UDP_PAYLOAD`] bytes without MTU discovery; otherwise they start at 1200 bytes and
 /// MTU discovery searches up to 1452.
+///
+/// As on the aggregator, two quinn settings follow from the packet size because quinn's
+/// defaults break with large packets: the initial congestion window is 10 packets (quinn's
+/// fixed 12,000 bytes is less than one large packet, and then not even the first handshake
+/// packet is sent), and segmentation offload is off once 10 packets no longer fit in one
+/// 64 KiB UDP send (Linux refuses the batch; black-hole detection then drops the MTU to 1200).
 pub fn default_transport(loopback: bool) -> quinn::TransportConfig {
+    let initial_mtu = if loopback {
+        LOOPBACK_UDP_PAYLOAD
+    } else {
+        MIN_UDP_PAYLOAD
+    };
+    let largest_mtu = if loopback {
+        LOOPBACK_UDP_PAYLOAD
+    } else {
+        DISCOVERY_UPPER_BOUND
+    };
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(10 * u64::from(initial_mtu));
     let mut config = quinn::TransportConfig::default();
     config
         .max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()))
@@ -115,17 +151,48 @@ pub fn default_transport(loopback: bool) -> quinn::TransportConfig {
         .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
         .receive_window(quinn::VarInt::from_u32(64 << 20))
         .send_window(64 << 20)
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64))
+        .initial_mtu(initial_mtu)
+        .congestion_controller_factory(Arc::new(cubic))
+        .enable_segmentation_offload(usize::from(largest_mtu) * 10 <= LINUX_MAX_UDP_SEND);
     if loopback {
-        config
-            .initial_mtu(LOOPBACK_UDP_PAYLOAD)
-            .mtu_discovery_config(None);
+        config.mtu_discovery_config(None);
     } else {
         let mut mtud = quinn::MtuDiscoveryConfig::default();
-        mtud.upper_bound(1452);
-        config.initial_mtu(1200).mtu_discovery_config(Some(mtud));
+        mtud.upper_bound(DISCOVERY_UPPER_BOUND);
+        config.mtu_discovery_config(Some(mtud));
     }
     config
+}
+
+/// A client endpoint bound at `addr` (e.g. `0.0.0.0:0`) with [`default_endpoint_config`] and
+/// 4 MiB socket buffers (the OS default, often 208 KiB, drops packets in bursts; Linux caps the
+/// request at `net.core.rmem_max` / `wmem_max`). Must be called inside a tokio runtime.
+///
+/// # Errors
+/// [`TlsError::Socket`] if the address cannot be bound or there is no tokio runtime.
+pub fn client_endpoint(
+    addr: std::net::SocketAddr,
+    loopback: bool,
+) -> Result<quinn::Endpoint, TlsError> {
+    let socket_error = |source| TlsError::Socket { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(socket_error)?;
+    // Best effort: a smaller buffer only costs throughput.
+    if let Ok(state) = quinn::udp::UdpSocketState::new((&socket).into()) {
+        if let Err(e) = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+            tracing::debug!(error = %e, "cannot set UDP receive buffer");
+        }
+        if let Err(e) = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+            tracing::debug!(error = %e, "cannot set UDP send buffer");
+        }
+    }
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        socket_error(std::io::Error::other(
+            "no async runtime: create endpoints inside a tokio runtime",
+        ))
+    })?;
+    quinn::Endpoint::new(default_endpoint_config(loopback), None, socket, runtime)
+        .map_err(socket_error)
 }
 
 /// The agent's endpoint settings. With `loopback`, the endpoint accepts
@@ -161,10 +228,7 @@ fn roots(ca_cert_pem: &str) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn certificates(
-    pem: &str,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem { what, source })?;
@@ -224,6 +288,9 @@ mod tests {
             default_endpoint_config(true).get_max_udp_payload_size(),
             u64::from(LOOPBACK_UDP_PAYLOAD)
         );
-        assert_eq!(default_endpoint_config(false).get_max_udp_payload_size(), 1472);
+        assert_eq!(
+            default_endpoint_config(false).get_max_udp_payload_size(),
+            1472
+        );
     }
 }

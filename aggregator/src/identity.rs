@@ -62,9 +62,10 @@ const BACKDATE_DAYS: i64 = 1;
 const QUIC_MIN_UDP_PAYLOAD: u16 = 1200;
 /// quinn's ceiling for any UDP payload size (65,535 − 8 UDP header bytes).
 const QUIC_MAX_UDP_PAYLOAD: u16 = 65_527;
-/// UDP payload used by [`TransportTuning::loopback`]: the largest that fits the Linux loopback
-/// MTU (65,536) over IPv6 as well as IPv4 (65,536 − 40 IPv6 − 8 UDP header bytes).
-pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
+/// UDP payload used by [`TransportTuning::loopback`]: jumbo-frame sized. Larger payloads (up
+/// to the 65,536-byte loopback MTU) stall the handshake once GSO batches several of them
+/// into one send.
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 9000;
 /// Largest UDP send Linux accepts, GSO batches included (65,535 − 28 header bytes).
 const LINUX_MAX_UDP_SEND: usize = 65_507;
 /// Datagrams quinn puts in one GSO batch at most (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11).
@@ -364,9 +365,10 @@ pub fn generate(
     ca_params
         .distinguished_name
         .push(DnType::OrganizationName, "fedtune");
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("fedtune federation CA {suffix}"));
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("fedtune federation CA {suffix}"),
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity(&mut ca_params, today, CA_VALIDITY_DAYS);
@@ -563,7 +565,8 @@ impl TransportTuning {
     /// # Errors
     /// [`IdentityError::InvalidTransport`] naming the first bad field.
     pub fn validate(&self) -> Result<(), IdentityError> {
-        let invalid = |field, reason: String| Err(IdentityError::InvalidTransport { field, reason });
+        let invalid =
+            |field, reason: String| Err(IdentityError::InvalidTransport { field, reason });
         if self.max_idle_timeout.is_zero()
             || quinn::IdleTimeout::try_from(self.max_idle_timeout).is_err()
         {
@@ -573,8 +576,7 @@ impl TransportTuning {
                     .into(),
             );
         }
-        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.max_idle_timeout
-        {
+        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.max_idle_timeout {
             return invalid(
                 "keep_alive_interval",
                 format!(
@@ -643,7 +645,9 @@ impl TransportTuning {
     /// reported instead ([`server_config`] does).
     pub fn transport_config(&self) -> quinn::TransportConfig {
         let varint = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
-        let initial_mtu = self.initial_mtu.clamp(QUIC_MIN_UDP_PAYLOAD, QUIC_MAX_UDP_PAYLOAD);
+        let initial_mtu = self
+            .initial_mtu
+            .clamp(QUIC_MIN_UDP_PAYLOAD, QUIC_MAX_UDP_PAYLOAD);
         let largest_mtu = initial_mtu.max(self.mtu_discovery_upper_bound.unwrap_or(0));
         let mut cubic = quinn::congestion::CubicConfig::default();
         cubic.initial_window(10 * u64::from(initial_mtu));
@@ -653,7 +657,9 @@ impl TransportTuning {
                 quinn::IdleTimeout::try_from(self.max_idle_timeout)
                     .unwrap_or_else(|_| quinn::VarInt::MAX.into()),
             ))
-            .keep_alive_interval((!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval))
+            .keep_alive_interval(
+                (!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval),
+            )
             .stream_receive_window(varint(self.stream_receive_window))
             .receive_window(varint(self.receive_window))
             .send_window(self.send_window)
@@ -735,8 +741,8 @@ pub fn server_config(
     for ca in certificate_chain(ca_cert_pem, "CA certificate")? {
         roots.add(ca)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let chain = certificate_chain(&identity.cert_pem, "server certificate")?;
     let key = private_key(&identity.key_pem, "server key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -906,18 +912,19 @@ fn distinguished_name(
             .ok_or("its subject has an attribute type that is not a valid OID")?
             .collect();
         let value = attribute.attr_value();
-        let text = || {
-            std::str::from_utf8(value.data).map_err(|_| "its subject has a non-UTF-8 string")
-        };
+        let text =
+            || std::str::from_utf8(value.data).map_err(|_| "its subject has a non-UTF-8 string");
         let value = match value.header.tag() {
             Tag::PrintableString => DnValue::PrintableString(
                 text()?
                     .try_into()
                     .map_err(|e| format!("its subject: {e}"))?,
             ),
-            Tag::Ia5String => {
-                DnValue::Ia5String(text()?.try_into().map_err(|e| format!("its subject: {e}"))?)
-            }
+            Tag::Ia5String => DnValue::Ia5String(
+                text()?
+                    .try_into()
+                    .map_err(|e| format!("its subject: {e}"))?,
+            ),
             Tag::Utf8String => DnValue::Utf8String(text()?.to_owned()),
             other => {
                 return Err(format!(
@@ -944,10 +951,7 @@ fn first_certificate(pem: &str, what: &str) -> Result<CertificateDer<'static>, I
         })
 }
 
-fn certificate_chain(
-    pem: &str,
-    what: &str,
-) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+fn certificate_chain(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| IdentityError::Pem {
@@ -1109,7 +1113,13 @@ mod tests {
 
     #[test]
     fn agent_ids_follow_the_naming_rule() {
-        for good in ["a", "agent-1", "edge_07.site-b", "A.B_C-d9", &"x".repeat(64)] {
+        for good in [
+            "a",
+            "agent-1",
+            "edge_07.site-b",
+            "A.B_C-d9",
+            &"x".repeat(64),
+        ] {
             assert!(validate_agent_id(good).is_ok(), "{good:?} should be valid");
         }
         for bad in [
@@ -1142,7 +1152,10 @@ mod tests {
             let der = parse(&identity.cert_pem);
             assert_eq!(&agent_id_from_certificate(&der).expect("agent id"), id);
             let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
-            let eku = cert.extended_key_usage().expect("eku").expect("eku present");
+            let eku = cert
+                .extended_key_usage()
+                .expect("eku")
+                .expect("eku present");
             assert!(eku.value.client_auth && !eku.value.server_auth);
         }
 
@@ -1154,7 +1167,10 @@ mod tests {
         let server_der = parse(&pki.server.cert_pem);
         let (_, server) = x509_parser::parse_x509_certificate(&server_der).expect("server");
         assert_eq!(server.issuer().as_raw(), ca.subject().as_raw());
-        let sans = server.subject_alternative_name().expect("san").expect("san present");
+        let sans = server
+            .subject_alternative_name()
+            .expect("san")
+            .expect("san present");
         use x509_parser::extensions::GeneralName;
         let names = &sans.value.general_names;
         assert!(
@@ -1199,8 +1215,8 @@ mod tests {
         let pki = generate(&ids(&["a1", "a2"]), &ids(&["localhost"])).expect("generate");
         pki.write_to_dir(&dir).expect("write");
 
-        let server = load_identity(&dir.join("server.pem"), &dir.join("server.key"))
-            .expect("load server");
+        let server =
+            load_identity(&dir.join("server.pem"), &dir.join("server.key")).expect("load server");
         assert_eq!(server, pki.server);
         let a2 = load_identity(&dir.join("agents/a2.pem"), &dir.join("agents/a2.key"))
             .expect("load agent");
@@ -1215,7 +1231,10 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt as _;
             for key in ["ca.key", "server.key", "agents/a1.key"] {
-                let mode = fs::metadata(dir.join(key)).expect("key").permissions().mode();
+                let mode = fs::metadata(dir.join(key))
+                    .expect("key")
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{key}");
             }
         }
@@ -1226,7 +1245,10 @@ mod tests {
         let err = other.write_to_dir(&dir).expect_err("must refuse");
         assert!(matches!(&err, IdentityError::AlreadyExists(p) if p.ends_with("ca.pem")));
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
-        assert_eq!(fs::read_to_string(dir.join("ca.pem")).expect("ca"), pki.ca_cert_pem);
+        assert_eq!(
+            fs::read_to_string(dir.join("ca.pem")).expect("ca"),
+            pki.ca_cert_pem
+        );
         assert_eq!(
             fs::read_to_string(dir.join("agents/a1.key")).expect("key"),
             pki.agents[0].1.key_pem
@@ -1346,11 +1368,16 @@ mod tests {
         ];
         for tuning in bad {
             assert!(
-                matches!(tuning.validate(), Err(IdentityError::InvalidTransport { .. })),
+                matches!(
+                    tuning.validate(),
+                    Err(IdentityError::InvalidTransport { .. })
+                ),
                 "{tuning:?}"
             );
         }
-        let endpoint = TransportTuning::loopback().endpoint_config().expect("endpoint");
+        let endpoint = TransportTuning::loopback()
+            .endpoint_config()
+            .expect("endpoint");
         assert_eq!(
             endpoint.get_max_udp_payload_size(),
             u64::from(LOOPBACK_UDP_PAYLOAD)
@@ -1368,9 +1395,7 @@ mod tests {
             server_config(&pki.ca_cert_pem, &wrong, &TransportTuning::default()),
             Err(IdentityError::Tls(_))
         ));
-        assert!(
-            server_config(&pki.ca_cert_pem, &pki.server, &TransportTuning::default()).is_ok()
-        );
+        assert!(server_config(&pki.ca_cert_pem, &pki.server, &TransportTuning::default()).is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! certificate. The refusal arrives as a connection close, so every refusal test opens a
 //! stream and exchanges data before judging.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +56,7 @@ fn federation(agents: &[&str]) -> Result<FederationPki> {
 }
 
 fn agent<'a>(pki: &'a FederationPki, id: &str) -> &'a Identity {
-    &pki
-        .agents
+    &pki.agents
         .iter()
         .find(|(agent_id, _)| agent_id == id)
         .expect("agent in federation")
@@ -67,13 +66,7 @@ fn agent<'a>(pki: &'a FederationPki, id: &str) -> &'a Identity {
 /// An aggregator endpoint that names each connection's agent and echoes every bi stream.
 fn start_server(pki: &FederationPki, tuning: &TransportTuning) -> Result<Server> {
     let config = identity::server_config(&pki.ca_cert_pem, &pki.server, tuning)?;
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let endpoint = quinn::Endpoint::new(
-        tuning.endpoint_config()?,
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    let endpoint = tuning.endpoint(localhost(), Some(config))?;
     let addr = endpoint.local_addr()?;
     let (tx, seen) = mpsc::unbounded_channel();
     let accepting = endpoint.clone();
@@ -144,13 +137,11 @@ fn client_config(
 }
 
 fn client_endpoint(tuning: &TransportTuning) -> Result<quinn::Endpoint> {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(quinn::Endpoint::new(
-        tuning.endpoint_config()?,
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?)
+    Ok(tuning.endpoint(localhost(), None)?)
+}
+
+fn localhost() -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, 0).into()
 }
 
 /// Connects, sends `payload` on a new bi stream and returns what comes back: the whole path
@@ -185,15 +176,17 @@ fn assert_closed_by_tls(result: Result<(quinn::Connection, Vec<u8>)>) {
     let connection_error = err
         .chain()
         .find_map(|e| {
-            e.downcast_ref::<quinn::ConnectionError>().cloned().or_else(|| {
-                e.downcast_ref::<quinn::ReadToEndError>()
-                    .and_then(|r| match r {
-                        quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => {
-                            Some(c.clone())
-                        }
-                        _ => None,
-                    })
-            })
+            e.downcast_ref::<quinn::ConnectionError>()
+                .cloned()
+                .or_else(|| {
+                    e.downcast_ref::<quinn::ReadToEndError>()
+                        .and_then(|r| match r {
+                            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => {
+                                Some(c.clone())
+                            }
+                            _ => None,
+                        })
+                })
         })
         .unwrap_or_else(|| panic!("not a connection error: {err:#}"));
     match &connection_error {
@@ -217,6 +210,14 @@ fn assert_closed_by_tls(result: Result<(quinn::Connection, Vec<u8>)>) {
     }
 }
 
+/// Asserts the server's handshake failed for the expected reason.
+fn assert_refused(seen: Seen, reason: &str) {
+    assert!(
+        matches!(&seen, Seen::Refused(why) if why.contains(reason)),
+        "expected a refusal mentioning {reason:?}, server saw {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn agent_with_federation_certificate_is_served_and_named() -> Result<()> {
     let tuning = TransportTuning::default();
@@ -224,7 +225,12 @@ async fn agent_with_federation_certificate_is_served_and_named() -> Result<()> {
     let mut server = start_server(&pki, &tuning)?;
     let client = client_endpoint(&tuning)?;
 
-    let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-2")), ALPN, &tuning)?;
+    let config = client_config(
+        &pki.ca_cert_pem,
+        Some(agent(&pki, "agent-2")),
+        ALPN,
+        &tuning,
+    )?;
     let (connection, echoed) =
         connect_and_echo(&client, config, server.addr, b"hello aggregator").await?;
     assert_eq!(echoed, b"hello aggregator");
@@ -255,7 +261,10 @@ async fn agent_issued_later_is_served_and_named() -> Result<()> {
     let config = client_config(&pki.ca_cert_pem, Some(&late), ALPN, &tuning)?;
     let (_, echoed) = connect_and_echo(&client, config, server.addr, b"ping").await?;
     assert_eq!(echoed, b"ping");
-    assert_eq!(server.next_seen().await?, Seen::Agent("late.joiner_3".into()));
+    assert_eq!(
+        server.next_seen().await?,
+        Seen::Agent("late.joiner_3".into())
+    );
     Ok(())
 }
 
@@ -268,11 +277,7 @@ async fn client_without_certificate_is_refused_on_first_stream() -> Result<()> {
 
     let config = client_config(&pki.ca_cert_pem, None, ALPN, &tuning)?;
     assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"let me in").await);
-    let seen = server.next_seen().await?;
-    assert!(
-        matches!(&seen, Seen::Refused(reason) if reason.contains("certificate")),
-        "{seen:?}"
-    );
+    assert_refused(server.next_seen().await?, "peer sent no certificates");
     Ok(())
 }
 
@@ -292,7 +297,7 @@ async fn client_with_certificate_from_another_ca_is_refused() -> Result<()> {
         &tuning,
     )?;
     assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"let me in").await);
-    assert!(matches!(server.next_seen().await?, Seen::Refused(_)));
+    assert_refused(server.next_seen().await?, "UnknownIssuer");
     Ok(())
 }
 
@@ -306,7 +311,10 @@ async fn server_certificate_cannot_pose_as_an_agent() -> Result<()> {
     // Issued by the right CA, but for server authentication only.
     let config = client_config(&pki.ca_cert_pem, Some(&pki.server), ALPN, &tuning)?;
     assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"let me in").await);
-    assert!(matches!(server.next_seen().await?, Seen::Refused(_)));
+    assert_refused(
+        server.next_seen().await?,
+        "does not allow extended key usage for client authentication",
+    );
     Ok(())
 }
 
@@ -324,7 +332,7 @@ async fn client_speaking_another_protocol_is_refused() -> Result<()> {
         &tuning,
     )?;
     assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"GET /").await);
-    assert!(matches!(server.next_seen().await?, Seen::Refused(_)));
+    assert_refused(server.next_seen().await?, "protocol");
     Ok(())
 }
 
@@ -336,104 +344,66 @@ async fn agent_refuses_an_aggregator_from_another_federation() -> Result<()> {
     let server = start_server(&impostor, &tuning)?;
     let client = client_endpoint(&tuning)?;
 
-    let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), ALPN, &tuning)?;
-    assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"secret").await);
+    let config = client_config(
+        &pki.ca_cert_pem,
+        Some(agent(&pki, "agent-1")),
+        ALPN,
+        &tuning,
+    )?;
+    let result = connect_and_echo(&client, config, server.addr, b"secret").await;
+    let message = match &result {
+        Ok(_) => String::new(),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    assert_closed_by_tls(result);
     Ok(())
 }
 
+/// Simulations rely on this: with the loopback tuning on both ends, 1 MiB moves in
+/// near-64 KiB packets each way, and the packet size survives the transfer (no loss-triggered
+/// fallback to 1200 bytes).
 #[tokio::test]
-async fn loopback_tuning_sends_large_packets_both_ways() -> Result<()> {
+async fn loopback_tuning_uses_large_packets_both_ways() -> Result<()> {
     let pki = federation(&["agent-1"])?;
     let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
 
-    for (tuning, expected_mtu) in [
-        (TransportTuning::loopback(), identity::LOOPBACK_UDP_PAYLOAD),
-        (TransportTuning::default(), 1452),
+    // Whatever size `loopback()` picks, the largest packet loopback carries must work too:
+    // it needs the congestion-window and segmentation-offload settings to be right.
+    let largest = TransportTuning {
+        initial_mtu: 65_488,
+        max_udp_payload_size: 65_488,
+        ..TransportTuning::loopback()
+    };
+    for tuning in [
+        TransportTuning::loopback(),
+        largest,
+        TransportTuning::default(),
     ] {
         let mut server = start_server(&pki, &tuning)?;
         let client = client_endpoint(&tuning)?;
-        let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), ALPN, &tuning)?;
-        let (connection, echoed) =
-            connect_and_echo(&client, config, server.addr, &payload).await?;
+        let config = client_config(
+            &pki.ca_cert_pem,
+            Some(agent(&pki, "agent-1")),
+            ALPN,
+            &tuning,
+        )?;
+        let (connection, echoed) = connect_and_echo(&client, config, server.addr, &payload).await?;
         assert!(echoed == payload, "echo differs");
         assert_eq!(server.next_seen().await?, Seen::Agent("agent-1".into()));
-        let mtu = connection.stats().path.current_mtu;
-        if tuning == TransportTuning::loopback() {
-            assert_eq!(mtu, expected_mtu);
-        } else {
-            // MTU discovery may or may not have finished; it never goes past its bound.
-            assert!(mtu <= expected_mtu, "{mtu}");
-        }
-    }
-    Ok(())
-}
 
-#[tokio::test]
-#[ignore]
-async fn zz_probe_mtu() -> Result<()> {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let env = |k: &str, d: u64| std::env::var(k).map(|s| s.parse::<u64>().unwrap()).unwrap_or(d);
-    let mtu = env("MTU", 1472) as u16;
-    let size = env("SIZE", 1 << 20) as u32;
-    let buf = env("BUF", 0) as usize;
-    let iw = env("IW", 14720);
-    let disc = std::env::var("DISC").is_ok();
-    let pki = federation(&["agent-1"])?;
-    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let tuning = TransportTuning {
-        initial_mtu: if disc { 1200 } else { mtu },
-        max_udp_payload_size: mtu,
-        mtu_discovery_upper_bound: if disc { Some(mtu) } else { None },
-        ..TransportTuning::default()
-    };
-    let mut transport = tuning.transport_config();
-    let mut cubic = quinn::congestion::CubicConfig::default();
-    cubic.initial_window(iw);
-    transport.congestion_controller_factory(Arc::new(cubic));
-    transport.enable_segmentation_offload(std::env::var("NOGSO").is_err());
-    let transport = Arc::new(transport);
-    let mut sc = identity::server_config(&pki.ca_cert_pem, &pki.server, &tuning)?;
-    sc.transport_config(transport.clone());
-    let mk = |sc: Option<quinn::ServerConfig>| -> Result<quinn::Endpoint> {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        if buf > 0 {
-            let st = quinn::udp::UdpSocketState::new((&socket).into())?;
-            st.set_recv_buffer_size((&socket).into(), buf)?;
-            st.set_send_buffer_size((&socket).into(), buf)?;
-            eprintln!("rcvbuf {}", st.recv_buffer_size((&socket).into())?);
+        let stats = connection.stats();
+        let sent_mtu = stats.path.current_mtu;
+        let received_average = stats.udp_rx.bytes / stats.udp_rx.datagrams.max(1);
+        if tuning.mtu_discovery_upper_bound.is_none() {
+            assert_eq!(sent_mtu, tuning.initial_mtu, "{stats:?}");
+            // Far above Ethernet-size packets (ACKs and handshake packets pull the average
+            // down, so the packet size itself is not a usable bound).
+            assert!(received_average > 3 * 1500, "{stats:?}");
+        } else {
+            assert!(sent_mtu <= 1452, "{stats:?}");
+            assert!(received_average <= 1452, "{stats:?}");
         }
-        Ok(quinn::Endpoint::new(tuning.endpoint_config()?, sc, socket, Arc::new(quinn::TokioRuntime))?)
-    };
-    let endpoint = mk(Some(sc))?;
-    let addr = endpoint.local_addr()?;
-    tokio::spawn(async move {
-        while let Some(incoming) = endpoint.accept().await {
-            tokio::spawn(async move {
-                let Ok(connection) = incoming.await else { return };
-                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-                    let Ok(data) = recv.read_to_end(1 << 30).await else { break };
-                    if send.write_all(&data).await.is_err() || send.finish().is_err() { break; }
-                }
-            });
-        }
-    });
-    let client = mk(None)?;
-    let mut times = Vec::new();
-    for i in 0..5 {
-        let mut config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), ALPN, &tuning)?;
-        config.transport_config(transport.clone());
-        let t = std::time::Instant::now();
-        let (connection, echoed) = connect_and_echo(&client, config, addr, &payload).await?;
-        let el = t.elapsed();
-        assert!(echoed == payload);
-        let st = connection.stats();
-        if i == 0 { eprintln!("mtu {mtu} buf {buf} iw {iw}: first {el:?} current_mtu {} lost {} sent_pkts {}", st.path.current_mtu, st.path.lost_packets, st.path.sent_packets); }
-        times.push(el.as_secs_f64() * 1e3);
-        connection.close(0u32.into(), b"");
     }
-    times.sort_by(f64::total_cmp);
-    let rss = std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmRSS") || l.starts_with("VmSize")).collect::<Vec<_>>().join(" ");
-    eprintln!("  {rss}");
-    eprintln!("  median of 5: {:.1} ms", times[2]);
     Ok(())
 }

@@ -1,0 +1,335 @@
+//! What the system itself costs per round: N agents that skip training and return a
+//! fixed perturbation of P parameters, with the aggregator and the agents in separate
+//! processes as in a deployment, over mutual-TLS QUIC on 127.0.0.1.
+//!
+//! Beside it, the same bytes are moved by bare quinn streams (same TLS, same transport
+//! settings, no fedtune protocol) to show how close a round gets to the transport's
+//! ceiling.
+//!
+//! ```text
+//! cargo run --release --example round_overhead -- --agents 10 --params 1000000 --rounds 10
+//! ```
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use fedtune::agent::client::client_endpoint;
+use fedtune::agent::tls::{client_config, default_transport};
+use fedtune::agent::train::peak_rss_bytes;
+use fedtune::agent::trainer::{FitOutcome, Trainer};
+use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::identity::{FederationPki, Identity, load_ca_certificate, load_identity};
+use fedtune::aggregator::{AggregatorConfig, Hooks, run};
+use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Manifest, ModelSpec, Task, TensorSpec, TrainMetrics};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Bench,
+    Aggregator,
+    Agents,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Per-round overhead of fedtune: aggregator and agents in separate processes")]
+struct Args {
+    /// Number of agents.
+    #[arg(long, default_value_t = 10)]
+    agents: usize,
+    /// Parameters per model (f32).
+    #[arg(long, default_value_t = 1_000_000)]
+    params: usize,
+    /// Rounds to time.
+    #[arg(long, default_value_t = 10)]
+    rounds: u64,
+    /// Use the default (internet) transport tuning instead of the loopback one.
+    #[arg(long)]
+    wan_tuning: bool,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Role::Bench, hide = true)]
+    role: Role,
+    #[arg(long, hide = true)]
+    pki: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    port: Option<u16>,
+    #[arg(long, hide = true)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AggregatorResult {
+    round_seconds: Vec<f64>,
+    peak_rss_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    agents: usize,
+    params: usize,
+    rounds: usize,
+    bytes_per_round: u64,
+    median_round_seconds: f64,
+    round_seconds: Vec<f64>,
+    aggregator_peak_rss_bytes: u64,
+    transport_round_seconds: f64,
+    transport_throughput_mb_s: f64,
+    round_throughput_mb_s: f64,
+    fraction_of_transport_ceiling: f64,
+}
+
+fn model(params: usize) -> ModelSpec {
+    ModelSpec::Custom {
+        name: "perturbation".into(),
+        manifest: Manifest { tensors: vec![TensorSpec::new("weights", vec![params])] },
+    }
+}
+
+/// Skips training: answers every task with the same small perturbation.
+struct Perturb {
+    delta: Vec<f32>,
+}
+
+impl Trainer for Perturb {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { train_samples: 100, ..Capabilities::default() }
+    }
+    fn fit(&mut self, _: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+        if global.len() != self.delta.len() {
+            return Err(format!("expected {} parameters, got {}", self.delta.len(), global.len()));
+        }
+        Ok(FitOutcome { delta: self.delta.clone(), num_samples: 100, metrics: TrainMetrics::default(), proposal: None })
+    }
+    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, String> {
+        Err("nothing to evaluate".into())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    common::init_logging();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.role {
+        Role::Bench => bench(&args, &runtime),
+        Role::Aggregator => runtime.block_on(aggregator_role(&args)),
+        Role::Agents => runtime.block_on(agents_role(&args)),
+    }
+}
+
+fn pki_files(dir: &Path) -> anyhow::Result<(String, Identity)> {
+    Ok((load_ca_certificate(&dir.join("ca.pem"))?, load_identity(&dir.join("server.pem"), &dir.join("server.key"))?))
+}
+
+async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
+    let dir = args.pki.as_deref().context("--pki")?;
+    let (ca, identity) = pki_files(dir)?;
+    let tuning = tuning(args.wan_tuning);
+    let endpoint = fedtune::aggregator::service::bind(([127, 0, 0, 1], 0).into(), &ca, &identity, &tuning)?;
+    let port = endpoint.local_addr()?.port();
+    let out = args.out.clone().context("--out")?;
+    std::fs::write(out.with_extension("port"), port.to_string())?;
+    let config = AggregatorConfig {
+        listen: endpoint.local_addr()?,
+        federation: FederationConfig {
+            rounds: args.rounds,
+            min_agents: args.agents,
+            wait_for_agents_secs: 60.0,
+            round_timeout_secs: 600.0,
+            final_evaluation: false,
+            loopback: !args.wan_tuning,
+            max_payload_bytes: (args.params as u64 * 4).max(1 << 20),
+            ..FederationConfig::default()
+        },
+        model: model(args.params),
+        ..AggregatorConfig::default()
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let report = run(endpoint, config, Hooks::default(), stopped).await?;
+    let result = AggregatorResult {
+        round_seconds: report.rounds.iter().map(|r| r.seconds).collect(),
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    std::fs::write(out, serde_json::to_vec(&result)?)?;
+    Ok(())
+}
+
+fn tuning(wan: bool) -> fedtune::aggregator::identity::TransportTuning {
+    if wan {
+        fedtune::aggregator::identity::TransportTuning::default()
+    } else {
+        fedtune::aggregator::identity::TransportTuning::loopback()
+    }
+}
+
+async fn agents_role(args: &Args) -> anyhow::Result<()> {
+    let dir = args.pki.as_deref().context("--pki")?;
+    let port = args.port.context("--port")?;
+    let pki = load_agents(dir, args.agents)?;
+    let trainers: Vec<Perturb> = (0..args.agents).map(|_| Perturb { delta: vec![1e-3; args.params] }).collect();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let mut agents =
+        fedtune::sim::spawn_agents(&pki, ([127, 0, 0, 1], port).into(), trainers, !args.wan_tuning, stopped)
+            .map_err(anyhow::Error::msg)?;
+    while let Some(exit) = agents.join_next().await {
+        exit??;
+    }
+    Ok(())
+}
+
+fn load_agents(dir: &Path, n: usize) -> anyhow::Result<FederationPki> {
+    let (ca, server) = pki_files(dir)?;
+    let agents = (0..n)
+        .map(|i| {
+            let id = fedtune::sim::agent_id(i);
+            let agents = dir.join("agents");
+            Ok((id.clone(), load_identity(&agents.join(format!("{id}.pem")), &agents.join(format!("{id}.key")))?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(FederationPki { ca_cert_pem: ca, ca_key_pem: String::new(), server, agents })
+}
+
+fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("fedtune-overhead-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = fedtune::sim::ephemeral_pki(args.agents)?;
+    pki.write_to_dir(&dir.join("pki"))?;
+    let out = dir.join("aggregator.json");
+    let exe = std::env::current_exe()?;
+    let common = |role: &str| {
+        let mut c = Command::new(&exe);
+        c.args(["--role", role, "--agents", &args.agents.to_string(), "--params", &args.params.to_string()])
+            .args(["--rounds", &args.rounds.to_string(), "--pki"])
+            .arg(dir.join("pki"));
+        if args.wan_tuning {
+            c.arg("--wan-tuning");
+        }
+        c
+    };
+    println!(
+        "round overhead: {} agents, {} parameters ({:.1} MB per update), {} rounds, {} transport tuning",
+        args.agents,
+        args.params,
+        args.params as f64 * 4e-6,
+        args.rounds,
+        if args.wan_tuning { "default" } else { "loopback" }
+    );
+    let mut aggregator = common("aggregator").arg("--out").arg(&out).stdout(Stdio::null()).spawn()?;
+    let port_file = out.with_extension("port");
+    let started = Instant::now();
+    let port: u16 = loop {
+        if let Ok(text) = std::fs::read_to_string(&port_file)
+            && let Ok(port) = text.trim().parse()
+        {
+            break port;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = aggregator.kill();
+            bail!("the aggregator did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut agents = common("agents").args(["--port", &port.to_string()]).stdout(Stdio::null()).spawn()?;
+    let status = aggregator.wait()?;
+    let agents_status = agents.wait()?;
+    if !status.success() || !agents_status.success() {
+        bail!("aggregator exited with {status}, agents with {agents_status}");
+    }
+    let result: AggregatorResult = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let bytes_per_round = 2 * args.agents as u64 * 4 * args.params as u64;
+    let transport = runtime.block_on(transport_round(&pki, args.agents, args.params, !args.wan_tuning))?;
+    let median = common::median(&result.round_seconds);
+    let summary = Summary {
+        agents: args.agents,
+        params: args.params,
+        rounds: result.round_seconds.len(),
+        bytes_per_round,
+        median_round_seconds: median,
+        aggregator_peak_rss_bytes: result.peak_rss_bytes,
+        transport_round_seconds: transport,
+        transport_throughput_mb_s: bytes_per_round as f64 / transport / 1e6,
+        round_throughput_mb_s: bytes_per_round as f64 / median / 1e6,
+        fraction_of_transport_ceiling: transport / median,
+        round_seconds: result.round_seconds,
+    };
+    println!("  median round            {:.3} s  ({:.0} MB/s of model traffic)", median, summary.round_throughput_mb_s);
+    println!(
+        "  bare quinn, same bytes   {:.3} s  ({:.0} MB/s)",
+        summary.transport_round_seconds, summary.transport_throughput_mb_s
+    );
+    println!("  round / transport        {:.0}% of the transport ceiling", 100.0 * summary.fraction_of_transport_ceiling);
+    println!("  aggregator peak RSS      {:.1} MB", summary.aggregator_peak_rss_bytes as f64 / 1e6);
+    common::write_summary(args.summary.as_deref(), &summary)
+}
+
+/// The transport's ceiling for one round: a server sends P f32s to each of N clients and
+/// reads P f32s back, over bare quinn streams with the same TLS and tuning. Median of 5.
+async fn transport_round(pki: &FederationPki, agents: usize, params: usize, loopback: bool) -> anyhow::Result<f64> {
+    let tuning = tuning(!loopback);
+    let endpoint =
+        fedtune::aggregator::service::bind(([127, 0, 0, 1], 0).into(), &pki.ca_cert_pem, &pki.server, &tuning)?;
+    let addr = endpoint.local_addr()?;
+    let payload = bytes::Bytes::from(vec![7u8; params * 4]);
+    let transport = Arc::new(default_transport(loopback));
+    let mut clients = Vec::new();
+    for (_, identity) in pki.agents.iter().take(agents) {
+        let tls = client_config(&pki.ca_cert_pem, &identity.cert_pem, &identity.key_pem, transport.clone())?;
+        clients.push(client_endpoint(tls, addr, loopback)?);
+    }
+    // Clients echo what they receive.
+    let echo = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in clients {
+            tasks.spawn(async move {
+                let connection = client.connect(addr, "localhost")?.await?;
+                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                    let data = recv.read_to_end(usize::MAX).await?;
+                    send.write_all(&data).await?;
+                    send.finish()?;
+                    let _ = send.stopped().await;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    let mut connections = Vec::new();
+    for _ in 0..agents {
+        let incoming = endpoint.accept().await.context("endpoint closed")?;
+        connections.push(incoming.await?);
+    }
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut round = tokio::task::JoinSet::new();
+        for connection in &connections {
+            let (connection, payload) = (connection.clone(), payload.clone());
+            round.spawn(async move {
+                let (mut send, mut recv) = connection.open_bi().await?;
+                send.write_chunk(payload).await?;
+                send.finish()?;
+                let back = recv.read_to_end(usize::MAX).await?;
+                anyhow::ensure!(back.len() == params * 4, "short echo");
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = round.join_next().await {
+            done??;
+        }
+        times.push(started.elapsed().as_secs_f64());
+    }
+    for connection in &connections {
+        connection.close(0u32.into(), b"done");
+    }
+    endpoint.close(0u32.into(), b"done");
+    let _ = echo.await;
+    Ok(common::median(&times))
+}
