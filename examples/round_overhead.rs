@@ -88,7 +88,9 @@ struct Summary {
 fn model(params: usize) -> ModelSpec {
     ModelSpec::Custom {
         name: "perturbation".into(),
-        manifest: Manifest { tensors: vec![TensorSpec::new("weights", vec![params])] },
+        manifest: Manifest {
+            tensors: vec![TensorSpec::new("weights", vec![params])],
+        },
     }
 }
 
@@ -99,13 +101,25 @@ struct Perturb {
 
 impl Trainer for Perturb {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { train_samples: 100, ..Capabilities::default() }
+        Capabilities {
+            train_samples: 100,
+            ..Capabilities::default()
+        }
     }
     fn fit(&mut self, _: &Task, global: &[f32]) -> Result<FitOutcome, String> {
         if global.len() != self.delta.len() {
-            return Err(format!("expected {} parameters, got {}", self.delta.len(), global.len()));
+            return Err(format!(
+                "expected {} parameters, got {}",
+                self.delta.len(),
+                global.len()
+            ));
         }
-        Ok(FitOutcome { delta: self.delta.clone(), num_samples: 100, metrics: TrainMetrics::default(), proposal: None })
+        Ok(FitOutcome {
+            delta: self.delta.clone(),
+            num_samples: 100,
+            metrics: TrainMetrics::default(),
+            proposal: None,
+        })
     }
     fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, String> {
         Err("nothing to evaluate".into())
@@ -124,7 +138,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn pki_files(dir: &Path) -> anyhow::Result<(String, Identity)> {
-    Ok((load_ca_certificate(&dir.join("ca.pem"))?, load_identity(&dir.join("server.pem"), &dir.join("server.key"))?))
+    Ok((
+        load_ca_certificate(&dir.join("ca.pem"))?,
+        load_identity(&dir.join("server.pem"), &dir.join("server.key"))?,
+    ))
 }
 
 async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
@@ -172,7 +189,11 @@ async fn agents_role(args: &Args) -> anyhow::Result<()> {
     let dir = args.pki.as_deref().context("--pki")?;
     let port = args.port.context("--port")?;
     let pki = load_agents(dir, args.agents)?;
-    let trainers: Vec<Perturb> = (0..args.agents).map(|_| Perturb { delta: vec![1e-3; args.params] }).collect();
+    let trainers: Vec<Perturb> = (0..args.agents)
+        .map(|_| Perturb {
+            delta: vec![1e-3; args.params],
+        })
+        .collect();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents =
         fedtune::sim::spawn_agents(&pki, ([127, 0, 0, 1], port).into(), trainers, !args.wan_tuning, stopped)
@@ -189,10 +210,18 @@ fn load_agents(dir: &Path, n: usize) -> anyhow::Result<FederationPki> {
         .map(|i| {
             let id = fedtune::sim::agent_id(i);
             let agents = dir.join("agents");
-            Ok((id.clone(), load_identity(&agents.join(format!("{id}.pem")), &agents.join(format!("{id}.key")))?))
+            Ok((
+                id.clone(),
+                load_identity(&agents.join(format!("{id}.pem")), &agents.join(format!("{id}.key")))?,
+            ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(FederationPki { ca_cert_pem: ca, ca_key_pem: String::new(), server, agents })
+    Ok(FederationPki {
+        ca_cert_pem: ca,
+        ca_key_pem: String::new(),
+        server,
+        agents,
+    })
 }
 
 fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -204,9 +233,16 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let common = |role: &str| {
         let mut c = Command::new(&exe);
-        c.args(["--role", role, "--agents", &args.agents.to_string(), "--params", &args.params.to_string()])
-            .args(["--rounds", &args.rounds.to_string(), "--pki"])
-            .arg(dir.join("pki"));
+        c.args([
+            "--role",
+            role,
+            "--agents",
+            &args.agents.to_string(),
+            "--params",
+            &args.params.to_string(),
+        ])
+        .args(["--rounds", &args.rounds.to_string(), "--pki"])
+        .arg(dir.join("pki"));
         if args.wan_tuning {
             c.arg("--wan-tuning");
         }
@@ -220,7 +256,11 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         args.rounds,
         if args.wan_tuning { "default" } else { "loopback" }
     );
-    let mut aggregator = common("aggregator").arg("--out").arg(&out).stdout(Stdio::null()).spawn()?;
+    let mut aggregator = common("aggregator")
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .spawn()?;
     let port_file = out.with_extension("port");
     let started = Instant::now();
     let port: u16 = loop {
@@ -235,7 +275,10 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut agents = common("agents").args(["--port", &port.to_string()]).stdout(Stdio::null()).spawn()?;
+    let mut agents = common("agents")
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
     let status = aggregator.wait()?;
     let agents_status = agents.wait()?;
     if !status.success() || !agents_status.success() {
@@ -260,13 +303,22 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         fraction_of_transport_ceiling: transport / median,
         round_seconds: result.round_seconds,
     };
-    println!("  median round            {:.3} s  ({:.0} MB/s of model traffic)", median, summary.round_throughput_mb_s);
+    println!(
+        "  median round            {:.3} s  ({:.0} MB/s of model traffic)",
+        median, summary.round_throughput_mb_s
+    );
     println!(
         "  bare quinn, same bytes   {:.3} s  ({:.0} MB/s)",
         summary.transport_round_seconds, summary.transport_throughput_mb_s
     );
-    println!("  round / transport        {:.0}% of the transport ceiling", 100.0 * summary.fraction_of_transport_ceiling);
-    println!("  aggregator peak RSS      {:.1} MB", summary.aggregator_peak_rss_bytes as f64 / 1e6);
+    println!(
+        "  round / transport        {:.0}% of the transport ceiling",
+        100.0 * summary.fraction_of_transport_ceiling
+    );
+    println!(
+        "  aggregator peak RSS      {:.1} MB",
+        summary.aggregator_peak_rss_bytes as f64 / 1e6
+    );
     common::write_summary(args.summary.as_deref(), &summary)
 }
 
@@ -281,7 +333,12 @@ async fn transport_round(pki: &FederationPki, agents: usize, params: usize, loop
     let transport = Arc::new(default_transport(loopback));
     let mut clients = Vec::new();
     for (_, identity) in pki.agents.iter().take(agents) {
-        let tls = client_config(&pki.ca_cert_pem, &identity.cert_pem, &identity.key_pem, transport.clone())?;
+        let tls = client_config(
+            &pki.ca_cert_pem,
+            &identity.cert_pem,
+            &identity.key_pem,
+            transport.clone(),
+        )?;
         clients.push(client_endpoint(tls, addr, loopback)?);
     }
     // Clients echo what they receive.

@@ -101,12 +101,17 @@ async fn main() -> anyhow::Result<()> {
 
     let (source, default_partition, input) = match args.dataset {
         DatasetName::Digits => (
-            DataSource::Csv { path: common::data_dir().join("digits.csv"), scale: 1.0 / 16.0 },
+            DataSource::Csv {
+                path: common::data_dir().join("digits.csv"),
+                scale: 1.0 / 16.0,
+            },
             PartitionSpec::File(common::data_dir().join("digits_partition.json")),
             64,
         ),
         DatasetName::FashionMnist => (
-            DataSource::FashionMnist { dir: fedtune::agent::data::FASHION_MNIST_DIR.into() },
+            DataSource::FashionMnist {
+                dir: fedtune::agent::data::FASHION_MNIST_DIR.into(),
+            },
             PartitionSpec::Dirichlet(0.5),
             784,
         ),
@@ -114,10 +119,18 @@ async fn main() -> anyhow::Result<()> {
     let partition = args.partition.clone().unwrap_or(default_partition);
     let data = FederatedData::load(&source, &partition, args.agents, args.seed)?;
     if data.clients() < args.agents {
-        bail!("the split {partition} has {} clients; --agents {} is more", data.clients(), args.agents);
+        bail!(
+            "the split {partition} has {} clients; --agents {} is more",
+            data.clients(),
+            args.agents
+        );
     }
     let classes = data.dataset.classes();
-    let model = ModelSpec::Mlp(MlpSpec { input, hidden: args.hidden.clone(), classes });
+    let model = ModelSpec::Mlp(MlpSpec {
+        input,
+        hidden: args.hidden.clone(),
+        classes,
+    });
     let client = ClientHyperparameters {
         learning_rate: args.lr,
         local_epochs: args.local_epochs,
@@ -164,13 +177,20 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "model MLP {input}-{}-{classes}, {} local epoch(s) of {} lr {} batch {}; QUIC + mutual TLS on {addr}\n",
-        args.hidden.iter().map(ToString::to_string).collect::<Vec<_>>().join("-"),
+        args.hidden
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("-"),
         client.local_epochs,
         client.optimizer,
         client.learning_rate,
         client.batch_size
     );
-    println!("{:>5}  {:>7}  {:>10}  {:>10}  {:>9}  {:>7}", "round", "updates", "train loss", "agents acc", "test acc", "seconds");
+    println!(
+        "{:>5}  {:>7}  {:>10}  {:>10}  {:>9}  {:>7}",
+        "round", "updates", "train loss", "agents acc", "test acc", "seconds"
+    );
 
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents = spawn_agents(&pki, addr, trainers, LOOPBACK, stopped.clone()).map_err(anyhow::Error::msg)?;
@@ -189,7 +209,9 @@ async fn main() -> anyhow::Result<()> {
         })),
         on_waiting: None,
     };
-    let report = run(endpoint, config, hooks, stopped).await.context("federation failed")?;
+    let report = run(endpoint, config, hooks, stopped)
+        .await
+        .context("federation failed")?;
     while let Some(exit) = agents.join_next().await {
         exit??;
     }
@@ -212,10 +234,17 @@ async fn main() -> anyhow::Result<()> {
         per_agent_accuracy: per_agent,
         median_round_seconds: common::median(&round_seconds),
         total_seconds: started.elapsed().as_secs_f64(),
-        test_accuracy_by_round: report.rounds.iter().map(|r| r.test.map_or(f64::NAN, |t| t.accuracy)).collect(),
+        test_accuracy_by_round: report
+            .rounds
+            .iter()
+            .map(|r| r.test.map_or(f64::NAN, |t| t.accuracy))
+            .collect(),
     };
     println!("\nsummary");
-    println!("  global test accuracy      {:.4} (loss {:.4})", summary.final_test_accuracy, summary.final_test_loss);
+    println!(
+        "  global test accuracy      {:.4} (loss {:.4})",
+        summary.final_test_accuracy, summary.final_test_loss
+    );
     println!(
         "  per-agent accuracy        mean {:.4}  worst {:.4}  variance {:.5}",
         summary.mean_agent_accuracy, summary.worst_agent_accuracy, summary.agent_accuracy_variance

@@ -27,6 +27,10 @@ impl Evaluator for TestSetEvaluator {
             return Err("only MLP models can be evaluated on the test set".into());
         };
         let e = evaluate(spec, params, &self.test, &self.device).map_err(|e| e.to_string())?;
-        Ok(GlobalEvaluation { loss: e.loss, accuracy: e.accuracy, samples: e.samples })
+        Ok(GlobalEvaluation {
+            loss: e.loss,
+            accuracy: e.accuracy,
+            samples: e.samples,
+        })
     }
 }

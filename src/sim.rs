@@ -32,8 +32,17 @@ pub fn agent_id(i: usize) -> String {
 /// # Errors
 /// [`IdentityError`] for bad certificates or when the socket cannot be bound.
 pub fn bind_aggregator(pki: &FederationPki, loopback: bool) -> Result<quinn::Endpoint, IdentityError> {
-    let tuning = if loopback { TransportTuning::loopback() } else { TransportTuning::default() };
-    bind(SocketAddr::from(([127, 0, 0, 1], 0)), &pki.ca_cert_pem, &pki.server, &tuning)
+    let tuning = if loopback {
+        TransportTuning::loopback()
+    } else {
+        TransportTuning::default()
+    };
+    bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &pki.ca_cert_pem,
+        &pki.server,
+        &tuning,
+    )
 }
 
 /// Starts one agent per trainer (agent `i` uses `pki.agents[i]`), each with its own QUIC
@@ -49,20 +58,32 @@ pub fn spawn_agents<T: Trainer>(
     stop: watch::Receiver<bool>,
 ) -> Result<JoinSet<Result<Exit, AgentError>>, String> {
     if trainers.len() > pki.agents.len() {
-        return Err(format!("{} trainers but only {} agent certificates", trainers.len(), pki.agents.len()));
+        return Err(format!(
+            "{} trainers but only {} agent certificates",
+            trainers.len(),
+            pki.agents.len()
+        ));
     }
     let transport = Arc::new(default_transport(loopback));
     let mut agents = JoinSet::new();
     for (trainer, (id, identity)) in trainers.into_iter().zip(&pki.agents) {
-        let tls = client_config(&pki.ca_cert_pem, &identity.cert_pem, &identity.key_pem, transport.clone())
-            .map_err(|e| e.to_string())?;
+        let tls = client_config(
+            &pki.ca_cert_pem,
+            &identity.cert_pem,
+            &identity.key_pem,
+            transport.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         let endpoint = client_endpoint(tls, aggregator, loopback).map_err(|e| e.to_string())?;
         let options = AgentOptions {
             aggregator,
             server_name: "localhost".into(),
             name: id.clone(),
             max_payload_bytes: 1 << 32,
-            reconnect: Reconnect { max_attempts: Some(5), ..Reconnect::default() },
+            reconnect: Reconnect {
+                max_attempts: Some(5),
+                ..Reconnect::default()
+            },
         };
         let stop = stop.clone();
         agents.spawn(async move {

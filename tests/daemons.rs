@@ -13,12 +13,20 @@ fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
     path
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
@@ -97,7 +105,10 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
     std::io::Read::read_to_string(&mut aggregator.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(status.success(), "aggregator failed: {stdout}");
     for agent in &mut agents {
-        assert!(wait(agent, Duration::from_secs(30)).success(), "agents exit cleanly when told to stop");
+        assert!(
+            wait(agent, Duration::from_secs(30)).success(),
+            "agents exit cleanly when told to stop"
+        );
     }
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();

@@ -23,7 +23,12 @@ async fn a_federation_trains_digits_over_quic() {
     assert!(last > 0.6, "test accuracy {last}");
     // The final model was evaluated on every agent's own validation split.
     assert_eq!(report.final_agent_evaluation.len(), 4);
-    assert!(report.final_agent_evaluation.values().all(|e| e.samples > 0 && e.accuracy > 0.3));
+    assert!(
+        report
+            .final_agent_evaluation
+            .values()
+            .all(|e| e.samples > 0 && e.accuracy > 0.3)
+    );
     // The agents measured the incoming global model before training, so accuracy rises.
     assert!(report.rounds[4].federated_accuracy > report.rounds[0].federated_accuracy);
 }
@@ -53,9 +58,19 @@ async fn nan_and_wrong_manifest_updates_are_refused_while_the_round_completes() 
     let data = digits();
     let fed = start_aggregator(4, config(4, 2), Hooks::default());
     let mut trainers = digits_trainers(&data, 4).into_iter();
-    let honest: Vec<Corrupt> = trainers.by_ref().take(2).map(|inner| Corrupt { inner, how: |_| {} }).collect();
-    let nan = Corrupt { inner: trainers.next().unwrap(), how: |d| d[5] = f32::NAN };
-    let truncated = Corrupt { inner: trainers.next().unwrap(), how: |d| d.truncate(d.len() - 1) };
+    let honest: Vec<Corrupt> = trainers
+        .by_ref()
+        .take(2)
+        .map(|inner| Corrupt { inner, how: |_| {} })
+        .collect();
+    let nan = Corrupt {
+        inner: trainers.next().unwrap(),
+        how: |d| d[5] = f32::NAN,
+    };
+    let truncated = Corrupt {
+        inner: trainers.next().unwrap(),
+        how: |d| d.truncate(d.len() - 1),
+    };
     let mut agents = start_agents(&fed, honest.into_iter().chain([nan, truncated]).collect());
 
     let report = fed.aggregator.await.unwrap().unwrap();
@@ -64,7 +79,12 @@ async fn nan_and_wrong_manifest_updates_are_refused_while_the_round_completes() 
         assert_eq!(round.updates, 2, "only the honest updates count");
         assert!(round.applied);
         let reason = |agent: &str| {
-            round.failures.iter().find(|f| f.agent == agent).map(|f| f.reason.clone()).unwrap_or_default()
+            round
+                .failures
+                .iter()
+                .find(|f| f.agent == agent)
+                .map(|f| f.reason.clone())
+                .unwrap_or_default()
         };
         assert!(reason("agent-2").contains("not finite"), "{:?}", round.failures);
         assert!(reason("agent-3").contains("manifest"), "{:?}", round.failures);
@@ -100,13 +120,25 @@ async fn stragglers_are_dropped_at_the_deadline() {
     config.federation.final_evaluation = false;
     let fed = start_aggregator(2, config, Hooks::default());
     let honest = digits_trainers(&data, 1).remove(0);
-    let mut agents = fedtune::sim::spawn_agents(&fed.pki, fed.addr, vec![Box::new(honest) as Box<dyn Trainer>, Box::new(Sleepy)], false, fed.stop.subscribe()).unwrap();
+    let mut agents = fedtune::sim::spawn_agents(
+        &fed.pki,
+        fed.addr,
+        vec![Box::new(honest) as Box<dyn Trainer>, Box::new(Sleepy)],
+        false,
+        fed.stop.subscribe(),
+    )
+    .unwrap();
     let started = std::time::Instant::now();
     let report = fed.aggregator.await.unwrap().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let round = &report.rounds[0];
     assert_eq!(round.updates, 1);
-    assert!(round.failures.iter().any(|f| f.agent == "agent-1" && f.reason.contains("before the round closed")));
+    assert!(
+        round
+            .failures
+            .iter()
+            .any(|f| f.agent == "agent-1" && f.reason.contains("before the round closed"))
+    );
     while agents.join_next().await.is_some() {}
 }
 

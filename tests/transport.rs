@@ -34,8 +34,7 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> AggregatorMes
     send.write_all(bytes).await.unwrap();
     let _ = send.finish();
     let reply = recv.read_to_end(1 << 20).await.unwrap();
-    let (message, _) =
-        fedtune::protocol::frame::decode_frame::<AggregatorMessage>(&reply, &Limits::default()).unwrap();
+    let (message, _) = fedtune::protocol::frame::decode_frame::<AggregatorMessage>(&reply, &Limits::default()).unwrap();
     message
 }
 
@@ -65,18 +64,40 @@ async fn malformed_and_oversized_frames_get_an_error_and_the_service_goes_on() {
     }
 
     // Garbage.
-    assert_eq!(error_code(exchange(&connection, b"GET / HTTP/1.1\r\n\r\nxxxxxxxxxxxxxxxx").await), ErrorCode::Malformed);
+    assert_eq!(
+        error_code(exchange(&connection, b"GET / HTTP/1.1\r\n\r\nxxxxxxxxxxxxxxxx").await),
+        ErrorCode::Malformed
+    );
     // A length prefix announcing a terabyte.
-    let huge = FramePrefix { header_len: 16, payload_len: 1 << 40 }.encode();
+    let huge = FramePrefix {
+        header_len: 16,
+        payload_len: 1 << 40,
+    }
+    .encode();
     assert_eq!(error_code(exchange(&connection, &huge).await), ErrorCode::TooLarge);
     // A header that is not a message.
-    let mut bad_header = FramePrefix { header_len: 4, payload_len: 0 }.encode().to_vec();
+    let mut bad_header = FramePrefix {
+        header_len: 4,
+        payload_len: 0,
+    }
+    .encode()
+    .to_vec();
     bad_header.extend_from_slice(&[0xff; 4]);
-    assert_eq!(error_code(exchange(&connection, &bad_header).await), ErrorCode::Malformed);
+    assert_eq!(
+        error_code(exchange(&connection, &bad_header).await),
+        ErrorCode::Malformed
+    );
     // Another protocol version.
-    let mut other_version = encode_frame(&AgentMessage::Error(fedtune::protocol::ErrorMessage::new(ErrorCode::Internal, "x")), &[]).unwrap();
+    let mut other_version = encode_frame(
+        &AgentMessage::Error(fedtune::protocol::ErrorMessage::new(ErrorCode::Internal, "x")),
+        &[],
+    )
+    .unwrap();
     other_version[4] = 9;
-    assert_eq!(error_code(exchange(&connection, &other_version).await), ErrorCode::UnsupportedVersion);
+    assert_eq!(
+        error_code(exchange(&connection, &other_version).await),
+        ErrorCode::UnsupportedVersion
+    );
     // An update nobody asked for.
     let update = AgentMessage::Update(Update {
         trial: 0,
@@ -103,16 +124,30 @@ async fn malformed_and_oversized_frames_get_an_error_and_the_service_goes_on() {
 async fn a_bad_hello_is_answered_and_the_connection_dropped() {
     let fed = start_aggregator(2, config(1, 1), Hooks::default());
     let connection = connect(&fed, Some(1)).await;
-    let mut bad_magic = encode_frame(&AgentMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
+    let mut bad_magic = encode_frame(
+        &AgentMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: "x".into(),
+            capabilities: Capabilities::default(),
+        }),
+        &[],
+    )
+    .unwrap();
+    bad_magic[0] = b'Z';
+    assert_eq!(
+        error_code(exchange(&connection, &bad_magic).await),
+        ErrorCode::Malformed
+    );
+    let hello_v2 = AgentMessage::Hello(Hello {
+        protocol_version: 2,
         name: "x".into(),
         capabilities: Capabilities::default(),
-    }), &[]).unwrap();
-    bad_magic[0] = b'Z';
-    assert_eq!(error_code(exchange(&connection, &bad_magic).await), ErrorCode::Malformed);
-    let hello_v2 = AgentMessage::Hello(Hello { protocol_version: 2, name: "x".into(), capabilities: Capabilities::default() });
+    });
     let connection = connect(&fed, Some(1)).await;
-    assert_eq!(error_code(exchange(&connection, &encode_frame(&hello_v2, &[]).unwrap()).await), ErrorCode::UnsupportedVersion);
+    assert_eq!(
+        error_code(exchange(&connection, &encode_frame(&hello_v2, &[]).unwrap()).await),
+        ErrorCode::UnsupportedVersion
+    );
     let _ = fed.stop.send(true);
     let report = fed.aggregator.await.unwrap().unwrap();
     assert!(report.interrupted);
@@ -131,8 +166,12 @@ async fn an_agent_without_a_certificate_is_refused() {
         anyhow::Ok(())
     }
     .await;
-    let err = refused.expect_err("a client without a certificate must not be served").to_string();
-    assert!(err.contains("certificate") || err.contains("closed"), "{err}");
+    // Depending on timing the client sees the TLS alert or the closed connection.
+    refused.expect_err("a client without a certificate must not be served");
     let _ = fed.stop.send(true);
-    fed.aggregator.await.unwrap().unwrap();
+    let report = fed.aggregator.await.unwrap().unwrap();
+    assert!(
+        report.interrupted && report.rounds.is_empty(),
+        "no round ran without an authenticated agent"
+    );
 }

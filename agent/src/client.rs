@@ -41,7 +41,11 @@ pub struct Reconnect {
 
 impl Default for Reconnect {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(200), max: Duration::from_secs(30), max_attempts: Some(20) }
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+            max_attempts: Some(20),
+        }
     }
 }
 
@@ -93,9 +97,15 @@ pub async fn run<T: Trainer>(
         };
         failures += 1;
         if options.reconnect.max_attempts.is_some_and(|max| failures >= max) {
-            return Err(AgentError::Unreachable { attempts: failures, last });
+            return Err(AgentError::Unreachable {
+                attempts: failures,
+                last,
+            });
         }
-        warn!("connection to {} failed ({last}); retrying in {backoff:?}", options.aggregator);
+        warn!(
+            "connection to {} failed ({last}); retrying in {backoff:?}",
+            options.aggregator
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return Ok(Exit::Stopped),
@@ -125,7 +135,11 @@ async fn serve_connection<T: Trainer>(
     let connection = endpoint.connect(options.aggregator, &options.server_name)?.await?;
     let (mut send, mut recv) = connection.open_bi().await?;
     let capabilities = lock(trainer).capabilities();
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, name: options.name.clone(), capabilities };
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        name: options.name.clone(),
+        capabilities,
+    };
     write_frame(&mut send, &AgentMessage::Hello(hello), &[]).await?;
     send.finish()?;
     let welcome = match read_frame(&mut recv, Limits::control()).await?.0 {
@@ -136,7 +150,10 @@ async fn serve_connection<T: Trainer>(
     info!(agent = %welcome.agent_id, session = welcome.session_id, "connected to {}", options.aggregator);
     *failures = 0;
 
-    let limits = Limits { max_payload: options.max_payload_bytes, ..Limits::default() };
+    let limits = Limits {
+        max_payload: options.max_payload_bytes,
+        ..Limits::default()
+    };
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<String>(1);
     loop {
         tokio::select! {
@@ -221,7 +238,12 @@ async fn serve_stream<T: Trainer>(
                     write_frame(&mut send, &AgentMessage::Update(update), &fit.delta).await?;
                     match read_frame(&mut recv, Limits::control()).await?.0 {
                         AggregatorMessage::Ack(_) => {
-                            debug!(trial, round, seconds = started.elapsed().as_secs_f64(), "update accepted")
+                            debug!(
+                                trial,
+                                round,
+                                seconds = started.elapsed().as_secs_f64(),
+                                "update accepted"
+                            )
                         }
                         AggregatorMessage::Error(e) => warn!(trial, round, "update refused: {e}"),
                         other => warn!(trial, round, "unexpected reply to an update: {other:?}"),
@@ -254,7 +276,10 @@ async fn serve_stream<T: Trainer>(
         }
         AggregatorMessage::Error(e) => warn!("aggregator error: {e}"),
         other @ (AggregatorMessage::Welcome(_) | AggregatorMessage::Ack(_)) => {
-            let error = ErrorMessage::new(ErrorCode::Unexpected, format!("unexpected {other:?} outside an exchange"));
+            let error = ErrorMessage::new(
+                ErrorCode::Unexpected,
+                format!("unexpected {other:?} outside an exchange"),
+            );
             write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
         }
     }
@@ -286,21 +311,22 @@ fn check_layout(
 }
 
 /// A client endpoint for reaching `aggregator`, bound to the matching wildcard (or, for
-/// loopback, local) address.
+/// loopback, local) address, with `config` as its default.
 ///
 /// # Errors
-/// I/O errors binding the socket.
-pub fn client_endpoint(config: quinn::ClientConfig, aggregator: SocketAddr, loopback: bool) -> std::io::Result<quinn::Endpoint> {
+/// [`crate::tls::TlsError`] when the socket cannot be bound.
+pub fn client_endpoint(
+    config: quinn::ClientConfig,
+    aggregator: SocketAddr,
+    loopback: bool,
+) -> Result<quinn::Endpoint, crate::tls::TlsError> {
     let bind: SocketAddr = match (aggregator.is_ipv4(), loopback) {
         (true, true) => ([127, 0, 0, 1], 0).into(),
         (true, false) => ([0, 0, 0, 0], 0).into(),
         (false, true) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
         (false, false) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = std::net::UdpSocket::bind(bind)?;
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
-    let mut endpoint =
-        quinn::Endpoint::new(crate::tls::default_endpoint_config(loopback), None, socket, runtime)?;
+    let mut endpoint = crate::tls::client_endpoint(bind, loopback)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

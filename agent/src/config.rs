@@ -163,9 +163,14 @@ impl AgentConfig {
     /// # Errors
     /// [`ConfigError`] naming the file and the problem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut config: Self =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -221,7 +226,12 @@ impl FederatedData {
     ///
     /// # Errors
     /// [`ConfigError::Data`] when the data cannot be read or split.
-    pub fn load(source: &DataSource, partition: &PartitionSpec, clients: usize, seed: u64) -> Result<Self, ConfigError> {
+    pub fn load(
+        source: &DataSource,
+        partition: &PartitionSpec,
+        clients: usize,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
         let data_err = |e: &dyn std::fmt::Display| ConfigError::Data(e.to_string());
         let dataset = match source {
             DataSource::Csv { path, scale } => load_csv(path, *scale),
@@ -231,12 +241,20 @@ impl FederatedData {
         let mut rng = StdRng::seed_from_u64(seed);
         let split = match partition {
             PartitionSpec::File(path) => SplitFile::load(path).map_err(|e| data_err(&e))?,
-            PartitionSpec::Iid => {
-                SplitFile::generate(dataset.labels(), &Iid, clients, GLOBAL_TEST_FRACTION, VALIDATION_FRACTION, &mut rng)
-                    .map_err(|e| data_err(&e))?
-            }
+            PartitionSpec::Iid => SplitFile::generate(
+                dataset.labels(),
+                &Iid,
+                clients,
+                GLOBAL_TEST_FRACTION,
+                VALIDATION_FRACTION,
+                &mut rng,
+            )
+            .map_err(|e| data_err(&e))?,
             PartitionSpec::Dirichlet(alpha) => {
-                let partitioner = Dirichlet { alpha: *alpha, min_size: 10 };
+                let partitioner = Dirichlet {
+                    alpha: *alpha,
+                    min_size: 10,
+                };
                 SplitFile::generate(
                     dataset.labels(),
                     &partitioner,
@@ -263,7 +281,10 @@ impl FederatedData {
     /// [`ConfigError::Data`] when the split has no such client.
     pub fn client(&self, cid: u32) -> Result<(Dataset, Dataset), ConfigError> {
         let c = self.split.client(cid).ok_or_else(|| {
-            ConfigError::Data(format!("the split has no client {cid} (it has {})", self.split.clients.len()))
+            ConfigError::Data(format!(
+                "the split has no client {cid} (it has {})",
+                self.split.clients.len()
+            ))
         })?;
         let subset = |rows: &[usize]| self.dataset.subset(rows).map_err(|e| ConfigError::Data(e.to_string()));
         Ok((subset(&c.train)?, subset(&c.test)?))
@@ -274,7 +295,9 @@ impl FederatedData {
     /// # Errors
     /// [`ConfigError::Data`] when the split's indices do not fit the dataset.
     pub fn global_test(&self) -> Result<Dataset, ConfigError> {
-        self.dataset.subset(&self.split.global_test).map_err(|e| ConfigError::Data(e.to_string()))
+        self.dataset
+            .subset(&self.split.global_test)
+            .map_err(|e| ConfigError::Data(e.to_string()))
     }
 }
 

@@ -45,17 +45,13 @@ pub enum DataError {
     #[error("the CSV is empty: expected a header row, then one row per sample")]
     MissingHeader,
     /// The CSV header has too few columns to hold features and a label.
-    #[error(
-        "the CSV header has {0} column(s); expected at least one feature column and a label column"
-    )]
+    #[error("the CSV header has {0} column(s); expected at least one feature column and a label column")]
     TooFewColumns(usize),
     /// The file holds a header but no samples.
     #[error("no samples: the file holds no data rows")]
     NoRows,
     /// A CSV row has the wrong number of fields.
-    #[error(
-        "line {line}: expected {expected} comma-separated fields (as in the header), got {got}"
-    )]
+    #[error("line {line}: expected {expected} comma-separated fields (as in the header), got {got}")]
     ColumnCount {
         /// 1-based line number.
         line: usize,
@@ -160,9 +156,7 @@ pub enum DataError {
         dim: usize,
     },
     /// The feature dimension or the class count is zero.
-    #[error(
-        "a dataset needs at least one feature and one class (got dim {dim}, classes {classes})"
-    )]
+    #[error("a dataset needs at least one feature and one class (got dim {dim}, classes {classes})")]
     Degenerate {
         /// Features per row.
         dim: usize,
@@ -230,12 +224,7 @@ impl Dataset {
     /// [`DataError::Degenerate`] when `dim` or `classes` is zero, [`DataError::Shape`] when
     /// `features.len() != labels.len() * dim`, [`DataError::LabelOutOfRange`] when a label
     /// is not below `classes`.
-    pub fn from_parts(
-        features: Vec<f32>,
-        labels: Vec<u32>,
-        dim: usize,
-        classes: usize,
-    ) -> Result<Self, DataError> {
+    pub fn from_parts(features: Vec<f32>, labels: Vec<u32>, dim: usize, classes: usize) -> Result<Self, DataError> {
         if dim == 0 || classes == 0 {
             return Err(DataError::Degenerate { dim, classes });
         }
@@ -246,16 +235,8 @@ impl Dataset {
                 dim,
             });
         }
-        if let Some((row, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l as usize >= classes)
-        {
-            return Err(DataError::LabelOutOfRange {
-                row,
-                label,
-                classes,
-            });
+        if let Some((row, &label)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= classes) {
+            return Err(DataError::LabelOutOfRange { row, label, classes });
         }
         Ok(Self {
             features,
@@ -454,12 +435,7 @@ pub fn parse_idx(images_bytes: &[u8], labels_bytes: &[u8]) -> Result<Dataset, Da
         return Err(DataError::IdxImageSize { rows, cols });
     }
     let dim = u64::from(rows) * u64::from(cols);
-    idx_body_len(
-        images_bytes,
-        "images",
-        16,
-        u128::from(n_images) * u128::from(dim),
-    )?;
+    idx_body_len(images_bytes, "images", 16, u128::from(n_images) * u128::from(dim))?;
 
     let label_header = idx_header::<1>(labels_bytes, "labels", IDX_LABELS_MAGIC)?;
     let n_labels = label_header[0];
@@ -475,20 +451,13 @@ pub fn parse_idx(images_bytes: &[u8], labels_bytes: &[u8]) -> Result<Dataset, Da
     let Some(&max_label) = labels.iter().max() else {
         return Err(DataError::NoRows);
     };
-    let features = images_bytes[16..]
-        .iter()
-        .map(|&p| f32::from(p) / 255.0)
-        .collect();
+    let features = images_bytes[16..].iter().map(|&p| f32::from(p) / 255.0).collect();
     // `dim` fits in usize: the body holding at least one image of `dim` bytes is in memory.
     Dataset::from_parts(features, labels, dim as usize, max_label as usize + 1)
 }
 
 /// Reads the magic number and `N` big-endian dimensions of an IDX header.
-fn idx_header<const N: usize>(
-    bytes: &[u8],
-    what: &'static str,
-    magic: u32,
-) -> Result<[u32; N], DataError> {
+fn idx_header<const N: usize>(bytes: &[u8], what: &'static str, magic: u32) -> Result<[u32; N], DataError> {
     let header_len = 4 + 4 * N;
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     if bytes.len() < 4 {
@@ -517,20 +486,11 @@ fn idx_header<const N: usize>(
 }
 
 /// Checks that `bytes` holds exactly `header_len + body_len` bytes.
-fn idx_body_len(
-    bytes: &[u8],
-    what: &'static str,
-    header_len: u128,
-    body_len: u128,
-) -> Result<(), DataError> {
+fn idx_body_len(bytes: &[u8], what: &'static str, header_len: u128, body_len: u128) -> Result<(), DataError> {
     let expected = header_len + body_len;
     let got = bytes.len() as u128;
     if got < expected {
-        return Err(DataError::IdxTruncated {
-            what,
-            expected,
-            got,
-        });
+        return Err(DataError::IdxTruncated { what, expected, got });
     }
     if got > expected {
         return Err(DataError::IdxTrailing {
@@ -623,12 +583,7 @@ mod tests {
             "{err}"
         );
         let err = csv("a,b,label\n1,x,0\n").unwrap_err();
-        let DataError::BadNumber {
-            line: 2,
-            column,
-            value,
-        } = &err
-        else {
+        let DataError::BadNumber { line: 2, column, value } = &err else {
             panic!("{err}")
         };
         assert_eq!((column.as_str(), value.as_str()), ("b", "x"));
@@ -645,10 +600,7 @@ mod tests {
         let err = csv("a,b,label\n1,2,1.5\n").unwrap_err();
         assert!(matches!(err, DataError::BadLabel { line: 2, .. }));
         assert!(matches!(csv(""), Err(DataError::MissingHeader)));
-        assert!(matches!(
-            csv("label\n1\n"),
-            Err(DataError::TooFewColumns(1))
-        ));
+        assert!(matches!(csv("label\n1\n"), Err(DataError::TooFewColumns(1))));
         assert!(matches!(csv("a,label\n"), Err(DataError::NoRows)));
         assert!(matches!(
             parse_csv("a,l\n1,0\n".as_bytes(), f32::NAN),
@@ -689,8 +641,7 @@ mod tests {
             Dataset::from_parts(vec![], vec![], 0, 2),
             Err(DataError::Degenerate { .. })
         ));
-        let data =
-            Dataset::from_parts(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![0, 1, 0], 2, 2).unwrap();
+        let data = Dataset::from_parts(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![0, 1, 0], 2, 2).unwrap();
         let sub = data.subset(&[2, 0]).unwrap();
         assert_eq!(sub.features(), &[5.0, 6.0, 1.0, 2.0]);
         assert_eq!(sub.labels(), &[0, 0]);
@@ -793,10 +744,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_idx(&images, &idx_labels(&[0])),
-            Err(DataError::IdxCountMismatch {
-                images: 2,
-                labels: 1
-            })
+            Err(DataError::IdxCountMismatch { images: 2, labels: 1 })
         ));
         assert!(matches!(
             parse_idx(&idx_images(1, 0, 2, &[]), &idx_labels(&[0])),
@@ -838,13 +786,9 @@ mod tests {
     fn missing_fashion_mnist_says_how_to_install() {
         let err = load_fashion_mnist("/nonexistent", true).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("apt-get install dataset-fashion-mnist"),
+            err.to_string().contains("apt-get install dataset-fashion-mnist"),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("train-images-idx3-ubyte.gz"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("train-images-idx3-ubyte.gz"), "{err}");
     }
 }

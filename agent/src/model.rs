@@ -90,11 +90,7 @@ impl Mlp {
     ///
     /// # Errors
     /// Those of [`load`].
-    pub fn from_params(
-        spec: &MlpSpec,
-        params: &[f32],
-        device: &Device,
-    ) -> Result<Self, ModelError> {
+    pub fn from_params(spec: &MlpSpec, params: &[f32], device: &Device) -> Result<Self, ModelError> {
         load(
             Self::init(spec, device),
             params,
@@ -134,9 +130,7 @@ pub fn flatten(model: &Mlp) -> Vec<f32> {
     impl ModuleVisitor for Flatten {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let data = param.val().into_data_as::<f32>();
-            let values = data
-                .as_slice::<f32>()
-                .expect("tensor data was just converted to f32");
+            let values = data.as_slice::<f32>().expect("tensor data was just converted to f32");
             self.0.extend_from_slice(values);
         }
     }
@@ -195,10 +189,7 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn tensor_for<const D: usize>(
-        &mut self,
-        param: &Param<Tensor<D>>,
-    ) -> Result<Tensor<D>, ModelError> {
+    fn tensor_for<const D: usize>(&mut self, param: &Param<Tensor<D>>) -> Result<Tensor<D>, ModelError> {
         let name = self.path.join(".");
         let index = self.next;
         self.next += 1;
@@ -283,10 +274,7 @@ mod tests {
 
     fn params(spec: &MlpSpec) -> (Manifest, Vec<f32>) {
         let model = ModelSpec::Mlp(spec.clone());
-        (
-            model.manifest(),
-            model.init_params(&mut StdRng::seed_from_u64(1)),
-        )
+        (model.manifest(), model.init_params(&mut StdRng::seed_from_u64(1)))
     }
 
     #[test]
@@ -331,10 +319,7 @@ mod tests {
         let params = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, 0.0, -0.5];
         let device = default_device();
         let model = Mlp::from_params(&spec, &params, &device).unwrap();
-        let x = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
-            &device,
-        );
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
         let y = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(y, vec![1.5, 2.0, 2.5, 4.5, 5.0, 5.5]);
     }
@@ -389,10 +374,7 @@ mod tests {
         let n = short.numel();
         assert_eq!(
             load(model(), &params[..n], &short).unwrap_err(),
-            ModelError::TensorCount {
-                model: 4,
-                manifest: 3
-            }
+            ModelError::TensorCount { model: 4, manifest: 3 }
         );
 
         let mut long = manifest.clone();
@@ -401,10 +383,7 @@ mod tests {
         more.push(0.0);
         assert_eq!(
             load(model(), &more, &long).unwrap_err(),
-            ModelError::TensorCount {
-                model: 4,
-                manifest: 5
-            }
+            ModelError::TensorCount { model: 4, manifest: 5 }
         );
     }
 }

@@ -118,8 +118,7 @@ pub enum PartitionError {
 
 /// ` PATH` for a known file, nothing otherwise.
 fn display_path(path: Option<&Path>) -> String {
-    path.map(|p| format!(" {}", p.display()))
-        .unwrap_or_default()
+    path.map(|p| format!(" {}", p.display())).unwrap_or_default()
 }
 
 /// Splits rows among clients by their labels.
@@ -130,12 +129,7 @@ pub trait Partitioner {
     /// # Errors
     /// [`PartitionError::NoClients`], [`PartitionError::TooFewSamples`], and whatever the
     /// partitioner's own parameters can make impossible.
-    fn partition(
-        &self,
-        labels: &[u32],
-        clients: usize,
-        rng: &mut dyn Rng,
-    ) -> Result<Vec<Vec<usize>>, PartitionError>;
+    fn partition(&self, labels: &[u32], clients: usize, rng: &mut dyn Rng) -> Result<Vec<Vec<usize>>, PartitionError>;
 }
 
 /// Independent and identically distributed: shuffle all rows, then deal them out in
@@ -144,12 +138,7 @@ pub trait Partitioner {
 pub struct Iid;
 
 impl Partitioner for Iid {
-    fn partition(
-        &self,
-        labels: &[u32],
-        clients: usize,
-        rng: &mut dyn Rng,
-    ) -> Result<Vec<Vec<usize>>, PartitionError> {
+    fn partition(&self, labels: &[u32], clients: usize, rng: &mut dyn Rng) -> Result<Vec<Vec<usize>>, PartitionError> {
         check_sizes(labels.len(), clients, 1)?;
         let mut rows: Vec<usize> = (0..labels.len()).collect();
         rows.shuffle(rng);
@@ -179,12 +168,7 @@ pub struct Dirichlet {
 }
 
 impl Partitioner for Dirichlet {
-    fn partition(
-        &self,
-        labels: &[u32],
-        clients: usize,
-        rng: &mut dyn Rng,
-    ) -> Result<Vec<Vec<usize>>, PartitionError> {
+    fn partition(&self, labels: &[u32], clients: usize, rng: &mut dyn Rng) -> Result<Vec<Vec<usize>>, PartitionError> {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(PartitionError::InvalidAlpha(self.alpha));
         }
@@ -426,10 +410,7 @@ impl SplitFile {
                         });
                     }
                     Some(true) => {
-                        return Err(PartitionError::DuplicateRow {
-                            index,
-                            place: place(),
-                        });
+                        return Err(PartitionError::DuplicateRow { index, place: place() });
                     }
                     Some(slot) => *slot = true,
                 }
@@ -479,10 +460,7 @@ impl SplitFile {
             .map(|part| part.into_iter().map(|i| rest[i]).collect())
             .collect();
         let clients = split_validation(parts, validation_fraction, rng)?;
-        Ok(Self {
-            global_test,
-            clients,
-        })
+        Ok(Self { global_test, clients })
     }
 }
 
@@ -509,11 +487,7 @@ pub fn split_validation(
             rows.sort_unstable();
             test.sort_unstable();
             let cid = u32::try_from(cid).map_err(|_| PartitionError::TooManyClients(cid))?;
-            Ok(ClientSplit {
-                cid,
-                train: rows,
-                test,
-            })
+            Ok(ClientSplit { cid, train: rows, test })
         })
         .collect()
 }
@@ -568,8 +542,7 @@ mod tests {
     }
 
     fn run(p: &dyn Partitioner, labels: &[u32], clients: usize, seed: u64) -> Vec<Vec<usize>> {
-        p.partition(labels, clients, &mut StdRng::seed_from_u64(seed))
-            .unwrap()
+        p.partition(labels, clients, &mut StdRng::seed_from_u64(seed)).unwrap()
     }
 
     #[test]
@@ -644,21 +617,9 @@ mod tests {
         );
         let iid = run(&Iid, &labels, 10, 3);
         assert_covers_each_row_once(&skewed, labels.len());
-        assert!(
-            dominance(&skewed, &labels) > 0.6,
-            "{}",
-            dominance(&skewed, &labels)
-        );
-        assert!(
-            dominance(&mixed, &labels) < 0.2,
-            "{}",
-            dominance(&mixed, &labels)
-        );
-        assert!(
-            dominance(&iid, &labels) < 0.25,
-            "{}",
-            dominance(&iid, &labels)
-        );
+        assert!(dominance(&skewed, &labels) > 0.6, "{}", dominance(&skewed, &labels));
+        assert!(dominance(&mixed, &labels) < 0.2, "{}", dominance(&mixed, &labels));
+        assert!(dominance(&iid, &labels) < 0.25, "{}", dominance(&iid, &labels));
     }
 
     #[test]
@@ -702,19 +663,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         for shape in [0.1, 0.5, 1.0, 3.0] {
             let n = 40_000;
-            let draws: Vec<f64> = (0..n)
-                .map(|_| ln_gamma_sample(shape, &mut rng).exp())
-                .collect();
+            let draws: Vec<f64> = (0..n).map(|_| ln_gamma_sample(shape, &mut rng).exp()).collect();
             let mean = draws.iter().sum::<f64>() / n as f64;
             let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
             assert!(
                 (mean - shape).abs() < 0.05 * shape.max(0.5),
                 "shape {shape}: mean {mean}"
             );
-            assert!(
-                (var - shape).abs() < 0.1 * shape.max(0.5),
-                "shape {shape}: var {var}"
-            );
+            assert!((var - shape).abs() < 0.1 * shape.max(0.5), "shape {shape}: var {var}");
         }
         let shares = sample_dirichlet(0.001, 50, &mut rng);
         assert!(shares.iter().all(|s| s.is_finite()));
@@ -786,16 +742,10 @@ mod tests {
         ));
         let mut dup = split.clone();
         dup.clients[1].cid = 0;
-        assert!(matches!(
-            dup.validate(6),
-            Err(PartitionError::DuplicateClient(0))
-        ));
+        assert!(matches!(dup.validate(6), Err(PartitionError::DuplicateClient(0))));
         let mut empty = split;
         empty.clients[1].train.clear();
-        assert!(matches!(
-            empty.validate(6),
-            Err(PartitionError::EmptyClient(1))
-        ));
+        assert!(matches!(empty.validate(6), Err(PartitionError::EmptyClient(1))));
 
         assert!(matches!(
             SplitFile::from_json(r#"{"clients": []}"#),
@@ -805,11 +755,7 @@ mod tests {
 
     #[test]
     fn shipped_digits_split_loads_and_validates() {
-        let split = SplitFile::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/digits_partition.json"
-        ))
-        .unwrap();
+        let split = SplitFile::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits_partition.json")).unwrap();
         split.validate(1797).unwrap();
         assert_eq!(split.clients.len(), 10);
         let rows = split.global_test.len()
@@ -834,16 +780,10 @@ mod tests {
             split_validation(parts.clone(), 0.2, &mut StdRng::seed_from_u64(5)).unwrap()
         );
         assert_eq!((splits[0].train.len(), splits[0].test.len()), (80, 20));
-        assert_eq!(
-            (splits[1].train.clone(), splits[1].test.clone()),
-            (vec![100], vec![])
-        );
+        assert_eq!((splits[1].train.clone(), splits[1].test.clone()), (vec![100], vec![]));
         assert_eq!(splits[2].train.len() + splits[2].test.len(), 2);
         assert!(!splits[2].train.is_empty());
-        assert_eq!(
-            splits.iter().map(|s| s.cid).collect::<Vec<_>>(),
-            vec![0, 1, 2]
-        );
+        assert_eq!(splits.iter().map(|s| s.cid).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!(matches!(
             split_validation(parts, 1.0, &mut StdRng::seed_from_u64(5)),
             Err(PartitionError::InvalidFraction { .. })

@@ -19,10 +19,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// `identity::ALPN` has the same value).
 pub const ALPN: &[u8] = b"fedtune/1";
 
-/// UDP payload size used on loopback: jumbo-frame sized. Larger payloads (up to the
-/// 65,536-byte loopback MTU) stall the handshake once GSO batches several of them into
-/// one send. Same value as the aggregator's `LOOPBACK_UDP_PAYLOAD`.
-pub const LOOPBACK_UDP_PAYLOAD: u16 = 9000;
+/// UDP payload size used on loopback: the largest that fits the Linux loopback MTU (65,536)
+/// over IPv6 as well as IPv4. Same value as the aggregator's `LOOPBACK_UDP_PAYLOAD`.
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
 
 /// QUIC's smallest UDP payload, quinn's default initial packet size.
 const MIN_UDP_PAYLOAD: u16 = 1200;
@@ -171,10 +170,7 @@ pub fn default_transport(loopback: bool) -> quinn::TransportConfig {
 ///
 /// # Errors
 /// [`TlsError::Socket`] if the address cannot be bound or there is no tokio runtime.
-pub fn client_endpoint(
-    addr: std::net::SocketAddr,
-    loopback: bool,
-) -> Result<quinn::Endpoint, TlsError> {
+pub fn client_endpoint(addr: std::net::SocketAddr, loopback: bool) -> Result<quinn::Endpoint, TlsError> {
     let socket_error = |source| TlsError::Socket { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(socket_error)?;
     // Best effort: a smaller buffer only costs throughput.
@@ -191,8 +187,7 @@ pub fn client_endpoint(
             "no async runtime: create endpoints inside a tokio runtime",
         ))
     })?;
-    quinn::Endpoint::new(default_endpoint_config(loopback), None, socket, runtime)
-        .map_err(socket_error)
+    quinn::Endpoint::new(default_endpoint_config(loopback), None, socket, runtime).map_err(socket_error)
 }
 
 /// The agent's endpoint settings. With `loopback`, the endpoint accepts
@@ -288,9 +283,6 @@ mod tests {
             default_endpoint_config(true).get_max_udp_payload_size(),
             u64::from(LOOPBACK_UDP_PAYLOAD)
         );
-        assert_eq!(
-            default_endpoint_config(false).get_max_udp_payload_size(),
-            1472
-        );
+        assert_eq!(default_endpoint_config(false).get_max_udp_payload_size(), 1472);
     }
 }

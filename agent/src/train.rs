@@ -14,9 +14,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use fedtune_protocol::tensor::check_finite;
-use fedtune_protocol::{
-    ClientHyperparameters, MlpSpec, ModelSpec, Optimizer, ProtocolError, TrainMetrics,
-};
+use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -116,12 +114,7 @@ pub struct LocalUpdate {
 /// [`TrainError::InvalidModel`], [`TrainError::DimensionMismatch`],
 /// [`TrainError::ClassMismatch`], [`TrainError::Params`] when `params` does not fit `spec`,
 /// [`TrainError::Backend`].
-pub fn evaluate(
-    spec: &MlpSpec,
-    params: &[f32],
-    data: &Dataset,
-    device: &Device,
-) -> Result<Evaluation, TrainError> {
+pub fn evaluate(spec: &MlpSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
     ModelSpec::Mlp(spec.clone())
         .validate()
         .map_err(TrainError::InvalidModel)?;
@@ -263,20 +256,11 @@ fn optimizer(hp: &ClientHyperparameters) -> ModuleOptimizer {
     let decay = (hp.weight_decay > 0.0).then(|| WeightDecayConfig::new(hp.weight_decay as f32));
     match hp.optimizer {
         Optimizer::Sgd => {
-            let momentum = (hp.momentum > 0.0).then(|| {
-                MomentumConfig::new()
-                    .with_momentum(hp.momentum)
-                    .with_dampening(0.0)
-            });
-            SgdConfig::new()
-                .with_weight_decay(decay)
-                .with_momentum(momentum)
-                .init()
+            let momentum =
+                (hp.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(hp.momentum).with_dampening(0.0));
+            SgdConfig::new().with_weight_decay(decay).with_momentum(momentum).init()
         }
-        Optimizer::Adam => AdamConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(decay)
-            .init(),
+        Optimizer::Adam => AdamConfig::new().with_epsilon(1e-8).with_weight_decay(decay).init(),
     }
 }
 
@@ -389,20 +373,12 @@ mod tests {
 
     fn hp(optimizer: Optimizer) -> ClientHyperparameters {
         ClientHyperparameters {
-            learning_rate: if optimizer == Optimizer::Adam {
-                0.05
-            } else {
-                0.1
-            },
+            learning_rate: if optimizer == Optimizer::Adam { 0.05 } else { 0.1 },
             batch_size: 16,
             local_epochs: 5,
             optimizer,
             weight_decay: 1e-4,
-            momentum: if optimizer == Optimizer::Sgd {
-                0.9
-            } else {
-                0.0
-            },
+            momentum: if optimizer == Optimizer::Sgd { 0.9 } else { 0.0 },
         }
     }
 
@@ -411,16 +387,7 @@ mod tests {
         let (spec, global) = setup();
         let (train, valid) = (blobs(240, 1), blobs(90, 2));
         for optimizer in [Optimizer::Adam, Optimizer::Sgd] {
-            let update = train_local(
-                &spec,
-                &global,
-                &hp(optimizer),
-                &train,
-                &valid,
-                7,
-                &default_device(),
-            )
-            .unwrap();
+            let update = train_local(&spec, &global, &hp(optimizer), &train, &valid, 7, &default_device()).unwrap();
             let m = &update.metrics;
             assert_eq!(update.delta.len(), spec.manifest().numel());
             assert!(update.delta.iter().all(|d| d.is_finite()));
@@ -435,14 +402,8 @@ mod tests {
             assert!(m.wall_seconds > 0.0);
 
             // The delta is what training moved: global + delta evaluates as `after`.
-            let local: Vec<f32> = global
-                .iter()
-                .zip(&update.delta)
-                .map(|(g, d)| g + d)
-                .collect();
-            let ModelSpec::Mlp(mlp) = &spec else {
-                unreachable!()
-            };
+            let local: Vec<f32> = global.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
+            let ModelSpec::Mlp(mlp) = &spec else { unreachable!() };
             let after = evaluate(mlp, &local, &valid, &default_device()).unwrap();
             assert!((after.accuracy - m.accuracy_after).abs() < 1e-9);
             assert!((after.loss - m.loss_after).abs() < 1e-4);
@@ -455,9 +416,7 @@ mod tests {
         let (train, valid) = (blobs(64, 1), blobs(0, 2));
         let mut hp = hp(Optimizer::Adam);
         hp.local_epochs = 1;
-        let run = |seed| {
-            train_local(&spec, &global, &hp, &train, &valid, seed, &default_device()).unwrap()
-        };
+        let run = |seed| train_local(&spec, &global, &hp, &train, &valid, seed, &default_device()).unwrap();
         let (a, b, c) = (run(1), run(1), run(2));
         assert_eq!(a.delta, b.delta);
         assert_ne!(a.delta, c.delta);
@@ -477,20 +436,16 @@ mod tests {
         let (train, valid) = (blobs(32, 1), blobs(8, 2));
         let device = default_device();
         let ok = hp(Optimizer::Adam);
-        let run =
-            |spec: &ModelSpec, global: &[f32], hp: &ClientHyperparameters, train: &Dataset| {
-                train_local(spec, global, hp, train, &valid, 0, &device).unwrap_err()
-            };
+        let run = |spec: &ModelSpec, global: &[f32], hp: &ClientHyperparameters, train: &Dataset| {
+            train_local(spec, global, hp, train, &valid, 0, &device).unwrap_err()
+        };
 
         let custom = ModelSpec::Custom {
             name: "cnn".into(),
             manifest: spec.manifest(),
         };
         let err = run(&custom, &global, &ok, &train);
-        assert!(
-            matches!(&err, TrainError::UnsupportedModel(n) if n == "cnn"),
-            "{err}"
-        );
+        assert!(matches!(&err, TrainError::UnsupportedModel(n) if n == "cnn"), "{err}");
         let bad_hp = ClientHyperparameters {
             batch_size: 0,
             ..ok.clone()
@@ -526,10 +481,7 @@ mod tests {
             }
         ));
         let empty = train.subset(&[]).unwrap();
-        assert!(matches!(
-            run(&spec, &global, &ok, &empty),
-            TrainError::EmptyTrainingSet
-        ));
+        assert!(matches!(run(&spec, &global, &ok, &empty), TrainError::EmptyTrainingSet));
         assert!(matches!(
             run(&spec, &global[1..], &ok, &train),
             TrainError::Params(ModelError::Length { .. })
@@ -545,10 +497,7 @@ mod tests {
             hidden: vec![0],
             classes: 3,
         });
-        assert!(matches!(
-            run(&zero, &global, &ok, &train),
-            TrainError::InvalidModel(_)
-        ));
+        assert!(matches!(run(&zero, &global, &ok, &train), TrainError::InvalidModel(_)));
         let wild = ClientHyperparameters {
             learning_rate: 1e30,
             optimizer: Optimizer::Sgd,
@@ -568,8 +517,7 @@ mod tests {
             classes: 2,
         };
         let device = default_device();
-        let data =
-            Dataset::from_parts(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![0, 1, 1], 2, 2).unwrap();
+        let data = Dataset::from_parts(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![0, 1, 1], 2, 2).unwrap();
         // Zero weights: uniform softmax, loss ln 2; ties go to class 0.
         let eval = evaluate(&spec, &[0.0; 6], &data, &device).unwrap();
         assert!((eval.loss - std::f64::consts::LN_2).abs() < 1e-6);

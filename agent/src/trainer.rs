@@ -52,7 +52,12 @@ pub struct BurnTrainer {
 impl BurnTrainer {
     /// A trainer over local `train` and `validation` splits on `device`.
     pub fn new(train: Dataset, validation: Dataset, device: Device) -> Self {
-        Self { train, validation, device, last_loss: None }
+        Self {
+            train,
+            validation,
+            device,
+            last_loss: None,
+        }
     }
 }
 
@@ -69,12 +74,30 @@ impl Trainer for BurnTrainer {
 
     fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
         let hp = &task.hyperparameters;
-        let local = train_local(&task.model, global, hp, &self.train, &self.validation, task.seed, &self.device)
-            .map_err(|e| e.to_string())?;
-        let plateau = self.last_loss.is_some_and(|last| local.metrics.loss_after > 0.999 * last);
+        let local = train_local(
+            &task.model,
+            global,
+            hp,
+            &self.train,
+            &self.validation,
+            task.seed,
+            &self.device,
+        )
+        .map_err(|e| e.to_string())?;
+        let plateau = self
+            .last_loss
+            .is_some_and(|last| local.metrics.loss_after > 0.999 * last);
         self.last_loss = Some(local.metrics.loss_after);
-        let proposal = plateau.then(|| ClientHyperparameters { learning_rate: hp.learning_rate / 2.0, ..hp.clone() });
-        Ok(FitOutcome { delta: local.delta, num_samples: local.num_samples, metrics: local.metrics, proposal })
+        let proposal = plateau.then(|| ClientHyperparameters {
+            learning_rate: hp.learning_rate / 2.0,
+            ..hp.clone()
+        });
+        Ok(FitOutcome {
+            delta: local.delta,
+            num_samples: local.num_samples,
+            metrics: local.metrics,
+            proposal,
+        })
     }
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
@@ -82,7 +105,13 @@ impl Trainer for BurnTrainer {
             return Err("this agent only evaluates MLP models".into());
         };
         let e = evaluate(spec, params, &self.validation, &self.device).map_err(|e| e.to_string())?;
-        Ok(Evaluation { trial: request.trial, round: request.round, loss: e.loss, accuracy: e.accuracy, samples: e.samples })
+        Ok(Evaluation {
+            trial: request.trial,
+            round: request.round,
+            loss: e.loss,
+            accuracy: e.accuracy,
+            samples: e.samples,
+        })
     }
 }
 

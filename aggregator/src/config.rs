@@ -40,7 +40,11 @@ pub struct PkiPaths {
 impl PkiPaths {
     /// The standard file names inside a directory made by `init`.
     pub fn in_dir(dir: &Path) -> Self {
-        Self { ca_cert: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") }
+        Self {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
     }
 }
 
@@ -131,7 +135,11 @@ impl Default for AggregatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             pki: PkiPaths::default(),
             federation: FederationConfig::default(),
-            model: ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![64], classes: 10 }),
+            model: ModelSpec::Mlp(MlpSpec {
+                input: 64,
+                hidden: vec![64],
+                classes: 10,
+            }),
             client: ClientHyperparameters::default(),
             report: None,
         }
@@ -169,9 +177,14 @@ impl AggregatorConfig {
     /// # Errors
     /// [`ConfigError`] saying which file and which value.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut config: Self =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key] {
             if p.is_relative() {
@@ -202,20 +215,30 @@ impl AggregatorConfig {
             ));
         }
         if !(f.cohort.is_finite() && f.cohort > 0.0) {
-            return invalid(format!("federation.cohort must be a positive count or fraction, got {}", f.cohort));
+            return invalid(format!(
+                "federation.cohort must be a positive count or fraction, got {}",
+                f.cohort
+            ));
         }
         if f.min_updates == 0 {
             return invalid("federation.min_updates must be at least 1".into());
         }
-        for (name, secs) in [("wait_for_agents_secs", f.wait_for_agents_secs), ("round_timeout_secs", f.round_timeout_secs)] {
+        for (name, secs) in [
+            ("wait_for_agents_secs", f.wait_for_agents_secs),
+            ("round_timeout_secs", f.round_timeout_secs),
+        ] {
             if !(secs.is_finite() && secs > 0.0 && secs < 1e7) {
-                return invalid(format!("federation.{name} must be a positive number of seconds, got {secs}"));
+                return invalid(format!(
+                    "federation.{name} must be a positive number of seconds, got {secs}"
+                ));
             }
         }
         if f.max_buffered_updates == 0 {
             return invalid("federation.max_buffered_updates must be at least 1".into());
         }
-        self.model.validate().map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
+        self.model
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
         let bytes = self.model.manifest().byte_len() as u64;
         if bytes > f.max_payload_bytes {
             return invalid(format!(
@@ -223,7 +246,9 @@ impl AggregatorConfig {
                 f.max_payload_bytes
             ));
         }
-        self.client.validate().map_err(|e| ConfigError::Invalid(format!("client: {e}")))
+        self.client
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("client: {e}")))
     }
 }
 
@@ -235,7 +260,10 @@ mod tests {
     fn defaults_are_valid_and_cohorts_are_sized() {
         let config = AggregatorConfig::default();
         config.validate().unwrap();
-        let mut f = FederationConfig { cohort: 0.5, ..Default::default() };
+        let mut f = FederationConfig {
+            cohort: 0.5,
+            ..Default::default()
+        };
         assert_eq!(f.cohort_size(10), 5);
         assert_eq!(FederationConfig::default().cohort_size(10), 10);
         assert_eq!(f.cohort_size(3), 2);

@@ -14,7 +14,11 @@ pub struct FedAvg {
 impl FedAvg {
     /// An empty average over `numel` parameters.
     pub fn new(numel: usize) -> Self {
-        Self { sum: vec![0.0; numel], total_weight: 0.0, updates: 0 }
+        Self {
+            sum: vec![0.0; numel],
+            total_weight: 0.0,
+            updates: 0,
+        }
     }
 
     /// Adds `delta` with weight `samples`. The caller has checked the length and that

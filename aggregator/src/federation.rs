@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fedtune_protocol::{
-    Ack, AgentMessage, AggregatorMessage, ErrorCode, ErrorMessage, Evaluate, Evaluation, Limits, ModelSpec,
-    Shutdown, Task, Update,
+    Ack, AgentMessage, AggregatorMessage, ErrorCode, ErrorMessage, Evaluate, Evaluation, Limits, ModelSpec, Shutdown,
+    Task, Update,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -18,7 +18,7 @@ use rand::seq::IndexedRandom;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::AggregatorConfig;
 use crate::registry::{AgentHandle, Registry, accept_loop, message_name};
@@ -83,7 +83,10 @@ pub struct FailureRecord {
 
 impl From<AgentFailure> for FailureRecord {
     fn from(f: AgentFailure) -> Self {
-        Self { agent: f.agent, reason: f.reason }
+        Self {
+            agent: f.agent,
+            reason: f.reason,
+        }
     }
 }
 
@@ -121,21 +124,34 @@ pub enum FederationError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// Progress callback, called after each round.
+pub type OnRound = Box<dyn FnMut(&RoundRecord) + Send>;
+/// Progress callback while waiting for agents, with (connected, needed).
+pub type OnWaiting = Box<dyn FnMut(usize, usize) + Send>;
+
 /// Callbacks into the run: server-side evaluation and progress reporting.
 #[derive(Default)]
 pub struct Hooks {
     /// Evaluates the global model after each round and at the end.
     pub evaluator: Option<Arc<dyn Evaluator>>,
     /// Called after each round.
-    pub on_round: Option<Box<dyn FnMut(&RoundRecord) + Send>>,
+    pub on_round: Option<OnRound>,
     /// Called while waiting for agents, with (connected, needed).
-    pub on_waiting: Option<Box<dyn FnMut(usize, usize) + Send>>,
+    pub on_waiting: Option<OnWaiting>,
 }
 
 /// A finished exchange with one agent, sent to the round loop.
 enum Event {
-    Update { agent: String, update: Box<Update>, delta: Vec<f32>, verdict: oneshot::Sender<Result<(), ErrorMessage>> },
-    Failed { agent: String, reason: String },
+    Update {
+        agent: String,
+        update: Box<Update>,
+        delta: Vec<f32>,
+        verdict: oneshot::Sender<Result<(), ErrorMessage>>,
+    },
+    Failed {
+        agent: String,
+        reason: String,
+    },
 }
 
 /// Serves `endpoint` and runs the federation `config` describes until the last round or
@@ -153,10 +169,23 @@ pub async fn run(
     config.validate()?;
     let fed = &config.federation;
     let registry = Arc::new(Registry::default());
-    tokio::spawn(accept_loop(endpoint.clone(), registry.clone(), fed.max_agents, fed.max_payload_bytes));
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        registry.clone(),
+        fed.max_agents,
+        fed.max_payload_bytes,
+    ));
 
     let result = async {
-        if !wait_for_agents(&registry, fed.min_agents, fed.wait_for_agents(), &mut hooks, &mut shutdown).await? {
+        if !wait_for_agents(
+            &registry,
+            fed.min_agents,
+            fed.wait_for_agents(),
+            &mut hooks,
+            &mut shutdown,
+        )
+        .await?
+        {
             return Ok(empty_report(Vec::new(), true));
         }
         let mut rng = StdRng::seed_from_u64(fed.seed);
@@ -168,9 +197,18 @@ pub async fn run(
                 break;
             }
             let span = info_span!("round", round);
-            let Some(record) = run_round(&config, &registry, round, &mut global, &mut rng, &buffers, hooks.evaluator.clone(), &mut shutdown)
-                .instrument(span)
-                .await
+            let Some(record) = run_round(
+                &config,
+                &registry,
+                round,
+                &mut global,
+                &mut rng,
+                &buffers,
+                hooks.evaluator.clone(),
+                &mut shutdown,
+            )
+            .instrument(span)
+            .await
             else {
                 break;
             };
@@ -186,7 +224,13 @@ pub async fn run(
             BTreeMap::new()
         };
         let final_test = rounds.last().and_then(|r: &RoundRecord| r.test);
-        Ok(RunReport { rounds, final_agent_evaluation, final_test, interrupted, global })
+        Ok(RunReport {
+            rounds,
+            final_agent_evaluation,
+            final_test,
+            interrupted,
+            global,
+        })
     }
     .await;
 
@@ -195,7 +239,13 @@ pub async fn run(
 }
 
 fn empty_report(rounds: Vec<RoundRecord>, interrupted: bool) -> RunReport {
-    RunReport { rounds, final_agent_evaluation: BTreeMap::new(), final_test: None, interrupted, global: Vec::new() }
+    RunReport {
+        rounds,
+        final_agent_evaluation: BTreeMap::new(),
+        final_test: None,
+        interrupted,
+        global: Vec::new(),
+    }
 }
 
 /// Waits for `needed` agents; `Ok(false)` when shutdown was requested meanwhile.
@@ -248,8 +298,10 @@ async fn run_round(
     let fed = &config.federation;
     let started = Instant::now();
     let connected = registry.snapshot();
-    let cohort: Vec<AgentHandle> =
-        connected.sample(rng, fed.cohort_size(connected.len())).cloned().collect();
+    let cohort: Vec<AgentHandle> = connected
+        .sample(rng, fed.cohort_size(connected.len()))
+        .cloned()
+        .collect();
     let manifest = config.model.manifest();
     let spec = RoundSpec {
         trial: 0,
@@ -264,7 +316,10 @@ async fn run_round(
     info!(cohort = cohort.len(), connected = connected.len(), "round started");
 
     let payload = params_to_bytes(global);
-    let limits = Limits { max_payload: fed.max_payload_bytes, ..Limits::default() };
+    let limits = Limits {
+        max_payload: fed.max_payload_bytes,
+        ..Limits::default()
+    };
     let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
     let mut exchanges = JoinSet::new();
     for agent in &cohort {
@@ -278,13 +333,19 @@ async fn run_round(
             deadline_ms: spec.timeout.as_millis() as u64,
             seed: rand::RngExt::random(rng),
         };
-        exchanges.spawn(fit_exchange(agent.clone(), task, payload.clone(), limits, buffers.clone(), events.clone()));
+        exchanges.spawn(fit_exchange(
+            agent.clone(),
+            task,
+            payload.clone(),
+            limits,
+            buffers.clone(),
+            events.clone(),
+        ));
     }
     drop(events);
 
     let mut state = Round::new(spec, Instant::now());
-    loop {
-        let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) else { break };
+    while let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) {
         tokio::select! {
             event = inbox.recv() => match event {
                 Some(Event::Update { agent, update, delta, verdict }) => {
@@ -313,7 +374,11 @@ async fn run_round(
     if outcome.quorum_met {
         outcome.average.apply_to(global);
     } else {
-        warn!(updates = outcome.results.len(), needed = fed.min_updates, "quorum not met: global model unchanged");
+        warn!(
+            updates = outcome.results.len(),
+            needed = fed.min_updates,
+            "quorum not met: global model unchanged"
+        );
     }
     let test = match evaluator {
         Some(evaluator) => evaluate_global(evaluator, &config.model, global).await,
@@ -326,7 +391,11 @@ async fn run_round(
         applied: outcome.quorum_met,
         train_loss: weighted_mean(&outcome.results, |m| m.metrics.train_loss),
         federated_accuracy: weighted_mean(&outcome.results, |m| m.metrics.accuracy_before),
-        agent_accuracy: outcome.results.iter().map(|r| (r.agent.clone(), r.metrics.accuracy_before)).collect(),
+        agent_accuracy: outcome
+            .results
+            .iter()
+            .map(|r| (r.agent.clone(), r.metrics.accuracy_before))
+            .collect(),
         failures: outcome.failures.into_iter().map(Into::into).collect(),
         test,
         seconds: started.elapsed().as_secs_f64(),
@@ -395,8 +464,16 @@ async fn fit_exchange(
         match message {
             AgentMessage::Update(update) => {
                 let (verdict, answer) = oneshot::channel();
-                let event = Event::Update { agent: id.clone(), update: Box::new(update), delta, verdict };
-                events.send(event).await.map_err(|_| anyhow::anyhow!("round already closed"))?;
+                let event = Event::Update {
+                    agent: id.clone(),
+                    update: Box::new(update),
+                    delta,
+                    verdict,
+                };
+                events
+                    .send(event)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("round already closed"))?;
                 let reply = match answer.await {
                     Ok(Ok(())) => AggregatorMessage::Ack(Ack { trial, round }),
                     Ok(Err(error)) => AggregatorMessage::Error(error),
@@ -417,7 +494,12 @@ async fn fit_exchange(
     }
     .await;
     if let Err(e) = result {
-        let _ = events.send(Event::Failed { agent: id, reason: e.to_string() }).await;
+        let _ = events
+            .send(Event::Failed {
+                agent: id,
+                reason: e.to_string(),
+            })
+            .await;
     }
 }
 
@@ -460,7 +542,14 @@ async fn evaluate_on_agents(
         while let Some(joined) = exchanges.join_next().await {
             match joined {
                 Ok((agent, Ok(e))) if e.accuracy.is_finite() && e.loss.is_finite() => {
-                    results.insert(agent, GlobalEvaluation { loss: e.loss, accuracy: e.accuracy, samples: e.samples });
+                    results.insert(
+                        agent,
+                        GlobalEvaluation {
+                            loss: e.loss,
+                            accuracy: e.accuracy,
+                            samples: e.samples,
+                        },
+                    );
                 }
                 Ok((agent, Ok(_))) => warn!(%agent, "evaluation refused: non-finite metrics"),
                 Ok((agent, Err(e))) => warn!(%agent, "evaluation failed: {e}"),

@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -62,10 +62,9 @@ const BACKDATE_DAYS: i64 = 1;
 const QUIC_MIN_UDP_PAYLOAD: u16 = 1200;
 /// quinn's ceiling for any UDP payload size (65,535 − 8 UDP header bytes).
 const QUIC_MAX_UDP_PAYLOAD: u16 = 65_527;
-/// UDP payload used by [`TransportTuning::loopback`]: jumbo-frame sized. Larger payloads (up
-/// to the 65,536-byte loopback MTU) stall the handshake once GSO batches several of them
-/// into one send.
-pub const LOOPBACK_UDP_PAYLOAD: u16 = 9000;
+/// UDP payload used by [`TransportTuning::loopback`]: the largest that fits the Linux loopback
+/// MTU (65,536) over IPv6 as well as IPv4 (65,536 − 40 IPv6 − 8 UDP header bytes).
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
 /// Largest UDP send Linux accepts, GSO batches included (65,535 − 28 header bytes).
 const LINUX_MAX_UDP_SEND: usize = 65_507;
 /// Datagrams quinn puts in one GSO batch at most (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11).
@@ -79,9 +78,7 @@ const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 #[non_exhaustive]
 pub enum IdentityError {
     /// An agent id breaks the naming rule.
-    #[error(
-        "invalid agent id {id:?}: {reason} (use 1-{MAX_AGENT_ID_LEN} characters from A-Z a-z 0-9 . _ -)"
-    )]
+    #[error("invalid agent id {id:?}: {reason} (use 1-{MAX_AGENT_ID_LEN} characters from A-Z a-z 0-9 . _ -)")]
     InvalidAgentId {
         /// The offending id (possibly truncated by the caller's display).
         id: String,
@@ -339,10 +336,7 @@ pub fn validate_agent_id(id: &str) -> Result<(), IdentityError> {
 /// [`IdentityError::InvalidAgentId`] or [`IdentityError::DuplicateAgentId`] for a bad agent
 /// list, [`IdentityError::NoServerNames`] or [`IdentityError::InvalidServerName`] for bad
 /// server names, [`IdentityError::Certificate`] if key generation or signing fails.
-pub fn generate(
-    agent_ids: &[String],
-    server_names: &[String],
-) -> Result<FederationPki, IdentityError> {
+pub fn generate(agent_ids: &[String], server_names: &[String]) -> Result<FederationPki, IdentityError> {
     let mut seen = HashSet::new();
     for id in agent_ids {
         validate_agent_id(id)?;
@@ -362,13 +356,10 @@ pub fn generate(
     let key_id = ca_params.key_identifier(&ca_key);
     let suffix: String = key_id.iter().take(4).map(|b| format!("{b:02x}")).collect();
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params.distinguished_name.push(DnType::OrganizationName, "fedtune");
     ca_params
         .distinguished_name
-        .push(DnType::OrganizationName, "fedtune");
-    ca_params.distinguished_name.push(
-        DnType::CommonName,
-        format!("fedtune federation CA {suffix}"),
-    );
+        .push(DnType::CommonName, format!("fedtune federation CA {suffix}"));
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity(&mut ca_params, today, CA_VALIDITY_DAYS);
@@ -402,11 +393,7 @@ pub fn generate(
 /// [`IdentityError::MissingPem`] or [`IdentityError::BadCertificate`] if the CA certificate is
 /// unreadable or not a CA; [`IdentityError::Certificate`] if the key is unreadable or signing
 /// fails; [`IdentityError::CaKeyMismatch`] if the key does not belong to the certificate.
-pub fn issue_agent(
-    ca_cert_pem: &str,
-    ca_key_pem: &str,
-    agent_id: &str,
-) -> Result<Identity, IdentityError> {
+pub fn issue_agent(ca_cert_pem: &str, ca_key_pem: &str, agent_id: &str) -> Result<Identity, IdentityError> {
     validate_agent_id(agent_id)?;
     let what = "CA certificate";
     let ca_der = first_certificate(ca_cert_pem, what)?;
@@ -438,8 +425,7 @@ pub fn issue_agent(
     // Verifiers find the issuer by comparing names byte for byte: check the rebuilt name
     // encodes exactly like the CA's own.
     let leaf_der = first_certificate(&identity.cert_pem, "new agent certificate")?;
-    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der)
-        .map_err(|e| bad("new agent certificate", e))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).map_err(|e| bad("new agent certificate", e))?;
     if leaf.issuer().as_raw() != ca.subject().as_raw() {
         return Err(bad(
             what,
@@ -459,10 +445,7 @@ pub fn issue_agent(
 pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, IdentityError> {
     let cert_pem = read_text(cert_path)?;
     let key_pem = read_text(key_path)?;
-    certificate_chain(
-        &cert_pem,
-        &format!("certificate file {}", cert_path.display()),
-    )?;
+    certificate_chain(&cert_pem, &format!("certificate file {}", cert_path.display()))?;
     private_key(&key_pem, &format!("key file {}", key_path.display()))?;
     Ok(Identity { cert_pem, key_pem })
 }
@@ -565,15 +548,11 @@ impl TransportTuning {
     /// # Errors
     /// [`IdentityError::InvalidTransport`] naming the first bad field.
     pub fn validate(&self) -> Result<(), IdentityError> {
-        let invalid =
-            |field, reason: String| Err(IdentityError::InvalidTransport { field, reason });
-        if self.max_idle_timeout.is_zero()
-            || quinn::IdleTimeout::try_from(self.max_idle_timeout).is_err()
-        {
+        let invalid = |field, reason: String| Err(IdentityError::InvalidTransport { field, reason });
+        if self.max_idle_timeout.is_zero() || quinn::IdleTimeout::try_from(self.max_idle_timeout).is_err() {
             return invalid(
                 "max_idle_timeout",
-                "must be positive and below 2^62 ms (zero would never time out a vanished peer)"
-                    .into(),
+                "must be positive and below 2^62 ms (zero would never time out a vanished peer)".into(),
             );
         }
         if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.max_idle_timeout {
@@ -645,21 +624,16 @@ impl TransportTuning {
     /// reported instead ([`server_config`] does).
     pub fn transport_config(&self) -> quinn::TransportConfig {
         let varint = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
-        let initial_mtu = self
-            .initial_mtu
-            .clamp(QUIC_MIN_UDP_PAYLOAD, QUIC_MAX_UDP_PAYLOAD);
+        let initial_mtu = self.initial_mtu.clamp(QUIC_MIN_UDP_PAYLOAD, QUIC_MAX_UDP_PAYLOAD);
         let largest_mtu = initial_mtu.max(self.mtu_discovery_upper_bound.unwrap_or(0));
         let mut cubic = quinn::congestion::CubicConfig::default();
         cubic.initial_window(10 * u64::from(initial_mtu));
         let mut config = quinn::TransportConfig::default();
         config
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(self.max_idle_timeout)
-                    .unwrap_or_else(|_| quinn::VarInt::MAX.into()),
+                quinn::IdleTimeout::try_from(self.max_idle_timeout).unwrap_or_else(|_| quinn::VarInt::MAX.into()),
             ))
-            .keep_alive_interval(
-                (!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval),
-            )
+            .keep_alive_interval((!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval))
             .stream_receive_window(varint(self.stream_receive_window))
             .receive_window(varint(self.receive_window))
             .send_window(self.send_window)
@@ -671,9 +645,7 @@ impl TransportTuning {
                 mtud
             }))
             .congestion_controller_factory(Arc::new(cubic))
-            .enable_segmentation_offload(
-                usize::from(largest_mtu) * QUINN_MAX_GSO_SEGMENTS <= LINUX_MAX_UDP_SEND,
-            );
+            .enable_segmentation_offload(usize::from(largest_mtu) * QUINN_MAX_GSO_SEGMENTS <= LINUX_MAX_UDP_SEND);
         config
     }
 
@@ -700,8 +672,7 @@ impl TransportTuning {
                 "no async runtime: create endpoints inside a tokio runtime",
             ))
         })?;
-        quinn::Endpoint::new(self.endpoint_config()?, server_config, socket, runtime)
-            .map_err(socket_error)
+        quinn::Endpoint::new(self.endpoint_config()?, server_config, socket, runtime).map_err(socket_error)
     }
 
     /// The quinn endpoint configuration (it carries `max_udp_payload_size`). Build the
@@ -741,8 +712,7 @@ pub fn server_config(
     for ca in certificate_chain(ca_cert_pem, "CA certificate")? {
         roots.add(ca)?;
     }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let chain = certificate_chain(&identity.cert_pem, "server certificate")?;
     let key = private_key(&identity.key_pem, "server key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -801,29 +771,27 @@ pub fn agent_id_from_certificate(der: &[u8]) -> Result<String, IdentityError> {
     Ok(id.to_owned())
 }
 
-fn issue_server(
-    issuer: &Issuer<'_, KeyPair>,
-    server_names: &[String],
-    today: i64,
-) -> Result<Identity, IdentityError> {
+fn issue_server(issuer: &Issuer<'_, KeyPair>, server_names: &[String], today: i64) -> Result<Identity, IdentityError> {
     let mut params = CertificateParams::default();
     for name in server_names {
         // The same rule as rcgen's `CertificateParams::new`, but naming the offending entry.
         let san = match name.parse() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(name.as_str().try_into().map_err(|source| {
-                IdentityError::InvalidServerName {
-                    name: name.clone(),
-                    source,
-                }
-            })?),
+            Err(_) => {
+                SanType::DnsName(
+                    name.as_str()
+                        .try_into()
+                        .map_err(|source| IdentityError::InvalidServerName {
+                            name: name.clone(),
+                            source,
+                        })?,
+                )
+            }
         };
         params.subject_alt_names.push(san);
     }
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, SERVER_COMMON_NAME);
+    params.distinguished_name.push(DnType::CommonName, SERVER_COMMON_NAME);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -839,11 +807,7 @@ fn issue_server(
     })
 }
 
-fn issue_agent_with(
-    issuer: &Issuer<'_, KeyPair>,
-    agent_id: &str,
-    today: i64,
-) -> Result<Identity, IdentityError> {
+fn issue_agent_with(issuer: &Issuer<'_, KeyPair>, agent_id: &str, today: i64) -> Result<Identity, IdentityError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, agent_id);
@@ -897,9 +861,7 @@ fn bad(what: &str, reason: impl fmt::Display) -> IdentityError {
 
 /// Rebuilds an X.509 name for rcgen, keeping each attribute's string type so that the DER
 /// encoding (which verifiers compare byte for byte) comes out identical.
-fn distinguished_name(
-    name: &x509_parser::x509::X509Name<'_>,
-) -> Result<rcgen::DistinguishedName, String> {
+fn distinguished_name(name: &x509_parser::x509::X509Name<'_>) -> Result<rcgen::DistinguishedName, String> {
     let mut dn = rcgen::DistinguishedName::new();
     for rdn in name.iter() {
         let mut attributes = rdn.iter();
@@ -912,19 +874,12 @@ fn distinguished_name(
             .ok_or("its subject has an attribute type that is not a valid OID")?
             .collect();
         let value = attribute.attr_value();
-        let text =
-            || std::str::from_utf8(value.data).map_err(|_| "its subject has a non-UTF-8 string");
+        let text = || std::str::from_utf8(value.data).map_err(|_| "its subject has a non-UTF-8 string");
         let value = match value.header.tag() {
-            Tag::PrintableString => DnValue::PrintableString(
-                text()?
-                    .try_into()
-                    .map_err(|e| format!("its subject: {e}"))?,
-            ),
-            Tag::Ia5String => DnValue::Ia5String(
-                text()?
-                    .try_into()
-                    .map_err(|e| format!("its subject: {e}"))?,
-            ),
+            Tag::PrintableString => {
+                DnValue::PrintableString(text()?.try_into().map_err(|e| format!("its subject: {e}"))?)
+            }
+            Tag::Ia5String => DnValue::Ia5String(text()?.try_into().map_err(|e| format!("its subject: {e}"))?),
             Tag::Utf8String => DnValue::Utf8String(text()?.to_owned()),
             other => {
                 return Err(format!(
@@ -1099,9 +1054,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "fedtune-identity-{name}-{}-{}",
             std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
         ));
         let _ = fs::remove_dir_all(&dir);
         dir
@@ -1113,13 +1066,7 @@ mod tests {
 
     #[test]
     fn agent_ids_follow_the_naming_rule() {
-        for good in [
-            "a",
-            "agent-1",
-            "edge_07.site-b",
-            "A.B_C-d9",
-            &"x".repeat(64),
-        ] {
+        for good in ["a", "agent-1", "edge_07.site-b", "A.B_C-d9", &"x".repeat(64)] {
             assert!(validate_agent_id(good).is_ok(), "{good:?} should be valid");
         }
         for bad in [
@@ -1133,29 +1080,19 @@ mod tests {
             "a:b",
         ] {
             let err = validate_agent_id(bad).expect_err(bad);
-            assert!(
-                matches!(err, IdentityError::InvalidAgentId { .. }),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, IdentityError::InvalidAgentId { .. }), "{bad:?}: {err}");
         }
     }
 
     #[test]
     fn generate_issues_cn_per_agent_and_server_sans() {
-        let pki = generate(
-            &ids(&["agent-1", "agent_2"]),
-            &ids(&["localhost", "127.0.0.1"]),
-        )
-        .expect("generate");
+        let pki = generate(&ids(&["agent-1", "agent_2"]), &ids(&["localhost", "127.0.0.1"])).expect("generate");
         assert_eq!(pki.agents.len(), 2);
         for (id, identity) in &pki.agents {
             let der = parse(&identity.cert_pem);
             assert_eq!(&agent_id_from_certificate(&der).expect("agent id"), id);
             let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
-            let eku = cert
-                .extended_key_usage()
-                .expect("eku")
-                .expect("eku present");
+            let eku = cert.extended_key_usage().expect("eku").expect("eku present");
             assert!(eku.value.client_auth && !eku.value.server_auth);
         }
 
@@ -1167,20 +1104,11 @@ mod tests {
         let server_der = parse(&pki.server.cert_pem);
         let (_, server) = x509_parser::parse_x509_certificate(&server_der).expect("server");
         assert_eq!(server.issuer().as_raw(), ca.subject().as_raw());
-        let sans = server
-            .subject_alternative_name()
-            .expect("san")
-            .expect("san present");
+        let sans = server.subject_alternative_name().expect("san").expect("san present");
         use x509_parser::extensions::GeneralName;
         let names = &sans.value.general_names;
-        assert!(
-            names.contains(&GeneralName::DNSName("localhost")),
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])),
-            "{names:?}"
-        );
+        assert!(names.contains(&GeneralName::DNSName("localhost")), "{names:?}");
+        assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])), "{names:?}");
         // The server certificate must not be usable as an agent identity.
         assert!(agent_id_from_certificate(&parse(&pki.server.cert_pem)).is_err());
         // Debug output never leaks private keys.
@@ -1199,10 +1127,7 @@ mod tests {
             generate(&ids(&["bad id"]), &names),
             Err(IdentityError::InvalidAgentId { .. })
         ));
-        assert!(matches!(
-            generate(&ids(&["a"]), &[]),
-            Err(IdentityError::NoServerNames)
-        ));
+        assert!(matches!(generate(&ids(&["a"]), &[]), Err(IdentityError::NoServerNames)));
         assert!(matches!(
             generate(&ids(&["a"]), &ids(&["bad name\u{e9}"])),
             Err(IdentityError::InvalidServerName { .. })
@@ -1215,26 +1140,18 @@ mod tests {
         let pki = generate(&ids(&["a1", "a2"]), &ids(&["localhost"])).expect("generate");
         pki.write_to_dir(&dir).expect("write");
 
-        let server =
-            load_identity(&dir.join("server.pem"), &dir.join("server.key")).expect("load server");
+        let server = load_identity(&dir.join("server.pem"), &dir.join("server.key")).expect("load server");
         assert_eq!(server, pki.server);
-        let a2 = load_identity(&dir.join("agents/a2.pem"), &dir.join("agents/a2.key"))
-            .expect("load agent");
+        let a2 = load_identity(&dir.join("agents/a2.pem"), &dir.join("agents/a2.key")).expect("load agent");
         assert_eq!(a2, pki.agents[1].1);
-        assert_eq!(
-            load_ca_certificate(&dir.join("ca.pem")).expect("ca"),
-            pki.ca_cert_pem
-        );
+        assert_eq!(load_ca_certificate(&dir.join("ca.pem")).expect("ca"), pki.ca_cert_pem);
         assert!(load_ca_certificate(&dir.join("server.pem")).is_err());
 
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             for key in ["ca.key", "server.key", "agents/a1.key"] {
-                let mode = fs::metadata(dir.join(key))
-                    .expect("key")
-                    .permissions()
-                    .mode();
+                let mode = fs::metadata(dir.join(key)).expect("key").permissions().mode();
                 assert_eq!(mode & 0o777, 0o600, "{key}");
             }
         }
@@ -1245,10 +1162,7 @@ mod tests {
         let err = other.write_to_dir(&dir).expect_err("must refuse");
         assert!(matches!(&err, IdentityError::AlreadyExists(p) if p.ends_with("ca.pem")));
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
-        assert_eq!(
-            fs::read_to_string(dir.join("ca.pem")).expect("ca"),
-            pki.ca_cert_pem
-        );
+        assert_eq!(fs::read_to_string(dir.join("ca.pem")).expect("ca"), pki.ca_cert_pem);
         assert_eq!(
             fs::read_to_string(dir.join("agents/a1.key")).expect("key"),
             pki.agents[0].1.key_pem
@@ -1368,20 +1282,12 @@ mod tests {
         ];
         for tuning in bad {
             assert!(
-                matches!(
-                    tuning.validate(),
-                    Err(IdentityError::InvalidTransport { .. })
-                ),
+                matches!(tuning.validate(), Err(IdentityError::InvalidTransport { .. })),
                 "{tuning:?}"
             );
         }
-        let endpoint = TransportTuning::loopback()
-            .endpoint_config()
-            .expect("endpoint");
-        assert_eq!(
-            endpoint.get_max_udp_payload_size(),
-            u64::from(LOOPBACK_UDP_PAYLOAD)
-        );
+        let endpoint = TransportTuning::loopback().endpoint_config().expect("endpoint");
+        assert_eq!(endpoint.get_max_udp_payload_size(), u64::from(LOOPBACK_UDP_PAYLOAD));
     }
 
     #[test]

@@ -52,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     match Cli::parse().command {
-        Command::Init { out, agents, server_names } => {
+        Command::Init {
+            out,
+            agents,
+            server_names,
+        } => {
             let ids: Vec<String> = (0..agents).map(|i| format!("agent-{i}")).collect();
             let pki = generate(&ids, &server_names)?;
             pki.write_to_dir(&out)?;

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedtune_protocol::{
-    AgentMessage, AggregatorMessage, Capabilities, ErrorCode, ErrorMessage, Limits, PROTOCOL_VERSION,
-    SessionLimits, Welcome,
+    AgentMessage, AggregatorMessage, Capabilities, ErrorCode, ErrorMessage, Limits, PROTOCOL_VERSION, SessionLimits,
+    Welcome,
 };
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
@@ -68,7 +68,8 @@ impl Registry {
 
     fn insert(&self, handle: AgentHandle) {
         if let Some(old) = self.lock().insert(handle.id.clone(), handle) {
-            old.connection.close(2u32.into(), b"replaced by a newer connection of the same agent");
+            old.connection
+                .close(2u32.into(), b"replaced by a newer connection of the same agent");
         }
         self.changed.notify_waiters();
     }
@@ -118,7 +119,12 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
         .await
         .map_err(|_| anyhow::anyhow!("agent {id} did not say hello within {HELLO_TIMEOUT:?}"))??;
     info!(agent = %id, session_id, ?capabilities, "agent connected");
-    registry.insert(AgentHandle { id: id.clone(), session_id, capabilities, connection: connection.clone() });
+    registry.insert(AgentHandle {
+        id: id.clone(),
+        session_id,
+        capabilities,
+        connection: connection.clone(),
+    });
 
     // Streams the agent opens after the handshake are unsolicited: answer and go on.
     let reason = loop {
@@ -126,7 +132,10 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
             Ok((mut send, mut recv)) => {
                 let id = id.clone();
                 tokio::spawn(async move {
-                    let limits = Limits { max_payload, ..Limits::default() };
+                    let limits = Limits {
+                        max_payload,
+                        ..Limits::default()
+                    };
                     let error = match read_agent_frame(&mut recv, limits, async || ()).await {
                         Ok((AgentMessage::Update(u), _, ())) => ErrorMessage::new(
                             ErrorCode::NotInRound,
@@ -164,7 +173,10 @@ async fn handshake(
     let hello = match read_agent_frame(&mut recv, Limits::control(), async || ()).await {
         Ok((AgentMessage::Hello(hello), _, ())) => hello,
         Ok((other, _, ())) => {
-            let error = ErrorMessage::new(ErrorCode::Unexpected, format!("expected Hello, got {}", message_name(&other)));
+            let error = ErrorMessage::new(
+                ErrorCode::Unexpected,
+                format!("expected Hello, got {}", message_name(&other)),
+            );
             reply_error_and_linger(&mut send, error.clone()).await;
             anyhow::bail!("agent {id}: {error}");
         }
@@ -178,7 +190,10 @@ async fn handshake(
     if hello.protocol_version != PROTOCOL_VERSION {
         let error = ErrorMessage::new(
             ErrorCode::UnsupportedVersion,
-            format!("agent speaks protocol {}, this aggregator speaks {PROTOCOL_VERSION}", hello.protocol_version),
+            format!(
+                "agent speaks protocol {}, this aggregator speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
         );
         reply_error_and_linger(&mut send, error.clone()).await;
         anyhow::bail!("agent {id}: {error}");
@@ -186,7 +201,9 @@ async fn handshake(
     let welcome = Welcome {
         session_id,
         agent_id: id.to_owned(),
-        limits: SessionLimits { max_payload_bytes: max_payload },
+        limits: SessionLimits {
+            max_payload_bytes: max_payload,
+        },
     };
     write_message(&mut send, &AggregatorMessage::Welcome(welcome)).await?;
     send.finish()?;

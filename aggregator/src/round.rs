@@ -127,7 +127,10 @@ impl Round {
             };
             return Err(ErrorMessage::new(
                 ErrorCode::NotInRound,
-                format!("agent {agent} {why} (trial {}, round {})", self.spec.trial, self.spec.round),
+                format!(
+                    "agent {agent} {why} (trial {}, round {})",
+                    self.spec.trial, self.spec.round
+                ),
             ));
         }
         if let Err(refusal) = self.check(update, delta, now) {
@@ -172,7 +175,10 @@ impl Round {
             ));
         }
         if update.num_samples == 0 {
-            return Err(ErrorMessage::new(ErrorCode::Malformed, "update reports zero training samples"));
+            return Err(ErrorMessage::new(
+                ErrorCode::Malformed,
+                "update reports zero training samples",
+            ));
         }
         check_finite(delta).map_err(|e| ErrorMessage::new(ErrorCode::NonFinite, e.to_string()))
     }
@@ -187,7 +193,10 @@ impl Round {
 
     fn fail(&mut self, agent: &str, reason: String) {
         self.pending.remove(agent);
-        self.failures.push(AgentFailure { agent: agent.to_owned(), reason });
+        self.failures.push(AgentFailure {
+            agent: agent.to_owned(),
+            reason,
+        });
     }
 
     /// When the round closes regardless of stragglers.
@@ -201,7 +210,9 @@ impl Round {
         if enough || self.pending.is_empty() || now >= self.deadline() {
             RoundStatus::Closed
         } else {
-            RoundStatus::Collecting { deadline: self.deadline() }
+            RoundStatus::Collecting {
+                deadline: self.deadline(),
+            }
         }
     }
 
@@ -209,7 +220,10 @@ impl Round {
     pub fn finish(mut self) -> RoundOutcome {
         let stragglers: Vec<String> = std::mem::take(&mut self.pending).into_iter().collect();
         for agent in stragglers {
-            self.failures.push(AgentFailure { agent, reason: "no update before the round closed".into() });
+            self.failures.push(AgentFailure {
+                agent,
+                reason: "no update before the round closed".into(),
+            });
         }
         let quorum_met = self.results.len() >= self.spec.min_updates.max(1);
         RoundOutcome {
@@ -269,7 +283,13 @@ mod tests {
         let mut global = vec![0.0, 0.0];
         outcome.average.apply_to(&mut global);
         assert_eq!(global, vec![4.0, -0.5]);
-        assert_eq!(outcome.failures, vec![AgentFailure { agent: "c".into(), reason: "declined".into() }]);
+        assert_eq!(
+            outcome.failures,
+            vec![AgentFailure {
+                agent: "c".into(),
+                reason: "declined".into()
+            }]
+        );
     }
 
     #[test]
@@ -280,14 +300,29 @@ mod tests {
         assert_eq!(nan.code, ErrorCode::NonFinite);
         let mut wrong = update(1);
         wrong.manifest_hash = ManifestHash([9; 32]);
-        assert_eq!(round.on_update("b", &wrong, &[0.0, 0.0], t0).unwrap_err().code, ErrorCode::ManifestMismatch);
-        assert_eq!(round.on_update("c", &update(1), &[0.0], t0).unwrap_err().code, ErrorCode::ManifestMismatch);
-        assert_eq!(round.on_update("x", &update(1), &[0.0, 0.0], t0).unwrap_err().code, ErrorCode::NotInRound);
+        assert_eq!(
+            round.on_update("b", &wrong, &[0.0, 0.0], t0).unwrap_err().code,
+            ErrorCode::ManifestMismatch
+        );
+        assert_eq!(
+            round.on_update("c", &update(1), &[0.0], t0).unwrap_err().code,
+            ErrorCode::ManifestMismatch
+        );
+        assert_eq!(
+            round.on_update("x", &update(1), &[0.0, 0.0], t0).unwrap_err().code,
+            ErrorCode::NotInRound
+        );
         let mut stale = update(1);
         stale.round = 2;
-        assert_eq!(round.on_update("d", &stale, &[0.0, 0.0], t0).unwrap_err().code, ErrorCode::NotInRound);
+        assert_eq!(
+            round.on_update("d", &stale, &[0.0, 0.0], t0).unwrap_err().code,
+            ErrorCode::NotInRound
+        );
         round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap();
-        assert_eq!(round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap_err().code, ErrorCode::NotInRound);
+        assert_eq!(
+            round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap_err().code,
+            ErrorCode::NotInRound
+        );
         assert_eq!(round.poll(t0), RoundStatus::Closed);
         let outcome = round.finish();
         assert_eq!(outcome.results.len(), 1);
@@ -301,11 +336,19 @@ mod tests {
     fn deadline_drops_stragglers_without_waiting() {
         let t0 = Instant::now();
         let mut round = Round::new(spec(&["a", "b"], 2), t0);
-        round.on_update("a", &update(1), &[1.0, 1.0], t0 + Duration::from_secs(1)).unwrap();
-        assert!(matches!(round.poll(t0 + Duration::from_secs(9)), RoundStatus::Collecting { .. }));
+        round
+            .on_update("a", &update(1), &[1.0, 1.0], t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(matches!(
+            round.poll(t0 + Duration::from_secs(9)),
+            RoundStatus::Collecting { .. }
+        ));
         let late = t0 + Duration::from_secs(10);
         assert_eq!(round.poll(late), RoundStatus::Closed);
-        assert_eq!(round.on_update("b", &update(1), &[1.0, 1.0], late).unwrap_err().code, ErrorCode::TooLate);
+        assert_eq!(
+            round.on_update("b", &update(1), &[1.0, 1.0], late).unwrap_err().code,
+            ErrorCode::TooLate
+        );
         let outcome = round.finish();
         assert_eq!(outcome.results.len(), 1);
         assert!(outcome.failures.iter().any(|f| f.agent == "b"));

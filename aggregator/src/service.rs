@@ -9,20 +9,14 @@ use crate::identity::{Identity, IdentityError, TransportTuning, load_ca_certific
 /// the CA in `ca_cert_pem`.
 ///
 /// # Errors
-/// [`IdentityError`] for bad certificates or tuning; I/O errors binding the socket are
-/// reported as [`IdentityError::Io`].
+/// [`IdentityError`] for bad certificates or tuning, or when the socket cannot be bound.
 pub fn bind(
     addr: SocketAddr,
     ca_cert_pem: &str,
     identity: &Identity,
     tuning: &TransportTuning,
 ) -> Result<quinn::Endpoint, IdentityError> {
-    let server = server_config(ca_cert_pem, identity, tuning)?;
-    let io = |source| IdentityError::Io { path: format!("udp://{addr}").into(), source };
-    let socket = std::net::UdpSocket::bind(addr).map_err(io)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| io(std::io::Error::other("no async runtime found (call from within tokio)")))?;
-    quinn::Endpoint::new(tuning.endpoint_config()?, Some(server), socket, runtime).map_err(io)
+    tuning.endpoint(addr, Some(server_config(ca_cert_pem, identity, tuning)?))
 }
 
 /// Loads the PKI files a configuration names and binds its listen address.
@@ -32,6 +26,10 @@ pub fn bind(
 pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, IdentityError> {
     let ca = load_ca_certificate(&config.pki.ca_cert)?;
     let identity = load_identity(&config.pki.cert, &config.pki.key)?;
-    let tuning = if config.federation.loopback { TransportTuning::loopback() } else { TransportTuning::default() };
+    let tuning = if config.federation.loopback {
+        TransportTuning::loopback()
+    } else {
+        TransportTuning::default()
+    };
     bind(config.listen, &ca, &identity, &tuning)
 }

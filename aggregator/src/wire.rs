@@ -1,7 +1,7 @@
 //! Frames over QUIC streams: the thin I/O driver around [`fedtune_protocol::frame`].
 
 use bytes::Bytes;
-use fedtune_protocol::frame::{encode_frame_head, FrameReader};
+use fedtune_protocol::frame::{FrameReader, encode_frame_head};
 use fedtune_protocol::tensor::f32_to_le_bytes;
 use fedtune_protocol::{AgentMessage, AggregatorMessage, ErrorMessage, Limits, ProtocolError};
 

@@ -97,11 +97,7 @@ fn start_server(pki: &FederationPki, tuning: &TransportTuning) -> Result<Server>
             });
         }
     });
-    Ok(Server {
-        endpoint,
-        addr,
-        seen,
-    })
+    Ok(Server { endpoint, addr, seen })
 }
 
 /// A client configuration like the agent's: ring, TLS 1.3, the given CA as the only root,
@@ -122,8 +118,7 @@ fn client_config(
         .with_root_certificates(roots);
     let mut tls = match identity {
         Some(identity) => {
-            let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()?;
+            let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
             let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
             builder.with_client_auth_cert(chain, key)?
         }
@@ -176,17 +171,12 @@ fn assert_closed_by_tls(result: Result<(quinn::Connection, Vec<u8>)>) {
     let connection_error = err
         .chain()
         .find_map(|e| {
-            e.downcast_ref::<quinn::ConnectionError>()
-                .cloned()
-                .or_else(|| {
-                    e.downcast_ref::<quinn::ReadToEndError>()
-                        .and_then(|r| match r {
-                            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => {
-                                Some(c.clone())
-                            }
-                            _ => None,
-                        })
+            e.downcast_ref::<quinn::ConnectionError>().cloned().or_else(|| {
+                e.downcast_ref::<quinn::ReadToEndError>().and_then(|r| match r {
+                    quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => Some(c.clone()),
+                    _ => None,
                 })
+            })
         })
         .unwrap_or_else(|| panic!("not a connection error: {err:#}"));
     match &connection_error {
@@ -225,14 +215,8 @@ async fn agent_with_federation_certificate_is_served_and_named() -> Result<()> {
     let mut server = start_server(&pki, &tuning)?;
     let client = client_endpoint(&tuning)?;
 
-    let config = client_config(
-        &pki.ca_cert_pem,
-        Some(agent(&pki, "agent-2")),
-        ALPN,
-        &tuning,
-    )?;
-    let (connection, echoed) =
-        connect_and_echo(&client, config, server.addr, b"hello aggregator").await?;
+    let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-2")), ALPN, &tuning)?;
+    let (connection, echoed) = connect_and_echo(&client, config, server.addr, b"hello aggregator").await?;
     assert_eq!(echoed, b"hello aggregator");
     assert_eq!(server.next_seen().await?, Seen::Agent("agent-2".into()));
     assert_eq!(
@@ -261,10 +245,7 @@ async fn agent_issued_later_is_served_and_named() -> Result<()> {
     let config = client_config(&pki.ca_cert_pem, Some(&late), ALPN, &tuning)?;
     let (_, echoed) = connect_and_echo(&client, config, server.addr, b"ping").await?;
     assert_eq!(echoed, b"ping");
-    assert_eq!(
-        server.next_seen().await?,
-        Seen::Agent("late.joiner_3".into())
-    );
+    assert_eq!(server.next_seen().await?, Seen::Agent("late.joiner_3".into()));
     Ok(())
 }
 
@@ -290,12 +271,7 @@ async fn client_with_certificate_from_another_ca_is_refused() -> Result<()> {
     let client = client_endpoint(&tuning)?;
 
     // Trusts the real server, but its certificate (same agent id!) comes from another CA.
-    let config = client_config(
-        &pki.ca_cert_pem,
-        Some(agent(&intruder, "agent-1")),
-        ALPN,
-        &tuning,
-    )?;
+    let config = client_config(&pki.ca_cert_pem, Some(agent(&intruder, "agent-1")), ALPN, &tuning)?;
     assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"let me in").await);
     assert_refused(server.next_seen().await?, "UnknownIssuer");
     Ok(())
@@ -325,12 +301,7 @@ async fn client_speaking_another_protocol_is_refused() -> Result<()> {
     let mut server = start_server(&pki, &tuning)?;
     let client = client_endpoint(&tuning)?;
 
-    let config = client_config(
-        &pki.ca_cert_pem,
-        Some(agent(&pki, "agent-1")),
-        b"h3",
-        &tuning,
-    )?;
+    let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), b"h3", &tuning)?;
     assert_closed_by_tls(connect_and_echo(&client, config, server.addr, b"GET /").await);
     assert_refused(server.next_seen().await?, "protocol");
     Ok(())
@@ -344,12 +315,7 @@ async fn agent_refuses_an_aggregator_from_another_federation() -> Result<()> {
     let server = start_server(&impostor, &tuning)?;
     let client = client_endpoint(&tuning)?;
 
-    let config = client_config(
-        &pki.ca_cert_pem,
-        Some(agent(&pki, "agent-1")),
-        ALPN,
-        &tuning,
-    )?;
+    let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), ALPN, &tuning)?;
     let result = connect_and_echo(&client, config, server.addr, b"secret").await;
     let message = match &result {
         Ok(_) => String::new(),
@@ -375,19 +341,10 @@ async fn loopback_tuning_uses_large_packets_both_ways() -> Result<()> {
         max_udp_payload_size: 65_488,
         ..TransportTuning::loopback()
     };
-    for tuning in [
-        TransportTuning::loopback(),
-        largest,
-        TransportTuning::default(),
-    ] {
+    for tuning in [TransportTuning::loopback(), largest, TransportTuning::default()] {
         let mut server = start_server(&pki, &tuning)?;
         let client = client_endpoint(&tuning)?;
-        let config = client_config(
-            &pki.ca_cert_pem,
-            Some(agent(&pki, "agent-1")),
-            ALPN,
-            &tuning,
-        )?;
+        let config = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), ALPN, &tuning)?;
         let (connection, echoed) = connect_and_echo(&client, config, server.addr, &payload).await?;
         assert!(echoed == payload, "echo differs");
         assert_eq!(server.next_seen().await?, Seen::Agent("agent-1".into()));

@@ -12,13 +12,21 @@ pub fn data_dir() -> PathBuf {
 
 /// Mean of `xs` (0 for none).
 pub fn mean(xs: &[f64]) -> f64 {
-    if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 }
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
 }
 
 /// Population variance of `xs` (0 for none).
 pub fn variance(xs: &[f64]) -> f64 {
     let m = mean(xs);
-    if xs.is_empty() { 0.0 } else { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64 }
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64
+    }
 }
 
 /// Median of `xs` (0 for none).
@@ -45,5 +53,8 @@ pub fn write_summary(path: Option<&Path>, summary: &impl Serialize) -> anyhow::R
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -47,14 +47,20 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header: 64 * 1024, max_payload: 1 << 30 }
+        Self {
+            max_header: 64 * 1024,
+            max_payload: 1 << 30,
+        }
     }
 }
 
 impl Limits {
     /// Limits for control messages that carry no payload.
     pub fn control() -> Self {
-        Self { max_header: 64 * 1024, max_payload: 0 }
+        Self {
+            max_header: 64 * 1024,
+            max_payload: 0,
+        }
     }
 }
 
@@ -90,7 +96,10 @@ impl FramePrefix {
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
         if version != PROTOCOL_VERSION {
-            return Err(ProtocolError::UnsupportedVersion { got: version, supported: PROTOCOL_VERSION });
+            return Err(ProtocolError::UnsupportedVersion {
+                got: version,
+                supported: PROTOCOL_VERSION,
+            });
         }
         let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         let payload_len = u64::from_le_bytes([
@@ -111,7 +120,10 @@ impl FramePrefix {
                 limit: limits.max_payload,
             });
         }
-        Ok(Self { header_len, payload_len })
+        Ok(Self {
+            header_len,
+            payload_len,
+        })
     }
 }
 
@@ -129,8 +141,8 @@ pub fn encode_header<M: Serialize>(message: &M) -> Result<Vec<u8>, ProtocolError
 /// # Errors
 /// [`ProtocolError::Malformed`] or [`ProtocolError::TrailingBytes`].
 pub fn decode_header<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, ProtocolError> {
-    let (message, read) = bincode::serde::decode_from_slice(bytes, BINCODE)
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let (message, read) =
+        bincode::serde::decode_from_slice(bytes, BINCODE).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if read != bytes.len() {
         return Err(ProtocolError::TrailingBytes(bytes.len() - read));
     }
@@ -149,7 +161,13 @@ pub fn encode_frame_head<M: Serialize>(message: &M, payload_len: u64) -> Result<
         .filter(|&len| len <= MAX_HEADER_LEN)
         .ok_or_else(|| ProtocolError::Encode(format!("header of {} bytes is too large", header.len())))?;
     let mut out = Vec::with_capacity(PREFIX_LEN + header.len());
-    out.extend_from_slice(&FramePrefix { header_len, payload_len }.encode());
+    out.extend_from_slice(
+        &FramePrefix {
+            header_len,
+            payload_len,
+        }
+        .encode(),
+    );
     out.extend_from_slice(&header);
     Ok(out)
 }
@@ -169,14 +187,15 @@ pub fn encode_frame<M: Serialize>(message: &M, payload: &[u8]) -> Result<Vec<u8>
 /// # Errors
 /// Any prefix or header error, [`ProtocolError::Truncated`] when bytes are missing and
 /// [`ProtocolError::TrailingBytes`] when bytes are left over.
-pub fn decode_frame<'a, M: DeserializeOwned>(
-    bytes: &'a [u8],
-    limits: &Limits,
-) -> Result<(M, &'a [u8]), ProtocolError> {
-    let prefix_bytes: &[u8; PREFIX_LEN] = bytes
-        .get(..PREFIX_LEN)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(ProtocolError::Truncated { expected: PREFIX_LEN as u64, got: bytes.len() as u64 })?;
+pub fn decode_frame<'a, M: DeserializeOwned>(bytes: &'a [u8], limits: &Limits) -> Result<(M, &'a [u8]), ProtocolError> {
+    let prefix_bytes: &[u8; PREFIX_LEN] =
+        bytes
+            .get(..PREFIX_LEN)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProtocolError::Truncated {
+                expected: PREFIX_LEN as u64,
+                got: bytes.len() as u64,
+            })?;
     let prefix = FramePrefix::decode(prefix_bytes, limits)?;
     let rest = &bytes[PREFIX_LEN..];
     let header_len = prefix.header_len as usize;
@@ -234,7 +253,10 @@ enum ReadState {
 impl FrameReader {
     /// A reader that enforces `limits`.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, state: ReadState::Prefix([0; PREFIX_LEN]) }
+        Self {
+            limits,
+            state: ReadState::Prefix([0; PREFIX_LEN]),
+        }
     }
 
     /// The bytes to read next; fill all of them, then call [`advance`](Self::advance).
@@ -258,7 +280,7 @@ impl FrameReader {
         self.state = match state {
             ReadState::Prefix(bytes) => {
                 let prefix = FramePrefix::decode(&bytes, &self.limits)?;
-                if prefix.payload_len % 4 != 0 {
+                if !prefix.payload_len.is_multiple_of(4) {
                     return Err(ProtocolError::Malformed(format!(
                         "payload of {} bytes is not a whole number of f32s",
                         prefix.payload_len
@@ -269,11 +291,15 @@ impl FrameReader {
                     len: prefix.payload_len,
                     limit: usize::MAX as u64,
                 })?;
-                ReadState::Header { header: vec![0; prefix.header_len as usize], payload_len }
+                ReadState::Header {
+                    header: vec![0; prefix.header_len as usize],
+                    payload_len,
+                }
             }
-            ReadState::Header { header, payload_len } => {
-                ReadState::Payload { header, payload: vec![0.0; payload_len] }
-            }
+            ReadState::Header { header, payload_len } => ReadState::Payload {
+                header,
+                payload: vec![0.0; payload_len],
+            },
             ReadState::Payload { header, mut payload } => {
                 crate::tensor::le_in_place(&mut payload);
                 ReadState::Done { header, payload }
@@ -297,7 +323,10 @@ impl FrameReader {
     pub fn finish<M: DeserializeOwned>(self) -> Result<(M, Vec<f32>), ProtocolError> {
         match self.state {
             ReadState::Done { header, payload } => Ok((decode_header(&header)?, payload)),
-            _ => Err(ProtocolError::Truncated { expected: PREFIX_LEN as u64, got: 0 }),
+            _ => Err(ProtocolError::Truncated {
+                expected: PREFIX_LEN as u64,
+                got: 0,
+            }),
         }
     }
 }

@@ -21,8 +21,8 @@ pub mod tensor;
 pub use error::ProtocolError;
 pub use frame::{FrameReader, Limits, PROTOCOL_VERSION};
 pub use message::{
-    Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode,
-    ErrorMessage, Evaluate, Evaluation, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
+    Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode, ErrorMessage,
+    Evaluate, Evaluation, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
 };
 pub use model::{MlpSpec, ModelSpec};
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

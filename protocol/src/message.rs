@@ -330,7 +330,10 @@ pub struct ErrorMessage {
 impl ErrorMessage {
     /// An error of kind `code` saying `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
-use crate::tensor::{Manifest, TensorSpec};
 use crate::ProtocolError;
+use crate::tensor::{Manifest, TensorSpec};
 
 /// The architecture an agent builds for a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

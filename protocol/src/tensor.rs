@@ -19,7 +19,10 @@ pub struct TensorSpec {
 impl TensorSpec {
     /// A tensor named `name` with `shape`.
     pub fn new(name: impl Into<String>, shape: Vec<usize>) -> Self {
-        Self { name: name.into(), shape }
+        Self {
+            name: name.into(),
+            shape,
+        }
     }
 
     /// Number of elements (saturating, so absurd shapes fail validation instead of wrapping).
@@ -71,7 +74,10 @@ impl Manifest {
                 return Err(ProtocolError::InvalidModel("a tensor has an empty name".into()));
             }
             if !seen.insert(t.name.as_str()) {
-                return Err(ProtocolError::InvalidModel(format!("tensor `{}` appears twice", t.name)));
+                return Err(ProtocolError::InvalidModel(format!(
+                    "tensor `{}` appears twice",
+                    t.name
+                )));
             }
             if t.shape.is_empty() || t.shape.contains(&0) {
                 return Err(ProtocolError::InvalidModel(format!(
@@ -123,7 +129,7 @@ pub fn f32_to_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
 /// # Errors
 /// [`ProtocolError::Malformed`] when the length is not a multiple of 4.
 pub fn f32_from_le_bytes(bytes: &[u8]) -> Result<Vec<f32>, ProtocolError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(ProtocolError::Malformed(format!(
             "a parameter buffer of {} bytes is not a whole number of f32s",
             bytes.len()

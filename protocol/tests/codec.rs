@@ -1,22 +1,28 @@
 //! Property and edge-case tests for every encoder/decoder in the protocol.
 
 use fedtune_protocol::frame::{
-    FramePrefix, Limits, MAX_HEADER_LEN, PREFIX_LEN, decode_frame, decode_header, encode_frame,
-    encode_header,
+    FramePrefix, Limits, MAX_HEADER_LEN, PREFIX_LEN, decode_frame, decode_header, encode_frame, encode_header,
 };
 use fedtune_protocol::tensor::{check_finite, f32_from_le_bytes, f32_to_le_bytes};
 use fedtune_protocol::*;
 use proptest::prelude::*;
 
 fn task(trial: u64, round: u64, hidden: Vec<usize>, lr: f64) -> AggregatorMessage {
-    let model = ModelSpec::Mlp(MlpSpec { input: 64, hidden, classes: 10 });
+    let model = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden,
+        classes: 10,
+    });
     AggregatorMessage::Task(Task {
         study: "digits".into(),
         trial,
         round,
         manifest_hash: model.manifest().hash(),
         model,
-        hyperparameters: ClientHyperparameters { learning_rate: lr, ..Default::default() },
+        hyperparameters: ClientHyperparameters {
+            learning_rate: lr,
+            ..Default::default()
+        },
         deadline_ms: 60_000,
         seed: 7,
     })
@@ -28,9 +34,13 @@ fn update(samples: u64, loss: f64, name_len: usize) -> AgentMessage {
         round: 2,
         manifest_hash: ManifestHash([3; 32]),
         num_samples: samples,
-        metrics: TrainMetrics { loss_before: loss, accuracy_after: 0.5, ..Default::default() },
+        metrics: TrainMetrics {
+            loss_before: loss,
+            accuracy_after: 0.5,
+            ..Default::default()
+        },
         used: ClientHyperparameters::default(),
-        proposal: (name_len % 2 == 0).then(ClientHyperparameters::default),
+        proposal: name_len.is_multiple_of(2).then(ClientHyperparameters::default),
     })
 }
 
@@ -101,39 +111,81 @@ fn trailing_bytes_are_rejected() {
 
     let mut header = encode_header(&update(1, 0.0, 0)).unwrap();
     header.extend_from_slice(&[9, 9]);
-    assert!(matches!(decode_header::<AgentMessage>(&header), Err(ProtocolError::TrailingBytes(2))));
+    assert!(matches!(
+        decode_header::<AgentMessage>(&header),
+        Err(ProtocolError::TrailingBytes(2))
+    ));
 }
 
 #[test]
 fn oversized_length_prefixes_are_rejected_before_reading() {
-    let limits = Limits { max_header: 1024, max_payload: 4096 };
-    let prefix = FramePrefix { header_len: 10, payload_len: u64::MAX }.encode();
+    let limits = Limits {
+        max_header: 1024,
+        max_payload: 4096,
+    };
+    let prefix = FramePrefix {
+        header_len: 10,
+        payload_len: u64::MAX,
+    }
+    .encode();
     assert!(matches!(
         FramePrefix::decode(&prefix, &limits),
-        Err(ProtocolError::TooLarge { what: "frame payload", len: u64::MAX, limit: 4096 })
+        Err(ProtocolError::TooLarge {
+            what: "frame payload",
+            len: u64::MAX,
+            limit: 4096
+        })
     ));
-    let prefix = FramePrefix { header_len: u32::MAX, payload_len: 0 }.encode();
+    let prefix = FramePrefix {
+        header_len: u32::MAX,
+        payload_len: 0,
+    }
+    .encode();
     assert!(matches!(
         FramePrefix::decode(&prefix, &limits),
-        Err(ProtocolError::TooLarge { what: "frame header", .. })
+        Err(ProtocolError::TooLarge {
+            what: "frame header",
+            ..
+        })
     ));
     // Even a receiver that asks for more never accepts a header above the hard ceiling.
-    let generous = Limits { max_header: u32::MAX, max_payload: 0 };
-    let prefix = FramePrefix { header_len: MAX_HEADER_LEN + 1, payload_len: 0 }.encode();
+    let generous = Limits {
+        max_header: u32::MAX,
+        max_payload: 0,
+    };
+    let prefix = FramePrefix {
+        header_len: MAX_HEADER_LEN + 1,
+        payload_len: 0,
+    }
+    .encode();
     assert!(FramePrefix::decode(&prefix, &generous).is_err());
 }
 
 #[test]
 fn wrong_magic_and_version_are_rejected() {
-    let mut prefix = FramePrefix { header_len: 1, payload_len: 0 }.encode();
+    let mut prefix = FramePrefix {
+        header_len: 1,
+        payload_len: 0,
+    }
+    .encode();
     prefix[0] = b'X';
-    assert!(matches!(FramePrefix::decode(&prefix, &Limits::default()), Err(ProtocolError::BadMagic(_))));
+    assert!(matches!(
+        FramePrefix::decode(&prefix, &Limits::default()),
+        Err(ProtocolError::BadMagic(_))
+    ));
 
-    let mut prefix = FramePrefix { header_len: 1, payload_len: 0 }.encode();
+    let mut prefix = FramePrefix {
+        header_len: 1,
+        payload_len: 0,
+    }
+    .encode();
     prefix[4..6].copy_from_slice(&99u16.to_le_bytes());
     assert_eq!(
         FramePrefix::decode(&prefix, &Limits::default()),
-        Err(ProtocolError::UnsupportedVersion { got: 99, supported: PROTOCOL_VERSION })
+        Err(ProtocolError::UnsupportedVersion {
+            got: 99,
+            supported: PROTOCOL_VERSION
+        })
     );
     assert_eq!(PREFIX_LEN, prefix.len());
 }
@@ -147,9 +199,21 @@ fn a_message_of_the_other_direction_does_not_decode_silently_as_a_valid_one() {
 
 #[test]
 fn manifest_hash_identifies_architecture() {
-    let a = ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![32], classes: 10 });
-    let b = ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![33], classes: 10 });
-    let c = ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![32], classes: 10 });
+    let a = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: vec![32],
+        classes: 10,
+    });
+    let b = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: vec![33],
+        classes: 10,
+    });
+    let c = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: vec![32],
+        classes: 10,
+    });
     assert_eq!(a.manifest().hash(), c.manifest().hash());
     assert_ne!(a.manifest().hash(), b.manifest().hash());
     assert_eq!(a.manifest().numel(), 64 * 32 + 32 + 32 * 10 + 10);
@@ -157,16 +221,24 @@ fn manifest_hash_identifies_architecture() {
 
 #[test]
 fn model_specs_are_validated() {
-    let bad = ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![0], classes: 10 });
+    let bad = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: vec![0],
+        classes: 10,
+    });
     assert!(matches!(bad.validate(), Err(ProtocolError::InvalidModel(_))));
     let dup = ModelSpec::Custom {
         name: "x".into(),
-        manifest: Manifest { tensors: vec![TensorSpec::new("w", vec![2]), TensorSpec::new("w", vec![3])] },
+        manifest: Manifest {
+            tensors: vec![TensorSpec::new("w", vec![2]), TensorSpec::new("w", vec![3])],
+        },
     };
     assert!(dup.validate().is_err());
     let huge = ModelSpec::Custom {
         name: "x".into(),
-        manifest: Manifest { tensors: vec![TensorSpec::new("w", vec![usize::MAX, 2])] },
+        manifest: Manifest {
+            tensors: vec![TensorSpec::new("w", vec![usize::MAX, 2])],
+        },
     };
     assert!(huge.validate().is_err());
 }
@@ -174,7 +246,11 @@ fn model_specs_are_validated() {
 #[test]
 fn init_params_are_seeded_and_bounded() {
     use rand::SeedableRng;
-    let spec = ModelSpec::Mlp(MlpSpec { input: 16, hidden: vec![8], classes: 4 });
+    let spec = ModelSpec::Mlp(MlpSpec {
+        input: 16,
+        hidden: vec![8],
+        classes: 4,
+    });
     let a = spec.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
     let b = spec.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
     assert_eq!(a, b);
@@ -197,9 +273,15 @@ fn non_finite_values_are_located() {
 #[test]
 fn hyperparameters_are_validated() {
     assert!(ClientHyperparameters::default().validate().is_ok());
-    let bad = ClientHyperparameters { learning_rate: f64::NAN, ..Default::default() };
+    let bad = ClientHyperparameters {
+        learning_rate: f64::NAN,
+        ..Default::default()
+    };
     assert!(bad.validate().unwrap_err().contains("learning_rate"));
-    let bad = ClientHyperparameters { batch_size: 0, ..Default::default() };
+    let bad = ClientHyperparameters {
+        batch_size: 0,
+        ..Default::default()
+    };
     assert!(bad.validate().unwrap_err().contains("batch_size"));
 }
 
@@ -214,7 +296,10 @@ fn read_incrementally<M: serde::de::DeserializeOwned>(
         let buf = reader.buffer();
         let n = buf.len();
         if input.len() < n {
-            return Err(ProtocolError::Truncated { expected: n as u64, got: input.len() as u64 });
+            return Err(ProtocolError::Truncated {
+                expected: n as u64,
+                got: input.len() as u64,
+            });
         }
         buf.copy_from_slice(&input[..n]);
         input = &input[n..];
@@ -244,9 +329,32 @@ proptest! {
 
 #[test]
 fn frame_reader_refuses_oversized_payload_before_allocating() {
-    let wire = FramePrefix { header_len: 4, payload_len: 1 << 40 }.encode();
-    let err = read_incrementally::<AgentMessage>(&wire, Limits { max_header: 1024, max_payload: 1 << 20 });
-    assert!(matches!(err, Err(ProtocolError::TooLarge { what: "frame payload", .. })));
-    let wire = FramePrefix { header_len: 4, payload_len: 6 }.encode();
-    assert!(matches!(read_incrementally::<AgentMessage>(&wire, Limits::default()), Err(ProtocolError::Malformed(_))));
+    let wire = FramePrefix {
+        header_len: 4,
+        payload_len: 1 << 40,
+    }
+    .encode();
+    let err = read_incrementally::<AgentMessage>(
+        &wire,
+        Limits {
+            max_header: 1024,
+            max_payload: 1 << 20,
+        },
+    );
+    assert!(matches!(
+        err,
+        Err(ProtocolError::TooLarge {
+            what: "frame payload",
+            ..
+        })
+    ));
+    let wire = FramePrefix {
+        header_len: 4,
+        payload_len: 6,
+    }
+    .encode();
+    assert!(matches!(
+        read_incrementally::<AgentMessage>(&wire, Limits::default()),
+        Err(ProtocolError::Malformed(_))
+    ));
 }

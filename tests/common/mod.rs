@@ -22,7 +22,10 @@ pub fn repo() -> &'static Path {
 
 /// The shared digits split.
 pub fn digits() -> FederatedData {
-    let source = DataSource::Csv { path: repo().join("data/digits.csv"), scale: 1.0 / 16.0 };
+    let source = DataSource::Csv {
+        path: repo().join("data/digits.csv"),
+        scale: 1.0 / 16.0,
+    };
     let partition = PartitionSpec::File(repo().join("data/digits_partition.json"));
     FederatedData::load(&source, &partition, 10, 0).expect("digits split loads")
 }
@@ -47,7 +50,11 @@ pub fn config(agents: usize, rounds: u64) -> AggregatorConfig {
             round_timeout_secs: 30.0,
             ..FederationConfig::default()
         },
-        model: ModelSpec::Mlp(MlpSpec { input: 64, hidden: vec![64], classes: 10 }),
+        model: ModelSpec::Mlp(MlpSpec {
+            input: 64,
+            hidden: vec![64],
+            classes: 10,
+        }),
         client: ClientHyperparameters::default(),
         ..AggregatorConfig::default()
     }
@@ -69,7 +76,12 @@ pub fn start_aggregator(pki_agents: usize, mut config: AggregatorConfig, hooks: 
     config.listen = addr;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let aggregator = tokio::spawn(run(endpoint, config, hooks, stopped));
-    Federation { pki, addr, aggregator, stop }
+    Federation {
+        pki,
+        addr,
+        aggregator,
+        stop,
+    }
 }
 
 /// Starts agents with `trainers` against `fed`.
@@ -82,8 +94,10 @@ pub async fn run_digits(n: usize, rounds: u64, evaluator: bool) -> RunReport {
     let data = digits();
     let hooks = Hooks {
         evaluator: evaluator.then(|| {
-            Arc::new(fedtune::evaluate::TestSetEvaluator::new(data.global_test().expect("test"), default_device()))
-                as Arc<dyn fedtune::aggregator::Evaluator>
+            Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+                data.global_test().expect("test"),
+                default_device(),
+            )) as Arc<dyn fedtune::aggregator::Evaluator>
         }),
         ..Hooks::default()
     };
@@ -105,5 +119,7 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64)
 }
