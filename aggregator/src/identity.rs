@@ -504,13 +504,16 @@ pub struct TransportTuning {
 
 impl Default for TransportTuning {
     /// Internet defaults: 1200-byte initial packets, MTU discovery up to 1452 (quinn's
-    /// defaults), 16 MiB per stream, 64 MiB per connection, 4 MiB socket buffers.
+    /// defaults), 4 MiB per stream, 8 MiB per connection, 4 MiB socket buffers. The receive
+    /// windows bound what quinn buffers for agents whose updates wait for an averaging slot
+    /// (`federation.max_buffered_updates`), so the aggregator's memory stays near its own
+    /// buffers however large the cohort; 4 MiB still fills a 40 ms round trip at 100 MB/s.
     fn default() -> Self {
         Self {
             max_idle_timeout: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(5),
-            stream_receive_window: 16 << 20,
-            receive_window: 64 << 20,
+            stream_receive_window: 4 << 20,
+            receive_window: 8 << 20,
             send_window: 64 << 20,
             initial_mtu: QUIC_MIN_UDP_PAYLOAD,
             max_concurrent_bidi_streams: 64,
@@ -539,6 +542,10 @@ impl TransportTuning {
             initial_mtu: LOOPBACK_UDP_PAYLOAD,
             max_udp_payload_size: LOOPBACK_UDP_PAYLOAD,
             mtu_discovery_upper_bound: None,
+            // Microsecond round trips: a small window costs no throughput and caps what
+            // quinn buffers for updates waiting to be averaged.
+            stream_receive_window: 1 << 20,
+            receive_window: 2 << 20,
             ..Self::default()
         }
     }
