@@ -150,3 +150,39 @@ async fn too_few_agents_is_a_clear_error_not_a_hang() {
     let err = fed.aggregator.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("only 0 of the 3 required agents"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_is_checked_every_round_and_violations_are_reported() {
+    let data = digits();
+    let mut config = config(3, 2);
+    config.fairness.constraints = vec![
+        "worst_accuracy >= 0.99".parse().unwrap(),
+        "jain_index >= 0".parse().unwrap(),
+    ];
+    config.fairness.selection = fedtune::aggregator::config::Selection::Fairness;
+    config.federation.cohort = 2.0;
+    let fed = start_aggregator(3, config, Hooks::default());
+    let mut agents = start_agents(&fed, digits_trainers(&data, 3));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    for round in &report.rounds {
+        assert_eq!(round.fairness.agents, round.updates);
+        assert!(round.fairness.jain_index > 0.0 && round.fairness.jain_index <= 1.0);
+        assert_eq!(round.violations.len(), 1, "{:?}", round.violations);
+        assert!(round.violations[0].starts_with("worst_accuracy >= 0.99 violated"));
+    }
+    // The final model was measured on all three agents.
+    assert_eq!(report.final_fairness.agents, 3);
+    assert_eq!(report.final_violations.len(), 1);
+    // Fairness-aware selection favours the agent left out of round 0.
+    let left_out: Vec<_> = ["agent-0", "agent-1", "agent-2"]
+        .into_iter()
+        .filter(|a| !report.rounds[0].cohort.iter().any(|c| c == a))
+        .collect();
+    assert_eq!(left_out.len(), 1);
+    assert!(
+        report.rounds[1].cohort.iter().any(|c| c == left_out[0]),
+        "{:?}",
+        report.rounds[1].cohort
+    );
+    while agents.join_next().await.is_some() {}
+}

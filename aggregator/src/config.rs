@@ -7,6 +7,8 @@ use std::time::Duration;
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::fairness::Constraint;
+
 /// Everything the aggregator needs to run a federation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,8 +23,32 @@ pub struct AggregatorConfig {
     pub model: ModelSpec,
     /// Hyperparameters sent to agents.
     pub client: ClientHyperparameters,
+    /// Fairness constraints and cohort selection.
+    pub fairness: FairnessConfig,
     /// Where to write the JSON run report at the end (optional).
     pub report: Option<PathBuf>,
+}
+
+/// How cohorts are picked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Every connected agent equally likely (seeded).
+    #[default]
+    Uniform,
+    /// Favour agents the global model serves badly or that were rarely asked (seeded).
+    Fairness,
+}
+
+/// Fairness checks run every round.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FairnessConfig {
+    /// Bounds such as `"worst_10pct_accuracy >= 0.8"`; a violation is logged and recorded
+    /// with the round, and a run that ends in violation is reported as infeasible.
+    pub constraints: Vec<Constraint>,
+    /// How cohorts are picked.
+    pub selection: Selection,
 }
 
 /// Paths of the CA certificate and the server's certificate and key.
@@ -141,6 +167,7 @@ impl Default for AggregatorConfig {
                 classes: 10,
             }),
             client: ClientHyperparameters::default(),
+            fairness: FairnessConfig::default(),
             report: None,
         }
     }

@@ -20,7 +20,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::AggregatorConfig;
+use crate::config::{AggregatorConfig, Selection};
+use crate::fairness::{FairnessReport, History, violations};
 use crate::registry::{AgentHandle, Registry, accept_loop, message_name};
 use crate::round::{AgentFailure, AgentResult, Round, RoundSpec, RoundStatus};
 use crate::wire::{params_to_bytes, read_agent_frame, reply_error, write_frame_shared, write_message};
@@ -66,6 +67,10 @@ pub struct RoundRecord {
     pub federated_accuracy: f64,
     /// Per-agent validation accuracy of the incoming global model.
     pub agent_accuracy: BTreeMap<String, f64>,
+    /// Fairness of the incoming global model across the agents that measured it.
+    pub fairness: FairnessReport,
+    /// Fairness constraints this round violated.
+    pub violations: Vec<String>,
     /// Server-side evaluation of the global model after the round.
     pub test: Option<GlobalEvaluation>,
     /// Wall time of the round, from the first task sent to the model updated.
@@ -99,6 +104,11 @@ pub struct RunReport {
     pub final_agent_evaluation: BTreeMap<String, GlobalEvaluation>,
     /// Server-side evaluation of the final model.
     pub final_test: Option<GlobalEvaluation>,
+    /// Fairness of the final model (from the final evaluation, else the last round).
+    pub final_fairness: FairnessReport,
+    /// Fairness constraints the final model violates; a run that ends in violation is
+    /// infeasible for tuning.
+    pub final_violations: Vec<String>,
     /// Whether the run stopped early because shutdown was requested.
     pub interrupted: bool,
     /// Final global parameters.
@@ -189,27 +199,22 @@ pub async fn run(
             return Ok(empty_report(Vec::new(), true));
         }
         let mut rng = StdRng::seed_from_u64(fed.seed);
-        let mut global = config.model.init_params(&mut rng);
+        let mut driver = Driver {
+            global: config.model.init_params(&mut rng),
+            rng,
+            config: &config,
+            registry: &registry,
+            buffers: Arc::new(Semaphore::new(fed.max_buffered_updates)),
+            evaluator: hooks.evaluator.clone(),
+            history: History::default(),
+        };
         let mut rounds = Vec::new();
-        let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
         for round in 0..fed.rounds {
             if *shutdown.borrow() {
                 break;
             }
             let span = info_span!("round", round);
-            let Some(record) = run_round(
-                &config,
-                &registry,
-                round,
-                &mut global,
-                &mut rng,
-                &buffers,
-                hooks.evaluator.clone(),
-                &mut shutdown,
-            )
-            .instrument(span)
-            .await
-            else {
+            let Some(record) = driver.run_round(round, &mut shutdown).instrument(span).await else {
                 break;
             };
             if let Some(on_round) = hooks.on_round.as_mut() {
@@ -217,17 +222,33 @@ pub async fn run(
             }
             rounds.push(record);
         }
+        let global = driver.global;
         let interrupted = *shutdown.borrow() || rounds.len() < fed.rounds as usize;
         let final_agent_evaluation = if fed.final_evaluation && !interrupted {
             evaluate_on_agents(&config, &registry, fed.rounds, &global).await
         } else {
             BTreeMap::new()
         };
-        let final_test = rounds.last().and_then(|r: &RoundRecord| r.test);
+        let final_fairness = if final_agent_evaluation.is_empty() {
+            rounds.last().map(|r: &RoundRecord| r.fairness).unwrap_or_default()
+        } else {
+            let per_agent: Vec<(f64, f64)> = final_agent_evaluation.values().map(|e| (e.accuracy, e.loss)).collect();
+            let participation = rounds.last().map_or(0.0, |r| r.fairness.participation_jain);
+            FairnessReport {
+                participation_jain: participation,
+                ..FairnessReport::measure(&per_agent, &[])
+            }
+        };
+        let final_violations = violations(&config.fairness.constraints, &final_fairness);
+        for violation in &final_violations {
+            warn!("final model: {violation}");
+        }
         Ok(RunReport {
+            final_test: rounds.last().and_then(|r| r.test),
             rounds,
             final_agent_evaluation,
-            final_test,
+            final_fairness,
+            final_violations,
             interrupted,
             global,
         })
@@ -243,6 +264,8 @@ fn empty_report(rounds: Vec<RoundRecord>, interrupted: bool) -> RunReport {
         rounds,
         final_agent_evaluation: BTreeMap::new(),
         final_test: None,
+        final_fairness: FairnessReport::default(),
+        final_violations: Vec::new(),
         interrupted,
         global: Vec::new(),
     }
@@ -284,132 +307,169 @@ async fn wait_for_agents(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_round(
-    config: &AggregatorConfig,
-    registry: &Registry,
-    round: u64,
-    global: &mut [f32],
-    rng: &mut StdRng,
-    buffers: &Arc<Semaphore>,
+/// The state a run carries from round to round.
+struct Driver<'a> {
+    config: &'a AggregatorConfig,
+    registry: &'a Registry,
+    global: Vec<f32>,
+    rng: StdRng,
+    buffers: Arc<Semaphore>,
     evaluator: Option<Arc<dyn Evaluator>>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Option<RoundRecord> {
-    let fed = &config.federation;
-    let started = Instant::now();
-    let connected = registry.snapshot();
-    let cohort: Vec<AgentHandle> = connected
-        .sample(rng, fed.cohort_size(connected.len()))
-        .cloned()
-        .collect();
-    let manifest = config.model.manifest();
-    let spec = RoundSpec {
-        trial: 0,
-        round,
-        cohort: cohort.iter().map(|a| a.id.clone()).collect(),
-        manifest_hash: manifest.hash(),
-        numel: manifest.numel(),
-        target_updates: cohort.len(),
-        min_updates: fed.min_updates,
-        timeout: fed.round_timeout(),
-    };
-    info!(cohort = cohort.len(), connected = connected.len(), "round started");
+    history: History,
+}
 
-    let payload = params_to_bytes(global);
-    let limits = Limits {
-        max_payload: fed.max_payload_bytes,
-        ..Limits::default()
-    };
-    let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
-    let mut exchanges = JoinSet::new();
-    for agent in &cohort {
-        let task = Task {
-            study: fed.study.clone(),
+impl Driver<'_> {
+    /// Picks the round's cohort among the connected agents (seeded).
+    fn select_cohort(&mut self, connected: &[AgentHandle]) -> Vec<AgentHandle> {
+        let size = self.config.federation.cohort_size(connected.len());
+        let chosen: Vec<AgentHandle> = match self.config.fairness.selection {
+            Selection::Uniform => connected.sample(&mut self.rng, size).cloned().collect(),
+            Selection::Fairness => {
+                let history = &self.history;
+                match connected.sample_weighted(&mut self.rng, size, |a| history.weight(&a.id)) {
+                    Ok(chosen) => chosen.cloned().collect(),
+                    Err(e) => {
+                        warn!("fairness-aware selection failed ({e}); selecting uniformly");
+                        connected.sample(&mut self.rng, size).cloned().collect()
+                    }
+                }
+            }
+        };
+        self.history.record_selection(chosen.iter().map(|a| &a.id));
+        chosen
+    }
+
+    async fn run_round(&mut self, round: u64, shutdown: &mut watch::Receiver<bool>) -> Option<RoundRecord> {
+        let config = self.config;
+        let fed = &config.federation;
+        let started = Instant::now();
+        let connected = self.registry.snapshot();
+        let cohort = self.select_cohort(&connected);
+        let manifest = config.model.manifest();
+        let spec = RoundSpec {
             trial: 0,
             round,
-            model: config.model.clone(),
-            manifest_hash: spec.manifest_hash,
-            hyperparameters: config.client.clone(),
-            deadline_ms: spec.timeout.as_millis() as u64,
-            seed: rand::RngExt::random(rng),
+            cohort: cohort.iter().map(|a| a.id.clone()).collect(),
+            manifest_hash: manifest.hash(),
+            numel: manifest.numel(),
+            target_updates: cohort.len(),
+            min_updates: fed.min_updates,
+            timeout: fed.round_timeout(),
         };
-        exchanges.spawn(fit_exchange(
-            agent.clone(),
-            task,
-            payload.clone(),
-            limits,
-            buffers.clone(),
-            events.clone(),
-        ));
-    }
-    drop(events);
+        info!(cohort = cohort.len(), connected = connected.len(), "round started");
 
-    let mut state = Round::new(spec, Instant::now());
-    while let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) {
-        tokio::select! {
-            event = inbox.recv() => match event {
-                Some(Event::Update { agent, update, delta, verdict }) => {
-                    let result = state.on_update(&agent, &update, &delta, Instant::now());
-                    if let Err(e) = &result {
-                        warn!(%agent, "update refused: {}", e.message);
+        let payload = params_to_bytes(&self.global);
+        let limits = Limits {
+            max_payload: fed.max_payload_bytes,
+            ..Limits::default()
+        };
+        let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
+        let mut exchanges = JoinSet::new();
+        for agent in &cohort {
+            let task = Task {
+                study: fed.study.clone(),
+                trial: 0,
+                round,
+                model: config.model.clone(),
+                manifest_hash: spec.manifest_hash,
+                hyperparameters: config.client.clone(),
+                deadline_ms: spec.timeout.as_millis() as u64,
+                seed: rand::RngExt::random(&mut self.rng),
+            };
+            exchanges.spawn(fit_exchange(
+                agent.clone(),
+                task,
+                payload.clone(),
+                limits,
+                self.buffers.clone(),
+                events.clone(),
+            ));
+        }
+        drop(events);
+
+        let mut state = Round::new(spec, Instant::now());
+        while let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) {
+            tokio::select! {
+                event = inbox.recv() => match event {
+                    Some(Event::Update { agent, update, delta, verdict }) => {
+                        let result = state.on_update(&agent, &update, &delta, Instant::now());
+                        if let Err(e) = &result {
+                            warn!(%agent, "update refused: {}", e.message);
+                        }
+                        let _ = verdict.send(result);
                     }
-                    let _ = verdict.send(result);
+                    Some(Event::Failed { agent, reason }) => {
+                        warn!(%agent, "no update: {reason}");
+                        state.on_failure(&agent, reason);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = shutdown.changed() => {
+                    exchanges.abort_all();
+                    return None;
                 }
-                Some(Event::Failed { agent, reason }) => {
-                    warn!(%agent, "no update: {reason}");
-                    state.on_failure(&agent, reason);
-                }
-                None => break,
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = shutdown.changed() => {
-                exchanges.abort_all();
-                return None;
             }
         }
-    }
-    // Stragglers are dropped, not waited on: their streams are reset.
-    exchanges.abort_all();
-    let outcome = state.finish();
-    if outcome.quorum_met {
-        outcome.average.apply_to(global);
-    } else {
-        warn!(
-            updates = outcome.results.len(),
-            needed = fed.min_updates,
-            "quorum not met: global model unchanged"
-        );
-    }
-    let test = match evaluator {
-        Some(evaluator) => evaluate_global(evaluator, &config.model, global).await,
-        None => None,
-    };
-    let record = RoundRecord {
-        round,
-        cohort: outcome.spec.cohort.clone(),
-        updates: outcome.results.len(),
-        applied: outcome.quorum_met,
-        train_loss: weighted_mean(&outcome.results, |m| m.metrics.train_loss),
-        federated_accuracy: weighted_mean(&outcome.results, |m| m.metrics.accuracy_before),
-        agent_accuracy: outcome
+        // Stragglers are dropped, not waited on: their streams are reset.
+        exchanges.abort_all();
+        let outcome = state.finish();
+        if outcome.quorum_met {
+            outcome.average.apply_to(&mut self.global);
+        } else {
+            warn!(
+                updates = outcome.results.len(),
+                needed = fed.min_updates,
+                "quorum not met: global model unchanged"
+            );
+        }
+        let test = match self.evaluator.clone() {
+            Some(evaluator) => evaluate_global(evaluator, &config.model, &self.global).await,
+            None => None,
+        };
+        for r in &outcome.results {
+            self.history.record_accuracy(&r.agent, r.metrics.accuracy_before);
+        }
+        let per_agent: Vec<(f64, f64)> = outcome
             .results
             .iter()
-            .map(|r| (r.agent.clone(), r.metrics.accuracy_before))
-            .collect(),
-        failures: outcome.failures.into_iter().map(Into::into).collect(),
-        test,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    info!(
-        updates = record.updates,
-        failures = record.failures.len(),
-        train_loss = record.train_loss,
-        federated_accuracy = record.federated_accuracy,
-        test_accuracy = record.test.map(|t| t.accuracy),
-        seconds = record.seconds,
-        "round finished"
-    );
-    Some(record)
+            .map(|r| (r.metrics.accuracy_before, r.metrics.loss_before))
+            .collect();
+        let known: Vec<String> = connected.iter().map(|a| a.id.clone()).collect();
+        let fairness = FairnessReport::measure(&per_agent, &self.history.participation(&known));
+        let violations = violations(&config.fairness.constraints, &fairness);
+        for violation in &violations {
+            warn!("fairness: {violation}");
+        }
+        let record = RoundRecord {
+            round,
+            cohort: outcome.spec.cohort.clone(),
+            updates: outcome.results.len(),
+            applied: outcome.quorum_met,
+            train_loss: weighted_mean(&outcome.results, |m| m.metrics.train_loss),
+            federated_accuracy: weighted_mean(&outcome.results, |m| m.metrics.accuracy_before),
+            agent_accuracy: outcome
+                .results
+                .iter()
+                .map(|r| (r.agent.clone(), r.metrics.accuracy_before))
+                .collect(),
+            failures: outcome.failures.into_iter().map(Into::into).collect(),
+            fairness,
+            violations,
+            test,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        info!(
+            updates = record.updates,
+            failures = record.failures.len(),
+            train_loss = record.train_loss,
+            federated_accuracy = record.federated_accuracy,
+            test_accuracy = record.test.map(|t| t.accuracy),
+            seconds = record.seconds,
+            "round finished"
+        );
+        Some(record)
+    }
 }
 
 fn weighted_mean(results: &[AgentResult], value: impl Fn(&AgentResult) -> f64) -> f64 {

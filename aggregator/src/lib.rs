@@ -5,6 +5,7 @@
 //! - [`identity`]: the federation's CA, server and agent certificates; TLS configs.
 //! - [`registry`]: the accept loop, the hello handshake, connected agents.
 //! - [`round`]: one round as a sans-IO state machine (cohort, deadline, quorum).
+//! - [`fairness`]: per-round fairness metrics, constraints, participation history.
 //! - [`fedavg`]: sample-weighted averaging as updates arrive.
 //! - [`federation`]: the driver that runs rounds over QUIC.
 //! - [`service`]: from configuration to a bound endpoint.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod fairness;
 pub mod fedavg;
 pub mod federation;
 pub mod identity;
