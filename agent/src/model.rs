@@ -117,6 +117,28 @@ impl Mlp {
         }
         x
     }
+
+    /// FedProx's proximal term `Σ ‖w − w_anchor‖²` over every parameter, where `anchor`
+    /// holds the round's global parameters (no gradient flows into it).
+    ///
+    /// # Shapes
+    /// - output: `[1]`
+    pub fn squared_distance(&self, anchor: &Mlp) -> Tensor<1> {
+        let mut total: Option<Tensor<1>> = None;
+        for (layer, fixed) in self.layers.iter().zip(&anchor.layers) {
+            let mut terms = vec![(layer.weight.val() - fixed.weight.val().detach()).powi_scalar(2).sum()];
+            if let (Some(b), Some(fb)) = (&layer.bias, &fixed.bias) {
+                terms.push((b.val() - fb.val().detach()).powi_scalar(2).sum());
+            }
+            for term in terms {
+                total = Some(match total {
+                    Some(t) => t + term,
+                    None => term,
+                });
+            }
+        }
+        total.unwrap_or_else(|| Tensor::zeros([1], &self.devices()[0]))
+    }
 }
 
 /// Reads every parameter into one flat buffer, in manifest order (each layer's `[in, out]`

@@ -168,6 +168,10 @@ pub fn train_local(
 
     let autodiff = device.clone().autodiff();
     let mut model = Mlp::from_params(mlp, global, &autodiff)?;
+    // FedProx: keep local training near the round's global model.
+    let anchor = (hp.proximal_mu > 0.0)
+        .then(|| Mlp::from_params(mlp, global, &autodiff))
+        .transpose()?;
     let mut optim = optimizer(hp);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -179,6 +183,10 @@ pub fn train_local(
             let (x, y) = batch(train, rows, &autodiff);
             let loss = cross_entropy(model.forward(x), y);
             let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
+            let loss = match &anchor {
+                Some(anchor) => loss + model.squared_distance(anchor).mul_scalar(hp.proximal_mu / 2.0),
+                None => loss,
+            };
             if !value.is_finite() {
                 return Err(TrainError::Diverged { epoch, step });
             }
@@ -379,7 +387,24 @@ mod tests {
             optimizer,
             weight_decay: 1e-4,
             momentum: if optimizer == Optimizer::Sgd { 0.9 } else { 0.0 },
+            proximal_mu: 0.0,
         }
+    }
+
+    #[test]
+    fn the_proximal_term_keeps_local_training_near_the_global_model() {
+        let (spec, global) = setup();
+        let (train, valid) = (blobs(240, 1), blobs(30, 2));
+        let norm = |mu: f64| {
+            let hp = ClientHyperparameters {
+                proximal_mu: mu,
+                ..hp(Optimizer::Sgd)
+            };
+            let update = train_local(&spec, &global, &hp, &train, &valid, 7, &default_device()).unwrap();
+            update.delta.iter().map(|d| f64::from(d * d)).sum::<f64>().sqrt()
+        };
+        let (free, tethered) = (norm(0.0), norm(1.0));
+        assert!(tethered < 0.8 * free, "‖delta‖ {free} without, {tethered} with μ = 1");
     }
 
     #[test]

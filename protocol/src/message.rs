@@ -133,6 +133,8 @@ pub struct ClientHyperparameters {
     pub weight_decay: f64,
     /// Momentum (SGD only).
     pub momentum: f64,
+    /// FedProx proximal coefficient μ: local loss gains `μ/2 · ‖w − w_global‖²` (0: off).
+    pub proximal_mu: f64,
 }
 
 impl Default for ClientHyperparameters {
@@ -144,6 +146,7 @@ impl Default for ClientHyperparameters {
             optimizer: Optimizer::Adam,
             weight_decay: 0.0,
             momentum: 0.0,
+            proximal_mu: 0.0,
         }
     }
 }
@@ -165,6 +168,9 @@ impl ClientHyperparameters {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.proximal_mu.is_finite() && self.proximal_mu >= 0.0) {
+            return Err(format!("proximal_mu must be >= 0, got {}", self.proximal_mu));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
