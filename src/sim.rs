@@ -94,3 +94,30 @@ pub fn spawn_agents<T: Trainer>(
     }
     Ok(agents)
 }
+
+/// Runs a whole federation in this process: an aggregator configured by `config` (its
+/// `listen` address is replaced by an OS-chosen port on 127.0.0.1) and one agent per
+/// trainer, over loopback QUIC with a throwaway PKI. Returns the aggregator's report
+/// once every agent has exited.
+///
+/// # Errors
+/// A message when the PKI, sockets or federation fail, or an agent exits with an error.
+pub async fn run_local<T: Trainer>(
+    mut config: fedtune_aggregator::AggregatorConfig,
+    trainers: Vec<T>,
+    hooks: fedtune_aggregator::Hooks,
+) -> Result<fedtune_aggregator::RunReport, String> {
+    let loopback = config.federation.loopback;
+    let pki = ephemeral_pki(trainers.len()).map_err(|e| e.to_string())?;
+    let endpoint = bind_aggregator(&pki, loopback).map_err(|e| e.to_string())?;
+    config.listen = endpoint.local_addr().map_err(|e| e.to_string())?;
+    let (_stop, stopped) = watch::channel(false);
+    let mut agents = spawn_agents(&pki, config.listen, trainers, loopback, stopped.clone())?;
+    let report = fedtune_aggregator::run(endpoint, config, hooks, stopped)
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(exit) = agents.join_next().await {
+        exit.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    Ok(report)
+}

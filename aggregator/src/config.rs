@@ -7,7 +7,9 @@ use std::time::Duration;
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::ServerLrConfig;
 use crate::fairness::Constraint;
+use crate::strategy::StrategyConfig;
 
 /// Everything the aggregator needs to run a federation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +25,10 @@ pub struct AggregatorConfig {
     pub model: ModelSpec,
     /// Hyperparameters sent to agents.
     pub client: ClientHyperparameters,
+    /// How updates become a new global model.
+    pub strategy: StrategyConfig,
+    /// Adaptation of the server learning rate from the observed global loss.
+    pub server_lr: ServerLrConfig,
     /// Fairness constraints and cohort selection.
     pub fairness: FairnessConfig,
     /// Where to write the JSON run report at the end (optional).
@@ -167,6 +173,8 @@ impl Default for AggregatorConfig {
                 classes: 10,
             }),
             client: ClientHyperparameters::default(),
+            strategy: StrategyConfig::default(),
+            server_lr: ServerLrConfig::default(),
             fairness: FairnessConfig::default(),
             report: None,
         }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fedtune_protocol::{
-    Ack, AgentMessage, AggregatorMessage, ErrorCode, ErrorMessage, Evaluate, Evaluation, Limits, ModelSpec, Shutdown,
-    Task, Update,
+    Ack, AgentMessage, AggregatorMessage, ClientHyperparameters, ErrorCode, ErrorMessage, Evaluate, Evaluation, Limits,
+    ModelSpec, Shutdown, Task, Update,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -20,10 +20,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{AggregatorConfig, Selection};
+use crate::adapt::ServerLrController;
+use crate::config::{AggregatorConfig, ConfigError, Selection};
 use crate::fairness::{FairnessReport, History, violations};
 use crate::registry::{AgentHandle, Registry, accept_loop, message_name};
 use crate::round::{AgentFailure, AgentResult, Round, RoundSpec, RoundStatus};
+use crate::strategy::Strategy;
 use crate::wire::{params_to_bytes, read_agent_frame, reply_error, write_frame_shared, write_message};
 
 /// Loss and accuracy of a global model on a dataset.
@@ -65,8 +67,12 @@ pub struct RoundRecord {
     /// Sample-weighted validation accuracy of the round's incoming global model, as the
     /// agents measured it before training (federated evaluation).
     pub federated_accuracy: f64,
+    /// Sample-weighted validation loss of the round's incoming global model.
+    pub federated_loss: f64,
     /// Per-agent validation accuracy of the incoming global model.
     pub agent_accuracy: BTreeMap<String, f64>,
+    /// The server learning rate used this round, for strategies that have one.
+    pub server_learning_rate: Option<f64>,
     /// Fairness of the incoming global model across the agents that measured it.
     pub fairness: FairnessReport,
     /// Fairness constraints this round violated.
@@ -207,6 +213,14 @@ pub async fn run(
             buffers: Arc::new(Semaphore::new(fed.max_buffered_updates)),
             evaluator: hooks.evaluator.clone(),
             history: History::default(),
+            strategy: config
+                .strategy
+                .build()
+                .map_err(|e| ConfigError::Invalid(format!("strategy: {e}")))?,
+            server_lr: config
+                .server_lr
+                .active_for(config.strategy.name())
+                .then(|| ServerLrController::new(config.server_lr)),
         };
         let mut rounds = Vec::new();
         for round in 0..fed.rounds {
@@ -316,6 +330,8 @@ struct Driver<'a> {
     buffers: Arc<Semaphore>,
     evaluator: Option<Arc<dyn Evaluator>>,
     history: History,
+    strategy: Box<dyn Strategy>,
+    server_lr: Option<ServerLrController>,
 }
 
 impl Driver<'_> {
@@ -372,7 +388,10 @@ impl Driver<'_> {
                 round,
                 model: config.model.clone(),
                 manifest_hash: spec.manifest_hash,
-                hyperparameters: config.client.clone(),
+                hyperparameters: ClientHyperparameters {
+                    proximal_mu: self.strategy.proximal_mu().unwrap_or(config.client.proximal_mu),
+                    ..config.client.clone()
+                },
                 deadline_ms: spec.timeout.as_millis() as u64,
                 seed: rand::RngExt::random(&mut self.rng),
             };
@@ -387,12 +406,13 @@ impl Driver<'_> {
         }
         drop(events);
 
-        let mut state = Round::new(spec, Instant::now());
+        let aggregation = self.strategy.begin_round(round, spec.numel);
+        let mut state = Round::new(spec, aggregation, Instant::now());
         while let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) {
             tokio::select! {
                 event = inbox.recv() => match event {
                     Some(Event::Update { agent, update, delta, verdict }) => {
-                        let result = state.on_update(&agent, &update, &delta, Instant::now());
+                        let result = state.on_update(&agent, &update, delta, Instant::now());
                         if let Err(e) = &result {
                             warn!(%agent, "update refused: {}", e.message);
                         }
@@ -414,11 +434,28 @@ impl Driver<'_> {
         // Stragglers are dropped, not waited on: their streams are reset.
         exchanges.abort_all();
         let outcome = state.finish();
-        if outcome.quorum_met {
-            outcome.average.apply_to(&mut self.global);
-        } else {
+        let (spec, results, quorum_met) = (outcome.spec, outcome.results, outcome.quorum_met);
+        let mut failures: Vec<FailureRecord> = outcome.failures.into_iter().map(Into::into).collect();
+        let applied = quorum_met && {
+            let applied = outcome
+                .aggregation
+                .finish()
+                .and_then(|delta| self.strategy.apply(&mut self.global, &delta));
+            if let Err(e) = &applied {
+                warn!(
+                    "{} could not aggregate this round: {e}; global model unchanged",
+                    self.strategy.name()
+                );
+                failures.push(FailureRecord {
+                    agent: "*".into(),
+                    reason: format!("aggregation failed: {e}"),
+                });
+            }
+            applied.is_ok()
+        };
+        if !quorum_met {
             warn!(
-                updates = outcome.results.len(),
+                updates = results.len(),
                 needed = fed.min_updates,
                 "quorum not met: global model unchanged"
             );
@@ -427,11 +464,10 @@ impl Driver<'_> {
             Some(evaluator) => evaluate_global(evaluator, &config.model, &self.global).await,
             None => None,
         };
-        for r in &outcome.results {
+        for r in &results {
             self.history.record_accuracy(&r.agent, r.metrics.accuracy_before);
         }
-        let per_agent: Vec<(f64, f64)> = outcome
-            .results
+        let per_agent: Vec<(f64, f64)> = results
             .iter()
             .map(|r| (r.metrics.accuracy_before, r.metrics.loss_before))
             .collect();
@@ -441,21 +477,36 @@ impl Driver<'_> {
         for violation in &violations {
             warn!("fairness: {violation}");
         }
+        // The feedback loop: the loss the agents measured on this round's incoming model
+        // judges the server step that produced it.
+        let validation_loss = weighted_mean(&results, |m| m.metrics.loss_before);
+        let server_learning_rate = self.strategy.server_learning_rate();
+        if let (Some(controller), Some(lr)) = (self.server_lr.as_mut(), server_learning_rate)
+            && !results.is_empty()
+        {
+            let next = controller.observe(validation_loss, lr);
+            if next != lr
+                && let Err(e) = self.strategy.set_server_learning_rate(next)
+            {
+                warn!("cannot adapt the server learning rate: {e}");
+            }
+        }
         let record = RoundRecord {
             round,
-            cohort: outcome.spec.cohort.clone(),
-            updates: outcome.results.len(),
-            applied: outcome.quorum_met,
-            train_loss: weighted_mean(&outcome.results, |m| m.metrics.train_loss),
-            federated_accuracy: weighted_mean(&outcome.results, |m| m.metrics.accuracy_before),
-            agent_accuracy: outcome
-                .results
+            cohort: spec.cohort,
+            updates: results.len(),
+            applied,
+            train_loss: weighted_mean(&results, |m| m.metrics.train_loss),
+            federated_accuracy: weighted_mean(&results, |m| m.metrics.accuracy_before),
+            federated_loss: validation_loss,
+            agent_accuracy: results
                 .iter()
                 .map(|r| (r.agent.clone(), r.metrics.accuracy_before))
                 .collect(),
-            failures: outcome.failures.into_iter().map(Into::into).collect(),
+            failures,
             fairness,
             violations,
+            server_learning_rate,
             test,
             seconds: started.elapsed().as_secs_f64(),
         };

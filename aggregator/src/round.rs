@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fedtune_protocol::tensor::check_finite;
 use fedtune_protocol::{ErrorCode, ErrorMessage, ManifestHash, TrainMetrics, Update};
 
-use crate::fedavg::FedAvg;
+use crate::strategy::{Aggregation, UpdateMeta};
 
 /// What one agent contributed to a round.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,7 +73,7 @@ pub struct Round {
     spec: RoundSpec,
     started: Instant,
     pending: BTreeSet<String>,
-    average: FedAvg,
+    aggregation: Box<dyn Aggregation>,
     results: Vec<AgentResult>,
     failures: Vec<AgentFailure>,
 }
@@ -83,8 +83,8 @@ pub struct Round {
 pub struct RoundOutcome {
     /// The round's rules.
     pub spec: RoundSpec,
-    /// Running average of the accepted updates.
-    pub average: FedAvg,
+    /// The strategy's aggregation of the accepted updates.
+    pub aggregation: Box<dyn Aggregation>,
     /// Accepted updates, in arrival order.
     pub results: Vec<AgentResult>,
     /// Cohort members that failed, declined, were refused or timed out.
@@ -94,11 +94,11 @@ pub struct RoundOutcome {
 }
 
 impl Round {
-    /// Starts a round at `now`.
-    pub fn new(spec: RoundSpec, now: Instant) -> Self {
+    /// Starts a round at `now`, folding accepted updates into `aggregation`.
+    pub fn new(spec: RoundSpec, aggregation: Box<dyn Aggregation>, now: Instant) -> Self {
         Self {
             pending: spec.cohort.iter().cloned().collect(),
-            average: FedAvg::new(spec.numel),
+            aggregation,
             results: Vec::new(),
             failures: Vec::new(),
             started: now,
@@ -118,7 +118,13 @@ impl Round {
     /// round, the update is for another trial/round or manifest, has the wrong length,
     /// no samples, or holds non-finite values. A refused update counts as that agent's
     /// failure for the round; the round goes on with the others.
-    pub fn on_update(&mut self, agent: &str, update: &Update, delta: &[f32], now: Instant) -> Result<(), ErrorMessage> {
+    pub fn on_update(
+        &mut self,
+        agent: &str,
+        update: &Update,
+        delta: Vec<f32>,
+        now: Instant,
+    ) -> Result<(), ErrorMessage> {
         if !self.pending.contains(agent) {
             let why = if self.spec.cohort.iter().any(|a| a == agent) {
                 "already answered in this round"
@@ -133,12 +139,17 @@ impl Round {
                 ),
             ));
         }
-        if let Err(refusal) = self.check(update, delta, now) {
+        let meta = UpdateMeta::new(agent, update.metrics.loss_before);
+        let checked = self.check(update, &delta, now).and_then(|()| {
+            self.aggregation
+                .add_owned(delta, update.num_samples, &meta)
+                .map_err(|e| ErrorMessage::new(ErrorCode::Malformed, e.to_string()))
+        });
+        if let Err(refusal) = checked {
             self.fail(agent, format!("update refused: {}", refusal.message));
             return Err(refusal);
         }
         self.pending.remove(agent);
-        self.average.add(delta, update.num_samples);
         self.results.push(AgentResult {
             agent: agent.to_owned(),
             num_samples: update.num_samples,
@@ -228,7 +239,7 @@ impl Round {
         let quorum_met = self.results.len() >= self.spec.min_updates.max(1);
         RoundOutcome {
             spec: self.spec,
-            average: self.average,
+            aggregation: self.aggregation,
             results: self.results,
             failures: self.failures,
             quorum_met,
@@ -243,6 +254,13 @@ pub type AgentAccuracies = BTreeMap<String, f64>;
 mod tests {
     use super::*;
     use fedtune_protocol::ClientHyperparameters;
+
+    fn fedavg() -> Box<dyn Aggregation> {
+        crate::strategy::StrategyConfig::default()
+            .build()
+            .unwrap()
+            .begin_round(3, 2)
+    }
 
     fn spec(cohort: &[&str], target: usize) -> RoundSpec {
         RoundSpec {
@@ -272,17 +290,15 @@ mod tests {
     #[test]
     fn closes_when_every_member_answered_and_averages_by_samples() {
         let t0 = Instant::now();
-        let mut round = Round::new(spec(&["a", "b", "c"], 3), t0);
-        round.on_update("a", &update(1), &[1.0, 1.0], t0).unwrap();
+        let mut round = Round::new(spec(&["a", "b", "c"], 3), fedavg(), t0);
+        round.on_update("a", &update(1), vec![1.0, 1.0], t0).unwrap();
         assert!(matches!(round.poll(t0), RoundStatus::Collecting { .. }));
-        round.on_update("b", &update(3), &[5.0, -1.0], t0).unwrap();
+        round.on_update("b", &update(3), vec![5.0, -1.0], t0).unwrap();
         round.on_failure("c", "declined");
         assert_eq!(round.poll(t0), RoundStatus::Closed);
         let outcome = round.finish();
         assert!(outcome.quorum_met);
-        let mut global = vec![0.0, 0.0];
-        outcome.average.apply_to(&mut global);
-        assert_eq!(global, vec![4.0, -0.5]);
+        assert_eq!(outcome.aggregation.finish().unwrap(), vec![4.0, -0.5]);
         assert_eq!(
             outcome.failures,
             vec![AgentFailure {
@@ -295,49 +311,47 @@ mod tests {
     #[test]
     fn bad_updates_are_refused_and_the_round_goes_on() {
         let t0 = Instant::now();
-        let mut round = Round::new(spec(&["a", "b", "c", "d", "e"], 5), t0);
-        let nan = round.on_update("a", &update(1), &[f32::NAN, 0.0], t0).unwrap_err();
+        let mut round = Round::new(spec(&["a", "b", "c", "d", "e"], 5), fedavg(), t0);
+        let nan = round.on_update("a", &update(1), vec![f32::NAN, 0.0], t0).unwrap_err();
         assert_eq!(nan.code, ErrorCode::NonFinite);
         let mut wrong = update(1);
         wrong.manifest_hash = ManifestHash([9; 32]);
         assert_eq!(
-            round.on_update("b", &wrong, &[0.0, 0.0], t0).unwrap_err().code,
+            round.on_update("b", &wrong, vec![0.0, 0.0], t0).unwrap_err().code,
             ErrorCode::ManifestMismatch
         );
         assert_eq!(
-            round.on_update("c", &update(1), &[0.0], t0).unwrap_err().code,
+            round.on_update("c", &update(1), vec![0.0], t0).unwrap_err().code,
             ErrorCode::ManifestMismatch
         );
         assert_eq!(
-            round.on_update("x", &update(1), &[0.0, 0.0], t0).unwrap_err().code,
+            round.on_update("x", &update(1), vec![0.0, 0.0], t0).unwrap_err().code,
             ErrorCode::NotInRound
         );
         let mut stale = update(1);
         stale.round = 2;
         assert_eq!(
-            round.on_update("d", &stale, &[0.0, 0.0], t0).unwrap_err().code,
+            round.on_update("d", &stale, vec![0.0, 0.0], t0).unwrap_err().code,
             ErrorCode::NotInRound
         );
-        round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap();
+        round.on_update("e", &update(2), vec![2.0, 2.0], t0).unwrap();
         assert_eq!(
-            round.on_update("e", &update(2), &[2.0, 2.0], t0).unwrap_err().code,
+            round.on_update("e", &update(2), vec![2.0, 2.0], t0).unwrap_err().code,
             ErrorCode::NotInRound
         );
         assert_eq!(round.poll(t0), RoundStatus::Closed);
         let outcome = round.finish();
         assert_eq!(outcome.results.len(), 1);
         assert_eq!(outcome.failures.len(), 4);
-        let mut global = vec![0.0, 0.0];
-        assert!(outcome.average.apply_to(&mut global));
-        assert_eq!(global, vec![2.0, 2.0]);
+        assert_eq!(outcome.aggregation.finish().unwrap(), vec![2.0, 2.0]);
     }
 
     #[test]
     fn deadline_drops_stragglers_without_waiting() {
         let t0 = Instant::now();
-        let mut round = Round::new(spec(&["a", "b"], 2), t0);
+        let mut round = Round::new(spec(&["a", "b"], 2), fedavg(), t0);
         round
-            .on_update("a", &update(1), &[1.0, 1.0], t0 + Duration::from_secs(1))
+            .on_update("a", &update(1), vec![1.0, 1.0], t0 + Duration::from_secs(1))
             .unwrap();
         assert!(matches!(
             round.poll(t0 + Duration::from_secs(9)),
@@ -346,7 +360,7 @@ mod tests {
         let late = t0 + Duration::from_secs(10);
         assert_eq!(round.poll(late), RoundStatus::Closed);
         assert_eq!(
-            round.on_update("b", &update(1), &[1.0, 1.0], late).unwrap_err().code,
+            round.on_update("b", &update(1), vec![1.0, 1.0], late).unwrap_err().code,
             ErrorCode::TooLate
         );
         let outcome = round.finish();
@@ -357,14 +371,14 @@ mod tests {
     #[test]
     fn closes_early_at_target_and_reports_missing_quorum() {
         let t0 = Instant::now();
-        let mut round = Round::new(spec(&["a", "b", "c"], 1), t0);
-        round.on_update("a", &update(1), &[1.0, 1.0], t0).unwrap();
+        let mut round = Round::new(spec(&["a", "b", "c"], 1), fedavg(), t0);
+        round.on_update("a", &update(1), vec![1.0, 1.0], t0).unwrap();
         assert_eq!(round.poll(t0), RoundStatus::Closed);
 
         let mut s = spec(&["a", "b"], 2);
         s.min_updates = 2;
-        let mut round = Round::new(s, t0);
-        round.on_update("a", &update(1), &[1.0, 1.0], t0).unwrap();
+        let mut round = Round::new(s, fedavg(), t0);
+        round.on_update("a", &update(1), vec![1.0, 1.0], t0).unwrap();
         round.on_failure("b", "connection lost");
         assert!(!round.finish().quorum_met);
     }

@@ -58,3 +58,15 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The bundled digits data with its shared 10-client split.
+pub fn digits_split() -> anyhow::Result<fedtune::agent::config::FederatedData> {
+    use fedtune::agent::config::{DataSource, FederatedData};
+    use fedtune::agent::partition::PartitionSpec;
+    let source = DataSource::Csv {
+        path: data_dir().join("digits.csv"),
+        scale: 1.0 / 16.0,
+    };
+    let partition = PartitionSpec::File(data_dir().join("digits_partition.json"));
+    Ok(FederatedData::load(&source, &partition, 10, 0)?)
+}

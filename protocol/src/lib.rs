@@ -8,6 +8,7 @@
 //! - [`frame`]: length-prefixed frames with size limits and a version check.
 //! - [`tensor`]: parameter manifests, their hash, and the raw f32 wire layout.
 //! - [`model`]: model specifications and their parameter layout and initialisation.
+//! - [`space`]: hyperparameter search spaces: distributions, their textual form, values.
 //! - [`error`]: what can go wrong, as one error type.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod model;
+pub mod space;
 pub mod tensor;
 
 pub use error::ProtocolError;
