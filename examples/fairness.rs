@@ -36,6 +36,17 @@ struct Args {
     /// q values for q-FedAvg.
     #[arg(long, value_delimiter = ',', default_value = "0.5,1,2")]
     q: Vec<f64>,
+    /// Local optimizer of every agent (q-FedAvg's step assumes SGD).
+    #[arg(long, default_value = "sgd")]
+    optimizer: fedtune::protocol::Optimizer,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// q-FedAvg's Lipschitz estimate is L = 1 / this rate. The paper's 1 / (local rate)
+    /// assumes one local SGD step; after several local epochs the delta is far larger
+    /// than one step and L = 1 / lr shrinks q-FedAvg's steps until it stops learning.
+    #[arg(long, default_value_t = 1.0)]
+    q_lr: f64,
     /// Seed of the split and the runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -72,21 +83,25 @@ async fn main() -> anyhow::Result<()> {
         scale: 1.0 / 16.0,
     };
     let data = FederatedData::load(&source, &PartitionSpec::Dirichlet(args.alpha), args.agents, args.seed)?;
-    let client = ClientHyperparameters::default();
+    let client = ClientHyperparameters {
+        optimizer: args.optimizer,
+        learning_rate: args.lr,
+        ..Default::default()
+    };
+    let q_lr = args.q_lr;
     println!(
-        "fairness: digits among {} agents, Dirichlet α = {}, {} rounds, final model measured on each agent\n",
-        args.agents, args.alpha, args.rounds
+        "fairness: digits among {} agents, Dirichlet α = {}, {} rounds of {} {} epochs lr {}; q-FedAvg L = 1/{q_lr}\n",
+        args.agents, args.alpha, args.rounds, client.local_epochs, client.optimizer, client.learning_rate
     );
     println!(
         "{:<16} {:>9} {:>9} {:>10} {:>9} {:>7}",
         "strategy", "mean", "variance", "worst 10%", "worst", "Jain"
     );
-    let strategies = std::iter::once(StrategyConfig::default()).chain(args.q.iter().map(|&q| {
-        StrategyConfig::QFedAvg(QFedAvgConfig {
-            q,
-            learning_rate: client.learning_rate,
-        })
-    }));
+    let strategies = std::iter::once(StrategyConfig::default()).chain(
+        args.q
+            .iter()
+            .map(|&q| StrategyConfig::QFedAvg(QFedAvgConfig { q, learning_rate: q_lr })),
+    );
     let mut runs = Vec::new();
     for strategy in strategies {
         let trainers = (0..args.agents)

@@ -20,6 +20,7 @@ use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
 use fedtune::agent::trainer::BurnTrainer;
 use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
@@ -66,6 +67,10 @@ struct Args {
     /// Local optimizer: adam or sgd.
     #[arg(long, default_value_t = ClientHyperparameters::default().optimizer)]
     optimizer: Optimizer,
+    /// Aggregation strategy: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad,
+    /// qfedavg, median, trimmed_mean, krum, multi_krum (default parameters).
+    #[arg(long, default_value = "fedavg")]
+    strategy: StrategyConfig,
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
@@ -82,7 +87,9 @@ struct Summary {
     rounds: usize,
     seed: u64,
     hyperparameters: ClientHyperparameters,
+    strategy: String,
     final_test_accuracy: f64,
+    rounds_to_90: Option<usize>,
     final_test_loss: f64,
     per_agent_accuracy: Vec<f64>,
     mean_agent_accuracy: f64,
@@ -157,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         },
         model,
         client: client.clone(),
+        strategy: args.strategy.clone(),
         ..AggregatorConfig::default()
     };
 
@@ -176,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
         test.len()
     );
     println!(
-        "model MLP {input}-{}-{classes}, {} local epoch(s) of {} lr {} batch {}; QUIC + mutual TLS on {addr}\n",
+        "model MLP {input}-{}-{classes}, {} local epoch(s) of {} lr {} batch {}, {}; QUIC + mutual TLS on {addr}\n",
         args.hidden
             .iter()
             .map(ToString::to_string)
@@ -185,7 +193,8 @@ async fn main() -> anyhow::Result<()> {
         client.local_epochs,
         client.optimizer,
         client.learning_rate,
-        client.batch_size
+        client.batch_size,
+        args.strategy
     );
     println!(
         "{:>5}  {:>7}  {:>10}  {:>10}  {:>9}  {:>7}",
@@ -226,7 +235,13 @@ async fn main() -> anyhow::Result<()> {
         rounds: report.rounds.len(),
         seed: args.seed,
         hyperparameters: client,
+        strategy: args.strategy.name().into(),
         final_test_accuracy: final_test.accuracy,
+        rounds_to_90: report
+            .rounds
+            .iter()
+            .position(|r| r.test.is_some_and(|t| t.accuracy >= 0.9))
+            .map(|i| i + 1),
         final_test_loss: final_test.loss,
         mean_agent_accuracy: common::mean(&per_agent),
         worst_agent_accuracy: per_agent.iter().copied().fold(f64::INFINITY, f64::min),
@@ -251,6 +266,10 @@ async fn main() -> anyhow::Result<()> {
     );
     for (agent, e) in &report.final_agent_evaluation {
         println!("    {agent:<10} {:.4} on {} validation samples", e.accuracy, e.samples);
+    }
+    match summary.rounds_to_90 {
+        Some(r) => println!("  rounds to 0.90 test acc.  {r}"),
+        None => println!("  rounds to 0.90 test acc.  not reached"),
     }
     println!("  median round time         {:.3} s", summary.median_round_seconds);
     println!("  total                     {:.1} s", summary.total_seconds);

@@ -5,6 +5,8 @@ mod common;
 use common::*;
 use fedtune::agent::client::Exit;
 use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer};
+use std::sync::Arc;
+
 use fedtune::aggregator::Hooks;
 use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Task};
 
@@ -183,6 +185,39 @@ async fn fairness_is_checked_every_round_and_violations_are_reported() {
         report.rounds[1].cohort.iter().any(|c| c == left_out[0]),
         "{:?}",
         report.rounds[1].cohort
+    );
+    while agents.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robust_rule_trains_through_a_sign_flipping_agent() {
+    let data = digits();
+    let mut config = config(5, 5);
+    config.strategy = "median".parse().unwrap();
+    config.federation.final_evaluation = false;
+    let evaluator = Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+        data.global_test().unwrap(),
+        fedtune::agent::model::default_device(),
+    ));
+    let hooks = Hooks {
+        evaluator: Some(evaluator),
+        ..Hooks::default()
+    };
+    let fed = start_aggregator(5, config, hooks);
+    let mut trainers = digits_trainers(&data, 5).into_iter();
+    let attacker = Corrupt {
+        inner: trainers.next().unwrap(),
+        how: |d| d.iter_mut().for_each(|x| *x *= -10.0),
+    };
+    let honest = trainers.map(|inner| Corrupt { inner, how: |_| {} });
+    let mut agents = start_agents(&fed, std::iter::once(attacker).chain(honest).collect());
+    let report = fed.aggregator.await.unwrap().unwrap();
+    let first = report.rounds[0].test.unwrap().accuracy;
+    let last = report.final_test.unwrap().accuracy;
+    assert!(report.rounds.iter().all(|r| r.applied && r.updates == 5));
+    assert!(
+        last > first + 0.2 && last > 0.6,
+        "median under attack: {first} -> {last}"
     );
     while agents.join_next().await.is_some() {}
 }
