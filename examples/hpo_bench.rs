@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, default_value_t = TpeConfig::tuned().bandwidth_scale)]
     tpe_bandwidth: f64,
     /// Directory of the shared benchmark.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/hpo"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/hpo"))]
     hpo_dir: PathBuf,
 }
 
