@@ -11,10 +11,9 @@ mod common;
 use std::path::PathBuf;
 
 use clap::Parser;
-use fedtune::agent::config::{DataSource, FederatedData};
+use fedtune::agent::config::FederatedData;
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
-use fedtune::agent::trainer::BurnTrainer;
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::strategy::{QFedAvgConfig, StrategyConfig};
 use fedtune::aggregator::{AggregatorConfig, Hooks};
@@ -78,11 +77,12 @@ struct Summary {
 async fn main() -> anyhow::Result<()> {
     common::init_logging();
     let args = Args::parse();
-    let source = DataSource::Csv {
-        path: common::data_dir().join("digits.csv"),
-        scale: 1.0 / 16.0,
-    };
-    let data = FederatedData::load(&source, &PartitionSpec::Dirichlet(args.alpha), args.agents, args.seed)?;
+    let data = FederatedData::load(
+        &fedtune::sim::digits_source(),
+        &PartitionSpec::Dirichlet(args.alpha),
+        args.agents,
+        args.seed,
+    )?;
     let client = ClientHyperparameters {
         optimizer: args.optimizer,
         learning_rate: args.lr,
@@ -104,12 +104,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut runs = Vec::new();
     for strategy in strategies {
-        let trainers = (0..args.agents)
-            .map(|i| {
-                let (train, validation) = data.client(i as u32)?;
-                Ok(BurnTrainer::new(train, validation, default_device()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let trainers = data.burn_trainers(args.agents, &default_device())?;
         let config = AggregatorConfig {
             federation: FederationConfig {
                 rounds: args.rounds,

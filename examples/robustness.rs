@@ -85,7 +85,7 @@ struct Summary {
 async fn main() -> anyhow::Result<()> {
     common::init_logging();
     let args = Args::parse();
-    let data = common::digits_split()?;
+    let data = fedtune::sim::digits_split()?;
     let agents = data.clients();
     let poisoned = ((agents as f64) * args.poisoned).round() as usize;
     println!(
@@ -101,16 +101,15 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut row = Vec::new();
         for attacked in [false, true] {
-            let trainers = (0..agents)
-                .map(|i| {
-                    let (train, validation) = data.client(i as u32)?;
-                    let flip = (attacked && i < poisoned).then_some(args.scale);
-                    Ok(Agent {
-                        inner: BurnTrainer::new(train, validation, default_device()),
-                        flip,
-                    })
+            let trainers: Vec<Agent> = data
+                .burn_trainers(agents, &default_device())?
+                .into_iter()
+                .enumerate()
+                .map(|(i, inner)| Agent {
+                    inner,
+                    flip: (attacked && i < poisoned).then_some(args.scale),
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .collect();
             let config = AggregatorConfig {
                 federation: FederationConfig {
                     rounds: args.rounds,

@@ -18,7 +18,6 @@ use clap::{Parser, ValueEnum};
 use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
-use fedtune::agent::trainer::BurnTrainer;
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run};
@@ -108,11 +107,8 @@ async fn main() -> anyhow::Result<()> {
 
     let (source, default_partition, input) = match args.dataset {
         DatasetName::Digits => (
-            DataSource::Csv {
-                path: common::data_dir().join("digits.csv"),
-                scale: 1.0 / 16.0,
-            },
-            PartitionSpec::File(common::data_dir().join("digits_partition.json")),
+            fedtune::sim::digits_source(),
+            PartitionSpec::File(fedtune::sim::data_dir().join("digits_partition.json")),
             64,
         ),
         DatasetName::FashionMnist => (
@@ -168,12 +164,7 @@ async fn main() -> anyhow::Result<()> {
         ..AggregatorConfig::default()
     };
 
-    let trainers = (0..args.agents)
-        .map(|i| {
-            let (train, validation) = data.client(i as u32)?;
-            Ok(BurnTrainer::new(train, validation, default_device()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trainers = data.burn_trainers(args.agents, &default_device())?;
     let test = data.global_test()?;
     println!(
         "fedtune simulation: {} agents, {} rounds, {:?} ({} rows, {} test), partition {partition}",

@@ -5,12 +5,36 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fedtune_agent::client::{AgentError, AgentOptions, Exit, Reconnect, client_endpoint, run};
+use fedtune_agent::config::{ConfigError, FederatedData};
+use fedtune_agent::partition::PartitionSpec;
 use fedtune_agent::tls::{client_config, default_transport};
 use fedtune_agent::trainer::Trainer;
 use fedtune_aggregator::identity::{FederationPki, IdentityError, TransportTuning, generate};
 use fedtune_aggregator::service::bind;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+/// The repository's `data/` directory (bundled datasets and the HPO benchmark files).
+pub fn data_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+/// The bundled digits set (features scaled to [0, 1]).
+pub fn digits_source() -> fedtune_agent::config::DataSource {
+    fedtune_agent::config::DataSource::Csv {
+        path: data_dir().join("digits.csv"),
+        scale: 1.0 / 16.0,
+    }
+}
+
+/// The bundled digits set with its shared 10-client split (`data/digits_partition.json`).
+///
+/// # Errors
+/// [`ConfigError`] when the files are missing or inconsistent.
+pub fn digits_split() -> Result<FederatedData, ConfigError> {
+    let partition = PartitionSpec::File(data_dir().join("digits_partition.json"));
+    FederatedData::load(&digits_source(), &partition, 10, 0)
+}
 
 /// A throwaway PKI for `agents` agents named `agent-0` …, valid for `localhost` and
 /// `127.0.0.1`.

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{AgentOptions, Reconnect};
 use crate::data::{Dataset, load_csv, load_fashion_mnist};
+use crate::model::Device;
 use crate::partition::{Dirichlet, Iid, PartitionSpec, SplitFile};
+use crate::trainer::BurnTrainer;
 
 /// Everything the agent daemon needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,6 +290,20 @@ impl FederatedData {
         })?;
         let subset = |rows: &[usize]| self.dataset.subset(rows).map_err(|e| ConfigError::Data(e.to_string()));
         Ok((subset(&c.train)?, subset(&c.test)?))
+    }
+
+    /// Burn trainers for clients `0..n`, each on its own (train, validation) share.
+    ///
+    /// # Errors
+    /// [`ConfigError::Data`] when the split has fewer than `n` clients.
+    pub fn burn_trainers(&self, n: usize, device: &Device) -> Result<Vec<BurnTrainer>, ConfigError> {
+        (0..n)
+            .map(|i| {
+                let cid = u32::try_from(i).map_err(|_| ConfigError::Data(format!("client {i} out of range")))?;
+                let (train, validation) = self.client(cid)?;
+                Ok(BurnTrainer::new(train, validation, device.clone()))
+            })
+            .collect()
     }
 
     /// The global test set.

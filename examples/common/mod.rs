@@ -1,14 +1,9 @@
 //! Set-up shared by the examples.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
-
-/// The repository's bundled data directory.
-pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
-}
 
 /// Mean of `xs` (0 for none).
 pub fn mean(xs: &[f64]) -> f64 {
@@ -57,16 +52,4 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// The bundled digits data with its shared 10-client split.
-pub fn digits_split() -> anyhow::Result<fedtune::agent::config::FederatedData> {
-    use fedtune::agent::config::{DataSource, FederatedData};
-    use fedtune::agent::partition::PartitionSpec;
-    let source = DataSource::Csv {
-        path: data_dir().join("digits.csv"),
-        scale: 1.0 / 16.0,
-    };
-    let partition = PartitionSpec::File(data_dir().join("digits_partition.json"));
-    Ok(FederatedData::load(&source, &partition, 10, 0)?)
 }

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fedtune::agent::client::{AgentError, Exit};
-use fedtune::agent::config::{DataSource, FederatedData};
+use fedtune::agent::config::FederatedData;
 use fedtune::agent::model::default_device;
-use fedtune::agent::partition::PartitionSpec;
 use fedtune::agent::trainer::{BurnTrainer, Trainer};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::identity::FederationPki;
@@ -22,22 +21,12 @@ pub fn repo() -> &'static Path {
 
 /// The shared digits split.
 pub fn digits() -> FederatedData {
-    let source = DataSource::Csv {
-        path: repo().join("data/digits.csv"),
-        scale: 1.0 / 16.0,
-    };
-    let partition = PartitionSpec::File(repo().join("data/digits_partition.json"));
-    FederatedData::load(&source, &partition, 10, 0).expect("digits split loads")
+    fedtune::sim::digits_split().expect("digits split loads")
 }
 
 /// Burn trainers for the first `n` clients of the digits split.
 pub fn digits_trainers(data: &FederatedData, n: usize) -> Vec<BurnTrainer> {
-    (0..n)
-        .map(|i| {
-            let (train, validation) = data.client(i as u32).expect("client exists");
-            BurnTrainer::new(train, validation, default_device())
-        })
-        .collect()
+    data.burn_trainers(n, &default_device()).expect("clients exist")
 }
 
 /// A small federation config for the digits MLP.
