@@ -277,7 +277,7 @@ fn main() -> anyhow::Result<()> {
             let mut best = f64::INFINITY;
             for n in 0..args.trials {
                 let start = Instant::now();
-                let params = sampler.sample(&obj.space, &history, Direction::Minimize)?;
+                let params = sampler.sample(&obj.space, &history, &[Direction::Minimize])?;
                 let elapsed = start.elapsed().as_secs_f64() * 1e3;
                 let value = f(&params);
                 let start = Instant::now();

@@ -55,7 +55,8 @@ pub trait Sampler {
     /// Parameters for the next trial, one value for every parameter of `space`.
     ///
     /// `history` holds the study's trials (any state; samplers skip what they cannot
-    /// use); `direction` says whether lower or higher objective values are better.
+    /// use); `directions` says, per objective, whether lower or higher values are
+    /// better (one entry for a single-objective study).
     ///
     /// # Errors
     /// When the sampler has nothing left to propose ([`SamplerError::Exhausted`] from
@@ -64,7 +65,7 @@ pub trait Sampler {
         &mut self,
         space: &SearchSpace,
         history: &[FrozenTrial],
-        direction: Direction,
+        directions: &[Direction],
     ) -> Result<Params, SamplerError>;
 }
 
@@ -94,7 +95,7 @@ impl RandomSampler {
 }
 
 impl Sampler for RandomSampler {
-    fn sample(&mut self, space: &SearchSpace, _: &[FrozenTrial], _: Direction) -> Result<Params, SamplerError> {
+    fn sample(&mut self, space: &SearchSpace, _: &[FrozenTrial], _: &[Direction]) -> Result<Params, SamplerError> {
         Ok(Self::draw(space, &mut self.rng))
     }
 }
@@ -192,7 +193,12 @@ impl GridSampler {
 }
 
 impl Sampler for GridSampler {
-    fn sample(&mut self, space: &SearchSpace, history: &[FrozenTrial], _: Direction) -> Result<Params, SamplerError> {
+    fn sample(
+        &mut self,
+        space: &SearchSpace,
+        history: &[FrozenTrial],
+        _: &[Direction],
+    ) -> Result<Params, SamplerError> {
         if self.state.as_ref().is_none_or(|s| &s.space != space) {
             let total = self.grid_size(space)?;
             let axes: Vec<_> = space.params.iter().map(|p| self.axis(&p.distribution)).collect();
@@ -249,7 +255,7 @@ mod tests {
         let draw = |seed| {
             let mut s = RandomSampler::new(seed);
             (0..20)
-                .map(|_| s.sample(&space, &[], Direction::Minimize).unwrap())
+                .map(|_| s.sample(&space, &[], &[Direction::Minimize]).unwrap())
                 .collect::<Vec<_>>()
         };
         let a = draw(7);
@@ -269,7 +275,7 @@ mod tests {
         assert_eq!(grid.grid_size(&space), Ok(4 * 3 * 2));
         let mut history = Vec::new();
         for n in 0..24 {
-            let params = grid.sample(&space, &history, Direction::Minimize).unwrap();
+            let params = grid.sample(&space, &history, &[Direction::Minimize]).unwrap();
             history.push(FrozenTrial::complete(n, params, 0.0));
         }
         let distinct: HashSet<String> = history.iter().map(|t| format!("{:?}", t.params)).collect();
@@ -278,13 +284,13 @@ mod tests {
         assert_eq!(lrs.len(), 4);
         assert!(history.iter().any(|t| t.params["lr"] == ParamValue::Float(1e-1)));
         assert_eq!(
-            grid.sample(&space, &history, Direction::Minimize),
+            grid.sample(&space, &history, &[Direction::Minimize]),
             Err(SamplerError::Exhausted(24))
         );
         // A fresh sampler skips points that the history already holds.
         let mut fresh = GridSampler::new(4, 2);
         assert_eq!(
-            fresh.sample(&space, &history, Direction::Minimize),
+            fresh.sample(&space, &history, &[Direction::Minimize]),
             Err(SamplerError::Exhausted(24))
         );
     }

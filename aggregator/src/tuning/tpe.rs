@@ -406,7 +406,11 @@ fn rank_key(t: &FrozenTrial, direction: Direction) -> Option<(u8, f64, f64)> {
             Some(if t.feasible { (0, loss, 0.0) } else { (2, loss, 0.0) })
         }
         TrialState::Pruned => Some(match t.last_intermediate() {
-            Some((step, v)) => (1, -(step as f64), direction.loss(v)),
+            Some((step, v)) => (
+                1,
+                -(step as f64),
+                v.first().map_or(f64::INFINITY, |&v| direction.loss(v)),
+            ),
             None => (1, 0.0, f64::INFINITY),
         }),
         TrialState::Running | TrialState::Failed => None,
@@ -469,8 +473,9 @@ impl Sampler for TpeSampler {
         &mut self,
         space: &SearchSpace,
         history: &[FrozenTrial],
-        direction: Direction,
+        directions: &[Direction],
     ) -> Result<Params, SamplerError> {
+        let direction = directions.first().copied().unwrap_or_default();
         let usable = history.iter().filter(|t| rank_key(t, direction).is_some()).count();
         if usable < self.config.n_startup_trials || space.is_empty() {
             return Ok(RandomSampler::draw(space, &mut self.rng));
@@ -527,7 +532,7 @@ mod tests {
     fn run(sampler: &mut dyn Sampler, space: &SearchSpace, f: impl Fn(&Params) -> f64, n: u64) -> Vec<FrozenTrial> {
         let mut history = Vec::new();
         for i in 0..n {
-            let params = sampler.sample(space, &history, Direction::Minimize).unwrap();
+            let params = sampler.sample(space, &history, &[Direction::Minimize]).unwrap();
             let v = f(&params);
             history.push(FrozenTrial::complete(i, params, v));
         }
@@ -635,7 +640,7 @@ mod tests {
         assert_eq!(below.iter().map(|t| t.number).collect::<Vec<_>>(), vec![5, 6]);
         assert_eq!(above.len(), 18);
         let _ = TpeSampler::with_seed(0)
-            .sample(&space, &trials, Direction::Minimize)
+            .sample(&space, &trials, &[Direction::Minimize])
             .unwrap();
     }
 }

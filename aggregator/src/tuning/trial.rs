@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use fedtune_protocol::space::ParamValue;
 use serde::{Deserialize, Serialize};
 
+use super::sampler::Direction;
+
 /// Where a trial is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,8 +34,9 @@ pub struct FrozenTrial {
     pub state: TrialState,
     /// Whether the trial met every constraint; infeasible trials count as bad results.
     pub feasible: bool,
-    /// Intermediate values reported at steps (federated rounds), for pruning.
-    pub intermediate: BTreeMap<u64, f64>,
+    /// Intermediate values reported at steps (federated rounds), for pruning: one value
+    /// per objective, like `values`.
+    pub intermediate: BTreeMap<u64, Vec<f64>>,
 }
 
 impl FrozenTrial {
@@ -59,9 +62,21 @@ impl FrozenTrial {
         self.values.as_ref()?.first().copied().filter(|v| v.is_finite())
     }
 
-    /// The intermediate value at the last reported step, with that step.
+    /// The intermediate values at the last reported step, with that step.
     #[must_use]
-    pub fn last_intermediate(&self) -> Option<(u64, f64)> {
-        self.intermediate.iter().next_back().map(|(s, v)| (*s, *v))
+    pub fn last_intermediate(&self) -> Option<(u64, &[f64])> {
+        self.intermediate.iter().next_back().map(|(s, v)| (*s, v.as_slice()))
+    }
+
+    /// The objective values of a complete trial as losses (lower is better), one per
+    /// direction; `None` unless complete with that many finite values.
+    #[must_use]
+    pub fn losses(&self, directions: &[Direction]) -> Option<Vec<f64>> {
+        if self.state != TrialState::Complete {
+            return None;
+        }
+        let values = self.values.as_ref()?;
+        (values.len() == directions.len() && values.iter().all(|v| v.is_finite()))
+            .then(|| values.iter().zip(directions).map(|(v, d)| d.loss(*v)).collect())
     }
 }
