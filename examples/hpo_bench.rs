@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example hpo_bench -- --check
 //! cargo run --release --example hpo_bench -- --sampler tpe --out /tmp/tpe.json
+//! cargo run --release --example hpo_bench -- --sampler gp --out /tmp/gp.json
 //! python3 ../shared/hpo/score.py /tmp/tpe.json ../shared/hpo/optuna_public_results.json
 //! ```
 //!
@@ -20,7 +21,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use fedtune_aggregator::tuning::{
-    Direction, FrozenTrial, Params, RandomSampler, Sampler, TpeConfig, TpeSampler, load_objectives,
+    Direction, FrozenTrial, GpConfig, GpSampler, Params, RandomSampler, Sampler, TpeConfig, TpeSampler, load_objectives,
 };
 use fedtune_protocol::space::ParamValue;
 use serde_json::{Value, json};
@@ -32,6 +33,8 @@ enum Which {
     Tpe,
     /// TPE with one estimator per parameter.
     TpeIndependent,
+    /// Gaussian-process Bayesian optimisation (`GpConfig::default()`).
+    Gp,
     /// Uniform random search.
     Random,
 }
@@ -69,6 +72,21 @@ struct Args {
     /// TPE: scale of the multivariate bandwidth.
     #[arg(long, default_value_t = TpeConfig::tuned().bandwidth_scale)]
     tpe_bandwidth: f64,
+    /// GP: random start-up trials.
+    #[arg(long, default_value_t = GpConfig::default().n_startup_trials)]
+    gp_startup: usize,
+    /// GP: uniform candidates scored per proposal.
+    #[arg(long, default_value_t = GpConfig::default().n_candidates)]
+    gp_candidates: usize,
+    /// GP: candidates perturbed from the best trials per proposal.
+    #[arg(long, default_value_t = GpConfig::default().n_local_candidates)]
+    gp_local_candidates: usize,
+    /// GP: candidates refined by local search per proposal.
+    #[arg(long, default_value_t = GpConfig::default().n_local_search)]
+    gp_local_search: usize,
+    /// GP: model the raw losses even when they have a long upper tail (Optuna's behaviour).
+    #[arg(long)]
+    gp_no_log_warp: bool,
     /// Directory of the shared benchmark.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/hpo"))]
     hpo_dir: PathBuf,
@@ -237,6 +255,17 @@ fn make_sampler(args: &Args, seed: u64) -> anyhow::Result<Box<dyn Sampler>> {
             TpeConfig {
                 multivariate: false,
                 ..tpe
+            },
+            seed,
+        )?),
+        Which::Gp => Box::new(GpSampler::new(
+            GpConfig {
+                n_startup_trials: args.gp_startup,
+                n_candidates: args.gp_candidates,
+                n_local_candidates: args.gp_local_candidates,
+                n_local_search: args.gp_local_search,
+                log_warp: !args.gp_no_log_warp,
+                ..GpConfig::default()
             },
             seed,
         )?),

@@ -43,9 +43,16 @@ fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-#[test]
-fn aggregator_and_three_agents_run_as_separate_processes() {
-    let dir = common::scratch_dir("daemons");
+/// What `serve` printed and the JSON report it wrote.
+struct Served {
+    stdout: String,
+    report: serde_json::Value,
+}
+
+/// Runs `fedtune-aggregator serve` and three `fedtune-agent run` as processes, with
+/// `edit` applied to the aggregator's TOML; returns once all have exited.
+fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Served {
+    let dir = common::scratch_dir(name);
     let pki = dir.join("pki");
     let status = Command::new(binary("fedtune-aggregator"))
         .args(["init", "--out"])
@@ -72,7 +79,7 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
         .replace("rounds = 30", "rounds = 3")
         .replace("wait_for_agents_secs = 120", "wait_for_agents_secs = 60")
         .replace("aggregator-report.json", report.to_str().unwrap());
-    std::fs::write(dir.join("aggregator.toml"), aggregator_toml).unwrap();
+    std::fs::write(dir.join("aggregator.toml"), edit(aggregator_toml)).unwrap();
     let mut aggregator = Command::new(binary("fedtune-aggregator"))
         .args(["serve", "--config"])
         .arg(dir.join("aggregator.toml"))
@@ -112,6 +119,13 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
     }
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Served { stdout, report }
+}
+
+#[test]
+fn aggregator_and_three_agents_run_as_separate_processes() {
+    let Served { stdout, report } = serve_with_three_agents("daemons", |toml| toml);
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     for round in rounds {
@@ -122,5 +136,84 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
     assert!(last > first, "federated accuracy {first} -> {last}");
     assert_eq!(report["final_agent_evaluation"].as_object().unwrap().len(), 3);
     assert!(stdout.contains("round   2"), "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_service_runs_a_study_from_its_tuning_section() {
+    let space = common::repo().join("presets/vision.toml");
+    let Served { stdout, report } = serve_with_three_agents("daemons-study", |toml| {
+        format!(
+            "{toml}\n[tuning]\nspace = {space:?}\nsampler = \"bayes+rl\"\ntrials = 3\nrounds = 2\n\
+             objectives = [\"accuracy\", \"bytes\"]\npruner = {{ name = \"asha\", min_resource = 1 }}\n",
+            space = space.to_str().unwrap()
+        )
+    });
+    let trials = report["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3, "{stdout}");
+    for t in trials {
+        assert!(t["params"]["learning_rate"].is_f64(), "{t}");
+        assert!(["complete", "pruned"].contains(&t["state"].as_str().unwrap()), "{t}");
+    }
+    assert_eq!(trials[0]["state"], "complete", "the first trial at each rung continues");
+    assert!(report["best"].is_u64(), "{report}");
+    assert!(stdout.contains("trial   0"), "{stdout}");
+    assert!(stdout.contains("best trial"), "{stdout}");
+}
+
+#[test]
+fn the_ask_tell_command_speaks_json_lines() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(binary("fedtune-aggregator"))
+        .args(["tune", "--space"])
+        .arg(common::repo().join("data/hpo/objectives_public.json"))
+        .args([
+            "--objective",
+            "branin",
+            "--sampler",
+            "tpe",
+            "--seed",
+            "1",
+            "--trials",
+            "4",
+            "--parallel",
+            "2",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    // Two trials open at once; tell each (the first badly, to see an error line), then the rest.
+    let first = next();
+    let second = next();
+    assert_eq!((first["trial"].as_u64(), second["trial"].as_u64()), (Some(0), Some(1)));
+    assert!(
+        first["params"]["x1"].is_f64() && first["params"]["x2"].is_f64(),
+        "{first}"
+    );
+    writeln!(stdin, "{{\"trial\": 0, \"value\": \"oops\"}}").unwrap();
+    stdin.flush().unwrap();
+    assert!(next()["error"].as_str().unwrap().contains("not a result line"));
+    let mut told = 0;
+    let mut open = vec![0u64, 1];
+    while let Some(trial) = open.pop() {
+        writeln!(stdin, "{{\"trial\": {trial}, \"value\": {}}}", 10.0 - trial as f64).unwrap();
+        stdin.flush().unwrap();
+        told += 1;
+        if told <= 2 {
+            let asked = next();
+            open.insert(0, asked["trial"].as_u64().unwrap());
+        }
+    }
+    let done = next();
+    assert_eq!(done["done"], true, "{done}");
+    assert_eq!(done["trials"], 4);
+    assert_eq!(
+        done["best"]["trial"], 3,
+        "the lowest value was told for trial 3: {done}"
+    );
+    drop(stdin);
+    assert!(wait(&mut child, Duration::from_secs(10)).success());
 }

@@ -33,6 +33,8 @@ pub struct AggregatorConfig {
     pub fairness: FairnessConfig,
     /// Where to write the JSON run report at the end (optional).
     pub report: Option<PathBuf>,
+    /// A hyperparameter study to run instead of a single federation (optional).
+    pub tuning: Option<crate::tune::TuningSection>,
 }
 
 /// How cohorts are picked.
@@ -177,6 +179,7 @@ impl Default for AggregatorConfig {
             server_lr: ServerLrConfig::default(),
             fairness: FairnessConfig::default(),
             report: None,
+            tuning: None,
         }
     }
 }
@@ -228,6 +231,9 @@ impl AggregatorConfig {
         }
         if let Some(report) = config.report.as_mut().filter(|r| r.is_relative()) {
             *report = base.join(&*report);
+        }
+        if let Some(tuning) = config.tuning.as_mut().filter(|t| t.space.is_relative()) {
+            tuning.space = base.join(&tuning.space);
         }
         config.validate()?;
         Ok(config)
@@ -283,7 +289,11 @@ impl AggregatorConfig {
         }
         self.client
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("client: {e}")))
+            .map_err(|e| ConfigError::Invalid(format!("client: {e}")))?;
+        if let Some(tuning) = &self.tuning {
+            tuning.study(f.rounds)?;
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! This is the thin async shell around [`Round`]: it sends tasks over QUIC, feeds what
 //! comes back into the state machine and applies the average when the round closes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,20 @@ pub struct RoundRecord {
     pub test: Option<GlobalEvaluation>,
     /// Wall time of the round, from the first task sent to the model updated.
     pub seconds: f64,
+    /// Device time the round cost: the agents' task wall times, summed.
+    pub device_seconds: f64,
+    /// Model bytes the round moved: the global model to each cohort member plus each
+    /// accepted update.
+    pub payload_bytes: u64,
+}
+
+/// Chooses each agent's client hyperparameters for a round and learns from what the
+/// agents report (the within-trial half of "bayes+rl").
+pub trait ClientTuner: Send {
+    /// The hyperparameters `agent` trains with this round; `base` is the trial's.
+    fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters;
+    /// The round's accepted results, each with what the agent used and proposes.
+    fn observe(&mut self, results: &[AgentResult]);
 }
 
 /// A cohort member that did not contribute.
@@ -183,6 +197,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, FederationError> {
     config.validate()?;
+    let config = Arc::new(config);
     let fed = &config.federation;
     let registry = Arc::new(Registry::default());
     tokio::spawn(accept_loop(
@@ -204,24 +219,8 @@ pub async fn run(
         {
             return Ok(empty_report(Vec::new(), true));
         }
-        let mut rng = StdRng::seed_from_u64(fed.seed);
-        let mut driver = Driver {
-            global: config.model.init_params(&mut rng),
-            rng,
-            config: &config,
-            registry: &registry,
-            buffers: Arc::new(Semaphore::new(fed.max_buffered_updates)),
-            evaluator: hooks.evaluator.clone(),
-            history: History::default(),
-            strategy: config
-                .strategy
-                .build()
-                .map_err(|e| ConfigError::Invalid(format!("strategy: {e}")))?,
-            server_lr: config
-                .server_lr
-                .active_for(config.strategy.name())
-                .then(|| ServerLrController::new(config.server_lr)),
-        };
+        let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
+        let mut driver = Driver::new(config.clone(), registry.clone(), buffers, hooks.evaluator.clone(), 0)?;
         let mut rounds = Vec::new();
         for round in 0..fed.rounds {
             if *shutdown.borrow() {
@@ -236,13 +235,13 @@ pub async fn run(
             }
             rounds.push(record);
         }
-        let global = driver.global;
         let interrupted = *shutdown.borrow() || rounds.len() < fed.rounds as usize;
         let final_agent_evaluation = if fed.final_evaluation && !interrupted {
-            evaluate_on_agents(&config, &registry, fed.rounds, &global).await
+            driver.evaluate_on_agents(fed.rounds).await
         } else {
             BTreeMap::new()
         };
+        let global = driver.global;
         let final_fairness = if final_agent_evaluation.is_empty() {
             rounds.last().map(|r: &RoundRecord| r.fairness).unwrap_or_default()
         } else {
@@ -286,7 +285,7 @@ fn empty_report(rounds: Vec<RoundRecord>, interrupted: bool) -> RunReport {
 }
 
 /// Waits for `needed` agents; `Ok(false)` when shutdown was requested meanwhile.
-async fn wait_for_agents(
+pub(crate) async fn wait_for_agents(
     registry: &Registry,
     needed: usize,
     limit: Duration,
@@ -321,11 +320,17 @@ async fn wait_for_agents(
     }
 }
 
-/// The state a run carries from round to round.
-struct Driver<'a> {
-    config: &'a AggregatorConfig,
-    registry: &'a Registry,
-    global: Vec<f32>,
+/// The state a run (or one trial of a study) carries from round to round.
+pub(crate) struct Driver {
+    config: Arc<AggregatorConfig>,
+    registry: Arc<Registry>,
+    /// The trial the tasks belong to (0 outside a study).
+    trial: u64,
+    /// The agents this run may use; all connected agents when `None`.
+    pub(crate) pool: Option<BTreeSet<String>>,
+    /// Per-agent client hyperparameters; the config's for everyone when `None`.
+    pub(crate) tuner: Option<Box<dyn ClientTuner>>,
+    pub(crate) global: Vec<f32>,
     rng: StdRng,
     buffers: Arc<Semaphore>,
     evaluator: Option<Arc<dyn Evaluator>>,
@@ -334,7 +339,56 @@ struct Driver<'a> {
     server_lr: Option<ServerLrController>,
 }
 
-impl Driver<'_> {
+impl Driver {
+    /// A driver for `config`, starting from a freshly initialised model (seeded by
+    /// `federation.seed`). `buffers` bounds the updates held in memory, shared by every
+    /// driver of the aggregator.
+    pub(crate) fn new(
+        config: Arc<AggregatorConfig>,
+        registry: Arc<Registry>,
+        buffers: Arc<Semaphore>,
+        evaluator: Option<Arc<dyn Evaluator>>,
+        trial: u64,
+    ) -> Result<Self, ConfigError> {
+        let mut rng = StdRng::seed_from_u64(config.federation.seed);
+        let strategy = config
+            .strategy
+            .build()
+            .map_err(|e| ConfigError::Invalid(format!("strategy: {e}")))?;
+        let server_lr = config
+            .server_lr
+            .active_for(config.strategy.name())
+            .then(|| ServerLrController::new(config.server_lr));
+        Ok(Self {
+            global: config.model.init_params(&mut rng),
+            rng,
+            trial,
+            pool: None,
+            tuner: None,
+            config,
+            registry,
+            buffers,
+            evaluator,
+            history: History::default(),
+            strategy,
+            server_lr,
+        })
+    }
+
+    /// Sets the strategy's server learning rate (for strategies that have one).
+    pub(crate) fn set_server_learning_rate(&mut self, lr: f64) -> Result<(), crate::strategy::StrategyError> {
+        self.strategy.set_server_learning_rate(lr)
+    }
+
+    /// The connected agents this driver may use.
+    pub(crate) fn agents(&self) -> Vec<AgentHandle> {
+        let mut agents = self.registry.snapshot();
+        if let Some(pool) = &self.pool {
+            agents.retain(|a| pool.contains(&a.id));
+        }
+        agents
+    }
+
     /// Picks the round's cohort among the connected agents (seeded).
     fn select_cohort(&mut self, connected: &[AgentHandle]) -> Vec<AgentHandle> {
         let size = self.config.federation.cohort_size(connected.len());
@@ -355,15 +409,16 @@ impl Driver<'_> {
         chosen
     }
 
-    async fn run_round(&mut self, round: u64, shutdown: &mut watch::Receiver<bool>) -> Option<RoundRecord> {
-        let config = self.config;
+    /// Runs one round; `None` when shutdown was requested meanwhile.
+    pub(crate) async fn run_round(&mut self, round: u64, shutdown: &mut watch::Receiver<bool>) -> Option<RoundRecord> {
+        let config = self.config.clone();
         let fed = &config.federation;
         let started = Instant::now();
-        let connected = self.registry.snapshot();
+        let connected = self.agents();
         let cohort = self.select_cohort(&connected);
         let manifest = config.model.manifest();
         let spec = RoundSpec {
-            trial: 0,
+            trial: self.trial,
             round,
             cohort: cohort.iter().map(|a| a.id.clone()).collect(),
             manifest_hash: manifest.hash(),
@@ -381,17 +436,22 @@ impl Driver<'_> {
         };
         let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
         let mut exchanges = JoinSet::new();
+        let base = ClientHyperparameters {
+            proximal_mu: self.strategy.proximal_mu().unwrap_or(config.client.proximal_mu),
+            ..config.client.clone()
+        };
         for agent in &cohort {
+            let hyperparameters = match self.tuner.as_mut() {
+                Some(tuner) => tuner.assign(&agent.id, &base),
+                None => base.clone(),
+            };
             let task = Task {
                 study: fed.study.clone(),
-                trial: 0,
+                trial: self.trial,
                 round,
                 model: config.model.clone(),
                 manifest_hash: spec.manifest_hash,
-                hyperparameters: ClientHyperparameters {
-                    proximal_mu: self.strategy.proximal_mu().unwrap_or(config.client.proximal_mu),
-                    ..config.client.clone()
-                },
+                hyperparameters,
                 deadline_ms: spec.timeout.as_millis() as u64,
                 seed: rand::RngExt::random(&mut self.rng),
             };
@@ -460,6 +520,9 @@ impl Driver<'_> {
                 "quorum not met: global model unchanged"
             );
         }
+        if let Some(tuner) = self.tuner.as_mut() {
+            tuner.observe(&results);
+        }
         let test = match self.evaluator.clone() {
             Some(evaluator) => evaluate_global(evaluator, &config.model, &self.global).await,
             None => None,
@@ -491,6 +554,7 @@ impl Driver<'_> {
                 warn!("cannot adapt the server learning rate: {e}");
             }
         }
+        let payload_bytes = (spec.cohort.len() + results.len()) as u64 * spec.numel as u64 * 4;
         let record = RoundRecord {
             round,
             cohort: spec.cohort,
@@ -509,6 +573,8 @@ impl Driver<'_> {
             server_learning_rate,
             test,
             seconds: started.elapsed().as_secs_f64(),
+            device_seconds: results.iter().map(|r| r.metrics.wall_seconds).sum(),
+            payload_bytes,
         };
         info!(
             updates = record.updates,
@@ -614,10 +680,23 @@ async fn fit_exchange(
     }
 }
 
-/// Federated evaluation of `global` on every connected agent's validation split.
+impl Driver {
+    /// Federated evaluation of the global model on every agent's validation split.
+    pub(crate) fn evaluate_on_agents(
+        &self,
+        round: u64,
+    ) -> impl Future<Output = BTreeMap<String, GlobalEvaluation>> + Send + 'static {
+        let (config, agents, trial) = (self.config.clone(), self.agents(), self.trial);
+        let global = self.global.clone();
+        async move { evaluate_on_agents(&config, agents, trial, round, &global).await }
+    }
+}
+
+/// Federated evaluation of `global` on each of `agents`' validation split.
 async fn evaluate_on_agents(
     config: &AggregatorConfig,
-    registry: &Registry,
+    agents: Vec<AgentHandle>,
+    trial: u64,
     round: u64,
     global: &[f32],
 ) -> BTreeMap<String, GlobalEvaluation> {
@@ -625,13 +704,13 @@ async fn evaluate_on_agents(
     let model = config.model.clone();
     let request = Evaluate {
         study: config.federation.study.clone(),
-        trial: 0,
+        trial,
         round,
         manifest_hash: model.manifest().hash(),
         model,
     };
     let mut exchanges = JoinSet::new();
-    for agent in registry.snapshot() {
+    for agent in agents {
         let (request, payload) = (request.clone(), payload.clone());
         exchanges.spawn(async move {
             let result: anyhow::Result<Evaluation> = async {
@@ -675,7 +754,7 @@ async fn evaluate_on_agents(
 }
 
 /// Tells every agent to stop, then closes the endpoint.
-async fn stop_agents(registry: &Registry, endpoint: &quinn::Endpoint, reason: &str) {
+pub(crate) async fn stop_agents(registry: &Registry, endpoint: &quinn::Endpoint, reason: &str) {
     let mut goodbyes = JoinSet::new();
     for agent in registry.snapshot() {
         let reason = reason.to_owned();

@@ -9,6 +9,7 @@
 //! - [`fairness`]: per-round fairness metrics, constraints, participation history.
 //! - [`federation`]: the driver that runs rounds over QUIC.
 //! - [`service`]: from configuration to a bound endpoint.
+//! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
 //! - [`strategy`]: aggregation strategies (FedAvg, server optimizers, q-FedAvg, robust rules).
 //! - [`wire`]: frames over QUIC streams.
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod round;
 pub mod service;
 pub mod strategy;
+pub mod tune;
 pub mod tuning;
 pub mod wire;
 

@@ -1,10 +1,14 @@
-//! `fedtune-aggregator`: create a federation's certificates, or serve one.
+//! `fedtune-aggregator`: create a federation's certificates, serve one, or run an
+//! ask/tell study over JSON lines.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
+use fedtune_aggregator::tune::{TuneEvent, TuneHooks, TuningSection, tune};
+use fedtune_aggregator::tuning::spec::load_space_toml;
+use fedtune_aggregator::tuning::{Direction, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives};
 use fedtune_aggregator::{AggregatorConfig, Hooks, run, service};
 use tracing_subscriber::EnvFilter;
 
@@ -44,12 +48,45 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Ask/tell over JSON lines for an objective run outside fedtune: writes trials on
+    /// stdout, reads results on stdin (see the README).
+    Tune(TuneArgs),
+}
+
+#[derive(clap::Args)]
+struct TuneArgs {
+    /// Search space: a JSON objective spec (`.json`) or a TOML file with `[params]`.
+    #[arg(long)]
+    space: PathBuf,
+    /// The objective to use from a JSON spec holding several.
+    #[arg(long)]
+    objective: Option<String>,
+    /// Sampler: grid, random, tpe or gp.
+    #[arg(long, default_value = "tpe")]
+    sampler: SamplerKind,
+    /// Pruner for intermediate reports: none, median or asha.
+    #[arg(long, default_value = "none")]
+    pruner: PrunerConfig,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Trials to ask.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Trials kept open at once.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// One direction per objective (`minimize`, `maximize`), comma-separated, for
+    /// results told as `values`; defaults to the spec's direction.
+    #[arg(long, value_delimiter = ',')]
+    directions: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Init {
@@ -74,7 +111,65 @@ async fn main() -> anyhow::Result<()> {
             println!("issued {agent} in {}", dir.display());
         }
         Command::Serve { config } => serve(config).await?,
+        Command::Tune(args) => ask_tell(args)?,
     }
+    Ok(())
+}
+
+fn ask_tell(args: TuneArgs) -> anyhow::Result<()> {
+    let (space, direction) = if args.space.extension().is_some_and(|e| e == "json") {
+        let objectives = load_objectives(&args.space)?;
+        let names = || {
+            objectives
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let chosen = match &args.objective {
+            Some(name) => objectives
+                .iter()
+                .find(|o| &o.name == name)
+                .with_context(|| format!("no objective `{name}` in {}; it has {}", args.space.display(), names()))?,
+            None if objectives.len() == 1 => &objectives[0],
+            None => anyhow::bail!(
+                "{} holds {} objectives ({}); pick one with --objective",
+                args.space.display(),
+                objectives.len(),
+                names()
+            ),
+        };
+        (chosen.space.clone(), chosen.direction)
+    } else {
+        if args.objective.is_some() {
+            anyhow::bail!("--objective picks from a JSON spec; {} is TOML", args.space.display());
+        }
+        (load_space_toml(&args.space)?, Direction::Minimize)
+    };
+    let directions: Vec<Direction> = if args.directions.is_empty() {
+        vec![direction]
+    } else {
+        args.directions
+            .iter()
+            .map(|d| match d.trim() {
+                "minimize" | "minimise" => Ok(Direction::Minimize),
+                "maximize" | "maximise" => Ok(Direction::Maximize),
+                other => anyhow::bail!("--directions: `{other}` is not minimize or maximize"),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if args.sampler.adapts_within_trials() {
+        anyhow::bail!("bayes+rl adapts parameters inside federated trials; here use tpe, gp, random or grid");
+    }
+    let objectives = directions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Objective::new(format!("objective_{i}"), *d))
+        .collect();
+    let mut study = Study::new(space, objectives, args.sampler.build(args.seed), args.pruner.build())?;
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    ask_tell::run(&mut study, args.trials, args.parallel, stdin, stdout)?;
     Ok(())
 }
 
@@ -90,6 +185,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         }
     });
     let report_path = config.report.clone();
+    if let Some(tuning) = config.tuning.clone() {
+        return serve_study(endpoint, config, &tuning, shutdown, report_path).await;
+    }
     let report = run(endpoint, config, Hooks::default(), shutdown).await?;
     for r in &report.rounds {
         println!(
@@ -108,6 +206,59 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         let worst = accs.iter().copied().fold(f64::INFINITY, f64::min);
         println!("final model on agents' validation splits: mean accuracy {mean:.4}, worst {worst:.4}");
     }
+    if let Some(path) = report_path {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing report {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `serve` with a `[tuning]` section: a federated study, one line per finished trial.
+async fn serve_study(
+    endpoint: quinn::Endpoint,
+    config: AggregatorConfig,
+    tuning: &TuningSection,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    report_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let study = tuning.study(config.federation.rounds)?;
+    println!(
+        "study: {} trials of up to {} rounds, sampler {}, pruner {}",
+        study.trials,
+        study.rounds,
+        study.sampler,
+        study.pruner.name()
+    );
+    let hooks = TuneHooks {
+        evaluator: None,
+        on_event: Some(Box::new(|event: &TuneEvent| {
+            if let TuneEvent::TrialFinished(t) = event {
+                println!(
+                    "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
+                    t.number,
+                    format!("{:?}", t.state).to_lowercase(),
+                    t.values,
+                    t.rounds,
+                    serde_json::to_string(&t.params).unwrap_or_default()
+                );
+            }
+        })),
+    };
+    let report = tune(endpoint, config, study, hooks, shutdown).await?;
+    match report.best_trial() {
+        Some(best) => println!(
+            "best trial {}: values {:?}, params {}",
+            best.number,
+            best.values,
+            serde_json::to_string(&best.params)?
+        ),
+        None => println!("no trial completed"),
+    }
+    println!(
+        "rounds spent {}, Pareto front {:?}",
+        report.rounds_spent, report.pareto_front
+    );
     if let Some(path) = report_path {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing report {}", path.display()))?;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use fedtune_protocol::tensor::check_finite;
-use fedtune_protocol::{ErrorCode, ErrorMessage, ManifestHash, TrainMetrics, Update};
+use fedtune_protocol::{ClientHyperparameters, ErrorCode, ErrorMessage, ManifestHash, TrainMetrics, Update};
 
 use crate::strategy::{Aggregation, UpdateMeta};
 
@@ -23,6 +23,10 @@ pub struct AgentResult {
     pub metrics: TrainMetrics,
     /// When the update arrived, counted from the start of the round.
     pub arrived_after: Duration,
+    /// The client hyperparameters the agent trained with.
+    pub used: ClientHyperparameters,
+    /// What the agent's local rule proposes for its next task, if anything moved.
+    pub proposal: Option<ClientHyperparameters>,
 }
 
 /// An agent in the cohort that did not contribute, and why.
@@ -155,6 +159,8 @@ impl Round {
             num_samples: update.num_samples,
             metrics: update.metrics.clone(),
             arrived_after: now.saturating_duration_since(self.started),
+            used: update.used.clone(),
+            proposal: update.proposal.clone(),
         });
         Ok(())
     }

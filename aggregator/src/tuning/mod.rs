@@ -7,16 +7,34 @@
 //! - [`trial`]: a finished or running trial as samplers see it.
 //! - [`sampler`]: the [`Sampler`] trait, the optimisation [`Direction`], random and grid search.
 //! - [`tpe`]: the tree-structured Parzen estimator (Optuna's defaults, independent or multivariate).
+//! - [`gp`]: Gaussian-process Bayesian optimisation (Matérn-5/2 ARD, log EI, ParEGO for several objectives).
 //! - [`spec`]: search spaces from TOML and from the JSON objective-spec format.
 //! - [`stats`]: normal-distribution helpers the samplers share.
+//! - [`pareto`]: multi-objective helpers: dominance, non-dominated sort, crowding, hypervolume, weighted sums.
+//! - [`pruner`]: the [`Pruner`] trait, median and successive-halving pruners (also multi-objective).
+//! - [`fedex`]: FedEx, adapting client hyperparameters within a trial by exponentiated gradient.
 
+pub mod ask_tell;
+pub mod fedex;
+pub mod gp;
+pub mod pareto;
+pub mod pruner;
 pub mod sampler;
 pub mod spec;
 pub mod stats;
+pub mod study;
 pub mod tpe;
 pub mod trial;
 
+pub use fedex::{
+    ArmOrigin, ArmPick, ArmSummary, Draw, FedExConfig, FedExError, FedExPolicy, ParamSummary, PolicySummary,
+    ProposalOutcome, StepSize,
+};
+pub use gp::{GpConfig, GpSampler};
+pub use pareto::{ParetoError, Scalarization, dominates, hypervolume, non_dominated_ranks, pareto_front};
+pub use pruner::{MedianPruner, NopPruner, Pruner, PrunerConfig, PrunerError, SuccessiveHalvingPruner};
 pub use sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
 pub use spec::{ObjectiveSpec, SpecError, load_objectives, parse_objectives, parse_space_toml};
+pub use study::{AskedTrial, Objective, Outcome, SamplerKind, Study, StudyError};
 pub use tpe::{TpeConfig, TpeSampler};
 pub use trial::{FrozenTrial, TrialState};

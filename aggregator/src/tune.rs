@@ -1,0 +1,1035 @@
+//! Federated studies: every trial of a [`Study`] runs as a federation over QUIC.
+//!
+//! A trial is one configuration trained for up to `rounds` federated rounds from a
+//! fresh model. After each round the trial reports its objectives to the study, and the
+//! pruner may stop it there (ASHA on rounds). With `parallel > 1` several trials run at
+//! once, each on its own disjoint group of agents, and are told as they finish.
+//!
+//! Parameters map onto the run by name. Client parameters (sent to agents with each
+//! task): `learning_rate` (or `lr`), `batch_size`, `local_epochs`, `optimizer`
+//! (`adam`/`sgd`), `weight_decay`, `momentum`, `proximal_mu`. Server parameters:
+//! `server_learning_rate` (or `server_lr`), `strategy` (a strategy name), `cohort`
+//! (a fraction ≤ 1 or a count). Any other name is refused before the study starts.
+//!
+//! With the `bayes+rl` sampler, client parameters marked `adaptive` are also tuned
+//! within each trial by a [`FedExPolicy`]: every agent gets a value drawn from the
+//! policy each round, the drop in its validation loss is the reward, and the agents'
+//! own proposals (e.g. a halved learning rate on a plateau) are fed to the policy. The
+//! trial reports the policy's most probable values as its result.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
+use fedtune_protocol::{ClientHyperparameters, Optimizer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::{AggregatorConfig, ConfigError};
+use crate::fairness::FairnessReport;
+use crate::federation::{
+    ClientTuner, Driver, Evaluator, FederationError, GlobalEvaluation, stop_agents, wait_for_agents,
+};
+use crate::registry::{Registry, accept_loop};
+use crate::round::AgentResult;
+use crate::strategy::StrategyConfig;
+use crate::tuning::{
+    Direction, Draw, FedExConfig, FedExPolicy, Objective, Outcome, Params, PolicySummary, PrunerConfig, SamplerKind,
+    Study, StudyError, TrialState,
+};
+
+/// What a trial can be scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Accuracy of the final model: on the server's test set when there is an
+    /// evaluator, else the sample-weighted accuracy on the agents' validation splits.
+    Accuracy,
+    /// Loss of the final model, measured like `accuracy`.
+    Loss,
+    /// Variance of the per-agent validation accuracy of the final model (fairness).
+    AccuracyVariance,
+    /// Mean accuracy of the worst 10% of agents (fairness).
+    Worst10pctAccuracy,
+    /// Device time the trial cost: the agents' task wall times, summed, in seconds.
+    DeviceSeconds,
+    /// Model bytes the trial moved between aggregator and agents.
+    Bytes,
+}
+
+impl Metric {
+    /// Every metric, in its config spelling.
+    pub const NAMES: [&'static str; 6] = [
+        "accuracy",
+        "loss",
+        "accuracy_variance",
+        "worst_10pct_accuracy",
+        "device_seconds",
+        "bytes",
+    ];
+
+    /// The metric's name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accuracy => "accuracy",
+            Self::Loss => "loss",
+            Self::AccuracyVariance => "accuracy_variance",
+            Self::Worst10pctAccuracy => "worst_10pct_accuracy",
+            Self::DeviceSeconds => "device_seconds",
+            Self::Bytes => "bytes",
+        }
+    }
+
+    /// Whether higher or lower is better.
+    #[must_use]
+    pub fn direction(self) -> Direction {
+        match self {
+            Self::Accuracy | Self::Worst10pctAccuracy => Direction::Maximize,
+            Self::Loss | Self::AccuracyVariance | Self::DeviceSeconds | Self::Bytes => Direction::Minimize,
+        }
+    }
+
+    /// The study objective for this metric.
+    #[must_use]
+    pub fn objective(self) -> Objective {
+        Objective::new(self.name(), self.direction())
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "accuracy" => Ok(Self::Accuracy),
+            "loss" => Ok(Self::Loss),
+            "accuracy_variance" | "fairness" => Ok(Self::AccuracyVariance),
+            "worst_10pct_accuracy" => Ok(Self::Worst10pctAccuracy),
+            "device_seconds" | "device_time" => Ok(Self::DeviceSeconds),
+            "bytes" => Ok(Self::Bytes),
+            other => Err(format!(
+                "unknown metric `{other}`; expected one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// How to run a federated study.
+#[derive(Debug, Clone)]
+pub struct TuneConfig {
+    /// The searched space.
+    pub space: SearchSpace,
+    /// What trials are scored on; the first is the primary objective.
+    pub objectives: Vec<Metric>,
+    /// Optimise the weighted sum of the objectives instead of their Pareto front.
+    pub weights: Option<Vec<f64>>,
+    /// The strategy between trials (and, for `bayes+rl`, within them).
+    pub sampler: SamplerKind,
+    /// Early stopping of weak trials.
+    pub pruner: PrunerConfig,
+    /// The within-trial policy's settings (used by `bayes+rl`).
+    pub policy: FedExConfig,
+    /// Trials to run.
+    pub trials: usize,
+    /// Trials run at once, each on its own group of agents.
+    pub parallel: usize,
+    /// Rounds per trial (the budget the pruner cuts).
+    pub rounds: u64,
+    /// Seeds the sampler, the policies and each trial's model.
+    pub seed: u64,
+    /// Runs the aggregator config's own hyperparameters as trial 0, a baseline the
+    /// sampler then learns from (Optuna's `enqueue_trial`).
+    pub baseline_first: bool,
+}
+
+impl TuneConfig {
+    /// Checks the counts and the objectives.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("tuning: {m}")));
+        if self.trials == 0 || self.parallel == 0 || self.rounds == 0 {
+            return invalid("trials, parallel and rounds must be at least 1".into());
+        }
+        if self.objectives.is_empty() {
+            return invalid("at least one objective is needed".into());
+        }
+        if let Some(w) = &self.weights
+            && w.len() != self.objectives.len()
+        {
+            return invalid(format!(
+                "{} weight(s) for {} objective(s)",
+                w.len(),
+                self.objectives.len()
+            ));
+        }
+        check_space(&self.space)
+    }
+
+    /// A study of `space` scored on test accuracy with the default `bayes+rl` sampler,
+    /// no pruning, one trial at a time.
+    #[must_use]
+    pub fn new(space: SearchSpace, trials: usize, rounds: u64) -> Self {
+        Self {
+            space,
+            objectives: vec![Metric::Accuracy],
+            weights: None,
+            sampler: SamplerKind::default(),
+            pruner: PrunerConfig::None,
+            policy: FedExConfig::default(),
+            trials,
+            parallel: 1,
+            rounds,
+            seed: 0,
+            baseline_first: false,
+        }
+    }
+}
+
+/// The `[tuning]` section of the aggregator's TOML: with it, `serve` runs a study
+/// instead of a single federation.
+///
+/// ```toml
+/// [tuning]
+/// space = "../presets/vision.toml"   # TOML [params] or a JSON spec; relative to this file
+/// sampler = "bayes+rl"               # grid | random | tpe | gp | bayes+rl
+/// pruner = { name = "asha", min_resource = 3 }
+/// trials = 20
+/// rounds = 30                        # per trial; federation.rounds when omitted
+/// objectives = ["accuracy", "device_seconds"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuningSection {
+    /// The search space file.
+    pub space: std::path::PathBuf,
+    /// For a JSON spec holding several objectives, the one whose space to use.
+    #[serde(default)]
+    pub objective: Option<String>,
+    /// The strategy between (and, for `bayes+rl`, within) trials.
+    #[serde(default)]
+    pub sampler: SamplerKind,
+    /// Early stopping of weak trials.
+    #[serde(default)]
+    pub pruner: PrunerConfig,
+    /// Trials to run.
+    #[serde(default = "default_trials")]
+    pub trials: usize,
+    /// Rounds per trial; `federation.rounds` when omitted.
+    #[serde(default)]
+    pub rounds: Option<u64>,
+    /// Trials at once, each on its own group of agents.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// What trials are scored on, primary first.
+    #[serde(default = "default_objectives")]
+    pub objectives: Vec<Metric>,
+    /// Weights for a weighted sum of the objectives.
+    #[serde(default)]
+    pub weights: Option<Vec<f64>>,
+    /// Seed of the sampler, the policies and the trials' models.
+    #[serde(default)]
+    pub seed: u64,
+    /// Run the config's own client settings as trial 0.
+    #[serde(default)]
+    pub baseline_first: bool,
+    /// The within-trial policy (`bayes+rl`).
+    #[serde(default)]
+    pub policy: FedExConfig,
+}
+
+fn default_trials() -> usize {
+    20
+}
+
+fn default_parallel() -> usize {
+    1
+}
+
+fn default_objectives() -> Vec<Metric> {
+    vec![Metric::Accuracy]
+}
+
+impl TuningSection {
+    /// The study this section describes; reads the space file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the space cannot be loaded or does not fit.
+    pub fn study(&self, federation_rounds: u64) -> Result<TuneConfig, ConfigError> {
+        let invalid = |e: String| ConfigError::Invalid(format!("tuning: {e}"));
+        let space = if self.space.extension().is_some_and(|e| e == "json") {
+            let objectives = crate::tuning::load_objectives(&self.space).map_err(|e| invalid(e.to_string()))?;
+            let names = objectives.iter().map(|o| o.name.clone()).collect::<Vec<_>>().join(", ");
+            let chosen = match &self.objective {
+                Some(name) => objectives.into_iter().find(|o| &o.name == name),
+                None if objectives.len() == 1 => objectives.into_iter().next(),
+                None => None,
+            };
+            chosen
+                .ok_or_else(|| invalid(format!("pick the space with `objective`, one of {names}")))?
+                .space
+        } else {
+            crate::tuning::spec::load_space_toml(&self.space)
+                .map_err(|e| invalid(format!("{}: {e}", self.space.display())))?
+        };
+        check_space(&space)?;
+        self.pruner.validate().map_err(|e| invalid(e.to_string()))?;
+        self.policy.validate().map_err(|e| invalid(e.to_string()))?;
+        let config = TuneConfig {
+            objectives: self.objectives.clone(),
+            weights: self.weights.clone(),
+            sampler: self.sampler,
+            pruner: self.pruner.clone(),
+            policy: self.policy.clone(),
+            parallel: self.parallel,
+            seed: self.seed,
+            baseline_first: self.baseline_first,
+            ..TuneConfig::new(space, self.trials, self.rounds.unwrap_or(federation_rounds))
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Why a federated study could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// The federation could not start.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The study refused a call.
+    #[error(transparent)]
+    Study(#[from] StudyError),
+}
+
+/// What one trial did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialRecord {
+    /// The trial's number.
+    pub number: u64,
+    /// The parameters the sampler gave it.
+    pub params: Params,
+    /// How it ended.
+    pub state: TrialState,
+    /// One value per objective, for complete trials.
+    pub values: Option<Vec<f64>>,
+    /// Whether the final model met every fairness constraint.
+    pub feasible: bool,
+    /// The constraints the final model violated.
+    pub violations: Vec<String>,
+    /// Rounds the trial ran before it finished or was pruned.
+    pub rounds: u64,
+    /// The agents it could use (its group, when trials run in parallel).
+    pub agents: Vec<String>,
+    /// The primary objective after each round.
+    pub curve: Vec<f64>,
+    /// Every metric of the final model, for complete trials (whatever the objectives).
+    pub metrics: BTreeMap<Metric, f64>,
+    /// Server-side evaluation of the final model.
+    pub final_test: Option<GlobalEvaluation>,
+    /// The within-trial policy's best values (`bayes+rl`), which the trial reports as
+    /// its result alongside `params`.
+    pub policy_best: Option<Params>,
+    /// The within-trial policy's final state.
+    pub policy: Option<PolicySummary>,
+    /// Wall time of the trial.
+    pub seconds: f64,
+}
+
+/// The result of a federated study.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneReport {
+    /// The objectives, primary first.
+    pub objectives: Vec<Objective>,
+    /// Every trial, by number.
+    pub trials: Vec<TrialRecord>,
+    /// The best trial's number (feasible first, then the primary objective or the
+    /// weighted sum).
+    pub best: Option<u64>,
+    /// Numbers of the trials on the Pareto front.
+    pub pareto_front: Vec<u64>,
+    /// Federated rounds run across all trials.
+    pub rounds_spent: u64,
+    /// Whether shutdown stopped the study early.
+    pub interrupted: bool,
+}
+
+impl TuneReport {
+    /// The best trial's record.
+    #[must_use]
+    pub fn best_trial(&self) -> Option<&TrialRecord> {
+        self.trials.iter().find(|t| Some(t.number) == self.best)
+    }
+}
+
+/// Progress of a federated study, for live reporting.
+#[derive(Debug, Clone)]
+pub enum TuneEvent {
+    /// A trial started on `agents` agents.
+    TrialStarted {
+        /// The trial.
+        number: u64,
+        /// Its parameters.
+        params: Params,
+        /// Agents in its group.
+        agents: usize,
+    },
+    /// A trial finished a round.
+    Round {
+        /// The trial.
+        number: u64,
+        /// The round, from 0.
+        round: u64,
+        /// The objectives measured after the round.
+        values: Vec<f64>,
+        /// Whether the pruner stops the trial here.
+        pruned: bool,
+    },
+    /// A trial ended.
+    TrialFinished(Box<TrialRecord>),
+}
+
+/// Progress callback of a federated study.
+pub type OnTuneEvent = Box<dyn FnMut(&TuneEvent) + Send>;
+
+/// Callbacks into a federated study.
+#[derive(Default)]
+pub struct TuneHooks {
+    /// Evaluates each trial's global model after every round and at the end.
+    pub evaluator: Option<Arc<dyn Evaluator>>,
+    /// Called on every [`TuneEvent`].
+    pub on_event: Option<OnTuneEvent>,
+}
+
+/// Client parameters the tuner knows how to send.
+const CLIENT_PARAMS: [&str; 8] = [
+    "learning_rate",
+    "lr",
+    "batch_size",
+    "local_epochs",
+    "optimizer",
+    "weight_decay",
+    "momentum",
+    "proximal_mu",
+];
+/// Server parameters the tuner knows how to apply.
+const SERVER_PARAMS: [&str; 4] = ["server_learning_rate", "server_lr", "strategy", "cohort"];
+
+/// Checks every parameter of `space` names something a trial can set, in its scope.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the first unknown or misplaced parameter.
+pub fn check_space(space: &SearchSpace) -> Result<(), ConfigError> {
+    for p in &space.params {
+        let known = match p.scope {
+            Scope::Client => CLIENT_PARAMS.as_slice(),
+            Scope::Server => SERVER_PARAMS.as_slice(),
+        };
+        if !known.contains(&p.name.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "search space: `{}` is not a {} parameter fedtune can set; {} parameters are {}",
+                p.name,
+                scope_name(p.scope),
+                scope_name(p.scope),
+                known.join(", ")
+            )));
+        }
+        if p.adaptive && p.scope == Scope::Server {
+            return Err(ConfigError::Invalid(format!(
+                "search space: `{}` is a server parameter and cannot be adaptive",
+                p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Client => "client",
+        Scope::Server => "server",
+    }
+}
+
+fn as_f64(name: &str, value: &ParamValue) -> Result<f64, String> {
+    value
+        .as_f64()
+        .ok_or_else(|| format!("`{name}` must be numeric, got {value}"))
+}
+
+fn as_u32(name: &str, value: &ParamValue) -> Result<u32, String> {
+    let v = as_f64(name, value)?;
+    if v.fract() != 0.0 || !(1.0..=f64::from(u32::MAX)).contains(&v) {
+        return Err(format!("`{name}` must be a positive integer, got {value}"));
+    }
+    Ok(v as u32)
+}
+
+/// Sets the client hyperparameters `params` names on `hp`; other names are skipped.
+///
+/// # Errors
+/// A message naming a parameter whose value does not fit.
+pub fn apply_client(hp: &mut ClientHyperparameters, params: &Params) -> Result<(), String> {
+    for (name, value) in params {
+        match name.as_str() {
+            "learning_rate" | "lr" => hp.learning_rate = as_f64(name, value)?,
+            "batch_size" => hp.batch_size = as_u32(name, value)?,
+            "local_epochs" => hp.local_epochs = as_u32(name, value)?,
+            "weight_decay" => hp.weight_decay = as_f64(name, value)?,
+            "momentum" => hp.momentum = as_f64(name, value)?,
+            "proximal_mu" => hp.proximal_mu = as_f64(name, value)?,
+            "optimizer" => {
+                hp.optimizer = match value.to_string().to_ascii_lowercase().as_str() {
+                    "adam" => Optimizer::Adam,
+                    "sgd" => Optimizer::Sgd,
+                    other => return Err(format!("`optimizer` must be adam or sgd, got {other}")),
+                }
+            }
+            _ => {}
+        }
+    }
+    hp.validate()
+}
+
+/// The value of the client parameter `name` in `hp`, as the space would write it.
+fn client_value(hp: &ClientHyperparameters, name: &str) -> Option<f64> {
+    Some(match name {
+        "learning_rate" | "lr" => hp.learning_rate,
+        "batch_size" => f64::from(hp.batch_size),
+        "local_epochs" => f64::from(hp.local_epochs),
+        "weight_decay" => hp.weight_decay,
+        "momentum" => hp.momentum,
+        "proximal_mu" => hp.proximal_mu,
+        _ => return None,
+    })
+}
+
+/// The aggregator configuration a trial runs with: `base` with the trial's parameters
+/// applied and its own seed.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming a parameter whose value does not fit.
+pub fn trial_config(
+    base: &AggregatorConfig,
+    params: &Params,
+    seed: u64,
+    rounds: u64,
+) -> Result<AggregatorConfig, ConfigError> {
+    let invalid = |e: String| ConfigError::Invalid(format!("trial parameters: {e}"));
+    let mut config = base.clone();
+    config.federation.seed = seed;
+    config.federation.rounds = rounds;
+    apply_client(&mut config.client, params).map_err(invalid)?;
+    if let Some(v) = params.get("strategy") {
+        config.strategy = StrategyConfig::from_str(&v.to_string()).map_err(|e| invalid(e.to_string()))?;
+    }
+    if let Some(v) = params.get("cohort") {
+        config.federation.cohort = as_f64("cohort", v).map_err(invalid)?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn server_lr(params: &Params) -> Option<&ParamValue> {
+    params.get("server_learning_rate").or_else(|| params.get("server_lr"))
+}
+
+/// Adapts a trial's adaptive client parameters with a FedEx policy.
+struct PolicyTuner {
+    policy: FedExPolicy,
+    /// The adaptive parameters, each with whether it is an integer.
+    adaptive: Vec<(String, bool)>,
+    draws: HashMap<String, Draw>,
+}
+
+/// The trial keeps a handle on its tuner to read the policy once the rounds are done.
+struct SharedTuner(Arc<Mutex<PolicyTuner>>);
+
+impl ClientTuner for SharedTuner {
+    fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .assign(agent, base)
+    }
+
+    fn observe(&mut self, results: &[AgentResult]) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).observe(results);
+    }
+}
+
+impl ClientTuner for PolicyTuner {
+    fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters {
+        let draw = self.policy.draw();
+        let mut hp = base.clone();
+        if let Err(e) = apply_client(&mut hp, &draw.params) {
+            warn!(%agent, "policy draw does not fit ({e}); sending the trial's values");
+            hp = base.clone();
+        }
+        self.draws.insert(agent.to_owned(), draw);
+        hp
+    }
+
+    fn observe(&mut self, results: &[AgentResult]) {
+        let outcomes: Vec<(Draw, f64)> = results
+            .iter()
+            .filter_map(|r| {
+                let draw = self.draws.remove(&r.agent)?;
+                Some((draw, r.metrics.loss_before - r.metrics.loss_after))
+            })
+            .collect();
+        self.draws.clear();
+        let used = self.policy.observe(&outcomes);
+        debug!(rewards = used, "policy updated");
+        for r in results {
+            let Some(proposal) = &r.proposal else { continue };
+            for (name, integer) in &self.adaptive {
+                let (Some(proposed), Some(used)) = (client_value(proposal, name), client_value(&r.used, name)) else {
+                    continue;
+                };
+                if proposed != used {
+                    let value = if *integer {
+                        ParamValue::Int(proposed as i64)
+                    } else {
+                        ParamValue::Float(proposed)
+                    };
+                    // Proposals outside the space (e.g. a halved rate below its lower
+                    // bound) are the agent's business; the policy stays in the space.
+                    if let Err(e) = self.policy.record_proposal(name, value) {
+                        debug!(agent = %r.agent, "proposal for {name} not used: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything a trial needs, owned so trials can run as tasks.
+struct TrialRun {
+    number: u64,
+    params: Params,
+    config: Arc<AggregatorConfig>,
+    registry: Arc<Registry>,
+    buffers: Arc<Semaphore>,
+    evaluator: Option<Arc<dyn Evaluator>>,
+    study: Arc<Mutex<Study>>,
+    pool: Option<BTreeSet<String>>,
+    objectives: Vec<Metric>,
+    tuner: Option<Arc<Mutex<PolicyTuner>>>,
+    events: tokio::sync::mpsc::UnboundedSender<TuneEvent>,
+}
+
+fn lock(study: &Mutex<Study>) -> std::sync::MutexGuard<'_, Study> {
+    study.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every metric from an evaluation, a fairness report and the costs so far.
+fn measure(
+    eval: Option<GlobalEvaluation>,
+    fairness: &FairnessReport,
+    device: f64,
+    bytes: u64,
+) -> BTreeMap<Metric, f64> {
+    BTreeMap::from([
+        (Metric::Accuracy, eval.map_or(0.0, |e| e.accuracy)),
+        (Metric::Loss, eval.map_or(f64::MAX, |e| e.loss)),
+        (Metric::AccuracyVariance, fairness.accuracy_variance),
+        (Metric::Worst10pctAccuracy, fairness.worst_10pct_accuracy),
+        (Metric::DeviceSeconds, device),
+        (Metric::Bytes, bytes as f64),
+    ])
+}
+
+fn values(objectives: &[Metric], metrics: &BTreeMap<Metric, f64>) -> Vec<f64> {
+    objectives.iter().map(|m| metrics[m]).collect()
+}
+
+impl TrialRun {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) -> TrialRecord {
+        let started = Instant::now();
+        let fed = &self.config.federation;
+        let mut record = TrialRecord {
+            number: self.number,
+            params: self.params.clone(),
+            state: TrialState::Failed,
+            values: None,
+            feasible: true,
+            violations: Vec::new(),
+            rounds: 0,
+            agents: match &self.pool {
+                Some(pool) => pool.iter().cloned().collect(),
+                None => self.registry.snapshot().into_iter().map(|a| a.id).collect(),
+            },
+            curve: Vec::new(),
+            metrics: BTreeMap::new(),
+            final_test: None,
+            policy_best: None,
+            policy: None,
+            seconds: 0.0,
+        };
+        let mut driver = match Driver::new(
+            self.config.clone(),
+            self.registry.clone(),
+            self.buffers.clone(),
+            self.evaluator.clone(),
+            self.number,
+        ) {
+            Ok(driver) => driver,
+            Err(e) => {
+                warn!(trial = self.number, "cannot start: {e}");
+                return self.finish(record, Outcome::Failed, started);
+            }
+        };
+        if let Some(v) = server_lr(&self.params) {
+            let lr = v.as_f64().unwrap_or(f64::NAN);
+            if let Err(e) = driver.set_server_learning_rate(lr) {
+                warn!(trial = self.number, "server learning rate not applied: {e}");
+            }
+        }
+        driver.pool = self.pool.clone();
+        driver.tuner = self
+            .tuner
+            .clone()
+            .map(|t| Box::new(SharedTuner(t)) as Box<dyn ClientTuner>);
+        let (mut device, mut bytes) = (0.0, 0);
+        let mut last_round = None;
+        for round in 0..fed.rounds {
+            let Some(r) = driver.run_round(round, &mut shutdown).await else {
+                return self.finish(record, Outcome::Failed, started);
+            };
+            record.rounds = round + 1;
+            device += r.device_seconds;
+            bytes += r.payload_bytes;
+            // The round's incoming model was measured by the agents; the model after it
+            // by the evaluator, when there is one.
+            let federated = GlobalEvaluation {
+                loss: r.federated_loss,
+                accuracy: r.federated_accuracy,
+                samples: 0,
+            };
+            let eval = r.test.or((r.updates > 0).then_some(federated));
+            let values = values(&self.objectives, &measure(eval, &r.fairness, device, bytes));
+            record.curve.push(values[0]);
+            let prune = match lock(&self.study).report(self.number, round + 1, values.clone()) {
+                Ok(prune) => prune,
+                Err(e) => {
+                    warn!(trial = self.number, "report refused: {e}");
+                    false
+                }
+            };
+            let _ = self.events.send(TuneEvent::Round {
+                number: self.number,
+                round,
+                values,
+                pruned: prune && round + 1 < fed.rounds,
+            });
+            last_round = Some(r);
+            if prune && round + 1 < fed.rounds {
+                record.final_test = last_round.and_then(|r| r.test);
+                return self.finish(record, Outcome::Pruned, started);
+            }
+        }
+        let Some(last) = last_round else {
+            return self.finish(record, Outcome::Failed, started);
+        };
+        // Score the final model: server test set if any, else federated evaluation.
+        let per_agent = if fed.final_evaluation {
+            driver.evaluate_on_agents(fed.rounds).await
+        } else {
+            BTreeMap::new()
+        };
+        let fairness = if per_agent.is_empty() {
+            last.fairness
+        } else {
+            let pairs: Vec<(f64, f64)> = per_agent.values().map(|e| (e.accuracy, e.loss)).collect();
+            FairnessReport::measure(&pairs, &[])
+        };
+        let federated = (!per_agent.is_empty()).then(|| {
+            let total: u64 = per_agent.values().map(|e| e.samples).sum::<u64>().max(1);
+            let weighted = |f: fn(&GlobalEvaluation) -> f64| {
+                per_agent.values().map(|e| f(e) * e.samples as f64).sum::<f64>() / total as f64
+            };
+            GlobalEvaluation {
+                loss: weighted(|e| e.loss),
+                accuracy: weighted(|e| e.accuracy),
+                samples: total,
+            }
+        });
+        record.final_test = last.test;
+        let eval = last.test.or(federated);
+        let metrics = measure(eval, &fairness, device, bytes);
+        let values = values(&self.objectives, &metrics);
+        record.metrics = metrics;
+        record.violations = crate::fairness::violations(&self.config.fairness.constraints, &fairness);
+        record.feasible = record.violations.is_empty();
+        if let Some(tuner) = &self.tuner {
+            let tuner = tuner.lock().unwrap_or_else(PoisonError::into_inner);
+            record.policy_best = Some(tuner.policy.best());
+            record.policy = Some(tuner.policy.summary());
+        }
+        let outcome = Outcome::Complete {
+            values,
+            feasible: record.feasible,
+        };
+        self.finish(record, outcome, started)
+    }
+
+    fn finish(&self, mut record: TrialRecord, outcome: Outcome, started: Instant) -> TrialRecord {
+        record.seconds = started.elapsed().as_secs_f64();
+        let mut study = lock(&self.study);
+        match study.tell(self.number, outcome) {
+            Ok(trial) => {
+                record.state = trial.state;
+                record.values = trial.values.clone();
+            }
+            Err(e) => warn!(trial = self.number, "tell refused: {e}"),
+        }
+        record
+    }
+}
+
+/// Serves `endpoint` and runs the federated study `tune` describes over the agents
+/// that connect; then tells every agent to stop and closes the endpoint.
+///
+/// # Errors
+/// [`TuneError`] when the configuration or the space is invalid or too few agents
+/// connect.
+pub async fn tune(
+    endpoint: quinn::Endpoint,
+    config: AggregatorConfig,
+    tune: TuneConfig,
+    mut hooks: TuneHooks,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<TuneReport, TuneError> {
+    config.validate()?;
+    tune.validate()?;
+    let objectives: Vec<Objective> = tune.objectives.iter().map(|m| m.objective()).collect();
+    let mut study = Study::new(
+        tune.space.clone(),
+        objectives.clone(),
+        tune.sampler.build(tune.seed),
+        tune.pruner.build(),
+    )?;
+    if let Some(weights) = tune.weights.clone() {
+        study = study.with_weights(weights)?;
+    }
+    let study = Arc::new(Mutex::new(study));
+    let fed = &config.federation;
+    let registry = Arc::new(Registry::default());
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        registry.clone(),
+        fed.max_agents,
+        fed.max_payload_bytes,
+    ));
+    let mut federation_hooks = crate::federation::Hooks::default();
+    let result = async {
+        if !wait_for_agents(
+            &registry,
+            fed.min_agents,
+            fed.wait_for_agents(),
+            &mut federation_hooks,
+            &mut shutdown,
+        )
+        .await?
+        {
+            return Ok(finish_report(&study, Vec::new(), true));
+        }
+        let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
+        let (events, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        let mut running: JoinSet<TrialRecord> = JoinSet::new();
+        let mut claimed: HashMap<u64, BTreeSet<String>> = HashMap::new();
+        let mut records = Vec::new();
+        let mut asked = 0usize;
+        let mut interrupted = false;
+        let evaluator = hooks.evaluator.clone();
+        let mut emit = |event: &TuneEvent| {
+            if let Some(on_event) = hooks.on_event.as_mut() {
+                on_event(event);
+            }
+        };
+        loop {
+            // Start trials while there are slots and free agents.
+            while asked < tune.trials && running.len() < tune.parallel && !*shutdown.borrow() {
+                let pool = if tune.parallel == 1 {
+                    None
+                } else {
+                    let taken: BTreeSet<&String> = claimed.values().flatten().collect();
+                    let mut free: Vec<String> = registry
+                        .snapshot()
+                        .into_iter()
+                        .map(|a| a.id)
+                        .filter(|id| !taken.contains(id))
+                        .collect();
+                    free.sort();
+                    let share = free.len() / (tune.parallel - running.len());
+                    if share < fed.min_updates.max(1) {
+                        break;
+                    }
+                    Some(free.into_iter().take(share).collect::<BTreeSet<String>>())
+                };
+                let asked_trial = {
+                    let mut study = lock(&study);
+                    if asked == 0 && tune.baseline_first {
+                        Ok(study.ask_with(baseline_params(&tune.space, &config)))
+                    } else {
+                        study.ask()
+                    }
+                };
+                let trial = match asked_trial {
+                    Ok(trial) => trial,
+                    Err(StudyError::Sampler(e)) => {
+                        info!("the sampler has nothing left to propose ({e}); ending the study");
+                        asked = tune.trials;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                asked += 1;
+                let seed = tune.seed.wrapping_mul(1_000_003).wrapping_add(trial.number);
+                let trial_cfg = match trial_config(&config, &trial.params, seed, tune.rounds) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(trial = trial.number, "{e}");
+                        let _ = lock(&study).tell(trial.number, Outcome::Failed);
+                        continue;
+                    }
+                };
+                let tuner = if tune.sampler.adapts_within_trials() {
+                    let adaptive: Vec<(String, bool)> = tune
+                        .space
+                        .params
+                        .iter()
+                        .filter(|p| p.adaptive && p.scope == Scope::Client)
+                        .map(|p| (p.name.clone(), matches!(p.distribution, Distribution::Int { .. })))
+                        .collect();
+                    match FedExPolicy::new(&tune.space, &trial.params, tune.policy.clone(), seed) {
+                        Ok(policy) => Some(Arc::new(Mutex::new(PolicyTuner {
+                            policy,
+                            adaptive,
+                            draws: HashMap::new(),
+                        }))),
+                        Err(e) => {
+                            warn!(trial = trial.number, "no within-trial policy: {e}");
+                            let _ = lock(&study).tell(trial.number, Outcome::Failed);
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let agents = pool.as_ref().map_or_else(|| registry.len(), BTreeSet::len);
+                emit(&TuneEvent::TrialStarted {
+                    number: trial.number,
+                    params: trial.params.clone(),
+                    agents,
+                });
+                info!(trial = trial.number, agents, "trial started");
+                if let Some(pool) = &pool {
+                    claimed.insert(trial.number, pool.clone());
+                }
+                let run = TrialRun {
+                    number: trial.number,
+                    params: trial.params,
+                    config: Arc::new(trial_cfg),
+                    registry: registry.clone(),
+                    buffers: buffers.clone(),
+                    evaluator: evaluator.clone(),
+                    study: study.clone(),
+                    pool,
+                    objectives: tune.objectives.clone(),
+                    tuner,
+                    events: events.clone(),
+                };
+                running.spawn(run.run(shutdown.clone()));
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(event) = inbox.recv() => emit(&event),
+                joined = running.join_next() => match joined {
+                    Some(Ok(record)) => {
+                        while let Ok(event) = inbox.try_recv() {
+                            emit(&event);
+                        }
+                        claimed.remove(&record.number);
+                        info!(trial = record.number, state = ?record.state, values = ?record.values, "trial finished");
+                        let event = TuneEvent::TrialFinished(Box::new(record.clone()));
+                        emit(&event);
+                        records.push(record);
+                    }
+                    Some(Err(e)) => warn!("a trial task failed: {e}"),
+                    None => {}
+                },
+                _ = shutdown.changed() => {
+                    interrupted = true;
+                }
+            }
+            if *shutdown.borrow() {
+                interrupted = true;
+            }
+        }
+        records.sort_by_key(|r| r.number);
+        Ok(finish_report(&study, records, interrupted))
+    }
+    .await;
+    stop_agents(&registry, &endpoint, "the study finished").await;
+    result
+}
+
+/// The aggregator config's own values for the space's parameters, so the baseline
+/// trial runs what the service would run untuned.
+fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) -> Params {
+    let mut params = Params::new();
+    for p in &space.params {
+        let value = match p.name.as_str() {
+            "optimizer" => Some(ParamValue::Categorical(
+                match config.client.optimizer {
+                    Optimizer::Adam => "adam",
+                    Optimizer::Sgd => "sgd",
+                }
+                .into(),
+            )),
+            "strategy" => Some(ParamValue::Categorical(config.strategy.name().into())),
+            "cohort" => Some(ParamValue::Float(config.federation.cohort)),
+            name => client_value(&config.client, name).map(|v| match p.distribution {
+                Distribution::Int { .. } => ParamValue::Int(v as i64),
+                _ => ParamValue::Float(v),
+            }),
+        };
+        if let Some(v) = value {
+            params.insert(p.name.clone(), v);
+        }
+    }
+    params
+}
+
+fn finish_report(study: &Mutex<Study>, trials: Vec<TrialRecord>, interrupted: bool) -> TuneReport {
+    let study = lock(study);
+    TuneReport {
+        objectives: study.objectives().to_vec(),
+        best: study.best_trial().map(|t| t.number),
+        pareto_front: study.pareto_front().iter().map(|t| t.number).collect(),
+        rounds_spent: trials.iter().map(|t| t.rounds).sum(),
+        trials,
+        interrupted,
+    }
+}

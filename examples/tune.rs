@@ -1,0 +1,378 @@
+//! A federated hyperparameter study over loopback QUIC: N agents and an aggregator in
+//! one process. Each trial trains the model from scratch for up to `--rounds` rounds
+//! with the parameters the sampler proposes; ASHA stops weak trials early.
+//!
+//! ```text
+//! cargo run --release --example tune -- --dataset digits --trials 20 --summary tune.json
+//! cargo run --release --example tune -- --sampler random --pruner none
+//! ```
+//!
+//! The aggregator's own settings are Flower's quickstart ones (SGD, lr 0.05, one local
+//! epoch); with `--baseline` (the default) they run as trial 0, so the table shows what
+//! tuning adds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fedtune::agent::model::default_device;
+use fedtune::aggregator::AggregatorConfig;
+use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
+use fedtune::aggregator::tuning::pareto::non_dominated_ranks;
+use fedtune::aggregator::tuning::spec::load_space_toml;
+use fedtune::aggregator::tuning::{Direction, Params, PrunerConfig, SamplerKind, TrialState};
+use fedtune::evaluate::TestSetEvaluator;
+use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
+use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+use serde::Serialize;
+
+const LOOPBACK: bool = true;
+
+#[derive(Parser, Debug)]
+#[command(about = "A federated hyperparameter study over loopback QUIC")]
+struct Args {
+    /// Dataset (the bundled digits with its shared split).
+    #[arg(long, default_value = "digits", value_parser = ["digits"])]
+    dataset: String,
+    /// Number of agents.
+    #[arg(long, default_value_t = 10)]
+    agents: usize,
+    /// Trials to run.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Rounds per trial (the pruner's budget).
+    #[arg(long, default_value_t = 30)]
+    rounds: u64,
+    /// Strategy between trials: grid, random, tpe, gp or bayes+rl (TPE plus a FedEx
+    /// policy over the adaptive parameters within each trial).
+    #[arg(long, default_value = "bayes+rl")]
+    sampler: SamplerKind,
+    /// Early stopping: none, median or asha.
+    #[arg(long, default_value = "asha")]
+    pruner: PrunerConfig,
+    /// Trials at once, each on its own group of agents.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Seed of the sampler, the policies and the models.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Search space (TOML with `[params]`); see presets/.
+    #[arg(long, default_value = "presets/vision.toml")]
+    space: PathBuf,
+    /// Objectives, comma-separated, the first primary: accuracy, loss,
+    /// accuracy_variance, worst_10pct_accuracy, device_seconds, bytes.
+    #[arg(long, value_delimiter = ',', default_value = "accuracy")]
+    objectives: Vec<Metric>,
+    /// Weights for a weighted sum of the objectives (one per objective).
+    #[arg(long, value_delimiter = ',')]
+    weights: Option<Vec<f64>>,
+    /// Run the untuned settings (SGD, lr 0.05, one local epoch) as trial 0.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    baseline: bool,
+    /// Test accuracy the report counts trials to.
+    #[arg(long, default_value_t = 0.95)]
+    target: f64,
+    /// Hidden layer widths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    hidden: Vec<usize>,
+    /// Print every round of every trial.
+    #[arg(long)]
+    verbose: bool,
+    /// Write the final figures as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct TrialSummary {
+    number: u64,
+    params: Params,
+    policy_best: Option<Params>,
+    state: TrialState,
+    values: Option<Vec<f64>>,
+    metrics: BTreeMap<Metric, f64>,
+    rounds: u64,
+    test_accuracy: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct FrontPoint {
+    trial: u64,
+    accuracy: f64,
+    device_seconds: f64,
+    bytes: f64,
+    params: Params,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    dataset: String,
+    agents: usize,
+    sampler: String,
+    pruner: String,
+    seed: u64,
+    objectives: Vec<Metric>,
+    best_trial: Option<u64>,
+    best_test_accuracy: Option<f64>,
+    best_params: Option<Params>,
+    target: f64,
+    trials_to_target: Option<usize>,
+    rounds_spent: u64,
+    rounds_budget: u64,
+    trials: Vec<TrialSummary>,
+    pareto_front: Vec<FrontPoint>,
+    total_seconds: f64,
+}
+
+fn show(params: &Params) -> String {
+    params
+        .iter()
+        .map(|(k, v)| match v.as_f64() {
+            Some(x) if x.fract() != 0.0 => format!("{k}={x:.3e}"),
+            _ => format!("{k}={v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn row(t: &TrialRecord) -> String {
+    let value = t
+        .values
+        .as_ref()
+        .map(|v| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(","))
+        .or_else(|| t.curve.last().map(|x| format!("({x:.4})")))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:>5}  {:<8}  {:>14}  {:>6}  {:>6.1}  {}",
+        t.number,
+        format!("{:?}", t.state).to_lowercase(),
+        value,
+        t.rounds,
+        t.seconds,
+        show(&t.params)
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::init_logging();
+    let args = Args::parse();
+    let started = Instant::now();
+    let space = load_space_toml(&args.space).with_context(|| format!("search space {}", args.space.display()))?;
+
+    let data = fedtune::sim::digits_split()?;
+    if data.clients() < args.agents {
+        bail!(
+            "the digits split has {} clients; --agents {} is more",
+            data.clients(),
+            args.agents
+        );
+    }
+    let classes = data.dataset.classes();
+    let model = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: args.hidden.clone(),
+        classes,
+    });
+    let pki = ephemeral_pki(args.agents)?;
+    let endpoint = bind_aggregator(&pki, LOOPBACK)?;
+    let addr = endpoint.local_addr()?;
+    let config = AggregatorConfig {
+        listen: addr,
+        federation: FederationConfig {
+            study: "tune-digits".into(),
+            rounds: args.rounds,
+            min_agents: args.agents,
+            wait_for_agents_secs: 20.0,
+            seed: args.seed,
+            loopback: LOOPBACK,
+            ..FederationConfig::default()
+        },
+        model,
+        // Flower's quickstart settings: what an untuned federation would run.
+        client: ClientHyperparameters {
+            learning_rate: 0.05,
+            local_epochs: 1,
+            batch_size: 32,
+            optimizer: Optimizer::Sgd,
+            ..ClientHyperparameters::default()
+        },
+        ..AggregatorConfig::default()
+    };
+    let study = TuneConfig {
+        objectives: args.objectives.clone(),
+        weights: args.weights.clone(),
+        sampler: args.sampler,
+        pruner: args.pruner.clone(),
+        parallel: args.parallel,
+        seed: args.seed,
+        baseline_first: args.baseline,
+        ..TuneConfig::new(space.clone(), args.trials, args.rounds)
+    };
+
+    let trainers = data.burn_trainers(args.agents, &default_device())?;
+    let test = data.global_test()?;
+    println!(
+        "fedtune study: {} trials of up to {} rounds on {} agents (digits, shared split), sampler {}, pruner {}, seed {}",
+        args.trials,
+        args.rounds,
+        args.agents,
+        args.sampler,
+        args.pruner.name(),
+        args.seed
+    );
+    println!("space ({}):", args.space.display());
+    for p in &space.params {
+        let adaptive = if p.adaptive { "  adaptive" } else { "" };
+        println!("  {:<22} {}  {:?}{adaptive}", p.name, p.distribution, p.scope);
+    }
+    println!(
+        "objectives: {}\n",
+        args.objectives.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "{:>5}  {:<8}  {:>14}  {:>6}  {:>6}  params",
+        "trial", "state", "value", "rounds", "secs"
+    );
+
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let mut agents = spawn_agents(&pki, addr, trainers, LOOPBACK, stopped.clone()).map_err(anyhow::Error::msg)?;
+    let verbose = args.verbose;
+    let hooks = TuneHooks {
+        evaluator: Some(Arc::new(TestSetEvaluator::new(test, default_device()))),
+        on_event: Some(Box::new(move |event: &TuneEvent| match event {
+            TuneEvent::TrialFinished(t) => println!("{}", row(t)),
+            TuneEvent::Round {
+                number,
+                round,
+                values,
+                pruned,
+            } if verbose => {
+                let stop = if *pruned { "  pruned" } else { "" };
+                println!("         trial {number} round {round}: {values:.4?}{stop}");
+            }
+            _ => {}
+        })),
+    };
+    let report = tune(endpoint, config, study, hooks, stopped)
+        .await
+        .context("the study failed")?;
+    while let Some(exit) = agents.join_next().await {
+        exit??;
+    }
+
+    let accuracy = |t: &TrialRecord| t.final_test.map(|e| e.accuracy);
+    let trials_to_target = report
+        .trials
+        .iter()
+        .position(|t| t.state == TrialState::Complete && accuracy(t).is_some_and(|a| a >= args.target))
+        .map(|i| i + 1);
+    let complete: Vec<&TrialRecord> = report
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete && !t.metrics.is_empty())
+        .collect();
+    let points: Vec<Vec<f64>> = complete
+        .iter()
+        .map(|t| {
+            vec![
+                Direction::Maximize.loss(t.metrics[&Metric::Accuracy]),
+                t.metrics[&Metric::DeviceSeconds],
+                t.metrics[&Metric::Bytes],
+            ]
+        })
+        .collect();
+    let ranks = non_dominated_ranks(&points);
+    let mut front: Vec<FrontPoint> = complete
+        .iter()
+        .zip(&ranks)
+        .filter(|(_, r)| **r == 0)
+        .map(|(t, _)| FrontPoint {
+            trial: t.number,
+            accuracy: t.metrics[&Metric::Accuracy],
+            device_seconds: t.metrics[&Metric::DeviceSeconds],
+            bytes: t.metrics[&Metric::Bytes],
+            params: t.params.clone(),
+        })
+        .collect();
+    front.sort_by(|a, b| b.accuracy.total_cmp(&a.accuracy));
+
+    let best = report.best_trial();
+    println!("\nbest trial");
+    match best {
+        Some(t) => {
+            println!(
+                "  trial {}: test accuracy {:.4}",
+                t.number,
+                accuracy(t).unwrap_or(f64::NAN)
+            );
+            println!("  params       {}", show(&t.params));
+            if let Some(policy) = &t.policy_best {
+                println!("  policy best  {}", show(policy));
+            }
+        }
+        None => println!("  no trial completed"),
+    }
+    match trials_to_target {
+        Some(n) => println!("  trials to {:.2} test accuracy: {n}", args.target),
+        None => println!("  test accuracy {:.2} not reached", args.target),
+    }
+    println!(
+        "  rounds spent {} of {} ({} trials × {} rounds)",
+        report.rounds_spent,
+        args.trials as u64 * args.rounds,
+        args.trials,
+        args.rounds
+    );
+    println!("\nPareto front (test accuracy ↑, device seconds ↓, model bytes ↓)");
+    for p in &front {
+        println!(
+            "  trial {:>3}  accuracy {:.4}  device {:>7.2} s  bytes {:>8.1} MB  {}",
+            p.trial,
+            p.accuracy,
+            p.device_seconds,
+            p.bytes / 1e6,
+            show(&p.params)
+        );
+    }
+    println!("\ntotal {:.1} s", started.elapsed().as_secs_f64());
+
+    let summary = Summary {
+        dataset: args.dataset.clone(),
+        agents: args.agents,
+        sampler: args.sampler.to_string(),
+        pruner: args.pruner.name().into(),
+        seed: args.seed,
+        objectives: args.objectives.clone(),
+        best_trial: best.map(|t| t.number),
+        best_test_accuracy: best.and_then(accuracy),
+        best_params: best.map(|t| t.params.clone()),
+        target: args.target,
+        trials_to_target,
+        rounds_spent: report.rounds_spent,
+        rounds_budget: args.trials as u64 * args.rounds,
+        trials: report
+            .trials
+            .iter()
+            .map(|t| TrialSummary {
+                number: t.number,
+                params: t.params.clone(),
+                policy_best: t.policy_best.clone(),
+                state: t.state,
+                values: t.values.clone(),
+                metrics: t.metrics.clone(),
+                rounds: t.rounds,
+                test_accuracy: accuracy(t),
+            })
+            .collect(),
+        pareto_front: front,
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    common::write_summary(args.summary.as_deref(), &summary)
+}

@@ -1,0 +1,122 @@
+//! Federated studies end to end: trials as federations over loopback QUIC.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use fedtune::aggregator::tune::{Metric, TuneConfig, TuneHooks, tune};
+use fedtune::aggregator::tuning::{PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState};
+use fedtune::protocol::space::{ParamSpec, SearchSpace};
+use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+
+fn space(adaptive: bool) -> SearchSpace {
+    SearchSpace::new(vec![
+        ParamSpec::parse("learning_rate", "loguniform(1e-3, 1e-1)")
+            .unwrap()
+            .with_adaptive(adaptive),
+        ParamSpec::parse("local_epochs", "int(1, 2)").unwrap(),
+    ])
+    .unwrap()
+}
+
+/// Runs a study over `agents` digits agents on 127.0.0.1.
+async fn study(agents: usize, study: TuneConfig) -> fedtune::aggregator::tune::TuneReport {
+    let data = common::digits();
+    let pki = ephemeral_pki(agents).unwrap();
+    let endpoint = bind_aggregator(&pki, false).unwrap();
+    let mut config = common::config(agents, study.rounds);
+    config.listen = endpoint.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = spawn_agents(
+        &pki,
+        config.listen,
+        common::digits_trainers(&data, agents),
+        false,
+        stopped.clone(),
+    )
+    .unwrap();
+    let report = tune(endpoint, config, study, TuneHooks::default(), stopped)
+        .await
+        .unwrap();
+    while let Some(exit) = running.join_next().await {
+        exit.unwrap().unwrap();
+    }
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_trials_run_on_disjoint_agent_groups() {
+    let config = TuneConfig {
+        sampler: SamplerKind::Random,
+        parallel: 2,
+        objectives: vec![Metric::Accuracy, Metric::Bytes],
+        ..TuneConfig::new(space(false), 4, 2)
+    };
+    let report = study(4, config).await;
+    assert_eq!(report.trials.len(), 4);
+    assert_eq!(report.rounds_spent, 8);
+    for t in &report.trials {
+        assert_eq!(t.state, TrialState::Complete, "trial {}", t.number);
+        assert_eq!(t.agents.len(), 2, "each of two parallel trials gets half the agents");
+        let values = t.values.as_ref().unwrap();
+        assert!(values[0] > 0.0 && values[0] <= 1.0, "accuracy {values:?}");
+        assert!(values[1] > 0.0, "bytes {values:?}");
+        assert_eq!(t.metrics.len(), 6);
+    }
+    // The first two trials started together, so their groups are disjoint.
+    let groups: Vec<BTreeSet<&String>> = report.trials[..2].iter().map(|t| t.agents.iter().collect()).collect();
+    assert!(groups[0].is_disjoint(&groups[1]), "{groups:?}");
+    assert!(!report.pareto_front.is_empty());
+    assert!(report.best.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asha_stops_weak_trials_and_bayes_rl_adapts_within_them() {
+    let config = TuneConfig {
+        sampler: SamplerKind::BayesRl,
+        pruner: PrunerConfig::Asha(SuccessiveHalvingPruner {
+            min_resource: 1,
+            reduction_factor: 2,
+            min_early_stopping_rate: 0,
+        }),
+        seed: 3,
+        ..TuneConfig::new(space(true), 5, 4)
+    };
+    let report = study(3, config).await;
+    assert_eq!(report.trials.len(), 5);
+    let pruned = report.trials.iter().filter(|t| t.state == TrialState::Pruned).count();
+    assert!(pruned > 0, "with η = 2 some trial falls in the bottom half of a rung");
+    assert!(
+        report.rounds_spent < 5 * 4,
+        "pruning saves rounds: {}",
+        report.rounds_spent
+    );
+    for t in report.trials.iter().filter(|t| t.state == TrialState::Complete) {
+        let policy = t.policy.as_ref().expect("bayes+rl keeps a policy per trial");
+        assert_eq!(policy.rounds, 4, "the policy learns every round");
+        let best = t.policy_best.as_ref().unwrap();
+        assert!(best.contains_key("learning_rate"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_parameter_is_refused_before_anything_runs() {
+    let pki = ephemeral_pki(1).unwrap();
+    let endpoint = bind_aggregator(&pki, false).unwrap();
+    let space = SearchSpace::new(vec![ParamSpec::parse("dropout", "uniform(0, 0.5)").unwrap()]).unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let err = tune(
+        endpoint,
+        common::config(1, 1),
+        TuneConfig::new(space, 1, 1),
+        TuneHooks::default(),
+        stopped,
+    )
+    .await
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("dropout") && message.contains("learning_rate"),
+        "{message}"
+    );
+}
