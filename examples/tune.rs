@@ -26,7 +26,9 @@ use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune::aggregator::tuning::pareto::non_dominated_ranks;
 use fedtune::aggregator::tuning::spec::load_space_toml;
-use fedtune::aggregator::tuning::{Direction, Params, PrunerConfig, SamplerKind, TrialState};
+use fedtune::aggregator::tuning::{
+    Direction, MedianPruner, Params, PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState,
+};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
@@ -56,12 +58,20 @@ struct Args {
     /// Early stopping: none, median or asha.
     #[arg(long, default_value = "asha")]
     pruner: PrunerConfig,
+    /// Rounds before the pruner's first decision: ASHA's first rung, the median
+    /// pruner's warm-up. One round says little about where a federation ends up.
+    #[arg(long, default_value_t = 3)]
+    min_rounds: u64,
     /// Trials at once, each on its own group of agents.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Seed of the sampler, the policies and the models.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Random trials before TPE or GP take over (default: a quarter of the trials,
+    /// between 3 and 10).
+    #[arg(long)]
+    startup_trials: Option<usize>,
     /// Search space (TOML with `[params]`); see presets/.
     #[arg(long, default_value = "presets/vision.toml")]
     space: PathBuf,
@@ -205,13 +215,25 @@ async fn main() -> anyhow::Result<()> {
         },
         ..AggregatorConfig::default()
     };
+    let pruner = match args.pruner.clone() {
+        PrunerConfig::Asha(asha) => PrunerConfig::Asha(SuccessiveHalvingPruner {
+            min_resource: args.min_rounds,
+            ..asha
+        }),
+        PrunerConfig::Median(median) => PrunerConfig::Median(MedianPruner {
+            n_warmup_steps: args.min_rounds,
+            ..median
+        }),
+        PrunerConfig::None => PrunerConfig::None,
+    };
     let study = TuneConfig {
         objectives: args.objectives.clone(),
         weights: args.weights.clone(),
         sampler: args.sampler,
-        pruner: args.pruner.clone(),
+        pruner,
         parallel: args.parallel,
         seed: args.seed,
+        startup_trials: args.startup_trials,
         baseline_first: args.baseline,
         ..TuneConfig::new(space.clone(), args.trials, args.rounds)
     };

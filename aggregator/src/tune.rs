@@ -150,12 +150,22 @@ pub struct TuneConfig {
     pub rounds: u64,
     /// Seeds the sampler, the policies and each trial's model.
     pub seed: u64,
+    /// Random trials before TPE or GP take over; by default a quarter of the trials,
+    /// between 3 and 10 (federated trials are costly: Optuna's 10 would be half of a
+    /// 20-trial study).
+    pub startup_trials: Option<usize>,
     /// Runs the aggregator config's own hyperparameters as trial 0, a baseline the
     /// sampler then learns from (Optuna's `enqueue_trial`).
     pub baseline_first: bool,
 }
 
 impl TuneConfig {
+    /// Random trials before TPE or GP take over.
+    #[must_use]
+    pub fn startup(&self) -> usize {
+        self.startup_trials.unwrap_or((self.trials / 4).clamp(3, 10))
+    }
+
     /// Checks the counts and the objectives.
     ///
     /// # Errors
@@ -195,6 +205,7 @@ impl TuneConfig {
             parallel: 1,
             rounds,
             seed: 0,
+            startup_trials: None,
             baseline_first: false,
         }
     }
@@ -244,6 +255,10 @@ pub struct TuningSection {
     /// Seed of the sampler, the policies and the trials' models.
     #[serde(default)]
     pub seed: u64,
+    /// Random trials before TPE or GP take over (default: a quarter of the trials,
+    /// between 3 and 10).
+    #[serde(default)]
+    pub startup_trials: Option<usize>,
     /// Run the config's own client settings as trial 0.
     #[serde(default)]
     pub baseline_first: bool,
@@ -297,6 +312,7 @@ impl TuningSection {
             policy: self.policy.clone(),
             parallel: self.parallel,
             seed: self.seed,
+            startup_trials: self.startup_trials,
             baseline_first: self.baseline_first,
             ..TuneConfig::new(space, self.trials, self.rounds.unwrap_or(federation_rounds))
         };
@@ -824,7 +840,7 @@ pub async fn tune(
     let mut study = Study::new(
         tune.space.clone(),
         objectives.clone(),
-        tune.sampler.build(tune.seed),
+        tune.sampler.build_with_startup(tune.seed, Some(tune.startup())),
         tune.pruner.build(),
     )?;
     if let Some(weights) = tune.weights.clone() {

@@ -31,7 +31,7 @@ use std::str::FromStr;
 use fedtune_protocol::space::SearchSpace;
 use serde::{Deserialize, Serialize};
 
-use super::gp::GpSampler;
+use super::gp::{GpConfig, GpSampler};
 use super::pareto::{Scalarization, pareto_front};
 use super::pruner::Pruner;
 use super::sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
@@ -177,16 +177,31 @@ impl SamplerKind {
         }
     }
 
-    /// The between-trial sampler, seeded.
+    /// The between-trial sampler, seeded, with the model-based samplers' default of 10
+    /// random start-up trials (Optuna's).
     #[must_use]
     pub fn build(self, seed: u64) -> Box<dyn Sampler + Send> {
+        self.build_with_startup(seed, None)
+    }
+
+    /// The between-trial sampler, seeded; `startup` overrides how many random trials
+    /// TPE and GP run before their models take over (federated trials are costly, so a
+    /// short study may want fewer than the default 10).
+    #[must_use]
+    pub fn build_with_startup(self, seed: u64, startup: Option<usize>) -> Box<dyn Sampler + Send> {
         match self {
             Self::Grid => Box::new(GridSampler::new(5, seed)),
             Self::Random => Box::new(RandomSampler::new(seed)),
             Self::Tpe | Self::BayesRl => {
-                Box::new(TpeSampler::new(TpeConfig::tuned(), seed).expect("the tuned TPE configuration is valid"))
+                let mut config = TpeConfig::tuned();
+                config.n_startup_trials = startup.unwrap_or(config.n_startup_trials);
+                Box::new(TpeSampler::new(config, seed).expect("the tuned TPE configuration is valid"))
             }
-            Self::Gp => Box::new(GpSampler::with_seed(seed)),
+            Self::Gp => {
+                let mut config = GpConfig::default();
+                config.n_startup_trials = startup.unwrap_or(config.n_startup_trials);
+                Box::new(GpSampler::new(config, seed).expect("the default GP configuration is valid"))
+            }
         }
     }
 
