@@ -138,14 +138,14 @@ async fn a_bad_hello_is_answered_and_the_connection_dropped() {
         error_code(exchange(&connection, &bad_magic).await),
         ErrorCode::Malformed
     );
-    let hello_v2 = AgentMessage::Hello(Hello {
-        protocol_version: 2,
+    let hello_next = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION + 1,
         name: "x".into(),
         capabilities: Capabilities::default(),
     });
     let connection = connect(&fed, Some(1)).await;
     assert_eq!(
-        error_code(exchange(&connection, &encode_frame(&hello_v2, &[]).unwrap()).await),
+        error_code(exchange(&connection, &encode_frame(&hello_next, &[]).unwrap()).await),
         ErrorCode::UnsupportedVersion
     );
     let _ = fed.stop.send(true);

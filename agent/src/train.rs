@@ -211,6 +211,7 @@ pub fn train_local(
         num_samples: train.len() as u64,
         metrics: TrainMetrics {
             loss_before: before.loss,
+            train_loss_before: None,
             accuracy_before: before.accuracy,
             loss_after: after.loss,
             accuracy_after: after.accuracy,

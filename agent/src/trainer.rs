@@ -74,7 +74,15 @@ impl Trainer for BurnTrainer {
 
     fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
         let hp = &task.hyperparameters;
-        let local = train_local(
+        let train_loss_before = match (task.measure_train_loss, &task.model) {
+            (true, ModelSpec::Mlp(spec)) => Some(
+                evaluate(spec, global, &self.train, &self.device)
+                    .map_err(|e| e.to_string())?
+                    .loss,
+            ),
+            _ => None,
+        };
+        let mut local = train_local(
             &task.model,
             global,
             hp,
@@ -84,6 +92,7 @@ impl Trainer for BurnTrainer {
             &self.device,
         )
         .map_err(|e| e.to_string())?;
+        local.metrics.train_loss_before = train_loss_before;
         let plateau = self
             .last_loss
             .is_some_and(|last| local.metrics.loss_after > 0.999 * last);
@@ -126,5 +135,59 @@ impl Trainer for Box<dyn Trainer> {
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
         (**self).evaluate(request, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::default_device;
+    use fedtune_protocol::MlpSpec;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn data(n: usize, offset: f32) -> Dataset {
+        let features = (0..n * 4).map(|i| ((i as f32) * 0.37 + offset).sin()).collect();
+        let labels = (0..n as u32).map(|i| i % 3).collect();
+        Dataset::from_parts(features, labels, 4, 3).unwrap()
+    }
+
+    fn task(measure_train_loss: bool) -> Task {
+        let model = ModelSpec::Mlp(MlpSpec {
+            input: 4,
+            hidden: vec![8],
+            classes: 3,
+        });
+        Task {
+            study: "s".into(),
+            trial: 0,
+            round: 0,
+            manifest_hash: model.manifest().hash(),
+            model,
+            hyperparameters: ClientHyperparameters::default(),
+            deadline_ms: 10_000,
+            seed: 1,
+            measure_train_loss,
+        }
+    }
+
+    #[test]
+    fn the_training_loss_of_the_global_model_is_measured_when_asked() {
+        let (train, validation) = (data(40, 0.0), data(12, 1.0));
+        let mut trainer = BurnTrainer::new(train.clone(), validation.clone(), default_device());
+        let task = task(true);
+        let global = task.model.init_params(&mut StdRng::seed_from_u64(5));
+        let ModelSpec::Mlp(spec) = &task.model else {
+            unreachable!()
+        };
+        let expected = evaluate(spec, &global, &train, &default_device()).unwrap().loss;
+        let on_validation = evaluate(spec, &global, &validation, &default_device()).unwrap().loss;
+
+        let outcome = trainer.fit(&task, &global).unwrap();
+        assert_eq!(outcome.metrics.train_loss_before, Some(expected));
+        assert_eq!(outcome.metrics.loss_before, on_validation);
+        assert_ne!(expected, on_validation, "the two splits differ");
+        let outcome = trainer.fit(&self::task(false), &global).unwrap();
+        assert_eq!(outcome.metrics.train_loss_before, None, "not measured unless asked");
     }
 }

@@ -454,6 +454,7 @@ impl Driver {
                 hyperparameters,
                 deadline_ms: spec.timeout.as_millis() as u64,
                 seed: rand::RngExt::random(&mut self.rng),
+                measure_train_loss: self.strategy.needs_train_loss(),
             };
             exchanges.spawn(fit_exchange(
                 agent.clone(),

@@ -143,7 +143,8 @@ impl Round {
                 ),
             ));
         }
-        let meta = UpdateMeta::new(agent, update.metrics.loss_before);
+        let metrics = &update.metrics;
+        let meta = UpdateMeta::new(agent, metrics.train_loss_before.unwrap_or(metrics.loss_before));
         let checked = self.check(update, &delta, now).and_then(|()| {
             self.aggregation
                 .add_owned(delta, update.num_samples, &meta)
@@ -195,6 +196,20 @@ impl Round {
             return Err(ErrorMessage::new(
                 ErrorCode::Malformed,
                 "update reports zero training samples",
+            ));
+        }
+        let m = &update.metrics;
+        let measured = [
+            m.loss_before,
+            m.accuracy_before,
+            m.loss_after,
+            m.accuracy_after,
+            m.train_loss,
+        ];
+        if let Some(bad) = measured.into_iter().chain(m.train_loss_before).find(|v| !v.is_finite()) {
+            return Err(ErrorMessage::new(
+                ErrorCode::NonFinite,
+                format!("update reports a non-finite metric ({bad})"),
             ));
         }
         check_finite(delta).map_err(|e| ErrorMessage::new(ErrorCode::NonFinite, e.to_string()))
@@ -387,5 +402,78 @@ mod tests {
         round.on_update("a", &update(1), vec![1.0, 1.0], t0).unwrap();
         round.on_failure("b", "connection lost");
         assert!(!round.finish().quorum_met);
+    }
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use std::time::{Duration, Instant};
+
+    use fedtune_protocol::{ClientHyperparameters, ErrorCode, ManifestHash, TrainMetrics, Update};
+
+    use super::{Round, RoundSpec};
+    use crate::strategy::{QFedAvgConfig, StrategyConfig};
+
+    fn spec() -> RoundSpec {
+        RoundSpec {
+            trial: 0,
+            round: 0,
+            cohort: vec!["a".into(), "b".into()],
+            manifest_hash: ManifestHash([1; 32]),
+            numel: 1,
+            target_updates: 2,
+            min_updates: 1,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn update(loss_before: f64, train_loss_before: Option<f64>) -> Update {
+        Update {
+            trial: 0,
+            round: 0,
+            manifest_hash: ManifestHash([1; 32]),
+            num_samples: 1,
+            metrics: TrainMetrics {
+                loss_before,
+                train_loss_before,
+                ..TrainMetrics::default()
+            },
+            used: ClientHyperparameters::default(),
+            proposal: None,
+        }
+    }
+
+    fn qfedavg_step(a: Update, b: Update) -> f32 {
+        let strategy = StrategyConfig::QFedAvg(QFedAvgConfig {
+            q: 1.0,
+            learning_rate: 1e9,
+        });
+        let mut strategy = strategy.build().unwrap();
+        assert!(strategy.needs_train_loss(), "q-FedAvg asks agents for F_k");
+        let t0 = Instant::now();
+        let mut round = Round::new(spec(), strategy.begin_round(0, 1), t0);
+        round.on_update("a", &a, vec![1.0], t0).unwrap();
+        round.on_update("b", &b, vec![0.0], t0).unwrap();
+        round.finish().aggregation.finish().unwrap()[0]
+    }
+
+    #[test]
+    fn q_fedavg_weighs_by_the_training_loss_when_agents_report_it() {
+        // L → 0: the step is Σ Fₖ dₖ / Σ Fₖ; agent a's delta is 1, b's 0.
+        let validation_only = qfedavg_step(update(3.0, None), update(1.0, None));
+        assert!((validation_only - 0.75).abs() < 1e-6, "{validation_only}");
+        let with_train_loss = qfedavg_step(update(3.0, Some(1.0)), update(1.0, Some(3.0)));
+        assert!((with_train_loss - 0.25).abs() < 1e-6, "{with_train_loss}");
+    }
+
+    #[test]
+    fn non_finite_metrics_are_refused() {
+        let t0 = Instant::now();
+        let mut strategy = StrategyConfig::default().build().unwrap();
+        let mut round = Round::new(spec(), strategy.begin_round(0, 1), t0);
+        for (agent, bad) in [("a", update(f64::NAN, None)), ("b", update(1.0, Some(f64::INFINITY)))] {
+            let err = round.on_update(agent, &bad, vec![0.0], t0).unwrap_err();
+            assert_eq!(err.code, ErrorCode::NonFinite);
+        }
     }
 }

@@ -198,6 +198,9 @@ pub struct Task {
     pub deadline_ms: u64,
     /// Seed for the agent's local shuffling, so a round is reproducible.
     pub seed: u64,
+    /// Also measure the received model's loss on the local training data, before
+    /// training (q-FedAvg weighs updates by it); costs one pass over that data.
+    pub measure_train_loss: bool,
 }
 
 /// Federated evaluation: measure the global parameters in the frame payload on the
@@ -236,6 +239,9 @@ pub struct Evaluation {
 pub struct TrainMetrics {
     /// Validation loss of the received global model, before training.
     pub loss_before: f64,
+    /// Training-data loss of the received global model, before training, when the task
+    /// asked for it.
+    pub train_loss_before: Option<f64>,
     /// Validation accuracy of the received global model, before training.
     pub accuracy_before: f64,
     /// Validation loss after local training.

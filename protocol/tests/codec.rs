@@ -25,6 +25,7 @@ fn task(trial: u64, round: u64, hidden: Vec<usize>, lr: f64) -> AggregatorMessag
         },
         deadline_ms: 60_000,
         seed: 7,
+        measure_train_loss: round.is_multiple_of(2),
     })
 }
 
@@ -36,6 +37,7 @@ fn update(samples: u64, loss: f64, name_len: usize) -> AgentMessage {
         num_samples: samples,
         metrics: TrainMetrics {
             loss_before: loss,
+            train_loss_before: name_len.is_multiple_of(3).then_some(loss / 2.0),
             accuracy_after: 0.5,
             ..Default::default()
         },

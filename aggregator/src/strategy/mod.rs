@@ -60,8 +60,9 @@ pub use trimmed_mean::{TrimmedMean, TrimmedMeanConfig};
 pub struct UpdateMeta<'a> {
     /// Agent that sent the update.
     pub agent: &'a str,
-    /// The agent's validation loss of the global model, measured before local training
-    /// (q-FedAvg's `F_k`).
+    /// The agent's loss of the global model, measured before local training (q-FedAvg's
+    /// `F_k`): on its training data when the agent reported that, else on its validation
+    /// split.
     pub loss_before: f64,
 }
 
@@ -101,6 +102,12 @@ pub trait Strategy: Send + Debug {
     /// (`μ/2 ||w - w_global||²`), if the strategy asks for one (FedProx).
     fn proximal_mu(&self) -> Option<f64> {
         None
+    }
+
+    /// Whether agents should also measure the global model's loss on their training
+    /// data (q-FedAvg's `Fₖ`); it costs them one pass over that data per round.
+    fn needs_train_loss(&self) -> bool {
+        false
     }
 
     /// The server learning rate, for strategies that have one.
