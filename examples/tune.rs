@@ -51,7 +51,7 @@ struct Args {
     /// Rounds per trial (the pruner's budget).
     #[arg(long, default_value_t = 30)]
     rounds: u64,
-    /// Strategy between trials: grid, random, tpe, gp or bayes+rl (TPE plus a FedEx
+    /// Strategy between trials: grid, random, tpe, gp or bayes+rl (GP plus a FedEx
     /// policy over the adaptive parameters within each trial).
     #[arg(long, default_value = "bayes+rl")]
     sampler: SamplerKind,

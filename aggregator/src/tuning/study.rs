@@ -154,7 +154,7 @@ pub enum SamplerKind {
     /// Gaussian-process Bayesian optimisation with log expected improvement.
     #[serde(rename = "gp")]
     Gp,
-    /// TPE between trials plus a FedEx policy over adaptive client parameters within
+    /// GP between trials plus a FedEx policy over adaptive client parameters within
     /// each trial; the default.
     #[default]
     #[serde(rename = "bayes+rl")]
@@ -192,12 +192,12 @@ impl SamplerKind {
         match self {
             Self::Grid => Box::new(GridSampler::new(5, seed)),
             Self::Random => Box::new(RandomSampler::new(seed)),
-            Self::Tpe | Self::BayesRl => {
+            Self::Tpe => {
                 let mut config = TpeConfig::tuned();
                 config.n_startup_trials = startup.unwrap_or(config.n_startup_trials);
                 Box::new(TpeSampler::new(config, seed).expect("the tuned TPE configuration is valid"))
             }
-            Self::Gp => {
+            Self::Gp | Self::BayesRl => {
                 let mut config = GpConfig::default();
                 config.n_startup_trials = startup.unwrap_or(config.n_startup_trials);
                 Box::new(GpSampler::new(config, seed).expect("the default GP configuration is valid"))
