@@ -21,10 +21,18 @@ fn space(adaptive: bool) -> SearchSpace {
 
 /// Runs a study over `agents` digits agents on 127.0.0.1.
 async fn study(agents: usize, study: TuneConfig) -> fedtune::aggregator::tune::TuneReport {
+    study_with(agents, study, common::config(agents, 1)).await
+}
+
+/// Runs a study over `agents` digits agents on 127.0.0.1 with the aggregator's `config`.
+async fn study_with(
+    agents: usize,
+    study: TuneConfig,
+    mut config: fedtune::aggregator::AggregatorConfig,
+) -> fedtune::aggregator::tune::TuneReport {
     let data = common::digits();
     let pki = ephemeral_pki(agents).unwrap();
     let endpoint = bind_aggregator(&pki, false).unwrap();
-    let mut config = common::config(agents, study.rounds);
     config.listen = endpoint.local_addr().unwrap();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let mut running = spawn_agents(
@@ -119,4 +127,23 @@ async fn an_unknown_parameter_is_refused_before_anything_runs() {
         message.contains("dropout") && message.contains("learning_rate"),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_ending_in_a_fairness_violation_is_infeasible() {
+    let mut config = common::config(3, 1);
+    // A bound no model can meet: a variance is never negative.
+    config.fairness.constraints = vec!["accuracy_variance <= -1".parse().unwrap()];
+    let study = TuneConfig {
+        sampler: SamplerKind::Random,
+        ..TuneConfig::new(space(false), 2, 2)
+    };
+    let report = study_with(3, study, config).await;
+    for t in &report.trials {
+        assert_eq!(t.state, TrialState::Complete);
+        assert!(!t.feasible, "trial {} should be infeasible", t.number);
+        assert_eq!(t.violations.len(), 1, "{:?}", t.violations);
+        assert!(t.violations[0].contains("accuracy_variance"), "{:?}", t.violations);
+    }
+    assert!(report.pareto_front.is_empty(), "infeasible trials are not on the front");
 }
