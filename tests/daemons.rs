@@ -217,3 +217,46 @@ fn the_ask_tell_command_speaks_json_lines() {
     drop(stdin);
     assert!(wait(&mut child, Duration::from_secs(10)).success());
 }
+
+#[test]
+fn the_ask_tell_command_resumes_a_study_from_its_journal() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = common::scratch_dir("ask-tell-journal");
+    let journal = dir.join("study.jsonl");
+    // Tells every trial `value = trial number`, so trial 0 is always the best.
+    let session = |trials: &str| -> Vec<serde_json::Value> {
+        let mut child = Command::new(binary("fedtune-aggregator"))
+            .args(["tune", "--space"])
+            .arg(common::repo().join("presets/vision.toml"))
+            .args(["--sampler", "random", "--trials", trials, "--storage"])
+            .arg(&journal)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if let Some(trial) = line["trial"].as_u64().filter(|_| line.get("params").is_some()) {
+                writeln!(stdin, "{{\"trial\": {trial}, \"value\": {trial}}}").unwrap();
+                stdin.flush().unwrap();
+            }
+            out.push(line);
+        }
+        assert!(wait(&mut child, Duration::from_secs(10)).success());
+        out
+    };
+    let first = session("2");
+    assert_eq!(first.len(), 3, "{first:?}");
+    let second = session("4");
+    let asked: Vec<u64> = second.iter().filter_map(|l| l["trial"].as_u64()).collect();
+    assert_eq!(asked, vec![2, 3], "the resumed study goes on from trial 2");
+    let done = second.last().unwrap();
+    assert_eq!(done["trials"], 4);
+    assert_eq!(
+        done["best"]["trial"], 0,
+        "the best trial of the first session is kept: {done}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

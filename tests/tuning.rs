@@ -147,3 +147,29 @@ async fn a_trial_ending_in_a_fairness_violation_is_infeasible() {
     }
     assert!(report.pareto_front.is_empty(), "infeasible trials are not on the front");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_study_resumes_from_its_journal() {
+    let journal = common::scratch_dir("tune-journal").join("study.jsonl");
+    let config = |trials| TuneConfig {
+        sampler: SamplerKind::Tpe,
+        storage: Some(journal.clone()),
+        ..TuneConfig::new(space(false), trials, 2)
+    };
+    let first = study(2, config(2)).await;
+    assert_eq!(first.trials.len(), 2);
+    let second = study(2, config(3)).await;
+    assert_eq!(second.trials.len(), 3, "two kept, one new");
+    assert_eq!(second.trials[0].params, first.trials[0].params);
+    assert_eq!(second.trials[1].values, first.trials[1].values);
+    assert_eq!(second.trials[2].state, TrialState::Complete);
+    assert_eq!(
+        second.trials[2].agents.len(),
+        2,
+        "only the new trial ran in this session"
+    );
+    assert_eq!(
+        second.rounds_spent, 6,
+        "the journal remembers the rounds of earlier trials"
+    );
+}

@@ -232,8 +232,13 @@ impl AggregatorConfig {
         if let Some(report) = config.report.as_mut().filter(|r| r.is_relative()) {
             *report = base.join(&*report);
         }
-        if let Some(tuning) = config.tuning.as_mut().filter(|t| t.space.is_relative()) {
-            tuning.space = base.join(&tuning.space);
+        if let Some(tuning) = config.tuning.as_mut() {
+            if tuning.space.is_relative() {
+                tuning.space = base.join(&tuning.space);
+            }
+            if let Some(storage) = tuning.storage.as_mut().filter(|s| s.is_relative()) {
+                *storage = base.join(&*storage);
+            }
         }
         config.validate()?;
         Ok(config)

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
 use fedtune_aggregator::tune::{TuneEvent, TuneHooks, TuningSection, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
-use fedtune_aggregator::tuning::{Direction, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives};
+use fedtune_aggregator::tuning::{
+    Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives,
+};
 use fedtune_aggregator::{AggregatorConfig, Hooks, run, service};
 use tracing_subscriber::EnvFilter;
 
@@ -70,9 +72,12 @@ struct TuneArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Trials to ask.
+    /// Trials the study should hold at the end (counting a resumed study's).
     #[arg(long, default_value_t = 20)]
     trials: usize,
+    /// Keep the study in this JSON-lines journal and resume it if the file exists.
+    #[arg(long)]
+    storage: Option<PathBuf>,
     /// Trials kept open at once.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
@@ -167,6 +172,9 @@ fn ask_tell(args: TuneArgs) -> anyhow::Result<()> {
         .map(|(i, d)| Objective::new(format!("objective_{i}"), *d))
         .collect();
     let mut study = Study::new(space, objectives, args.sampler.build(args.seed), args.pruner.build())?;
+    if let Some(path) = &args.storage {
+        study = study.with_storage(Box::new(Journal::new(path)))?;
+    }
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     ask_tell::run(&mut study, args.trials, args.parallel, stdin, stdout)?;

@@ -39,8 +39,8 @@ use crate::registry::{Registry, accept_loop};
 use crate::round::AgentResult;
 use crate::strategy::StrategyConfig;
 use crate::tuning::{
-    Direction, Draw, FedExConfig, FedExPolicy, Objective, Outcome, Params, PolicySummary, PrunerConfig, SamplerKind,
-    Study, StudyError, TrialState,
+    Direction, Draw, FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig,
+    SamplerKind, Study, StudyError, TrialState,
 };
 
 /// What a trial can be scored on.
@@ -157,6 +157,9 @@ pub struct TuneConfig {
     /// Runs the aggregator config's own hyperparameters as trial 0, a baseline the
     /// sampler then learns from (Optuna's `enqueue_trial`).
     pub baseline_first: bool,
+    /// A JSON-lines journal to keep the study in and resume it from (see
+    /// [`Journal`]); `trials` counts the trials it already holds.
+    pub storage: Option<std::path::PathBuf>,
 }
 
 impl TuneConfig {
@@ -207,6 +210,7 @@ impl TuneConfig {
             seed: 0,
             startup_trials: None,
             baseline_first: false,
+            storage: None,
         }
     }
 }
@@ -265,6 +269,10 @@ pub struct TuningSection {
     /// The within-trial policy (`bayes+rl`).
     #[serde(default)]
     pub policy: FedExConfig,
+    /// A JSON-lines journal to keep the study in and resume it from after a restart;
+    /// relative to this file.
+    #[serde(default)]
+    pub storage: Option<std::path::PathBuf>,
 }
 
 fn default_trials() -> usize {
@@ -314,6 +322,7 @@ impl TuningSection {
             seed: self.seed,
             startup_trials: self.startup_trials,
             baseline_first: self.baseline_first,
+            storage: self.storage.clone(),
             ..TuneConfig::new(space, self.trials, self.rounds.unwrap_or(federation_rounds))
         };
         config.validate()?;
@@ -385,6 +394,28 @@ pub struct TuneReport {
     pub rounds_spent: u64,
     /// Whether shutdown stopped the study early.
     pub interrupted: bool,
+}
+
+impl TrialRecord {
+    /// The record of a trial a resumed study already held.
+    fn resumed(t: &crate::tuning::FrozenTrial) -> Self {
+        Self {
+            number: t.number,
+            params: t.params.clone(),
+            state: t.state,
+            values: t.values.clone(),
+            feasible: t.feasible,
+            violations: Vec::new(),
+            rounds: t.last_intermediate().map_or(0, |(step, _)| step),
+            agents: Vec::new(),
+            curve: t.intermediate.values().filter_map(|v| v.first().copied()).collect(),
+            metrics: BTreeMap::new(),
+            final_test: None,
+            policy_best: None,
+            policy: None,
+            seconds: 0.0,
+        }
+    }
 }
 
 impl TuneReport {
@@ -846,6 +877,9 @@ pub async fn tune(
     if let Some(weights) = tune.weights.clone() {
         study = study.with_weights(weights)?;
     }
+    if let Some(path) = &tune.storage {
+        study = study.with_storage(Box::new(Journal::new(path)))?;
+    }
     let study = Arc::new(Mutex::new(study));
     let fed = &config.federation;
     let registry = Arc::new(Registry::default());
@@ -873,7 +907,8 @@ pub async fn tune(
         let mut running: JoinSet<TrialRecord> = JoinSet::new();
         let mut claimed: HashMap<u64, BTreeSet<String>> = HashMap::new();
         let mut records = Vec::new();
-        let mut asked = 0usize;
+        let mut asked = lock(&study).trials().len();
+        let resumed = asked;
         let mut interrupted = false;
         let evaluator = hooks.evaluator.clone();
         let mut emit = |event: &TuneEvent| {
@@ -904,7 +939,7 @@ pub async fn tune(
                 let asked_trial = {
                     let mut study = lock(&study);
                     if asked == 0 && tune.baseline_first {
-                        Ok(study.ask_with(baseline_params(&tune.space, &config)))
+                        study.ask_with(baseline_params(&tune.space, &config))
                     } else {
                         study.ask()
                     }
@@ -1003,6 +1038,8 @@ pub async fn tune(
                 interrupted = true;
             }
         }
+        // Trials of an earlier session, as the journal kept them.
+        records.extend(lock(&study).trials()[..resumed].iter().map(TrialRecord::resumed));
         records.sort_by_key(|r| r.number);
         Ok(finish_report(&study, records, interrupted))
     }

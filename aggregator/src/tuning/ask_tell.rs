@@ -14,8 +14,9 @@
 //! - `{"trial": 0, "step": 3, "value": 0.8}` — an intermediate value, answered with
 //!   the pruner's decision.
 //!
-//! The next trial is asked as soon as one is told, keeping `parallel` open, until
-//! `trials` have been asked; the run ends once all of them are told.
+//! The next trial is asked as soon as one is told, keeping `parallel` open, until the
+//! study holds `trials` trials (counting those a resumed study already had); the run
+//! ends once all of them are told.
 
 use std::io::{BufRead, Write};
 
@@ -76,8 +77,8 @@ fn trial_json(t: &FrozenTrial) -> Value {
     json!({"trial": t.number, "params": t.params, "values": t.values, "feasible": t.feasible})
 }
 
-/// Runs an ask/tell session: asks up to `trials` trials, keeping `parallel` open, and
-/// reads their results from `input` until all are told.
+/// Runs an ask/tell session: asks trials until the study holds `trials`, keeping
+/// `parallel` open, and reads their results from `input` until all are told.
 ///
 /// # Errors
 /// [`AskTellError`] on I/O failure, when the sampler cannot ask, or when the input
@@ -90,7 +91,7 @@ pub fn run(
     mut output: impl Write,
 ) -> Result<(), AskTellError> {
     let parallel = parallel.max(1);
-    let mut asked = 0usize;
+    let mut asked = study.trials().len();
     let mut open = std::collections::BTreeSet::new();
     let mut exhausted = false;
     let mut ask_more = |study: &mut Study,

@@ -1,4 +1,4 @@
-//! Hyperparameter tuning: trials, samplers and search-space specs.
+//! Hyperparameter tuning: studies, trials, samplers, pruners and search-space specs.
 //!
 //! Follows Optuna's seams: samplers read immutable [`FrozenTrial`]s and propose the
 //! next parameters; they never write a study's storage.
@@ -13,6 +13,9 @@
 //! - [`pareto`]: multi-objective helpers: dominance, non-dominated sort, crowding, hypervolume, weighted sums.
 //! - [`pruner`]: the [`Pruner`] trait, median and successive-halving pruners (also multi-objective).
 //! - [`fedex`]: FedEx, adapting client hyperparameters within a trial by exponentiated gradient.
+//! - [`study`]: the [`Study`]: ask, report, tell; best trial and Pareto front.
+//! - [`storage`]: where a study's trials live: in memory, or a JSON-lines [`Journal`] to resume from.
+//! - [`ask_tell`]: the JSON-lines ask/tell protocol of `fedtune-aggregator tune`.
 
 pub mod ask_tell;
 pub mod fedex;
@@ -22,6 +25,7 @@ pub mod pruner;
 pub mod sampler;
 pub mod spec;
 pub mod stats;
+pub mod storage;
 pub mod study;
 pub mod tpe;
 pub mod trial;
@@ -35,6 +39,7 @@ pub use pareto::{ParetoError, Scalarization, dominates, hypervolume, non_dominat
 pub use pruner::{MedianPruner, NopPruner, Pruner, PrunerConfig, PrunerError, SuccessiveHalvingPruner};
 pub use sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
 pub use spec::{ObjectiveSpec, SpecError, load_objectives, parse_objectives, parse_space_toml};
+pub use storage::{InMemory, Journal, Storage, StorageError, StudyHeader};
 pub use study::{AskedTrial, Objective, Outcome, SamplerKind, Study, StudyError};
 pub use tpe::{TpeConfig, TpeSampler};
 pub use trial::{FrozenTrial, TrialState};

@@ -35,6 +35,7 @@ use super::gp::{GpConfig, GpSampler};
 use super::pareto::{Scalarization, pareto_front};
 use super::pruner::Pruner;
 use super::sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
+use super::storage::{InMemory, Storage, StudyHeader};
 use super::tpe::{TpeConfig, TpeSampler};
 use super::trial::{FrozenTrial, TrialState};
 
@@ -136,6 +137,9 @@ pub enum StudyError {
     /// The scalarization weights do not fit the objectives.
     #[error("weights: {0}")]
     Weights(String),
+    /// The storage failed; the study's state is unchanged.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// The strategy names users pick between trials (`sampler = "..."` in config, or
@@ -244,6 +248,7 @@ pub struct Study {
     scalarization: Option<Scalarization>,
     sampler: Box<dyn Sampler + Send>,
     pruner: Box<dyn Pruner + Send>,
+    storage: Box<dyn Storage>,
     trials: Vec<FrozenTrial>,
 }
 
@@ -282,8 +287,30 @@ impl Study {
             scalarization: None,
             sampler,
             pruner,
+            storage: Box::new(InMemory),
             trials: Vec::new(),
         })
+    }
+
+    /// Keeps the study in `storage` and resumes from the trials it already holds.
+    /// Trials that were still running when the last session ended are marked failed
+    /// (their process is gone), as Optuna fails stale trials.
+    ///
+    /// # Errors
+    /// [`StudyError::Storage`] when the storage cannot be read or holds another study.
+    pub fn with_storage(mut self, mut storage: Box<dyn Storage>) -> Result<Self, StudyError> {
+        let header = StudyHeader {
+            space: self.space.clone(),
+            objectives: self.objectives.clone(),
+        };
+        let mut trials = storage.open(&header).map_err(|e| StudyError::Storage(e.to_string()))?;
+        for t in trials.iter_mut().filter(|t| t.state == TrialState::Running) {
+            t.state = TrialState::Failed;
+            storage.save(t).map_err(|e| StudyError::Storage(e.to_string()))?;
+        }
+        self.trials = trials;
+        self.storage = storage;
+        Ok(self)
     }
 
     /// Optimises the weighted sum of the objectives (each turned into a loss) instead
@@ -368,27 +395,44 @@ impl Study {
     pub fn ask(&mut self) -> Result<AskedTrial, StudyError> {
         let (history, directions) = self.view();
         let params = self.sampler.sample(&self.space, &history, &directions)?;
-        Ok(self.start(params))
+        self.start(params)
     }
 
     /// Starts a trial with the given parameters (Optuna's `enqueue_trial`), e.g. a
     /// known-good default to compare against. Parameters outside the space are kept as
     /// given; samplers skip what they cannot read.
-    pub fn ask_with(&mut self, params: Params) -> AskedTrial {
+    ///
+    /// # Errors
+    /// [`StudyError::Storage`] when the trial cannot be stored.
+    pub fn ask_with(&mut self, params: Params) -> Result<AskedTrial, StudyError> {
         self.start(params)
     }
 
-    fn start(&mut self, params: Params) -> AskedTrial {
+    fn start(&mut self, params: Params) -> Result<AskedTrial, StudyError> {
         let number = self.trials.len() as u64;
-        self.trials.push(FrozenTrial {
+        let trial = FrozenTrial {
             number,
             params: params.clone(),
             values: None,
             state: TrialState::Running,
             feasible: true,
             intermediate: BTreeMap::new(),
-        });
-        AskedTrial { number, params }
+        };
+        self.storage
+            .save(&trial)
+            .map_err(|e| StudyError::Storage(e.to_string()))?;
+        self.trials.push(trial);
+        Ok(AskedTrial { number, params })
+    }
+
+    /// Stores the snapshot of trial `number`, or restores `previous` when that fails.
+    fn commit(&mut self, number: u64, previous: FrozenTrial) -> Result<(), StudyError> {
+        let index = number as usize;
+        if let Err(e) = self.storage.save(&self.trials[index]) {
+            self.trials[index] = previous;
+            return Err(StudyError::Storage(e.to_string()));
+        }
+        Ok(())
     }
 
     fn running_mut(&mut self, number: u64) -> Result<&mut FrozenTrial, StudyError> {
@@ -426,7 +470,10 @@ impl Study {
     /// When the trial is unknown or finished, or the values do not fit the objectives.
     pub fn report(&mut self, number: u64, step: u64, values: Vec<f64>) -> Result<bool, StudyError> {
         self.check_values(number, &values)?;
-        self.running_mut(number)?.intermediate.insert(step, values);
+        let trial = self.running_mut(number)?;
+        let previous = trial.clone();
+        trial.intermediate.insert(step, values);
+        self.commit(number, previous)?;
         let (history, directions) = self.view();
         let trial = &history[number as usize];
         Ok(self.pruner.prune(trial, &history, &directions))
@@ -442,6 +489,7 @@ impl Study {
             self.check_values(number, values)?;
         }
         let trial = self.running_mut(number)?;
+        let previous = trial.clone();
         match outcome {
             Outcome::Complete { values, feasible } => {
                 trial.values = Some(values);
@@ -451,7 +499,8 @@ impl Study {
             Outcome::Pruned => trial.state = TrialState::Pruned,
             Outcome::Failed => trial.state = TrialState::Failed,
         }
-        Ok(trial)
+        self.commit(number, previous)?;
+        Ok(&self.trials[number as usize])
     }
 
     /// The best complete trial: feasible ones first, then by the primary objective (or
@@ -655,5 +704,42 @@ mod tests {
         let err = "annealing".parse::<SamplerKind>().unwrap_err();
         assert!(err.contains("bayes+rl"), "{err}");
         assert_eq!(SamplerKind::default(), SamplerKind::BayesRl);
+    }
+
+    #[test]
+    fn a_study_in_a_journal_resumes_where_it_stopped() {
+        let path = std::env::temp_dir().join(format!("fedtune-study-resume-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let open = || {
+            study(SamplerKind::Tpe, 5)
+                .with_storage(Box::new(crate::tuning::storage::Journal::new(&path)))
+                .unwrap()
+        };
+        let mut first = open();
+        for _ in 0..3 {
+            let t = first.ask().unwrap();
+            first.tell(t.number, Outcome::complete(vec![f(&t.params)])).unwrap();
+        }
+        let crashed = first.ask().unwrap();
+        first.report(crashed.number, 1, vec![9.0]).unwrap();
+        let kept: Vec<FrozenTrial> = first.trials().to_vec();
+        drop(first);
+
+        let mut second = open();
+        assert_eq!(second.trials().len(), 4);
+        assert_eq!(&second.trials()[..3], &kept[..3]);
+        let stale = &second.trials()[3];
+        assert_eq!(
+            stale.state,
+            TrialState::Failed,
+            "a trial running at the crash is failed"
+        );
+        assert_eq!(stale.intermediate, kept[3].intermediate, "its reports were kept");
+        let next = second.ask().unwrap();
+        assert_eq!(next.number, 4);
+        second.tell(next.number, Outcome::complete(vec![0.5])).unwrap();
+        drop(second);
+        assert_eq!(open().trials().len(), 5);
+        let _ = std::fs::remove_file(&path);
     }
 }
