@@ -199,13 +199,7 @@ pub async fn run(
     config.validate()?;
     let config = Arc::new(config);
     let fed = &config.federation;
-    let registry = Arc::new(Registry::default());
-    tokio::spawn(accept_loop(
-        endpoint.clone(),
-        registry.clone(),
-        fed.max_agents,
-        fed.max_payload_bytes,
-    ));
+    let registry = accept_agents(&endpoint, fed);
 
     let result = async {
         if !wait_for_agents(
@@ -270,6 +264,18 @@ pub async fn run(
 
     stop_agents(&registry, &endpoint, "the federation finished").await;
     result
+}
+
+/// Starts accepting agents on `endpoint` into a new registry.
+pub(crate) fn accept_agents(endpoint: &quinn::Endpoint, fed: &crate::config::FederationConfig) -> Arc<Registry> {
+    let registry = Arc::new(Registry::default());
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        registry.clone(),
+        fed.max_agents,
+        fed.max_payload_bytes,
+    ));
+    registry
 }
 
 fn empty_report(rounds: Vec<RoundRecord>, interrupted: bool) -> RunReport {

@@ -33,9 +33,9 @@ use tracing::{debug, info, warn};
 use crate::config::{AggregatorConfig, ConfigError};
 use crate::fairness::FairnessReport;
 use crate::federation::{
-    ClientTuner, Driver, Evaluator, FederationError, GlobalEvaluation, stop_agents, wait_for_agents,
+    ClientTuner, Driver, Evaluator, FederationError, GlobalEvaluation, accept_agents, stop_agents, wait_for_agents,
 };
-use crate::registry::{Registry, accept_loop};
+use crate::registry::Registry;
 use crate::round::AgentResult;
 use crate::strategy::StrategyConfig;
 use crate::tuning::{
@@ -882,13 +882,7 @@ pub async fn tune(
     }
     let study = Arc::new(Mutex::new(study));
     let fed = &config.federation;
-    let registry = Arc::new(Registry::default());
-    tokio::spawn(accept_loop(
-        endpoint.clone(),
-        registry.clone(),
-        fed.max_agents,
-        fed.max_payload_bytes,
-    ));
+    let registry = accept_agents(&endpoint, fed);
     let mut federation_hooks = crate::federation::Hooks::default();
     let result = async {
         if !wait_for_agents(
