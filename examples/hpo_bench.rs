@@ -8,7 +8,10 @@
 //! python3 ../shared/hpo/score.py /tmp/tpe.json ../shared/hpo/optuna_public_results.json
 //! ```
 //!
-//! `--tpe-bandwidth 1 --tpe-gamma 0.1` runs TPE with Optuna's own defaults.
+//! `--tpe-neighbour-bandwidth true --tpe-bandwidth 1 --tpe-gamma 0.1` runs TPE with Optuna
+//! 5.0's own defaults (`TpeConfig::default()`). `--first-seed 10` runs seeds 10..20, which
+//! the Optuna reference does not cover: compare configurations with each other and with
+//! `--sampler random` there.
 //!
 //! The objectives are ported from `objectives_public.py` (formulas and constants as
 //! written there); `--check` compares the port with the reference test vectors.
@@ -20,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use fedtune_aggregator::tuning::tpe::MultivariateBandwidth;
 use fedtune_aggregator::tuning::{
     Direction, FrozenTrial, GpConfig, GpSampler, Params, RandomSampler, Sampler, TpeConfig, TpeSampler, load_objectives,
 };
@@ -28,8 +32,8 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
-    /// Multivariate TPE with `TpeConfig::tuned()` (Optuna's defaults with
-    /// `--tpe-bandwidth 1 --tpe-gamma 0.1`).
+    /// Multivariate TPE with `TpeConfig::tuned()` (Optuna 5.0's defaults with
+    /// `--tpe-neighbour-bandwidth true --tpe-bandwidth 1 --tpe-gamma 0.1`).
     Tpe,
     /// TPE with one estimator per parameter.
     TpeIndependent,
@@ -48,9 +52,17 @@ struct Args {
     /// Where to write the results (hpo-bench-results/1 schema).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Seeds 0..N.
+    /// Number of seeds: runs seeds `first_seed .. first_seed + seeds`.
     #[arg(long, default_value_t = 10)]
     seeds: u64,
+    /// First seed (the Optuna reference results use seeds 0..10; other seeds check that a
+    /// configuration is not fitted to those).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Sampler label in the results file (default: the sampler's name), so that several
+    /// configurations can be scored side by side.
+    #[arg(long)]
+    label: Option<String>,
     /// Trials per study.
     #[arg(long, default_value_t = 50)]
     trials: usize,
@@ -72,6 +84,21 @@ struct Args {
     /// TPE: scale of the multivariate bandwidth.
     #[arg(long, default_value_t = TpeConfig::tuned().bandwidth_scale)]
     tpe_bandwidth: f64,
+    /// TPE: largest good group.
+    #[arg(long, default_value_t = TpeConfig::tuned().gamma_max)]
+    tpe_gamma_max: usize,
+    /// TPE: weight of the prior kernel.
+    #[arg(long, default_value_t = TpeConfig::tuned().prior_weight)]
+    tpe_prior_weight: f64,
+    /// TPE: let the range's ends count as neighbours (independent mode only).
+    #[arg(long, default_value_t = TpeConfig::tuned().consider_endpoints, action = clap::ArgAction::Set)]
+    tpe_endpoints: bool,
+    /// TPE: multivariate bandwidths from the neighbour gaps per coordinate instead of Scott's rule.
+    #[arg(long, default_value_t = TpeConfig::tuned().multivariate_bandwidth == MultivariateBandwidth::Neighbour, action = clap::ArgAction::Set)]
+    tpe_neighbour_bandwidth: bool,
+    /// TPE: clip bandwidths below at `range / min(100, n + 2)`.
+    #[arg(long, default_value_t = TpeConfig::tuned().consider_magic_clip, action = clap::ArgAction::Set)]
+    tpe_magic_clip: bool,
     /// GP: random start-up trials.
     #[arg(long, default_value_t = GpConfig::default().n_startup_trials)]
     gp_startup: usize,
@@ -247,6 +274,15 @@ fn make_sampler(args: &Args, seed: u64) -> anyhow::Result<Box<dyn Sampler>> {
         n_startup_trials: args.tpe_startup,
         gamma_fraction: args.tpe_gamma,
         bandwidth_scale: args.tpe_bandwidth,
+        gamma_max: args.tpe_gamma_max,
+        prior_weight: args.tpe_prior_weight,
+        consider_endpoints: args.tpe_endpoints,
+        consider_magic_clip: args.tpe_magic_clip,
+        multivariate_bandwidth: if args.tpe_neighbour_bandwidth {
+            MultivariateBandwidth::Neighbour
+        } else {
+            MultivariateBandwidth::Scott
+        },
         ..TpeConfig::tuned()
     };
     Ok(match args.sampler {
@@ -279,11 +315,12 @@ fn main() -> anyhow::Result<()> {
     if args.check {
         return check(&args);
     }
-    let label = args
-        .sampler
-        .to_possible_value()
-        .map(|v| v.get_name().replace('-', "_"))
-        .unwrap_or_default();
+    let label = args.label.clone().unwrap_or_else(|| {
+        args.sampler
+            .to_possible_value()
+            .map(|v| v.get_name().replace('-', "_"))
+            .unwrap_or_default()
+    });
     let objectives = load_objectives(&args.hpo_dir.join("objectives_public.json"))?;
     let checkpoints: Vec<usize> = [10, 20, 32, 50].into_iter().filter(|&k| k <= args.trials).collect();
     let mut results = serde_json::Map::new();
@@ -299,7 +336,7 @@ fn main() -> anyhow::Result<()> {
         let f = objective(&obj.name).with_context(|| format!("no port of objective {}", obj.name))?;
         let mut seeds = serde_json::Map::new();
         let (mut at32, mut at50, mut ms) = (Vec::new(), Vec::new(), Vec::new());
-        for seed in 0..args.seeds {
+        for seed in args.first_seed..args.first_seed + args.seeds {
             let mut sampler = make_sampler(&args, seed)?;
             let mut history: Vec<FrozenTrial> = Vec::with_capacity(args.trials);
             let (mut values, mut best_so_far, mut overhead) = (Vec::new(), Vec::new(), Vec::new());

@@ -27,6 +27,8 @@ pub mod spec;
 pub mod stats;
 pub mod storage;
 pub mod study;
+#[cfg(test)]
+mod testing;
 pub mod tpe;
 pub mod trial;
 
