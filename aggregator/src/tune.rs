@@ -1006,6 +1006,14 @@ pub async fn tune(
                 running.spawn(run.run(shutdown.clone()));
             }
             if running.is_empty() {
+                if asked < tune.trials && !*shutdown.borrow() {
+                    warn!(
+                        asked,
+                        trials = tune.trials,
+                        connected = registry.len(),
+                        "too few agents left for another trial (each needs federation.min_updates); ending the study"
+                    );
+                }
                 break;
             }
             tokio::select! {
