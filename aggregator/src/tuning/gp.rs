@@ -1479,4 +1479,35 @@ mod tests {
         assert_eq!(data.outcomes.len(), 13);
         assert_eq!(data.losses[12], vec![0.9]);
     }
+
+    #[test]
+    fn degenerate_histories_still_give_valid_params() {
+        let space = quadratic_space();
+        let p = |x: f64, y: f64| {
+            Params::from([
+                ("x".to_string(), ParamValue::Float(x)),
+                ("y".to_string(), ParamValue::Float(y)),
+            ])
+        };
+        // Every trial at one point with one value; then equal values everywhere; then
+        // non-finite values.
+        let cases: Vec<Vec<FrozenTrial>> = vec![
+            (0..12).map(|i| FrozenTrial::complete(i, p(0.5, 0.5), 1.0)).collect(),
+            (0..12)
+                .map(|i| FrozenTrial::complete(i, p(i as f64 / 3.0 - 2.0, 0.0), 3.0))
+                .collect(),
+            (0..12)
+                .map(|i| {
+                    FrozenTrial::complete(i, p(i as f64 / 3.0 - 2.0, 1.0), if i % 2 == 0 { f64::NAN } else { 2.0 })
+                })
+                .collect(),
+        ];
+        for history in cases {
+            let mut gp = GpSampler::with_seed(1);
+            let params = gp.sample(&space, &history, &[Direction::Minimize]).unwrap();
+            for spec in &space.params {
+                assert!(spec.distribution.contains(&params[&spec.name]), "{params:?}");
+            }
+        }
+    }
 }
