@@ -117,7 +117,7 @@ pub fn run(
         Ok(())
     };
     ask_more(study, &mut open, &mut output)?;
-    let mut lines = input.lines();
+    let mut lines = input.split(b'\n');
     let mut line_number = 0u64;
     while !open.is_empty() {
         let Some(line) = lines.next() else {
@@ -128,10 +128,12 @@ pub fn run(
         };
         let line = line?;
         line_number += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let reply = match handle(study, &open, &line) {
+        let handled = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => handle(study, &open, text),
+            Err(e) => Err(format!("not UTF-8: {e}")),
+        };
+        let reply = match handled {
             Ok(Handled::Told(number)) => {
                 open.remove(&number);
                 None
@@ -278,5 +280,17 @@ mod tests {
         let err = run(&mut s, 3, 1, "{\"trial\": 0, \"value\": 1.0}\n".as_bytes(), &mut out).unwrap_err();
         assert!(matches!(err, AskTellError::Unfinished { open: 1, .. }), "{err}");
         assert!(s.trials()[0].value().is_some());
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_gets_an_error_and_the_study_goes_on() {
+        let mut s = study();
+        let mut input = b"{\"trial\": 0, \"value\": \xff}\n".to_vec();
+        input.extend_from_slice(b"{\"trial\": 0, \"value\": 1.0}\n");
+        let mut out = Vec::new();
+        run(&mut s, 1, 1, input.as_slice(), &mut out).unwrap();
+        let out = lines(&out);
+        assert!(out[1]["error"].as_str().unwrap().contains("UTF-8"), "{out:?}");
+        assert_eq!(out[2]["done"], true);
     }
 }
