@@ -601,8 +601,8 @@ fn server_lr(params: &Params) -> Option<&ParamValue> {
 /// Adapts a trial's adaptive client parameters with a FedEx policy.
 struct PolicyTuner {
     policy: FedExPolicy,
-    /// The adaptive parameters, each with whether it is an integer.
-    adaptive: Vec<(String, bool)>,
+    /// The adaptive parameters with their distributions.
+    adaptive: Vec<(String, Distribution)>,
     draws: HashMap<String, Draw>,
 }
 
@@ -647,18 +647,20 @@ impl ClientTuner for PolicyTuner {
         debug!(rewards = used, "policy updated");
         for r in results {
             let Some(proposal) = &r.proposal else { continue };
-            for (name, integer) in &self.adaptive {
+            for (name, distribution) in &self.adaptive {
                 let (Some(proposed), Some(used)) = (client_value(proposal, name), client_value(&r.used, name)) else {
                     continue;
                 };
                 if proposed != used {
-                    let value = if *integer {
-                        ParamValue::Int(proposed as i64)
-                    } else {
-                        ParamValue::Float(proposed)
+                    let raw = match distribution {
+                        Distribution::Int { .. } => ParamValue::Int(proposed.round() as i64),
+                        _ => ParamValue::Float(proposed),
                     };
-                    // Proposals outside the space (e.g. a halved rate below its lower
-                    // bound) are the agent's business; the policy stays in the space.
+                    // A proposal beyond the space (a halved rate below its lower bound)
+                    // counts as the nearest value the space allows.
+                    let value = distribution
+                        .to_internal(&raw)
+                        .map_or(raw, |internal| distribution.from_internal(internal));
                     if let Err(e) = self.policy.record_proposal(name, value) {
                         debug!(agent = %r.agent, "proposal for {name} not used: {e}");
                     }
@@ -958,12 +960,12 @@ pub async fn tune(
                     }
                 };
                 let tuner = if tune.sampler.adapts_within_trials() {
-                    let adaptive: Vec<(String, bool)> = tune
+                    let adaptive: Vec<(String, Distribution)> = tune
                         .space
                         .params
                         .iter()
                         .filter(|p| p.adaptive && p.scope == Scope::Client)
-                        .map(|p| (p.name.clone(), matches!(p.distribution, Distribution::Int { .. })))
+                        .map(|p| (p.name.clone(), p.distribution.clone()))
                         .collect();
                     match FedExPolicy::new(&tune.space, &trial.params, tune.policy.clone(), seed) {
                         Ok(policy) => Some(Arc::new(Mutex::new(PolicyTuner {
@@ -1086,5 +1088,123 @@ fn finish_report(study: &Mutex<Study>, trials: Vec<TrialRecord>, interrupted: bo
         rounds_spent: trials.iter().map(|t| t.rounds).sum(),
         trials,
         interrupted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fedtune_protocol::TrainMetrics;
+    use fedtune_protocol::space::ParamSpec;
+
+    use super::*;
+
+    fn space() -> SearchSpace {
+        SearchSpace::new(vec![
+            ParamSpec::parse("learning_rate", "loguniform(1e-3, 1e-1)")
+                .unwrap()
+                .with_adaptive(true),
+            ParamSpec::parse("local_epochs", "int(1, 5)").unwrap(),
+        ])
+        .unwrap()
+    }
+
+    fn tuner() -> PolicyTuner {
+        let params = Params::from([
+            ("learning_rate".to_string(), ParamValue::Float(1e-2)),
+            ("local_epochs".to_string(), ParamValue::Int(2)),
+        ]);
+        PolicyTuner {
+            policy: FedExPolicy::new(&space(), &params, FedExConfig::default(), 1).unwrap(),
+            adaptive: vec![("learning_rate".into(), space().params[0].distribution.clone())],
+            draws: HashMap::new(),
+        }
+    }
+
+    fn result(agent: &str, used: &ClientHyperparameters, proposal: Option<f64>, drop: f64) -> AgentResult {
+        AgentResult {
+            agent: agent.into(),
+            num_samples: 10,
+            metrics: TrainMetrics {
+                loss_before: 1.0,
+                loss_after: 1.0 - drop,
+                ..TrainMetrics::default()
+            },
+            arrived_after: Duration::ZERO,
+            used: used.clone(),
+            proposal: proposal.map(|lr| ClientHyperparameters {
+                learning_rate: lr,
+                ..used.clone()
+            }),
+        }
+    }
+
+    #[test]
+    fn agents_get_policy_draws_and_their_proposals_reach_the_policy() {
+        let mut tuner = tuner();
+        let base = ClientHyperparameters::default();
+        let a = tuner.assign("a", &base);
+        let b = tuner.assign("b", &base);
+        for hp in [&a, &b] {
+            assert!((1e-3..=1e-1).contains(&hp.learning_rate), "{hp:?}");
+            assert_eq!(hp.local_epochs, base.local_epochs, "only adaptive parameters move");
+        }
+        // Agent b proposes a rate below the space: it counts as the lower bound.
+        tuner.observe(&[result("a", &a, None, 0.3), result("b", &b, Some(1e-4), 0.1)]);
+        let summary = tuner.policy.summary();
+        assert_eq!(summary.rounds, 1);
+        assert_eq!(summary.rewards_used, 2);
+        let lr = &summary.params[0];
+        assert_eq!(lr.proposals, 1);
+        assert!(lr.arms.iter().any(|arm| arm.value == ParamValue::Float(1e-3)), "{lr:?}");
+    }
+
+    #[test]
+    fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
+        let base = AggregatorConfig::default();
+        let params = Params::from([
+            ("learning_rate".to_string(), ParamValue::Float(0.05)),
+            ("optimizer".to_string(), ParamValue::Categorical("sgd".into())),
+            ("strategy".to_string(), ParamValue::Categorical("fedadam".into())),
+            ("cohort".to_string(), ParamValue::Float(0.5)),
+        ]);
+        let config = trial_config(&base, &params, 9, 7).unwrap();
+        assert_eq!(config.client.learning_rate, 0.05);
+        assert_eq!(config.client.optimizer, Optimizer::Sgd);
+        assert_eq!(config.strategy.name(), "fedadam");
+        assert_eq!(
+            (
+                config.federation.cohort,
+                config.federation.seed,
+                config.federation.rounds
+            ),
+            (0.5, 9, 7)
+        );
+
+        let bad = Params::from([("batch_size".to_string(), ParamValue::Float(2.5))]);
+        let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        let bad = Params::from([("optimizer".to_string(), ParamValue::Categorical("lion".into()))]);
+        assert!(
+            trial_config(&base, &bad, 0, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("adam or sgd")
+        );
+
+        let server_adaptive = SearchSpace::new(vec![
+            ParamSpec::parse("server_lr", "loguniform(1e-3, 1)")
+                .unwrap()
+                .with_scope(Scope::Server)
+                .with_adaptive(true),
+        ])
+        .unwrap();
+        assert!(
+            check_space(&server_adaptive)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot be adaptive")
+        );
     }
 }
