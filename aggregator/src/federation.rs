@@ -236,16 +236,7 @@ pub async fn run(
             BTreeMap::new()
         };
         let global = driver.global;
-        let final_fairness = if final_agent_evaluation.is_empty() {
-            rounds.last().map(|r: &RoundRecord| r.fairness).unwrap_or_default()
-        } else {
-            let per_agent: Vec<(f64, f64)> = final_agent_evaluation.values().map(|e| (e.accuracy, e.loss)).collect();
-            let participation = rounds.last().map_or(0.0, |r| r.fairness.participation_jain);
-            FairnessReport {
-                participation_jain: participation,
-                ..FairnessReport::measure(&per_agent, &[])
-            }
-        };
+        let final_fairness = final_fairness(&final_agent_evaluation, rounds.last());
         let final_violations = violations(&config.fairness.constraints, &final_fairness);
         for violation in &final_violations {
             warn!("final model: {violation}");
@@ -264,6 +255,23 @@ pub async fn run(
 
     stop_agents(&registry, &endpoint, "the federation finished").await;
     result
+}
+
+/// Fairness of a final model: from its evaluation on the agents when there is one, else
+/// the last round's; participation is the run's so far.
+pub(crate) fn final_fairness(
+    per_agent: &BTreeMap<String, GlobalEvaluation>,
+    last: Option<&RoundRecord>,
+) -> FairnessReport {
+    let last_fairness = last.map(|r| r.fairness).unwrap_or_default();
+    if per_agent.is_empty() {
+        return last_fairness;
+    }
+    let pairs: Vec<(f64, f64)> = per_agent.values().map(|e| (e.accuracy, e.loss)).collect();
+    FairnessReport {
+        participation_jain: last_fairness.participation_jain,
+        ..FairnessReport::measure(&pairs, &[])
+    }
 }
 
 /// Starts accepting agents on `endpoint` into a new registry.

@@ -33,7 +33,8 @@ use tracing::{debug, info, warn};
 use crate::config::{AggregatorConfig, ConfigError};
 use crate::fairness::FairnessReport;
 use crate::federation::{
-    ClientTuner, Driver, Evaluator, FederationError, GlobalEvaluation, accept_agents, stop_agents, wait_for_agents,
+    ClientTuner, Driver, Evaluator, FederationError, GlobalEvaluation, accept_agents, final_fairness, stop_agents,
+    wait_for_agents,
 };
 use crate::registry::Registry;
 use crate::round::AgentResult;
@@ -804,12 +805,7 @@ impl TrialRun {
         } else {
             BTreeMap::new()
         };
-        let fairness = if per_agent.is_empty() {
-            last.fairness
-        } else {
-            let pairs: Vec<(f64, f64)> = per_agent.values().map(|e| (e.accuracy, e.loss)).collect();
-            FairnessReport::measure(&pairs, &[])
-        };
+        let fairness = final_fairness(&per_agent, Some(&last));
         let federated = (!per_agent.is_empty()).then(|| {
             let total: u64 = per_agent.values().map(|e| e.samples).sum::<u64>().max(1);
             let weighted = |f: fn(&GlobalEvaluation) -> f64| {

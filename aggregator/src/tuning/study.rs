@@ -24,6 +24,7 @@
 //! assert!(study.best_trial().unwrap().values.as_ref().unwrap()[0] < 0.2);
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -367,33 +368,12 @@ impl Study {
         self.trials.iter().filter(|t| t.state == TrialState::Running).count()
     }
 
-    /// The history as the sampler and pruner see it: weighted studies collapse to one
-    /// minimised value.
-    fn view(&self) -> (Vec<FrozenTrial>, Vec<Direction>) {
-        match &self.scalarization {
-            None => (self.trials.clone(), self.directions.clone()),
-            Some(s) => {
-                let scalar = |values: &Vec<f64>| vec![s.loss(values, &self.directions)];
-                let trials = self
-                    .trials
-                    .iter()
-                    .map(|t| FrozenTrial {
-                        values: t.values.as_ref().map(scalar),
-                        intermediate: t.intermediate.iter().map(|(k, v)| (*k, scalar(v))).collect(),
-                        ..t.clone()
-                    })
-                    .collect();
-                (trials, vec![Direction::Minimize])
-            }
-        }
-    }
-
     /// Starts a trial with parameters from the sampler.
     ///
     /// # Errors
     /// [`StudyError::Sampler`] when the sampler has nothing left to propose.
     pub fn ask(&mut self) -> Result<AskedTrial, StudyError> {
-        let (history, directions) = self.view();
+        let (history, directions) = view(&self.trials, &self.directions, self.scalarization.as_ref());
         let params = self.sampler.sample(&self.space, &history, &directions)?;
         self.start(params)
     }
@@ -474,7 +454,7 @@ impl Study {
         let previous = trial.clone();
         trial.intermediate.insert(step, values);
         self.commit(number, previous)?;
-        let (history, directions) = self.view();
+        let (history, directions) = view(&self.trials, &self.directions, self.scalarization.as_ref());
         let trial = &history[number as usize];
         Ok(self.pruner.prune(trial, &history, &directions))
     }
@@ -527,6 +507,28 @@ impl Study {
     pub fn pareto_front(&self) -> Vec<&FrozenTrial> {
         pareto_front(&self.trials, &self.directions)
     }
+}
+
+/// The history as the sampler and pruner see it: borrowed as it is, or, for a weighted
+/// study, collapsed to one minimised value.
+fn view<'a>(
+    trials: &'a [FrozenTrial],
+    directions: &'a [Direction],
+    scalarization: Option<&Scalarization>,
+) -> (Cow<'a, [FrozenTrial]>, Cow<'a, [Direction]>) {
+    let Some(s) = scalarization else {
+        return (Cow::Borrowed(trials), Cow::Borrowed(directions));
+    };
+    let scalar = |values: &Vec<f64>| vec![s.loss(values, directions)];
+    let trials = trials
+        .iter()
+        .map(|t| FrozenTrial {
+            values: t.values.as_ref().map(scalar),
+            intermediate: t.intermediate.iter().map(|(k, v)| (*k, scalar(v))).collect(),
+            ..t.clone()
+        })
+        .collect();
+    (Cow::Owned(trials), Cow::Owned(vec![Direction::Minimize]))
 }
 
 #[cfg(test)]
