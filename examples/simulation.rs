@@ -18,7 +18,7 @@ use clap::{Parser, ValueEnum};
 use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
-use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::config::{FederationConfig, SecureAggregationConfig};
 use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run};
 use fedtune::evaluate::TestSetEvaluator;
@@ -70,6 +70,10 @@ struct Args {
     /// qfedavg, median, trimmed_mean, krum, multi_krum (default parameters).
     #[arg(long, default_value = "fedavg")]
     strategy: StrategyConfig,
+    /// Mask the updates with secure aggregation: the aggregator sees only each round's
+    /// sum (needs a strategy that works on the sum, such as fedavg).
+    #[arg(long)]
+    secure: bool,
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
@@ -87,6 +91,7 @@ struct Summary {
     seed: u64,
     hyperparameters: ClientHyperparameters,
     strategy: String,
+    secure_aggregation: bool,
     final_test_accuracy: f64,
     rounds_to_90: Option<usize>,
     final_test_loss: f64,
@@ -161,8 +166,13 @@ async fn main() -> anyhow::Result<()> {
         model,
         client: client.clone(),
         strategy: args.strategy.clone(),
+        secure_aggregation: SecureAggregationConfig {
+            enabled: args.secure,
+            ..SecureAggregationConfig::default()
+        },
         ..AggregatorConfig::default()
     };
+    config.validate()?;
 
     let trainers = data.burn_trainers(args.agents, &default_device())?;
     let test = data.global_test()?;
@@ -175,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
         test.len()
     );
     println!(
-        "model MLP {input}-{}-{classes}, {} local epoch(s) of {} lr {} batch {}, {}; QUIC + mutual TLS on {addr}\n",
+        "model MLP {input}-{}-{classes}, {} local epoch(s) of {} lr {} batch {}, {}{}; QUIC + mutual TLS on {addr}\n",
         args.hidden
             .iter()
             .map(ToString::to_string)
@@ -185,7 +195,8 @@ async fn main() -> anyhow::Result<()> {
         client.optimizer,
         client.learning_rate,
         client.batch_size,
-        args.strategy
+        args.strategy,
+        if args.secure { " under secure aggregation" } else { "" }
     );
     println!(
         "{:>5}  {:>7}  {:>10}  {:>10}  {:>9}  {:>7}",
@@ -227,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed,
         hyperparameters: client,
         strategy: args.strategy.name().into(),
+        secure_aggregation: args.secure,
         final_test_accuracy: final_test.accuracy,
         rounds_to_90: report
             .rounds

@@ -179,7 +179,7 @@ async fn serve_connection<T: Trainer>(
     }
 }
 
-fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Training state is rebuilt from each task, so a trainer poisoned by a panic is
     // still safe to use for the next one.
     trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -209,6 +209,9 @@ async fn serve_stream<T: Trainer>(
             if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
                 write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
                 return Ok(send.finish()?);
+            }
+            if let Some(params) = task.secure {
+                return crate::secure::serve(&mut send, &mut recv, task, params, payload, trainer).await;
             }
             let started = std::time::Instant::now();
             let outcome = tokio::task::spawn_blocking(move || {
@@ -275,7 +278,11 @@ async fn serve_stream<T: Trainer>(
             return Ok(());
         }
         AggregatorMessage::Error(e) => warn!("aggregator error: {e}"),
-        other @ (AggregatorMessage::Welcome(_) | AggregatorMessage::Ack(_)) => {
+        other @ (AggregatorMessage::Welcome(_)
+        | AggregatorMessage::Ack(_)
+        | AggregatorMessage::SecAggRoster(_)
+        | AggregatorMessage::SecAggShares(_)
+        | AggregatorMessage::SecAggUnmask(_)) => {
             let error = ErrorMessage::new(
                 ErrorCode::Unexpected,
                 format!("unexpected {other:?} outside an exchange"),

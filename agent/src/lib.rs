@@ -9,6 +9,7 @@
 //! - [`trainer`]: the [`trainer::Trainer`] seam the connection loop calls, and its Burn
 //!   implementation.
 //! - [`client`]: connect, hello, serve tasks, reconnect.
+//! - `secure`: the agent's side of a secure-aggregation round.
 //! - [`config`]: the daemon's TOML configuration and the local data it names.
 //! - [`tls`]: the client side of mutual TLS.
 //! - [`wire`]: frames over QUIC streams.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod data;
 pub mod model;
 pub mod partition;
+mod secure;
 pub mod tls;
 pub mod train;
 pub mod trainer;

@@ -168,6 +168,7 @@ mod tests {
             deadline_ms: 10_000,
             seed: 1,
             measure_train_loss,
+            secure: None,
         }
     }
 

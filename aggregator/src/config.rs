@@ -31,10 +31,80 @@ pub struct AggregatorConfig {
     pub server_lr: ServerLrConfig,
     /// Fairness constraints and cohort selection.
     pub fairness: FairnessConfig,
+    /// Secure aggregation of the cohort's updates (off unless enabled).
+    pub secure_aggregation: SecureAggregationConfig,
     /// Where to write the JSON run report at the end (optional).
     pub report: Option<PathBuf>,
     /// A hyperparameter study to run instead of a single federation (optional).
     pub tuning: Option<crate::tune::TuningSection>,
+}
+
+/// Secure aggregation (Bonawitz et al. 2017): agents mask their updates with pairwise
+/// masks agreed over X25519, so the aggregator learns only the sample-weighted sum of a
+/// cohort's updates, and it can still remove the masks of agents that drop out mid-round
+/// from the key shares the others reveal.
+///
+/// Training metrics (losses, accuracies, sample counts) still travel in the clear: the
+/// fairness checks need them. Strategies that must see individual updates (robust rules,
+/// q-FedAvg) cannot run under it; start-up refuses the combination.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecureAggregationConfig {
+    /// Mask every round's updates.
+    pub enabled: bool,
+    /// Fraction of the cohort whose key shares reconstruct a secret: a round needs more
+    /// than `threshold × cohort` agents (and at least 2) to last until the end, and
+    /// fewer than that learn nothing. In (0, 1); 0.5 means a majority.
+    pub threshold: f64,
+    /// Each update coordinate is clipped to `[-clip, clip]` before fixed-point encoding.
+    pub clip: f32,
+    /// How long the aggregator waits for the agents' answers to each key-exchange step
+    /// (public keys, encrypted shares, unmasking shares), in seconds. Training time is
+    /// bounded by `federation.round_timeout_secs` as in any round.
+    pub step_timeout_secs: f64,
+}
+
+impl Default for SecureAggregationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold: 0.5,
+            clip: 16.0,
+            step_timeout_secs: 30.0,
+        }
+    }
+}
+
+impl SecureAggregationConfig {
+    /// Shares needed to reconstruct a secret in a cohort of `cohort` agents.
+    pub fn threshold_for(&self, cohort: usize) -> usize {
+        ((self.threshold * cohort as f64).floor() as usize + 1).clamp(2, cohort.max(2))
+    }
+
+    /// The wait for each key-exchange step as a duration.
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.step_timeout_secs)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.threshold > 0.0 && self.threshold < 1.0) {
+            return invalid(format!(
+                "secure_aggregation.threshold must be a fraction in (0, 1), got {}",
+                self.threshold
+            ));
+        }
+        if !(self.clip.is_finite() && self.clip > 0.0) {
+            return invalid(format!("secure_aggregation.clip must be positive, got {}", self.clip));
+        }
+        if !(self.step_timeout_secs.is_finite() && self.step_timeout_secs > 0.0 && self.step_timeout_secs < 1e7) {
+            return invalid(format!(
+                "secure_aggregation.step_timeout_secs must be a positive number of seconds, got {}",
+                self.step_timeout_secs
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How cohorts are picked.
@@ -178,6 +248,7 @@ impl Default for AggregatorConfig {
             strategy: StrategyConfig::default(),
             server_lr: ServerLrConfig::default(),
             fairness: FairnessConfig::default(),
+            secure_aggregation: SecureAggregationConfig::default(),
             report: None,
             tuning: None,
         }
@@ -295,6 +366,11 @@ impl AggregatorConfig {
         self.client
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("client: {e}")))?;
+        let secure = &self.secure_aggregation;
+        secure.validate()?;
+        self.strategy
+            .check(secure.enabled)
+            .map_err(|e| ConfigError::Invalid(format!("strategy: {e}")))?;
         if let Some(tuning) = &self.tuning {
             tuning.study(f.rounds)?;
         }
@@ -333,5 +409,38 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("federation.rounds"));
         let unknown: Result<AggregatorConfig, _> = toml::from_str("[federation]\nround = 3\n");
         assert!(unknown.unwrap_err().to_string().contains("round"));
+    }
+
+    #[test]
+    fn secure_aggregation_refuses_rules_that_need_individual_updates() {
+        let text = "[strategy]\nname = \"krum\"\n[secure_aggregation]\nenabled = true\n";
+        let config: AggregatorConfig = toml::from_str(text).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("krum") && err.contains("secure aggregation"), "{err}");
+        let fine: AggregatorConfig = toml::from_str("[secure_aggregation]\nenabled = true\n").unwrap();
+        fine.validate().unwrap();
+        let text = "[secure_aggregation]\nenabled = true\nthreshold = 1.0\n";
+        let config: AggregatorConfig = toml::from_str(text).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("secure_aggregation.threshold")
+        );
+    }
+
+    #[test]
+    fn secure_threshold_is_a_majority_of_at_least_two() {
+        let secure = SecureAggregationConfig::default();
+        assert_eq!(secure.threshold_for(2), 2);
+        assert_eq!(secure.threshold_for(3), 2);
+        assert_eq!(secure.threshold_for(4), 3);
+        assert_eq!(secure.threshold_for(10), 6);
+        let most = SecureAggregationConfig {
+            threshold: 0.9,
+            ..secure
+        };
+        assert_eq!(most.threshold_for(10), 10);
     }
 }

@@ -448,18 +448,17 @@ impl Driver {
             max_payload: fed.max_payload_bytes,
             ..Limits::default()
         };
-        let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
-        let mut exchanges = JoinSet::new();
         let base = ClientHyperparameters {
             proximal_mu: self.strategy.proximal_mu().unwrap_or(config.client.proximal_mu),
             ..config.client.clone()
         };
+        let mut tasks = Vec::with_capacity(cohort.len());
         for agent in &cohort {
             let hyperparameters = match self.tuner.as_mut() {
                 Some(tuner) => tuner.assign(&agent.id, &base),
                 None => base.clone(),
             };
-            let task = Task {
+            tasks.push(Task {
                 study: fed.study.clone(),
                 trial: self.trial,
                 round,
@@ -469,53 +468,34 @@ impl Driver {
                 deadline_ms: spec.timeout.as_millis() as u64,
                 seed: rand::RngExt::random(&mut self.rng),
                 measure_train_loss: self.strategy.needs_train_loss(),
-            };
-            exchanges.spawn(fit_exchange(
-                agent.clone(),
-                task,
-                payload.clone(),
-                limits,
-                self.buffers.clone(),
-                events.clone(),
-            ));
+                secure: None,
+            });
         }
-        drop(events);
 
         let aggregation = self.strategy.begin_round(round, spec.numel);
         let mut state = Round::new(spec, aggregation, Instant::now());
-        while let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) {
-            tokio::select! {
-                event = inbox.recv() => match event {
-                    Some(Event::Update { agent, update, delta, verdict }) => {
-                        let result = state.on_update(&agent, &update, delta, Instant::now());
-                        if let Err(e) = &result {
-                            warn!(%agent, "update refused: {}", e.message);
-                        }
-                        let _ = verdict.send(result);
-                    }
-                    Some(Event::Failed { agent, reason }) => {
-                        warn!(%agent, "no update: {reason}");
-                        state.on_failure(&agent, reason);
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = shutdown.changed() => {
-                    exchanges.abort_all();
-                    return None;
-                }
-            }
-        }
-        // Stragglers are dropped, not waited on: their streams are reset.
-        exchanges.abort_all();
+        let unmasked = if config.secure_aggregation.enabled {
+            let setup = crate::secure::SecureRoundSetup {
+                config: &config.secure_aggregation,
+                limits,
+                buffers: self.buffers.clone(),
+            };
+            Some(crate::secure::run(setup, &cohort, tasks, payload, &mut state, shutdown).await?)
+        } else {
+            let buffers = self.buffers.clone();
+            collect_updates(&cohort, tasks, payload, limits, buffers, &mut state, shutdown).await?;
+            None
+        };
         let outcome = state.finish();
         let (spec, results, quorum_met) = (outcome.spec, outcome.results, outcome.quorum_met);
         let mut failures: Vec<FailureRecord> = outcome.failures.into_iter().map(Into::into).collect();
         let applied = quorum_met && {
-            let applied = outcome
-                .aggregation
-                .finish()
-                .and_then(|delta| self.strategy.apply(&mut self.global, &delta));
+            let delta = match unmasked {
+                Some(unmasked) => unmasked,
+                None => outcome.aggregation.finish().map_err(|e| e.to_string()),
+            };
+            let applied =
+                delta.and_then(|delta| self.strategy.apply(&mut self.global, &delta).map_err(|e| e.to_string()));
             if let Err(e) = &applied {
                 warn!(
                     "{} could not aggregate this round: {e}; global model unchanged",
@@ -602,6 +582,58 @@ impl Driver {
         );
         Some(record)
     }
+}
+
+/// Sends the round's tasks and folds the updates into `state` until it closes; `None`
+/// when shutdown was requested meanwhile.
+async fn collect_updates(
+    cohort: &[AgentHandle],
+    tasks: Vec<Task>,
+    payload: Bytes,
+    limits: Limits,
+    buffers: Arc<Semaphore>,
+    state: &mut Round,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<()> {
+    let (events, mut inbox) = mpsc::channel(cohort.len().max(1));
+    let mut exchanges = JoinSet::new();
+    for (agent, task) in cohort.iter().zip(tasks) {
+        exchanges.spawn(fit_exchange(
+            agent.clone(),
+            task,
+            payload.clone(),
+            limits,
+            buffers.clone(),
+            events.clone(),
+        ));
+    }
+    drop(events);
+    while let RoundStatus::Collecting { deadline } = state.poll(Instant::now()) {
+        tokio::select! {
+            event = inbox.recv() => match event {
+                Some(Event::Update { agent, update, delta, verdict }) => {
+                    let result = state.on_update(&agent, &update, delta, Instant::now());
+                    if let Err(e) = &result {
+                        warn!(%agent, "update refused: {}", e.message);
+                    }
+                    let _ = verdict.send(result);
+                }
+                Some(Event::Failed { agent, reason }) => {
+                    warn!(%agent, "no update: {reason}");
+                    state.on_failure(&agent, reason);
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = shutdown.changed() => {
+                exchanges.abort_all();
+                return None;
+            }
+        }
+    }
+    // Stragglers are dropped, not waited on: their streams are reset.
+    exchanges.abort_all();
+    Some(())
 }
 
 fn weighted_mean(results: &[AgentResult], value: impl Fn(&AgentResult) -> f64) -> f64 {

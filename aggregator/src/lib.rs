@@ -8,6 +8,7 @@
 //! - [`round`]: one round as a sans-IO state machine (cohort, deadline, quorum).
 //! - [`fairness`]: per-round fairness metrics, constraints, participation history.
 //! - [`federation`]: the driver that runs rounds over QUIC.
+//! - `secure`: secure-aggregation rounds, the aggregator's side of the key exchange.
 //! - [`service`]: from configuration to a bound endpoint.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
@@ -23,6 +24,7 @@ pub mod federation;
 pub mod identity;
 pub mod registry;
 pub mod round;
+mod secure;
 pub mod service;
 pub mod strategy;
 pub mod tune;

@@ -218,5 +218,8 @@ pub fn message_name(message: &AgentMessage) -> &'static str {
         AgentMessage::Evaluation(_) => "Evaluation",
         AgentMessage::Decline(_) => "Decline",
         AgentMessage::Error(_) => "Error",
+        AgentMessage::SecAggKeys(_) => "SecAggKeys",
+        AgentMessage::SecAggShares(_) => "SecAggShares",
+        AgentMessage::SecAggReveal(_) => "SecAggReveal",
     }
 }

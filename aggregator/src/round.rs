@@ -129,27 +129,66 @@ impl Round {
         delta: Vec<f32>,
         now: Instant,
     ) -> Result<(), ErrorMessage> {
-        if !self.pending.contains(agent) {
-            let why = if self.spec.cohort.iter().any(|a| a == agent) {
-                "already answered in this round"
-            } else {
-                "is not in this round's cohort"
-            };
-            return Err(ErrorMessage::new(
-                ErrorCode::NotInRound,
-                format!(
-                    "agent {agent} {why} (trial {}, round {})",
-                    self.spec.trial, self.spec.round
-                ),
-            ));
-        }
+        self.check_pending(agent)?;
         let metrics = &update.metrics;
         let meta = UpdateMeta::new(agent, metrics.train_loss_before.unwrap_or(metrics.loss_before));
-        let checked = self.check(update, &delta, now).and_then(|()| {
-            self.aggregation
-                .add_owned(delta, update.num_samples, &meta)
-                .map_err(|e| ErrorMessage::new(ErrorCode::Malformed, e.to_string()))
-        });
+        let checked = self
+            .check(update, delta.len(), now)
+            .and_then(|()| check_finite(&delta).map_err(|e| ErrorMessage::new(ErrorCode::NonFinite, e.to_string())))
+            .and_then(|()| {
+                self.aggregation
+                    .add_owned(delta, update.num_samples, &meta)
+                    .map_err(|e| ErrorMessage::new(ErrorCode::Malformed, e.to_string()))
+            });
+        self.record(agent, update, checked, now)
+    }
+
+    /// Checks a masked update (secure aggregation) of `len` words and, if it passes,
+    /// hands it to `fold`, which adds it to the masked sum kept outside the round.
+    ///
+    /// # Errors
+    /// As [`on_update`](Self::on_update), except that the words are not checked for
+    /// finiteness (they are masked); `fold`'s refusal is returned as a malformed update.
+    pub fn on_masked_update(
+        &mut self,
+        agent: &str,
+        update: &Update,
+        len: usize,
+        now: Instant,
+        fold: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), ErrorMessage> {
+        self.check_pending(agent)?;
+        let checked = self
+            .check(update, len, now)
+            .and_then(|()| fold().map_err(|e| ErrorMessage::new(ErrorCode::Malformed, e)));
+        self.record(agent, update, checked, now)
+    }
+
+    fn check_pending(&self, agent: &str) -> Result<(), ErrorMessage> {
+        if self.pending.contains(agent) {
+            return Ok(());
+        }
+        let why = if self.spec.cohort.iter().any(|a| a == agent) {
+            "already answered in this round"
+        } else {
+            "is not in this round's cohort"
+        };
+        Err(ErrorMessage::new(
+            ErrorCode::NotInRound,
+            format!(
+                "agent {agent} {why} (trial {}, round {})",
+                self.spec.trial, self.spec.round
+            ),
+        ))
+    }
+
+    fn record(
+        &mut self,
+        agent: &str,
+        update: &Update,
+        checked: Result<(), ErrorMessage>,
+        now: Instant,
+    ) -> Result<(), ErrorMessage> {
         if let Err(refusal) = checked {
             self.fail(agent, format!("update refused: {}", refusal.message));
             return Err(refusal);
@@ -166,7 +205,7 @@ impl Round {
         Ok(())
     }
 
-    fn check(&self, update: &Update, delta: &[f32], now: Instant) -> Result<(), ErrorMessage> {
+    fn check(&self, update: &Update, len: usize, now: Instant) -> Result<(), ErrorMessage> {
         let spec = &self.spec;
         if now >= self.deadline() {
             return Err(ErrorMessage::new(ErrorCode::TooLate, "the round's deadline has passed"));
@@ -180,15 +219,12 @@ impl Round {
                 ),
             ));
         }
-        if update.manifest_hash != spec.manifest_hash || delta.len() != spec.numel {
+        if update.manifest_hash != spec.manifest_hash || len != spec.numel {
             return Err(ErrorMessage::new(
                 ErrorCode::ManifestMismatch,
                 format!(
                     "update has manifest {} with {} parameters, the round expects manifest {} with {}",
-                    update.manifest_hash,
-                    delta.len(),
-                    spec.manifest_hash,
-                    spec.numel
+                    update.manifest_hash, len, spec.manifest_hash, spec.numel
                 ),
             ));
         }
@@ -212,7 +248,7 @@ impl Round {
                 format!("update reports a non-finite metric ({bad})"),
             ));
         }
-        check_finite(delta).map_err(|e| ErrorMessage::new(ErrorCode::NonFinite, e.to_string()))
+        Ok(())
     }
 
     /// Records that a cohort member will not contribute (declined, errored, went away).

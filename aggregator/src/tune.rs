@@ -509,6 +509,27 @@ pub fn check_space(space: &SearchSpace) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Refuses a space whose `strategy` choices include one that cannot run with the
+/// federation's secure-aggregation setting, before any trial starts.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the strategy and why.
+pub fn check_strategies(space: &SearchSpace, secure_aggregation: bool) -> Result<(), ConfigError> {
+    let Some(param) = space.params.iter().find(|p| p.name == "strategy") else {
+        return Ok(());
+    };
+    if let Distribution::Categorical { choices } = &param.distribution {
+        for choice in choices {
+            let strategy = StrategyConfig::from_str(&choice.to_string())
+                .map_err(|e| ConfigError::Invalid(format!("search space: `strategy`: {e}")))?;
+            strategy
+                .check(secure_aggregation)
+                .map_err(|e| ConfigError::Invalid(format!("search space: `strategy`: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::Client => "client",
@@ -865,6 +886,7 @@ pub async fn tune(
 ) -> Result<TuneReport, TuneError> {
     config.validate()?;
     tune.validate()?;
+    check_strategies(&tune.space, config.secure_aggregation.enabled)?;
     let objectives: Vec<Objective> = tune.objectives.iter().map(|m| m.objective()).collect();
     let mut study = Study::new(
         tune.space.clone(),

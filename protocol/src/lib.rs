@@ -9,6 +9,7 @@
 //! - [`tensor`]: parameter manifests, their hash, and the raw f32 wire layout.
 //! - [`model`]: model specifications and their parameter layout and initialisation.
 //! - [`space`]: hyperparameter search spaces: distributions, their textual form, values.
+//! - [`secagg`]: secure aggregation: agent and aggregator state machines that reveal only the sum.
 //! - [`error`]: what can go wrong, as one error type.
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod model;
+pub mod secagg;
 pub mod space;
 pub mod tensor;
 

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelSpec;
+use crate::secagg::{EncryptedShare, PeerKeys, PublicKeys, Reveal, SecureRound};
 use crate::tensor::ManifestHash;
 
 /// Messages an agent sends to the aggregator.
@@ -14,8 +15,17 @@ use crate::tensor::ManifestHash;
 pub enum AgentMessage {
     /// First message on a new connection.
     Hello(Hello),
-    /// Result of a [`Task`]; the frame payload holds the parameter delta.
+    /// Result of a [`Task`]; the frame payload holds the parameter delta, or under
+    /// secure aggregation the masked fixed-point update (little-endian `u32` words).
     Update(Update),
+    /// Secure aggregation, first step: the agent's public keys for this round.
+    SecAggKeys(PublicKeys),
+    /// Secure aggregation, second step: the agent's key shares, each encrypted for one
+    /// other member of the roster.
+    SecAggShares(Vec<EncryptedShare>),
+    /// Secure aggregation, last step: the shares that let the aggregator remove the
+    /// masks of the agents that contributed and of those that dropped out.
+    SecAggReveal(Vec<Reveal>),
     /// Result of an [`Evaluate`] request.
     Evaluation(Evaluation),
     /// The agent will not run a task.
@@ -35,6 +45,13 @@ pub enum AggregatorMessage {
     Evaluate(Evaluate),
     /// The update was accepted into the round.
     Ack(Ack),
+    /// Secure aggregation: the public keys of every agent that answered the task.
+    SecAggRoster(Vec<PeerKeys>),
+    /// Secure aggregation: the encrypted shares other agents addressed to this one.
+    SecAggShares(Vec<EncryptedShare>),
+    /// Secure aggregation: the agents whose masked updates are in the sum; the agent
+    /// answers with [`AgentMessage::SecAggReveal`].
+    SecAggUnmask(Vec<u32>),
     /// The aggregator refused what it received.
     Error(ErrorMessage),
     /// The federation is stopping; the agent should disconnect and exit.
@@ -201,6 +218,9 @@ pub struct Task {
     /// Also measure the received model's loss on the local training data, before
     /// training (q-FedAvg weighs updates by it); costs one pass over that data.
     pub measure_train_loss: bool,
+    /// Set when the round runs under secure aggregation: the agent takes part in the
+    /// key exchange on the task's stream and sends its update masked.
+    pub secure: Option<SecureRound>,
 }
 
 /// Federated evaluation: measure the global parameters in the frame payload on the

@@ -1,0 +1,143 @@
+//! The agent's side of a secure-aggregation round, on the task's stream.
+//!
+//! The agent starts training as soon as the task arrives and, while it trains, takes
+//! part in the key exchange: it publishes its public keys, sends each peer its key
+//! shares (encrypted so that only that peer can read them) and receives theirs. When
+//! training is done it sends its update masked, so the aggregator sees only the sum,
+//! and finally reveals the shares that let the aggregator remove the masks. The
+//! cryptography is the sans-IO [`ClientRound`]; this module moves its messages.
+
+use std::sync::{Arc, Mutex};
+
+use fedtune_protocol::secagg::{ClientRound, RoundContext, SecureRound};
+use fedtune_protocol::{AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Limits, Task, Update};
+use tracing::{debug, warn};
+
+use crate::client::lock;
+use crate::trainer::Trainer;
+use crate::wire::{WireError, read_frame, write_frame};
+
+/// Serves a task that runs under secure aggregation, to the end of its exchange.
+///
+/// # Errors
+/// [`WireError`] when the stream fails; protocol refusals are answered on the stream.
+pub(crate) async fn serve<T: Trainer>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    task: Task,
+    params: SecureRound,
+    global: Vec<f32>,
+    trainer: Arc<Mutex<T>>,
+) -> Result<(), WireError> {
+    let (trial, round) = (task.trial, task.round);
+    let context = RoundContext {
+        study: task.study.clone(),
+        trial,
+        round,
+    };
+    let started = ClientRound::new(context, params, &mut rand::rng());
+    let (mut client, keys) = match started {
+        Ok(started) => started,
+        Err(e) => return refuse(send, ErrorCode::InvalidTask, e.to_string()).await,
+    };
+    let training = tokio::task::spawn_blocking(move || {
+        let outcome = lock(&trainer).fit(&task, &global);
+        (task, outcome)
+    });
+
+    write_frame(send, &AgentMessage::SecAggKeys(keys), &[]).await?;
+    let roster = match read_frame(recv, Limits::control()).await?.0 {
+        AggregatorMessage::SecAggRoster(roster) => roster,
+        other => return ended(send, trial, round, "SecAggRoster", other).await,
+    };
+    let shares = client.share_keys(&roster, &mut rand::rng());
+    let shares = match shares {
+        Ok(shares) => shares,
+        Err(e) => return refuse(send, ErrorCode::Malformed, e.to_string()).await,
+    };
+    write_frame(send, &AgentMessage::SecAggShares(shares), &[]).await?;
+    let incoming = match read_frame(recv, Limits::control()).await?.0 {
+        AggregatorMessage::SecAggShares(incoming) => incoming,
+        other => return ended(send, trial, round, "SecAggShares", other).await,
+    };
+    if let Err(e) = client.receive_shares(&incoming) {
+        return refuse(send, ErrorCode::Malformed, e.to_string()).await;
+    }
+
+    let (task, outcome) = match training.await {
+        Ok(done) => done,
+        Err(panic) => return refuse(send, ErrorCode::Internal, format!("training crashed: {panic}")).await,
+    };
+    let fit = match outcome {
+        Ok(fit) => fit,
+        Err(reason) => {
+            // The aggregator removes this agent's masks from the others' sum.
+            warn!(trial, round, "declining task: {reason}");
+            let decline = AgentMessage::Decline(Decline { trial, round, reason });
+            write_frame(send, &decline, &[]).await?;
+            return Ok(send.finish()?);
+        }
+    };
+    let masked = match client.mask(&fit.delta, fit.num_samples) {
+        Ok(masked) => masked,
+        Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
+    };
+    let update = Update {
+        trial,
+        round,
+        manifest_hash: task.manifest_hash,
+        num_samples: fit.num_samples,
+        metrics: fit.metrics,
+        used: task.hyperparameters.clone(),
+        proposal: fit.proposal,
+    };
+    // The masked words travel bit for bit as the payload's 4-byte little-endian elements.
+    write_frame(send, &AgentMessage::Update(update), bytemuck::cast_slice(&masked)).await?;
+
+    let survivors = match read_frame(recv, Limits::control()).await?.0 {
+        AggregatorMessage::SecAggUnmask(survivors) => survivors,
+        other => return ended(send, trial, round, "SecAggUnmask", other).await,
+    };
+    let reveals = match client.reveal(&survivors) {
+        Ok(reveals) => reveals,
+        Err(e) => return refuse(send, ErrorCode::Malformed, e.to_string()).await,
+    };
+    write_frame(send, &AgentMessage::SecAggReveal(reveals), &[]).await?;
+    match read_frame(recv, Limits::control()).await?.0 {
+        AggregatorMessage::Ack(_) => debug!(trial, round, "masked update accepted"),
+        AggregatorMessage::Error(e) => warn!(trial, round, "secure round failed: {e}"),
+        other => warn!(trial, round, "unexpected reply to the unmasking shares: {other:?}"),
+    }
+    Ok(send.finish()?)
+}
+
+/// Answers a message the protocol cannot go on from, and ends the exchange.
+async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: String) -> Result<(), WireError> {
+    warn!("secure aggregation: {reason}");
+    write_frame(send, &AgentMessage::Error(ErrorMessage::new(code, reason)), &[]).await?;
+    Ok(send.finish()?)
+}
+
+/// The aggregator ended the exchange (an error, or something out of order).
+async fn ended(
+    send: &mut quinn::SendStream,
+    trial: u64,
+    round: u64,
+    expected: &str,
+    got: AggregatorMessage,
+) -> Result<(), WireError> {
+    match got {
+        AggregatorMessage::Error(e) => {
+            warn!(
+                trial,
+                round, "the aggregator left this agent out of the secure round: {e}"
+            );
+            Ok(())
+        }
+        other => {
+            let name = format!("{other:?}");
+            let name = name.split(['(', ' ']).next().unwrap_or("message");
+            refuse(send, ErrorCode::Unexpected, format!("expected {expected}, got {name}")).await
+        }
+    }
+}

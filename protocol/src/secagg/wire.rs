@@ -1,0 +1,178 @@
+//! The values of a secure round that travel between agents and the aggregator.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::SecAggError;
+use super::shamir::Share;
+
+/// The largest cohort: Shamir shares over GF(2^8) are evaluated at x = index + 1 ∈ 1..=255.
+pub const MAX_COHORT: u32 = 255;
+
+/// Per-agent parameters of a secure round, sent in the agent's task.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SecureRound {
+    /// This agent's position in the cohort, 0-based.
+    pub index: u32,
+    /// Cohort size n, 2..=255.
+    pub cohort: u32,
+    /// Shares needed to reconstruct a secret, 2 <= t <= n: the round survives n - t dropouts,
+    /// and fewer than t colluding agents learn nothing from the aggregator's view.
+    pub threshold: u32,
+    /// Each update coordinate is clipped to [-clip, clip] before encoding (finite, > 0).
+    pub clip: f32,
+    /// Fixed-point scale: a coordinate encodes as round(weight · clipped · scale), as a
+    /// wrapping u32 (finite, > 0). See [`scale_for`](super::scale_for).
+    pub scale: f64,
+}
+
+impl SecureRound {
+    /// Checks that the parameters describe a round that can run.
+    ///
+    /// # Errors
+    /// [`SecAggError::InvalidParams`] for a cohort outside 2..=255, a threshold outside
+    /// 2..=cohort, a clip or scale that is not finite and positive;
+    /// [`SecAggError::IndexOutOfRange`] for an index at or above the cohort size.
+    pub fn validate(&self) -> Result<(), SecAggError> {
+        validate_shape(self.cohort, self.threshold, self.clip)?;
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(SecAggError::InvalidParams(format!(
+                "the fixed-point scale must be finite and positive, not {}",
+                self.scale
+            )));
+        }
+        if self.index >= self.cohort {
+            return Err(SecAggError::IndexOutOfRange {
+                index: self.index,
+                cohort: self.cohort,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The checks both sides share: cohort size, threshold and clip.
+pub(crate) fn validate_shape(cohort: u32, threshold: u32, clip: f32) -> Result<(), SecAggError> {
+    if !(2..=MAX_COHORT).contains(&cohort) {
+        return Err(SecAggError::InvalidParams(format!(
+            "the cohort must have 2 to {MAX_COHORT} agents, not {cohort}"
+        )));
+    }
+    if !(2..=cohort).contains(&threshold) {
+        return Err(SecAggError::InvalidParams(format!(
+            "the threshold must be between 2 and the cohort size {cohort}, not {threshold}"
+        )));
+    }
+    if !(clip.is_finite() && clip > 0.0) {
+        return Err(SecAggError::InvalidParams(format!(
+            "the clip must be finite and positive, not {clip}"
+        )));
+    }
+    Ok(())
+}
+
+/// An agent's two X25519 public keys for one round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeys {
+    /// c^PK: agrees the keys that encrypt the shares sent to and from this agent.
+    pub cipher: [u8; 32],
+    /// s^PK: agrees the pairwise mask seeds with every other agent.
+    pub mask: [u8; 32],
+}
+
+/// One member of the roster U1: an agent's index and the keys it published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerKeys {
+    /// The agent's position in the cohort.
+    pub index: u32,
+    /// Its public keys.
+    pub keys: PublicKeys,
+}
+
+/// One agent's shares of its two secrets, sealed for one other agent.
+///
+/// The aggregator forwards these without being able to read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedShare {
+    /// The agent that made the shares.
+    pub from: u32,
+    /// The agent that can open them.
+    pub to: u32,
+    /// ChaCha20-Poly1305 ciphertext and tag of the two shares.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A share an agent reveals in the unmasking step.
+///
+/// For one agent, the aggregator receives shares of exactly one of its two secrets: the
+/// self-mask seed of an agent whose input is in the sum, the mask key of one whose is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reveal {
+    /// A share of the self-mask seed b of an agent in U3.
+    SelfMask {
+        /// The agent the seed belongs to.
+        of: u32,
+        /// The revealer's share of it.
+        share: Share,
+    },
+    /// A share of the mask key s^SK of an agent in U2 that dropped before its input arrived.
+    MaskKey {
+        /// The agent the key belongs to.
+        of: u32,
+        /// The revealer's share of it.
+        share: Share,
+    },
+}
+
+impl Reveal {
+    /// The agent whose secret this is a share of.
+    pub fn of(&self) -> u32 {
+        match self {
+            Self::SelfMask { of, .. } | Self::MaskKey { of, .. } => *of,
+        }
+    }
+
+    /// The share itself.
+    pub fn share(&self) -> &Share {
+        match self {
+            Self::SelfMask { share, .. } | Self::MaskKey { share, .. } => share,
+        }
+    }
+
+    /// The kind of share, in words, for error messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::SelfMask { .. } => SELF_MASK,
+            Self::MaskKey { .. } => MASK_KEY,
+        }
+    }
+}
+
+/// How error messages name the two kinds of reveal.
+pub(crate) const SELF_MASK: &str = "self-mask";
+/// See [`SELF_MASK`].
+pub(crate) const MASK_KEY: &str = "mask-key";
+
+/// Binds every derived key and every ciphertext to one round, so nothing from one round can
+/// be replayed into another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundContext {
+    /// The study's name.
+    pub study: String,
+    /// The trial number.
+    pub trial: u64,
+    /// The round number within the trial.
+    pub round: u64,
+}
+
+impl RoundContext {
+    /// An unambiguous byte encoding: the study's length prefixes it, so no two contexts
+    /// encode alike.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.study.len());
+        out.extend_from_slice(&(self.study.len() as u64).to_le_bytes());
+        out.extend_from_slice(self.study.as_bytes());
+        out.extend_from_slice(&self.trial.to_le_bytes());
+        out.extend_from_slice(&self.round.to_le_bytes());
+        out
+    }
+}
