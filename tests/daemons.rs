@@ -139,6 +139,51 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
 }
 
 #[test]
+fn the_daemons_run_rounds_under_secure_aggregation() {
+    let Served { stdout, report } = serve_with_three_agents("daemons-secure", |toml| {
+        toml.replace(
+            "enabled = false                      # needs a strategy",
+            "enabled = true # needs a strategy",
+        )
+    });
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{stdout}");
+    for round in rounds {
+        assert_eq!(round["updates"], 3, "{round}");
+        assert_eq!(round["applied"], true, "{round}");
+    }
+    let last = rounds[2]["federated_accuracy"].as_f64().unwrap();
+    let first = rounds[0]["federated_accuracy"].as_f64().unwrap();
+    assert!(last > first, "federated accuracy {first} -> {last}");
+}
+
+#[test]
+fn serve_refuses_a_robust_rule_under_secure_aggregation() {
+    let dir = common::scratch_dir("daemons-refuse");
+    let toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))
+        .unwrap()
+        .replace("name = \"fedavg\"", "name = \"median\"")
+        .replace(
+            "enabled = false                      # needs a strategy",
+            "enabled = true # needs a strategy",
+        );
+    let path = dir.join("aggregator.toml");
+    std::fs::write(&path, toml).unwrap();
+    let output = Command::new(binary("fedtune-aggregator"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("`median` cannot be combined with secure aggregation") && stderr.contains("individual update"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_service_runs_a_study_from_its_tuning_section() {
     let space = common::repo().join("presets/vision.toml");
     let Served { stdout, report } = serve_with_three_agents("daemons-study", |toml| {

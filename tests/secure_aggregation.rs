@@ -59,6 +59,8 @@ fn fixed_config(rounds: u64, secure: bool) -> AggregatorConfig {
     let mut config = config(4, rounds);
     config.federation.final_evaluation = false;
     config.federation.min_updates = 2;
+    // Fewer update buffers than agents: masked updates must be folded as they arrive.
+    config.federation.max_buffered_updates = 1;
     config.secure_aggregation.enabled = secure;
     config
 }

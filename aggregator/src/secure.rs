@@ -112,15 +112,18 @@ pub(crate) async fn run(
         task.secure = Some(server.params_for(index));
         opening.spawn(open(agent.clone(), index, task, payload.clone(), control));
     }
-    let answers = collect(opening, step_deadline(), "public keys", state, shutdown).await?;
-    let mut members = Vec::new();
-    for (member, (message, _, _)) in answers {
-        let accepted = match message {
+    let members = step(
+        opening,
+        step_deadline(),
+        "public keys",
+        state,
+        shutdown,
+        |member, message, _, _| match message {
             AgentMessage::SecAggKeys(keys) => server.add_keys(member.index, keys).map_err(|e| e.to_string()),
             other => Err(unexpected("SecAggKeys", &other)),
-        };
-        admit(member, accepted, state, &mut members).await;
-    }
+        },
+    )
+    .await?;
 
     // Step 1: the roster of U1; every member answers with its encrypted shares.
     let roster = match server.roster() {
@@ -129,15 +132,18 @@ pub(crate) async fn run(
     };
     let message = AggregatorMessage::SecAggRoster(roster);
     let asked = ask_all(members, |_| (message.clone(), control, None));
-    let answers = collect(asked, step_deadline(), "key shares", state, shutdown).await?;
-    let mut members = Vec::new();
-    for (member, (message, _, _)) in answers {
-        let accepted = match message {
+    let mut members = step(
+        asked,
+        step_deadline(),
+        "key shares",
+        state,
+        shutdown,
+        |member, message, _, _| match message {
             AgentMessage::SecAggShares(shares) => server.add_shares(member.index, shares).map_err(|e| e.to_string()),
             other => Err(unexpected("SecAggShares", &other)),
-        };
-        admit(member, accepted, state, &mut members).await;
-    }
+        },
+    )
+    .await?;
 
     // Step 2: each member of U2 gets the shares addressed to it, finishes training and
     // answers with its masked update.
@@ -156,10 +162,15 @@ pub(crate) async fn run(
             Some(setup.buffers.clone()),
         )
     });
-    let answers = collect(asked, state.deadline(), "masked update", state, shutdown).await?;
-    let mut members = Vec::new();
-    for (member, (message, words, permit)) in answers {
-        let accepted = match message {
+    // Each masked update is folded into the sum as it arrives, then its buffer is freed.
+    let deadline = state.deadline();
+    let members = step(
+        asked,
+        deadline,
+        "masked update",
+        state,
+        shutdown,
+        |member, message, words, state| match message {
             AgentMessage::Update(update) => {
                 let words: &[u32] = bytemuck::cast_slice(&words);
                 let fold = || {
@@ -173,10 +184,9 @@ pub(crate) async fn run(
             }
             AgentMessage::Decline(d) => Err(format!("declined: {}", d.reason)),
             other => Err(unexpected("Update", &other)),
-        };
-        drop(permit);
-        admit(member, accepted, state, &mut members).await;
-    }
+        },
+    )
+    .await?;
 
     // Step 3: U3 is fixed; every member of it reveals the shares that remove the masks.
     let contributors = match server.close_inputs() {
@@ -185,15 +195,18 @@ pub(crate) async fn run(
     };
     let message = AggregatorMessage::SecAggUnmask(contributors.clone());
     let asked = ask_all(members, |_| (message.clone(), control, None));
-    let answers = collect(asked, step_deadline(), "unmasking shares", state, shutdown).await?;
-    let mut members = Vec::new();
-    for (member, (message, _, _)) in answers {
-        let accepted = match message {
+    let members = step(
+        asked,
+        step_deadline(),
+        "unmasking shares",
+        state,
+        shutdown,
+        |member, message, _, _| match message {
             AgentMessage::SecAggReveal(reveals) => server.add_reveal(member.index, reveals).map_err(|e| e.to_string()),
             other => Err(unexpected("SecAggReveal", &other)),
-        };
-        admit(member, accepted, state, &mut members).await;
-    }
+        },
+    )
+    .await?;
 
     let (trial, round) = (state.spec().trial, state.spec().round);
     match server.finish() {
@@ -292,68 +305,66 @@ fn ask_all(
     asked
 }
 
-/// Waits for the answers to one step until `deadline`. Members that fail or miss the
-/// deadline are recorded as failures of the round (their streams are reset), and the
-/// protocol treats them as dropped out. `None` when shutdown was requested.
-async fn collect(
+/// Waits for the answers to one step until `deadline`, handing each to `accept` as it
+/// arrives (so a payload is released before the next one is read). Members whose answer
+/// is accepted go on to the next step; the others, and those that fail or miss the
+/// deadline, are recorded as failures of the round (their streams are reset or told
+/// why) and the protocol treats them as dropped out. `None` when shutdown was requested.
+async fn step(
     mut asked: Asked,
     deadline: Instant,
     step: &str,
     state: &mut Round,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<Vec<(Member, Answer)>> {
-    let mut answers = Vec::new();
-    let mut timed_out = false;
+    mut accept: impl FnMut(&Member, AgentMessage, Vec<f32>, &mut Round) -> Result<(), String>,
+) -> Option<Vec<Member>> {
+    let mut kept = Vec::new();
     loop {
         tokio::select! {
             joined = asked.join_next() => match joined {
-                Some(Ok((_, Ok(answer)))) => answers.push(answer),
+                Some(Ok((_, Ok((mut member, (message, payload, permit)))))) => {
+                    let accepted = accept(&member, message, payload, state);
+                    drop(permit);
+                    match accepted {
+                        Ok(()) => kept.push(member),
+                        Err(reason) => {
+                            warn!(agent = %member.agent.id, "secure aggregation, {step}: {reason}");
+                            state.on_failure(&member.agent.id, format!("secure aggregation, {step}: {reason}"));
+                            tokio::spawn(async move {
+                                let error = ErrorMessage::new(ErrorCode::Unexpected, reason);
+                                reply_error(&mut member.send, error).await;
+                            });
+                        }
+                    }
+                }
                 Some(Ok((agent, Err(reason)))) => {
                     warn!(%agent, "no {step}: {reason}");
                     state.on_failure(&agent, format!("secure aggregation, {step}: {reason}"));
                 }
                 Some(Err(e)) => warn!("a secure-aggregation exchange ended abnormally: {e}"),
-                None => break,
+                None => return Some(kept),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                timed_out = true;
-                break;
-            }
+            _ = tokio::time::sleep_until(deadline.into()) => break,
             _ = shutdown.changed() => {
                 asked.abort_all();
                 return None;
             }
         }
     }
-    if timed_out {
-        // Whoever is still being waited on misses the step.
-        let answered: Vec<&str> = answers.iter().map(|(m, _)| m.agent.id.as_str()).collect();
-        let late: Vec<String> = state
-            .spec()
-            .cohort
-            .iter()
-            .filter(|a| !answered.contains(&a.as_str()))
-            .cloned()
-            .collect();
-        asked.abort_all();
-        for agent in late {
-            state.on_failure(&agent, format!("secure aggregation: no {step} before the deadline"));
-        }
+    // Whoever is still being waited on misses the step; their streams are reset.
+    asked.abort_all();
+    let answered: Vec<&str> = kept.iter().map(|m| m.agent.id.as_str()).collect();
+    let late: Vec<String> = state
+        .spec()
+        .cohort
+        .iter()
+        .filter(|a| !answered.contains(&a.as_str()))
+        .cloned()
+        .collect();
+    for agent in late {
+        state.on_failure(&agent, format!("secure aggregation: no {step} before the deadline"));
     }
-    Some(answers)
-}
-
-/// Keeps a member whose answer was accepted; tells one whose answer was refused why,
-/// and records its failure.
-async fn admit(mut member: Member, accepted: Result<(), String>, state: &mut Round, kept: &mut Vec<Member>) {
-    match accepted {
-        Ok(()) => kept.push(member),
-        Err(reason) => {
-            warn!(agent = %member.agent.id, "secure aggregation: {reason}");
-            state.on_failure(&member.agent.id, format!("secure aggregation: {reason}"));
-            reply_error(&mut member.send, ErrorMessage::new(ErrorCode::Unexpected, reason)).await;
-        }
-    }
+    Some(kept)
 }
 
 /// Ends a round that cannot be unmasked: every remaining member is told why.

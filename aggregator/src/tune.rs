@@ -1225,4 +1225,20 @@ mod tests {
                 .contains("cannot be adaptive")
         );
     }
+
+    #[test]
+    fn strategy_choices_are_checked_against_secure_aggregation() {
+        let space = crate::tuning::spec::parse_space_toml(
+            "[params]\nstrategy = { spec = \"choice(fedavg, fedadam, median)\", scope = \"server\" }\n",
+        )
+        .unwrap();
+        check_strategies(&space, false).unwrap();
+        let err = check_strategies(&space, true).unwrap_err().to_string();
+        assert!(err.contains("median") && err.contains("secure aggregation"), "{err}");
+        let sum_only = crate::tuning::spec::parse_space_toml(
+            "[params]\nstrategy = { spec = \"choice(fedavg, fedadam)\", scope = \"server\" }\n",
+        )
+        .unwrap();
+        check_strategies(&sum_only, true).unwrap();
+    }
 }
