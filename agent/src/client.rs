@@ -145,7 +145,7 @@ async fn serve_connection<T: Trainer>(
     let welcome = match read_frame(&mut recv, Limits::control()).await?.0 {
         AggregatorMessage::Welcome(welcome) => welcome,
         AggregatorMessage::Error(error) => return Err(Failure::Refused(error)),
-        other => return Err(Failure::Lost(format!("expected Welcome, got {other:?}"))),
+        other => return Err(Failure::Lost(format!("expected Welcome, got {}", other.name()))),
     };
     info!(agent = %welcome.agent_id, session = welcome.session_id, "connected to {}", options.aggregator);
     *failures = 0;
@@ -249,7 +249,7 @@ async fn serve_stream<T: Trainer>(
                             )
                         }
                         AggregatorMessage::Error(e) => warn!(trial, round, "update refused: {e}"),
-                        other => warn!(trial, round, "unexpected reply to an update: {other:?}"),
+                        other => warn!(trial, round, "unexpected reply to an update: {}", other.name()),
                     }
                 }
                 Err(reason) => {
@@ -285,7 +285,7 @@ async fn serve_stream<T: Trainer>(
         | AggregatorMessage::SecAggUnmask(_)) => {
             let error = ErrorMessage::new(
                 ErrorCode::Unexpected,
-                format!("unexpected {other:?} outside an exchange"),
+                format!("unexpected {} outside an exchange", other.name()),
             );
             write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
         }

@@ -106,7 +106,12 @@ pub(crate) async fn serve<T: Trainer>(
     match read_frame(recv, Limits::control()).await?.0 {
         AggregatorMessage::Ack(_) => debug!(trial, round, "masked update accepted"),
         AggregatorMessage::Error(e) => warn!(trial, round, "secure round failed: {e}"),
-        other => warn!(trial, round, "unexpected reply to the unmasking shares: {other:?}"),
+        other => warn!(
+            trial,
+            round,
+            "unexpected reply to the unmasking shares: {}",
+            other.name()
+        ),
     }
     Ok(send.finish()?)
 }
@@ -135,9 +140,12 @@ async fn ended(
             Ok(())
         }
         other => {
-            let name = format!("{other:?}");
-            let name = name.split(['(', ' ']).next().unwrap_or("message");
-            refuse(send, ErrorCode::Unexpected, format!("expected {expected}, got {name}")).await
+            refuse(
+                send,
+                ErrorCode::Unexpected,
+                format!("expected {expected}, got {}", other.name()),
+            )
+            .await
         }
     }
 }

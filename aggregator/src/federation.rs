@@ -23,7 +23,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::adapt::ServerLrController;
 use crate::config::{AggregatorConfig, ConfigError, Selection};
 use crate::fairness::{FairnessReport, History, violations};
-use crate::registry::{AgentHandle, Registry, accept_loop, message_name};
+use crate::registry::{AgentHandle, Registry, accept_loop};
 use crate::round::{AgentFailure, AgentResult, Round, RoundSpec, RoundStatus};
 use crate::strategy::Strategy;
 use crate::wire::{params_to_bytes, read_agent_frame, reply_error, write_frame_shared, write_message};
@@ -710,7 +710,7 @@ async fn fit_exchange(
             AgentMessage::Decline(d) => anyhow::bail!("declined: {}", d.reason),
             AgentMessage::Error(e) => anyhow::bail!("agent error: {e}"),
             other => {
-                let msg = format!("expected Update, got {}", message_name(&other));
+                let msg = format!("expected Update, got {}", other.name());
                 reply_error(&mut send, ErrorMessage::new(ErrorCode::Unexpected, msg.clone())).await;
                 anyhow::bail!(msg)
             }
@@ -766,7 +766,7 @@ async fn evaluate_on_agents(
                 send.finish()?;
                 match read_agent_frame(&mut recv, Limits::control(), async || ()).await? {
                     (AgentMessage::Evaluation(e), _, ()) => Ok(e),
-                    (other, _, ()) => anyhow::bail!("expected Evaluation, got {}", message_name(&other)),
+                    (other, _, ()) => anyhow::bail!("expected Evaluation, got {}", other.name()),
                 }
             }
             .await;

@@ -143,7 +143,7 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
                         ),
                         Ok((other, _, ())) => ErrorMessage::new(
                             ErrorCode::Unexpected,
-                            format!("unexpected {} outside an exchange", message_name(&other)),
+                            format!("unexpected {} outside an exchange", other.name()),
                         ),
                         Err(e) => match error_for(&e) {
                             Some(error) => error,
@@ -173,10 +173,7 @@ async fn handshake(
     let hello = match read_agent_frame(&mut recv, Limits::control(), async || ()).await {
         Ok((AgentMessage::Hello(hello), _, ())) => hello,
         Ok((other, _, ())) => {
-            let error = ErrorMessage::new(
-                ErrorCode::Unexpected,
-                format!("expected Hello, got {}", message_name(&other)),
-            );
+            let error = ErrorMessage::new(ErrorCode::Unexpected, format!("expected Hello, got {}", other.name()));
             reply_error_and_linger(&mut send, error.clone()).await;
             anyhow::bail!("agent {id}: {error}");
         }
@@ -208,18 +205,4 @@ async fn handshake(
     write_message(&mut send, &AggregatorMessage::Welcome(welcome)).await?;
     send.finish()?;
     Ok(hello.capabilities)
-}
-
-/// A message's variant name, for error texts.
-pub fn message_name(message: &AgentMessage) -> &'static str {
-    match message {
-        AgentMessage::Hello(_) => "Hello",
-        AgentMessage::Update(_) => "Update",
-        AgentMessage::Evaluation(_) => "Evaluation",
-        AgentMessage::Decline(_) => "Decline",
-        AgentMessage::Error(_) => "Error",
-        AgentMessage::SecAggKeys(_) => "SecAggKeys",
-        AgentMessage::SecAggShares(_) => "SecAggShares",
-        AgentMessage::SecAggReveal(_) => "SecAggReveal",
-    }
 }

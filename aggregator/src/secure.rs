@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::SecureAggregationConfig;
-use crate::registry::{AgentHandle, message_name};
+use crate::registry::AgentHandle;
 use crate::round::Round;
 use crate::wire::{read_agent_frame, reply_error, write_frame_shared, write_message};
 
@@ -380,6 +380,6 @@ async fn abandon(members: Vec<Member>, state: &mut Round, reason: String) -> Str
 fn unexpected(expected: &str, got: &AgentMessage) -> String {
     match got {
         AgentMessage::Error(e) => format!("agent error: {e}"),
-        other => format!("expected {expected}, got {}", message_name(other)),
+        other => format!("expected {expected}, got {}", other.name()),
     }
 }

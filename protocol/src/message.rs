@@ -58,6 +58,39 @@ pub enum AggregatorMessage {
     Shutdown(Shutdown),
 }
 
+impl AgentMessage {
+    /// The variant's name, for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Update(_) => "Update",
+            Self::SecAggKeys(_) => "SecAggKeys",
+            Self::SecAggShares(_) => "SecAggShares",
+            Self::SecAggReveal(_) => "SecAggReveal",
+            Self::Evaluation(_) => "Evaluation",
+            Self::Decline(_) => "Decline",
+            Self::Error(_) => "Error",
+        }
+    }
+}
+
+impl AggregatorMessage {
+    /// The variant's name, for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Welcome(_) => "Welcome",
+            Self::Task(_) => "Task",
+            Self::Evaluate(_) => "Evaluate",
+            Self::Ack(_) => "Ack",
+            Self::SecAggRoster(_) => "SecAggRoster",
+            Self::SecAggShares(_) => "SecAggShares",
+            Self::SecAggUnmask(_) => "SecAggUnmask",
+            Self::Error(_) => "Error",
+            Self::Shutdown(_) => "Shutdown",
+        }
+    }
+}
+
 /// What a device can do; the aggregator uses it to pick cohorts and size tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
