@@ -128,7 +128,7 @@ pub(crate) async fn run(
     // Step 1: the roster of U1; every member answers with its encrypted shares.
     let roster = match server.roster() {
         Ok(roster) => roster,
-        Err(e) => return Some(Err(abandon(members, state, e.to_string()).await)),
+        Err(e) => return Some(Err(abandon(members, state, e.to_string()))),
     };
     let message = AggregatorMessage::SecAggRoster(roster);
     let asked = ask_all(members, |_| (message.clone(), control, None));
@@ -149,18 +149,12 @@ pub(crate) async fn run(
     // answers with its masked update.
     let survivors = match server.close_shares() {
         Ok(u2) => u2,
-        Err(e) => return Some(Err(abandon(members, state, e.to_string()).await)),
+        Err(e) => return Some(Err(abandon(members, state, e.to_string()))),
     };
     members.retain(|m| survivors.contains(&m.index));
-    let shares: Vec<_> = members.iter().map(|m| server.shares_for(m.index)).collect();
-    let mut shares = shares.into_iter();
-    let asked = ask_all(members, |_| {
-        let mine = shares.next().unwrap_or_default();
-        (
-            AggregatorMessage::SecAggShares(mine),
-            setup.limits,
-            Some(setup.buffers.clone()),
-        )
+    let asked = ask_all(members, |m| {
+        let mine = AggregatorMessage::SecAggShares(server.shares_for(m.index));
+        (mine, setup.limits, Some(setup.buffers.clone()))
     });
     // Each masked update is folded into the sum as it arrives, then its buffer is freed.
     let deadline = state.deadline();
@@ -191,7 +185,7 @@ pub(crate) async fn run(
     // Step 3: U3 is fixed; every member of it reveals the shares that remove the masks.
     let contributors = match server.close_inputs() {
         Ok(u3) => u3,
-        Err(e) => return Some(Err(abandon(members, state, e.to_string()).await)),
+        Err(e) => return Some(Err(abandon(members, state, e.to_string()))),
     };
     let message = AggregatorMessage::SecAggUnmask(contributors.clone());
     let asked = ask_all(members, |_| (message.clone(), control, None));
@@ -225,7 +219,7 @@ pub(crate) async fn run(
             }
             Some(Ok(unmasked.mean))
         }
-        Err(e) => Some(Err(abandon(members, state, e.to_string()).await)),
+        Err(e) => Some(Err(abandon(members, state, e.to_string()))),
     }
 }
 
@@ -368,11 +362,12 @@ async fn step(
 }
 
 /// Ends a round that cannot be unmasked: every remaining member is told why.
-async fn abandon(members: Vec<Member>, state: &mut Round, reason: String) -> String {
+fn abandon(members: Vec<Member>, state: &mut Round, reason: String) -> String {
     warn!("secure aggregation failed this round: {reason}");
     for mut member in members {
         state.on_failure(&member.agent.id, format!("secure aggregation failed: {reason}"));
-        reply_error(&mut member.send, ErrorMessage::new(ErrorCode::Internal, reason.clone())).await;
+        let error = ErrorMessage::new(ErrorCode::Internal, reason.clone());
+        tokio::spawn(async move { reply_error(&mut member.send, error).await });
     }
     reason
 }
