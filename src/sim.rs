@@ -81,6 +81,21 @@ pub fn spawn_agents<T: Trainer>(
     loopback: bool,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinSet<Result<Exit, AgentError>>, String> {
+    spawn_agents_with(pki, aggregator, trainers, loopback, stop, |_, _| {})
+}
+
+/// As [`spawn_agents`], with `edit` applied to agent `i`'s options before it starts.
+///
+/// # Errors
+/// As [`spawn_agents`].
+pub fn spawn_agents_with<T: Trainer>(
+    pki: &FederationPki,
+    aggregator: SocketAddr,
+    trainers: Vec<T>,
+    loopback: bool,
+    stop: watch::Receiver<bool>,
+    edit: impl Fn(usize, &mut AgentOptions),
+) -> Result<JoinSet<Result<Exit, AgentError>>, String> {
     if trainers.len() > pki.agents.len() {
         return Err(format!(
             "{} trainers but only {} agent certificates",
@@ -90,7 +105,7 @@ pub fn spawn_agents<T: Trainer>(
     }
     let transport = Arc::new(default_transport(loopback));
     let mut agents = JoinSet::new();
-    for (trainer, (id, identity)) in trainers.into_iter().zip(&pki.agents) {
+    for (i, (trainer, (id, identity))) in trainers.into_iter().zip(&pki.agents).enumerate() {
         let tls = client_config(
             &pki.ca_cert_pem,
             &identity.cert_pem,
@@ -99,16 +114,18 @@ pub fn spawn_agents<T: Trainer>(
         )
         .map_err(|e| e.to_string())?;
         let endpoint = client_endpoint(tls, aggregator, loopback).map_err(|e| e.to_string())?;
-        let options = AgentOptions {
+        let mut options = AgentOptions {
             aggregator,
             server_name: "localhost".into(),
             name: id.clone(),
             max_payload_bytes: 1 << 32,
+            require_secure_aggregation: false,
             reconnect: Reconnect {
                 max_attempts: Some(5),
                 ..Reconnect::default()
             },
         };
+        edit(i, &mut options);
         let stop = stop.clone();
         agents.spawn(async move {
             let exit = run(endpoint.clone(), options, trainer, stop).await;

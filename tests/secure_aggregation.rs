@@ -180,3 +180,36 @@ async fn digits_train_under_secure_aggregation() {
     let last = report.final_test.expect("test evaluation").accuracy;
     assert!(last > 0.6, "test accuracy {last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_require_secure_aggregation_decline_plain_rounds() {
+    let run = |secure: bool| async move {
+        let fed = start_aggregator(4, fixed_config(1, secure), Hooks::default());
+        let require = |i: usize, options: &mut fedtune::agent::client::AgentOptions| {
+            options.require_secure_aggregation = i < 2;
+        };
+        let mut agents = fedtune::sim::spawn_agents_with(
+            &fed.pki,
+            fed.addr,
+            fixed_agents(&[]),
+            false,
+            fed.stop.subscribe(),
+            require,
+        )
+        .unwrap();
+        let report = fed.aggregator.await.unwrap().unwrap();
+        while agents.join_next().await.is_some() {}
+        report
+    };
+    let plain = run(false).await;
+    let round = &plain.rounds[0];
+    assert_eq!(round.updates, 2, "{:?}", round.failures);
+    let declined = round
+        .failures
+        .iter()
+        .filter(|f| f.reason.contains("only sends its update under secure aggregation"))
+        .count();
+    assert_eq!(declined, 2, "{:?}", round.failures);
+    let secure = run(true).await;
+    assert_eq!(secure.rounds[0].updates, 4, "{:?}", secure.rounds[0].failures);
+}

@@ -24,6 +24,8 @@ pub struct AgentOptions {
     pub name: String,
     /// Largest task payload accepted, in bytes.
     pub max_payload_bytes: u64,
+    /// Decline every task that does not run under secure aggregation.
+    pub require_secure_aggregation: bool,
     /// Reconnection policy.
     pub reconnect: Reconnect,
 }
@@ -160,8 +162,9 @@ async fn serve_connection<T: Trainer>(
             stream = connection.accept_bi() => {
                 let (send, recv) = stream?;
                 let (trainer, shutdown_tx) = (trainer.clone(), shutdown_tx.clone());
+                let require_secure = options.require_secure_aggregation;
                 tokio::spawn(async move {
-                    if let Err(e) = serve_stream(send, recv, limits, trainer, shutdown_tx).await {
+                    if let Err(e) = serve_stream(send, recv, limits, require_secure, trainer, shutdown_tx).await {
                         debug!("exchange ended: {e}");
                     }
                 });
@@ -189,6 +192,7 @@ async fn serve_stream<T: Trainer>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     limits: Limits,
+    require_secure: bool,
     trainer: Arc<Mutex<T>>,
     shutdown: mpsc::Sender<String>,
 ) -> Result<(), WireError> {
@@ -212,6 +216,13 @@ async fn serve_stream<T: Trainer>(
             }
             if let Some(params) = task.secure {
                 return crate::secure::serve(&mut send, &mut recv, task, params, payload, trainer).await;
+            }
+            if require_secure {
+                let reason = "this agent only sends its update under secure aggregation".to_string();
+                warn!(trial, round, "declining task: {reason}");
+                let decline = AgentMessage::Decline(Decline { trial, round, reason });
+                write_frame(&mut send, &decline, &[]).await?;
+                return Ok(send.finish()?);
             }
             let started = std::time::Instant::now();
             let outcome = tokio::task::spawn_blocking(move || {

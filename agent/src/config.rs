@@ -32,6 +32,10 @@ pub struct AgentConfig {
     /// Large datagrams; only when the aggregator is on 127.0.0.1.
     #[serde(default)]
     pub loopback: bool,
+    /// Decline every task that does not run under secure aggregation, so this device's
+    /// update never leaves it unmasked.
+    #[serde(default)]
+    pub require_secure_aggregation: bool,
     /// Certificate files.
     pub pki: AgentPki,
     /// Local data.
@@ -200,6 +204,7 @@ impl AgentConfig {
             server_name: self.server_name.clone(),
             name: self.name.clone(),
             max_payload_bytes: self.max_payload_bytes,
+            require_secure_aggregation: self.require_secure_aggregation,
             reconnect: Reconnect {
                 initial: Duration::from_millis(r.initial_ms.max(1)),
                 max: Duration::from_millis(r.max_ms.max(r.initial_ms).max(1)),
