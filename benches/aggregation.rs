@@ -13,36 +13,20 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
+use common::{Deltas, cohort_sizes};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fedtune_aggregator::strategy::{Aggregation, KrumConfig, Strategy, StrategyConfig, TrimmedMeanConfig, UpdateMeta};
 
 const P: usize = 1_000_000;
 
-/// Deterministic pseudo-random deltas in [-0.01, 0.01) (xorshift; no seed plumbing needed).
 fn updates(n: usize) -> Vec<Vec<f32>> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..n)
-        .map(|_| {
-            (0..P)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn cohort_sizes() -> Vec<usize> {
-    std::env::var("FEDTUNE_BENCH_N")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![10, 50, 100])
+    let mut deltas = Deltas::default();
+    (0..n).map(|_| deltas.take(P)).collect()
 }
 
 fn aggregate_borrowed(strategy: &mut dyn Strategy, rows: &[Vec<f32>]) -> Vec<f32> {
@@ -63,7 +47,7 @@ fn aggregate_owned(strategy: &mut dyn Strategy, rows: Vec<Vec<f32>>) -> Vec<f32>
 }
 
 fn aggregation(c: &mut Criterion) {
-    for n in cohort_sizes() {
+    for n in cohort_sizes(vec![10, 50, 100]) {
         let rows = updates(n);
         // Krum tolerating 20% attackers, the robustness example's setting.
         let f = (n / 5).min((n - 3) / 2);

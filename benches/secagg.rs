@@ -17,9 +17,12 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
+use common::{Deltas, cohort_sizes};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fedtune_protocol::secagg::{ClientRound, PeerKeys, RoundContext, ServerRound};
 use rand::SeedableRng;
@@ -28,31 +31,11 @@ use rand::rngs::ChaCha20Rng;
 const CLIP: f32 = 1.0;
 const WEIGHT: u64 = 100;
 
-fn cohort_sizes() -> Vec<u32> {
-    std::env::var("FEDTUNE_BENCH_N")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![10])
-}
-
 fn update_len() -> usize {
     std::env::var("FEDTUNE_BENCH_P")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(1_000_000)
-}
-
-/// Deterministic pseudo-random deltas in [-0.01, 0.01) (xorshift; no seed plumbing needed).
-fn update(p: usize) -> Vec<f32> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..p)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
-        })
-        .collect()
 }
 
 fn context() -> RoundContext {
@@ -109,8 +92,8 @@ fn revealed(n: u32, delta: &[f32], drop: &[u32]) -> ServerRound {
 
 fn secagg(c: &mut Criterion) {
     let p = update_len();
-    let delta = update(p);
-    for n in cohort_sizes() {
+    let delta = Deltas::default().take(p);
+    for n in cohort_sizes(vec![10u32]) {
         cohort(c, n, &delta);
     }
 }

@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedtune_protocol::{
-    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Update,
+    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Task, Update,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::trainer::Trainer;
+use crate::trainer::{FitOutcome, Trainer};
 use crate::wire::{WireError, read_frame, write_frame};
 
 /// How an agent reaches its aggregator.
@@ -240,15 +240,7 @@ async fn serve_stream<T: Trainer>(
             };
             match outcome {
                 Ok(fit) => {
-                    let update = Update {
-                        trial,
-                        round,
-                        manifest_hash: task.manifest_hash,
-                        num_samples: fit.num_samples,
-                        metrics: fit.metrics,
-                        used: task.hyperparameters.clone(),
-                        proposal: fit.proposal,
-                    };
+                    let update = update_for(&task, &fit);
                     write_frame(&mut send, &AgentMessage::Update(update), &fit.delta).await?;
                     match read_frame(&mut recv, Limits::control()).await?.0 {
                         AggregatorMessage::Ack(_) => {
@@ -303,6 +295,20 @@ async fn serve_stream<T: Trainer>(
     }
     send.finish()?;
     Ok(())
+}
+
+/// The update message that reports `fit`, the outcome of `task` (its payload is sent
+/// separately).
+pub(crate) fn update_for(task: &Task, fit: &FitOutcome) -> Update {
+    Update {
+        trial: task.trial,
+        round: task.round,
+        manifest_hash: task.manifest_hash,
+        num_samples: fit.num_samples,
+        metrics: fit.metrics.clone(),
+        used: task.hyperparameters.clone(),
+        proposal: fit.proposal.clone(),
+    }
 }
 
 /// Checks a task's payload against its model before any work is done.

@@ -10,10 +10,10 @@
 use std::sync::{Arc, Mutex};
 
 use fedtune_protocol::secagg::{ClientRound, RoundContext, SecureRound};
-use fedtune_protocol::{AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Limits, Task, Update};
+use fedtune_protocol::{AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Limits, Task};
 use tracing::{debug, warn};
 
-use crate::client::lock;
+use crate::client::{lock, update_for};
 use crate::trainer::Trainer;
 use crate::wire::{WireError, read_frame, write_frame};
 
@@ -82,15 +82,7 @@ pub(crate) async fn serve<T: Trainer>(
         Ok(masked) => masked,
         Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
     };
-    let update = Update {
-        trial,
-        round,
-        manifest_hash: task.manifest_hash,
-        num_samples: fit.num_samples,
-        metrics: fit.metrics,
-        used: task.hyperparameters.clone(),
-        proposal: fit.proposal,
-    };
+    let update = update_for(&task, &fit);
     // The masked words travel bit for bit as the payload's 4-byte little-endian elements.
     write_frame(send, &AgentMessage::Update(update), bytemuck::cast_slice(&masked)).await?;
 
