@@ -3,6 +3,7 @@
 use fedtune_agent::data::Dataset;
 use fedtune_agent::model::Device;
 use fedtune_agent::train::evaluate;
+use fedtune_aggregator::federation::EvaluationError;
 use fedtune_aggregator::{Evaluator, GlobalEvaluation};
 use fedtune_protocol::ModelSpec;
 
@@ -22,11 +23,13 @@ impl TestSetEvaluator {
 }
 
 impl Evaluator for TestSetEvaluator {
-    fn evaluate(&self, model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, String> {
+    fn evaluate(&self, model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, EvaluationError> {
         let ModelSpec::Mlp(spec) = model else {
-            return Err("only MLP models can be evaluated on the test set".into());
+            return Err(EvaluationError::UnsupportedModel(
+                "only MLP models can be evaluated on the test set".into(),
+            ));
         };
-        let e = evaluate(spec, params, &self.test, &self.device).map_err(|e| e.to_string())?;
+        let e = evaluate(spec, params, &self.test, &self.device).map_err(|e| EvaluationError::Failed(e.to_string()))?;
         Ok(GlobalEvaluation {
             loss: e.loss,
             accuracy: e.accuracy,

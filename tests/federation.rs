@@ -7,8 +7,8 @@ use fedtune::agent::client::Exit;
 use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer};
 use std::sync::Arc;
 
-use fedtune::aggregator::Hooks;
-use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Task};
+use fedtune::aggregator::{FailureReason, Hooks};
+use fedtune::protocol::{Capabilities, ErrorCode, Evaluate, Evaluation, Task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federation_trains_digits_over_quic() {
@@ -80,16 +80,23 @@ async fn nan_and_wrong_manifest_updates_are_refused_while_the_round_completes() 
     for round in &report.rounds {
         assert_eq!(round.updates, 2, "only the honest updates count");
         assert!(round.applied);
-        let reason = |agent: &str| {
+        let refused = |agent: &str| {
             round
                 .failures
                 .iter()
                 .find(|f| f.agent == agent)
-                .map(|f| f.reason.clone())
-                .unwrap_or_default()
+                .and_then(|f| match &f.reason {
+                    FailureReason::Refused(error) => Some(error.code),
+                    _ => None,
+                })
         };
-        assert!(reason("agent-2").contains("not finite"), "{:?}", round.failures);
-        assert!(reason("agent-3").contains("manifest"), "{:?}", round.failures);
+        assert_eq!(refused("agent-2"), Some(ErrorCode::NonFinite), "{:?}", round.failures);
+        assert_eq!(
+            refused("agent-3"),
+            Some(ErrorCode::ManifestMismatch),
+            "{:?}",
+            round.failures
+        );
     }
     assert!(report.global.iter().all(|v| v.is_finite()));
     // Refused agents stay connected and are told to stop like everyone else.
@@ -139,7 +146,7 @@ async fn stragglers_are_dropped_at_the_deadline() {
         round
             .failures
             .iter()
-            .any(|f| f.agent == "agent-1" && f.reason.contains("before the round closed"))
+            .any(|f| f.agent == "agent-1" && f.reason == FailureReason::Straggler)
     );
     while agents.join_next().await.is_some() {}
 }

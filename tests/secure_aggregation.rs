@@ -7,8 +7,9 @@ mod common;
 use common::*;
 use fedtune::agent::client::Exit;
 use fedtune::agent::trainer::{FitOutcome, Trainer};
+use fedtune::aggregator::federation::SecureStep;
 use fedtune::aggregator::strategy::StrategyConfig;
-use fedtune::aggregator::{AggregatorConfig, Hooks, RunReport};
+use fedtune::aggregator::{AggregatorConfig, FailureReason, Hooks, RunReport};
 use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Task, TrainMetrics};
 
 /// Trains nothing: sends a fixed delta of its own, so the aggregate is known exactly.
@@ -116,7 +117,11 @@ async fn an_agent_that_drops_out_after_the_key_exchange_is_unmasked_away() {
     assert!(first.applied, "{:?}", first.failures);
     assert_eq!(first.updates, 3);
     assert!(
-        first.failures.iter().any(|f| f.reason.contains("battery low")),
+        first.failures.iter().any(|f| matches!(
+            &f.reason,
+            FailureReason::SecureStep { step: SecureStep::MaskedUpdate, cause }
+                if matches!(&**cause, FailureReason::Declined(why) if why.contains("battery low"))
+        )),
         "{:?}",
         first.failures
     );
@@ -134,9 +139,16 @@ async fn too_few_survivors_leave_the_model_unchanged() {
     let first = &secure.rounds[0];
     assert!(!first.applied);
     assert!(
-        first.failures.iter().any(|f| f.reason.contains("secure aggregation")),
+        first
+            .failures
+            .iter()
+            .any(|f| matches!(f.reason, FailureReason::SecureStep { .. })),
         "{:?}",
         first.failures
+    );
+    assert!(
+        first.aggregation_error.is_some(),
+        "the round says why it was not applied"
     );
     assert!(secure.rounds[1].applied);
     // Only round 1 moved the model: compare with a plain run of round 1 alone.
@@ -207,7 +219,9 @@ async fn agents_that_require_secure_aggregation_decline_plain_rounds() {
     let declined = round
         .failures
         .iter()
-        .filter(|f| f.reason.contains("only sends its update under secure aggregation"))
+        .filter(|f| {
+            matches!(&f.reason, FailureReason::Declined(why) if why.contains("only sends its update under secure aggregation"))
+        })
         .count();
     assert_eq!(declined, 2, "{:?}", round.failures);
     let secure = run(true).await;

@@ -70,7 +70,7 @@ impl ServerLrConfig {
 /// Adapts the server learning rate from one round's global validation loss to the next:
 /// lower on a plateau or when the loss rises (oscillation), higher while it falls fast,
 /// always within `[min, max]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerLrController {
     config: ServerLrConfig,
     previous: Option<f64>,

@@ -239,7 +239,7 @@ pub fn violations(constraints: &[Constraint], report: &FairnessReport) -> Vec<St
 
 /// How often each agent has been selected, and its latest accuracy, for fairness-aware
 /// selection and participation fairness.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     selected: BTreeMap<String, u64>,
     accuracy: BTreeMap<String, f64>,

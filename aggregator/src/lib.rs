@@ -5,10 +5,11 @@
 //! - [`config`]: the service's typed TOML configuration.
 //! - [`identity`]: the federation's CA, server and agent certificates; TLS configs.
 //! - [`registry`]: the accept loop, the hello handshake, connected agents.
-//! - [`round`]: one round as a sans-IO state machine (cohort, deadline, quorum).
+//! - [`federation`]: the federation as one sans-IO state machine (cohorts, tasks,
+//!   secure-aggregation steps, deadlines, apply, fairness, records), and its state.
+//! - [`round`]: the collection of one round's updates (deadline, quorum, refusals).
 //! - [`fairness`]: per-round fairness metrics, constraints, participation history.
-//! - [`federation`]: the driver that runs rounds over QUIC.
-//! - `secure`: secure-aggregation rounds, the aggregator's side of the key exchange.
+//! - [`driver`]: the tokio driver that moves frames between QUIC and the federation.
 //! - [`service`]: from configuration to a bound endpoint.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
@@ -19,12 +20,12 @@
 
 pub mod adapt;
 pub mod config;
+pub mod driver;
 pub mod fairness;
 pub mod federation;
 pub mod identity;
 pub mod registry;
 pub mod round;
-mod secure;
 pub mod service;
 pub mod strategy;
 pub mod tune;
@@ -32,4 +33,8 @@ pub mod tuning;
 pub mod wire;
 
 pub use config::AggregatorConfig;
-pub use federation::{Evaluator, GlobalEvaluation, Hooks, RoundRecord, RunReport, run};
+pub use driver::{FederationError, Hooks, run};
+pub use federation::{
+    Action, Evaluator, Event, FailureReason, FailureRecord, Federation, FederationState, GlobalEvaluation, RoundRecord,
+    RunReport,
+};

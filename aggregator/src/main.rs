@@ -196,18 +196,23 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     if let Some(tuning) = config.tuning.clone() {
         return serve_study(endpoint, config, &tuning, shutdown, report_path).await;
     }
-    let report = run(endpoint, config, Hooks::default(), shutdown).await?;
-    for r in &report.rounds {
-        println!(
-            "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s",
-            r.round,
-            r.updates,
-            r.failures.len(),
-            r.train_loss,
-            r.federated_accuracy,
-            r.seconds
-        );
-    }
+    // Each round is printed as it commits (stdout is line-buffered), so the log of a
+    // killed run shows where it was.
+    let hooks = Hooks {
+        on_round: Some(Box::new(|r| {
+            println!(
+                "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s",
+                r.round,
+                r.updates,
+                r.failures.len(),
+                r.train_loss,
+                r.federated_accuracy,
+                r.seconds
+            );
+        })),
+        ..Hooks::default()
+    };
+    let report = run(endpoint, config, hooks, shutdown).await?;
     if !report.final_agent_evaluation.is_empty() {
         let accs: Vec<f64> = report.final_agent_evaluation.values().map(|e| e.accuracy).collect();
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;

@@ -9,7 +9,7 @@ use fedtune_protocol::{
     AgentMessage, AggregatorMessage, Capabilities, ErrorCode, ErrorMessage, Limits, PROTOCOL_VERSION, SessionLimits,
     Welcome,
 };
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::identity::peer_agent_id;
@@ -32,11 +32,22 @@ pub struct AgentHandle {
 }
 
 /// The agents currently connected, keyed by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     agents: Mutex<BTreeMap<String, AgentHandle>>,
-    changed: Notify,
+    /// Bumped on every connect and disconnect.
+    version: watch::Sender<u64>,
     next_session: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            agents: Mutex::default(),
+            version: watch::Sender::new(0),
+            next_session: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Registry {
@@ -55,9 +66,14 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Waits until the set of agents changes.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// A receiver that sees every change of the set of agents (none is missed between
+    /// two looks, unlike a notification).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AgentHandle>> {
@@ -71,7 +87,7 @@ impl Registry {
             old.connection
                 .close(2u32.into(), b"replaced by a newer connection of the same agent");
         }
-        self.changed.notify_waiters();
+        self.bump();
     }
 
     fn remove(&self, id: &str, session_id: u64) {
@@ -80,7 +96,7 @@ impl Registry {
             agents.remove(id);
         }
         drop(agents);
-        self.changed.notify_waiters();
+        self.bump();
     }
 }
 

@@ -1,6 +1,6 @@
 //! One federated round as a state machine: fed events, polled for its status, no I/O.
 //!
-//! The driver in [`server`](crate::server) sends tasks, then feeds [`Round`] what comes
+//! The [`Federation`](crate::federation::Federation) sends tasks, then feeds [`Round`] what comes
 //! back (`on_update`, `on_failure`) and asks it, with the current time, whether the round
 //! is over (`poll`). Time is passed in, so deadlines are tested without sleeping.
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use fedtune_protocol::tensor::check_finite;
 use fedtune_protocol::{ClientHyperparameters, ErrorCode, ErrorMessage, ManifestHash, TrainMetrics, Update};
 
+use crate::federation::{FailureReason, FailureRecord};
 use crate::strategy::{Aggregation, UpdateMeta};
 
 /// What one agent contributed to a round.
@@ -27,15 +28,6 @@ pub struct AgentResult {
     pub used: ClientHyperparameters,
     /// What the agent's local rule proposes for its next task, if anything moved.
     pub proposal: Option<ClientHyperparameters>,
-}
-
-/// An agent in the cohort that did not contribute, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentFailure {
-    /// Agent id.
-    pub agent: String,
-    /// Why, in words.
-    pub reason: String,
 }
 
 /// Where a round stands.
@@ -79,7 +71,7 @@ pub struct Round {
     pending: BTreeSet<String>,
     aggregation: Box<dyn Aggregation>,
     results: Vec<AgentResult>,
-    failures: Vec<AgentFailure>,
+    failures: Vec<FailureRecord>,
 }
 
 /// A closed round: the averaged update and who contributed.
@@ -92,7 +84,7 @@ pub struct RoundOutcome {
     /// Accepted updates, in arrival order.
     pub results: Vec<AgentResult>,
     /// Cohort members that failed, declined, were refused or timed out.
-    pub failures: Vec<AgentFailure>,
+    pub failures: Vec<FailureRecord>,
     /// Whether enough updates arrived for the average to be applied.
     pub quorum_met: bool,
 }
@@ -149,18 +141,18 @@ impl Round {
     /// # Errors
     /// As [`on_update`](Self::on_update), except that the words are not checked for
     /// finiteness (they are masked); `fold`'s refusal is returned as a malformed update.
-    pub fn on_masked_update(
+    pub fn on_masked_update<E: std::fmt::Display>(
         &mut self,
         agent: &str,
         update: &Update,
         len: usize,
         now: Instant,
-        fold: impl FnOnce() -> Result<(), String>,
+        fold: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), ErrorMessage> {
         self.check_pending(agent)?;
         let checked = self
             .check(update, len, now)
-            .and_then(|()| fold().map_err(|e| ErrorMessage::new(ErrorCode::Malformed, e)));
+            .and_then(|()| fold().map_err(|e| ErrorMessage::new(ErrorCode::Malformed, e.to_string())));
         self.record(agent, update, checked, now)
     }
 
@@ -190,7 +182,7 @@ impl Round {
         now: Instant,
     ) -> Result<(), ErrorMessage> {
         if let Err(refusal) = checked {
-            self.fail(agent, format!("update refused: {}", refusal.message));
+            self.fail(agent, FailureReason::Refused(refusal.clone()));
             return Err(refusal);
         }
         self.pending.remove(agent);
@@ -253,15 +245,25 @@ impl Round {
 
     /// Records that a cohort member will not contribute (declined, errored, went away).
     /// Ignored for agents that already answered.
-    pub fn on_failure(&mut self, agent: &str, reason: impl Into<String>) {
+    pub fn on_failure(&mut self, agent: &str, reason: FailureReason) {
         if self.pending.contains(agent) {
-            self.fail(agent, reason.into());
+            self.fail(agent, reason);
         }
     }
 
-    fn fail(&mut self, agent: &str, reason: String) {
+    /// Whether `agent` is in the cohort and has neither answered nor failed yet.
+    pub fn is_pending(&self, agent: &str) -> bool {
+        self.pending.contains(agent)
+    }
+
+    /// Cohort members still owing an answer.
+    pub fn pending(&self) -> impl Iterator<Item = &String> {
+        self.pending.iter()
+    }
+
+    fn fail(&mut self, agent: &str, reason: FailureReason) {
         self.pending.remove(agent);
-        self.failures.push(AgentFailure {
+        self.failures.push(FailureRecord {
             agent: agent.to_owned(),
             reason,
         });
@@ -288,9 +290,9 @@ impl Round {
     pub fn finish(mut self) -> RoundOutcome {
         let stragglers: Vec<String> = std::mem::take(&mut self.pending).into_iter().collect();
         for agent in stragglers {
-            self.failures.push(AgentFailure {
+            self.failures.push(FailureRecord {
                 agent,
-                reason: "no update before the round closed".into(),
+                reason: FailureReason::Straggler,
             });
         }
         let quorum_met = self.results.len() >= self.spec.min_updates.max(1);
@@ -351,16 +353,16 @@ mod tests {
         round.on_update("a", &update(1), vec![1.0, 1.0], t0).unwrap();
         assert!(matches!(round.poll(t0), RoundStatus::Collecting { .. }));
         round.on_update("b", &update(3), vec![5.0, -1.0], t0).unwrap();
-        round.on_failure("c", "declined");
+        round.on_failure("c", FailureReason::Declined("no battery".into()));
         assert_eq!(round.poll(t0), RoundStatus::Closed);
         let outcome = round.finish();
         assert!(outcome.quorum_met);
         assert_eq!(outcome.aggregation.finish().unwrap(), vec![4.0, -0.5]);
         assert_eq!(
             outcome.failures,
-            vec![AgentFailure {
+            vec![FailureRecord {
                 agent: "c".into(),
-                reason: "declined".into()
+                reason: FailureReason::Declined("no battery".into())
             }]
         );
     }
@@ -436,7 +438,7 @@ mod tests {
         s.min_updates = 2;
         let mut round = Round::new(s, fedavg(), t0);
         round.on_update("a", &update(1), vec![1.0, 1.0], t0).unwrap();
-        round.on_failure("b", "connection lost");
+        round.on_failure("b", FailureReason::Disconnected);
         assert!(!round.finish().quorum_met);
     }
 }

@@ -31,11 +31,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{AggregatorConfig, ConfigError};
+use crate::driver::{DriveContext, FederationError, Flow, accept_agents, drive, stop_agents, wait_for_agents};
 use crate::fairness::FairnessReport;
-use crate::federation::{
-    ClientTuner, Driver, Evaluator, FederationError, GlobalEvaluation, accept_agents, final_fairness, stop_agents,
-    wait_for_agents,
-};
+use crate::federation::{ClientTuner, Evaluator, Federation, GlobalEvaluation, final_fairness};
 use crate::registry::Registry;
 use crate::round::AgentResult;
 use crate::strategy::StrategyConfig;
@@ -755,14 +753,19 @@ impl TrialRun {
             policy: None,
             seconds: 0.0,
         };
-        let mut driver = match Driver::new(
-            self.config.clone(),
-            self.registry.clone(),
-            self.buffers.clone(),
-            self.evaluator.clone(),
-            self.number,
-        ) {
-            Ok(driver) => driver,
+        let federation = Federation::new(self.config.clone(), self.number).map(|f| {
+            let f = f.with_global_evaluation(self.evaluator.is_some());
+            let f = match self.pool.clone() {
+                Some(pool) => f.with_pool(pool),
+                None => f,
+            };
+            match self.tuner.clone() {
+                Some(tuner) => f.with_tuner(Box::new(SharedTuner(tuner))),
+                None => f,
+            }
+        });
+        let mut federation = match federation {
+            Ok(federation) => federation,
             Err(e) => {
                 warn!(trial = self.number, "cannot start: {e}");
                 return self.finish(record, Outcome::Failed, started);
@@ -770,21 +773,21 @@ impl TrialRun {
         };
         if let Some(v) = server_lr(&self.params) {
             let lr = v.as_f64().unwrap_or(f64::NAN);
-            if let Err(e) = driver.set_server_learning_rate(lr) {
+            if let Err(e) = federation.set_server_learning_rate(lr) {
                 warn!(trial = self.number, "server learning rate not applied: {e}");
             }
         }
-        driver.pool = self.pool.clone();
-        driver.tuner = self
-            .tuner
-            .clone()
-            .map(|t| Box::new(SharedTuner(t)) as Box<dyn ClientTuner>);
         let (mut device, mut bytes) = (0.0, 0);
-        let mut last_round = None;
-        for round in 0..fed.rounds {
-            let Some(r) = driver.run_round(round, &mut shutdown).await else {
-                return self.finish(record, Outcome::Failed, started);
-            };
+        let mut last_round: Option<crate::federation::RoundRecord> = None;
+        let mut pruned = false;
+        let context = DriveContext {
+            registry: &self.registry,
+            buffers: self.buffers.clone(),
+            evaluator: self.evaluator.clone(),
+            max_payload: fed.max_payload_bytes,
+        };
+        let report = drive(federation, context, &mut shutdown, |r| {
+            let round = r.round;
             record.rounds = round + 1;
             device += r.device_seconds;
             bytes += r.payload_bytes;
@@ -811,21 +814,27 @@ impl TrialRun {
                 values,
                 pruned: prune && round + 1 < fed.rounds,
             });
-            last_round = Some(r);
+            last_round = Some(r.clone());
             if prune && round + 1 < fed.rounds {
-                record.final_test = last_round.and_then(|r| r.test);
-                return self.finish(record, Outcome::Pruned, started);
+                pruned = true;
+                Flow::Stop
+            } else {
+                Flow::Continue
             }
+        })
+        .await;
+        if pruned {
+            record.final_test = last_round.and_then(|r| r.test);
+            return self.finish(record, Outcome::Pruned, started);
+        }
+        if report.interrupted {
+            return self.finish(record, Outcome::Failed, started);
         }
         let Some(last) = last_round else {
             return self.finish(record, Outcome::Failed, started);
         };
         // Score the final model: server test set if any, else federated evaluation.
-        let per_agent = if fed.final_evaluation {
-            driver.evaluate_on_agents(fed.rounds).await
-        } else {
-            BTreeMap::new()
-        };
+        let per_agent = report.final_agent_evaluation;
         let fairness = final_fairness(&per_agent, Some(&last));
         let federated = (!per_agent.is_empty()).then(|| {
             let total: u64 = per_agent.values().map(|e| e.samples).sum::<u64>().max(1);
@@ -903,7 +912,7 @@ pub async fn tune(
     let study = Arc::new(Mutex::new(study));
     let fed = &config.federation;
     let registry = accept_agents(&endpoint, fed);
-    let mut federation_hooks = crate::federation::Hooks::default();
+    let mut federation_hooks = crate::driver::Hooks::default();
     let result = async {
         if !wait_for_agents(
             &registry,

@@ -53,7 +53,7 @@ pub fn config(agents: usize, rounds: u64) -> AggregatorConfig {
 pub struct Federation {
     pub pki: FederationPki,
     pub addr: std::net::SocketAddr,
-    pub aggregator: tokio::task::JoinHandle<Result<RunReport, fedtune::aggregator::federation::FederationError>>,
+    pub aggregator: tokio::task::JoinHandle<Result<RunReport, fedtune::aggregator::FederationError>>,
     pub stop: tokio::sync::watch::Sender<bool>,
 }
 

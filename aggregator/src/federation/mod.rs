@@ -1,0 +1,1096 @@
+//! The federation as one sans-IO state machine, shaped like `quinn-proto`.
+//!
+//! A [`Federation`] owns everything a run (or one trial of a study) decides: cohort
+//! selection (seeded), task building, the secure-aggregation steps and their deadlines,
+//! stragglers, applying the round through the [`Strategy`], fairness, the server
+//! learning-rate loop, the round records and the final evaluation. It never reads a
+//! clock, spawns or does I/O:
+//!
+//! - **inputs**: [`handle_event`](Federation::handle_event) with an [`Event`] (an agent
+//!   connected or went away, an answer arrived on an exchange, an exchange failed, the
+//!   server-side evaluation finished) and [`handle_timeout`](Federation::handle_timeout),
+//!   each with the current time; [`interrupt`](Federation::interrupt) to stop early;
+//! - **outputs**: [`poll_action`](Federation::poll_action) yields [`Action`]s (open an
+//!   exchange with a task or an evaluation request, ask the next secure-aggregation step,
+//!   close or abandon an exchange, evaluate the global model, a round committed, the run
+//!   finished), and [`poll_timeout`](Federation::poll_timeout) says when to call
+//!   `handle_timeout` next.
+//!
+//! An *exchange* is one stream with one agent: it opens with a message (a task, an
+//! evaluation request), and each answer the agent sends on it comes back as
+//! [`Event::Received`]. The tokio driver in [`crate::driver`] only moves frames between
+//! connections and this machine and sleeps until `poll_timeout()`; `serve`, the
+//! simulation and every trial of `tune` drive it the same way.
+//!
+//! # State
+//! What carries from round to round is one serializable value, [`FederationState`]
+//! (from [`Federation::state`], loaded by [`Federation::resume`]): the trial number, the
+//! next round, the global parameters, the strategy's own state (momentum, optimizer
+//! moments, server learning rate), the server-LR controller, the fairness history
+//! (per-agent participation counts and last accuracies) and the position of the seeded
+//! random stream that picks cohorts and task seeds. The rest — the configuration, the
+//! connected agents, the round in progress — is either given again or rebuilt.
+
+mod record;
+mod secure;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fedtune_protocol::{
+    Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, ErrorCode, ErrorMessage, Evaluate,
+    Evaluation, Task,
+};
+use rand::SeedableRng;
+use rand::rngs::ChaCha12Rng;
+use rand::seq::IndexedRandom;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::adapt::ServerLrController;
+use crate::config::{AggregatorConfig, ConfigError, Selection};
+use crate::fairness::{FairnessReport, History, violations};
+use crate::round::{AgentResult, Round, RoundSpec, RoundStatus};
+use crate::strategy::{Strategy, StrategyError, StrategyState};
+use crate::wire::params_to_bytes;
+
+pub(crate) use record::final_fairness;
+pub use record::{
+    ClientTuner, EvaluationError, Evaluator, FailureReason, FailureRecord, GlobalEvaluation, RoundRecord, RunReport,
+    SecureStep,
+};
+use secure::{SecurePhase, StepOutcome};
+
+/// Names one exchange (one stream with one agent) for the life of a [`Federation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExchangeId(pub u64);
+
+/// How an agent's answer on an exchange is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A control message without payload (keys, shares, evaluations).
+    Control,
+    /// An update with a model-sized payload; it takes one of the aggregator's update
+    /// buffers while it is read and handled.
+    Update,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Open a stream to `agent`, send `message` with `payload`, and read its answer.
+    Open {
+        /// The exchange this stream carries.
+        exchange: ExchangeId,
+        /// The agent.
+        agent: String,
+        /// The opening message (a task or an evaluation request).
+        message: AggregatorMessage,
+        /// The global parameters the message refers to, shared between agents.
+        payload: Bytes,
+        /// How the answer is read.
+        answer: Answer,
+    },
+    /// Send `message` on an open exchange and read the next answer.
+    Ask {
+        /// The exchange.
+        exchange: ExchangeId,
+        /// The next step's message.
+        message: AggregatorMessage,
+        /// How the answer is read.
+        answer: Answer,
+    },
+    /// Send `message` (an acknowledgement or an error) if any, and finish the stream.
+    Close {
+        /// The exchange.
+        exchange: ExchangeId,
+        /// The last word.
+        message: Option<AggregatorMessage>,
+    },
+    /// Drop the exchange without a word: the agent's stream is reset (a straggler).
+    Abandon {
+        /// The exchange.
+        exchange: ExchangeId,
+    },
+    /// Evaluate the global model after `round` on the server; answer with
+    /// [`Event::GlobalEvaluated`].
+    EvaluateGlobal {
+        /// The round whose result is evaluated.
+        round: u64,
+        /// The parameters to evaluate.
+        params: Vec<f32>,
+    },
+    /// A round was applied and recorded.
+    RoundCommitted(Box<RoundRecord>),
+    /// The run is over; nothing more will happen.
+    Finished(Box<RunReport>),
+}
+
+/// Something that happened outside the machine.
+#[derive(Debug)]
+pub enum Event {
+    /// An agent connected (or reconnected with a new session).
+    AgentConnected {
+        /// Its id, from its certificate.
+        agent: String,
+        /// What it offers.
+        capabilities: Capabilities,
+    },
+    /// An agent's connection ended.
+    AgentGone {
+        /// Its id.
+        agent: String,
+    },
+    /// An answer arrived on an exchange.
+    Received {
+        /// The exchange.
+        exchange: ExchangeId,
+        /// The message.
+        message: AgentMessage,
+        /// Its payload (an update's delta or masked words, as read).
+        payload: Vec<f32>,
+    },
+    /// An exchange's stream failed before an answer arrived.
+    ExchangeFailed {
+        /// The exchange.
+        exchange: ExchangeId,
+        /// What the transport said.
+        error: String,
+    },
+    /// The answer to [`Action::EvaluateGlobal`].
+    GlobalEvaluated {
+        /// The round asked about.
+        round: u64,
+        /// The evaluation, or why there is none.
+        result: Result<GlobalEvaluation, EvaluationError>,
+    },
+}
+
+/// The position of the seeded stream that picks cohorts and task seeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// ChaCha12 key.
+    pub seed: [u8; 32],
+    /// Stream number.
+    pub stream: u64,
+    /// Words consumed.
+    pub word_pos: u128,
+}
+
+impl RngState {
+    fn of(rng: &ChaCha12Rng) -> Self {
+        Self {
+            seed: rng.get_seed(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos(),
+        }
+    }
+
+    fn rng(&self) -> ChaCha12Rng {
+        let mut rng = ChaCha12Rng::from_seed(self.seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(self.word_pos);
+        rng
+    }
+}
+
+/// Everything a federation carries from one round to the next, as one serializable
+/// value (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FederationState {
+    /// The trial the tasks belong to (0 outside a study).
+    pub trial: u64,
+    /// The next round to run (rounds before it are committed).
+    pub round: u64,
+    /// Global model parameters, in manifest order.
+    pub global: Vec<f32>,
+    /// What the strategy carries across rounds.
+    pub strategy: StrategyState,
+    /// The server learning rate's feedback loop, when it is active.
+    pub server_lr: Option<ServerLrController>,
+    /// Participation counts and last accuracies per agent.
+    pub history: History,
+    /// The cohort and seed stream.
+    pub rng: RngState,
+}
+
+/// Why a federation could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The strategy refused the state or setting it was given.
+    #[error("strategy: {0}")]
+    Strategy(#[from] StrategyError),
+    /// The state's global model does not fit the configured model.
+    #[error("the saved global model has {saved} parameters, the configured model has {expected}")]
+    ModelMismatch {
+        /// Parameters in the state.
+        saved: usize,
+        /// Parameters of `config.model`.
+        expected: usize,
+    },
+}
+
+/// A round in progress.
+struct OpenRound {
+    started: Instant,
+    round: Round,
+    /// Open exchanges and their agents.
+    exchanges: BTreeMap<ExchangeId, String>,
+    /// The secure-aggregation steps, when the round runs under secure aggregation.
+    secure: Option<SecurePhase>,
+    /// The agents known when the round started (for participation fairness).
+    known: Vec<String>,
+}
+
+/// A closed round whose record waits for the server-side evaluation.
+struct Evaluating {
+    started: Instant,
+    record: RoundRecord,
+}
+
+/// The final evaluation of the model on every agent's validation split.
+struct FinalEvaluation {
+    deadline: Instant,
+    exchanges: BTreeMap<ExchangeId, String>,
+    results: BTreeMap<String, GlobalEvaluation>,
+}
+
+enum Phase {
+    /// The next round starts at the next input.
+    Ready,
+    Round(Box<OpenRound>),
+    Evaluating(Box<Evaluating>),
+    Final(FinalEvaluation),
+    Done,
+}
+
+/// The federation state machine (see the module docs).
+pub struct Federation {
+    config: Arc<AggregatorConfig>,
+    strategy: Box<dyn Strategy>,
+    tuner: Option<Box<dyn ClientTuner>>,
+    pool: Option<BTreeSet<String>>,
+    evaluate_globally: bool,
+    trial: u64,
+    round: u64,
+    global: Vec<f32>,
+    server_lr: Option<ServerLrController>,
+    history: History,
+    rng: ChaCha12Rng,
+    agents: BTreeMap<String, Capabilities>,
+    phase: Phase,
+    actions: VecDeque<Action>,
+    records: Vec<RoundRecord>,
+    next_exchange: u64,
+    now: Option<Instant>,
+    interrupted: bool,
+}
+
+impl Federation {
+    /// A federation for `config` (trial `trial` of a study, 0 for a run), starting from a
+    /// freshly initialised model seeded by `federation.seed`.
+    ///
+    /// # Errors
+    /// [`SetupError`] when the configuration or its strategy is invalid.
+    pub fn new(config: Arc<AggregatorConfig>, trial: u64) -> Result<Self, SetupError> {
+        config.validate()?;
+        let mut rng = ChaCha12Rng::seed_from_u64(config.federation.seed);
+        let strategy = config.strategy.build()?;
+        let server_lr = config
+            .server_lr
+            .active_for(config.strategy.name())
+            .then(|| ServerLrController::new(config.server_lr));
+        let global = config.model.init_params(&mut rng);
+        Ok(Self {
+            strategy,
+            tuner: None,
+            pool: None,
+            evaluate_globally: false,
+            trial,
+            round: 0,
+            global,
+            server_lr,
+            history: History::default(),
+            rng,
+            agents: BTreeMap::new(),
+            phase: Phase::Ready,
+            actions: VecDeque::new(),
+            records: Vec::new(),
+            next_exchange: 0,
+            now: None,
+            interrupted: false,
+            config,
+        })
+    }
+
+    /// A federation for `config` that goes on from `state` (a checkpoint).
+    ///
+    /// # Errors
+    /// [`SetupError`] when the configuration is invalid or `state` does not fit it.
+    pub fn resume(config: Arc<AggregatorConfig>, state: FederationState) -> Result<Self, SetupError> {
+        let mut fed = Self::new(config, state.trial)?;
+        if state.global.len() != fed.global.len() {
+            return Err(SetupError::ModelMismatch {
+                saved: state.global.len(),
+                expected: fed.global.len(),
+            });
+        }
+        fed.strategy.load_state(state.strategy)?;
+        fed.round = state.round;
+        fed.global = state.global;
+        fed.server_lr = state.server_lr;
+        fed.history = state.history;
+        fed.rng = state.rng.rng();
+        if fed.round >= fed.config.federation.rounds {
+            fed.phase = Phase::Done;
+        }
+        Ok(fed)
+    }
+
+    /// What carries to the next round, as of the last committed one.
+    pub fn state(&self) -> FederationState {
+        FederationState {
+            trial: self.trial,
+            round: self.round,
+            global: self.global.clone(),
+            strategy: self.strategy.state(),
+            server_lr: self.server_lr.clone(),
+            history: self.history.clone(),
+            rng: RngState::of(&self.rng),
+        }
+    }
+
+    /// Limits the federation to the agents in `pool` (a trial's share of a study).
+    pub fn with_pool(mut self, pool: BTreeSet<String>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Lets `tuner` choose each agent's client hyperparameters.
+    pub fn with_tuner(mut self, tuner: Box<dyn ClientTuner>) -> Self {
+        self.tuner = Some(tuner);
+        self
+    }
+
+    /// Asks for a server-side evaluation after each round ([`Action::EvaluateGlobal`]).
+    pub fn with_global_evaluation(mut self, on: bool) -> Self {
+        self.evaluate_globally = on;
+        self
+    }
+
+    /// Sets the strategy's server learning rate (for strategies that have one).
+    ///
+    /// # Errors
+    /// As [`Strategy::set_server_learning_rate`].
+    pub fn set_server_learning_rate(&mut self, lr: f64) -> Result<(), StrategyError> {
+        self.strategy.set_server_learning_rate(lr)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &fedtune_protocol::ModelSpec {
+        &self.config.model
+    }
+
+    /// The global parameters as of the last committed round.
+    pub fn global(&self) -> &[f32] {
+        &self.global
+    }
+
+    /// The rounds committed so far by this machine.
+    pub fn records(&self) -> &[RoundRecord] {
+        &self.records
+    }
+
+    /// Whether the run is over.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next: a deadline of the
+    /// round in progress, or the time of the last input when the next round is ready to
+    /// start (the driver calls it at once), or `None` while waiting on other inputs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Ready => Some(self.now?),
+            Phase::Round(open) => Some(match &open.secure {
+                Some(secure) => secure.deadline(),
+                None => open.round.deadline(),
+            }),
+            Phase::Final(f) => Some(f.deadline),
+            Phase::Evaluating(_) | Phase::Done => None,
+        }
+    }
+
+    /// Deadlines that passed by `now` take effect; a ready round starts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        match &mut self.phase {
+            Phase::Ready => self.start_round(now),
+            Phase::Round(open) => {
+                if let Some(secure) = open.secure.as_mut() {
+                    if now >= secure.deadline() {
+                        let outcome = secure.on_deadline(&mut open.round, &mut open.exchanges, now, &mut self.actions);
+                        self.after_secure_step(outcome, now);
+                    }
+                } else if open.round.poll(now) == RoundStatus::Closed {
+                    self.close_round(now, None);
+                }
+            }
+            Phase::Final(f) if now >= f.deadline => {
+                warn!(
+                    "final evaluation timed out after {:?}; stragglers dropped",
+                    self.config.federation.round_timeout()
+                );
+                self.finish(now);
+            }
+            Phase::Final(_) | Phase::Evaluating(_) | Phase::Done => {}
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle_event(&mut self, now: Instant, event: Event) {
+        self.now = Some(now);
+        match event {
+            Event::AgentConnected { agent, capabilities } => {
+                self.agents.insert(agent, capabilities);
+            }
+            Event::AgentGone { agent } => {
+                self.agents.remove(&agent);
+                self.on_agent_gone(&agent, now);
+            }
+            Event::Received {
+                exchange,
+                message,
+                payload,
+            } => self.on_received(exchange, message, payload, now),
+            Event::ExchangeFailed { exchange, error } => self.on_exchange_failed(exchange, error, now),
+            Event::GlobalEvaluated { round, result } => self.on_global_evaluated(round, result, now),
+        }
+    }
+
+    /// Stops the run at `now`: the round in progress is abandoned (nothing of it is
+    /// applied), no final evaluation runs, and the run finishes as interrupted.
+    pub fn interrupt(&mut self, now: Instant) {
+        self.now = Some(now);
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        self.interrupted = true;
+        match std::mem::replace(&mut self.phase, Phase::Ready) {
+            Phase::Round(open) => {
+                for exchange in open.exchanges.into_keys() {
+                    self.actions.push_back(Action::Abandon { exchange });
+                }
+            }
+            Phase::Final(f) => {
+                for exchange in f.exchanges.into_keys() {
+                    self.actions.push_back(Action::Abandon { exchange });
+                }
+            }
+            Phase::Ready | Phase::Evaluating(_) | Phase::Done => {}
+        }
+        self.finish(now);
+    }
+
+    fn exchange_id(&mut self) -> ExchangeId {
+        self.next_exchange += 1;
+        ExchangeId(self.next_exchange)
+    }
+
+    /// The connected agents this federation may use, ordered by id.
+    fn available(&self) -> Vec<(&String, &Capabilities)> {
+        self.agents
+            .iter()
+            .filter(|(id, _)| self.pool.as_ref().is_none_or(|pool| pool.contains(*id)))
+            .collect()
+    }
+
+    /// Picks the round's cohort among the available agents (seeded).
+    fn select_cohort(&mut self) -> Vec<(String, Capabilities)> {
+        let available: Vec<(String, Capabilities)> = self
+            .available()
+            .into_iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
+        let size = self.config.federation.cohort_size(available.len());
+        let chosen: Vec<(String, Capabilities)> = match self.config.fairness.selection {
+            Selection::Uniform => available.sample(&mut self.rng, size).cloned().collect(),
+            Selection::Fairness => {
+                let history = &self.history;
+                match available.sample_weighted(&mut self.rng, size, |(id, _)| history.weight(id)) {
+                    Ok(chosen) => chosen.cloned().collect(),
+                    Err(e) => {
+                        warn!("fairness-aware selection failed ({e}); selecting uniformly");
+                        available.sample(&mut self.rng, size).cloned().collect()
+                    }
+                }
+            }
+        };
+        self.history.record_selection(chosen.iter().map(|(id, _)| id));
+        chosen
+    }
+
+    fn start_round(&mut self, now: Instant) {
+        if self.round >= self.config.federation.rounds {
+            return self.finish(now);
+        }
+        let config = self.config.clone();
+        let fed = &config.federation;
+        let round = self.round;
+        let known: Vec<String> = self.available().into_iter().map(|(id, _)| id.clone()).collect();
+        let cohort = self.select_cohort();
+        let manifest = config.model.manifest();
+        let spec = RoundSpec {
+            trial: self.trial,
+            round,
+            cohort: cohort.iter().map(|(id, _)| id.clone()).collect(),
+            manifest_hash: manifest.hash(),
+            numel: manifest.numel(),
+            target_updates: cohort.len(),
+            min_updates: fed.min_updates,
+            timeout: fed.round_timeout(),
+        };
+        info!(
+            trial = self.trial,
+            round,
+            cohort = cohort.len(),
+            connected = known.len(),
+            "round started"
+        );
+        let base = ClientHyperparameters {
+            proximal_mu: self.strategy.proximal_mu().unwrap_or(config.client.proximal_mu),
+            ..config.client.clone()
+        };
+        let mut tasks = Vec::with_capacity(cohort.len());
+        for (agent, _) in &cohort {
+            let hyperparameters = match self.tuner.as_mut() {
+                Some(tuner) => tuner.assign(agent, &base),
+                None => base.clone(),
+            };
+            tasks.push(Task {
+                study: fed.study.clone(),
+                trial: self.trial,
+                round,
+                model: config.model.clone(),
+                manifest_hash: spec.manifest_hash,
+                hyperparameters,
+                deadline_ms: spec.timeout.as_millis() as u64,
+                seed: rand::RngExt::random(&mut self.rng),
+                measure_train_loss: self.strategy.needs_train_loss(),
+                secure: None,
+            });
+        }
+        let payload = params_to_bytes(&self.global);
+        let aggregation = self.strategy.begin_round(round, spec.numel);
+        let mut open = Box::new(OpenRound {
+            started: now,
+            round: Round::new(spec, aggregation, now),
+            exchanges: BTreeMap::new(),
+            secure: None,
+            known,
+        });
+        if config.secure_aggregation.enabled {
+            let max_weight = cohort.iter().map(|(_, c)| c.train_samples.max(1)).sum();
+            match SecurePhase::new(
+                &config.secure_aggregation,
+                &fed.study,
+                open.round.spec(),
+                max_weight,
+                now,
+            ) {
+                Ok(mut secure) => {
+                    for (index, ((agent, _), mut task)) in cohort.iter().zip(tasks).enumerate() {
+                        task.secure = secure.params_for(index as u32);
+                        let exchange = self.exchange_id();
+                        secure.add_member(agent, index as u32, exchange);
+                        open.exchanges.insert(exchange, agent.clone());
+                        self.actions.push_back(Action::Open {
+                            exchange,
+                            agent: agent.clone(),
+                            message: AggregatorMessage::Task(task),
+                            payload: payload.clone(),
+                            answer: Answer::Control,
+                        });
+                    }
+                    open.secure = Some(secure);
+                    self.phase = Phase::Round(open);
+                }
+                Err(reason) => {
+                    warn!("secure aggregation cannot run this round: {reason}");
+                    for (agent, _) in &cohort {
+                        open.round
+                            .on_failure(agent, FailureReason::SecureUnavailable(reason.clone()));
+                    }
+                    self.phase = Phase::Round(open);
+                    self.close_round(now, Some(Err(reason)));
+                }
+            }
+            return;
+        }
+        for ((agent, _), task) in cohort.iter().zip(tasks) {
+            let exchange = self.exchange_id();
+            open.exchanges.insert(exchange, agent.clone());
+            self.actions.push_back(Action::Open {
+                exchange,
+                agent: agent.clone(),
+                message: AggregatorMessage::Task(task),
+                payload: payload.clone(),
+                answer: Answer::Update,
+            });
+        }
+        let closed = open.round.poll(now) == RoundStatus::Closed;
+        self.phase = Phase::Round(open);
+        if closed {
+            self.close_round(now, None);
+        }
+    }
+
+    fn on_received(&mut self, exchange: ExchangeId, message: AgentMessage, payload: Vec<f32>, now: Instant) {
+        match &mut self.phase {
+            Phase::Round(open) => {
+                let Some(agent) = open.exchanges.get(&exchange).cloned() else {
+                    return self.actions.push_back(Action::Close {
+                        exchange,
+                        message: Some(too_late()),
+                    });
+                };
+                if let Some(secure) = open.secure.as_mut() {
+                    let outcome = secure.on_answer(
+                        &agent,
+                        message,
+                        payload,
+                        &mut open.round,
+                        &mut open.exchanges,
+                        now,
+                        &mut self.actions,
+                    );
+                    return self.after_secure_step(outcome, now);
+                }
+                open.exchanges.remove(&exchange);
+                let reply = match message {
+                    AgentMessage::Update(update) => {
+                        let verdict = open.round.on_update(&agent, &update, payload, now);
+                        match verdict {
+                            Ok(()) => Some(AggregatorMessage::Ack(Ack {
+                                trial: update.trial,
+                                round: update.round,
+                            })),
+                            Err(error) => {
+                                warn!(%agent, "update refused: {}", error.message);
+                                Some(AggregatorMessage::Error(error))
+                            }
+                        }
+                    }
+                    AgentMessage::Decline(d) => {
+                        warn!(%agent, "no update: declined: {}", d.reason);
+                        open.round.on_failure(&agent, FailureReason::Declined(d.reason));
+                        None
+                    }
+                    AgentMessage::Error(e) => {
+                        warn!(%agent, "no update: agent error: {e}");
+                        open.round.on_failure(&agent, FailureReason::AgentError(e));
+                        None
+                    }
+                    other => {
+                        let reason = FailureReason::Unexpected {
+                            expected: "Update".into(),
+                            got: other.name().to_owned(),
+                        };
+                        warn!(%agent, "no update: {reason}");
+                        let error = ErrorMessage::new(ErrorCode::Unexpected, reason.to_string());
+                        open.round.on_failure(&agent, reason);
+                        Some(AggregatorMessage::Error(error))
+                    }
+                };
+                self.actions.push_back(Action::Close {
+                    exchange,
+                    message: reply,
+                });
+                if open.round.poll(now) == RoundStatus::Closed {
+                    self.close_round(now, None);
+                }
+            }
+            Phase::Final(f) => {
+                let Some(agent) = f.exchanges.remove(&exchange) else {
+                    return self.actions.push_back(Action::Close {
+                        exchange,
+                        message: None,
+                    });
+                };
+                self.actions.push_back(Action::Close {
+                    exchange,
+                    message: None,
+                });
+                match message {
+                    AgentMessage::Evaluation(e) if e.accuracy.is_finite() && e.loss.is_finite() => {
+                        f.results.insert(agent, evaluation(&e));
+                    }
+                    AgentMessage::Evaluation(_) => warn!(%agent, "evaluation refused: non-finite metrics"),
+                    other => warn!(%agent, "evaluation failed: expected Evaluation, got {}", other.name()),
+                }
+                if f.exchanges.is_empty() {
+                    self.finish(now);
+                }
+            }
+            Phase::Ready | Phase::Evaluating(_) | Phase::Done => {
+                // An answer for a round that is already closed.
+                self.actions.push_back(Action::Close {
+                    exchange,
+                    message: Some(too_late()),
+                });
+            }
+        }
+    }
+
+    fn on_exchange_failed(&mut self, exchange: ExchangeId, error: String, now: Instant) {
+        match &mut self.phase {
+            Phase::Round(open) => {
+                let Some(agent) = open.exchanges.remove(&exchange) else {
+                    return;
+                };
+                let reason = FailureReason::Connection(error);
+                if let Some(secure) = open.secure.as_mut() {
+                    let outcome = secure.on_lost(
+                        &agent,
+                        reason,
+                        &mut open.round,
+                        &mut open.exchanges,
+                        now,
+                        &mut self.actions,
+                    );
+                    return self.after_secure_step(outcome, now);
+                }
+                warn!(%agent, "no update: {reason}");
+                open.round.on_failure(&agent, reason);
+                if open.round.poll(now) == RoundStatus::Closed {
+                    self.close_round(now, None);
+                }
+            }
+            Phase::Final(f) => {
+                if let Some(agent) = f.exchanges.remove(&exchange) {
+                    warn!(%agent, "evaluation failed: {error}");
+                }
+                if f.exchanges.is_empty() {
+                    self.finish(now);
+                }
+            }
+            Phase::Ready | Phase::Evaluating(_) | Phase::Done => {}
+        }
+    }
+
+    fn on_agent_gone(&mut self, agent: &str, now: Instant) {
+        match &mut self.phase {
+            Phase::Round(open) => {
+                let gone: Vec<ExchangeId> = exchanges_of(&open.exchanges, agent);
+                if gone.is_empty() {
+                    return;
+                }
+                for exchange in gone {
+                    open.exchanges.remove(&exchange);
+                    self.actions.push_back(Action::Abandon { exchange });
+                }
+                if let Some(secure) = open.secure.as_mut() {
+                    let outcome = secure.on_lost(
+                        agent,
+                        FailureReason::Disconnected,
+                        &mut open.round,
+                        &mut open.exchanges,
+                        now,
+                        &mut self.actions,
+                    );
+                    return self.after_secure_step(outcome, now);
+                }
+                warn!(%agent, "no update: the agent disconnected");
+                open.round.on_failure(agent, FailureReason::Disconnected);
+                if open.round.poll(now) == RoundStatus::Closed {
+                    self.close_round(now, None);
+                }
+            }
+            Phase::Final(f) => {
+                for exchange in exchanges_of(&f.exchanges, agent) {
+                    f.exchanges.remove(&exchange);
+                    self.actions.push_back(Action::Abandon { exchange });
+                }
+                if f.exchanges.is_empty() {
+                    self.finish(now);
+                }
+            }
+            Phase::Ready | Phase::Evaluating(_) | Phase::Done => {}
+        }
+    }
+
+    /// Moves the round on after a secure-aggregation step changed.
+    fn after_secure_step(&mut self, outcome: StepOutcome, now: Instant) {
+        if let StepOutcome::Done(result) = outcome {
+            self.close_round(now, Some(result));
+        }
+    }
+
+    /// Closes the round in progress: stragglers are dropped, the aggregate is applied
+    /// when quorum is met, fairness and the server learning rate are updated, and the
+    /// record is committed (after the server-side evaluation, when there is one).
+    /// `unmasked` is the secure-aggregation result, for secure rounds.
+    fn close_round(&mut self, now: Instant, unmasked: Option<Result<Vec<f32>, String>>) {
+        let Phase::Round(open) = std::mem::replace(&mut self.phase, Phase::Ready) else {
+            return;
+        };
+        let OpenRound {
+            started,
+            round,
+            exchanges,
+            known,
+            ..
+        } = *open;
+        // Stragglers are dropped, not waited on: their streams are reset.
+        for exchange in exchanges.into_keys() {
+            self.actions.push_back(Action::Abandon { exchange });
+        }
+        let config = self.config.clone();
+        let outcome = round.finish();
+        let (spec, results, quorum_met) = (outcome.spec, outcome.results, outcome.quorum_met);
+        let mut aggregation_error = None;
+        let applied = quorum_met && {
+            let delta = match unmasked {
+                Some(unmasked) => unmasked,
+                None => outcome.aggregation.finish().map_err(|e| e.to_string()),
+            };
+            let applied =
+                delta.and_then(|delta| self.strategy.apply(&mut self.global, &delta).map_err(|e| e.to_string()));
+            if let Err(e) = applied {
+                warn!(
+                    "{} could not aggregate this round: {e}; global model unchanged",
+                    self.strategy.name()
+                );
+                aggregation_error = Some(e);
+                false
+            } else {
+                true
+            }
+        };
+        if !quorum_met {
+            warn!(
+                updates = results.len(),
+                needed = config.federation.min_updates,
+                "quorum not met: global model unchanged"
+            );
+        }
+        if let Some(tuner) = self.tuner.as_mut() {
+            tuner.observe(&results);
+        }
+        for r in &results {
+            self.history.record_accuracy(&r.agent, r.metrics.accuracy_before);
+        }
+        let per_agent: Vec<(f64, f64)> = results
+            .iter()
+            .map(|r| (r.metrics.accuracy_before, r.metrics.loss_before))
+            .collect();
+        let fairness = FairnessReport::measure(&per_agent, &self.history.participation(&known));
+        let violations = violations(&config.fairness.constraints, &fairness);
+        for violation in &violations {
+            warn!("fairness: {violation}");
+        }
+        // The feedback loop: the loss the agents measured on this round's incoming model
+        // judges the server step that produced it.
+        let validation_loss = weighted_mean(&results, |r| r.metrics.loss_before);
+        let server_learning_rate = self.strategy.server_learning_rate();
+        if let (Some(controller), Some(lr)) = (self.server_lr.as_mut(), server_learning_rate)
+            && !results.is_empty()
+        {
+            let next = controller.observe(validation_loss, lr);
+            if next != lr
+                && let Err(e) = self.strategy.set_server_learning_rate(next)
+            {
+                warn!("cannot adapt the server learning rate: {e}");
+            }
+        }
+        let payload_bytes = (spec.cohort.len() + results.len()) as u64 * spec.numel as u64 * 4;
+        let record = RoundRecord {
+            round: spec.round,
+            cohort: spec.cohort,
+            updates: results.len(),
+            applied,
+            train_loss: weighted_mean(&results, |r| r.metrics.train_loss),
+            federated_accuracy: weighted_mean(&results, |r| r.metrics.accuracy_before),
+            federated_loss: validation_loss,
+            agent_accuracy: results
+                .iter()
+                .map(|r| (r.agent.clone(), r.metrics.accuracy_before))
+                .collect(),
+            failures: outcome.failures,
+            aggregation_error,
+            fairness,
+            violations,
+            server_learning_rate,
+            test: None,
+            seconds: 0.0,
+            device_seconds: results.iter().map(|r| r.metrics.wall_seconds).sum(),
+            payload_bytes,
+        };
+        if self.evaluate_globally {
+            self.actions.push_back(Action::EvaluateGlobal {
+                round: record.round,
+                params: self.global.clone(),
+            });
+            self.phase = Phase::Evaluating(Box::new(Evaluating { started, record }));
+        } else {
+            self.commit(started, record, now);
+        }
+    }
+
+    fn on_global_evaluated(&mut self, round: u64, result: Result<GlobalEvaluation, EvaluationError>, now: Instant) {
+        let Phase::Evaluating(pending) = &self.phase else {
+            return;
+        };
+        if pending.record.round != round {
+            return;
+        }
+        let Phase::Evaluating(pending) = std::mem::replace(&mut self.phase, Phase::Ready) else {
+            return;
+        };
+        let Evaluating { started, mut record } = *pending;
+        match result {
+            Ok(evaluation) => record.test = Some(evaluation),
+            Err(e) => warn!("server-side evaluation failed: {e}"),
+        }
+        self.commit(started, record, now);
+    }
+
+    fn commit(&mut self, started: Instant, mut record: RoundRecord, now: Instant) {
+        record.seconds = now.saturating_duration_since(started).as_secs_f64();
+        info!(
+            trial = self.trial,
+            round = record.round,
+            updates = record.updates,
+            failures = record.failures.len(),
+            train_loss = record.train_loss,
+            federated_accuracy = record.federated_accuracy,
+            test_accuracy = record.test.map(|t| t.accuracy),
+            seconds = record.seconds,
+            "round finished"
+        );
+        self.round = record.round + 1;
+        self.records.push(record.clone());
+        self.actions.push_back(Action::RoundCommitted(Box::new(record)));
+        if self.round >= self.config.federation.rounds {
+            self.begin_final_evaluation(now);
+        } else {
+            self.phase = Phase::Ready;
+        }
+    }
+
+    fn begin_final_evaluation(&mut self, now: Instant) {
+        if !self.config.federation.final_evaluation {
+            return self.finish(now);
+        }
+        let agents: Vec<String> = self.available().into_iter().map(|(id, _)| id.clone()).collect();
+        if agents.is_empty() {
+            return self.finish(now);
+        }
+        let model = self.config.model.clone();
+        let request = Evaluate {
+            study: self.config.federation.study.clone(),
+            trial: self.trial,
+            round: self.config.federation.rounds,
+            manifest_hash: model.manifest().hash(),
+            model,
+        };
+        let payload = params_to_bytes(&self.global);
+        let mut exchanges = BTreeMap::new();
+        for agent in agents {
+            let exchange = self.exchange_id();
+            exchanges.insert(exchange, agent.clone());
+            self.actions.push_back(Action::Open {
+                exchange,
+                agent,
+                message: AggregatorMessage::Evaluate(request.clone()),
+                payload: payload.clone(),
+                answer: Answer::Control,
+            });
+        }
+        self.phase = Phase::Final(FinalEvaluation {
+            deadline: now + self.config.federation.round_timeout(),
+            exchanges,
+            results: BTreeMap::new(),
+        });
+    }
+
+    fn finish(&mut self, _now: Instant) {
+        let final_agent_evaluation = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Final(f) => {
+                for exchange in f.exchanges.into_keys() {
+                    self.actions.push_back(Action::Abandon { exchange });
+                }
+                f.results
+            }
+            _ => BTreeMap::new(),
+        };
+        let interrupted = self.interrupted || self.round < self.config.federation.rounds;
+        let final_fairness = final_fairness(&final_agent_evaluation, self.records.last());
+        let final_violations = violations(&self.config.fairness.constraints, &final_fairness);
+        for violation in &final_violations {
+            warn!("final model: {violation}");
+        }
+        let report = RunReport {
+            final_test: self.records.last().and_then(|r| r.test),
+            rounds: self.records.clone(),
+            final_agent_evaluation,
+            final_fairness,
+            final_violations,
+            interrupted,
+            global: self.global.clone(),
+        };
+        self.actions.push_back(Action::Finished(Box::new(report)));
+    }
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation")
+            .field("trial", &self.trial)
+            .field("round", &self.round)
+            .field("agents", &self.agents.len())
+            .field("interrupted", &self.interrupted)
+            .finish_non_exhaustive()
+    }
+}
+
+fn exchanges_of(exchanges: &BTreeMap<ExchangeId, String>, agent: &str) -> Vec<ExchangeId> {
+    exchanges
+        .iter()
+        .filter(|(_, a)| a.as_str() == agent)
+        .map(|(e, _)| *e)
+        .collect()
+}
+
+fn too_late() -> AggregatorMessage {
+    AggregatorMessage::Error(ErrorMessage::new(ErrorCode::TooLate, "the round closed"))
+}
+
+fn evaluation(e: &Evaluation) -> GlobalEvaluation {
+    GlobalEvaluation {
+        loss: e.loss,
+        accuracy: e.accuracy,
+        samples: e.samples,
+    }
+}
+
+fn weighted_mean(results: &[AgentResult], value: impl Fn(&AgentResult) -> f64) -> f64 {
+    let total: u64 = results.iter().map(|r| r.num_samples).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    results.iter().map(|r| value(r) * r.num_samples as f64).sum::<f64>() / total as f64
+}
+
+#[cfg(test)]
+mod tests;
