@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+use fedtune::agent::cancel::Cancel;
 use fedtune::agent::model::default_device;
-use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer};
+use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks};
@@ -54,14 +55,14 @@ impl Trainer for Agent {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
-        let mut outcome = self.inner.fit(task, global)?;
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
+        let mut outcome = self.inner.fit(task, global, cancel)?;
         if let Some(scale) = self.flip {
             outcome.delta.iter_mut().for_each(|d| *d *= -scale);
         }
         Ok(outcome)
     }
-    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
         self.inner.evaluate(request, params)
     }
 }

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use fedtune::agent::cancel::Cancel;
 use fedtune::agent::client::client_endpoint;
 use fedtune::agent::tls::{client_config, default_transport};
 use fedtune::agent::train::peak_rss_bytes;
-use fedtune::agent::trainer::{FitOutcome, Trainer};
+use fedtune::agent::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::identity::{FederationPki, Identity, load_ca_certificate, load_identity};
 use fedtune::aggregator::{AggregatorConfig, Hooks, run};
@@ -106,13 +107,13 @@ impl Trainer for Perturb {
             ..Capabilities::default()
         }
     }
-    fn fit(&mut self, _: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+    fn fit(&mut self, _: &Task, global: &[f32], _: &Cancel) -> Result<FitOutcome, TrainerError> {
         if global.len() != self.delta.len() {
-            return Err(format!(
+            return Err(TrainerError::Declined(format!(
                 "expected {} parameters, got {}",
                 self.delta.len(),
                 global.len()
-            ));
+            )));
         }
         Ok(FitOutcome {
             delta: self.delta.clone(),
@@ -121,8 +122,8 @@ impl Trainer for Perturb {
             proposal: None,
         })
     }
-    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, String> {
-        Err("nothing to evaluate".into())
+    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, TrainerError> {
+        Err(TrainerError::Declined("nothing to evaluate".into()))
     }
 }
 

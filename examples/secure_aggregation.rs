@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use fedtune::agent::cancel::Cancel;
 use fedtune::agent::model::default_device;
-use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer};
+use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks};
 use fedtune::evaluate::TestSetEvaluator;
@@ -55,13 +56,13 @@ impl Trainer for Flaky {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
         if self.rng.random_bool(self.dropout) {
-            return Err(format!("dropped out of round {}", task.round));
+            return Err(TrainerError::Declined(format!("dropped out of round {}", task.round)));
         }
-        self.inner.fit(task, global)
+        self.inner.fit(task, global, cancel)
     }
-    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
         self.inner.evaluate(request, params)
     }
 }

@@ -3,8 +3,9 @@
 mod common;
 
 use common::*;
+use fedtune::agent::cancel::Cancel;
 use fedtune::agent::client::Exit;
-use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer};
+use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
 use std::sync::Arc;
 
 use fedtune::aggregator::{FailureReason, Hooks};
@@ -45,12 +46,12 @@ impl Trainer for Corrupt {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
-        let mut outcome = self.inner.fit(task, global)?;
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
+        let mut outcome = self.inner.fit(task, global, cancel)?;
         (self.how)(&mut outcome.delta);
         Ok(outcome)
     }
-    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
         self.inner.evaluate(request, params)
     }
 }
@@ -112,12 +113,12 @@ impl Trainer for Sleepy {
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
-    fn fit(&mut self, _: &Task, _: &[f32]) -> Result<FitOutcome, String> {
+    fn fit(&mut self, _: &Task, _: &[f32], _: &Cancel) -> Result<FitOutcome, TrainerError> {
         std::thread::sleep(std::time::Duration::from_secs(3));
-        Err("too slow anyway".into())
+        Err(TrainerError::Declined("too slow anyway".into()))
     }
-    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, String> {
-        Err("no data".into())
+    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, TrainerError> {
+        Err(TrainerError::Declined("no data".into()))
     }
 }
 
@@ -148,6 +149,67 @@ async fn stragglers_are_dropped_at_the_deadline() {
             .iter()
             .any(|f| f.agent == "agent-1" && f.reason == FailureReason::Straggler)
     );
+    while agents.join_next().await.is_some() {}
+}
+
+/// Slow in round 0 (it trains until its task is abandoned), then an honest trainer.
+struct SlowOnce {
+    inner: BurnTrainer,
+}
+
+impl Trainer for SlowOnce {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
+        if task.round == 0 {
+            // Far longer than the round: only the task's cancellation ends it in time.
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < give_up {
+                cancel.check()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return Err(TrainerError::Declined("still training".into()));
+        }
+        self.inner.fit(task, global, cancel)
+    }
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
+        self.inner.evaluate(request, params)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_straggler_abandons_its_task_and_answers_the_next_round_on_time() {
+    let data = digits();
+    let mut config = config(2, 3);
+    config.federation.round_timeout_secs = 1.0;
+    config.federation.final_evaluation = false;
+    let fed = start_aggregator(2, config, Hooks::default());
+    let mut trainers = digits_trainers(&data, 2).into_iter();
+    let honest = trainers.next().unwrap();
+    let slow = SlowOnce {
+        inner: trainers.next().unwrap(),
+    };
+    let mut agents = fedtune::sim::spawn_agents(
+        &fed.pki,
+        fed.addr,
+        vec![Box::new(honest) as Box<dyn Trainer>, Box::new(slow)],
+        false,
+        fed.stop.subscribe(),
+    )
+    .unwrap();
+    let report = fed.aggregator.await.unwrap().unwrap();
+    let first = &report.rounds[0];
+    assert_eq!(first.updates, 1, "{:?}", first.failures);
+    assert!(
+        first
+            .failures
+            .iter()
+            .any(|f| f.agent == "agent-1" && f.reason == FailureReason::Straggler)
+    );
+    for round in &report.rounds[1..] {
+        assert_eq!(round.updates, 2, "round {}: {:?}", round.round, round.failures);
+    }
     while agents.join_next().await.is_some() {}
 }
 

@@ -5,8 +5,9 @@
 mod common;
 
 use common::*;
+use fedtune::agent::cancel::Cancel;
 use fedtune::agent::client::Exit;
-use fedtune::agent::trainer::{FitOutcome, Trainer};
+use fedtune::agent::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::federation::SecureStep;
 use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, FailureReason, Hooks, RunReport};
@@ -28,9 +29,9 @@ impl Trainer for Fixed {
             ..Capabilities::default()
         }
     }
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+    fn fit(&mut self, task: &Task, global: &[f32], _: &Cancel) -> Result<FitOutcome, TrainerError> {
         if self.declines.contains(&task.round) {
-            return Err("battery low".into());
+            return Err(TrainerError::Declined("battery low".into()));
         }
         let scale = (self.id + 1) as f32 * 0.01;
         let delta = (0..global.len()).map(|j| scale * ((j % 5) as f32 - 2.0)).collect();
@@ -41,8 +42,8 @@ impl Trainer for Fixed {
             proposal: None,
         })
     }
-    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, String> {
-        Err("no validation data".into())
+    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, TrainerError> {
+        Err(TrainerError::Declined("no validation data".into()))
     }
 }
 

@@ -10,7 +10,8 @@ use fedtune_protocol::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::trainer::{FitOutcome, Trainer};
+use crate::cancel::Cancel;
+use crate::trainer::{FitOutcome, Trainer, TrainerError};
 use crate::wire::{WireError, read_frame, write_frame};
 
 /// How an agent reaches its aggregator.
@@ -225,11 +226,8 @@ async fn serve_stream<T: Trainer>(
                 return Ok(send.finish()?);
             }
             let started = std::time::Instant::now();
-            let outcome = tokio::task::spawn_blocking(move || {
-                let result = lock(&trainer).fit(&task, &payload);
-                (task, result)
-            })
-            .await;
+            let cancel = Cancel::until(started + Duration::from_millis(task.deadline_ms));
+            let outcome = train_until_abandoned(send.stopped(), trainer, task, payload, cancel).await;
             let (task, outcome) = match outcome {
                 Ok(done) => done,
                 Err(panic) => {
@@ -255,8 +253,16 @@ async fn serve_stream<T: Trainer>(
                         other => warn!(trial, round, "unexpected reply to an update: {}", other.name()),
                     }
                 }
-                Err(reason) => {
-                    warn!(trial, round, "declining task: {reason}");
+                Err(TrainerError::Abandoned(why)) => {
+                    // The aggregator has stopped waiting; say so in case it still listens.
+                    warn!(trial, round, "task abandoned: {why}");
+                    let reason = format!("task abandoned: {why}");
+                    let decline = AgentMessage::Decline(Decline { trial, round, reason });
+                    let _ = write_frame(&mut send, &decline, &[]).await;
+                }
+                Err(e) => {
+                    warn!(trial, round, "declining task: {e}");
+                    let reason = e.to_string();
                     let decline = AgentMessage::Decline(Decline { trial, round, reason });
                     write_frame(&mut send, &decline, &[]).await?;
                 }
@@ -269,7 +275,7 @@ async fn serve_stream<T: Trainer>(
                     let result = tokio::task::spawn_blocking(move || lock(&trainer).evaluate(&request, &payload)).await;
                     match result {
                         Ok(Ok(evaluation)) => AgentMessage::Evaluation(evaluation),
-                        Ok(Err(reason)) => AgentMessage::Error(ErrorMessage::new(ErrorCode::InvalidTask, reason)),
+                        Ok(Err(e)) => AgentMessage::Error(ErrorMessage::new(ErrorCode::InvalidTask, e.to_string())),
                         Err(panic) => AgentMessage::Error(ErrorMessage::new(ErrorCode::Internal, panic.to_string())),
                     }
                 }
@@ -295,6 +301,32 @@ async fn serve_stream<T: Trainer>(
     }
     send.finish()?;
     Ok(())
+}
+
+/// Runs `task` on a blocking thread with `cancel`; if `stopped` (the task stream's
+/// `SendStream::stopped`) resolves meanwhile — the aggregator dropped the stream or the
+/// connection — the task is marked dropped so training stops
+/// at its next batch and the trainer is free for the next task.
+pub(crate) async fn train_until_abandoned<T: Trainer>(
+    stopped: impl Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>>,
+    trainer: Arc<Mutex<T>>,
+    task: Task,
+    global: Vec<f32>,
+    cancel: Cancel,
+) -> Result<(Task, Result<FitOutcome, TrainerError>), tokio::task::JoinError> {
+    let watch = cancel.clone();
+    let mut training = tokio::task::spawn_blocking(move || {
+        let result = lock(&trainer).fit(&task, &global, &cancel);
+        (task, result)
+    });
+    tokio::select! {
+        done = &mut training => done,
+        _ = stopped => {
+            debug!("the aggregator dropped the task; stopping local training");
+            watch.drop_task();
+            training.await
+        }
+    }
 }
 
 /// The update message that reports `fit`, the outcome of `task` (its payload is sent

@@ -8,6 +8,7 @@
 //! - [`train`]: local training and evaluation.
 //! - [`trainer`]: the [`trainer::Trainer`] seam the connection loop calls, and its Burn
 //!   implementation.
+//! - [`cancel`]: abandoning a task at its deadline or when the aggregator drops it.
 //! - [`client`]: connect, hello, serve tasks, reconnect.
 //! - `secure`: the agent's side of a secure-aggregation round.
 //! - [`config`]: the daemon's TOML configuration and the local data it names.
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod data;

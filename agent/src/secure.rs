@@ -13,7 +13,8 @@ use fedtune_protocol::secagg::{ClientRound, RoundContext, SecureRound};
 use fedtune_protocol::{AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Limits, Task};
 use tracing::{debug, warn};
 
-use crate::client::{lock, update_for};
+use crate::cancel::Cancel;
+use crate::client::{train_until_abandoned, update_for};
 use crate::trainer::Trainer;
 use crate::wire::{WireError, read_frame, write_frame};
 
@@ -40,10 +41,11 @@ pub(crate) async fn serve<T: Trainer>(
         Ok(started) => started,
         Err(e) => return refuse(send, ErrorCode::InvalidTask, e.to_string()).await,
     };
-    let training = tokio::task::spawn_blocking(move || {
-        let outcome = lock(&trainer).fit(&task, &global);
-        (task, outcome)
-    });
+    let cancel = Cancel::until(std::time::Instant::now() + std::time::Duration::from_millis(task.deadline_ms));
+    // Whatever ends this exchange early also stops the training behind it.
+    let _stop_on_exit = DropTaskOnExit(cancel.clone());
+    let training = train_until_abandoned(send.stopped(), trainer, task, global, cancel);
+    let training = tokio::spawn(training);
 
     write_frame(send, &AgentMessage::SecAggKeys(keys), &[]).await?;
     let roster = match read_frame(recv, Limits::control()).await?.0 {
@@ -65,14 +67,16 @@ pub(crate) async fn serve<T: Trainer>(
     }
 
     let (task, outcome) = match training.await {
-        Ok(done) => done,
-        Err(panic) => return refuse(send, ErrorCode::Internal, format!("training crashed: {panic}")).await,
+        Ok(Ok(done)) => done,
+        Ok(Err(panic)) => return refuse(send, ErrorCode::Internal, format!("training crashed: {panic}")).await,
+        Err(e) => return refuse(send, ErrorCode::Internal, format!("training task failed: {e}")).await,
     };
     let fit = match outcome {
         Ok(fit) => fit,
-        Err(reason) => {
+        Err(e) => {
             // The aggregator removes this agent's masks from the others' sum.
-            warn!(trial, round, "declining task: {reason}");
+            warn!(trial, round, "declining task: {e}");
+            let reason = e.to_string();
             let decline = AgentMessage::Decline(Decline { trial, round, reason });
             write_frame(send, &decline, &[]).await?;
             return Ok(send.finish()?);
@@ -106,6 +110,15 @@ pub(crate) async fn serve<T: Trainer>(
         ),
     }
     Ok(send.finish()?)
+}
+
+/// Marks the task dropped when the exchange ends, however it ends.
+struct DropTaskOnExit(Cancel);
+
+impl Drop for DropTaskOnExit {
+    fn drop(&mut self) {
+        self.0.drop_task();
+    }
 }
 
 /// Answers a message the protocol cannot go on from, and ends the exchange.

@@ -19,6 +19,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
 use crate::model::{Device, Mlp, ModelError, flatten};
 
@@ -57,6 +58,9 @@ pub enum TrainError {
         /// Classes in the data.
         got: usize,
     },
+    /// The task was abandoned before training finished.
+    #[error("training stopped: the task was abandoned ({0})")]
+    Abandoned(Abandoned),
     /// There is nothing to train on.
     #[error("the local training set is empty")]
     EmptyTrainingSet,
@@ -137,7 +141,10 @@ pub fn evaluate(spec: &MlpSpec, params: &[f32], data: &Dataset, device: &Device)
 /// [`TrainError::InvalidHyperparameters`], [`TrainError::DimensionMismatch`] and
 /// [`TrainError::ClassMismatch`] when a dataset does not fit the model,
 /// [`TrainError::EmptyTrainingSet`], [`TrainError::Params`] when `global` does not fit,
-/// [`TrainError::NonFiniteGlobal`], [`TrainError::Diverged`], [`TrainError::Backend`].
+/// [`TrainError::NonFiniteGlobal`], [`TrainError::Diverged`], [`TrainError::Backend`], and
+/// [`TrainError::Abandoned`] when `cancel` fires (checked before every batch).
+// Each argument is one independent input of local training; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn train_local(
     spec: &ModelSpec,
     global: &[f32],
@@ -146,6 +153,7 @@ pub fn train_local(
     validation: &Dataset,
     seed: u64,
     device: &Device,
+    cancel: &Cancel,
 ) -> Result<LocalUpdate, TrainError> {
     let start = Instant::now();
     let mlp = match spec {
@@ -180,6 +188,7 @@ pub fn train_local(
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
+            cancel.check().map_err(TrainError::Abandoned)?;
             let (x, y) = batch(train, rows, &autodiff);
             let loss = cross_entropy(model.forward(x), y);
             let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
@@ -401,7 +410,17 @@ mod tests {
                 proximal_mu: mu,
                 ..hp(Optimizer::Sgd)
             };
-            let update = train_local(&spec, &global, &hp, &train, &valid, 7, &default_device()).unwrap();
+            let update = train_local(
+                &spec,
+                &global,
+                &hp,
+                &train,
+                &valid,
+                7,
+                &default_device(),
+                &Cancel::never(),
+            )
+            .unwrap();
             update.delta.iter().map(|d| f64::from(d * d)).sum::<f64>().sqrt()
         };
         let (free, tethered) = (norm(0.0), norm(1.0));
@@ -413,7 +432,17 @@ mod tests {
         let (spec, global) = setup();
         let (train, valid) = (blobs(240, 1), blobs(90, 2));
         for optimizer in [Optimizer::Adam, Optimizer::Sgd] {
-            let update = train_local(&spec, &global, &hp(optimizer), &train, &valid, 7, &default_device()).unwrap();
+            let update = train_local(
+                &spec,
+                &global,
+                &hp(optimizer),
+                &train,
+                &valid,
+                7,
+                &default_device(),
+                &Cancel::never(),
+            )
+            .unwrap();
             let m = &update.metrics;
             assert_eq!(update.delta.len(), spec.manifest().numel());
             assert!(update.delta.iter().all(|d| d.is_finite()));
@@ -442,7 +471,19 @@ mod tests {
         let (train, valid) = (blobs(64, 1), blobs(0, 2));
         let mut hp = hp(Optimizer::Adam);
         hp.local_epochs = 1;
-        let run = |seed| train_local(&spec, &global, &hp, &train, &valid, seed, &default_device()).unwrap();
+        let run = |seed| {
+            train_local(
+                &spec,
+                &global,
+                &hp,
+                &train,
+                &valid,
+                seed,
+                &default_device(),
+                &Cancel::never(),
+            )
+            .unwrap()
+        };
         let (a, b, c) = (run(1), run(1), run(2));
         assert_eq!(a.delta, b.delta);
         assert_ne!(a.delta, c.delta);
@@ -463,7 +504,7 @@ mod tests {
         let device = default_device();
         let ok = hp(Optimizer::Adam);
         let run = |spec: &ModelSpec, global: &[f32], hp: &ClientHyperparameters, train: &Dataset| {
-            train_local(spec, global, hp, train, &valid, 0, &device).unwrap_err()
+            train_local(spec, global, hp, train, &valid, 0, &device, &Cancel::never()).unwrap_err()
         };
 
         let custom = ModelSpec::Custom {

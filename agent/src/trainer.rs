@@ -2,9 +2,42 @@
 
 use fedtune_protocol::{Capabilities, ClientHyperparameters, Evaluate, Evaluation, ModelSpec, Task, TrainMetrics};
 
+use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
 use crate::model::Device;
-use crate::train::{evaluate, train_local};
+use crate::train::{TrainError, evaluate, train_local};
+
+/// Why a trainer did not produce an update or an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// Local training or evaluation failed (bad task, bad data, divergence...).
+    #[error(transparent)]
+    Train(TrainError),
+    /// The task was abandoned (its deadline passed, or the aggregator dropped it).
+    #[error("the task was abandoned: {0}")]
+    Abandoned(Abandoned),
+    /// The trainer declines the task for its own reason (battery, policy...).
+    #[error("{0}")]
+    Declined(String),
+    /// The trainer cannot build this kind of model.
+    #[error("this agent cannot run the model: {0}")]
+    UnsupportedModel(String),
+}
+
+impl From<TrainError> for TrainerError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Abandoned(why) => TrainerError::Abandoned(why),
+            other => TrainerError::Train(other),
+        }
+    }
+}
+
+impl From<Abandoned> for TrainerError {
+    fn from(why: Abandoned) -> Self {
+        TrainerError::Abandoned(why)
+    }
+}
 
 /// The result of local training.
 #[derive(Debug, Clone)]
@@ -24,17 +57,19 @@ pub trait Trainer: Send + 'static {
     /// What this device offers, sent in the hello.
     fn capabilities(&self) -> Capabilities;
 
-    /// Trains from `global` as `task` says.
+    /// Trains from `global` as `task` says, until done or until `cancel` says the task
+    /// was abandoned (a trainer should check it between batches).
     ///
     /// # Errors
-    /// Why the task cannot be run; sent to the aggregator as a decline.
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String>;
+    /// [`TrainerError`] saying why the task cannot be run (sent to the aggregator as a
+    /// decline), or [`TrainerError::Abandoned`] when `cancel` fired.
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError>;
 
     /// Evaluates `params` on the local validation split.
     ///
     /// # Errors
-    /// Why the model cannot be evaluated.
-    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String>;
+    /// [`TrainerError`] saying why the model cannot be evaluated.
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError>;
 }
 
 /// Trains the task's model with Burn on local data.
@@ -72,14 +107,10 @@ impl Trainer for BurnTrainer {
         }
     }
 
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
         let hp = &task.hyperparameters;
         let train_loss_before = match (task.measure_train_loss, &task.model) {
-            (true, ModelSpec::Mlp(spec)) => Some(
-                evaluate(spec, global, &self.train, &self.device)
-                    .map_err(|e| e.to_string())?
-                    .loss,
-            ),
+            (true, ModelSpec::Mlp(spec)) => Some(evaluate(spec, global, &self.train, &self.device)?.loss),
             _ => None,
         };
         let mut local = train_local(
@@ -90,8 +121,8 @@ impl Trainer for BurnTrainer {
             &self.validation,
             task.seed,
             &self.device,
-        )
-        .map_err(|e| e.to_string())?;
+            cancel,
+        )?;
         local.metrics.train_loss_before = train_loss_before;
         let plateau = self
             .last_loss
@@ -109,11 +140,13 @@ impl Trainer for BurnTrainer {
         })
     }
 
-    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
         let ModelSpec::Mlp(spec) = &request.model else {
-            return Err("this agent only evaluates MLP models".into());
+            return Err(TrainerError::UnsupportedModel(
+                "this agent only evaluates MLP models".into(),
+            ));
         };
-        let e = evaluate(spec, params, &self.validation, &self.device).map_err(|e| e.to_string())?;
+        let e = evaluate(spec, params, &self.validation, &self.device)?;
         Ok(Evaluation {
             trial: request.trial,
             round: request.round,
@@ -129,11 +162,11 @@ impl Trainer for Box<dyn Trainer> {
         (**self).capabilities()
     }
 
-    fn fit(&mut self, task: &Task, global: &[f32]) -> Result<FitOutcome, String> {
-        (**self).fit(task, global)
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
+        (**self).fit(task, global, cancel)
     }
 
-    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, String> {
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
         (**self).evaluate(request, params)
     }
 }
@@ -184,11 +217,25 @@ mod tests {
         let expected = evaluate(spec, &global, &train, &default_device()).unwrap().loss;
         let on_validation = evaluate(spec, &global, &validation, &default_device()).unwrap().loss;
 
-        let outcome = trainer.fit(&task, &global).unwrap();
+        let outcome = trainer.fit(&task, &global, &Cancel::never()).unwrap();
         assert_eq!(outcome.metrics.train_loss_before, Some(expected));
         assert_eq!(outcome.metrics.loss_before, on_validation);
         assert_ne!(expected, on_validation, "the two splits differ");
-        let outcome = trainer.fit(&self::task(false), &global).unwrap();
+        let outcome = trainer.fit(&self::task(false), &global, &Cancel::never()).unwrap();
         assert_eq!(outcome.metrics.train_loss_before, None, "not measured unless asked");
+    }
+
+    #[test]
+    fn an_abandoned_task_stops_before_the_next_batch() {
+        let mut trainer = BurnTrainer::new(data(40, 0.0), data(12, 1.0), default_device());
+        let task = task(false);
+        let global = task.model.init_params(&mut StdRng::seed_from_u64(5));
+        let cancel = Cancel::until(std::time::Instant::now());
+        let err = trainer.fit(&task, &global, &cancel).unwrap_err();
+        assert!(matches!(err, TrainerError::Abandoned(Abandoned::Deadline)), "{err}");
+        let dropped = Cancel::never();
+        dropped.drop_task();
+        let err = trainer.fit(&task, &global, &dropped).unwrap_err();
+        assert!(matches!(err, TrainerError::Abandoned(Abandoned::Dropped)), "{err}");
     }
 }
