@@ -46,7 +46,7 @@ impl Default for Reconnect {
     fn default() -> Self {
         Self {
             initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(5),
             max_attempts: Some(20),
         }
     }

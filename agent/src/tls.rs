@@ -8,29 +8,17 @@
 //! because this crate does not depend on the aggregator.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// ALPN protocol identifier spoken between agents and the aggregator (the aggregator's
-/// `identity::ALPN` has the same value).
-pub const ALPN: &[u8] = b"fedtune/1";
-
-/// UDP payload size used on loopback: the largest that fits the Linux loopback MTU (65,536)
-/// over IPv6 as well as IPv4. Same value as the aggregator's `LOOPBACK_UDP_PAYLOAD`.
-pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
-
-/// QUIC's smallest UDP payload, quinn's default initial packet size.
-const MIN_UDP_PAYLOAD: u16 = 1200;
-/// quinn's default upper bound for MTU discovery (fits Ethernet over IPv4 and IPv6).
-const DISCOVERY_UPPER_BOUND: u16 = 1452;
-/// Largest UDP send Linux accepts, GSO batches included (quinn batches up to 10 packets).
-const LINUX_MAX_UDP_SEND: usize = 65_507;
-/// Socket buffers requested by [`client_endpoint`].
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+pub use fedtune_protocol::transport::{ALPN, LOOPBACK_UDP_PAYLOAD};
+use fedtune_protocol::transport::{
+    DISCOVERY_UPPER_BOUND, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, LINUX_MAX_UDP_SEND, MAX_CONCURRENT_BIDI_STREAMS,
+    MIN_UDP_PAYLOAD, SOCKET_BUFFER_BYTES, windows,
+};
 
 /// What can go wrong building the agent's TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -119,9 +107,10 @@ pub fn client_config_without_certificate(
     finish(tls, transport)
 }
 
-/// The agent's transport settings, the same numbers as the aggregator's `TransportTuning`:
-/// 30 s idle timeout, 5 s keep-alive, 16 MiB per stream, 64 MiB per connection (receive and
-/// send), 64 bidirectional streams. With `loopback`, packets are fixed at
+/// The agent's transport settings, from [`fedtune_protocol::transport`]: 5 s idle timeout
+/// and 1 s keep-alive (a dead aggregator is noticed within 5 s), the agent's receive
+/// windows (16 MiB per stream, 64 MiB per connection; see `transport::windows` for why
+/// they differ from the aggregator's), 64 bidirectional streams. With `loopback`, packets are fixed at
 /// [`LOOPBACK_UDP_PAYLOAD`] bytes without MTU discovery; otherwise they start at 1200 bytes and
 /// MTU discovery searches up to 1452.
 ///
@@ -145,12 +134,12 @@ pub fn default_transport(loopback: bool) -> quinn::TransportConfig {
     cubic.initial_window(10 * u64::from(initial_mtu));
     let mut config = quinn::TransportConfig::default();
     config
-        .max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()))
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
-        .receive_window(quinn::VarInt::from_u32(64 << 20))
-        .send_window(64 << 20)
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64))
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32).into()))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .stream_receive_window(varint(windows::AGENT_STREAM))
+        .receive_window(varint(windows::AGENT_CONNECTION))
+        .send_window(windows::SEND)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
         .initial_mtu(initial_mtu)
         .congestion_controller_factory(Arc::new(cubic))
         .enable_segmentation_offload(usize::from(largest_mtu) * 10 <= LINUX_MAX_UDP_SEND);
@@ -162,6 +151,10 @@ pub fn default_transport(loopback: bool) -> quinn::TransportConfig {
         config.mtu_discovery_config(Some(mtud));
     }
     config
+}
+
+fn varint(n: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(n).unwrap_or(quinn::VarInt::MAX)
 }
 
 /// A client endpoint bound at `addr` (e.g. `0.0.0.0:0`) with [`default_endpoint_config`] and

@@ -39,11 +39,13 @@ use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use x509_parser::asn1_rs::Tag;
 use x509_parser::extensions::ParsedExtension;
 
-/// ALPN protocol identifier spoken between agents and the aggregator.
-///
-/// Both sides insist on it, so a client of some other QUIC protocol fails the handshake
-/// instead of reaching the federation's message layer.
-pub const ALPN: &[u8] = b"fedtune/1";
+use fedtune_protocol::transport::{
+    self, LINUX_MAX_UDP_SEND, MIN_UDP_PAYLOAD as QUIC_MIN_UDP_PAYLOAD, SOCKET_BUFFER_BYTES,
+};
+/// ALPN protocol identifier spoken between agents and the aggregator. Both sides insist
+/// on it, so a client of some other QUIC protocol fails the handshake instead of reaching
+/// the federation's message layer.
+pub use fedtune_protocol::transport::{ALPN, LOOPBACK_UDP_PAYLOAD};
 
 /// Longest accepted agent id, in bytes (ids are ASCII).
 pub const MAX_AGENT_ID_LEN: usize = 64;
@@ -58,20 +60,10 @@ const LEAF_VALIDITY_DAYS: i64 = 5 * 365;
 /// accepts a certificate issued just now.
 const BACKDATE_DAYS: i64 = 1;
 
-/// quinn's floor for any UDP payload size (RFC 9000 §14).
-const QUIC_MIN_UDP_PAYLOAD: u16 = 1200;
 /// quinn's ceiling for any UDP payload size (65,535 − 8 UDP header bytes).
 const QUIC_MAX_UDP_PAYLOAD: u16 = 65_527;
-/// UDP payload used by [`TransportTuning::loopback`]: the largest that fits the Linux loopback
-/// MTU (65,536) over IPv6 as well as IPv4 (65,536 − 40 IPv6 − 8 UDP header bytes).
-pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_488;
-/// Largest UDP send Linux accepts, GSO batches included (65,535 − 28 header bytes).
-const LINUX_MAX_UDP_SEND: usize = 65_507;
 /// Datagrams quinn puts in one GSO batch at most (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11).
 const QUINN_MAX_GSO_SEGMENTS: usize = 10;
-/// Socket buffers requested by default: enough for a few 64 KiB packets or GSO batches per
-/// connection. Linux caps the request at `net.core.rmem_max` / `wmem_max` without an error.
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// What can go wrong creating, loading or using the federation's identities.
 #[derive(Debug, thiserror::Error)]
@@ -474,7 +466,8 @@ pub fn load_ca_certificate(path: &Path) -> Result<String, IdentityError> {
 /// also the most a peer can make this side buffer per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportTuning {
-    /// A connection silent for this long is closed (RFC 9308 suggests 30 s).
+    /// A connection silent for this long is closed (see
+    /// [`fedtune_protocol::transport::IDLE_TIMEOUT`]).
     pub max_idle_timeout: Duration,
     /// Interval of keep-alive packets; must be shorter than `max_idle_timeout`.
     pub keep_alive_interval: Duration,
@@ -503,20 +496,21 @@ pub struct TransportTuning {
 }
 
 impl Default for TransportTuning {
-    /// Internet defaults: 1200-byte initial packets, MTU discovery up to 1452 (quinn's
-    /// defaults), 4 MiB per stream, 8 MiB per connection, 4 MiB socket buffers. The receive
+    /// Internet defaults from [`fedtune_protocol::transport`]: 5 s idle timeout with 1 s
+    /// keep-alives, 1200-byte initial packets, MTU discovery up to 1452 (quinn's defaults),
+    /// 4 MiB per stream, 8 MiB per connection, 4 MiB socket buffers. The receive
     /// windows bound what quinn buffers for agents whose updates wait for an averaging slot
     /// (`federation.max_buffered_updates`), so the aggregator's memory stays near its own
     /// buffers however large the cohort; 4 MiB still fills a 40 ms round trip at 100 MB/s.
     fn default() -> Self {
         Self {
-            max_idle_timeout: Duration::from_secs(30),
-            keep_alive_interval: Duration::from_secs(5),
-            stream_receive_window: 4 << 20,
-            receive_window: 8 << 20,
-            send_window: 64 << 20,
+            max_idle_timeout: transport::IDLE_TIMEOUT,
+            keep_alive_interval: transport::KEEP_ALIVE_INTERVAL,
+            stream_receive_window: transport::windows::AGGREGATOR_STREAM,
+            receive_window: transport::windows::AGGREGATOR_CONNECTION,
+            send_window: transport::windows::SEND,
             initial_mtu: QUIC_MIN_UDP_PAYLOAD,
-            max_concurrent_bidi_streams: 64,
+            max_concurrent_bidi_streams: transport::MAX_CONCURRENT_BIDI_STREAMS,
             max_udp_payload_size: 1472,
             mtu_discovery_upper_bound: Some(1452),
             socket_buffer_size: Some(SOCKET_BUFFER_BYTES),

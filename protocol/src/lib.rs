@@ -10,6 +10,7 @@
 //! - [`model`]: model specifications and their parameter layout and initialisation.
 //! - [`space`]: hyperparameter search spaces: distributions, their textual form, values.
 //! - [`secagg`]: secure aggregation: agent and aggregator state machines that reveal only the sum.
+//! - [`transport`]: the QUIC settings both daemons share (ALPN, liveness timers, windows).
 //! - [`error`]: what can go wrong, as one error type.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod model;
 pub mod secagg;
 pub mod space;
 pub mod tensor;
+pub mod transport;
 
 pub use error::ProtocolError;
 pub use frame::{FrameReader, Limits, PROTOCOL_VERSION};
