@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::identity::peer_agent_id;
-use crate::wire::{error_for, read_agent_frame, reply_error, reply_error_and_linger, write_message};
+use crate::wire::{WireError, error_for, read_agent_frame, reply_error, reply_error_and_linger, write_message};
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,7 +121,42 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, registry: Arc<Registry>, max
     }
 }
 
-async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload: u64) -> anyhow::Result<()> {
+/// Why a connection did not become (or stay) an agent session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The QUIC connection failed or ended.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The peer's certificate does not name a valid agent.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The agent did not say hello in time.
+    #[error("agent {agent} did not say hello within {waited:?}")]
+    HelloTimeout {
+        /// The agent.
+        agent: String,
+        /// How long it had.
+        waited: Duration,
+    },
+    /// The agent's hello was refused; it was told why.
+    #[error("agent {agent}: {error}")]
+    Refused {
+        /// The agent.
+        agent: String,
+        /// What it was told.
+        error: ErrorMessage,
+    },
+    /// The hello could not be read or the welcome not written.
+    #[error("agent {agent}: {source}")]
+    Wire {
+        /// The agent.
+        agent: String,
+        /// What the stream said.
+        source: WireError,
+    },
+}
+
+async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload: u64) -> Result<(), SessionError> {
     let connection = incoming.await?;
     let id = match peer_agent_id(&connection) {
         Ok(id) => id,
@@ -133,7 +168,10 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
     let session_id = registry.next_session.fetch_add(1, Ordering::Relaxed) + 1;
     let capabilities = tokio::time::timeout(HELLO_TIMEOUT, handshake(&connection, &id, session_id, max_payload))
         .await
-        .map_err(|_| anyhow::anyhow!("agent {id} did not say hello within {HELLO_TIMEOUT:?}"))??;
+        .map_err(|_| SessionError::HelloTimeout {
+            agent: id.clone(),
+            waited: HELLO_TIMEOUT,
+        })??;
     info!(agent = %id, session_id, ?capabilities, "agent connected");
     registry.insert(AgentHandle {
         id: id.clone(),
@@ -184,20 +222,28 @@ async fn handshake(
     id: &str,
     session_id: u64,
     max_payload: u64,
-) -> anyhow::Result<Capabilities> {
+) -> Result<Capabilities, SessionError> {
+    let refused = |error: ErrorMessage| SessionError::Refused {
+        agent: id.to_owned(),
+        error,
+    };
+    let wire = |source: WireError| SessionError::Wire {
+        agent: id.to_owned(),
+        source,
+    };
     let (mut send, mut recv) = connection.accept_bi().await?;
     let hello = match read_agent_frame(&mut recv, Limits::control(), async || ()).await {
         Ok((AgentMessage::Hello(hello), _, ())) => hello,
         Ok((other, _, ())) => {
             let error = ErrorMessage::new(ErrorCode::Unexpected, format!("expected Hello, got {}", other.name()));
             reply_error_and_linger(&mut send, error.clone()).await;
-            anyhow::bail!("agent {id}: {error}");
+            return Err(refused(error));
         }
         Err(e) => {
             if let Some(error) = error_for(&e) {
                 reply_error_and_linger(&mut send, error).await;
             }
-            anyhow::bail!("agent {id}: bad hello: {e}");
+            return Err(wire(e));
         }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -209,7 +255,7 @@ async fn handshake(
             ),
         );
         reply_error_and_linger(&mut send, error.clone()).await;
-        anyhow::bail!("agent {id}: {error}");
+        return Err(refused(error));
     }
     let welcome = Welcome {
         session_id,
@@ -218,7 +264,9 @@ async fn handshake(
             max_payload_bytes: max_payload,
         },
     };
-    write_message(&mut send, &AggregatorMessage::Welcome(welcome)).await?;
-    send.finish()?;
+    write_message(&mut send, &AggregatorMessage::Welcome(welcome))
+        .await
+        .map_err(wire)?;
+    send.finish().map_err(|e| wire(e.into()))?;
     Ok(hello.capabilities)
 }

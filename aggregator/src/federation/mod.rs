@@ -758,23 +758,7 @@ impl Federation {
                 let Some(agent) = open.exchanges.remove(&exchange) else {
                     return;
                 };
-                let reason = FailureReason::Connection(error);
-                if let Some(secure) = open.secure.as_mut() {
-                    let outcome = secure.on_lost(
-                        &agent,
-                        reason,
-                        &mut open.round,
-                        &mut open.exchanges,
-                        now,
-                        &mut self.actions,
-                    );
-                    return self.after_secure_step(outcome, now);
-                }
-                warn!(%agent, "no update: {reason}");
-                open.round.on_failure(&agent, reason);
-                if open.round.poll(now) == RoundStatus::Closed {
-                    self.close_round(now, None);
-                }
+                self.member_lost(&agent, FailureReason::Connection(error), now);
             }
             Phase::Final(f) => {
                 if let Some(agent) = f.exchanges.remove(&exchange) {
@@ -799,22 +783,7 @@ impl Federation {
                     open.exchanges.remove(&exchange);
                     self.actions.push_back(Action::Abandon { exchange });
                 }
-                if let Some(secure) = open.secure.as_mut() {
-                    let outcome = secure.on_lost(
-                        agent,
-                        FailureReason::Disconnected,
-                        &mut open.round,
-                        &mut open.exchanges,
-                        now,
-                        &mut self.actions,
-                    );
-                    return self.after_secure_step(outcome, now);
-                }
-                warn!(%agent, "no update: the agent disconnected");
-                open.round.on_failure(agent, FailureReason::Disconnected);
-                if open.round.poll(now) == RoundStatus::Closed {
-                    self.close_round(now, None);
-                }
+                self.member_lost(agent, FailureReason::Disconnected, now);
             }
             Phase::Final(f) => {
                 for exchange in exchanges_of(&f.exchanges, agent) {
@@ -826,6 +795,29 @@ impl Federation {
                 }
             }
             Phase::Ready | Phase::Evaluating(_) | Phase::Done => {}
+        }
+    }
+
+    /// A cohort member of the round in progress will not answer: its exchange is gone.
+    fn member_lost(&mut self, agent: &str, reason: FailureReason, now: Instant) {
+        let Phase::Round(open) = &mut self.phase else {
+            return;
+        };
+        if let Some(secure) = open.secure.as_mut() {
+            let outcome = secure.on_lost(
+                agent,
+                reason,
+                &mut open.round,
+                &mut open.exchanges,
+                now,
+                &mut self.actions,
+            );
+            return self.after_secure_step(outcome, now);
+        }
+        warn!(%agent, "no update: {reason}");
+        open.round.on_failure(agent, reason);
+        if open.round.poll(now) == RoundStatus::Closed {
+            self.close_round(now, None);
         }
     }
 
