@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapt::ServerLrConfig;
 use crate::fairness::Constraint;
 use crate::strategy::StrategyConfig;
+use crate::tuning::{FedExConfig, Metric, PrunerConfig, SamplerKind};
 
 /// Everything the aggregator needs to run a federation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ pub struct AggregatorConfig {
     /// Where to write the JSON run report at the end (optional).
     pub report: Option<PathBuf>,
     /// A hyperparameter study to run instead of a single federation (optional).
-    pub tuning: Option<crate::tune::TuningSection>,
+    pub tuning: Option<TuningSection>,
 }
 
 /// Secure aggregation (Bonawitz et al. 2017): agents mask their updates with pairwise
@@ -371,11 +372,85 @@ impl AggregatorConfig {
         self.strategy
             .check(secure.enabled)
             .map_err(|e| ConfigError::Invalid(format!("strategy: {e}")))?;
-        if let Some(tuning) = &self.tuning {
-            tuning.study(f.rounds)?;
+        if let Some(tuning) = &self.tuning
+            && (tuning.trials == 0 || tuning.parallel == 0 || tuning.rounds == Some(0))
+        {
+            return invalid("tuning: trials, parallel and rounds must be at least 1".into());
         }
         Ok(())
     }
+}
+
+/// The `[tuning]` section of the aggregator's TOML: with it, `serve` runs a study
+/// instead of a single federation.
+///
+/// ```toml
+/// [tuning]
+/// space = "../presets/vision.toml"   # TOML [params] or a JSON spec; relative to this file
+/// sampler = "bayes+rl"               # grid | random | tpe | gp | bayes+rl
+/// pruner = { name = "asha", min_resource = 3 }
+/// trials = 20
+/// rounds = 30                        # per trial; federation.rounds when omitted
+/// objectives = ["accuracy", "device_seconds"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuningSection {
+    /// The search space file.
+    pub space: std::path::PathBuf,
+    /// For a JSON spec holding several objectives, the one whose space to use.
+    #[serde(default)]
+    pub objective: Option<String>,
+    /// The strategy between (and, for `bayes+rl`, within) trials.
+    #[serde(default)]
+    pub sampler: SamplerKind,
+    /// Early stopping of weak trials.
+    #[serde(default)]
+    pub pruner: PrunerConfig,
+    /// Trials to run.
+    #[serde(default = "default_trials")]
+    pub trials: usize,
+    /// Rounds per trial; `federation.rounds` when omitted.
+    #[serde(default)]
+    pub rounds: Option<u64>,
+    /// Trials at once, each on its own group of agents.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// What trials are scored on, primary first.
+    #[serde(default = "default_objectives")]
+    pub objectives: Vec<Metric>,
+    /// Weights for a weighted sum of the objectives.
+    #[serde(default)]
+    pub weights: Option<Vec<f64>>,
+    /// Seed of the sampler, the policies and the trials' models.
+    #[serde(default)]
+    pub seed: u64,
+    /// Random trials before TPE or GP take over (default: a quarter of the trials,
+    /// between 3 and 10).
+    #[serde(default)]
+    pub startup_trials: Option<usize>,
+    /// Run the config's own client settings as trial 0.
+    #[serde(default)]
+    pub baseline_first: bool,
+    /// The within-trial policy (`bayes+rl`).
+    #[serde(default)]
+    pub policy: FedExConfig,
+    /// A JSON-lines journal to keep the study in and resume it from after a restart;
+    /// relative to this file.
+    #[serde(default)]
+    pub storage: Option<std::path::PathBuf>,
+}
+
+fn default_trials() -> usize {
+    20
+}
+
+fn default_parallel() -> usize {
+    1
+}
+
+fn default_objectives() -> Vec<Metric> {
+    vec![Metric::Accuracy]
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
-use fedtune_aggregator::tune::{TuneEvent, TuneHooks, TuningSection, tune};
+use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
 use fedtune_aggregator::tuning::{
     Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives,
@@ -183,6 +183,11 @@ fn ask_tell(args: TuneArgs) -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = AggregatorConfig::load(&path)?;
+    // A study's space file is read and checked before anything is bound.
+    let study = match &config.tuning {
+        Some(tuning) => Some(tuning.study(config.federation.rounds)?),
+        None => None,
+    };
     let endpoint = service::bind_from_config(&config)?;
     tracing::info!("serving on {}", endpoint.local_addr()?);
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -193,8 +198,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         }
     });
     let report_path = config.report.clone();
-    if let Some(tuning) = config.tuning.clone() {
-        return serve_study(endpoint, config, &tuning, shutdown, report_path).await;
+    if let Some(study) = study {
+        return serve_study(endpoint, config, study, shutdown, report_path).await;
     }
     // Each round is printed as it commits (stdout is line-buffered), so the log of a
     // killed run shows where it was.
@@ -231,11 +236,10 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 async fn serve_study(
     endpoint: quinn::Endpoint,
     config: AggregatorConfig,
-    tuning: &TuningSection,
+    study: TuneConfig,
     shutdown: tokio::sync::watch::Receiver<bool>,
     report_path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let study = tuning.study(config.federation.rounds)?;
     println!(
         "study: {} trials of up to {} rounds, sampler {}, pruner {}",
         study.trials,

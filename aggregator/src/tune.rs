@@ -18,18 +18,18 @@
 //! trial reports the policy's most probable values as its result.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
 use fedtune_protocol::{ClientHyperparameters, Optimizer};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+pub use crate::config::TuningSection;
 use crate::config::{AggregatorConfig, ConfigError};
 use crate::driver::{DriveContext, FederationError, Flow, accept_agents, drive, stop_agents, wait_for_agents};
 use crate::fairness::FairnessReport;
@@ -37,94 +37,11 @@ use crate::federation::{ClientTuner, Evaluator, Federation, GlobalEvaluation, fi
 use crate::registry::Registry;
 use crate::round::AgentResult;
 use crate::strategy::StrategyConfig;
+pub use crate::tuning::Metric;
 use crate::tuning::{
-    Direction, Draw, FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig,
-    SamplerKind, Study, StudyError, TrialState,
+    Draw, FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig, SamplerKind,
+    Study, StudyError, TrialState,
 };
-
-/// What a trial can be scored on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Accuracy of the final model: on the server's test set when there is an
-    /// evaluator, else the sample-weighted accuracy on the agents' validation splits.
-    Accuracy,
-    /// Loss of the final model, measured like `accuracy`.
-    Loss,
-    /// Variance of the per-agent validation accuracy of the final model (fairness).
-    AccuracyVariance,
-    /// Mean accuracy of the worst 10% of agents (fairness).
-    Worst10pctAccuracy,
-    /// Device time the trial cost: the agents' task wall times, summed, in seconds.
-    DeviceSeconds,
-    /// Model bytes the trial moved between aggregator and agents.
-    Bytes,
-}
-
-impl Metric {
-    /// Every metric, in its config spelling.
-    pub const NAMES: [&'static str; 6] = [
-        "accuracy",
-        "loss",
-        "accuracy_variance",
-        "worst_10pct_accuracy",
-        "device_seconds",
-        "bytes",
-    ];
-
-    /// The metric's name.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Accuracy => "accuracy",
-            Self::Loss => "loss",
-            Self::AccuracyVariance => "accuracy_variance",
-            Self::Worst10pctAccuracy => "worst_10pct_accuracy",
-            Self::DeviceSeconds => "device_seconds",
-            Self::Bytes => "bytes",
-        }
-    }
-
-    /// Whether higher or lower is better.
-    #[must_use]
-    pub fn direction(self) -> Direction {
-        match self {
-            Self::Accuracy | Self::Worst10pctAccuracy => Direction::Maximize,
-            Self::Loss | Self::AccuracyVariance | Self::DeviceSeconds | Self::Bytes => Direction::Minimize,
-        }
-    }
-
-    /// The study objective for this metric.
-    #[must_use]
-    pub fn objective(self) -> Objective {
-        Objective::new(self.name(), self.direction())
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Metric {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "accuracy" => Ok(Self::Accuracy),
-            "loss" => Ok(Self::Loss),
-            "accuracy_variance" | "fairness" => Ok(Self::AccuracyVariance),
-            "worst_10pct_accuracy" => Ok(Self::Worst10pctAccuracy),
-            "device_seconds" | "device_time" => Ok(Self::DeviceSeconds),
-            "bytes" => Ok(Self::Bytes),
-            other => Err(format!(
-                "unknown metric `{other}`; expected one of {}",
-                Self::NAMES.join(", ")
-            )),
-        }
-    }
-}
 
 /// How to run a federated study.
 #[derive(Debug, Clone)]
@@ -212,78 +129,6 @@ impl TuneConfig {
             storage: None,
         }
     }
-}
-
-/// The `[tuning]` section of the aggregator's TOML: with it, `serve` runs a study
-/// instead of a single federation.
-///
-/// ```toml
-/// [tuning]
-/// space = "../presets/vision.toml"   # TOML [params] or a JSON spec; relative to this file
-/// sampler = "bayes+rl"               # grid | random | tpe | gp | bayes+rl
-/// pruner = { name = "asha", min_resource = 3 }
-/// trials = 20
-/// rounds = 30                        # per trial; federation.rounds when omitted
-/// objectives = ["accuracy", "device_seconds"]
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TuningSection {
-    /// The search space file.
-    pub space: std::path::PathBuf,
-    /// For a JSON spec holding several objectives, the one whose space to use.
-    #[serde(default)]
-    pub objective: Option<String>,
-    /// The strategy between (and, for `bayes+rl`, within) trials.
-    #[serde(default)]
-    pub sampler: SamplerKind,
-    /// Early stopping of weak trials.
-    #[serde(default)]
-    pub pruner: PrunerConfig,
-    /// Trials to run.
-    #[serde(default = "default_trials")]
-    pub trials: usize,
-    /// Rounds per trial; `federation.rounds` when omitted.
-    #[serde(default)]
-    pub rounds: Option<u64>,
-    /// Trials at once, each on its own group of agents.
-    #[serde(default = "default_parallel")]
-    pub parallel: usize,
-    /// What trials are scored on, primary first.
-    #[serde(default = "default_objectives")]
-    pub objectives: Vec<Metric>,
-    /// Weights for a weighted sum of the objectives.
-    #[serde(default)]
-    pub weights: Option<Vec<f64>>,
-    /// Seed of the sampler, the policies and the trials' models.
-    #[serde(default)]
-    pub seed: u64,
-    /// Random trials before TPE or GP take over (default: a quarter of the trials,
-    /// between 3 and 10).
-    #[serde(default)]
-    pub startup_trials: Option<usize>,
-    /// Run the config's own client settings as trial 0.
-    #[serde(default)]
-    pub baseline_first: bool,
-    /// The within-trial policy (`bayes+rl`).
-    #[serde(default)]
-    pub policy: FedExConfig,
-    /// A JSON-lines journal to keep the study in and resume it from after a restart;
-    /// relative to this file.
-    #[serde(default)]
-    pub storage: Option<std::path::PathBuf>,
-}
-
-fn default_trials() -> usize {
-    20
-}
-
-fn default_parallel() -> usize {
-    1
-}
-
-fn default_objectives() -> Vec<Metric> {
-    vec![Metric::Accuracy]
 }
 
 impl TuningSection {

@@ -13,6 +13,7 @@
 //! - [`pareto`]: multi-objective helpers: dominance, non-dominated sort, crowding, hypervolume, weighted sums.
 //! - [`pruner`]: the [`Pruner`] trait, median and successive-halving pruners (also multi-objective).
 //! - [`fedex`]: FedEx, adapting client hyperparameters within a trial by exponentiated gradient.
+//! - [`metric`]: what a federated trial is scored on ([`Metric`]).
 //! - [`study`]: the [`Study`]: ask, report, tell; best trial and Pareto front.
 //! - [`storage`]: where a study's trials live: in memory, or a JSON-lines [`Journal`] to resume from.
 //! - [`ask_tell`]: the JSON-lines ask/tell protocol of `fedtune-aggregator tune`.
@@ -20,6 +21,7 @@
 pub mod ask_tell;
 pub mod fedex;
 pub mod gp;
+pub mod metric;
 pub mod pareto;
 pub mod pruner;
 pub mod sampler;
@@ -37,6 +39,7 @@ pub use fedex::{
     ProposalOutcome, StepSize,
 };
 pub use gp::{GpConfig, GpSampler};
+pub use metric::Metric;
 pub use pareto::{ParetoError, Scalarization, dominates, hypervolume, non_dominated_ranks, pareto_front};
 pub use pruner::{MedianPruner, NopPruner, Pruner, PrunerConfig, PrunerError, SuccessiveHalvingPruner};
 pub use sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
