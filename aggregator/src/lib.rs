@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`adapt`]: the server learning rate's feedback loop.
 //! - [`config`]: the service's typed TOML configuration.
-//! - [`identity`]: the federation's CA, server and agent certificates; TLS configs.
+//! - [`identity`]: the federation's CA, server and agent certificates (the PKI).
+//! - [`tls`]: the server's mutual-TLS configuration; agent ids from certificates.
+//! - [`transport`]: QUIC transport tuning and the UDP endpoint.
 //! - [`registry`]: the accept loop, the hello handshake, connected agents.
 //! - [`federation`]: the federation as one sans-IO state machine (cohorts, tasks,
 //!   secure-aggregation steps, deadlines, apply, fairness, records), and its state.
@@ -28,6 +30,8 @@ pub mod registry;
 pub mod round;
 pub mod service;
 pub mod strategy;
+pub mod tls;
+pub mod transport;
 pub mod tune;
 pub mod tuning;
 pub mod wire;
