@@ -22,8 +22,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use fedtune_protocol::ClientHyperparameters;
+use fedtune_protocol::client_param::ClientParam;
 use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
-use fedtune_protocol::{ClientHyperparameters, Optimizer};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -310,16 +311,7 @@ pub struct TuneHooks {
 }
 
 /// Client parameters the tuner knows how to send.
-const CLIENT_PARAMS: [&str; 8] = [
-    "learning_rate",
-    "lr",
-    "batch_size",
-    "local_epochs",
-    "optimizer",
-    "weight_decay",
-    "momentum",
-    "proximal_mu",
-];
+const CLIENT_PARAMS: [&str; 8] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
 const SERVER_PARAMS: [&str; 4] = ["server_learning_rate", "server_lr", "strategy", "cohort"];
 
@@ -380,41 +372,14 @@ fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
-fn as_f64(name: &str, value: &ParamValue) -> Result<f64, String> {
-    value
-        .as_f64()
-        .ok_or_else(|| format!("`{name}` must be numeric, got {value}"))
-}
-
-fn as_u32(name: &str, value: &ParamValue) -> Result<u32, String> {
-    let v = as_f64(name, value)?;
-    if v.fract() != 0.0 || !(1.0..=f64::from(u32::MAX)).contains(&v) {
-        return Err(format!("`{name}` must be a positive integer, got {value}"));
-    }
-    Ok(v as u32)
-}
-
 /// Sets the client hyperparameters `params` names on `hp`; other names are skipped.
 ///
 /// # Errors
 /// A message naming a parameter whose value does not fit.
 pub fn apply_client(hp: &mut ClientHyperparameters, params: &Params) -> Result<(), String> {
     for (name, value) in params {
-        match name.as_str() {
-            "learning_rate" | "lr" => hp.learning_rate = as_f64(name, value)?,
-            "batch_size" => hp.batch_size = as_u32(name, value)?,
-            "local_epochs" => hp.local_epochs = as_u32(name, value)?,
-            "weight_decay" => hp.weight_decay = as_f64(name, value)?,
-            "momentum" => hp.momentum = as_f64(name, value)?,
-            "proximal_mu" => hp.proximal_mu = as_f64(name, value)?,
-            "optimizer" => {
-                hp.optimizer = match value.to_string().to_ascii_lowercase().as_str() {
-                    "adam" => Optimizer::Adam,
-                    "sgd" => Optimizer::Sgd,
-                    other => return Err(format!("`optimizer` must be adam or sgd, got {other}")),
-                }
-            }
-            _ => {}
+        if let Some(param) = ClientParam::from_name(name) {
+            param.set(hp, value).map_err(|e| e.to_string())?;
         }
     }
     hp.validate()
@@ -422,15 +387,7 @@ pub fn apply_client(hp: &mut ClientHyperparameters, params: &Params) -> Result<(
 
 /// The value of the client parameter `name` in `hp`, as the space would write it.
 fn client_value(hp: &ClientHyperparameters, name: &str) -> Option<f64> {
-    Some(match name {
-        "learning_rate" | "lr" => hp.learning_rate,
-        "batch_size" => f64::from(hp.batch_size),
-        "local_epochs" => f64::from(hp.local_epochs),
-        "weight_decay" => hp.weight_decay,
-        "momentum" => hp.momentum,
-        "proximal_mu" => hp.proximal_mu,
-        _ => return None,
-    })
+    ClientParam::from_name(name)?.get(hp)
 }
 
 /// The aggregator configuration a trial runs with: `base` with the trial's parameters
@@ -453,7 +410,9 @@ pub fn trial_config(
         config.strategy = StrategyConfig::from_str(&v.to_string()).map_err(|e| invalid(e.to_string()))?;
     }
     if let Some(v) = params.get("cohort") {
-        config.federation.cohort = as_f64("cohort", v).map_err(invalid)?;
+        config.federation.cohort = v
+            .as_f64()
+            .ok_or_else(|| invalid(format!("`cohort` must be numeric, got {v}")))?;
     }
     config.validate()?;
     Ok(config)
@@ -932,8 +891,8 @@ fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) -> Params {
         let value = match p.name.as_str() {
             "optimizer" => Some(ParamValue::Categorical(
                 match config.client.optimizer {
-                    Optimizer::Adam => "adam",
-                    Optimizer::Sgd => "sgd",
+                    fedtune_protocol::Optimizer::Adam => "adam",
+                    fedtune_protocol::Optimizer::Sgd => "sgd",
                 }
                 .into(),
             )),
@@ -1043,7 +1002,7 @@ mod tests {
         ]);
         let config = trial_config(&base, &params, 9, 7).unwrap();
         assert_eq!(config.client.learning_rate, 0.05);
-        assert_eq!(config.client.optimizer, Optimizer::Sgd);
+        assert_eq!(config.client.optimizer, fedtune_protocol::Optimizer::Sgd);
         assert_eq!(config.strategy.name(), "fedadam");
         assert_eq!(
             (

@@ -8,6 +8,7 @@
 //! - [`frame`]: length-prefixed frames with size limits and a version check.
 //! - [`tensor`]: parameter manifests, their hash, and the raw f32 wire layout.
 //! - [`model`]: model specifications and their parameter layout and initialisation.
+//! - [`client_param`]: client hyperparameter names mapped to their fields, in one place.
 //! - [`space`]: hyperparameter search spaces: distributions, their textual form, values.
 //! - [`secagg`]: secure aggregation: agent and aggregator state machines that reveal only the sum.
 //! - [`transport`]: the QUIC settings both daemons share (ALPN, liveness timers, windows).
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client_param;
 pub mod error;
 pub mod frame;
 pub mod message;

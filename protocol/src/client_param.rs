@@ -1,0 +1,190 @@
+//! The client hyperparameters a search space may name, mapped to their fields in one
+//! place: parsing a name, reading a value out of [`ClientHyperparameters`] and writing one
+//! in.
+
+use std::fmt;
+
+use crate::message::{ClientHyperparameters, Optimizer};
+use crate::space::ParamValue;
+
+/// A client hyperparameter by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClientParam {
+    /// `learning_rate` (also `lr`).
+    LearningRate,
+    /// `batch_size`.
+    BatchSize,
+    /// `local_epochs`.
+    LocalEpochs,
+    /// `optimizer` (`adam` or `sgd`).
+    Optimizer,
+    /// `weight_decay`.
+    WeightDecay,
+    /// `momentum`.
+    Momentum,
+    /// `proximal_mu` (FedProx).
+    ProximalMu,
+}
+
+/// A value that does not fit the parameter it is meant for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}` {expected}, got {got}")]
+pub struct ClientParamError {
+    /// The parameter's name.
+    pub name: &'static str,
+    /// What it takes.
+    pub expected: &'static str,
+    /// What it was given.
+    pub got: String,
+}
+
+impl ClientParam {
+    /// Every parameter, in its canonical spelling order.
+    pub const ALL: [ClientParam; 7] = [
+        ClientParam::LearningRate,
+        ClientParam::BatchSize,
+        ClientParam::LocalEpochs,
+        ClientParam::Optimizer,
+        ClientParam::WeightDecay,
+        ClientParam::Momentum,
+        ClientParam::ProximalMu,
+    ];
+
+    /// Every accepted spelling, aliases included.
+    pub const NAMES: [&'static str; 8] = [
+        "learning_rate",
+        "lr",
+        "batch_size",
+        "local_epochs",
+        "optimizer",
+        "weight_decay",
+        "momentum",
+        "proximal_mu",
+    ];
+
+    /// The parameter a search space calls `name`, if it is one.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "learning_rate" | "lr" => Self::LearningRate,
+            "batch_size" => Self::BatchSize,
+            "local_epochs" => Self::LocalEpochs,
+            "optimizer" => Self::Optimizer,
+            "weight_decay" => Self::WeightDecay,
+            "momentum" => Self::Momentum,
+            "proximal_mu" => Self::ProximalMu,
+            _ => return None,
+        })
+    }
+
+    /// The canonical name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LearningRate => "learning_rate",
+            Self::BatchSize => "batch_size",
+            Self::LocalEpochs => "local_epochs",
+            Self::Optimizer => "optimizer",
+            Self::WeightDecay => "weight_decay",
+            Self::Momentum => "momentum",
+            Self::ProximalMu => "proximal_mu",
+        }
+    }
+
+    /// The parameter's numeric value in `hp` (`None` for the optimizer, a choice).
+    #[must_use]
+    pub fn get(self, hp: &ClientHyperparameters) -> Option<f64> {
+        Some(match self {
+            Self::LearningRate => hp.learning_rate,
+            Self::BatchSize => f64::from(hp.batch_size),
+            Self::LocalEpochs => f64::from(hp.local_epochs),
+            Self::WeightDecay => hp.weight_decay,
+            Self::Momentum => hp.momentum,
+            Self::ProximalMu => hp.proximal_mu,
+            Self::Optimizer => return None,
+        })
+    }
+
+    /// Writes `value` into `hp`.
+    ///
+    /// # Errors
+    /// [`ClientParamError`] when `value` is not of the parameter's kind (a number, a
+    /// positive integer, `adam` or `sgd`). Ranges are checked by
+    /// [`ClientHyperparameters::validate`].
+    pub fn set(self, hp: &mut ClientHyperparameters, value: &ParamValue) -> Result<(), ClientParamError> {
+        let name = self.name();
+        let number = || {
+            value.as_f64().ok_or_else(|| ClientParamError {
+                name,
+                expected: "must be numeric",
+                got: value.to_string(),
+            })
+        };
+        let count = || {
+            let v = number()?;
+            if v.fract() != 0.0 || !(1.0..=f64::from(u32::MAX)).contains(&v) {
+                return Err(ClientParamError {
+                    name,
+                    expected: "must be a positive integer",
+                    got: value.to_string(),
+                });
+            }
+            Ok(v as u32)
+        };
+        match self {
+            Self::LearningRate => hp.learning_rate = number()?,
+            Self::BatchSize => hp.batch_size = count()?,
+            Self::LocalEpochs => hp.local_epochs = count()?,
+            Self::WeightDecay => hp.weight_decay = number()?,
+            Self::Momentum => hp.momentum = number()?,
+            Self::ProximalMu => hp.proximal_mu = number()?,
+            Self::Optimizer => {
+                hp.optimizer = match value.to_string().to_ascii_lowercase().as_str() {
+                    "adam" => Optimizer::Adam,
+                    "sgd" => Optimizer::Sgd,
+                    other => {
+                        return Err(ClientParamError {
+                            name,
+                            expected: "must be adam or sgd",
+                            got: other.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ClientParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_maps_to_its_field_and_back() {
+        let mut hp = ClientHyperparameters::default();
+        for (i, param) in ClientParam::ALL.into_iter().enumerate() {
+            assert_eq!(ClientParam::from_name(param.name()), Some(param));
+            if param == ClientParam::Optimizer {
+                param.set(&mut hp, &ParamValue::Float(1.0)).unwrap_err();
+                continue;
+            }
+            let value = (i + 2) as f64;
+            param.set(&mut hp, &ParamValue::Float(value)).unwrap();
+            assert_eq!(param.get(&hp), Some(value), "{param}");
+        }
+        assert_eq!(ClientParam::from_name("lr"), Some(ClientParam::LearningRate));
+        assert_eq!(ClientParam::from_name("dropout"), None);
+        assert!(ClientParam::NAMES.iter().all(|n| ClientParam::from_name(n).is_some()));
+        let err = ClientParam::BatchSize
+            .set(&mut hp, &ParamValue::Float(2.5))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "`batch_size` must be a positive integer, got 2.5");
+    }
+}
