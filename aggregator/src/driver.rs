@@ -172,12 +172,18 @@ pub(crate) async fn drive(
     let mut evaluations: JoinSet<(u64, Result<GlobalEvaluation, EvaluationError>)> = JoinSet::new();
     let mut roster = context.registry.subscribe();
     let mut shutdown_open = true;
+    // The registry is read only when it changed, not on every event.
+    let mut roster_changed = true;
     let limits = Limits {
         max_payload: context.max_payload,
         ..Limits::default()
     };
     loop {
-        sync_agents(&mut federation, context.registry, &mut agents);
+        if roster_changed {
+            roster.mark_unchanged();
+            sync_agents(&mut federation, context.registry, &mut agents);
+            roster_changed = false;
+        }
         if *shutdown.borrow() {
             federation.interrupt(now());
         }
@@ -273,7 +279,7 @@ pub(crate) async fn drive(
                 federation.handle_event(now(), Event::GlobalEvaluated { round, result });
             }
             _ = sleep_until(deadline) => federation.handle_timeout(now()),
-            _ = roster.changed() => {}
+            _ = roster.changed() => roster_changed = true,
             changed = shutdown.changed(), if shutdown_open => {
                 if changed.is_err() {
                     shutdown_open = false;

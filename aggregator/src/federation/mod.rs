@@ -599,32 +599,12 @@ impl Federation {
             secure: None,
             known,
         });
+        let mut secure = None;
         if config.secure_aggregation.enabled {
             let max_weight = cohort.iter().map(|(_, c)| c.train_samples.max(1)).sum();
-            match SecurePhase::new(
-                &config.secure_aggregation,
-                &fed.study,
-                open.round.spec(),
-                max_weight,
-                now,
-            ) {
-                Ok(mut secure) => {
-                    for (index, ((agent, _), mut task)) in cohort.iter().zip(tasks).enumerate() {
-                        task.secure = secure.params_for(index as u32);
-                        let exchange = self.exchange_id();
-                        secure.add_member(agent, index as u32, exchange);
-                        open.exchanges.insert(exchange, agent.clone());
-                        self.actions.push_back(Action::Open {
-                            exchange,
-                            agent: agent.clone(),
-                            message: AggregatorMessage::Task(task),
-                            payload: payload.clone(),
-                            answer: Answer::Control,
-                        });
-                    }
-                    open.secure = Some(secure);
-                    self.phase = Phase::Round(open);
-                }
+            let spec = open.round.spec();
+            match SecurePhase::new(&config.secure_aggregation, &fed.study, spec, max_weight, now) {
+                Ok(phase) => secure = Some(phase),
                 Err(reason) => {
                     warn!("secure aggregation cannot run this round: {reason}");
                     for (agent, _) in &cohort {
@@ -632,23 +612,34 @@ impl Federation {
                             .on_failure(agent, FailureReason::SecureUnavailable(reason.clone()));
                     }
                     self.phase = Phase::Round(open);
-                    self.close_round(now, Some(Err(reason)));
+                    return self.close_round(now, Some(Err(reason)));
                 }
             }
-            return;
         }
-        for ((agent, _), task) in cohort.iter().zip(tasks) {
+        // Under secure aggregation the first answer is the member's public keys.
+        let answer = if secure.is_some() {
+            Answer::Control
+        } else {
+            Answer::Update
+        };
+        for (index, ((agent, _), mut task)) in cohort.iter().zip(tasks).enumerate() {
             let exchange = self.exchange_id();
+            if let Some(secure) = secure.as_mut() {
+                task.secure = secure.params_for(index as u32);
+                secure.add_member(agent, index as u32, exchange);
+            }
             open.exchanges.insert(exchange, agent.clone());
             self.actions.push_back(Action::Open {
                 exchange,
                 agent: agent.clone(),
                 message: AggregatorMessage::Task(task),
                 payload: payload.clone(),
-                answer: Answer::Update,
+                answer,
             });
         }
-        let closed = open.round.poll(now) == RoundStatus::Closed;
+        open.secure = secure;
+        // An empty plain round closes at once; a secure one waits for its steps.
+        let closed = open.secure.is_none() && open.round.poll(now) == RoundStatus::Closed;
         self.phase = Phase::Round(open);
         if closed {
             self.close_round(now, None);

@@ -128,16 +128,6 @@ pub enum FailureReason {
     SecureFailed(String),
 }
 
-impl FailureReason {
-    /// The reason without the secure-aggregation step that wraps it.
-    pub fn cause(&self) -> &FailureReason {
-        match self {
-            FailureReason::SecureStep { cause, .. } => cause.cause(),
-            other => other,
-        }
-    }
-}
-
 /// A cohort member that did not contribute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {

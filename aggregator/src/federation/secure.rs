@@ -168,10 +168,9 @@ impl SecurePhase {
                     cause: Box::new(cause),
                 },
             );
-            if let Some(member) = self.members.remove(agent) {
-                exchanges.remove(&member.exchange);
+            if let Some(exchange) = self.drop_member(agent, exchanges) {
                 actions.push_back(Action::Close {
-                    exchange: member.exchange,
+                    exchange,
                     message: Some(AggregatorMessage::Error(error)),
                 });
             }
@@ -217,11 +216,8 @@ impl SecurePhase {
         let step = self.step;
         for agent in std::mem::take(&mut self.awaiting) {
             round.on_failure(&agent, FailureReason::SecureDeadline(step));
-            if let Some(member) = self.members.remove(&agent) {
-                exchanges.remove(&member.exchange);
-                actions.push_back(Action::Abandon {
-                    exchange: member.exchange,
-                });
+            if let Some(exchange) = self.drop_member(&agent, exchanges) {
+                actions.push_back(Action::Abandon { exchange });
             }
         }
         self.advance_if_complete(round, exchanges, now, actions)
@@ -256,34 +252,10 @@ impl SecurePhase {
                     .map(|(a, _)| a.clone())
                     .collect();
                 for agent in dropped {
-                    if let Some(member) = self.members.remove(&agent) {
-                        exchanges.remove(&member.exchange);
-                        actions.push_back(Action::Abandon {
-                            exchange: member.exchange,
-                        });
+                    if let Some(exchange) = self.drop_member(&agent, exchanges) {
+                        actions.push_back(Action::Abandon { exchange });
                     }
                 }
-                let server = self.server.as_ref();
-                let addressed: BTreeMap<u32, AggregatorMessage> = self
-                    .members
-                    .values()
-                    .map(|m| {
-                        let shares = server.map(|s| s.shares_for(m.index)).unwrap_or_default();
-                        (m.index, AggregatorMessage::SecAggShares(shares))
-                    })
-                    .collect();
-                let mut addressed = addressed;
-                self.ask_all(
-                    |m| {
-                        (
-                            addressed
-                                .remove(&m.index)
-                                .unwrap_or(AggregatorMessage::SecAggShares(Vec::new())),
-                            Answer::Update,
-                        )
-                    },
-                    actions,
-                );
                 SecureStep::MaskedUpdate
             }),
             SecureStep::MaskedUpdate => server.close_inputs().map(|contributors| {
@@ -322,6 +294,18 @@ impl SecurePhase {
         };
         match next {
             Ok(step) => {
+                if step == SecureStep::MaskedUpdate
+                    && let Some(server) = self.server.as_ref()
+                {
+                    // Each member of U2 gets the shares addressed to it.
+                    for member in self.members.values() {
+                        actions.push_back(Action::Ask {
+                            exchange: member.exchange,
+                            message: AggregatorMessage::SecAggShares(server.shares_for(member.index)),
+                            answer: Answer::Update,
+                        });
+                    }
+                }
                 self.step = step;
                 self.deadline = match step {
                     SecureStep::MaskedUpdate => self.round_deadline,
@@ -332,6 +316,14 @@ impl SecurePhase {
             }
             Err(e) => self.abandon(round, exchanges, e.to_string(), actions),
         }
+    }
+
+    /// Removes `agent` from the protocol and its exchange from the round; the exchange, if
+    /// it had one, for the caller to close or abandon.
+    fn drop_member(&mut self, agent: &str, exchanges: &mut BTreeMap<ExchangeId, String>) -> Option<ExchangeId> {
+        let member = self.members.remove(agent)?;
+        exchanges.remove(&member.exchange);
+        Some(member.exchange)
     }
 
     fn ask_all(&self, mut message: impl FnMut(&Member) -> (AggregatorMessage, Answer), actions: &mut VecDeque<Action>) {
