@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::cancel::Cancel;
 use crate::trainer::{FitOutcome, Trainer, TrainerError};
-use crate::wire::{WireError, read_frame, write_frame};
+use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 
 /// How an agent reaches its aggregator.
 #[derive(Debug, Clone)]

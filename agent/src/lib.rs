@@ -13,7 +13,6 @@
 //! - `secure`: the agent's side of a secure-aggregation round.
 //! - [`config`]: the daemon's TOML configuration and the local data it names.
 //! - [`tls`]: the client side of mutual TLS.
-//! - [`wire`]: frames over QUIC streams.
 
 #![forbid(unsafe_code)]
 
@@ -27,4 +26,3 @@ mod secure;
 pub mod tls;
 pub mod train;
 pub mod trainer;
-pub mod wire;

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use crate::cancel::Cancel;
 use crate::client::{train_until_abandoned, update_for};
 use crate::trainer::Trainer;
-use crate::wire::{WireError, read_frame, write_frame};
+use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 
 /// Serves a task that runs under secure aggregation, to the end of its exchange.
 ///

@@ -13,6 +13,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
+use fedtune_protocol::client_param::ClientParamError;
 use fedtune_protocol::tensor::check_finite;
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
 use rand::SeedableRng;
@@ -37,7 +38,7 @@ pub enum TrainError {
     InvalidModel(ProtocolError),
     /// A hyperparameter is out of range.
     #[error("invalid hyperparameters: {0}")]
-    InvalidHyperparameters(String),
+    InvalidHyperparameters(ClientParamError),
     /// The data's feature count differs from the model's input width.
     #[error("the {what} data has {got} features per row, but the model takes {expected}")]
     DimensionMismatch {

@@ -23,7 +23,8 @@ use crate::federation::{
     RunReport, SetupError,
 };
 use crate::registry::{AgentHandle, Registry, accept_loop};
-use crate::wire::{error_for, read_agent_frame, reply_error, write_frame_shared, write_message};
+use crate::wire::reply_error;
+use fedtune_protocol::wire::{read_frame_gated, write_frame_shared, write_message};
 
 /// Why a federation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -369,7 +370,7 @@ async fn run_exchange(io: ExchangeIo, opening: Opening, mut commands: mpsc::Unbo
             Answer::Update => buffers.acquire_owned().await.ok(),
             Answer::Control => None,
         };
-        match read_agent_frame(&mut recv, limits, permit).await {
+        match read_frame_gated(&mut recv, limits, permit).await {
             Ok((message, payload, permit)) => {
                 let event = Event::Received {
                     exchange: io.id,
@@ -381,7 +382,7 @@ async fn run_exchange(io: ExchangeIo, opening: Opening, mut commands: mpsc::Unbo
                 }
             }
             Err(e) => {
-                if let Some(error) = error_for(&e) {
+                if let Some(error) = e.reply() {
                     reply_error(&mut send, error).await;
                 }
                 return fail(e.to_string());

@@ -16,7 +16,7 @@
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
 //! - [`strategy`]: aggregation strategies (FedAvg, server optimizers, q-FedAvg, robust rules).
-//! - [`wire`]: frames over QUIC streams.
+//! - [`wire`]: the aggregator's error replies (frames themselves move through `fedtune_protocol::wire`).
 
 #![forbid(unsafe_code)]
 

@@ -13,7 +13,8 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::identity::peer_agent_id;
-use crate::wire::{WireError, error_for, read_agent_frame, reply_error, reply_error_and_linger, write_message};
+use crate::wire::{reply_error, reply_error_and_linger};
+use fedtune_protocol::wire::{WireError, read_frame, write_message};
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,16 +191,16 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
                         max_payload,
                         ..Limits::default()
                     };
-                    let error = match read_agent_frame(&mut recv, limits, async || ()).await {
-                        Ok((AgentMessage::Update(u), _, ())) => ErrorMessage::new(
+                    let error = match read_frame(&mut recv, limits).await {
+                        Ok((AgentMessage::Update(u), _)) => ErrorMessage::new(
                             ErrorCode::NotInRound,
                             format!("no task was sent for trial {} round {} to agent {id}", u.trial, u.round),
                         ),
-                        Ok((other, _, ())) => ErrorMessage::new(
+                        Ok((other, _)) => ErrorMessage::new(
                             ErrorCode::Unexpected,
                             format!("unexpected {} outside an exchange", other.name()),
                         ),
-                        Err(e) => match error_for(&e) {
+                        Err(e) => match e.reply() {
                             Some(error) => error,
                             None => return debug!(agent = %id, "unsolicited stream failed: {e}"),
                         },
@@ -232,15 +233,15 @@ async fn handshake(
         source,
     };
     let (mut send, mut recv) = connection.accept_bi().await?;
-    let hello = match read_agent_frame(&mut recv, Limits::control(), async || ()).await {
-        Ok((AgentMessage::Hello(hello), _, ())) => hello,
-        Ok((other, _, ())) => {
+    let hello = match read_frame(&mut recv, Limits::control()).await {
+        Ok((AgentMessage::Hello(hello), _)) => hello,
+        Ok((other, _)) => {
             let error = ErrorMessage::new(ErrorCode::Unexpected, format!("expected Hello, got {}", other.name()));
             reply_error_and_linger(&mut send, error.clone()).await;
             return Err(refused(error));
         }
         Err(e) => {
-            if let Some(error) = error_for(&e) {
+            if let Some(error) = e.reply() {
                 reply_error_and_linger(&mut send, error).await;
             }
             return Err(wire(e));

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use fedtune_protocol::ClientHyperparameters;
-use fedtune_protocol::client_param::ClientParam;
+use fedtune_protocol::client_param::{ClientParam, ClientParamError};
 use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
@@ -375,11 +375,11 @@ fn scope_name(scope: Scope) -> &'static str {
 /// Sets the client hyperparameters `params` names on `hp`; other names are skipped.
 ///
 /// # Errors
-/// A message naming a parameter whose value does not fit.
-pub fn apply_client(hp: &mut ClientHyperparameters, params: &Params) -> Result<(), String> {
+/// [`ClientParamError`] naming a parameter whose value does not fit.
+pub fn apply_client(hp: &mut ClientHyperparameters, params: &Params) -> Result<(), ClientParamError> {
     for (name, value) in params {
         if let Some(param) = ClientParam::from_name(name) {
-            param.set(hp, value).map_err(|e| e.to_string())?;
+            param.set(hp, value)?;
         }
     }
     hp.validate()
@@ -405,7 +405,7 @@ pub fn trial_config(
     let mut config = base.clone();
     config.federation.seed = seed;
     config.federation.rounds = rounds;
-    apply_client(&mut config.client, params).map_err(invalid)?;
+    apply_client(&mut config.client, params).map_err(|e| invalid(e.to_string()))?;
     if let Some(v) = params.get("strategy") {
         config.strategy = StrategyConfig::from_str(&v.to_string()).map_err(|e| invalid(e.to_string()))?;
     }

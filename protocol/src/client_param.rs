@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub use crate::message::ClientParamError;
 use crate::message::{ClientHyperparameters, Optimizer};
 use crate::space::ParamValue;
 
@@ -24,18 +25,6 @@ pub enum ClientParam {
     Momentum,
     /// `proximal_mu` (FedProx).
     ProximalMu,
-}
-
-/// A value that does not fit the parameter it is meant for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{name}` {expected}, got {got}")]
-pub struct ClientParamError {
-    /// The parameter's name.
-    pub name: &'static str,
-    /// What it takes.
-    pub expected: &'static str,
-    /// What it was given.
-    pub got: String,
 }
 
 impl ClientParam {

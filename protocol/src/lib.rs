@@ -13,6 +13,8 @@
 //! - [`secagg`]: secure aggregation: agent and aggregator state machines that reveal only the sum.
 //! - [`transport`]: the QUIC settings both daemons share (ALPN, liveness timers, windows).
 //! - [`error`]: what can go wrong, as one error type.
+//! - `wire` (feature `quinn`): the one driver that moves frames over quinn streams, the
+//!   only I/O in the crate.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +27,8 @@ pub mod secagg;
 pub mod space;
 pub mod tensor;
 pub mod transport;
+#[cfg(feature = "quinn")]
+pub mod wire;
 
 pub use error::ProtocolError;
 pub use frame::{FrameReader, Limits, PROTOCOL_VERSION};

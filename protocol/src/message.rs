@@ -201,30 +201,60 @@ impl Default for ClientHyperparameters {
     }
 }
 
+/// A value that does not fit the parameter it is meant for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}` {expected}, got {got}")]
+pub struct ClientParamError {
+    /// The parameter's name.
+    pub name: &'static str,
+    /// What it takes.
+    pub expected: &'static str,
+    /// What it was given.
+    pub got: String,
+}
+
 impl ClientHyperparameters {
     /// Checks every value is in its valid range.
     ///
     /// # Errors
-    /// A message naming the offending hyperparameter.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(format!("learning_rate must be positive, got {}", self.learning_rate));
-        }
-        if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
-        }
-        if self.local_epochs == 0 {
-            return Err("local_epochs must be at least 1".into());
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("weight_decay must be >= 0, got {}", self.weight_decay));
-        }
-        if !(self.proximal_mu.is_finite() && self.proximal_mu >= 0.0) {
-            return Err(format!("proximal_mu must be >= 0, got {}", self.proximal_mu));
-        }
-        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
-        }
+    /// [`ClientParamError`] naming the first hyperparameter out of range.
+    pub fn validate(&self) -> Result<(), ClientParamError> {
+        let check = |ok: bool, name: &'static str, expected: &'static str, got: &dyn std::fmt::Display| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ClientParamError {
+                    name,
+                    expected,
+                    got: got.to_string(),
+                })
+            }
+        };
+        let lr = self.learning_rate;
+        check(lr.is_finite() && lr > 0.0, "learning_rate", "must be positive", &lr)?;
+        check(
+            self.batch_size > 0,
+            "batch_size",
+            "must be at least 1",
+            &self.batch_size,
+        )?;
+        check(
+            self.local_epochs > 0,
+            "local_epochs",
+            "must be at least 1",
+            &self.local_epochs,
+        )?;
+        let wd = self.weight_decay;
+        check(wd.is_finite() && wd >= 0.0, "weight_decay", "must be >= 0", &wd)?;
+        let mu = self.proximal_mu;
+        check(mu.is_finite() && mu >= 0.0, "proximal_mu", "must be >= 0", &mu)?;
+        let m = self.momentum;
+        check(
+            m.is_finite() && (0.0..1.0).contains(&m),
+            "momentum",
+            "must be in [0, 1)",
+            &m,
+        )?;
         Ok(())
     }
 }

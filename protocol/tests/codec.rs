@@ -280,12 +280,12 @@ fn hyperparameters_are_validated() {
         learning_rate: f64::NAN,
         ..Default::default()
     };
-    assert!(bad.validate().unwrap_err().contains("learning_rate"));
+    assert_eq!(bad.validate().unwrap_err().name, "learning_rate");
     let bad = ClientHyperparameters {
         batch_size: 0,
         ..Default::default()
     };
-    assert!(bad.validate().unwrap_err().contains("batch_size"));
+    assert_eq!(bad.validate().unwrap_err().name, "batch_size");
 }
 
 /// Feeds `wire` to a [`FrameReader`] the way a stream driver does.

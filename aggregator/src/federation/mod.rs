@@ -31,190 +31,40 @@
 //! random stream that picks cohorts and task seeds. The rest — the configuration, the
 //! connected agents, the round in progress — is either given again or rebuilt.
 
+mod close;
+mod io;
 mod record;
 mod secure;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use fedtune_protocol::{
-    Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, ErrorCode, ErrorMessage, Evaluate,
-    Evaluation, Task,
+    Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, ErrorCode, ErrorMessage, Evaluation,
+    Task,
 };
 use rand::SeedableRng;
 use rand::rngs::ChaCha12Rng;
 use rand::seq::IndexedRandom;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::adapt::ServerLrController;
 use crate::config::{AggregatorConfig, ConfigError, Selection};
-use crate::fairness::{FairnessReport, History, violations};
-use crate::round::{AgentResult, Round, RoundSpec, RoundStatus};
-use crate::strategy::{Strategy, StrategyError, StrategyState};
-use crate::wire::params_to_bytes;
+use crate::fairness::History;
+use crate::round::{Round, RoundSpec, RoundStatus};
+use crate::strategy::{Strategy, StrategyError};
+use fedtune_protocol::wire::params_to_bytes;
 
+pub use io::{Action, Answer, Event, ExchangeId};
 pub(crate) use record::final_fairness;
 pub use record::{
     ClientTuner, EvaluationError, Evaluator, FailureReason, FailureRecord, GlobalEvaluation, RoundRecord, RunReport,
     SecureStep,
 };
 use secure::{SecurePhase, StepOutcome};
-
-/// Names one exchange (one stream with one agent) for the life of a [`Federation`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ExchangeId(pub u64);
-
-/// How an agent's answer on an exchange is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// A control message without payload (keys, shares, evaluations).
-    Control,
-    /// An update with a model-sized payload; it takes one of the aggregator's update
-    /// buffers while it is read and handled.
-    Update,
-}
-
-/// What the driver must do next.
-#[derive(Debug)]
-pub enum Action {
-    /// Open a stream to `agent`, send `message` with `payload`, and read its answer.
-    Open {
-        /// The exchange this stream carries.
-        exchange: ExchangeId,
-        /// The agent.
-        agent: String,
-        /// The opening message (a task or an evaluation request).
-        message: AggregatorMessage,
-        /// The global parameters the message refers to, shared between agents.
-        payload: Bytes,
-        /// How the answer is read.
-        answer: Answer,
-    },
-    /// Send `message` on an open exchange and read the next answer.
-    Ask {
-        /// The exchange.
-        exchange: ExchangeId,
-        /// The next step's message.
-        message: AggregatorMessage,
-        /// How the answer is read.
-        answer: Answer,
-    },
-    /// Send `message` (an acknowledgement or an error) if any, and finish the stream.
-    Close {
-        /// The exchange.
-        exchange: ExchangeId,
-        /// The last word.
-        message: Option<AggregatorMessage>,
-    },
-    /// Drop the exchange without a word: the agent's stream is reset (a straggler).
-    Abandon {
-        /// The exchange.
-        exchange: ExchangeId,
-    },
-    /// Evaluate the global model after `round` on the server; answer with
-    /// [`Event::GlobalEvaluated`].
-    EvaluateGlobal {
-        /// The round whose result is evaluated.
-        round: u64,
-        /// The parameters to evaluate.
-        params: Vec<f32>,
-    },
-    /// A round was applied and recorded.
-    RoundCommitted(Box<RoundRecord>),
-    /// The run is over; nothing more will happen.
-    Finished(Box<RunReport>),
-}
-
-/// Something that happened outside the machine.
-#[derive(Debug)]
-pub enum Event {
-    /// An agent connected (or reconnected with a new session).
-    AgentConnected {
-        /// Its id, from its certificate.
-        agent: String,
-        /// What it offers.
-        capabilities: Capabilities,
-    },
-    /// An agent's connection ended.
-    AgentGone {
-        /// Its id.
-        agent: String,
-    },
-    /// An answer arrived on an exchange.
-    Received {
-        /// The exchange.
-        exchange: ExchangeId,
-        /// The message.
-        message: AgentMessage,
-        /// Its payload (an update's delta or masked words, as read).
-        payload: Vec<f32>,
-    },
-    /// An exchange's stream failed before an answer arrived.
-    ExchangeFailed {
-        /// The exchange.
-        exchange: ExchangeId,
-        /// What the transport said.
-        error: String,
-    },
-    /// The answer to [`Action::EvaluateGlobal`].
-    GlobalEvaluated {
-        /// The round asked about.
-        round: u64,
-        /// The evaluation, or why there is none.
-        result: Result<GlobalEvaluation, EvaluationError>,
-    },
-}
-
-/// The position of the seeded stream that picks cohorts and task seeds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    /// ChaCha12 key.
-    pub seed: [u8; 32],
-    /// Stream number.
-    pub stream: u64,
-    /// Words consumed.
-    pub word_pos: u128,
-}
-
-impl RngState {
-    fn of(rng: &ChaCha12Rng) -> Self {
-        Self {
-            seed: rng.get_seed(),
-            stream: rng.get_stream(),
-            word_pos: rng.get_word_pos(),
-        }
-    }
-
-    fn rng(&self) -> ChaCha12Rng {
-        let mut rng = ChaCha12Rng::from_seed(self.seed);
-        rng.set_stream(self.stream);
-        rng.set_word_pos(self.word_pos);
-        rng
-    }
-}
-
-/// Everything a federation carries from one round to the next, as one serializable
-/// value (see the module docs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FederationState {
-    /// The trial the tasks belong to (0 outside a study).
-    pub trial: u64,
-    /// The next round to run (rounds before it are committed).
-    pub round: u64,
-    /// Global model parameters, in manifest order.
-    pub global: Vec<f32>,
-    /// What the strategy carries across rounds.
-    pub strategy: StrategyState,
-    /// The server learning rate's feedback loop, when it is active.
-    pub server_lr: Option<ServerLrController>,
-    /// Participation counts and last accuracies per agent.
-    pub history: History,
-    /// The cohort and seed stream.
-    pub rng: RngState,
-}
+pub use state::{FederationState, RngState};
 
 /// Why a federation could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -609,7 +459,7 @@ impl Federation {
                     warn!("secure aggregation cannot run this round: {reason}");
                     for (agent, _) in &cohort {
                         open.round
-                            .on_failure(agent, FailureReason::SecureUnavailable(reason.clone()));
+                            .on_failure(agent, FailureReason::SecureUnavailable(reason.to_string()));
                     }
                     self.phase = Phase::Round(open);
                     return self.close_round(now, Some(Err(reason)));
@@ -818,222 +668,6 @@ impl Federation {
             self.close_round(now, Some(result));
         }
     }
-
-    /// Closes the round in progress: stragglers are dropped, the aggregate is applied
-    /// when quorum is met, fairness and the server learning rate are updated, and the
-    /// record is committed (after the server-side evaluation, when there is one).
-    /// `unmasked` is the secure-aggregation result, for secure rounds.
-    fn close_round(&mut self, now: Instant, unmasked: Option<Result<Vec<f32>, String>>) {
-        let Phase::Round(open) = std::mem::replace(&mut self.phase, Phase::Ready) else {
-            return;
-        };
-        let OpenRound {
-            started,
-            round,
-            exchanges,
-            known,
-            ..
-        } = *open;
-        // Stragglers are dropped, not waited on: their streams are reset.
-        for exchange in exchanges.into_keys() {
-            self.actions.push_back(Action::Abandon { exchange });
-        }
-        let config = self.config.clone();
-        let outcome = round.finish();
-        let (spec, results, quorum_met) = (outcome.spec, outcome.results, outcome.quorum_met);
-        let mut aggregation_error = None;
-        let applied = quorum_met && {
-            let delta = match unmasked {
-                Some(unmasked) => unmasked,
-                None => outcome.aggregation.finish().map_err(|e| e.to_string()),
-            };
-            let applied =
-                delta.and_then(|delta| self.strategy.apply(&mut self.global, &delta).map_err(|e| e.to_string()));
-            if let Err(e) = applied {
-                warn!(
-                    "{} could not aggregate this round: {e}; global model unchanged",
-                    self.strategy.name()
-                );
-                aggregation_error = Some(e);
-                false
-            } else {
-                true
-            }
-        };
-        if !quorum_met {
-            warn!(
-                updates = results.len(),
-                needed = config.federation.min_updates,
-                "quorum not met: global model unchanged"
-            );
-        }
-        if let Some(tuner) = self.tuner.as_mut() {
-            tuner.observe(&results);
-        }
-        for r in &results {
-            self.history.record_accuracy(&r.agent, r.metrics.accuracy_before);
-        }
-        let per_agent: Vec<(f64, f64)> = results
-            .iter()
-            .map(|r| (r.metrics.accuracy_before, r.metrics.loss_before))
-            .collect();
-        let fairness = FairnessReport::measure(&per_agent, &self.history.participation(&known));
-        let violations = violations(&config.fairness.constraints, &fairness);
-        for violation in &violations {
-            warn!("fairness: {violation}");
-        }
-        // The feedback loop: the loss the agents measured on this round's incoming model
-        // judges the server step that produced it.
-        let validation_loss = weighted_mean(&results, |r| r.metrics.loss_before);
-        let server_learning_rate = self.strategy.server_learning_rate();
-        if let (Some(controller), Some(lr)) = (self.server_lr.as_mut(), server_learning_rate)
-            && !results.is_empty()
-        {
-            let next = controller.observe(validation_loss, lr);
-            if next != lr
-                && let Err(e) = self.strategy.set_server_learning_rate(next)
-            {
-                warn!("cannot adapt the server learning rate: {e}");
-            }
-        }
-        let payload_bytes = (spec.cohort.len() + results.len()) as u64 * spec.numel as u64 * 4;
-        let record = RoundRecord {
-            round: spec.round,
-            cohort: spec.cohort,
-            updates: results.len(),
-            applied,
-            train_loss: weighted_mean(&results, |r| r.metrics.train_loss),
-            federated_accuracy: weighted_mean(&results, |r| r.metrics.accuracy_before),
-            federated_loss: validation_loss,
-            agent_accuracy: results
-                .iter()
-                .map(|r| (r.agent.clone(), r.metrics.accuracy_before))
-                .collect(),
-            failures: outcome.failures,
-            aggregation_error,
-            fairness,
-            violations,
-            server_learning_rate,
-            test: None,
-            seconds: 0.0,
-            device_seconds: results.iter().map(|r| r.metrics.wall_seconds).sum(),
-            payload_bytes,
-        };
-        if self.evaluate_globally {
-            self.actions.push_back(Action::EvaluateGlobal {
-                round: record.round,
-                params: self.global.clone(),
-            });
-            self.phase = Phase::Evaluating(Box::new(Evaluating { started, record }));
-        } else {
-            self.commit(started, record, now);
-        }
-    }
-
-    fn on_global_evaluated(&mut self, round: u64, result: Result<GlobalEvaluation, EvaluationError>, now: Instant) {
-        let Phase::Evaluating(pending) = &self.phase else {
-            return;
-        };
-        if pending.record.round != round {
-            return;
-        }
-        let Phase::Evaluating(pending) = std::mem::replace(&mut self.phase, Phase::Ready) else {
-            return;
-        };
-        let Evaluating { started, mut record } = *pending;
-        match result {
-            Ok(evaluation) => record.test = Some(evaluation),
-            Err(e) => warn!("server-side evaluation failed: {e}"),
-        }
-        self.commit(started, record, now);
-    }
-
-    fn commit(&mut self, started: Instant, mut record: RoundRecord, now: Instant) {
-        record.seconds = now.saturating_duration_since(started).as_secs_f64();
-        info!(
-            trial = self.trial,
-            round = record.round,
-            updates = record.updates,
-            failures = record.failures.len(),
-            train_loss = record.train_loss,
-            federated_accuracy = record.federated_accuracy,
-            test_accuracy = record.test.map(|t| t.accuracy),
-            seconds = record.seconds,
-            "round finished"
-        );
-        self.round = record.round + 1;
-        self.records.push(record.clone());
-        self.actions.push_back(Action::RoundCommitted(Box::new(record)));
-        if self.round >= self.config.federation.rounds {
-            self.begin_final_evaluation(now);
-        } else {
-            self.phase = Phase::Ready;
-        }
-    }
-
-    fn begin_final_evaluation(&mut self, now: Instant) {
-        if !self.config.federation.final_evaluation {
-            return self.finish(now);
-        }
-        let agents: Vec<String> = self.available().into_iter().map(|(id, _)| id.clone()).collect();
-        if agents.is_empty() {
-            return self.finish(now);
-        }
-        let model = self.config.model.clone();
-        let request = Evaluate {
-            study: self.config.federation.study.clone(),
-            trial: self.trial,
-            round: self.config.federation.rounds,
-            manifest_hash: model.manifest().hash(),
-            model,
-        };
-        let payload = params_to_bytes(&self.global);
-        let mut exchanges = BTreeMap::new();
-        for agent in agents {
-            let exchange = self.exchange_id();
-            exchanges.insert(exchange, agent.clone());
-            self.actions.push_back(Action::Open {
-                exchange,
-                agent,
-                message: AggregatorMessage::Evaluate(request.clone()),
-                payload: payload.clone(),
-                answer: Answer::Control,
-            });
-        }
-        self.phase = Phase::Final(FinalEvaluation {
-            deadline: now + self.config.federation.round_timeout(),
-            exchanges,
-            results: BTreeMap::new(),
-        });
-    }
-
-    fn finish(&mut self, _now: Instant) {
-        let final_agent_evaluation = match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Final(f) => {
-                for exchange in f.exchanges.into_keys() {
-                    self.actions.push_back(Action::Abandon { exchange });
-                }
-                f.results
-            }
-            _ => BTreeMap::new(),
-        };
-        let interrupted = self.interrupted || self.round < self.config.federation.rounds;
-        let final_fairness = final_fairness(&final_agent_evaluation, self.records.last());
-        let final_violations = violations(&self.config.fairness.constraints, &final_fairness);
-        for violation in &final_violations {
-            warn!("final model: {violation}");
-        }
-        let report = RunReport {
-            final_test: self.records.last().and_then(|r| r.test),
-            rounds: self.records.clone(),
-            final_agent_evaluation,
-            final_fairness,
-            final_violations,
-            interrupted,
-            global: self.global.clone(),
-        };
-        self.actions.push_back(Action::Finished(Box::new(report)));
-    }
 }
 
 impl std::fmt::Debug for Federation {
@@ -1065,14 +699,6 @@ fn evaluation(e: &Evaluation) -> GlobalEvaluation {
         accuracy: e.accuracy,
         samples: e.samples,
     }
-}
-
-fn weighted_mean(results: &[AgentResult], value: impl Fn(&AgentResult) -> f64) -> f64 {
-    let total: u64 = results.iter().map(|r| r.num_samples).sum();
-    if total == 0 {
-        return 0.0;
-    }
-    results.iter().map(|r| value(r) * r.num_samples as f64).sum::<f64>() / total as f64
 }
 
 #[cfg(test)]

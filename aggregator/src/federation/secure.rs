@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use fedtune_protocol::secagg::{RoundContext, SecureRound, ServerRound};
+use fedtune_protocol::secagg::{RoundContext, SecAggError, SecureRound, ServerRound};
 use fedtune_protocol::{Ack, AgentMessage, AggregatorMessage, ErrorCode, ErrorMessage};
 use tracing::{info, warn};
 
@@ -38,12 +38,29 @@ struct Member {
     exchange: ExchangeId,
 }
 
+/// Why a round's secure aggregation produced no sum.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum SecureError {
+    /// No agent was selected.
+    #[error("the cohort is empty")]
+    EmptyCohort,
+    /// More members than the protocol can index.
+    #[error("a cohort of {0} agents is too large")]
+    CohortTooLarge(usize),
+    /// The protocol refused a step (too few members left, a bad share, …).
+    #[error(transparent)]
+    Protocol(#[from] SecAggError),
+    /// The sum was taken once already.
+    #[error("the round was already unmasked")]
+    AlreadyUnmasked,
+}
+
 /// Whether the secure part of the round is over.
 pub(super) enum StepOutcome {
     /// Still waiting for answers.
     Pending,
     /// The round's unmasked sample-weighted mean, or why there is none.
-    Done(Result<Vec<f32>, String>),
+    Done(Result<Vec<f32>, SecureError>),
 }
 
 /// Where a round's secure aggregation stands.
@@ -71,20 +88,18 @@ impl SecurePhase {
         spec: &RoundSpec,
         max_weight: u64,
         now: Instant,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SecureError> {
         if spec.cohort.is_empty() {
-            return Err("the cohort is empty".into());
+            return Err(SecureError::EmptyCohort);
         }
         let context = RoundContext {
             study: study.to_owned(),
             trial: spec.trial,
             round: spec.round,
         };
-        let n = u32::try_from(spec.cohort.len())
-            .map_err(|_| format!("a cohort of {} agents is too large", spec.cohort.len()))?;
+        let n = u32::try_from(spec.cohort.len()).map_err(|_| SecureError::CohortTooLarge(spec.cohort.len()))?;
         let threshold = config.threshold_for(spec.cohort.len()) as u32;
-        let server =
-            ServerRound::new(context, n, threshold, config.clip, spec.numel, max_weight).map_err(|e| e.to_string())?;
+        let server = ServerRound::new(context, n, threshold, config.clip, spec.numel, max_weight)?;
         Ok(Self {
             server: Some(server),
             step: SecureStep::PublicKeys,
@@ -287,8 +302,8 @@ impl SecurePhase {
                         }
                         StepOutcome::Done(Ok(unmasked.mean))
                     }
-                    Some(Err(e)) => self.abandon(round, exchanges, e.to_string(), actions),
-                    None => StepOutcome::Done(Err("the round was already unmasked".into())),
+                    Some(Err(e)) => self.abandon(round, exchanges, e.into(), actions),
+                    None => StepOutcome::Done(Err(SecureError::AlreadyUnmasked)),
                 };
             }
         };
@@ -314,7 +329,7 @@ impl SecurePhase {
                 self.awaiting = self.members.keys().cloned().collect();
                 StepOutcome::Pending
             }
-            Err(e) => self.abandon(round, exchanges, e.to_string(), actions),
+            Err(e) => self.abandon(round, exchanges, e.into(), actions),
         }
     }
 
@@ -342,19 +357,19 @@ impl SecurePhase {
         &mut self,
         round: &mut Round,
         exchanges: &mut BTreeMap<ExchangeId, String>,
-        reason: String,
+        reason: SecureError,
         actions: &mut VecDeque<Action>,
     ) -> StepOutcome {
         warn!("secure aggregation failed this round: {reason}");
         self.server = None;
         for (agent, member) in std::mem::take(&mut self.members) {
-            round.on_failure(&agent, FailureReason::SecureFailed(reason.clone()));
+            round.on_failure(&agent, FailureReason::SecureFailed(reason.to_string()));
             exchanges.remove(&member.exchange);
             actions.push_back(Action::Close {
                 exchange: member.exchange,
                 message: Some(AggregatorMessage::Error(ErrorMessage::new(
                     ErrorCode::Internal,
-                    reason.clone(),
+                    reason.to_string(),
                 ))),
             });
         }
