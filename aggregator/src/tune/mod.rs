@@ -1,0 +1,523 @@
+//! Federated studies: every trial of a [`Study`] runs as a federation over QUIC.
+//!
+//! A trial is one configuration trained for up to `rounds` federated rounds from a
+//! fresh model. After each round the trial reports its objectives to the study, and the
+//! pruner may stop it there (ASHA on rounds). With `parallel > 1` several trials run at
+//! once, each on its own disjoint group of agents, and are told as they finish.
+//!
+//! Parameters map onto the run by name. Client parameters (sent to agents with each
+//! task): `learning_rate` (or `lr`), `batch_size`, `local_epochs`, `optimizer`
+//! (`adam`/`sgd`), `weight_decay`, `momentum`, `proximal_mu`. Server parameters:
+//! `server_learning_rate` (or `server_lr`), `strategy` (a strategy name), `cohort`
+//! (a fraction ≤ 1 or a count). Any other name is refused before the study starts.
+//!
+//! With the `bayes+rl` sampler, client parameters marked `adaptive` are also tuned
+//! within each trial by a [`FedExPolicy`]: every agent gets a value drawn from the
+//! policy each round, the drop in its validation loss is the reward, and the agents'
+//! own proposals (e.g. a halved learning rate on a plateau) are fed to the policy. The
+//! trial reports the policy's most probable values as its result.
+
+mod params;
+mod trial;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use fedtune_protocol::space::{Distribution, Scope, SearchSpace};
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use crate::config::TuningSection;
+use crate::config::{AggregatorConfig, ConfigError};
+use crate::driver::{FederationError, accept_agents, stop_agents, wait_for_agents};
+use crate::federation::{Evaluator, GlobalEvaluation};
+pub use crate::tuning::Metric;
+use crate::tuning::{
+    FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig, SamplerKind, Study,
+    StudyError, TrialState,
+};
+use params::baseline_params;
+pub use params::{apply_client, check_space, check_strategies, trial_config};
+use trial::{PolicyTuner, TrialRun, lock};
+
+/// How to run a federated study.
+#[derive(Debug, Clone)]
+pub struct TuneConfig {
+    /// The searched space.
+    pub space: SearchSpace,
+    /// What trials are scored on; the first is the primary objective.
+    pub objectives: Vec<Metric>,
+    /// Optimise the weighted sum of the objectives instead of their Pareto front.
+    pub weights: Option<Vec<f64>>,
+    /// The strategy between trials (and, for `bayes+rl`, within them).
+    pub sampler: SamplerKind,
+    /// Early stopping of weak trials.
+    pub pruner: PrunerConfig,
+    /// The within-trial policy's settings (used by `bayes+rl`).
+    pub policy: FedExConfig,
+    /// Trials to run.
+    pub trials: usize,
+    /// Trials run at once, each on its own group of agents.
+    pub parallel: usize,
+    /// Rounds per trial (the budget the pruner cuts).
+    pub rounds: u64,
+    /// Seeds the sampler, the policies and each trial's model.
+    pub seed: u64,
+    /// Random trials before TPE or GP take over; by default a quarter of the trials,
+    /// between 3 and 10 (federated trials are costly: Optuna's 10 would be half of a
+    /// 20-trial study).
+    pub startup_trials: Option<usize>,
+    /// Runs the aggregator config's own hyperparameters as trial 0, a baseline the
+    /// sampler then learns from (Optuna's `enqueue_trial`).
+    pub baseline_first: bool,
+    /// A JSON-lines journal to keep the study in and resume it from (see
+    /// [`Journal`]); `trials` counts the trials it already holds.
+    pub storage: Option<std::path::PathBuf>,
+}
+
+impl TuneConfig {
+    /// Random trials before TPE or GP take over.
+    #[must_use]
+    pub fn startup(&self) -> usize {
+        self.startup_trials.unwrap_or((self.trials / 4).clamp(3, 10))
+    }
+
+    /// Checks the counts and the objectives.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("tuning: {m}")));
+        if self.trials == 0 || self.parallel == 0 || self.rounds == 0 {
+            return invalid("trials, parallel and rounds must be at least 1".into());
+        }
+        if self.objectives.is_empty() {
+            return invalid("at least one objective is needed".into());
+        }
+        if let Some(w) = &self.weights
+            && w.len() != self.objectives.len()
+        {
+            return invalid(format!(
+                "{} weight(s) for {} objective(s)",
+                w.len(),
+                self.objectives.len()
+            ));
+        }
+        check_space(&self.space)
+    }
+
+    /// A study of `space` scored on test accuracy with the default `bayes+rl` sampler,
+    /// no pruning, one trial at a time.
+    #[must_use]
+    pub fn new(space: SearchSpace, trials: usize, rounds: u64) -> Self {
+        Self {
+            space,
+            objectives: vec![Metric::Accuracy],
+            weights: None,
+            sampler: SamplerKind::default(),
+            pruner: PrunerConfig::None,
+            policy: FedExConfig::default(),
+            trials,
+            parallel: 1,
+            rounds,
+            seed: 0,
+            startup_trials: None,
+            baseline_first: false,
+            storage: None,
+        }
+    }
+}
+
+impl TuningSection {
+    /// The study this section describes; reads the space file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the space cannot be loaded or does not fit.
+    pub fn study(&self, federation_rounds: u64) -> Result<TuneConfig, ConfigError> {
+        let invalid = |e: String| ConfigError::Invalid(format!("tuning: {e}"));
+        let space = if self.space.extension().is_some_and(|e| e == "json") {
+            let objectives = crate::tuning::load_objectives(&self.space).map_err(|e| invalid(e.to_string()))?;
+            let names = objectives.iter().map(|o| o.name.clone()).collect::<Vec<_>>().join(", ");
+            let chosen = match &self.objective {
+                Some(name) => objectives.into_iter().find(|o| &o.name == name),
+                None if objectives.len() == 1 => objectives.into_iter().next(),
+                None => None,
+            };
+            chosen
+                .ok_or_else(|| invalid(format!("pick the space with `objective`, one of {names}")))?
+                .space
+        } else {
+            crate::tuning::spec::load_space_toml(&self.space)
+                .map_err(|e| invalid(format!("{}: {e}", self.space.display())))?
+        };
+        check_space(&space)?;
+        self.pruner.validate().map_err(|e| invalid(e.to_string()))?;
+        self.policy.validate().map_err(|e| invalid(e.to_string()))?;
+        let config = TuneConfig {
+            objectives: self.objectives.clone(),
+            weights: self.weights.clone(),
+            sampler: self.sampler,
+            pruner: self.pruner.clone(),
+            policy: self.policy.clone(),
+            parallel: self.parallel,
+            seed: self.seed,
+            startup_trials: self.startup_trials,
+            baseline_first: self.baseline_first,
+            storage: self.storage.clone(),
+            ..TuneConfig::new(space, self.trials, self.rounds.unwrap_or(federation_rounds))
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Why a federated study could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// The federation could not start.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The study refused a call.
+    #[error(transparent)]
+    Study(#[from] StudyError),
+}
+
+/// What one trial did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialRecord {
+    /// The trial's number.
+    pub number: u64,
+    /// The parameters the sampler gave it.
+    pub params: Params,
+    /// How it ended.
+    pub state: TrialState,
+    /// One value per objective, for complete trials.
+    pub values: Option<Vec<f64>>,
+    /// Whether the final model met every fairness constraint.
+    pub feasible: bool,
+    /// The constraints the final model violated.
+    pub violations: Vec<String>,
+    /// Rounds the trial ran before it finished or was pruned.
+    pub rounds: u64,
+    /// The agents it could use (its group, when trials run in parallel).
+    pub agents: Vec<String>,
+    /// The primary objective after each round.
+    pub curve: Vec<f64>,
+    /// Every metric of the final model, for complete trials (whatever the objectives).
+    pub metrics: BTreeMap<Metric, f64>,
+    /// Server-side evaluation of the final model.
+    pub final_test: Option<GlobalEvaluation>,
+    /// The within-trial policy's best values (`bayes+rl`), which the trial reports as
+    /// its result alongside `params`.
+    pub policy_best: Option<Params>,
+    /// The within-trial policy's final state.
+    pub policy: Option<PolicySummary>,
+    /// Wall time of the trial.
+    pub seconds: f64,
+}
+
+/// The result of a federated study.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneReport {
+    /// The objectives, primary first.
+    pub objectives: Vec<Objective>,
+    /// Every trial, by number.
+    pub trials: Vec<TrialRecord>,
+    /// The best trial's number (feasible first, then the primary objective or the
+    /// weighted sum).
+    pub best: Option<u64>,
+    /// Numbers of the trials on the Pareto front.
+    pub pareto_front: Vec<u64>,
+    /// Federated rounds run across all trials.
+    pub rounds_spent: u64,
+    /// Whether shutdown stopped the study early.
+    pub interrupted: bool,
+}
+
+impl TrialRecord {
+    /// The record of a trial a resumed study already held.
+    fn resumed(t: &crate::tuning::FrozenTrial) -> Self {
+        Self {
+            number: t.number,
+            params: t.params.clone(),
+            state: t.state,
+            values: t.values.clone(),
+            feasible: t.feasible,
+            violations: Vec::new(),
+            rounds: t.last_intermediate().map_or(0, |(step, _)| step),
+            agents: Vec::new(),
+            curve: t.intermediate.values().filter_map(|v| v.first().copied()).collect(),
+            metrics: BTreeMap::new(),
+            final_test: None,
+            policy_best: None,
+            policy: None,
+            seconds: 0.0,
+        }
+    }
+}
+
+impl TuneReport {
+    /// The best trial's record.
+    #[must_use]
+    pub fn best_trial(&self) -> Option<&TrialRecord> {
+        self.trials.iter().find(|t| Some(t.number) == self.best)
+    }
+}
+
+/// Progress of a federated study, for live reporting.
+#[derive(Debug, Clone)]
+pub enum TuneEvent {
+    /// A trial started on `agents` agents.
+    TrialStarted {
+        /// The trial.
+        number: u64,
+        /// Its parameters.
+        params: Params,
+        /// Agents in its group.
+        agents: usize,
+    },
+    /// A trial finished a round.
+    Round {
+        /// The trial.
+        number: u64,
+        /// The round, from 0.
+        round: u64,
+        /// The objectives measured after the round.
+        values: Vec<f64>,
+        /// Whether the pruner stops the trial here.
+        pruned: bool,
+    },
+    /// A trial ended.
+    TrialFinished(Box<TrialRecord>),
+}
+
+/// Progress callback of a federated study.
+pub type OnTuneEvent = Box<dyn FnMut(&TuneEvent) + Send>;
+
+/// Callbacks into a federated study.
+#[derive(Default)]
+pub struct TuneHooks {
+    /// Evaluates each trial's global model after every round and at the end.
+    pub evaluator: Option<Arc<dyn Evaluator>>,
+    /// Called on every [`TuneEvent`].
+    pub on_event: Option<OnTuneEvent>,
+}
+
+/// Serves `endpoint` and runs the federated study `tune` describes over the agents
+/// that connect; then tells every agent to stop and closes the endpoint.
+///
+/// # Errors
+/// [`TuneError`] when the configuration or the space is invalid or too few agents
+/// connect.
+pub async fn tune(
+    endpoint: quinn::Endpoint,
+    config: AggregatorConfig,
+    tune: TuneConfig,
+    mut hooks: TuneHooks,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<TuneReport, TuneError> {
+    config.validate()?;
+    tune.validate()?;
+    check_strategies(&tune.space, config.secure_aggregation.enabled)?;
+    let objectives: Vec<Objective> = tune.objectives.iter().map(|m| m.objective()).collect();
+    let mut study = Study::new(
+        tune.space.clone(),
+        objectives.clone(),
+        tune.sampler.build_with_startup(tune.seed, Some(tune.startup())),
+        tune.pruner.build(),
+    )?;
+    if let Some(weights) = tune.weights.clone() {
+        study = study.with_weights(weights)?;
+    }
+    if let Some(path) = &tune.storage {
+        study = study.with_storage(Box::new(Journal::new(path)))?;
+    }
+    let study = Arc::new(Mutex::new(study));
+    let fed = &config.federation;
+    let registry = accept_agents(&endpoint, fed);
+    let mut federation_hooks = crate::driver::Hooks::default();
+    let result = async {
+        if !wait_for_agents(
+            &registry,
+            fed.min_agents,
+            fed.wait_for_agents(),
+            &mut federation_hooks,
+            &mut shutdown,
+        )
+        .await?
+        {
+            return Ok(finish_report(&study, Vec::new(), true));
+        }
+        let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
+        let (events, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        let mut running: JoinSet<TrialRecord> = JoinSet::new();
+        let mut claimed: HashMap<u64, BTreeSet<String>> = HashMap::new();
+        let mut records = Vec::new();
+        let mut asked = lock(&study).trials().len();
+        let resumed = asked;
+        let mut interrupted = false;
+        let evaluator = hooks.evaluator.clone();
+        let mut emit = |event: &TuneEvent| {
+            if let Some(on_event) = hooks.on_event.as_mut() {
+                on_event(event);
+            }
+        };
+        loop {
+            // Start trials while there are slots and free agents.
+            while asked < tune.trials && running.len() < tune.parallel && !*shutdown.borrow() {
+                let pool = if tune.parallel == 1 {
+                    None
+                } else {
+                    let taken: BTreeSet<&String> = claimed.values().flatten().collect();
+                    let mut free: Vec<String> = registry
+                        .snapshot()
+                        .into_iter()
+                        .map(|a| a.id)
+                        .filter(|id| !taken.contains(id))
+                        .collect();
+                    free.sort();
+                    let share = free.len() / (tune.parallel - running.len());
+                    if share < fed.min_updates.max(1) {
+                        break;
+                    }
+                    Some(free.into_iter().take(share).collect::<BTreeSet<String>>())
+                };
+                let asked_trial = {
+                    let mut study = lock(&study);
+                    if asked == 0 && tune.baseline_first {
+                        study.ask_with(baseline_params(&tune.space, &config))
+                    } else {
+                        study.ask()
+                    }
+                };
+                let trial = match asked_trial {
+                    Ok(trial) => trial,
+                    Err(StudyError::Sampler(e)) => {
+                        info!("the sampler has nothing left to propose ({e}); ending the study");
+                        asked = tune.trials;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                asked += 1;
+                let seed = tune.seed.wrapping_mul(1_000_003).wrapping_add(trial.number);
+                let trial_cfg = match trial_config(&config, &trial.params, seed, tune.rounds) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(trial = trial.number, "{e}");
+                        let _ = lock(&study).tell(trial.number, Outcome::Failed);
+                        continue;
+                    }
+                };
+                let tuner = if tune.sampler.adapts_within_trials() {
+                    let adaptive: Vec<(String, Distribution)> = tune
+                        .space
+                        .params
+                        .iter()
+                        .filter(|p| p.adaptive && p.scope == Scope::Client)
+                        .map(|p| (p.name.clone(), p.distribution.clone()))
+                        .collect();
+                    match FedExPolicy::new(&tune.space, &trial.params, tune.policy.clone(), seed) {
+                        Ok(policy) => Some(Arc::new(Mutex::new(PolicyTuner {
+                            policy,
+                            adaptive,
+                            draws: HashMap::new(),
+                        }))),
+                        Err(e) => {
+                            warn!(trial = trial.number, "no within-trial policy: {e}");
+                            let _ = lock(&study).tell(trial.number, Outcome::Failed);
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let agents = pool.as_ref().map_or_else(|| registry.len(), BTreeSet::len);
+                emit(&TuneEvent::TrialStarted {
+                    number: trial.number,
+                    params: trial.params.clone(),
+                    agents,
+                });
+                info!(trial = trial.number, agents, "trial started");
+                if let Some(pool) = &pool {
+                    claimed.insert(trial.number, pool.clone());
+                }
+                let run = TrialRun {
+                    number: trial.number,
+                    params: trial.params,
+                    config: Arc::new(trial_cfg),
+                    registry: registry.clone(),
+                    buffers: buffers.clone(),
+                    evaluator: evaluator.clone(),
+                    study: study.clone(),
+                    pool,
+                    objectives: tune.objectives.clone(),
+                    tuner,
+                    events: events.clone(),
+                };
+                running.spawn(run.run(shutdown.clone()));
+            }
+            if running.is_empty() {
+                if asked < tune.trials && !*shutdown.borrow() {
+                    warn!(
+                        asked,
+                        trials = tune.trials,
+                        connected = registry.len(),
+                        "too few agents left for another trial (each needs federation.min_updates); ending the study"
+                    );
+                }
+                break;
+            }
+            tokio::select! {
+                Some(event) = inbox.recv() => emit(&event),
+                joined = running.join_next() => match joined {
+                    Some(Ok(record)) => {
+                        while let Ok(event) = inbox.try_recv() {
+                            emit(&event);
+                        }
+                        claimed.remove(&record.number);
+                        info!(trial = record.number, state = ?record.state, values = ?record.values, "trial finished");
+                        let event = TuneEvent::TrialFinished(Box::new(record.clone()));
+                        emit(&event);
+                        records.push(record);
+                    }
+                    Some(Err(e)) => warn!("a trial task failed: {e}"),
+                    None => {}
+                },
+                _ = shutdown.changed() => {
+                    interrupted = true;
+                }
+            }
+            if *shutdown.borrow() {
+                interrupted = true;
+            }
+        }
+        // Trials of an earlier session, as the journal kept them.
+        records.extend(lock(&study).trials()[..resumed].iter().map(TrialRecord::resumed));
+        records.sort_by_key(|r| r.number);
+        Ok(finish_report(&study, records, interrupted))
+    }
+    .await;
+    stop_agents(&registry, &endpoint, "the study finished").await;
+    result
+}
+
+fn finish_report(study: &Mutex<Study>, trials: Vec<TrialRecord>, interrupted: bool) -> TuneReport {
+    let study = lock(study);
+    TuneReport {
+        objectives: study.objectives().to_vec(),
+        best: study.best_trial().map(|t| t.number),
+        pareto_front: study.pareto_front().iter().map(|t| t.number).collect(),
+        rounds_spent: trials.iter().map(|t| t.rounds).sum(),
+        trials,
+        interrupted,
+    }
+}

@@ -1,0 +1,150 @@
+//! Trial parameters: which names a trial can set, and how they map onto the run.
+
+use std::str::FromStr;
+
+use fedtune_protocol::ClientHyperparameters;
+use fedtune_protocol::client_param::{ClientParam, ClientParamError};
+use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
+
+use crate::config::{AggregatorConfig, ConfigError};
+use crate::strategy::StrategyConfig;
+use crate::tuning::Params;
+
+/// Client parameters the tuner knows how to send.
+pub(super) const CLIENT_PARAMS: [&str; 8] = ClientParam::NAMES;
+/// Server parameters the tuner knows how to apply.
+pub(super) const SERVER_PARAMS: [&str; 4] = ["server_learning_rate", "server_lr", "strategy", "cohort"];
+
+/// Checks every parameter of `space` names something a trial can set, in its scope.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the first unknown or misplaced parameter.
+pub fn check_space(space: &SearchSpace) -> Result<(), ConfigError> {
+    for p in &space.params {
+        let known = match p.scope {
+            Scope::Client => CLIENT_PARAMS.as_slice(),
+            Scope::Server => SERVER_PARAMS.as_slice(),
+        };
+        if !known.contains(&p.name.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "search space: `{}` is not a {} parameter fedtune can set; {} parameters are {}",
+                p.name,
+                scope_name(p.scope),
+                scope_name(p.scope),
+                known.join(", ")
+            )));
+        }
+        if p.adaptive && p.scope == Scope::Server {
+            return Err(ConfigError::Invalid(format!(
+                "search space: `{}` is a server parameter and cannot be adaptive",
+                p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a space whose `strategy` choices include one that cannot run with the
+/// federation's secure-aggregation setting, before any trial starts.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the strategy and why.
+pub fn check_strategies(space: &SearchSpace, secure_aggregation: bool) -> Result<(), ConfigError> {
+    let Some(param) = space.params.iter().find(|p| p.name == "strategy") else {
+        return Ok(());
+    };
+    if let Distribution::Categorical { choices } = &param.distribution {
+        for choice in choices {
+            let strategy = StrategyConfig::from_str(&choice.to_string())
+                .map_err(|e| ConfigError::Invalid(format!("search space: `strategy`: {e}")))?;
+            strategy
+                .check(secure_aggregation)
+                .map_err(|e| ConfigError::Invalid(format!("search space: `strategy`: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Client => "client",
+        Scope::Server => "server",
+    }
+}
+
+/// Sets the client hyperparameters `params` names on `hp`; other names are skipped.
+///
+/// # Errors
+/// [`ClientParamError`] naming a parameter whose value does not fit.
+pub fn apply_client(hp: &mut ClientHyperparameters, params: &Params) -> Result<(), ClientParamError> {
+    for (name, value) in params {
+        if let Some(param) = ClientParam::from_name(name) {
+            param.set(hp, value)?;
+        }
+    }
+    hp.validate()
+}
+
+/// The value of the client parameter `name` in `hp`, as the space would write it.
+pub(super) fn client_value(hp: &ClientHyperparameters, name: &str) -> Option<f64> {
+    ClientParam::from_name(name)?.get(hp)
+}
+
+/// The aggregator configuration a trial runs with: `base` with the trial's parameters
+/// applied and its own seed.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming a parameter whose value does not fit.
+pub fn trial_config(
+    base: &AggregatorConfig,
+    params: &Params,
+    seed: u64,
+    rounds: u64,
+) -> Result<AggregatorConfig, ConfigError> {
+    let invalid = |e: String| ConfigError::Invalid(format!("trial parameters: {e}"));
+    let mut config = base.clone();
+    config.federation.seed = seed;
+    config.federation.rounds = rounds;
+    apply_client(&mut config.client, params).map_err(|e| invalid(e.to_string()))?;
+    if let Some(v) = params.get("strategy") {
+        config.strategy = StrategyConfig::from_str(&v.to_string()).map_err(|e| invalid(e.to_string()))?;
+    }
+    if let Some(v) = params.get("cohort") {
+        config.federation.cohort = v
+            .as_f64()
+            .ok_or_else(|| invalid(format!("`cohort` must be numeric, got {v}")))?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+pub(super) fn server_lr(params: &Params) -> Option<&ParamValue> {
+    params.get("server_learning_rate").or_else(|| params.get("server_lr"))
+}
+
+/// The aggregator config's own values for the space's parameters, so the baseline
+/// trial runs what the service would run untuned.
+pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) -> Params {
+    let mut params = Params::new();
+    for p in &space.params {
+        let value = match p.name.as_str() {
+            "optimizer" => Some(ParamValue::Categorical(
+                match config.client.optimizer {
+                    fedtune_protocol::Optimizer::Adam => "adam",
+                    fedtune_protocol::Optimizer::Sgd => "sgd",
+                }
+                .into(),
+            )),
+            "strategy" => Some(ParamValue::Categorical(config.strategy.name().into())),
+            "cohort" => Some(ParamValue::Float(config.federation.cohort)),
+            name => client_value(&config.client, name).map(|v| match p.distribution {
+                Distribution::Int { .. } => ParamValue::Int(v as i64),
+                _ => ParamValue::Float(v),
+            }),
+        };
+        if let Some(v) = value {
+            params.insert(p.name.clone(), v);
+        }
+    }
+    params
+}

@@ -1,0 +1,133 @@
+use std::time::Duration;
+
+use fedtune_protocol::ClientHyperparameters;
+use fedtune_protocol::TrainMetrics;
+use fedtune_protocol::space::{ParamSpec, ParamValue};
+
+use super::*;
+use crate::federation::ClientTuner;
+use crate::round::AgentResult;
+
+fn space() -> SearchSpace {
+    SearchSpace::new(vec![
+        ParamSpec::parse("learning_rate", "loguniform(1e-3, 1e-1)")
+            .unwrap()
+            .with_adaptive(true),
+        ParamSpec::parse("local_epochs", "int(1, 5)").unwrap(),
+    ])
+    .unwrap()
+}
+
+fn tuner() -> PolicyTuner {
+    let params = Params::from([
+        ("learning_rate".to_string(), ParamValue::Float(1e-2)),
+        ("local_epochs".to_string(), ParamValue::Int(2)),
+    ]);
+    PolicyTuner {
+        policy: FedExPolicy::new(&space(), &params, FedExConfig::default(), 1).unwrap(),
+        adaptive: vec![("learning_rate".into(), space().params[0].distribution.clone())],
+        draws: HashMap::new(),
+    }
+}
+
+fn result(agent: &str, used: &ClientHyperparameters, proposal: Option<f64>, drop: f64) -> AgentResult {
+    AgentResult {
+        agent: agent.into(),
+        num_samples: 10,
+        metrics: TrainMetrics {
+            loss_before: 1.0,
+            loss_after: 1.0 - drop,
+            ..TrainMetrics::default()
+        },
+        arrived_after: Duration::ZERO,
+        used: used.clone(),
+        proposal: proposal.map(|lr| ClientHyperparameters {
+            learning_rate: lr,
+            ..used.clone()
+        }),
+    }
+}
+
+#[test]
+fn agents_get_policy_draws_and_their_proposals_reach_the_policy() {
+    let mut tuner = tuner();
+    let base = ClientHyperparameters::default();
+    let a = tuner.assign("a", &base);
+    let b = tuner.assign("b", &base);
+    for hp in [&a, &b] {
+        assert!((1e-3..=1e-1).contains(&hp.learning_rate), "{hp:?}");
+        assert_eq!(hp.local_epochs, base.local_epochs, "only adaptive parameters move");
+    }
+    // Agent b proposes a rate below the space: it counts as the lower bound.
+    tuner.observe(&[result("a", &a, None, 0.3), result("b", &b, Some(1e-4), 0.1)]);
+    let summary = tuner.policy.summary();
+    assert_eq!(summary.rounds, 1);
+    assert_eq!(summary.rewards_used, 2);
+    let lr = &summary.params[0];
+    assert_eq!(lr.proposals, 1);
+    assert!(lr.arms.iter().any(|arm| arm.value == ParamValue::Float(1e-3)), "{lr:?}");
+}
+
+#[test]
+fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
+    let base = AggregatorConfig::default();
+    let params = Params::from([
+        ("learning_rate".to_string(), ParamValue::Float(0.05)),
+        ("optimizer".to_string(), ParamValue::Categorical("sgd".into())),
+        ("strategy".to_string(), ParamValue::Categorical("fedadam".into())),
+        ("cohort".to_string(), ParamValue::Float(0.5)),
+    ]);
+    let config = trial_config(&base, &params, 9, 7).unwrap();
+    assert_eq!(config.client.learning_rate, 0.05);
+    assert_eq!(config.client.optimizer, fedtune_protocol::Optimizer::Sgd);
+    assert_eq!(config.strategy.name(), "fedadam");
+    assert_eq!(
+        (
+            config.federation.cohort,
+            config.federation.seed,
+            config.federation.rounds
+        ),
+        (0.5, 9, 7)
+    );
+
+    let bad = Params::from([("batch_size".to_string(), ParamValue::Float(2.5))]);
+    let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
+    assert!(err.contains("batch_size"), "{err}");
+    let bad = Params::from([("optimizer".to_string(), ParamValue::Categorical("lion".into()))]);
+    assert!(
+        trial_config(&base, &bad, 0, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("adam or sgd")
+    );
+
+    let server_adaptive = SearchSpace::new(vec![
+        ParamSpec::parse("server_lr", "loguniform(1e-3, 1)")
+            .unwrap()
+            .with_scope(Scope::Server)
+            .with_adaptive(true),
+    ])
+    .unwrap();
+    assert!(
+        check_space(&server_adaptive)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be adaptive")
+    );
+}
+
+#[test]
+fn strategy_choices_are_checked_against_secure_aggregation() {
+    let space = crate::tuning::spec::parse_space_toml(
+        "[params]\nstrategy = { spec = \"choice(fedavg, fedadam, median)\", scope = \"server\" }\n",
+    )
+    .unwrap();
+    check_strategies(&space, false).unwrap();
+    let err = check_strategies(&space, true).unwrap_err().to_string();
+    assert!(err.contains("median") && err.contains("secure aggregation"), "{err}");
+    let sum_only = crate::tuning::spec::parse_space_toml(
+        "[params]\nstrategy = { spec = \"choice(fedavg, fedadam)\", scope = \"server\" }\n",
+    )
+    .unwrap();
+    check_strategies(&sum_only, true).unwrap();
+}

@@ -1,0 +1,283 @@
+//! One trial run as a federation, and the FedEx tuner that adapts it within the trial.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use fedtune_protocol::ClientHyperparameters;
+use fedtune_protocol::space::{Distribution, ParamValue};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, warn};
+
+use super::params::{apply_client, client_value, server_lr};
+use super::{TrialRecord, TuneEvent};
+use crate::config::AggregatorConfig;
+use crate::driver::{DriveContext, Flow, drive};
+use crate::fairness::FairnessReport;
+use crate::federation::{ClientTuner, Evaluator, Federation, GlobalEvaluation, final_fairness};
+use crate::registry::Registry;
+use crate::round::AgentResult;
+use crate::tuning::Metric;
+use crate::tuning::{Draw, FedExPolicy, Outcome, Params, Study, TrialState};
+
+/// Adapts a trial's adaptive client parameters with a FedEx policy.
+pub(super) struct PolicyTuner {
+    pub(super) policy: FedExPolicy,
+    /// The adaptive parameters with their distributions.
+    pub(super) adaptive: Vec<(String, Distribution)>,
+    pub(super) draws: HashMap<String, Draw>,
+}
+
+/// The trial keeps a handle on its tuner to read the policy once the rounds are done.
+pub(super) struct SharedTuner(pub(super) Arc<Mutex<PolicyTuner>>);
+
+impl ClientTuner for SharedTuner {
+    fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .assign(agent, base)
+    }
+
+    fn observe(&mut self, results: &[AgentResult]) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).observe(results);
+    }
+}
+
+impl ClientTuner for PolicyTuner {
+    fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters {
+        let draw = self.policy.draw();
+        let mut hp = base.clone();
+        if let Err(e) = apply_client(&mut hp, &draw.params) {
+            warn!(%agent, "policy draw does not fit ({e}); sending the trial's values");
+            hp = base.clone();
+        }
+        self.draws.insert(agent.to_owned(), draw);
+        hp
+    }
+
+    fn observe(&mut self, results: &[AgentResult]) {
+        let outcomes: Vec<(Draw, f64)> = results
+            .iter()
+            .filter_map(|r| {
+                let draw = self.draws.remove(&r.agent)?;
+                Some((draw, r.metrics.loss_before - r.metrics.loss_after))
+            })
+            .collect();
+        self.draws.clear();
+        let used = self.policy.observe(&outcomes);
+        debug!(rewards = used, "policy updated");
+        for r in results {
+            let Some(proposal) = &r.proposal else { continue };
+            for (name, distribution) in &self.adaptive {
+                let (Some(proposed), Some(used)) = (client_value(proposal, name), client_value(&r.used, name)) else {
+                    continue;
+                };
+                if proposed != used {
+                    let raw = match distribution {
+                        Distribution::Int { .. } => ParamValue::Int(proposed.round() as i64),
+                        _ => ParamValue::Float(proposed),
+                    };
+                    // A proposal beyond the space (a halved rate below its lower bound)
+                    // counts as the nearest value the space allows.
+                    let value = distribution
+                        .to_internal(&raw)
+                        .map_or(raw, |internal| distribution.from_internal(internal));
+                    if let Err(e) = self.policy.record_proposal(name, value) {
+                        debug!(agent = %r.agent, "proposal for {name} not used: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything a trial needs, owned so trials can run as tasks.
+pub(super) struct TrialRun {
+    pub(super) number: u64,
+    pub(super) params: Params,
+    pub(super) config: Arc<AggregatorConfig>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) buffers: Arc<Semaphore>,
+    pub(super) evaluator: Option<Arc<dyn Evaluator>>,
+    pub(super) study: Arc<Mutex<Study>>,
+    pub(super) pool: Option<BTreeSet<String>>,
+    pub(super) objectives: Vec<Metric>,
+    pub(super) tuner: Option<Arc<Mutex<PolicyTuner>>>,
+    pub(super) events: tokio::sync::mpsc::UnboundedSender<TuneEvent>,
+}
+
+pub(super) fn lock(study: &Mutex<Study>) -> std::sync::MutexGuard<'_, Study> {
+    study.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every metric from an evaluation, a fairness report and the costs so far.
+pub(super) fn measure(
+    eval: Option<GlobalEvaluation>,
+    fairness: &FairnessReport,
+    device: f64,
+    bytes: u64,
+) -> BTreeMap<Metric, f64> {
+    BTreeMap::from([
+        (Metric::Accuracy, eval.map_or(0.0, |e| e.accuracy)),
+        (Metric::Loss, eval.map_or(f64::MAX, |e| e.loss)),
+        (Metric::AccuracyVariance, fairness.accuracy_variance),
+        (Metric::Worst10pctAccuracy, fairness.worst_10pct_accuracy),
+        (Metric::DeviceSeconds, device),
+        (Metric::Bytes, bytes as f64),
+    ])
+}
+
+pub(super) fn values(objectives: &[Metric], metrics: &BTreeMap<Metric, f64>) -> Vec<f64> {
+    objectives.iter().map(|m| metrics[m]).collect()
+}
+
+impl TrialRun {
+    pub(super) async fn run(self, mut shutdown: watch::Receiver<bool>) -> TrialRecord {
+        let started = Instant::now();
+        let fed = &self.config.federation;
+        let mut record = TrialRecord {
+            number: self.number,
+            params: self.params.clone(),
+            state: TrialState::Failed,
+            values: None,
+            feasible: true,
+            violations: Vec::new(),
+            rounds: 0,
+            agents: match &self.pool {
+                Some(pool) => pool.iter().cloned().collect(),
+                None => self.registry.snapshot().into_iter().map(|a| a.id).collect(),
+            },
+            curve: Vec::new(),
+            metrics: BTreeMap::new(),
+            final_test: None,
+            policy_best: None,
+            policy: None,
+            seconds: 0.0,
+        };
+        let federation = Federation::new(self.config.clone(), self.number).map(|f| {
+            let f = f.with_global_evaluation(self.evaluator.is_some());
+            let f = match self.pool.clone() {
+                Some(pool) => f.with_pool(pool),
+                None => f,
+            };
+            match self.tuner.clone() {
+                Some(tuner) => f.with_tuner(Box::new(SharedTuner(tuner))),
+                None => f,
+            }
+        });
+        let mut federation = match federation {
+            Ok(federation) => federation,
+            Err(e) => {
+                warn!(trial = self.number, "cannot start: {e}");
+                return self.finish(record, Outcome::Failed, started);
+            }
+        };
+        if let Some(v) = server_lr(&self.params) {
+            let lr = v.as_f64().unwrap_or(f64::NAN);
+            if let Err(e) = federation.set_server_learning_rate(lr) {
+                warn!(trial = self.number, "server learning rate not applied: {e}");
+            }
+        }
+        let (mut device, mut bytes) = (0.0, 0);
+        let mut last_round: Option<crate::federation::RoundRecord> = None;
+        let mut pruned = false;
+        let context = DriveContext {
+            registry: &self.registry,
+            buffers: self.buffers.clone(),
+            evaluator: self.evaluator.clone(),
+            max_payload: fed.max_payload_bytes,
+        };
+        let report = drive(federation, context, &mut shutdown, |r| {
+            let round = r.round;
+            record.rounds = round + 1;
+            device += r.device_seconds;
+            bytes += r.payload_bytes;
+            // The round's incoming model was measured by the agents; the model after it
+            // by the evaluator, when there is one.
+            let federated = GlobalEvaluation {
+                loss: r.federated_loss,
+                accuracy: r.federated_accuracy,
+                samples: 0,
+            };
+            let eval = r.test.or((r.updates > 0).then_some(federated));
+            let values = values(&self.objectives, &measure(eval, &r.fairness, device, bytes));
+            record.curve.push(values[0]);
+            let prune = match lock(&self.study).report(self.number, round + 1, values.clone()) {
+                Ok(prune) => prune,
+                Err(e) => {
+                    warn!(trial = self.number, "report refused: {e}");
+                    false
+                }
+            };
+            let _ = self.events.send(TuneEvent::Round {
+                number: self.number,
+                round,
+                values,
+                pruned: prune && round + 1 < fed.rounds,
+            });
+            last_round = Some(r.clone());
+            if prune && round + 1 < fed.rounds {
+                pruned = true;
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+        .await;
+        if pruned {
+            record.final_test = last_round.and_then(|r| r.test);
+            return self.finish(record, Outcome::Pruned, started);
+        }
+        if report.interrupted {
+            return self.finish(record, Outcome::Failed, started);
+        }
+        let Some(last) = last_round else {
+            return self.finish(record, Outcome::Failed, started);
+        };
+        // Score the final model: server test set if any, else federated evaluation.
+        let per_agent = report.final_agent_evaluation;
+        let fairness = final_fairness(&per_agent, Some(&last));
+        let federated = (!per_agent.is_empty()).then(|| {
+            let total: u64 = per_agent.values().map(|e| e.samples).sum::<u64>().max(1);
+            let weighted = |f: fn(&GlobalEvaluation) -> f64| {
+                per_agent.values().map(|e| f(e) * e.samples as f64).sum::<f64>() / total as f64
+            };
+            GlobalEvaluation {
+                loss: weighted(|e| e.loss),
+                accuracy: weighted(|e| e.accuracy),
+                samples: total,
+            }
+        });
+        record.final_test = last.test;
+        let eval = last.test.or(federated);
+        let metrics = measure(eval, &fairness, device, bytes);
+        let values = values(&self.objectives, &metrics);
+        record.metrics = metrics;
+        record.violations = crate::fairness::violations(&self.config.fairness.constraints, &fairness);
+        record.feasible = record.violations.is_empty();
+        if let Some(tuner) = &self.tuner {
+            let tuner = tuner.lock().unwrap_or_else(PoisonError::into_inner);
+            record.policy_best = Some(tuner.policy.best());
+            record.policy = Some(tuner.policy.summary());
+        }
+        let outcome = Outcome::Complete {
+            values,
+            feasible: record.feasible,
+        };
+        self.finish(record, outcome, started)
+    }
+
+    fn finish(&self, mut record: TrialRecord, outcome: Outcome, started: Instant) -> TrialRecord {
+        record.seconds = started.elapsed().as_secs_f64();
+        let mut study = lock(&self.study);
+        match study.tell(self.number, outcome) {
+            Ok(trial) => {
+                record.state = trial.state;
+                record.values = trial.values.clone();
+            }
+            Err(e) => warn!(trial = self.number, "tell refused: {e}"),
+        }
+        record
+    }
+}
