@@ -26,7 +26,8 @@ use fedtune::agent::train::peak_rss_bytes;
 use fedtune::agent::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::identity::{FederationPki, Identity, load_ca_certificate, load_identity};
-use fedtune::aggregator::{AggregatorConfig, Hooks, run};
+use fedtune::aggregator::store::SqliteStore;
+use fedtune::aggregator::{AggregatorConfig, Hooks, run, run_stored};
 use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Manifest, ModelSpec, Task, TensorSpec, TrainMetrics};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,10 @@ struct Args {
     /// Use the default (internet) transport tuning instead of the loopback one.
     #[arg(long)]
     wan_tuning: bool,
+    /// Commit every round and its checkpoint to a SQLite store, to measure what durability
+    /// costs per round.
+    #[arg(long)]
+    store: bool,
     /// Write the figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -68,6 +73,8 @@ struct Args {
 #[derive(Serialize, Deserialize)]
 struct AggregatorResult {
     round_seconds: Vec<f64>,
+    /// Mean seconds per store commit, with `--store`.
+    commit_seconds: Option<f64>,
     peak_rss_bytes: u64,
 }
 
@@ -84,6 +91,10 @@ struct Summary {
     transport_throughput_mb_s: f64,
     round_throughput_mb_s: f64,
     fraction_of_transport_ceiling: f64,
+    /// Mean seconds a round's store commit took (record + checkpoint), with `--store`.
+    store_commit_seconds: Option<f64>,
+    /// That, as a fraction of the median round.
+    store_commit_fraction_of_round: Option<f64>,
 }
 
 fn model(params: usize) -> ModelSpec {
@@ -169,9 +180,17 @@ async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
         ..AggregatorConfig::default()
     };
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let report = run(endpoint, config, Hooks::default(), stopped).await?;
+    let (report, commit_seconds) = if args.store {
+        let store = SqliteStore::open(&out.with_extension("db"))?;
+        let stored = run_stored(endpoint, config, Box::new(store), 3, Hooks::default(), stopped).await?;
+        let c = stored.commits;
+        (stored.report, Some(c.commit_seconds / c.commits.max(1) as f64))
+    } else {
+        (run(endpoint, config, Hooks::default(), stopped).await?, None)
+    };
     let result = AggregatorResult {
         round_seconds: report.rounds.iter().map(|r| r.seconds).collect(),
+        commit_seconds,
         peak_rss_bytes: peak_rss_bytes(),
     };
     std::fs::write(out, serde_json::to_vec(&result)?)?;
@@ -247,6 +266,9 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         if args.wan_tuning {
             c.arg("--wan-tuning");
         }
+        if args.store {
+            c.arg("--store");
+        }
         c
     };
     println!(
@@ -302,6 +324,8 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         transport_throughput_mb_s: bytes_per_round as f64 / transport / 1e6,
         round_throughput_mb_s: bytes_per_round as f64 / median / 1e6,
         fraction_of_transport_ceiling: transport / median,
+        store_commit_seconds: result.commit_seconds,
+        store_commit_fraction_of_round: result.commit_seconds.map(|c| c / median),
         round_seconds: result.round_seconds,
     };
     println!(
@@ -320,6 +344,13 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         "  aggregator peak RSS      {:.1} MB",
         summary.aggregator_peak_rss_bytes as f64 / 1e6
     );
+    if let (Some(commit), Some(fraction)) = (summary.store_commit_seconds, summary.store_commit_fraction_of_round) {
+        println!(
+            "  store commit per round   {:.1} ms  ({:.1}% of the median round; on the writer thread)",
+            commit * 1e3,
+            100.0 * fraction
+        );
+    }
     common::write_summary(args.summary.as_deref(), &summary)
 }
 

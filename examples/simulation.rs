@@ -19,8 +19,9 @@ use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
 use fedtune::aggregator::config::{FederationConfig, SecureAggregationConfig};
+use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::strategy::StrategyConfig;
-use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run};
+use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, run_stored};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
@@ -77,6 +78,10 @@ struct Args {
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
+    /// Commit every round to this SQLite store; run again with the same flags to resume
+    /// an interrupted run (see `fedtune-aggregator runs --db PATH`).
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Write the final figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -220,9 +225,28 @@ async fn main() -> anyhow::Result<()> {
         })),
         on_waiting: None,
     };
-    let report = run(endpoint, config, hooks, stopped)
-        .await
-        .context("federation failed")?;
+    let report = match &args.db {
+        Some(db) => {
+            let store = SqliteStore::open(db)?;
+            let stored = run_stored(endpoint, config, Box::new(store), 3, hooks, stopped)
+                .await
+                .context("federation failed")?;
+            println!(
+                "run {} {} in {}{}",
+                stored.run,
+                stored.status.as_str(),
+                db.display(),
+                stored
+                    .resumed_from
+                    .map(|r| format!(" (resumed at round {r})"))
+                    .unwrap_or_default()
+            );
+            stored.report
+        }
+        None => run(endpoint, config, hooks, stopped)
+            .await
+            .context("federation failed")?,
+    };
     while let Some(exit) = agents.join_next().await {
         exit??;
     }

@@ -38,6 +38,28 @@ pub struct AggregatorConfig {
     pub report: Option<PathBuf>,
     /// A hyperparameter study to run instead of a single federation (optional).
     pub tuning: Option<TuningSection>,
+    /// Where the run's state survives the process (optional).
+    pub state: StateConfig,
+}
+
+/// Durable state: with `db` set, `serve` commits every round and its checkpoint to that
+/// SQLite file and, restarted with the same configuration, resumes the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The store (e.g. `"fedtune.db"`, relative to the configuration file).
+    pub db: Option<PathBuf>,
+    /// Checkpoints kept per run: the last `keep_checkpoints`, and the best one.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            db: None,
+            keep_checkpoints: 3,
+        }
+    }
 }
 
 /// Secure aggregation (Bonawitz et al. 2017): agents mask their updates with pairwise
@@ -252,6 +274,7 @@ impl Default for AggregatorConfig {
             secure_aggregation: SecureAggregationConfig::default(),
             report: None,
             tuning: None,
+            state: StateConfig::default(),
         }
     }
 }
@@ -304,6 +327,9 @@ impl AggregatorConfig {
         if let Some(report) = config.report.as_mut().filter(|r| r.is_relative()) {
             *report = base.join(&*report);
         }
+        if let Some(db) = config.state.db.as_mut().filter(|d| d.is_relative()) {
+            *db = base.join(&*db);
+        }
         if let Some(tuning) = config.tuning.as_mut() {
             if tuning.space.is_relative() {
                 tuning.space = base.join(&tuning.space);
@@ -325,6 +351,9 @@ impl AggregatorConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if f.rounds == 0 {
             return invalid("federation.rounds must be at least 1".into());
+        }
+        if self.state.keep_checkpoints == 0 {
+            return invalid("state.keep_checkpoints must be at least 1".into());
         }
         if f.min_agents == 0 || f.min_agents > f.max_agents {
             return invalid(format!(

@@ -23,6 +23,7 @@ use crate::federation::{
     RunReport, SetupError,
 };
 use crate::registry::{AgentHandle, Registry, accept_loop};
+use crate::store::{ResumeError, StoreError};
 use crate::wire::reply_error;
 use fedtune_protocol::wire::{read_frame_gated, write_frame_shared, write_message};
 
@@ -45,6 +46,12 @@ pub enum FederationError {
     /// The federation could not be set up from its configuration.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// A stored run could not be opened or resumed.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
+    /// A round could not be committed to the store (the run stopped there).
+    #[error("the store failed: {0}")]
+    Store(StoreError),
 }
 
 /// Progress callback, called after each round.
@@ -81,16 +88,31 @@ pub(crate) enum Flow {
 pub async fn run(
     endpoint: quinn::Endpoint,
     config: AggregatorConfig,
-    mut hooks: Hooks,
-    mut shutdown: watch::Receiver<bool>,
+    hooks: Hooks,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, FederationError> {
     config.validate()?;
     let config = Arc::new(config);
+    let federation = Federation::new(config.clone(), 0)?;
+    serve_federation(endpoint, federation, hooks, shutdown, |_, _| Flow::Continue).await
+}
+
+/// Serves `endpoint` for `federation` (new or resumed): waits for agents, drives it to
+/// the end, then tells every agent to stop and closes the endpoint. `on_commit` sees
+/// each committed round with the machine's state after it, before `hooks.on_round`.
+pub(crate) async fn serve_federation(
+    endpoint: quinn::Endpoint,
+    federation: Federation,
+    mut hooks: Hooks,
+    mut shutdown: watch::Receiver<bool>,
+    mut on_commit: impl FnMut(&RoundRecord, &Federation) -> Flow,
+) -> Result<RunReport, FederationError> {
+    let config = federation.config().clone();
     let fed = &config.federation;
     let registry = accept_agents(&endpoint, fed);
 
     let result = async {
-        let federation = Federation::new(config.clone(), 0)?.with_global_evaluation(hooks.evaluator.is_some());
+        let federation = federation.with_global_evaluation(hooks.evaluator.is_some());
         if !wait_for_agents(
             &registry,
             fed.min_agents,
@@ -110,11 +132,12 @@ pub async fn run(
             evaluator: hooks.evaluator.clone(),
             max_payload: fed.max_payload_bytes,
         };
-        let report = drive(federation, context, &mut shutdown, |record| {
+        let report = drive(federation, context, &mut shutdown, |record, federation| {
+            let flow = on_commit(record, federation);
             if let Some(on_round) = on_round.as_mut() {
                 on_round(record);
             }
-            Flow::Continue
+            flow
         })
         .instrument(info_span!("run", study = %fed.study))
         .await;
@@ -159,12 +182,12 @@ pub(crate) fn now() -> std::time::Instant {
 }
 
 /// Drives `federation` until it finishes or `shutdown` becomes `true`. After each
-/// committed round `on_round` says whether to go on.
+/// committed round `on_round` (given the machine, for its state) says whether to go on.
 pub(crate) async fn drive(
     mut federation: Federation,
     context: DriveContext<'_>,
     shutdown: &mut watch::Receiver<bool>,
-    mut on_round: impl FnMut(&RoundRecord) -> Flow,
+    mut on_round: impl FnMut(&RoundRecord, &Federation) -> Flow,
 ) -> RunReport {
     let (events, mut inbox) = mpsc::unbounded_channel::<Inbound>();
     let mut agents: BTreeMap<String, AgentHandle> = BTreeMap::new();
@@ -248,7 +271,7 @@ pub(crate) async fn drive(
                     }
                 },
                 Action::RoundCommitted(record) => {
-                    if on_round(&record) == Flow::Stop {
+                    if on_round(&record, &federation) == Flow::Stop {
                         federation.interrupt(now());
                     }
                 }

@@ -12,6 +12,8 @@
 //! - [`round`]: the collection of one round's updates (deadline, quorum, refusals).
 //! - [`fairness`]: per-round fairness metrics, constraints, participation history.
 //! - [`driver`]: the tokio driver that moves frames between QUIC and the federation.
+//! - [`durable`]: a run that commits every round to a store and resumes after a crash.
+//! - [`store`]: the durable state: runs, committed rounds, checkpoints (SQLite).
 //! - [`service`]: from configuration to a bound endpoint.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
@@ -23,12 +25,14 @@
 pub mod adapt;
 pub mod config;
 pub mod driver;
+pub mod durable;
 pub mod fairness;
 pub mod federation;
 pub mod identity;
 pub mod registry;
 pub mod round;
 pub mod service;
+pub mod store;
 pub mod strategy;
 pub mod tls;
 pub mod transport;
@@ -38,6 +42,7 @@ pub mod wire;
 
 pub use config::AggregatorConfig;
 pub use driver::{FederationError, Hooks, run};
+pub use durable::{StoredReport, run_stored};
 pub use federation::{
     Action, Evaluator, Event, FailureReason, FailureRecord, Federation, FederationState, GlobalEvaluation, RoundRecord,
     RunReport,

@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
+use fedtune_aggregator::store::{RunStatus, SqliteStore};
 use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
 use fedtune_aggregator::tuning::{
     Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives,
 };
-use fedtune_aggregator::{AggregatorConfig, Hooks, run, service};
+use fedtune_aggregator::{AggregatorConfig, Hooks, run, run_stored, service};
 use tracing_subscriber::EnvFilter;
+
+mod inspect;
 
 #[derive(Parser)]
 #[command(name = "fedtune-aggregator", version, about = "fedtune aggregator service")]
@@ -53,6 +56,45 @@ enum Command {
     /// Ask/tell over JSON lines for an objective run outside fedtune: writes trials on
     /// stdout, reads results on stdin (see the README).
     Tune(TuneArgs),
+    /// List the runs and studies in a store (works while a run is live).
+    Runs {
+        /// The store (`[state] db`).
+        #[arg(long)]
+        db: PathBuf,
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run's committed rounds.
+    Rounds {
+        /// The store.
+        #[arg(long)]
+        db: PathBuf,
+        /// The run's id (see `runs`).
+        #[arg(long)]
+        run: i64,
+        /// One JSON object per round and line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a run's per-agent rows (one per cohort member and round).
+    Export {
+        /// The store.
+        #[arg(long)]
+        db: PathBuf,
+        /// The run's id (see `runs`).
+        #[arg(long)]
+        run: i64,
+        /// `csv` or `json`.
+        #[arg(long)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { config } => serve(config).await?,
         Command::Tune(args) => ask_tell(args)?,
+        Command::Runs { db, json } => inspect::runs(&db, json)?,
+        Command::Rounds { db, run, json } => inspect::rounds(&db, run, json)?,
+        Command::Export { db, run, format } => inspect::export(&db, run, matches!(format, ExportFormat::Json))?,
     }
     Ok(())
 }
@@ -192,19 +237,29 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("serving on {}", endpoint.local_addr()?);
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("Ctrl-C: finishing the current step and telling agents to stop");
-            let _ = stop.send(true);
-        }
+        let signal = stop_signal().await;
+        tracing::info!("{signal}: finishing the current step and telling agents to stop");
+        let _ = stop.send(true);
     });
     let report_path = config.report.clone();
     if let Some(study) = study {
+        if config.state.db.is_some() {
+            tracing::warn!(
+                "[state] db keeps `serve` runs; a study keeps its trials in [tuning] storage (a JSON-lines journal)"
+            );
+        }
         return serve_study(endpoint, config, study, shutdown, report_path).await;
     }
     // Each round is printed as it commits (stdout is line-buffered), so the log of a
     // killed run shows where it was.
+    // Test hook: hold the driver this long after each committed round, so a crash test
+    // can kill the process between rounds at a moment it chooses.
+    let hold = std::env::var("FEDTUNE_TEST_HOLD_AFTER_COMMIT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis);
     let hooks = Hooks {
-        on_round: Some(Box::new(|r| {
+        on_round: Some(Box::new(move |r| {
             println!(
                 "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s",
                 r.round,
@@ -214,10 +269,37 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
                 r.federated_accuracy,
                 r.seconds
             );
+            if let Some(hold) = hold {
+                std::thread::sleep(hold);
+            }
         })),
         ..Hooks::default()
     };
-    let report = run(endpoint, config, hooks, shutdown).await?;
+    let (report, json) = match config.state.db.clone() {
+        Some(db) => {
+            let store = SqliteStore::open(&db)?;
+            let rounds = config.federation.rounds;
+            let keep = config.state.keep_checkpoints;
+            let stored = run_stored(endpoint, config, Box::new(store), keep, hooks, shutdown).await?;
+            let committed = stored.report.rounds.len();
+            match stored.status {
+                RunStatus::Finished => println!("run {}: finished, {committed} rounds in {}", stored.run, db.display()),
+                status => println!(
+                    "run {}: {} after {committed} of {rounds} rounds (in {}); serve again with the same configuration to resume",
+                    stored.run,
+                    status.as_str(),
+                    db.display()
+                ),
+            }
+            let json = serde_json::to_vec_pretty(&stored)?;
+            (stored.report, json)
+        }
+        None => {
+            let report = run(endpoint, config, hooks, shutdown).await?;
+            let json = serde_json::to_vec_pretty(&report)?;
+            (report, json)
+        }
+    };
     if !report.final_agent_evaluation.is_empty() {
         let accs: Vec<f64> = report.final_agent_evaluation.values().map(|e| e.accuracy).collect();
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;
@@ -225,11 +307,33 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         println!("final model on agents' validation splits: mean accuracy {mean:.4}, worst {worst:.4}");
     }
     if let Some(path) = report_path {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing report {}", path.display()))?;
+        std::fs::write(&path, json).with_context(|| format!("writing report {}", path.display()))?;
         println!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Waits for Ctrl-C or (on Unix) SIGTERM; names the one that came.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
+    }
+    ctrl_c().await;
+    "Ctrl-C"
+}
+
+/// Resolves on Ctrl-C; never, when the handler cannot be installed.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// `serve` with a `[tuning]` section: a federated study, one line per finished trial.

@@ -175,7 +175,7 @@ impl Federation {
         }
     }
 
-    fn begin_final_evaluation(&mut self, now: Instant) {
+    pub(super) fn begin_final_evaluation(&mut self, now: Instant) {
         if !self.config.federation.final_evaluation {
             return self.finish(now);
         }

@@ -196,9 +196,6 @@ impl Federation {
         fed.server_lr = state.server_lr;
         fed.history = state.history;
         fed.rng = state.rng.rng();
-        if fed.round >= fed.config.federation.rounds {
-            fed.phase = Phase::Done;
-        }
         Ok(fed)
     }
 
@@ -239,6 +236,16 @@ impl Federation {
     /// As [`Strategy::set_server_learning_rate`].
     pub fn set_server_learning_rate(&mut self, lr: f64) -> Result<(), StrategyError> {
         self.strategy.set_server_learning_rate(lr)
+    }
+
+    /// The configuration the federation runs.
+    pub fn config(&self) -> &Arc<AggregatorConfig> {
+        &self.config
+    }
+
+    /// The next round to run (the rounds before it are committed).
+    pub fn round(&self) -> u64 {
+        self.round
     }
 
     /// The model being trained.
@@ -391,8 +398,10 @@ impl Federation {
     }
 
     fn start_round(&mut self, now: Instant) {
+        // Only a federation resumed after its last round gets here: it still owes the
+        // final evaluation.
         if self.round >= self.config.federation.rounds {
-            return self.finish(now);
+            return self.begin_final_evaluation(now);
         }
         let config = self.config.clone();
         let fed = &config.federation;

@@ -144,7 +144,7 @@ impl fmt::Display for FailureRecord {
 }
 
 /// What happened in one round.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     /// Round number (0-based).
     pub round: u64,

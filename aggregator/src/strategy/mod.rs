@@ -205,6 +205,16 @@ pub enum StrategyState {
 }
 
 impl StrategyState {
+    /// The per-parameter vectors the state holds, in a fixed order, so an encoder can
+    /// store them as raw bytes and put them back.
+    pub fn vectors_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        match self {
+            Self::Stateless => Vec::new(),
+            Self::Momentum { velocity, .. } => vec![velocity],
+            Self::Adaptive { m, v, .. } => vec![m, v],
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Self::Stateless => "stateless",

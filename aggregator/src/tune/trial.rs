@@ -188,7 +188,7 @@ impl TrialRun {
             evaluator: self.evaluator.clone(),
             max_payload: fed.max_payload_bytes,
         };
-        let report = drive(federation, context, &mut shutdown, |r| {
+        let report = drive(federation, context, &mut shutdown, |r, _| {
             let round = r.round;
             record.rounds = round + 1;
             device += r.device_seconds;

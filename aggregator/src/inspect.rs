@@ -1,0 +1,138 @@
+//! `runs`, `rounds` and `export` (part of the `fedtune-aggregator` binary): read a store,
+//! read-only, while a run may be writing it.
+
+use std::io::Write;
+use std::path::Path;
+
+use fedtune_aggregator::store::{AgentRow, RunId, SqliteStore, Storage, agent_rows};
+
+/// `fedtune-aggregator runs`.
+pub fn runs(db: &Path, json: bool) -> anyhow::Result<()> {
+    let store = SqliteStore::open_read_only(db)?;
+    let runs = store.runs()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &runs)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>4}  {:<5}  {:<11}  {:>7}  {:<24}  name",
+        "id", "kind", "status", "rounds", "updated"
+    )?;
+    for r in &runs {
+        writeln!(
+            out,
+            "{:>4}  {:<5}  {:<11}  {:>7}  {:<24}  {}",
+            r.id,
+            r.kind.as_str(),
+            r.status.as_str(),
+            format!("{}/{}", r.rounds_committed, r.rounds_planned),
+            r.updated_at,
+            r.name
+        )?;
+    }
+    Ok(())
+}
+
+/// `fedtune-aggregator rounds`.
+pub fn rounds(db: &Path, run: RunId, json: bool) -> anyhow::Result<()> {
+    let store = SqliteStore::open_read_only(db)?;
+    store.run(run)?;
+    let rounds = store.rounds(run, None)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in &rounds {
+            let mut line = serde_json::to_value(&r.record)?;
+            if let Some(object) = line.as_object_mut() {
+                object.insert("trial".into(), r.trial.into());
+                object.insert("committed_at".into(), r.committed_at.clone().into());
+                object.insert("test_accuracy".into(), r.record.test.map(|t| t.accuracy).into());
+            }
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>5}  {:>7}  {:>8}  {:>10}  {:>8}  {:>8}  {:>7}  committed",
+        "round", "updates", "failures", "train loss", "fed acc", "test acc", "seconds"
+    )?;
+    for r in &rounds {
+        let rec = &r.record;
+        let test = rec
+            .test
+            .map_or_else(|| "-".to_owned(), |t| format!("{:.4}", t.accuracy));
+        writeln!(
+            out,
+            "{:>5}  {:>7}  {:>8}  {:>10.4}  {:>8.4}  {:>8}  {:>7.2}  {}",
+            rec.round,
+            rec.updates,
+            rec.failures.len(),
+            rec.train_loss,
+            rec.federated_accuracy,
+            test,
+            rec.seconds,
+            r.committed_at
+        )?;
+    }
+    Ok(())
+}
+
+/// `fedtune-aggregator export`: one row per cohort member and round.
+pub fn export(db: &Path, run: RunId, json: bool) -> anyhow::Result<()> {
+    let store = SqliteStore::open_read_only(db)?;
+    store.run(run)?;
+    let rows: Vec<(String, AgentRow)> = store
+        .rounds(run, None)?
+        .iter()
+        .flat_map(|r| {
+            agent_rows(r.trial, &r.record)
+                .into_iter()
+                .map(|row| (r.committed_at.clone(), row))
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let rows: Vec<serde_json::Value> = rows
+            .into_iter()
+            .map(|(committed_at, row)| {
+                let mut v = serde_json::to_value(row).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("run".into(), run.into());
+                    o.insert("committed_at".into(), committed_at.into());
+                }
+                v
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "run,trial,round,agent,outcome,accuracy,detail,committed_at")?;
+    for (committed_at, row) in rows {
+        writeln!(
+            out,
+            "{run},{},{},{},{},{},{},{}",
+            row.trial,
+            row.round,
+            csv_field(&row.agent),
+            csv_field(&row.outcome),
+            row.accuracy.map(|a| a.to_string()).unwrap_or_default(),
+            csv_field(row.detail.as_deref().unwrap_or("")),
+            committed_at
+        )?;
+    }
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}

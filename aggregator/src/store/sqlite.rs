@@ -1,0 +1,477 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! The schema is versioned with `PRAGMA user_version` and migrated forward on open; a
+//! file from a newer fedtune is refused, and a file that is not a fedtune store or does
+//! not pass SQLite's integrity check is an error at open — never a silent fresh start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::checkpoint::{decode_checkpoint, encode_checkpoint};
+use super::{NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, agent_rows};
+use crate::federation::{FederationState, RoundRecord};
+
+/// Identifies a fedtune store among SQLite files (`PRAGMA application_id`, "FDTN").
+const APPLICATION_ID: i64 = 0x4644_544E;
+
+/// The newest schema this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Each migration takes the schema from its index to the next version.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('run', 'study')),
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted', 'failed')),
+        rounds_planned INTEGER NOT NULL,
+        manifest_hash TEXT NOT NULL,
+        config TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX runs_by_name ON runs (name, kind);
+    CREATE TABLE rounds (
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        trial INTEGER NOT NULL,
+        round INTEGER NOT NULL,
+        committed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updates INTEGER NOT NULL,
+        applied INTEGER NOT NULL,
+        train_loss REAL,
+        federated_accuracy REAL,
+        test_accuracy REAL,
+        test_loss REAL,
+        server_learning_rate REAL,
+        seconds REAL NOT NULL,
+        payload_bytes INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (run_id, trial, round)
+    );
+    CREATE TABLE round_agents (
+        run_id INTEGER NOT NULL,
+        trial INTEGER NOT NULL,
+        round INTEGER NOT NULL,
+        agent TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT,
+        accuracy REAL,
+        PRIMARY KEY (run_id, trial, round, agent),
+        FOREIGN KEY (run_id, trial, round) REFERENCES rounds (run_id, trial, round)
+    );
+    CREATE TABLE checkpoints (
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        trial INTEGER NOT NULL,
+        round INTEGER NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        score REAL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (run_id, trial, round)
+    );",
+];
+
+/// A store in one SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating it (and its schema) when the file does not
+    /// exist, migrating an older schema forward.
+    ///
+    /// # Errors
+    /// [`StoreError::Damaged`] for a file that is not a fedtune store or fails the
+    /// integrity check, [`StoreError::NewerSchema`] for one from a newer fedtune,
+    /// [`StoreError::Open`] when it cannot be opened.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let existed = path.exists();
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let store = Self {
+            conn,
+            path: path.into(),
+        };
+        store.prepare(existed)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (for the inspection commands): it never
+    /// creates, migrates or locks out the run writing it.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); also when the file does not exist.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open {
+                path: path.into(),
+                message: "no such file".into(),
+            });
+        }
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| StoreError::Open {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        let store = Self {
+            conn,
+            path: path.into(),
+        };
+        let version = store.check_identity()?;
+        if version < SCHEMA_VERSION {
+            return Err(store.damaged(format!(
+                "schema version {version} is older than {SCHEMA_VERSION}; open it once with `serve` to migrate"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn damaged(&self, message: impl Into<String>) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks the file is an intact fedtune store this build can read; returns its schema
+    /// version (0 for an empty file).
+    fn check_identity(&self) -> Result<i64, StoreError> {
+        let pragma = |name: &str| -> Result<i64, StoreError> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(|e| self.damaged(e.to_string()))
+        };
+        let app = pragma("application_id")?;
+        let version = pragma("user_version")?;
+        let tables: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| self.damaged(e.to_string()))?;
+        if app != APPLICATION_ID && !(app == 0 && version == 0 && tables == 0) {
+            return Err(self.damaged(format!("not a fedtune store (application id {app:#x})")));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let check: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| self.damaged(e.to_string()))?;
+        if check != "ok" {
+            return Err(self.damaged(format!("integrity check failed: {check}")));
+        }
+        Ok(version)
+    }
+
+    fn prepare(&self, existed: bool) -> Result<(), StoreError> {
+        self.conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        let version = self.check_identity()?;
+        if existed && version == 0 {
+            let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+            if size > 0 {
+                return Err(self.damaged("the file holds no fedtune schema"));
+            }
+        }
+        // WAL: readers see the last committed round while the run writes the next.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!("WAL mode refused (journal mode {mode})")));
+        }
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(db)?;
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let to = from as i64 + 1;
+            self.conn
+                .execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {sql}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {to}; COMMIT;"
+                ))
+                .map_err(|e| {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    StoreError::Database(format!("migrating the schema to version {to}: {e}"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+const SUMMARY: &str = "SELECT r.id, r.name, r.kind, r.status,
+        (SELECT count(*) FROM rounds WHERE run_id = r.id),
+        r.rounds_planned, r.manifest_hash, r.created_at, r.updated_at
+    FROM runs r";
+
+type SummaryRow = (RunId, String, String, String, i64, i64, String, String, String);
+
+fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    ))
+}
+
+fn to_summary(row: SummaryRow) -> Result<RunSummary, StoreError> {
+    let (id, name, kind, status, committed, planned, manifest_hash, created_at, updated_at) = row;
+    Ok(RunSummary {
+        id,
+        name,
+        kind: RunKind::parse(&kind)?,
+        status: RunStatus::parse(&status)?,
+        rounds_committed: committed as u64,
+        rounds_planned: planned as u64,
+        manifest_hash,
+        created_at,
+        updated_at,
+    })
+}
+
+impl Storage for SqliteStore {
+    fn create_run(&mut self, run: &NewRun) -> Result<RunId, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (name, kind, status, rounds_planned, manifest_hash, config)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                params![
+                    run.name,
+                    run.kind.as_str(),
+                    run.rounds_planned as i64,
+                    run.manifest_hash,
+                    run.config
+                ],
+            )
+            .map_err(db)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn resumable_run(&self, name: &str, kind: RunKind) -> Result<Option<RunSummary>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!(
+                    "{SUMMARY} WHERE r.name = ?1 AND r.kind = ?2 AND r.status != 'finished' ORDER BY r.id DESC LIMIT 1"
+                ),
+                params![name, kind.as_str()],
+                summary,
+            )
+            .optional()
+            .map_err(db)?;
+        row.map(to_summary).transpose()
+    }
+
+    fn run(&self, run: RunId) -> Result<RunSummary, StoreError> {
+        let row = self
+            .conn
+            .query_row(&format!("{SUMMARY} WHERE r.id = ?1"), params![run], summary)
+            .optional()
+            .map_err(db)?;
+        to_summary(row.ok_or(StoreError::NoSuchRun(run))?)
+    }
+
+    fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!("{SUMMARY} ORDER BY r.id")).map_err(db)?;
+        let rows = stmt.query_map([], summary).map_err(db)?;
+        rows.map(|r| to_summary(r.map_err(db)?)).collect()
+    }
+
+    fn set_status(&mut self, run: RunId, status: RunStatus, rounds_planned: Option<u64>) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE runs SET status = ?2, rounds_planned = coalesce(?3, rounds_planned),
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id = ?1",
+                params![run, status.as_str(), rounds_planned.map(|r| r as i64)],
+            )
+            .map_err(db)?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchRun(run));
+        }
+        Ok(())
+    }
+
+    fn commit_round(
+        &mut self,
+        run: RunId,
+        record: &RoundRecord,
+        state: FederationState,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let trial_number = state.trial;
+        let trial = trial_number as i64;
+        let round = record.round as i64;
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let blob = encode_checkpoint(state)?;
+        let tx = self.conn.transaction().map_err(db)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM rounds WHERE run_id = ?1 AND trial = ?2 AND round = ?3)",
+                params![run, trial, round],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if exists {
+            return Err(StoreError::AlreadyCommitted {
+                run,
+                trial: trial_number,
+                round: record.round,
+            });
+        }
+        tx.execute(
+            "INSERT INTO rounds (run_id, trial, round, updates, applied, train_loss, federated_accuracy,
+                 test_accuracy, test_loss, server_learning_rate, seconds, payload_bytes, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                run,
+                trial,
+                round,
+                record.updates as i64,
+                record.applied,
+                record.train_loss,
+                record.federated_accuracy,
+                record.test.map(|t| t.accuracy),
+                record.test.map(|t| t.loss),
+                record.server_learning_rate,
+                record.seconds,
+                record.payload_bytes as i64,
+                json
+            ],
+        )
+        .map_err(db)?;
+        {
+            let mut agent = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO round_agents (run_id, trial, round, agent, outcome, detail, accuracy)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(db)?;
+            for row in agent_rows(trial_number, record) {
+                agent
+                    .execute(params![
+                        run,
+                        trial,
+                        round,
+                        row.agent,
+                        row.outcome,
+                        row.detail,
+                        row.accuracy
+                    ])
+                    .map_err(db)?;
+            }
+        }
+        // The model after round r - 1 is what round r's agents measured: that is its score
+        // when no server-side test set scores it.
+        if round > 0 {
+            tx.execute(
+                "UPDATE checkpoints SET score = ?4 WHERE run_id = ?1 AND trial = ?2 AND round = ?3 AND score IS NULL",
+                params![run, trial, round - 1, record.federated_accuracy],
+            )
+            .map_err(db)?;
+        }
+        tx.execute(
+            "INSERT INTO checkpoints (run_id, trial, round, score, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run, trial, round, record.test.map(|t| t.accuracy), blob],
+        )
+        .map_err(db)?;
+        // Keep the last `keep` and the best scored.
+        tx.execute(
+            "DELETE FROM checkpoints WHERE run_id = ?1 AND trial = ?2
+               AND round NOT IN (SELECT round FROM checkpoints WHERE run_id = ?1 AND trial = ?2
+                                 ORDER BY round DESC LIMIT ?3)
+               AND round NOT IN (SELECT round FROM checkpoints WHERE run_id = ?1 AND trial = ?2
+                                 AND score IS NOT NULL ORDER BY score DESC, round DESC LIMIT 1)",
+            params![run, trial, keep.max(1) as i64],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE runs SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+            params![run],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn rounds(&self, run: RunId, trial: Option<u64>) -> Result<Vec<StoredRound>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT trial, committed_at, record FROM rounds
+                 WHERE run_id = ?1 AND (?2 IS NULL OR trial = ?2) ORDER BY trial, round",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![run, trial.map(|t| t as i64)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(db)?;
+        rows.map(|row| {
+            let (trial, committed_at, json) = row.map_err(db)?;
+            let record: RoundRecord = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("round record of run {run}: {e}")))?;
+            Ok(StoredRound {
+                trial: trial as u64,
+                committed_at,
+                record,
+            })
+        })
+        .collect()
+    }
+
+    fn latest_checkpoint(&self, run: RunId, trial: u64) -> Result<Option<FederationState>, StoreError> {
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT state FROM checkpoints WHERE run_id = ?1 AND trial = ?2 ORDER BY round DESC LIMIT 1",
+                params![run, trial as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        Ok(blob.map(|b| decode_checkpoint(&b)).transpose()?)
+    }
+
+    fn checkpoint_rounds(&self, run: RunId, trial: u64) -> Result<Vec<u64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT round FROM checkpoints WHERE run_id = ?1 AND trial = ?2 ORDER BY round")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![run, trial as i64], |r| r.get::<_, i64>(0))
+            .map_err(db)?;
+        rows.map(|r| r.map(|v| v as u64).map_err(db)).collect()
+    }
+}

@@ -1,0 +1,276 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::fairness::{FairnessReport, History};
+use crate::federation::{FailureReason, FailureRecord, GlobalEvaluation, RngState};
+use crate::strategy::StrategyState;
+
+/// A fresh path for a store file, removed with its WAL files when dropped.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new(name: &str) -> Self {
+        let n: u64 = rand::random();
+        Self(std::env::temp_dir().join(format!("fedtune-store-{name}-{}-{n:x}.db", std::process::id())))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+fn new_run(name: &str) -> NewRun {
+    NewRun {
+        name: name.into(),
+        kind: RunKind::Run,
+        rounds_planned: 5,
+        manifest_hash: "ab".repeat(32),
+        config: "{}".into(),
+    }
+}
+
+fn record(round: u64, test: Option<f64>) -> RoundRecord {
+    RoundRecord {
+        round,
+        cohort: vec!["a".into(), "b".into(), "c".into()],
+        updates: 2,
+        applied: true,
+        failures: vec![FailureRecord {
+            agent: "c".into(),
+            reason: FailureReason::Straggler,
+        }],
+        aggregation_error: None,
+        train_loss: 0.5 / (round + 1) as f64,
+        federated_accuracy: 0.5 + round as f64 / 100.0,
+        federated_loss: 1.0,
+        agent_accuracy: BTreeMap::from([("a".into(), 0.6), ("b".into(), 0.4)]),
+        server_learning_rate: Some(1.0),
+        fairness: FairnessReport::default(),
+        violations: vec!["min_accuracy".into()],
+        test: test.map(|accuracy| GlobalEvaluation {
+            loss: 1.0 - accuracy,
+            accuracy,
+            samples: 100,
+        }),
+        seconds: 0.25,
+        device_seconds: 0.5,
+        payload_bytes: 1 << 20,
+    }
+}
+
+fn state(round: u64, numel: usize) -> FederationState {
+    FederationState {
+        trial: 0,
+        round,
+        global: (0..numel).map(|i| i as f32 * 0.5 + round as f32).collect(),
+        strategy: StrategyState::Momentum {
+            server_learning_rate: 0.7,
+            velocity: (0..numel).map(|i| -(i as f32)).collect(),
+        },
+        server_lr: None,
+        history: History::default(),
+        rng: RngState {
+            seed: [7; 32],
+            stream: 3,
+            word_pos: u128::from(round) * 1000 + 17,
+        },
+    }
+}
+
+/// The contract every [`Storage`] must keep; each backend runs it on a fresh store.
+fn suite(store: &mut dyn Storage) {
+    // Runs: created running, resumable until finished.
+    let a = store.create_run(&new_run("digits")).unwrap();
+    let b = store.create_run(&new_run("other")).unwrap();
+    assert_ne!(a, b);
+    let runs = store.runs().unwrap();
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(runs[0].status, RunStatus::Running);
+    assert_eq!((runs[0].rounds_committed, runs[0].rounds_planned), (0, 5));
+    assert_eq!(store.resumable_run("digits", RunKind::Run).unwrap().unwrap().id, a);
+    assert!(store.resumable_run("digits", RunKind::Study).unwrap().is_none());
+    assert!(matches!(store.run(9999), Err(StoreError::NoSuchRun(9999))));
+
+    // Rounds and checkpoints round-trip, bit for bit.
+    for round in 0..6 {
+        let test = (round == 1).then_some(0.99);
+        store
+            .commit_round(a, &record(round, test), state(round + 1, 1000), 2)
+            .unwrap();
+    }
+    let rounds = store.rounds(a, None).unwrap();
+    assert_eq!(rounds.len(), 6);
+    for (i, stored) in rounds.iter().enumerate() {
+        let test = (i == 1).then_some(0.99);
+        assert_eq!(stored.record, record(i as u64, test));
+        assert_eq!(stored.trial, 0);
+        assert!(stored.committed_at.ends_with('Z'), "{}", stored.committed_at);
+    }
+    assert_eq!(store.latest_checkpoint(a, 0).unwrap().unwrap(), state(6, 1000));
+    assert!(store.latest_checkpoint(b, 0).unwrap().is_none());
+    // The last two, and the best (round 1's model scored 0.99 on the test set).
+    assert_eq!(store.checkpoint_rounds(a, 0).unwrap(), vec![1, 4, 5]);
+    assert_eq!(store.run(a).unwrap().rounds_committed, 6);
+
+    // A round committed twice is refused and nothing changes.
+    let err = store.commit_round(a, &record(3, None), state(4, 1000), 2).unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyCommitted { round: 3, .. }), "{err}");
+    assert_eq!(store.rounds(a, None).unwrap().len(), 6);
+    assert_eq!(store.latest_checkpoint(a, 0).unwrap().unwrap(), state(6, 1000));
+
+    // Finished runs are not resumed; an interrupted one is, with its new plan.
+    store.set_status(a, RunStatus::Finished, None).unwrap();
+    assert!(store.resumable_run("digits", RunKind::Run).unwrap().is_none());
+    store.set_status(b, RunStatus::Interrupted, Some(9)).unwrap();
+    let resumable = store.resumable_run("other", RunKind::Run).unwrap().unwrap();
+    assert_eq!(
+        (resumable.status, resumable.rounds_planned),
+        (RunStatus::Interrupted, 9)
+    );
+    assert!(matches!(
+        store.set_status(9999, RunStatus::Failed, None),
+        Err(StoreError::NoSuchRun(_))
+    ));
+}
+
+#[test]
+fn sqlite_keeps_the_storage_contract() {
+    let db = TempDb::new("suite");
+    let mut store = SqliteStore::open(&db.0).unwrap();
+    suite(&mut store);
+    drop(store);
+    // Everything is still there after a reopen, read-only too.
+    let store = SqliteStore::open_read_only(&db.0).unwrap();
+    assert_eq!(store.runs().unwrap().len(), 2);
+    assert_eq!(store.rounds(1, Some(0)).unwrap().len(), 6);
+}
+
+#[test]
+fn readers_see_committed_rounds_while_the_writer_commits() {
+    let db = TempDb::new("reader");
+    let mut store = SqliteStore::open(&db.0).unwrap();
+    let run = store.create_run(&new_run("live")).unwrap();
+    let writer = StoreWriter::spawn(Box::new(store), run, 3);
+    let reader = SqliteStore::open_read_only(&db.0).unwrap();
+    let mut seen = 0;
+    for round in 0..40 {
+        writer.commit(record(round, None), state(round + 1, 50_000)).unwrap();
+        let now = reader.run(run).unwrap().rounds_committed;
+        assert!(now >= seen, "committed rounds went back from {seen} to {now}");
+        seen = now;
+    }
+    let (stats, _) = writer.finish().unwrap();
+    assert_eq!(stats.commits, 40);
+    assert_eq!(reader.rounds(run, Some(0)).unwrap().len(), 40);
+    assert_eq!(reader.latest_checkpoint(run, 0).unwrap().unwrap(), state(40, 50_000));
+}
+
+fn store_with_rounds(path: &Path) {
+    let mut store = SqliteStore::open(path).unwrap();
+    let run = store.create_run(&new_run("r")).unwrap();
+    for round in 0..4 {
+        store
+            .commit_round(run, &record(round, None), state(round + 1, 20_000), 4)
+            .unwrap();
+    }
+}
+
+#[test]
+fn damaged_foreign_and_newer_files_are_refused_at_open() {
+    // Not SQLite at all.
+    let junk = TempDb::new("junk");
+    std::fs::write(&junk.0, b"these bytes are not a database, they are a shopping list").unwrap();
+    let err = SqliteStore::open(&junk.0).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains(&junk.0.display().to_string()), "{err}");
+
+    // A truncated store.
+    let cut = TempDb::new("truncated");
+    store_with_rounds(&cut.0);
+    let len = std::fs::metadata(&cut.0).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&cut.0).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    let err = SqliteStore::open(&cut.0).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+
+    // Corrupt pages in the middle.
+    let bad = TempDb::new("corrupt");
+    store_with_rounds(&bad.0);
+    let mut bytes = std::fs::read(&bad.0).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 8192] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&bad.0, &bytes).unwrap();
+    let result = SqliteStore::open(&bad.0).and_then(|s| s.latest_checkpoint(1, 0));
+    assert!(result.is_err(), "a corrupt store opened and read: {result:?}");
+
+    // Another application's SQLite file.
+    let foreign = TempDb::new("foreign");
+    rusqlite::Connection::open(&foreign.0)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let err = SqliteStore::open(&foreign.0).unwrap_err();
+    assert!(err.to_string().contains("not a fedtune store"), "{err}");
+
+    // A store from a newer fedtune.
+    let newer = TempDb::new("newer");
+    store_with_rounds(&newer.0);
+    rusqlite::Connection::open(&newer.0)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99;")
+        .unwrap();
+    let err = SqliteStore::open(&newer.0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerSchema {
+                found: 99,
+                supported: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+
+    // A missing file is created by `open`, refused by `open_read_only`.
+    let missing = TempDb::new("missing");
+    assert!(matches!(
+        SqliteStore::open_read_only(&missing.0),
+        Err(StoreError::Open { .. })
+    ));
+}
+
+#[test]
+fn checkpoints_decode_only_when_whole() {
+    let full = encode_checkpoint(state(3, 257)).unwrap();
+    assert_eq!(decode_checkpoint(&full).unwrap(), state(3, 257));
+    // The vectors travel as raw bytes: the blob is barely larger than them.
+    assert!(full.len() < 2 * 257 * 4 + 1024, "{} bytes", full.len());
+    for cut in [0, 3, 5, 9, full.len() / 2, full.len() - 1] {
+        assert!(
+            matches!(
+                decode_checkpoint(&full[..cut]),
+                Err(CheckpointError::Truncated(_) | CheckpointError::BadMagic)
+            ),
+            "cut at {cut}"
+        );
+    }
+    let mut trailing = full.clone();
+    trailing.push(0);
+    assert_eq!(decode_checkpoint(&trailing), Err(CheckpointError::Trailing(1)));
+    let mut newer = full.clone();
+    newer[4] = 9;
+    assert_eq!(decode_checkpoint(&newer), Err(CheckpointError::NewerFormat(9)));
+    let mut magic = full;
+    magic[0] = b'X';
+    assert_eq!(decode_checkpoint(&magic), Err(CheckpointError::BadMagic));
+}

@@ -1,0 +1,250 @@
+//! `serve` with a store survives SIGKILL: the aggregator runs as an OS process with three
+//! agent processes, is killed at four points of an eight-round run (as a round commits,
+//! while the next round's updates arrive, later in it), restarted each time with the same
+//! configuration, and the run ends with every round in the store exactly once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedtune_aggregator::store::{RunStatus, SqliteStore, Storage};
+
+const ROUNDS: u64 = 8;
+/// How long `serve` holds after each commit (its test hook), so each kill lands where
+/// the test chooses.
+const HOLD_MS: u64 = 400;
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills every child when the test ends, however it ends.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Rounds committed to the store so far (0 before the store exists).
+fn committed(db: &Path) -> u64 {
+    SqliteStore::open_read_only(db)
+        .ok()
+        .and_then(|s| s.runs().ok())
+        .and_then(|runs| runs.first().map(|r| r.rounds_committed))
+        .unwrap_or(0)
+}
+
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+fn serve(config: &Path) -> Child {
+    Command::new(binary("fedtune-aggregator"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .env("FEDTUNE_TEST_HOLD_AFTER_COMMIT_MS", HOLD_MS.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_stored_run_resumes_after_sigkill_at_four_points() {
+    let dir = common::scratch_dir("resume");
+    let pki = dir.join("pki");
+    let status = Command::new(binary("fedtune-aggregator"))
+        .args(["init", "--out"])
+        .arg(&pki)
+        .args(["--agents", "3"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let port = free_udp_port();
+    let db = dir.join("fedtune.db");
+    let report = dir.join("report.json");
+    let toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))
+        .unwrap()
+        .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
+        .replace("rounds = 30", &format!("rounds = {ROUNDS}"))
+        .replace("wait_for_agents_secs = 120", "wait_for_agents_secs = 60")
+        .replace("aggregator-report.json", report.to_str().unwrap())
+        .replace("local_epochs = 2", "local_epochs = 8")
+        .replace("db = \"fedtune.db\"", &format!("db = {:?}", db.to_str().unwrap()));
+    assert!(toml.contains("[state]"), "config/aggregator.toml has a [state] section");
+    let config = dir.join("aggregator.toml");
+    std::fs::write(&config, toml).unwrap();
+    let data = common::repo().join("data");
+    let agents: Vec<Child> = (0..3)
+        .map(|i| {
+            let toml = std::fs::read_to_string(common::repo().join("config/agent.toml"))
+                .unwrap()
+                .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
+                .replace("agent-0", &format!("agent-{i}"))
+                .replace("client = 0", &format!("client = {i}"))
+                .replace("max_ms = 5000", "max_ms = 1000")
+                .replace("max_attempts = 20", "max_attempts = 0")
+                .replace("../data", data.to_str().unwrap());
+            let path = dir.join(format!("agent-{i}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            Command::new(binary("fedtune-agent"))
+                .args(["run", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", "error")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let _agents = Processes(agents);
+
+    // Kill points: (rounds committed, delay after that commit was seen): just after the
+    // commit, in the hold between rounds, and twice inside the next round (local training
+    // of 8 epochs runs while the aggregator waits for updates).
+    let kills = [(1, 0), (2, 200), (4, HOLD_MS + 150), (6, HOLD_MS + 50)];
+    let mut resumes = Vec::new();
+    for (after, delay_ms) in kills {
+        let mut aggregator = Processes(vec![serve(&config)]);
+        let started = Instant::now();
+        let before = committed(&db);
+        if before > 0 {
+            // Time from restart to the first resumed round committed.
+            wait_until(Duration::from_secs(60), "the first resumed round", || {
+                committed(&db) > before
+            });
+            resumes.push(started.elapsed());
+        }
+        wait_until(Duration::from_secs(90), "the kill point", || committed(&db) >= after);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // A real SIGKILL: no handler runs.
+        let child = &mut aggregator.0[0];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    // The last restart finishes the run.
+    let mut last = Processes(vec![serve(&config)]);
+    let child = &mut last.0[0];
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the resumed run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{stdout}");
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let runs = store.runs().unwrap();
+    assert_eq!(runs.len(), 1, "every restart resumed the same run: {runs:?}");
+    assert_eq!(runs[0].status, RunStatus::Finished);
+    let rounds: Vec<u64> = store
+        .rounds(runs[0].id, None)
+        .unwrap()
+        .iter()
+        .map(|r| r.record.round)
+        .collect();
+    assert_eq!(rounds, (0..ROUNDS).collect::<Vec<_>>(), "each round once, in order");
+    for r in store.rounds(runs[0].id, None).unwrap() {
+        assert_eq!(r.record.updates, 3, "round {}: {:?}", r.record.round, r.record.failures);
+    }
+    let checkpoint = store.latest_checkpoint(runs[0].id, 0).unwrap().unwrap();
+    assert_eq!(checkpoint.round, ROUNDS);
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["run"], runs[0].id);
+    let resumed_from = report["resumed_from"].as_u64().unwrap();
+    assert!((6..ROUNDS).contains(&resumed_from), "{report}");
+    assert_eq!(report["rounds"].as_array().unwrap().len(), ROUNDS as usize);
+    assert_eq!(report["final_agent_evaluation"].as_object().unwrap().len(), 3);
+    let accuracy = report["rounds"][ROUNDS as usize - 1]["federated_accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(accuracy > 0.5, "the resumed run still learns: {accuracy}");
+    assert!(stdout.contains("finished"), "{stdout}");
+    eprintln!("restart → first resumed round: {resumes:?}");
+
+    // The inspection commands read the store.
+    let out = Command::new(binary("fedtune-aggregator"))
+        .args(["runs", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["kind"], "run");
+    assert_eq!(listed[0]["status"], "finished");
+    assert_eq!(listed[0]["rounds_committed"], ROUNDS);
+    assert_eq!(listed[0]["rounds_planned"], ROUNDS);
+    let out = Command::new(binary("fedtune-aggregator"))
+        .args(["rounds", "--json", "--run", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), ROUNDS as usize);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["round"], i as u64);
+        assert_eq!(line["updates"], 3);
+        assert!(line["committed_at"].is_string(), "{line}");
+        assert!(line.get("test_accuracy").is_some(), "{line}");
+    }
+    let out = Command::new(binary("fedtune-aggregator"))
+        .args(["export", "--format", "csv", "--run", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * ROUNDS as usize, "{csv}");
+    assert!(csv.starts_with("run,trial,round,agent,outcome"), "{csv}");
+    let out = Command::new(binary("fedtune-aggregator"))
+        .args(["rounds", "--run", "99", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no run 99"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
