@@ -198,6 +198,11 @@ impl SqliteStore {
                 return Err(self.damaged("the file holds no fedtune schema"));
             }
         }
+        if version == 0 {
+            // Checkpoints are megabytes: large pages keep their overflow chains short
+            // (set before the first table; WAL keeps it from then on).
+            self.conn.execute_batch("PRAGMA page_size = 65536;").map_err(db)?;
+        }
         // WAL: readers see the last committed round while the run writes the next.
         let mode: String = self
             .conn
