@@ -10,6 +10,8 @@
 //! # Layout
 //! - [`sim`]: an aggregator and N agents in one process over real QUIC on 127.0.0.1.
 //! - [`evaluate`]: server-side evaluation of the global model on a held-out test set.
+//! - [`relay`]: a faulty network (loss, delay, duplicates, reordering, cuts) between an
+//!   agent and the aggregator.
 
 #![forbid(unsafe_code)]
 
@@ -18,4 +20,5 @@ pub use fedtune_aggregator as aggregator;
 pub use fedtune_protocol as protocol;
 
 pub mod evaluate;
+pub mod relay;
 pub mod sim;
