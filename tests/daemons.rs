@@ -3,31 +3,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A binary of this workspace, built next to the test executable by
-/// `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
@@ -54,7 +31,7 @@ struct Served {
 fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Served {
     let dir = common::scratch_dir(name);
     let pki = dir.join("pki");
-    let status = Command::new(binary("fedtune-aggregator"))
+    let status = Command::new(common::binary("fedtune-aggregator"))
         .args(["init", "--out"])
         .arg(&pki)
         .args(["--agents", "3"])
@@ -62,7 +39,7 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
         .unwrap();
     assert!(status.success());
     // A second init must not overwrite the federation's CA.
-    let again = Command::new(binary("fedtune-aggregator"))
+    let again = Command::new(common::binary("fedtune-aggregator"))
         .args(["init", "--out"])
         .arg(&pki)
         .stderr(Stdio::null())
@@ -70,7 +47,7 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
         .unwrap();
     assert!(!again.success());
 
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let data = common::repo().join("data");
     let report = dir.join("report.json");
     let aggregator_toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))
@@ -80,7 +57,7 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
         .replace("wait_for_agents_secs = 120", "wait_for_agents_secs = 60")
         .replace("aggregator-report.json", report.to_str().unwrap());
     std::fs::write(dir.join("aggregator.toml"), edit(aggregator_toml)).unwrap();
-    let mut aggregator = Command::new(binary("fedtune-aggregator"))
+    let mut aggregator = Command::new(common::binary("fedtune-aggregator"))
         .args(["serve", "--config"])
         .arg(dir.join("aggregator.toml"))
         .env("RUST_LOG", "warn")
@@ -98,7 +75,7 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
                 .replace("../data", data.to_str().unwrap());
             let path = dir.join(format!("agent-{i}.toml"));
             std::fs::write(&path, toml).unwrap();
-            Command::new(binary("fedtune-agent"))
+            Command::new(common::binary("fedtune-agent"))
                 .args(["run", "--config"])
                 .arg(&path)
                 .env("RUST_LOG", "warn")
@@ -169,7 +146,7 @@ fn serve_refuses_a_robust_rule_under_secure_aggregation() {
         );
     let path = dir.join("aggregator.toml");
     std::fs::write(&path, toml).unwrap();
-    let output = Command::new(binary("fedtune-aggregator"))
+    let output = Command::new(common::binary("fedtune-aggregator"))
         .args(["serve", "--config"])
         .arg(&path)
         .output()
@@ -208,7 +185,7 @@ fn the_service_runs_a_study_from_its_tuning_section() {
 #[test]
 fn the_ask_tell_command_speaks_json_lines() {
     use std::io::{BufRead, BufReader, Write};
-    let mut child = Command::new(binary("fedtune-aggregator"))
+    let mut child = Command::new(common::binary("fedtune-aggregator"))
         .args(["tune", "--space"])
         .arg(common::repo().join("data/hpo/objectives_public.json"))
         .args([
@@ -270,7 +247,7 @@ fn the_ask_tell_command_resumes_a_study_from_its_journal() {
     let journal = dir.join("study.jsonl");
     // Tells every trial `value = trial number`, so trial 0 is always the best.
     let session = |trials: &str| -> Vec<serde_json::Value> {
-        let mut child = Command::new(binary("fedtune-aggregator"))
+        let mut child = Command::new(common::binary("fedtune-aggregator"))
             .args(["tune", "--space"])
             .arg(common::repo().join("presets/vision.toml"))
             .args(["--sampler", "random", "--trials", trials, "--storage"])

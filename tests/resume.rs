@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,26 +15,6 @@ const ROUNDS: u64 = 8;
 /// How long `serve` holds after each commit (its test hook), so each kill lands where
 /// the test chooses.
 const HOLD_MS: u64 = 400;
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Kills every child when the test ends, however it ends.
 struct Processes(Vec<Child>);
@@ -70,7 +50,7 @@ fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Du
 }
 
 fn serve(config: &Path) -> Child {
-    Command::new(binary("fedtune-aggregator"))
+    Command::new(common::binary("fedtune-aggregator"))
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -84,14 +64,14 @@ fn serve(config: &Path) -> Child {
 fn a_stored_run_resumes_after_sigkill_at_four_points() {
     let dir = common::scratch_dir("resume");
     let pki = dir.join("pki");
-    let status = Command::new(binary("fedtune-aggregator"))
+    let status = Command::new(common::binary("fedtune-aggregator"))
         .args(["init", "--out"])
         .arg(&pki)
         .args(["--agents", "3"])
         .status()
         .unwrap();
     assert!(status.success());
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let db = dir.join("fedtune.db");
     let report = dir.join("report.json");
     let toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))
@@ -118,7 +98,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
                 .replace("../data", data.to_str().unwrap());
             let path = dir.join(format!("agent-{i}.toml"));
             std::fs::write(&path, toml).unwrap();
-            Command::new(binary("fedtune-agent"))
+            Command::new(common::binary("fedtune-agent"))
                 .args(["run", "--config"])
                 .arg(&path)
                 .env("RUST_LOG", "error")
@@ -201,7 +181,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
     eprintln!("restart → first resumed round: {resumes:?}");
 
     // The inspection commands read the store.
-    let out = Command::new(binary("fedtune-aggregator"))
+    let out = Command::new(common::binary("fedtune-aggregator"))
         .args(["runs", "--json", "--db"])
         .arg(&db)
         .output()
@@ -212,7 +192,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
     assert_eq!(listed[0]["status"], "finished");
     assert_eq!(listed[0]["rounds_committed"], ROUNDS);
     assert_eq!(listed[0]["rounds_planned"], ROUNDS);
-    let out = Command::new(binary("fedtune-aggregator"))
+    let out = Command::new(common::binary("fedtune-aggregator"))
         .args(["rounds", "--json", "--run", "1", "--db"])
         .arg(&db)
         .output()
@@ -230,7 +210,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
         assert!(line["committed_at"].is_string(), "{line}");
         assert!(line.get("test_accuracy").is_some(), "{line}");
     }
-    let out = Command::new(binary("fedtune-aggregator"))
+    let out = Command::new(common::binary("fedtune-aggregator"))
         .args(["export", "--format", "csv", "--run", "1", "--db"])
         .arg(&db)
         .output()
@@ -239,7 +219,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
     let csv = String::from_utf8(out.stdout).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * ROUNDS as usize, "{csv}");
     assert!(csv.starts_with("run,trial,round,agent,outcome"), "{csv}");
-    let out = Command::new(binary("fedtune-aggregator"))
+    let out = Command::new(common::binary("fedtune-aggregator"))
         .args(["rounds", "--run", "99", "--db"])
         .arg(&db)
         .output()
