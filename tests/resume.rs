@@ -1,7 +1,9 @@
 //! `serve` with a store survives SIGKILL: the aggregator runs as an OS process with three
 //! agent processes, is killed at four points of an eight-round run (as a round commits,
-//! while the next round's updates arrive, later in it), restarted each time with the same
-//! configuration, and the run ends with every round in the store exactly once.
+//! while the next round's updates arrive, later in it) and at four points of a four-trial
+//! study (inside a trial, as a trial ends, inside a later one, during a trial's final
+//! evaluation), restarted each time with the same configuration; the run ends with every
+//! round in the store exactly once, the study with every trial once.
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fedtune_aggregator::store::{RunStatus, SqliteStore, Storage};
+use fedtune_aggregator::store::{RunKind, RunStatus, SqliteStore, Storage};
+use fedtune_aggregator::tuning::TrialState;
 
 const ROUNDS: u64 = 8;
 /// How long `serve` holds after each commit (its test hook), so each kill lands where
@@ -60,9 +63,18 @@ fn serve(config: &Path) -> Child {
         .unwrap()
 }
 
-#[test]
-fn a_stored_run_resumes_after_sigkill_at_four_points() {
-    let dir = common::scratch_dir("resume");
+/// A federation of three agent processes and an aggregator configuration with a store,
+/// `edit` applied to the aggregator's TOML.
+struct Federation {
+    dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+    db: std::path::PathBuf,
+    report: std::path::PathBuf,
+    _agents: Processes,
+}
+
+fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
+    let dir = common::scratch_dir(name);
     let pki = dir.join("pki");
     let status = Command::new(common::binary("fedtune-aggregator"))
         .args(["init", "--out"])
@@ -84,7 +96,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
         .replace("db = \"fedtune.db\"", &format!("db = {:?}", db.to_str().unwrap()));
     assert!(toml.contains("[state]"), "config/aggregator.toml has a [state] section");
     let config = dir.join("aggregator.toml");
-    std::fs::write(&config, toml).unwrap();
+    std::fs::write(&config, edit(toml)).unwrap();
     let data = common::repo().join("data");
     let agents: Vec<Child> = (0..3)
         .map(|i| {
@@ -106,8 +118,61 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
                 .unwrap()
         })
         .collect();
-    let _agents = Processes(agents);
+    Federation {
+        dir,
+        config,
+        db,
+        report,
+        _agents: Processes(agents),
+    }
+}
 
+/// Waits for `child` to exit; returns its stdout and whether it succeeded.
+fn wait_for_exit(child: &mut Child, limit: Duration) -> (bool, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < limit, "the resumed aggregator did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    (status.success(), stdout)
+}
+
+/// A real SIGKILL: no handler runs.
+fn kill(aggregator: &mut Processes) {
+    let child = &mut aggregator.0[0];
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn cli(db: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(common::binary("fedtune-aggregator"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn a_stored_run_resumes_after_sigkill_at_four_points() {
+    let Federation {
+        dir,
+        config,
+        db,
+        report,
+        _agents,
+    } = federation("resume", |toml| toml);
     // Kill points: (rounds committed, delay after that commit was seen): just after the
     // commit, in the hold between rounds, and twice inside the next round (local training
     // of 8 epochs runs while the aggregator waits for updates).
@@ -126,29 +191,13 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
         }
         wait_until(Duration::from_secs(90), "the kill point", || committed(&db) >= after);
         std::thread::sleep(Duration::from_millis(delay_ms));
-        // A real SIGKILL: no handler runs.
-        let child = &mut aggregator.0[0];
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill(&mut aggregator);
     }
 
     // The last restart finishes the run.
     let mut last = Processes(vec![serve(&config)]);
-    let child = &mut last.0[0];
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the resumed run did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert!(status.success(), "{stdout}");
+    let (success, stdout) = wait_for_exit(&mut last.0[0], Duration::from_secs(90));
+    assert!(success, "{stdout}");
 
     let store = SqliteStore::open_read_only(&db).unwrap();
     let runs = store.runs().unwrap();
@@ -227,4 +276,137 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run 99"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Trials of `study` in the store by state, and rounds committed (0s before the store
+/// or the study exists).
+fn study_progress(db: &Path) -> (usize, u64) {
+    let Ok(store) = SqliteStore::open_read_only(db) else {
+        return (0, 0);
+    };
+    let Some(study) = store.runs().ok().and_then(|runs| runs.first().cloned()) else {
+        return (0, 0);
+    };
+    let done = store
+        .trials(study.id)
+        .map(|t| t.iter().filter(|t| t.trial.state != TrialState::Running).count())
+        .unwrap_or(0);
+    (done, study.rounds_committed)
+}
+
+#[test]
+fn a_stored_study_resumes_after_sigkill_at_four_points() {
+    const TRIALS: usize = 4;
+    const TRIAL_ROUNDS: u64 = 3;
+    let space_dir = common::scratch_dir("resume-study-space");
+    let space = space_dir.join("space.toml");
+    std::fs::write(
+        &space,
+        "[params]\nlearning_rate = { spec = \"loguniform(1e-3, 1e-1)\", adaptive = true }\n\
+         optimizer = \"choice(adam, sgd)\"\n",
+    )
+    .unwrap();
+    let Federation {
+        dir,
+        config,
+        db,
+        report,
+        _agents,
+    } = federation("resume-study", |toml| {
+        // Long enough local training that each kill lands inside a round.
+        let toml = toml.replace("local_epochs = 8", "local_epochs = 120");
+        format!(
+            "{toml}\n[tuning]\nspace = {space:?}\nsampler = \"bayes+rl\"\ntrials = {TRIALS}\n\
+             rounds = {TRIAL_ROUNDS}\nstartup_trials = 2\n"
+        )
+    });
+
+    // Kill points, as (trials done, rounds committed) reached, then a delay: inside
+    // trial 0 (its second round training), between trials (trial 0 told, trial 1
+    // starting), inside trial 1 (training), and inside trial 2 just after a commit. The
+    // last restart finishes the study.
+    let kills = [((0, 1), 120), ((1, 3), 0), ((1, 5), 120), ((2, 7), 0)];
+    let mut resumes = Vec::new();
+    for ((done, rounds), delay_ms) in kills {
+        let mut aggregator = Processes(vec![serve(&config)]);
+        let started = Instant::now();
+        let before = study_progress(&db);
+        if before.1 > 0 {
+            wait_until(Duration::from_secs(60), "the first resumed round or trial", || {
+                let now = study_progress(&db);
+                now.0 > before.0 || now.1 > before.1
+            });
+            resumes.push(started.elapsed());
+        }
+        wait_until(Duration::from_secs(120), "the kill point", || {
+            let (d, r) = study_progress(&db);
+            d >= done && r >= rounds
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        kill(&mut aggregator);
+    }
+    let mut last = Processes(vec![serve(&config)]);
+    let (success, stdout) = wait_for_exit(&mut last.0[0], Duration::from_secs(120));
+    assert!(success, "{stdout}");
+    assert!(stdout.contains("finished"), "{stdout}");
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let runs = store.runs().unwrap();
+    assert_eq!(runs.len(), 1, "every restart resumed the same study: {runs:?}");
+    assert_eq!((runs[0].kind, runs[0].status), (RunKind::Study, RunStatus::Finished));
+    let study = runs[0].id;
+    let trials = store.trials(study).unwrap();
+    assert_eq!(trials.len(), TRIALS, "every trial once: {trials:?}");
+    for (i, t) in trials.iter().enumerate() {
+        assert_eq!(t.trial.number, i as u64);
+        assert_eq!(t.trial.state, TrialState::Complete, "{t:?}");
+        assert_eq!(t.trial.intermediate.len(), TRIAL_ROUNDS as usize, "{t:?}");
+        for other in &trials[..i] {
+            assert_ne!(
+                t.trial.params, other.trial.params,
+                "no trial repeats another's parameters"
+            );
+        }
+        let rounds: Vec<u64> = store
+            .rounds(study, Some(i as u64))
+            .unwrap()
+            .iter()
+            .map(|r| r.record.round)
+            .collect();
+        assert_eq!(
+            rounds,
+            (0..TRIAL_ROUNDS).collect::<Vec<_>>(),
+            "trial {i}: each round once"
+        );
+        let checkpoint = store.latest_checkpoint(study, i as u64).unwrap().unwrap();
+        assert_eq!(checkpoint.round, TRIAL_ROUNDS);
+        assert!(checkpoint.tuner.is_some(), "the FedEx policy is checkpointed");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["study"], study);
+    assert_eq!(report["status"], "finished");
+    assert_eq!(report["trials"].as_array().unwrap().len(), TRIALS);
+    let best = report["best"].as_u64().unwrap() as usize;
+    let accuracy = trials[best].trial.values.as_ref().unwrap()[0];
+    assert!(accuracy > 0.5, "the resumed study still learns: {accuracy}");
+    eprintln!("study: restart → first resumed round or trial: {resumes:?}");
+
+    // `trials` and `export --study` read it.
+    let listed: serde_json::Value = serde_json::from_slice(&cli(&db, &["trials", "--json", "--study", "1"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), TRIALS);
+    assert_eq!(listed[0]["state"], "complete");
+    assert!(listed[0]["params"]["learning_rate"].is_f64(), "{listed}");
+    assert!(listed[0]["values"].is_array(), "{listed}");
+    let table = String::from_utf8(cli(&db, &["trials", "--study", "1"])).unwrap();
+    assert_eq!(table.lines().count(), 1 + TRIALS, "{table}");
+    let csv = String::from_utf8(cli(&db, &["export", "--format", "csv", "--study", "1"])).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * TRIALS * TRIAL_ROUNDS as usize, "{csv}");
+    let out = Command::new(common::binary("fedtune-aggregator"))
+        .args(["trials", "--study", "7", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&space_dir);
 }

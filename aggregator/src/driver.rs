@@ -94,7 +94,7 @@ pub async fn run(
     config.validate()?;
     let config = Arc::new(config);
     let federation = Federation::new(config.clone(), 0)?;
-    serve_federation(endpoint, federation, hooks, shutdown, |_, _| Flow::Continue).await
+    serve_federation(endpoint, federation, hooks, shutdown, |_, _| Flow::Continue, |_| {}).await
 }
 
 /// Serves `endpoint` for `federation` (new or resumed): waits for agents, drives it to
@@ -106,6 +106,7 @@ pub(crate) async fn serve_federation(
     mut hooks: Hooks,
     mut shutdown: watch::Receiver<bool>,
     mut on_commit: impl FnMut(&RoundRecord, &Federation) -> Flow,
+    on_done: impl FnOnce(&Result<RunReport, FederationError>),
 ) -> Result<RunReport, FederationError> {
     let config = federation.config().clone();
     let fed = &config.federation;
@@ -144,7 +145,9 @@ pub(crate) async fn serve_federation(
         Ok(report)
     }
     .await;
-
+    // Before the agents go: a store records the run's end first, so a crash from here on
+    // does not leave it waiting at restart for agents that were told to stop.
+    on_done(&result);
     stop_agents(&registry, &endpoint, "the federation finished").await;
     result
 }

@@ -6,6 +6,7 @@
 //! last committed one, none counted twice; otherwise a new run starts. A run resumes
 //! only with the model it was made for (the manifest hash is checked).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
@@ -15,7 +16,14 @@ use tracing::{error, info};
 use crate::config::AggregatorConfig;
 use crate::driver::{FederationError, Flow, Hooks, serve_federation};
 use crate::federation::{Federation, FederationState, RoundRecord, RunReport};
-use crate::store::{NewRun, ResumeError, RunId, RunKind, RunStatus, Storage, StoreError, StoreWriter, WriterStats};
+use crate::store::{
+    NewRun, ResumeError, RunId, RunKind, RunStatus, Storage, StoreError, StoreWriter, StudyStore, WriterStats,
+};
+use crate::tune::{
+    Durable, Resumed, TuneConfig, TuneError, TuneHooks, TuneReport, new_study, reseed_for_resume, run_study,
+    study_status,
+};
+use crate::tuning::StudyError;
 
 /// The report of a stored run.
 #[derive(Debug, Clone, Serialize)]
@@ -130,9 +138,11 @@ pub async fn run_stored(
     }
     let writer = StoreWriter::spawn(store, run, keep);
     let failed: Arc<Mutex<Option<StoreError>>> = Arc::default();
+    let mut status = RunStatus::Failed;
     let result = {
         let writer = &writer;
         let failed = failed.clone();
+        let status = &mut status;
         serve_federation(
             endpoint,
             federation,
@@ -146,16 +156,20 @@ pub async fn run_stored(
                     Flow::Stop
                 }
             },
+            |result| {
+                *status = match result {
+                    _ if writer.error().is_some() => RunStatus::Failed,
+                    Ok(report) if !report.interrupted => RunStatus::Finished,
+                    Ok(_) => RunStatus::Interrupted,
+                    Err(_) => RunStatus::Failed,
+                };
+                let end = *status;
+                // Committed before the agents are told to stop.
+                let _ = writer.call(move |store| store.set_status(run, end, None));
+            },
         )
         .await
     };
-    let status = match &result {
-        _ if writer.error().is_some() => RunStatus::Failed,
-        Ok(report) if !report.interrupted => RunStatus::Finished,
-        Ok(_) => RunStatus::Interrupted,
-        Err(_) => RunStatus::Failed,
-    };
-    let _ = writer.set_status(status, None);
     let finished = writer.finish();
     if let Some(e) = failed.lock().unwrap_or_else(PoisonError::into_inner).take() {
         return Err(FederationError::Store(e));
@@ -171,5 +185,126 @@ pub async fn run_stored(
         status,
         commits,
         report,
+    })
+}
+
+/// The report of a study kept in a store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredTuneReport {
+    /// The study's id in the store.
+    pub study: RunId,
+    /// Trials the store already held when this session started (0 for a fresh study).
+    pub resumed_trials: usize,
+    /// Where the study is now.
+    pub status: RunStatus,
+    /// The study: its trials are every trial, those of earlier sessions included.
+    #[serde(flatten)]
+    pub report: TuneReport,
+}
+
+/// Finds the latest unfinished study of this name, or registers a new one.
+fn open_study_run(store: &mut dyn Storage, config: &AggregatorConfig, tune: &TuneConfig) -> Result<RunId, ResumeError> {
+    let fed = &config.federation;
+    let hash = manifest_hex(config);
+    let planned = tune.trials as u64 * tune.rounds;
+    match store.resumable_run(&fed.study, RunKind::Study)? {
+        Some(found) if found.manifest_hash != hash => Err(ResumeError::OtherModel {
+            run: found.id,
+            name: found.name,
+            stored: found.manifest_hash,
+            configured: hash,
+        }),
+        Some(found) => {
+            store.set_status(found.id, RunStatus::Running, Some(planned))?;
+            Ok(found.id)
+        }
+        None => Ok(store.create_run(&NewRun {
+            name: fed.study.clone(),
+            kind: RunKind::Study,
+            rounds_planned: planned,
+            manifest_hash: hash,
+            config: serde_json::to_string(config).unwrap_or_default(),
+        })?),
+    }
+}
+
+/// Runs the federated study `tune` describes like [`crate::tune::tune`], keeping its
+/// trials, every trial's rounds and their checkpoints in `store`. A restart with the
+/// same configuration resumes the latest unfinished study of the same name: finished
+/// trials stay as they are, the trials that were running go on from their last
+/// committed round (with their within-trial policy), and new trials are asked from a
+/// sampler reseeded past the trials already held.
+///
+/// # Errors
+/// [`TuneError`] as [`crate::tune::tune`], plus [`FederationError::Resume`] when the
+/// store cannot be read or holds another study under this name.
+pub async fn tune_stored(
+    endpoint: quinn::Endpoint,
+    config: AggregatorConfig,
+    tune: TuneConfig,
+    mut store: Box<dyn Storage>,
+    keep: usize,
+    hooks: TuneHooks,
+    shutdown: watch::Receiver<bool>,
+) -> Result<StoredTuneReport, TuneError> {
+    let study = new_study(&config, &tune)?;
+    let run = open_study_run(store.as_mut(), &config, &tune).map_err(FederationError::from)?;
+    let writer = Arc::new(StoreWriter::spawn(store, run, keep));
+    let resume_error = |e: StoreError| TuneError::Federation(FederationError::Resume(e.into()));
+    let (study, running) = study
+        .resume_from(Box::new(StudyStore::new(writer.clone(), run)))
+        .map_err(|e| match e {
+            StudyError::Storage(message) => resume_error(StoreError::Database(message)),
+            e => e.into(),
+        })?;
+    let resumed_trials = study.trials().len();
+    let study = reseed_for_resume(study, &tune);
+    let mut resume = VecDeque::new();
+    for trial in running {
+        let number = trial.number;
+        let state = writer
+            .call(move |s| s.latest_checkpoint(run, number))
+            .map_err(resume_error)?;
+        let rounds: Vec<RoundRecord> = writer
+            .call(move |s| s.rounds(run, Some(number)))
+            .map_err(resume_error)?
+            .into_iter()
+            .map(|r| r.record)
+            .collect();
+        let checkpoint = state.as_ref().map_or(0, |s| s.round);
+        if checkpoint != rounds.len() as u64 {
+            return Err(resume_error(StoreError::Corrupt(format!(
+                "trial {number}: {} rounds are committed but the last checkpoint is at round {checkpoint}",
+                rounds.len()
+            ))));
+        }
+        info!(run, trial = number, round = checkpoint, "the trial will resume");
+        resume.push_back((trial, state.map(|state| Resumed { state, rounds })));
+    }
+    if resumed_trials > 0 {
+        info!(run, trials = resumed_trials, "resuming study {run}");
+    } else {
+        info!(run, "starting study {run}");
+    }
+    let durable = Durable {
+        run,
+        writer: writer.clone(),
+        resume,
+    };
+    let result = run_study(endpoint, config, tune, study, Some(durable), hooks, shutdown).await;
+    let status = study_status(&result, writer.error().is_some());
+    let writer = Arc::try_unwrap(writer).map_err(|_| {
+        TuneError::Federation(FederationError::Store(StoreError::WriterGone(
+            "the study still holds its writer".into(),
+        )))
+    })?;
+    writer
+        .finish()
+        .map_err(|e| TuneError::Federation(FederationError::Store(e)))?;
+    Ok(StoredTuneReport {
+        study: run,
+        resumed_trials,
+        status,
+        report: result?,
     })
 }

@@ -1,10 +1,10 @@
-//! `runs`, `rounds` and `export` (part of the `fedtune-aggregator` binary): read a store,
+//! `runs`, `rounds`, `trials` and `export` (part of the `fedtune-aggregator` binary): read a store,
 //! read-only, while a run may be writing it.
 
 use std::io::Write;
 use std::path::Path;
 
-use fedtune_aggregator::store::{AgentRow, RunId, SqliteStore, Storage, agent_rows};
+use fedtune_aggregator::store::{AgentRow, RunId, RunKind, SqliteStore, Storage, agent_rows};
 
 /// `fedtune-aggregator runs`.
 pub fn runs(db: &Path, json: bool) -> anyhow::Result<()> {
@@ -81,10 +81,53 @@ pub fn rounds(db: &Path, run: RunId, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `fedtune-aggregator export`: one row per cohort member and round.
-pub fn export(db: &Path, run: RunId, json: bool) -> anyhow::Result<()> {
+/// `fedtune-aggregator trials`.
+pub fn trials(db: &Path, study: RunId, json: bool) -> anyhow::Result<()> {
     let store = SqliteStore::open_read_only(db)?;
-    store.run(run)?;
+    if store.run(study)?.kind != RunKind::Study {
+        anyhow::bail!("{study} is a run, not a study (see `runs`)");
+    }
+    let trials = store.trials(study)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &trials)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>5}  {:<8}  {:>6}  {:<24}  {:<24}  params",
+        "trial", "state", "rounds", "values", "updated"
+    )?;
+    for t in &trials {
+        let values = t.trial.values.as_ref().map_or_else(
+            || "-".to_owned(),
+            |v| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", "),
+        );
+        writeln!(
+            out,
+            "{:>5}  {:<8}  {:>6}  {:<24}  {:<24}  {}",
+            t.trial.number,
+            serde_json::to_value(t.trial.state)?.as_str().unwrap_or("?"),
+            t.trial.last_intermediate().map_or(0, |(step, _)| step),
+            values,
+            t.updated_at,
+            serde_json::to_string(&t.trial.params)?
+        )?;
+    }
+    Ok(())
+}
+
+/// `fedtune-aggregator export`: one row per cohort member and round (of every trial, for
+/// a study). `kind` asks that the id be of that kind.
+pub fn export(db: &Path, run: RunId, kind: Option<RunKind>, json: bool) -> anyhow::Result<()> {
+    let store = SqliteStore::open_read_only(db)?;
+    let found = store.run(run)?.kind;
+    if let Some(kind) = kind
+        && kind != found
+    {
+        anyhow::bail!("{run} is a {}, not a {} (see `runs`)", found.as_str(), kind.as_str());
+    }
     let rows: Vec<(String, AgentRow)> = store
         .rounds(run, None)?
         .iter()

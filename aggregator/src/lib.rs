@@ -42,7 +42,7 @@ pub mod wire;
 
 pub use config::AggregatorConfig;
 pub use driver::{FederationError, Hooks, run};
-pub use durable::{StoredReport, run_stored};
+pub use durable::{StoredReport, StoredTuneReport, run_stored, tune_stored};
 pub use federation::{
     Action, Evaluator, Event, FailureReason, FailureRecord, Federation, FederationState, GlobalEvaluation, RoundRecord,
     RunReport,

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
-use fedtune_aggregator::store::{RunStatus, SqliteStore};
+use fedtune_aggregator::store::{RunKind, RunStatus, SqliteStore};
 use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
 use fedtune_aggregator::tuning::{
-    Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives,
+    Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, TrialState, ask_tell, load_objectives,
 };
-use fedtune_aggregator::{AggregatorConfig, Hooks, run, run_stored, service};
+use fedtune_aggregator::{AggregatorConfig, Hooks, run, run_stored, service, tune_stored};
 use tracing_subscriber::EnvFilter;
 
 mod inspect;
@@ -77,14 +77,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Export a run's per-agent rows (one per cohort member and round).
+    /// Show a study's trials.
+    Trials {
+        /// The store.
+        #[arg(long)]
+        db: PathBuf,
+        /// The study's id (see `runs`).
+        #[arg(long)]
+        study: i64,
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the per-agent rows (one per cohort member and round) of a run, or of every
+    /// trial of a study.
     Export {
         /// The store.
         #[arg(long)]
         db: PathBuf,
         /// The run's id (see `runs`).
+        #[arg(long, conflicts_with = "study", required_unless_present = "study")]
+        run: Option<i64>,
+        /// The study's id (see `runs`).
         #[arg(long)]
-        run: i64,
+        study: Option<i64>,
         /// `csv` or `json`.
         #[arg(long)]
         format: ExportFormat,
@@ -161,7 +177,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Tune(args) => ask_tell(args)?,
         Command::Runs { db, json } => inspect::runs(&db, json)?,
         Command::Rounds { db, run, json } => inspect::rounds(&db, run, json)?,
-        Command::Export { db, run, format } => inspect::export(&db, run, matches!(format, ExportFormat::Json))?,
+        Command::Trials { db, study, json } => inspect::trials(&db, study, json)?,
+        Command::Export { db, run, study, format } => {
+            let json = matches!(format, ExportFormat::Json);
+            match (run, study) {
+                (Some(run), _) => inspect::export(&db, run, None, json)?,
+                (None, Some(study)) => inspect::export(&db, study, Some(RunKind::Study), json)?,
+                (None, None) => anyhow::bail!("give --run or --study"),
+            }
+        }
     }
     Ok(())
 }
@@ -243,11 +267,6 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     });
     let report_path = config.report.clone();
     if let Some(study) = study {
-        if config.state.db.is_some() {
-            tracing::warn!(
-                "[state] db keeps `serve` runs; a study keeps its trials in [tuning] storage (a JSON-lines journal)"
-            );
-        }
         return serve_study(endpoint, config, study, shutdown, report_path).await;
     }
     // Each round is printed as it commits (stdout is line-buffered), so the log of a
@@ -351,22 +370,58 @@ async fn serve_study(
         study.sampler,
         study.pruner.name()
     );
+    // Rounds and trials are printed as they commit (stdout is line-buffered).
     let hooks = TuneHooks {
         evaluator: None,
-        on_event: Some(Box::new(|event: &TuneEvent| {
-            if let TuneEvent::TrialFinished(t) = event {
-                println!(
-                    "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
-                    t.number,
-                    format!("{:?}", t.state).to_lowercase(),
-                    t.values,
-                    t.rounds,
-                    serde_json::to_string(&t.params).unwrap_or_default()
-                );
+        on_event: Some(Box::new(|event: &TuneEvent| match event {
+            TuneEvent::Round {
+                number, round, values, ..
+            } => {
+                println!("trial {number:>3}  round {round:>3}  values {values:?}");
             }
+            TuneEvent::TrialFinished(t) => println!(
+                "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
+                t.number,
+                format!("{:?}", t.state).to_lowercase(),
+                t.values,
+                t.rounds,
+                serde_json::to_string(&t.params).unwrap_or_default()
+            ),
+            TuneEvent::TrialStarted { .. } => {}
         })),
     };
-    let report = tune(endpoint, config, study, hooks, shutdown).await?;
+    let (report, json) = match config.state.db.clone() {
+        Some(db) => {
+            if study.storage.is_some() {
+                tracing::warn!("[state] db keeps the study; [tuning] storage (the JSON-lines journal) is not used");
+            }
+            let store = SqliteStore::open(&db)?;
+            let keep = config.state.keep_checkpoints;
+            let stored = tune_stored(endpoint, config, study, Box::new(store), keep, hooks, shutdown).await?;
+            let done = stored
+                .report
+                .trials
+                .iter()
+                .filter(|t| t.state != TrialState::Running)
+                .count();
+            match stored.status {
+                RunStatus::Finished => println!("study {}: finished, {done} trials in {}", stored.study, db.display()),
+                status => println!(
+                    "study {}: {} with {done} trials done (in {}); serve again with the same configuration to resume",
+                    stored.study,
+                    status.as_str(),
+                    db.display()
+                ),
+            }
+            let json = serde_json::to_vec_pretty(&stored)?;
+            (stored.report, json)
+        }
+        None => {
+            let report = tune(endpoint, config, study, hooks, shutdown).await?;
+            let json = serde_json::to_vec_pretty(&report)?;
+            (report, json)
+        }
+    };
     match report.best_trial() {
         Some(best) => println!(
             "best trial {}: values {:?}, params {}",
@@ -381,8 +436,7 @@ async fn serve_study(
         report.rounds_spent, report.pareto_front
     );
     if let Some(path) = report_path {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing report {}", path.display()))?;
+        std::fs::write(&path, json).with_context(|| format!("writing report {}", path.display()))?;
         println!("report written to {}", path.display());
     }
     Ok(())

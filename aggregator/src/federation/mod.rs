@@ -64,6 +64,7 @@ pub use record::{
     SecureStep,
 };
 use secure::{SecurePhase, StepOutcome};
+pub(crate) use state::rng_serde;
 pub use state::{FederationState, RngState};
 
 /// Why a federation could not be built.
@@ -83,6 +84,9 @@ pub enum SetupError {
         /// Parameters of `config.model`.
         expected: usize,
     },
+    /// The client tuner refused the state the checkpoint holds for it.
+    #[error("the within-trial tuner cannot resume from the checkpoint: {0}")]
+    TunerState(String),
 }
 
 /// A round in progress.
@@ -124,6 +128,9 @@ pub struct Federation {
     config: Arc<AggregatorConfig>,
     strategy: Box<dyn Strategy>,
     tuner: Option<Box<dyn ClientTuner>>,
+    /// The tuner state of the checkpoint this federation resumed from, for
+    /// [`with_tuner`](Self::with_tuner).
+    resumed_tuner: Option<serde_json::Value>,
     pool: Option<BTreeSet<String>>,
     evaluate_globally: bool,
     trial: u64,
@@ -159,6 +166,7 @@ impl Federation {
         Ok(Self {
             strategy,
             tuner: None,
+            resumed_tuner: None,
             pool: None,
             evaluate_globally: false,
             trial,
@@ -196,6 +204,7 @@ impl Federation {
         fed.server_lr = state.server_lr;
         fed.history = state.history;
         fed.rng = state.rng.rng();
+        fed.resumed_tuner = state.tuner;
         Ok(fed)
     }
 
@@ -209,6 +218,7 @@ impl Federation {
             server_lr: self.server_lr.clone(),
             history: self.history.clone(),
             rng: RngState::of(&self.rng),
+            tuner: self.tuner.as_ref().and_then(|t| t.state()),
         }
     }
 
@@ -218,10 +228,17 @@ impl Federation {
         self
     }
 
-    /// Lets `tuner` choose each agent's client hyperparameters.
-    pub fn with_tuner(mut self, tuner: Box<dyn ClientTuner>) -> Self {
+    /// Lets `tuner` choose each agent's client hyperparameters. A resumed federation
+    /// hands it the state its checkpoint holds.
+    ///
+    /// # Errors
+    /// [`SetupError::TunerState`] when the tuner refuses that state.
+    pub fn with_tuner(mut self, mut tuner: Box<dyn ClientTuner>) -> Result<Self, SetupError> {
+        if let Some(state) = self.resumed_tuner.take() {
+            tuner.restore(state).map_err(SetupError::TunerState)?;
+        }
         self.tuner = Some(tuner);
-        self
+        Ok(self)
     }
 
     /// Asks for a server-side evaluation after each round ([`Action::EvaluateGlobal`]).

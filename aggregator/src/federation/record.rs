@@ -48,6 +48,18 @@ pub trait ClientTuner: Send {
     fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters;
     /// The round's accepted results, each with what the agent used and proposes.
     fn observe(&mut self, results: &[AgentResult]);
+    /// What the tuner has learnt, for a checkpoint; `None` when it keeps nothing.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Goes on from a checkpoint's [`state`](Self::state).
+    ///
+    /// # Errors
+    /// When `state` is not one this tuner wrote.
+    fn restore(&mut self, state: serde_json::Value) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// A step of a secure-aggregation round, as named in failures.

@@ -20,7 +20,7 @@ pub struct RngState {
 }
 
 impl RngState {
-    pub(super) fn of(rng: &ChaCha12Rng) -> Self {
+    pub(crate) fn of(rng: &ChaCha12Rng) -> Self {
         Self {
             seed: rng.get_seed(),
             stream: rng.get_stream(),
@@ -28,11 +28,28 @@ impl RngState {
         }
     }
 
-    pub(super) fn rng(&self) -> ChaCha12Rng {
+    pub(crate) fn rng(&self) -> ChaCha12Rng {
         let mut rng = ChaCha12Rng::from_seed(self.seed);
         rng.set_stream(self.stream);
         rng.set_word_pos(self.word_pos);
         rng
+    }
+}
+
+/// Serializes a [`ChaCha12Rng`] as its [`RngState`] (`#[serde(with = "...")]`), so a
+/// seeded stream resumes where it stopped.
+pub(crate) mod rng_serde {
+    use rand::rngs::ChaCha12Rng;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::RngState;
+
+    pub(crate) fn serialize<S: Serializer>(rng: &ChaCha12Rng, s: S) -> Result<S::Ok, S::Error> {
+        RngState::of(rng).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ChaCha12Rng, D::Error> {
+        RngState::deserialize(d).map(|state| state.rng())
     }
 }
 
@@ -54,4 +71,7 @@ pub struct FederationState {
     pub history: History,
     /// The cohort and seed stream.
     pub rng: RngState,
+    /// The client tuner's state (a study's within-trial policy), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuner: Option<serde_json::Value>,
 }

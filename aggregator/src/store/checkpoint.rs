@@ -3,18 +3,21 @@
 //! ```text
 //! "FTCK" | version u8 | header length u32 LE | header (JSON)
 //!        | for each vector: length u64 LE (values) | values as f32 LE
+//!        | CRC-32 of everything before it, u32 LE   (from version 2)
 //! ```
 //!
 //! The header is the [`FederationState`] with its per-parameter vectors (the global
 //! model, the strategy's momentum or moments) emptied; the vectors follow in the order
-//! [`vectors`] gives, copied as bytes rather than encoded value by value.
+//! [`vectors`] gives, copied as bytes rather than encoded value by value. The checksum
+//! catches a damaged blob that SQLite's page checks do not (flipped bytes inside the
+//! model's values would otherwise load as a different model).
 
 use fedtune_protocol::tensor::f32_to_le_bytes;
 
 use crate::federation::FederationState;
 
 const MAGIC: &[u8; 4] = b"FTCK";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Why a checkpoint does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +34,14 @@ pub enum CheckpointError {
     /// Its header does not parse.
     #[error("the checkpoint header does not parse: {0}")]
     Header(String),
+    /// The bytes are not those written.
+    #[error("the checkpoint is damaged (checksum {computed:#010x}, written {stored:#010x})")]
+    Checksum {
+        /// The checksum written with it.
+        stored: u32,
+        /// The checksum of what was read.
+        computed: u32,
+    },
     /// Bytes remain after the last vector.
     #[error("{0} bytes follow the checkpoint's last vector")]
     Trailing(usize),
@@ -51,7 +62,7 @@ pub fn encode_checkpoint(mut state: FederationState) -> Result<Vec<u8>, Checkpoi
     let taken: Vec<Vec<f32>> = vectors(&mut state).into_iter().map(std::mem::take).collect();
     let header = serde_json::to_vec(&state).map_err(|e| CheckpointError::Header(e.to_string()))?;
     let body: usize = taken.iter().map(|v| 8 + 4 * v.len()).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + 1 + 4 + header.len() + body);
+    let mut out = Vec::with_capacity(MAGIC.len() + 1 + 4 + header.len() + body + 4);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     let header_len = u32::try_from(header.len()).map_err(|_| CheckpointError::Header("over 4 GiB".into()))?;
@@ -61,6 +72,8 @@ pub fn encode_checkpoint(mut state: FederationState) -> Result<Vec<u8>, Checkpoi
         out.extend_from_slice(&(v.len() as u64).to_le_bytes());
         out.extend_from_slice(&f32_to_le_bytes(v));
     }
+    let checksum = crc32fast::hash(&out);
+    out.extend_from_slice(&checksum.to_le_bytes());
     Ok(out)
 }
 
@@ -77,6 +90,17 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<FederationState, CheckpointErro
     let version = take(&mut rest, 1, "version")?[0];
     if version > VERSION {
         return Err(CheckpointError::NewerFormat(version));
+    }
+    if version >= 2 {
+        let Some(body) = bytes.len().checked_sub(4) else {
+            return Err(CheckpointError::Truncated("checksum"));
+        };
+        let stored = u32::from_le_bytes(bytes[body..].try_into().expect("4 bytes"));
+        let computed = crc32fast::hash(&bytes[..body]);
+        if stored != computed {
+            return Err(CheckpointError::Checksum { stored, computed });
+        }
+        rest = &rest[..rest.len().saturating_sub(4)];
     }
     let header_len = u32::from_le_bytes(take(&mut rest, 4, "header length")?.try_into().expect("4 bytes"));
     let header = take(&mut rest, header_len as usize, "header")?;

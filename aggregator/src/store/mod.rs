@@ -9,7 +9,10 @@
 //!   agent of the round for exports;
 //! - **checkpoints**: the federation's [`FederationState`] after a round — global model,
 //!   strategy state, server-LR controller, fairness history, cohort RNG position, round
-//!   number. The last `keep_checkpoints` and the best one are kept.
+//!   number, a trial's within-trial policy. The last `keep_checkpoints` and the best one
+//!   are kept per trial;
+//! - **trials** of a study: parameters, state, values, intermediate values per round, and
+//!   the study's space and objectives, so a restarted study refuses another's file.
 //!
 //! A round and its checkpoint commit in one transaction, so a run restarted after a
 //! crash resumes from exactly the rounds in the store: none lost once committed, none
@@ -20,6 +23,7 @@
 
 mod checkpoint;
 mod sqlite;
+mod study;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -30,9 +34,11 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{CheckpointError, decode_checkpoint, encode_checkpoint};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
+pub use study::StudyStore;
 pub use writer::{StoreWriter, WriterStats};
 
 use crate::federation::{FederationState, RoundRecord};
+use crate::tuning::{FrozenTrial, StudyHeader};
 
 /// A run's id in its store.
 pub type RunId = i64;
@@ -151,6 +157,18 @@ pub struct StoredRound {
     pub record: RoundRecord,
 }
 
+/// A trial of a study as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredTrial {
+    /// The trial.
+    #[serde(flatten)]
+    pub trial: FrozenTrial,
+    /// When it was asked (UTC, RFC 3339).
+    pub created_at: String,
+    /// When it last changed (UTC, RFC 3339).
+    pub updated_at: String,
+}
+
 /// One cohort member's part in a committed round (a row of `export`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentRow {
@@ -239,6 +257,14 @@ pub enum StoreError {
         trial: u64,
         /// The round.
         round: u64,
+    },
+    /// The run holds another study (other space or objectives), or is not a study.
+    #[error("run {run} {what}; give [federation] study a new name or use another store")]
+    OtherStudy {
+        /// The run.
+        run: RunId,
+        /// What differs.
+        what: String,
     },
     /// A stored value does not decode.
     #[error("a stored value is corrupt: {0}")]
@@ -352,4 +378,24 @@ pub trait Storage: Send {
     /// # Errors
     /// [`StoreError::Database`].
     fn checkpoint_rounds(&self, run: RunId, trial: u64) -> Result<Vec<u64>, StoreError>;
+
+    /// Opens study `run` as `header` describes it: records the header the first time,
+    /// refuses another study's, and returns the trials stored, in number order.
+    ///
+    /// # Errors
+    /// [`StoreError::OtherStudy`] when the run holds another study or is not a study,
+    /// [`StoreError::Corrupt`], [`StoreError::Database`].
+    fn open_study(&mut self, run: RunId, header: &StudyHeader) -> Result<Vec<FrozenTrial>, StoreError>;
+
+    /// Stores the current snapshot of a trial of study `run`, new or changed.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchRun`], [`StoreError::Database`].
+    fn save_trial(&mut self, run: RunId, trial: &FrozenTrial) -> Result<(), StoreError>;
+
+    /// The trials of study `run`, in number order.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`], [`StoreError::Database`].
+    fn trials(&self, run: RunId) -> Result<Vec<StoredTrial>, StoreError>;
 }

@@ -10,17 +10,19 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::checkpoint::{decode_checkpoint, encode_checkpoint};
-use super::{NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, agent_rows};
+use super::study::{TrialColumns, check_header, trial_columns, trial_from_columns};
+use super::{NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, StoredTrial, agent_rows};
 use crate::federation::{FederationState, RoundRecord};
+use crate::tuning::{FrozenTrial, StudyHeader};
 
 /// Identifies a fedtune store among SQLite files (`PRAGMA application_id`, "FDTN").
 const APPLICATION_ID: i64 = 0x4644_544E;
 
 /// The newest schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Each migration takes the schema from its index to the next version.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 0 → 1
     "CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,6 +72,23 @@ const MIGRATIONS: &[&str] = &[
         score REAL,
         state BLOB NOT NULL,
         PRIMARY KEY (run_id, trial, round)
+    );",
+    // 1 → 2: studies and their trials
+    "CREATE TABLE studies (
+        run_id INTEGER PRIMARY KEY REFERENCES runs (id),
+        header TEXT NOT NULL
+    );
+    CREATE TABLE trials (
+        run_id INTEGER NOT NULL REFERENCES studies (run_id),
+        number INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'complete', 'pruned', 'failed')),
+        params TEXT NOT NULL,
+        objective_values TEXT,
+        feasible INTEGER NOT NULL,
+        intermediate TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        PRIMARY KEY (run_id, number)
     );",
 ];
 
@@ -478,5 +497,104 @@ impl Storage for SqliteStore {
             .query_map(params![run, trial as i64], |r| r.get::<_, i64>(0))
             .map_err(db)?;
         rows.map(|r| r.map(|v| v as u64).map_err(db)).collect()
+    }
+
+    fn open_study(&mut self, run: RunId, header: &StudyHeader) -> Result<Vec<FrozenTrial>, StoreError> {
+        let kind = self.run(run)?.kind;
+        if kind != RunKind::Study {
+            return Err(StoreError::OtherStudy {
+                run,
+                what: "is a run, not a study".into(),
+            });
+        }
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT header FROM studies WHERE run_id = ?1", params![run], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        match stored {
+            Some(stored) => check_header(run, &stored, header)?,
+            None => {
+                let json = serde_json::to_string(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                self.conn
+                    .execute(
+                        "INSERT INTO studies (run_id, header) VALUES (?1, ?2)",
+                        params![run, json],
+                    )
+                    .map_err(db)?;
+            }
+        }
+        Ok(self.trials(run)?.into_iter().map(|t| t.trial).collect())
+    }
+
+    fn save_trial(&mut self, run: RunId, trial: &FrozenTrial) -> Result<(), StoreError> {
+        let TrialColumns {
+            state,
+            params: params_json,
+            values,
+            intermediate,
+        } = trial_columns(trial)?;
+        self.conn
+            .execute(
+                "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
+                     objective_values = excluded.objective_values, feasible = excluded.feasible,
+                     intermediate = excluded.intermediate,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                params![
+                    run,
+                    trial.number as i64,
+                    state,
+                    params_json,
+                    values,
+                    trial.feasible,
+                    intermediate
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::NoSuchRun(run)
+                }
+                e => db(e),
+            })?;
+        Ok(())
+    }
+
+    fn trials(&self, run: RunId) -> Result<Vec<StoredTrial>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at
+                 FROM trials WHERE run_id = ?1 ORDER BY number",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![run], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    TrialColumns {
+                        state: r.get(1)?,
+                        params: r.get(2)?,
+                        values: r.get(3)?,
+                        intermediate: r.get(5)?,
+                    },
+                    r.get::<_, bool>(4)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            })
+            .map_err(db)?;
+        rows.map(|row| {
+            let (number, columns, feasible, created_at, updated_at) = row.map_err(db)?;
+            Ok(StoredTrial {
+                trial: trial_from_columns(run, number as u64, columns, feasible)?,
+                created_at,
+                updated_at,
+            })
+        })
+        .collect()
     }
 }

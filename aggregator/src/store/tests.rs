@@ -79,7 +79,93 @@ fn state(round: u64, numel: usize) -> FederationState {
             stream: 3,
             word_pos: u128::from(round) * 1000 + 17,
         },
+        tuner: None,
     }
+}
+
+fn header(objective: &str) -> StudyHeader {
+    use crate::tuning::{Direction, Objective};
+    use fedtune_protocol::space::{ParamSpec, SearchSpace};
+    StudyHeader {
+        space: SearchSpace::new(vec![
+            ParamSpec::parse("learning_rate", "loguniform(1e-4, 1)").unwrap(),
+            ParamSpec::parse("optimizer", "choice(adam, sgd)").unwrap(),
+        ])
+        .unwrap(),
+        objectives: vec![Objective::new(objective, Direction::Maximize)],
+    }
+}
+
+fn trial(number: u64, state: crate::tuning::TrialState, rounds: u64) -> FrozenTrial {
+    use fedtune_protocol::space::ParamValue;
+    FrozenTrial {
+        number,
+        params: BTreeMap::from([
+            (
+                "learning_rate".to_owned(),
+                ParamValue::Float(0.01 * (number + 1) as f64),
+            ),
+            ("optimizer".to_owned(), ParamValue::Categorical("sgd".into())),
+        ]),
+        values: (state == crate::tuning::TrialState::Complete).then(|| vec![0.9 - number as f64 / 100.0]),
+        state,
+        feasible: number % 2 == 0,
+        intermediate: (1..=rounds).map(|step| (step, vec![0.1 * step as f64])).collect(),
+    }
+}
+
+/// The study half of the contract: trials, their rounds and checkpoints.
+fn study_suite(store: &mut dyn Storage) {
+    use crate::tuning::TrialState;
+    let study = store
+        .create_run(&NewRun {
+            kind: RunKind::Study,
+            ..new_run("search")
+        })
+        .unwrap();
+    assert!(store.open_study(study, &header("accuracy")).unwrap().is_empty());
+    store.save_trial(study, &trial(0, TrialState::Running, 0)).unwrap();
+    store.save_trial(study, &trial(1, TrialState::Running, 2)).unwrap();
+    store.save_trial(study, &trial(0, TrialState::Complete, 3)).unwrap();
+    // Reopened, the study has the last snapshot of every trial.
+    let trials = store.open_study(study, &header("accuracy")).unwrap();
+    assert_eq!(
+        trials,
+        vec![trial(0, TrialState::Complete, 3), trial(1, TrialState::Running, 2)]
+    );
+    let stored = store.trials(study).unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored[0].updated_at >= stored[0].created_at);
+    // Another study under the same run, or a run taken for a study, is refused.
+    let err = store.open_study(study, &header("loss")).unwrap_err();
+    assert!(
+        matches!(err, StoreError::OtherStudy { .. }) && err.to_string().contains("objectives"),
+        "{err}"
+    );
+    let run = store.create_run(&new_run("plain")).unwrap();
+    assert!(matches!(
+        store.open_study(run, &header("accuracy")),
+        Err(StoreError::OtherStudy { .. })
+    ));
+    assert!(matches!(
+        store.save_trial(9999, &trial(0, TrialState::Running, 0)),
+        Err(StoreError::NoSuchRun(9999))
+    ));
+    // Each trial has its own rounds and checkpoints, the policy state included.
+    for number in [0, 1] {
+        for round in 0..3 {
+            let mut after = state(round + 1, 100);
+            after.trial = number;
+            after.tuner = Some(serde_json::json!({"trial": number, "round": round}));
+            store.commit_round(study, &record(round, None), after, 5).unwrap();
+        }
+    }
+    assert_eq!(store.rounds(study, Some(1)).unwrap().len(), 3);
+    assert_eq!(store.rounds(study, None).unwrap().len(), 6);
+    let latest = store.latest_checkpoint(study, 1).unwrap().unwrap();
+    assert_eq!((latest.trial, latest.round), (1, 3));
+    assert_eq!(latest.tuner, Some(serde_json::json!({"trial": 1, "round": 2})));
+    assert_eq!(store.run(study).unwrap().rounds_committed, 6);
 }
 
 /// The contract every [`Storage`] must keep; each backend runs it on a fresh store.
@@ -143,11 +229,45 @@ fn sqlite_keeps_the_storage_contract() {
     let db = TempDb::new("suite");
     let mut store = SqliteStore::open(&db.0).unwrap();
     suite(&mut store);
+    study_suite(&mut store);
     drop(store);
     // Everything is still there after a reopen, read-only too.
     let store = SqliteStore::open_read_only(&db.0).unwrap();
-    assert_eq!(store.runs().unwrap().len(), 2);
+    assert_eq!(store.runs().unwrap().len(), 4);
     assert_eq!(store.rounds(1, Some(0)).unwrap().len(), 6);
+    assert_eq!(store.trials(3).unwrap().len(), 2);
+}
+
+#[test]
+fn a_first_version_store_migrates_and_keeps_its_runs() {
+    let db = TempDb::new("v1");
+    let conn = rusqlite::Connection::open(&db.0).unwrap();
+    conn.execute_batch(&format!(
+        "{}; PRAGMA application_id = {}; PRAGMA user_version = 1;",
+        super::sqlite::MIGRATIONS[0],
+        0x4644_544E
+    ))
+    .unwrap();
+    conn.execute(
+        "INSERT INTO runs (name, kind, status, rounds_planned, manifest_hash, config)
+         VALUES ('old', 'run', 'finished', 3, 'ab', '{}')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(
+        SqliteStore::open_read_only(&db.0).is_err(),
+        "a read-only open must not use an unmigrated store"
+    );
+    let mut store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.runs().unwrap()[0].name, "old");
+    study_suite(&mut store);
+    drop(store);
+    let version: i64 = rusqlite::Connection::open(&db.0)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
 }
 
 #[test]
@@ -199,17 +319,50 @@ fn damaged_foreign_and_newer_files_are_refused_at_open() {
     let err = SqliteStore::open(&cut.0).unwrap_err();
     assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
 
-    // Corrupt pages in the middle.
+    // A corrupt table page (the second page, the root of `runs`: 64 KiB pages).
     let bad = TempDb::new("corrupt");
     store_with_rounds(&bad.0);
     let mut bytes = std::fs::read(&bad.0).unwrap();
-    let mid = bytes.len() / 2;
-    for b in &mut bytes[mid..mid + 8192] {
+    for b in &mut bytes[65_536..65_536 + 8192] {
         *b ^= 0x5A;
     }
     std::fs::write(&bad.0, &bytes).unwrap();
-    let result = SqliteStore::open(&bad.0).and_then(|s| s.latest_checkpoint(1, 0));
-    assert!(result.is_err(), "a corrupt store opened and read: {result:?}");
+    // Refused at open, or when the damaged part is read: every checkpoint is decoded.
+    let result = SqliteStore::open(&bad.0).and_then(|s| {
+        s.rounds(1, None)?;
+        let conn = rusqlite::Connection::open(&bad.0).map_err(|e| StoreError::Database(e.to_string()))?;
+        let mut stmt = conn
+            .prepare("SELECT state FROM checkpoints")
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let blobs: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        for blob in blobs {
+            decode_checkpoint(&blob)?;
+        }
+        Ok(())
+    });
+    assert!(result.is_err(), "a corrupt store opened and read whole: {result:?}");
+
+    // Flipped bytes inside the last checkpoint's model values, which no page check sees.
+    let flipped = TempDb::new("flipped");
+    store_with_rounds(&flipped.0);
+    let mut bytes = std::fs::read(&flipped.0).unwrap();
+    let last = state(4, 20_000);
+    let needle: Vec<u8> = last.global[10_000..10_004]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("the last checkpoint's values are in the file");
+    bytes[at + 1] ^= 0x01;
+    std::fs::write(&flipped.0, &bytes).unwrap();
+    let store = SqliteStore::open(&flipped.0).unwrap();
+    let err = store.latest_checkpoint(1, 0).unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
 
     // Another application's SQLite file.
     let foreign = TempDb::new("foreign");
@@ -259,14 +412,25 @@ fn checkpoints_decode_only_when_whole() {
         assert!(
             matches!(
                 decode_checkpoint(&full[..cut]),
-                Err(CheckpointError::Truncated(_) | CheckpointError::BadMagic)
+                Err(CheckpointError::Truncated(_) | CheckpointError::BadMagic | CheckpointError::Checksum { .. })
             ),
             "cut at {cut}"
         );
     }
     let mut trailing = full.clone();
     trailing.push(0);
-    assert_eq!(decode_checkpoint(&trailing), Err(CheckpointError::Trailing(1)));
+    assert!(matches!(
+        decode_checkpoint(&trailing),
+        Err(CheckpointError::Checksum { .. })
+    ));
+    // One flipped bit in the model's values is caught.
+    let mut flipped = full.clone();
+    let at = full.len() - 100;
+    flipped[at] ^= 0x10;
+    assert!(matches!(
+        decode_checkpoint(&flipped),
+        Err(CheckpointError::Checksum { .. })
+    ));
     let mut newer = full.clone();
     newer[4] = 9;
     assert_eq!(decode_checkpoint(&newer), Err(CheckpointError::NewerFormat(9)));

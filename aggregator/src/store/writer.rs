@@ -14,9 +14,15 @@ use crate::federation::{FederationState, RoundRecord};
 /// Commits queued before [`StoreWriter::commit`] waits for the writer to catch up.
 const QUEUE: usize = 2;
 
+/// An operation run on the writer thread; it answers its caller itself.
+type Call = Box<dyn FnOnce(&mut dyn Storage) + Send>;
+
+/// Work handed to the writer thread, done in order.
 enum Write {
     Round(Box<(RoundRecord, FederationState)>),
     Status(RunStatus, Option<u64>),
+    /// Any other operation.
+    Call(Call),
 }
 
 /// What committing cost.
@@ -65,6 +71,10 @@ impl StoreWriter {
                         result
                     }
                     Write::Status(status, planned) => store.set_status(run, status, planned),
+                    Write::Call(call) => {
+                        call(store.as_mut());
+                        Ok(())
+                    }
                 };
                 if let Err(e) = result {
                     tracing::error!(run, "store: {e}");
@@ -109,6 +119,26 @@ impl StoreWriter {
     /// [`StoreError::WriterGone`] when an earlier write failed.
     pub fn commit(&self, record: RoundRecord, state: FederationState) -> Result<(), StoreError> {
         self.send(Write::Round(Box::new((record, state))))
+    }
+
+    /// Runs `operation` on the store after everything queued before it and waits for
+    /// its answer (for small writes the caller must see committed, such as a study's
+    /// trials, and for reads of what the run wrote).
+    ///
+    /// # Errors
+    /// What `operation` returns, or [`StoreError::WriterGone`] when an earlier write
+    /// failed.
+    pub fn call<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = sync_channel(1);
+        self.send(Write::Call(Box::new(move |store| {
+            let _ = answer.send(operation(store));
+        })))?;
+        answered
+            .recv()
+            .map_err(|_| StoreError::WriterGone("the writer thread ended".into()))?
     }
 
     /// Queues a status change.

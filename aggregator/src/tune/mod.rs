@@ -36,13 +36,15 @@ pub use crate::config::TuningSection;
 use crate::config::{AggregatorConfig, ConfigError};
 use crate::driver::{FederationError, accept_agents, stop_agents, wait_for_agents};
 use crate::federation::{Evaluator, GlobalEvaluation};
+use crate::store::RunStatus;
 pub use crate::tuning::Metric;
 use crate::tuning::{
-    FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig, SamplerKind, Study,
-    StudyError, TrialState,
+    AskedTrial, FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig,
+    SamplerKind, Study, StudyError, TrialState,
 };
 use params::baseline_params;
 pub use params::{apply_client, check_space, check_strategies, trial_config};
+pub(crate) use trial::Resumed;
 use trial::{PolicyTuner, TrialRun, lock};
 
 /// How to run a federated study.
@@ -321,30 +323,103 @@ pub async fn tune(
     endpoint: quinn::Endpoint,
     config: AggregatorConfig,
     tune: TuneConfig,
-    mut hooks: TuneHooks,
-    mut shutdown: watch::Receiver<bool>,
+    hooks: TuneHooks,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<TuneReport, TuneError> {
+    let mut study = new_study(&config, &tune)?;
+    if let Some(path) = &tune.storage {
+        study = study.with_storage(Box::new(Journal::new(path)))?;
+        study = reseed_for_resume(study, &tune);
+    }
+    run_study(endpoint, config, tune, study, None, hooks, shutdown).await
+}
+
+/// The study `tune` describes, with no storage yet.
+///
+/// # Errors
+/// [`TuneError`] when the configuration, the space or the objectives are invalid.
+pub(crate) fn new_study(config: &AggregatorConfig, tune: &TuneConfig) -> Result<Study, TuneError> {
     config.validate()?;
     tune.validate()?;
     check_strategies(&tune.space, config.secure_aggregation.enabled)?;
     let objectives: Vec<Objective> = tune.objectives.iter().map(|m| m.objective()).collect();
     let mut study = Study::new(
         tune.space.clone(),
-        objectives.clone(),
+        objectives,
         tune.sampler.build_with_startup(tune.seed, Some(tune.startup())),
         tune.pruner.build(),
     )?;
     if let Some(weights) = tune.weights.clone() {
         study = study.with_weights(weights)?;
     }
-    if let Some(path) = &tune.storage {
-        study = study.with_storage(Box::new(Journal::new(path)))?;
+    Ok(study)
+}
+
+/// A resumed study's sampler, seeded from the seed and the number of trials it already
+/// holds: a sampler rebuilt with the bare seed would propose trial 0's parameters again.
+pub(crate) fn reseed_for_resume(study: Study, tune: &TuneConfig) -> Study {
+    let held = study.trials().len() as u64;
+    if held == 0 {
+        return study;
     }
+    let seed = tune.seed ^ held.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    study.with_sampler(tune.sampler.build_with_startup(seed, Some(tune.startup())))
+}
+
+/// What a study kept in a run's store brings: its writer, and the trials that were
+/// running when the last session ended, to resume first.
+pub(crate) struct Durable {
+    pub(crate) run: crate::store::RunId,
+    pub(crate) writer: Arc<crate::store::StoreWriter>,
+    pub(crate) resume: std::collections::VecDeque<(AskedTrial, Option<Resumed>)>,
+}
+
+/// Where a study that ended with `result` is; `store_failed` when a write to its store
+/// failed.
+pub(crate) fn study_status(result: &Result<TuneReport, TuneError>, store_failed: bool) -> RunStatus {
+    match result {
+        _ if store_failed => RunStatus::Failed,
+        Ok(report) if !report.interrupted && report.trials.iter().all(|t| t.state != TrialState::Running) => {
+            RunStatus::Finished
+        }
+        Ok(_) => RunStatus::Interrupted,
+        Err(_) => RunStatus::Failed,
+    }
+}
+
+impl Durable {
+    /// Commits the study's end (before its agents are told to stop, so a crash after it
+    /// does not leave the study waiting at restart for agents that are gone).
+    fn record_end(&self, result: &Result<TuneReport, TuneError>) {
+        let (run, status) = (self.run, study_status(result, self.writer.error().is_some()));
+        if let Err(e) = self.writer.call(move |store| store.set_status(run, status, None)) {
+            warn!(run, "the study's end is not recorded: {e}");
+        }
+    }
+}
+
+/// Runs `study` over the agents that connect to `endpoint`; see [`tune`].
+pub(crate) async fn run_study(
+    endpoint: quinn::Endpoint,
+    config: AggregatorConfig,
+    tune: TuneConfig,
+    study: Study,
+    mut durable: Option<Durable>,
+    mut hooks: TuneHooks,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<TuneReport, TuneError> {
     let study = Arc::new(Mutex::new(study));
     let fed = &config.federation;
     let registry = accept_agents(&endpoint, fed);
     let mut federation_hooks = crate::driver::Hooks::default();
     let result = async {
+        let nothing_left =
+            lock(&study).trials().len() >= tune.trials && durable.as_ref().is_none_or(|d| d.resume.is_empty());
+        if nothing_left {
+            info!("every trial of the study is done");
+            let records = lock(&study).trials().iter().map(TrialRecord::resumed).collect();
+            return Ok(finish_report(&study, records, false));
+        }
         if !wait_for_agents(
             &registry,
             fed.min_agents,
@@ -363,6 +438,10 @@ pub async fn tune(
         let mut records = Vec::new();
         let mut asked = lock(&study).trials().len();
         let resumed = asked;
+        let resuming: BTreeSet<u64> = durable
+            .as_ref()
+            .map(|d| d.resume.iter().map(|(t, _)| t.number).collect())
+            .unwrap_or_default();
         let mut interrupted = false;
         let evaluator = hooks.evaluator.clone();
         let mut emit = |event: &TuneEvent| {
@@ -372,7 +451,8 @@ pub async fn tune(
         };
         loop {
             // Start trials while there are slots and free agents.
-            while asked < tune.trials && running.len() < tune.parallel && !*shutdown.borrow() {
+            let pending = |durable: &Option<Durable>| durable.as_ref().is_some_and(|d| !d.resume.is_empty());
+            while (pending(&durable) || asked < tune.trials) && running.len() < tune.parallel && !*shutdown.borrow() {
                 let pool = if tune.parallel == 1 {
                     None
                 } else {
@@ -390,13 +470,9 @@ pub async fn tune(
                     }
                     Some(free.into_iter().take(share).collect::<BTreeSet<String>>())
                 };
-                let asked_trial = {
-                    let mut study = lock(&study);
-                    if asked == 0 && tune.baseline_first {
-                        study.ask_with(baseline_params(&tune.space, &config))
-                    } else {
-                        study.ask()
-                    }
+                let (asked_trial, resume) = match durable.as_mut().and_then(|d| d.resume.pop_front()) {
+                    Some((trial, resume)) => (Ok(trial), resume),
+                    None => (ask(&study, asked, &tune, &config), None),
                 };
                 let trial = match asked_trial {
                     Ok(trial) => trial,
@@ -407,7 +483,9 @@ pub async fn tune(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                asked += 1;
+                if resume.is_none() && !resuming.contains(&trial.number) {
+                    asked += 1;
+                }
                 let seed = tune.seed.wrapping_mul(1_000_003).wrapping_add(trial.number);
                 let trial_cfg = match trial_config(&config, &trial.params, seed, tune.rounds) {
                     Ok(c) => c,
@@ -462,6 +540,8 @@ pub async fn tune(
                     objectives: tune.objectives.clone(),
                     tuner,
                     events: events.clone(),
+                    resume,
+                    writer: durable.as_ref().map(|d| d.writer.clone()),
                 };
                 running.spawn(run.run(shutdown.clone()));
             }
@@ -501,13 +581,36 @@ pub async fn tune(
             }
         }
         // Trials of an earlier session, as the journal kept them.
-        records.extend(lock(&study).trials()[..resumed].iter().map(TrialRecord::resumed));
+        records.extend(
+            lock(&study).trials()[..resumed]
+                .iter()
+                .filter(|t| !resuming.contains(&t.number))
+                .map(TrialRecord::resumed),
+        );
         records.sort_by_key(|r| r.number);
         Ok(finish_report(&study, records, interrupted))
     }
     .await;
+    if let Some(durable) = &durable {
+        durable.record_end(&result);
+    }
     stop_agents(&registry, &endpoint, "the study finished").await;
     result
+}
+
+/// The next trial of the study: the baseline first when asked for, then the sampler's.
+fn ask(
+    study: &Mutex<Study>,
+    asked: usize,
+    tune: &TuneConfig,
+    config: &AggregatorConfig,
+) -> Result<AskedTrial, StudyError> {
+    let mut study = lock(study);
+    if asked == 0 && tune.baseline_first {
+        study.ask_with(baseline_params(&tune.space, config))
+    } else {
+        study.ask()
+    }
 }
 
 fn finish_report(study: &Mutex<Study>, trials: Vec<TrialRecord>, interrupted: bool) -> TuneReport {

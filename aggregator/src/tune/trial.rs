@@ -7,16 +7,19 @@ use std::time::Instant;
 use fedtune_protocol::ClientHyperparameters;
 use fedtune_protocol::space::{Distribution, ParamValue};
 use tokio::sync::{Semaphore, watch};
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use super::params::{apply_client, client_value, server_lr};
 use super::{TrialRecord, TuneEvent};
 use crate::config::AggregatorConfig;
 use crate::driver::{DriveContext, Flow, drive};
 use crate::fairness::FairnessReport;
-use crate::federation::{ClientTuner, Evaluator, Federation, GlobalEvaluation, final_fairness};
+use crate::federation::{
+    ClientTuner, Evaluator, Federation, FederationState, GlobalEvaluation, RoundRecord, final_fairness,
+};
 use crate::registry::Registry;
 use crate::round::AgentResult;
+use crate::store::StoreWriter;
 use crate::tuning::Metric;
 use crate::tuning::{Draw, FedExPolicy, Outcome, Params, Study, TrialState};
 
@@ -42,9 +45,26 @@ impl ClientTuner for SharedTuner {
     fn observe(&mut self, results: &[AgentResult]) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).observe(results);
     }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).state()
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<(), String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).restore(state)
+    }
 }
 
 impl ClientTuner for PolicyTuner {
+    fn state(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.policy).ok()
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<(), String> {
+        self.policy = serde_json::from_value(state).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     fn assign(&mut self, agent: &str, base: &ClientHyperparameters) -> ClientHyperparameters {
         let draw = self.policy.draw();
         let mut hp = base.clone();
@@ -105,6 +125,16 @@ pub(super) struct TrialRun {
     pub(super) objectives: Vec<Metric>,
     pub(super) tuner: Option<Arc<Mutex<PolicyTuner>>>,
     pub(super) events: tokio::sync::mpsc::UnboundedSender<TuneEvent>,
+    /// Where a trial resumes from (a study restarted from its store).
+    pub(super) resume: Option<Resumed>,
+    /// Commits each round and its checkpoint, when the study lives in a store.
+    pub(super) writer: Option<Arc<StoreWriter>>,
+}
+
+/// A running trial's last checkpoint and the rounds committed before it.
+pub(crate) struct Resumed {
+    pub(crate) state: FederationState,
+    pub(crate) rounds: Vec<RoundRecord>,
 }
 
 pub(super) fn lock(study: &Mutex<Study>) -> std::sync::MutexGuard<'_, Study> {
@@ -133,7 +163,7 @@ pub(super) fn values(objectives: &[Metric], metrics: &BTreeMap<Metric, f64>) -> 
 }
 
 impl TrialRun {
-    pub(super) async fn run(self, mut shutdown: watch::Receiver<bool>) -> TrialRecord {
+    pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> TrialRecord {
         let started = Instant::now();
         let fed = &self.config.federation;
         let mut record = TrialRecord {
@@ -155,7 +185,13 @@ impl TrialRun {
             policy: None,
             seconds: 0.0,
         };
-        let federation = Federation::new(self.config.clone(), self.number).map(|f| {
+        let resumed = self.resume.take();
+        let resumed_from = resumed.as_ref().map(|r| r.state.round);
+        let (fresh, prior) = match resumed {
+            Some(Resumed { state, rounds }) => (Federation::resume(self.config.clone(), state), rounds),
+            None => (Federation::new(self.config.clone(), self.number), Vec::new()),
+        };
+        let federation = fresh.and_then(|f| {
             let f = f.with_global_evaluation(self.evaluator.is_some());
             let f = match self.pool.clone() {
                 Some(pool) => f.with_pool(pool),
@@ -163,7 +199,7 @@ impl TrialRun {
             };
             match self.tuner.clone() {
                 Some(tuner) => f.with_tuner(Box::new(SharedTuner(tuner))),
-                None => f,
+                None => Ok(f),
             }
         });
         let mut federation = match federation {
@@ -173,14 +209,28 @@ impl TrialRun {
                 return self.finish(record, Outcome::Failed, started);
             }
         };
-        if let Some(v) = server_lr(&self.params) {
+        // A resumed trial's checkpoint carries the server learning rate it had reached.
+        if resumed_from.is_none()
+            && let Some(v) = server_lr(&self.params)
+        {
             let lr = v.as_f64().unwrap_or(f64::NAN);
             if let Err(e) = federation.set_server_learning_rate(lr) {
                 warn!(trial = self.number, "server learning rate not applied: {e}");
             }
         }
-        let (mut device, mut bytes) = (0.0, 0);
-        let mut last_round: Option<crate::federation::RoundRecord> = None;
+        if let Some(round) = resumed_from {
+            info!(trial = self.number, round, "trial resumed from its checkpoint");
+        }
+        let device_so_far: f64 = prior.iter().map(|r| r.device_seconds).sum();
+        let (mut device, mut bytes) = (device_so_far, prior.iter().map(|r| r.payload_bytes).sum::<u64>());
+        record.rounds = prior.last().map_or(0, |r| r.round + 1);
+        if let Some(trial) = lock(&self.study).trial(self.number) {
+            record.curve = trial.intermediate.values().filter_map(|v| v.first().copied()).collect();
+            record.curve.truncate(prior.len());
+        }
+        let mut last_round: Option<RoundRecord> = prior.into_iter().last();
+        let writer = self.writer.clone();
+        let mut commit_failed = false;
         let mut pruned = false;
         let context = DriveContext {
             registry: &self.registry,
@@ -188,7 +238,7 @@ impl TrialRun {
             evaluator: self.evaluator.clone(),
             max_payload: fed.max_payload_bytes,
         };
-        let report = drive(federation, context, &mut shutdown, |r, _| {
+        let report = drive(federation, context, &mut shutdown, |r, federation| {
             let round = r.round;
             record.rounds = round + 1;
             device += r.device_seconds;
@@ -217,6 +267,16 @@ impl TrialRun {
                 pruned: prune && round + 1 < fed.rounds,
             });
             last_round = Some(r.clone());
+            // The trial's values for the round are stored (by `report`) before the round
+            // and its checkpoint: a crash between the two reruns the round, whose new
+            // values replace the old.
+            if let Some(writer) = &writer
+                && let Err(e) = writer.commit(r.clone(), federation.state())
+            {
+                error!(trial = self.number, "stopping: the round could not be committed: {e}");
+                commit_failed = true;
+                return Flow::Stop;
+            }
             if prune && round + 1 < fed.rounds {
                 pruned = true;
                 Flow::Stop
@@ -229,7 +289,13 @@ impl TrialRun {
             record.final_test = last_round.and_then(|r| r.test);
             return self.finish(record, Outcome::Pruned, started);
         }
-        if report.interrupted {
+        if report.interrupted || commit_failed {
+            // In a store, an interrupted trial stays running: a restart resumes it.
+            if self.writer.is_some() {
+                record.state = TrialState::Running;
+                record.seconds = started.elapsed().as_secs_f64();
+                return record;
+            }
             return self.finish(record, Outcome::Failed, started);
         }
         let Some(last) = last_round else {

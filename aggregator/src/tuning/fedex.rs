@@ -43,7 +43,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::f64::consts::LN_2;
 
 use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
-use rand::rngs::StdRng;
+use rand::rngs::ChaCha12Rng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -267,7 +267,7 @@ pub struct PolicySummary {
     pub params: Vec<ParamSummary>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Arm {
     value: ParamValue,
     origin: ArmOrigin,
@@ -276,7 +276,7 @@ struct Arm {
 }
 
 /// The arms and distribution of one adaptive parameter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Bandit {
     name: String,
     distribution: Distribution,
@@ -306,7 +306,7 @@ impl Bandit {
         best
     }
 
-    fn sample(&self, rng: &mut StdRng) -> usize {
+    fn sample(&self, rng: &mut ChaCha12Rng) -> usize {
         let total: f64 = self.probs.iter().sum();
         let mut u = rng.random::<f64>() * total;
         for (j, &p) in self.probs.iter().enumerate() {
@@ -322,14 +322,18 @@ impl Bandit {
 
 /// The FedEx policy of one trial: per adaptive client parameter, a distribution over arms
 /// updated by exponentiated gradient. See the [module documentation](self).
-#[derive(Debug)]
+///
+/// It serializes whole (its random stream included), so a trial resumed from a
+/// checkpoint goes on with the policy it had learnt.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FedExPolicy {
     config: FedExConfig,
     trial: Params,
     bandits: Vec<Bandit>,
     /// Parameters of the space that the policy leaves alone.
     fixed: BTreeSet<String>,
-    rng: StdRng,
+    #[serde(with = "crate::federation::rng_serde")]
+    rng: ChaCha12Rng,
     baseline_sum: f64,
     baseline_weight: f64,
     rounds: u64,
@@ -454,7 +458,7 @@ impl FedExPolicy {
             trial,
             bandits,
             fixed,
-            rng: StdRng::seed_from_u64(seed),
+            rng: ChaCha12Rng::seed_from_u64(seed),
             baseline_sum: 0.0,
             baseline_weight: 0.0,
             rounds: 0,

@@ -42,6 +42,9 @@ pub enum StorageError {
         /// What is wrong.
         message: String,
     },
+    /// Another storage (a run's store) refused the operation.
+    #[error("{0}")]
+    Backend(String),
     /// The journal belongs to a study with another space or other objectives.
     #[error("{path} holds a study with {what}; use another file or the same study")]
     Mismatch {

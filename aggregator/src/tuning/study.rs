@@ -299,19 +299,52 @@ impl Study {
     ///
     /// # Errors
     /// [`StudyError::Storage`] when the storage cannot be read or holds another study.
-    pub fn with_storage(mut self, mut storage: Box<dyn Storage>) -> Result<Self, StudyError> {
+    pub fn with_storage(self, storage: Box<dyn Storage>) -> Result<Self, StudyError> {
+        let (mut study, running) = self.resume_from(storage)?;
+        for trial in running {
+            study.tell(trial.number, Outcome::Failed)?;
+        }
+        Ok(study)
+    }
+
+    /// Keeps the study in `storage` and resumes from the trials it already holds,
+    /// leaving the trials that were running when the last session ended running: the
+    /// caller goes on with them (from their checkpoints) and tells them as usual.
+    ///
+    /// # Errors
+    /// [`StudyError::Storage`] when the storage cannot be read or holds another study.
+    pub fn resume_from(mut self, mut storage: Box<dyn Storage>) -> Result<(Self, Vec<AskedTrial>), StudyError> {
         let header = StudyHeader {
             space: self.space.clone(),
             objectives: self.objectives.clone(),
         };
-        let mut trials = storage.open(&header).map_err(|e| StudyError::Storage(e.to_string()))?;
-        for t in trials.iter_mut().filter(|t| t.state == TrialState::Running) {
-            t.state = TrialState::Failed;
-            storage.save(t).map_err(|e| StudyError::Storage(e.to_string()))?;
+        let trials = storage.open(&header).map_err(|e| StudyError::Storage(e.to_string()))?;
+        if let Some((i, t)) = trials.iter().enumerate().find(|(i, t)| t.number != *i as u64) {
+            return Err(StudyError::Storage(format!(
+                "the stored trials skip from {} to {}",
+                i.saturating_sub(1),
+                t.number
+            )));
         }
+        let running = trials
+            .iter()
+            .filter(|t| t.state == TrialState::Running)
+            .map(|t| AskedTrial {
+                number: t.number,
+                params: t.params.clone(),
+            })
+            .collect();
         self.trials = trials;
         self.storage = storage;
-        Ok(self)
+        Ok((self, running))
+    }
+
+    /// Replaces the sampler (a resumed study reseeds its sampler so that it does not
+    /// propose the first session's parameters again).
+    #[must_use]
+    pub fn with_sampler(mut self, sampler: Box<dyn Sampler + Send>) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     /// Optimises the weighted sum of the objectives (each turned into a loss) instead
