@@ -73,6 +73,16 @@ struct Federation {
     _agents: Processes,
 }
 
+/// Starts the agent daemon of `config`.
+fn agent(config: &Path) -> Child {
+    Command::new(common::binary("fedtune-agent"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap()
+}
+
 fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
     let dir = common::scratch_dir(name);
     let pki = dir.join("pki");
@@ -110,12 +120,7 @@ fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
                 .replace("../data", data.to_str().unwrap());
             let path = dir.join(format!("agent-{i}.toml"));
             std::fs::write(&path, toml).unwrap();
-            Command::new(common::binary("fedtune-agent"))
-                .args(["run", "--config"])
-                .arg(&path)
-                .env("RUST_LOG", "error")
-                .spawn()
-                .unwrap()
+            agent(&path)
         })
         .collect();
     Federation {
@@ -173,6 +178,32 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
         report,
         _agents,
     } = federation("resume", |toml| toml);
+    resumes_after_sigkills(&config, &db, &report);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_secure_stored_run_resumes_after_sigkill_inside_its_secure_steps() {
+    let Federation {
+        dir,
+        config,
+        db,
+        report,
+        _agents,
+    } = federation("resume-secure", |toml| {
+        toml.replace(
+            "enabled = false                      # needs a strategy",
+            "enabled = true # needs a strategy",
+        )
+    });
+    resumes_after_sigkills(&config, &db, &report);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills `serve` at four points of the run, restarts it each time and checks the store,
+/// the report and the inspection commands once it has finished.
+fn resumes_after_sigkills(config: &Path, db: &Path, report: &Path) {
+    let (config, db, report) = (config.to_path_buf(), db.to_path_buf(), report.to_path_buf());
     // Kill points: (rounds committed, delay after that commit was seen): just after the
     // commit, in the hold between rounds, and twice inside the next round (local training
     // of 8 epochs runs while the aggregator waits for updates).
@@ -275,7 +306,6 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run 99"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Trials of `study` in the store by state, and rounds committed (0s before the store
@@ -409,4 +439,51 @@ fn a_stored_study_resumes_after_sigkill_at_four_points() {
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&space_dir);
+}
+
+#[test]
+fn an_agent_killed_mid_training_rejoins_and_the_run_completes() {
+    let Federation {
+        dir,
+        config,
+        db,
+        report,
+        mut _agents,
+    } = federation("agent-kill", |toml| {
+        // Long enough local training that the kill lands inside it.
+        toml.replace("local_epochs = 8", "local_epochs = 120")
+    });
+    let mut aggregator = Processes(vec![serve(&config)]);
+    wait_until(Duration::from_secs(90), "round 1", || committed(&db) >= 2);
+    // The hold after round 1, then round 2 trains: kill agent 1 inside it.
+    std::thread::sleep(Duration::from_millis(HOLD_MS + 100));
+    let victim = &mut _agents.0[1];
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let killed_at = committed(&db);
+    std::thread::sleep(Duration::from_millis(1500));
+    _agents.0[1] = agent(&dir.join("agent-1.toml"));
+    let (success, stdout) = wait_for_exit(&mut aggregator.0[0], Duration::from_secs(120));
+    assert!(success, "{stdout}");
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let rounds = store.rounds(1, None).unwrap();
+    assert_eq!(
+        rounds.iter().map(|r| r.record.round).collect::<Vec<_>>(),
+        (0..ROUNDS).collect::<Vec<_>>()
+    );
+    let missed: Vec<u64> = rounds
+        .iter()
+        .filter(|r| r.record.failures.iter().any(|f| f.agent == "agent-1"))
+        .map(|r| r.record.round)
+        .collect();
+    assert!(
+        missed.contains(&killed_at),
+        "round {killed_at} lost agent 1 to the kill: {missed:?}"
+    );
+    let last = &rounds.last().unwrap().record;
+    assert_eq!(last.updates, 3, "agent 1 is back by the last round: {last:?}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["final_agent_evaluation"].as_object().unwrap().len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
 }

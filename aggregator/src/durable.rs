@@ -53,6 +53,20 @@ pub fn manifest_hex(config: &AggregatorConfig) -> String {
         .collect()
 }
 
+/// Runs `operation` on `store` on a blocking thread (a store may block on disk or network,
+/// and a client with its own runtime must not run inside this one); hands the store back.
+async fn off_runtime<T: Send + 'static>(
+    mut store: Box<dyn Storage>,
+    operation: impl FnOnce(&mut dyn Storage) -> T + Send + 'static,
+) -> Result<(Box<dyn Storage>, T), FederationError> {
+    tokio::task::spawn_blocking(move || {
+        let out = operation(store.as_mut());
+        (store, out)
+    })
+    .await
+    .map_err(|e| FederationError::Store(StoreError::WriterGone(format!("opening the store: {e}"))))
+}
+
 /// A run opened in a store: new, or resumed with its committed rounds and last state.
 struct Opened {
     run: RunId,
@@ -115,13 +129,18 @@ fn open_run(store: &mut dyn Storage, config: &AggregatorConfig) -> Result<Opened
 pub async fn run_stored(
     endpoint: quinn::Endpoint,
     config: AggregatorConfig,
-    mut store: Box<dyn Storage>,
+    store: Box<dyn Storage>,
     keep: usize,
     hooks: Hooks,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StoredReport, FederationError> {
     config.validate()?;
-    let opened = open_run(store.as_mut(), &config)?;
+    let (store, opened) = off_runtime(store, {
+        let config = config.clone();
+        move |store| open_run(store, &config)
+    })
+    .await?;
+    let opened = opened?;
     let config = Arc::new(config);
     let resumed_from = opened.state.as_ref().map(|s| s.round);
     let federation = match opened.state {
@@ -242,13 +261,18 @@ pub async fn tune_stored(
     endpoint: quinn::Endpoint,
     config: AggregatorConfig,
     tune: TuneConfig,
-    mut store: Box<dyn Storage>,
+    store: Box<dyn Storage>,
     keep: usize,
     hooks: TuneHooks,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StoredTuneReport, TuneError> {
     let study = new_study(&config, &tune)?;
-    let run = open_study_run(store.as_mut(), &config, &tune).map_err(FederationError::from)?;
+    let (store, run) = off_runtime(store, {
+        let (config, tune) = (config.clone(), tune.clone());
+        move |store| open_study_run(store, &config, &tune)
+    })
+    .await?;
+    let run = run.map_err(FederationError::from)?;
     let writer = Arc::new(StoreWriter::spawn(store, run, keep));
     let resume_error = |e: StoreError| TuneError::Federation(FederationError::Resume(e.into()));
     let (study, running) = study
