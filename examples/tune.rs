@@ -21,14 +21,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use fedtune::agent::model::default_device;
-use fedtune::aggregator::AggregatorConfig;
 use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune::aggregator::tuning::pareto::non_dominated_ranks;
 use fedtune::aggregator::tuning::spec::load_space_toml;
 use fedtune::aggregator::tuning::{
     Direction, MedianPruner, Params, PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState,
 };
+use fedtune::aggregator::{AggregatorConfig, tune_stored};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
@@ -94,6 +95,10 @@ struct Args {
     /// Print every round of every trial.
     #[arg(long)]
     verbose: bool,
+    /// Keep the study, its trials, rounds and checkpoints in this SQLite store; run again
+    /// with the same flags to resume an interrupted study (see `fedtune-aggregator trials`).
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Write the final figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -282,9 +287,25 @@ async fn main() -> anyhow::Result<()> {
             _ => {}
         })),
     };
-    let report = tune(endpoint, config, study, hooks, stopped)
-        .await
-        .context("the study failed")?;
+    let report = match &args.db {
+        Some(db) => {
+            let store = SqliteStore::open(db)?;
+            let stored = tune_stored(endpoint, config, study, Box::new(store), 3, hooks, stopped)
+                .await
+                .context("the study failed")?;
+            println!(
+                "study {} {} in {} ({} trials held before this session)",
+                stored.study,
+                stored.status.as_str(),
+                db.display(),
+                stored.resumed_trials
+            );
+            stored.report
+        }
+        None => tune(endpoint, config, study, hooks, stopped)
+            .await
+            .context("the study failed")?,
+    };
     while let Some(exit) = agents.join_next().await {
         exit??;
     }

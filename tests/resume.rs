@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fedtune_aggregator::durable::model_crc32;
 use fedtune_aggregator::store::{RunKind, RunStatus, SqliteStore, Storage};
 use fedtune_aggregator::tuning::TrialState;
 
@@ -147,6 +148,10 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> (bool, String) {
     (status.success(), stdout)
 }
 
+fn report_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// A real SIGKILL: no handler runs.
 fn kill(aggregator: &mut Processes) {
     let child = &mut aggregator.0[0];
@@ -246,6 +251,12 @@ fn resumes_after_sigkills(config: &Path, db: &Path, report: &Path) {
     }
     let checkpoint = store.latest_checkpoint(runs[0].id, 0).unwrap().unwrap();
     assert_eq!(checkpoint.round, ROUNDS);
+    let final_model = report_json(&report)["final_model_crc32"].as_u64();
+    assert_eq!(
+        final_model,
+        model_crc32(&checkpoint.global).map(u64::from),
+        "the final model is the last checkpoint's"
+    );
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(report["run"], runs[0].id);

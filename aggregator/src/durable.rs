@@ -36,9 +36,17 @@ pub struct StoredReport {
     pub status: RunStatus,
     /// What committing cost.
     pub commits: WriterStats,
+    /// CRC-32 of the final global model's parameters (f32, little-endian), to check it
+    /// against a checkpoint or an exported file; `None` when the run trained nothing.
+    pub final_model_crc32: Option<u32>,
     /// The run: its rounds are every committed round, those before the resume included.
     #[serde(flatten)]
     pub report: RunReport,
+}
+
+/// CRC-32 of `params` as little-endian f32, `None` for no parameters.
+pub fn model_crc32(params: &[f32]) -> Option<u32> {
+    (!params.is_empty()).then(|| crc32fast::hash(&fedtune_protocol::tensor::f32_to_le_bytes(params)))
 }
 
 /// The full manifest hash, in hex.
@@ -203,6 +211,7 @@ pub async fn run_stored(
         resumed_from,
         status,
         commits,
+        final_model_crc32: model_crc32(&report.global),
         report,
     })
 }
