@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::cancel::Cancel;
+use crate::last_update::{LastUpdate, TaskKey};
 use crate::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 
@@ -89,10 +90,12 @@ pub async fn run<T: Trainer>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Exit, AgentError> {
     let trainer = Arc::new(Mutex::new(trainer));
+    // Kept across connections: a restarted aggregator asks again for what it lost.
+    let last: Shared<Option<LastUpdate>> = Arc::default();
     let mut backoff = options.reconnect.initial;
     let mut failures = 0u32;
     loop {
-        let attempt = serve_connection(&endpoint, &options, &trainer, &mut stop, &mut failures).await;
+        let attempt = serve_connection(&endpoint, &options, &trainer, &last, &mut stop, &mut failures).await;
         let last = match attempt {
             Ok(exit) => return Ok(exit),
             Err(Failure::Refused(error)) => return Err(AgentError::Refused(error)),
@@ -132,6 +135,7 @@ async fn serve_connection<T: Trainer>(
     endpoint: &quinn::Endpoint,
     options: &AgentOptions,
     trainer: &Arc<Mutex<T>>,
+    last: &Shared<Option<LastUpdate>>,
     stop: &mut watch::Receiver<bool>,
     failures: &mut u32,
 ) -> Result<Exit, Failure> {
@@ -162,10 +166,10 @@ async fn serve_connection<T: Trainer>(
         tokio::select! {
             stream = connection.accept_bi() => {
                 let (send, recv) = stream?;
-                let (trainer, shutdown_tx) = (trainer.clone(), shutdown_tx.clone());
+                let (trainer, last, shutdown_tx) = (trainer.clone(), last.clone(), shutdown_tx.clone());
                 let require_secure = options.require_secure_aggregation;
                 tokio::spawn(async move {
-                    if let Err(e) = serve_stream(send, recv, limits, require_secure, trainer, shutdown_tx).await {
+                    if let Err(e) = serve_stream(send, recv, limits, require_secure, trainer, last, shutdown_tx).await {
                         debug!("exchange ended: {e}");
                     }
                 });
@@ -183,6 +187,9 @@ async fn serve_connection<T: Trainer>(
     }
 }
 
+/// State shared by the tasks of an agent.
+type Shared<T> = Arc<Mutex<T>>;
+
 pub(crate) fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Training state is rebuilt from each task, so a trainer poisoned by a panic is
     // still safe to use for the next one.
@@ -195,6 +202,7 @@ async fn serve_stream<T: Trainer>(
     limits: Limits,
     require_secure: bool,
     trainer: Arc<Mutex<T>>,
+    last: Shared<Option<LastUpdate>>,
     shutdown: mpsc::Sender<String>,
 ) -> Result<(), WireError> {
     let (message, payload) = match read_frame(&mut recv, limits).await {
@@ -226,6 +234,18 @@ async fn serve_stream<T: Trainer>(
                 return Ok(send.finish()?);
             }
             let started = std::time::Instant::now();
+            let key = TaskKey::of(&task, &payload);
+            let kept = lock(&last).take();
+            if let Some(kept) = kept.filter(|k| k.answers(&key)) {
+                info!(
+                    trial,
+                    round, "answering a task sent again with the update already trained for it"
+                );
+                write_frame(&mut send, &AgentMessage::Update(kept.update.clone()), &kept.delta).await?;
+                read_ack(&mut recv, trial, round, started).await?;
+                *lock(&last) = Some(kept);
+                return Ok(send.finish()?);
+            }
             let cancel = Cancel::until(started + Duration::from_millis(task.deadline_ms));
             let outcome = train_until_abandoned(send.stopped(), trainer, task, payload, cancel).await;
             let (task, outcome) = match outcome {
@@ -239,19 +259,20 @@ async fn serve_stream<T: Trainer>(
             match outcome {
                 Ok(fit) => {
                     let update = update_for(&task, &fit);
-                    write_frame(&mut send, &AgentMessage::Update(update), &fit.delta).await?;
-                    match read_frame(&mut recv, Limits::control()).await?.0 {
-                        AggregatorMessage::Ack(_) => {
-                            debug!(
-                                trial,
-                                round,
-                                seconds = started.elapsed().as_secs_f64(),
-                                "update accepted"
-                            )
-                        }
-                        AggregatorMessage::Error(e) => warn!(trial, round, "update refused: {e}"),
-                        other => warn!(trial, round, "unexpected reply to an update: {}", other.name()),
+                    let kept = LastUpdate::new(key, update, fit);
+                    // Kept before it is sent: the aggregator may die before it commits the
+                    // round, or while the update is on the wire.
+                    let (update, delta) = {
+                        let mut slot = lock(&last);
+                        let kept = slot.insert(kept);
+                        (kept.update.clone(), std::mem::take(&mut kept.delta))
+                    };
+                    let sent = write_frame(&mut send, &AgentMessage::Update(update), &delta).await;
+                    if let Some(kept) = lock(&last).as_mut() {
+                        kept.delta = delta;
                     }
+                    sent?;
+                    read_ack(&mut recv, trial, round, started).await?;
                 }
                 Err(TrainerError::Abandoned(why)) => {
                     // The aggregator has stopped waiting; say so in case it still listens.
@@ -300,6 +321,26 @@ async fn serve_stream<T: Trainer>(
         }
     }
     send.finish()?;
+    Ok(())
+}
+
+/// Reads the aggregator's answer to an update.
+async fn read_ack(
+    recv: &mut quinn::RecvStream,
+    trial: u64,
+    round: u64,
+    started: std::time::Instant,
+) -> Result<(), WireError> {
+    match read_frame(recv, Limits::control()).await?.0 {
+        AggregatorMessage::Ack(_) => debug!(
+            trial,
+            round,
+            seconds = started.elapsed().as_secs_f64(),
+            "update accepted"
+        ),
+        AggregatorMessage::Error(e) => warn!(trial, round, "update refused: {e}"),
+        other => warn!(trial, round, "unexpected reply to an update: {}", other.name()),
+    }
     Ok(())
 }
 

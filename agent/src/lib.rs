@@ -20,6 +20,7 @@ pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod data;
+mod last_update;
 pub mod model;
 pub mod partition;
 mod secure;
