@@ -12,23 +12,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use fedtune::agent::cancel::Cancel;
+use common::perturb::{model, perturbations};
+use common::processes::{announce_port, load_agents, pki_files, wait_for_port};
 use fedtune::agent::client::client_endpoint;
 use fedtune::agent::tls::{client_config, default_transport};
 use fedtune::agent::train::peak_rss_bytes;
-use fedtune::agent::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
-use fedtune::aggregator::identity::{FederationPki, Identity, load_ca_certificate, load_identity};
+use fedtune::aggregator::identity::FederationPki;
 use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::{AggregatorConfig, Hooks, run, run_stored};
-use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Manifest, ModelSpec, Task, TensorSpec, TrainMetrics};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -97,47 +96,6 @@ struct Summary {
     store_commit_fraction_of_round: Option<f64>,
 }
 
-fn model(params: usize) -> ModelSpec {
-    ModelSpec::Custom {
-        name: "perturbation".into(),
-        manifest: Manifest {
-            tensors: vec![TensorSpec::new("weights", vec![params])],
-        },
-    }
-}
-
-/// Skips training: answers every task with the same small perturbation.
-struct Perturb {
-    delta: Vec<f32>,
-}
-
-impl Trainer for Perturb {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            train_samples: 100,
-            ..Capabilities::default()
-        }
-    }
-    fn fit(&mut self, _: &Task, global: &[f32], _: &Cancel) -> Result<FitOutcome, TrainerError> {
-        if global.len() != self.delta.len() {
-            return Err(TrainerError::Declined(format!(
-                "expected {} parameters, got {}",
-                self.delta.len(),
-                global.len()
-            )));
-        }
-        Ok(FitOutcome {
-            delta: self.delta.clone(),
-            num_samples: 100,
-            metrics: TrainMetrics::default(),
-            proposal: None,
-        })
-    }
-    fn evaluate(&mut self, _: &Evaluate, _: &[f32]) -> Result<Evaluation, TrainerError> {
-        Err(TrainerError::Declined("nothing to evaluate".into()))
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     common::init_logging();
     let args = Args::parse();
@@ -149,21 +107,13 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn pki_files(dir: &Path) -> anyhow::Result<(String, Identity)> {
-    Ok((
-        load_ca_certificate(&dir.join("ca.pem"))?,
-        load_identity(&dir.join("server.pem"), &dir.join("server.key"))?,
-    ))
-}
-
 async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
     let dir = args.pki.as_deref().context("--pki")?;
     let (ca, identity) = pki_files(dir)?;
     let tuning = tuning(args.wan_tuning);
     let endpoint = fedtune::aggregator::service::bind(([127, 0, 0, 1], 0).into(), &ca, &identity, &tuning)?;
-    let port = endpoint.local_addr()?.port();
     let out = args.out.clone().context("--out")?;
-    std::fs::write(out.with_extension("port"), port.to_string())?;
+    announce_port(&out, endpoint.local_addr()?.port())?;
     let config = AggregatorConfig {
         listen: endpoint.local_addr()?,
         federation: FederationConfig {
@@ -209,11 +159,7 @@ async fn agents_role(args: &Args) -> anyhow::Result<()> {
     let dir = args.pki.as_deref().context("--pki")?;
     let port = args.port.context("--port")?;
     let pki = load_agents(dir, args.agents)?;
-    let trainers: Vec<Perturb> = (0..args.agents)
-        .map(|_| Perturb {
-            delta: vec![1e-3; args.params],
-        })
-        .collect();
+    let trainers = perturbations(args.agents, args.params);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents =
         fedtune::sim::spawn_agents(&pki, ([127, 0, 0, 1], port).into(), trainers, !args.wan_tuning, stopped)
@@ -222,26 +168,6 @@ async fn agents_role(args: &Args) -> anyhow::Result<()> {
         exit??;
     }
     Ok(())
-}
-
-fn load_agents(dir: &Path, n: usize) -> anyhow::Result<FederationPki> {
-    let (ca, server) = pki_files(dir)?;
-    let agents = (0..n)
-        .map(|i| {
-            let id = fedtune::sim::agent_id(i);
-            let agents = dir.join("agents");
-            Ok((
-                id.clone(),
-                load_identity(&agents.join(format!("{id}.pem")), &agents.join(format!("{id}.key")))?,
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(FederationPki {
-        ca_cert_pem: ca,
-        ca_key_pem: String::new(),
-        server,
-        agents,
-    })
 }
 
 fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -284,20 +210,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         .arg(&out)
         .stdout(Stdio::null())
         .spawn()?;
-    let port_file = out.with_extension("port");
-    let started = Instant::now();
-    let port: u16 = loop {
-        if let Ok(text) = std::fs::read_to_string(&port_file)
-            && let Ok(port) = text.trim().parse()
-        {
-            break port;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = aggregator.kill();
-            bail!("the aggregator did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let port = wait_for_port(&out, &mut aggregator)?;
     let mut agents = common("agents")
         .args(["--port", &port.to_string()])
         .stdout(Stdio::null())

@@ -1,5 +1,13 @@
 //! Set-up shared by the examples.
+//!
+//! # Layout
+//! - [`perturb`]: agents that skip training and answer with a fixed perturbation.
+//! - [`processes`]: the aggregator and the agents in separate processes (PKI on disk,
+//!   the port handed over in a file).
 #![allow(dead_code)]
+
+pub mod perturb;
+pub mod processes;
 
 use std::path::Path;
 
