@@ -17,11 +17,14 @@
 //! A round and its checkpoint commit in one transaction, so a run restarted after a
 //! crash resumes from exactly the rounds in the store: none lost once committed, none
 //! counted twice. [`SqliteStore`] is the embedded default (one file, WAL mode, so
-//! readers such as `fedtune-aggregator runs` never block the run). The run itself
-//! writes through a [`StoreWriter`], one thread that owns the store, so the federation
-//! never waits on the disk.
+//! readers such as `fedtune-aggregator runs` never block the run). [`PostgresStore`] keeps
+//! the same tables in a PostgreSQL database, for state that lives on a server; like any
+//! blocking store it is called off the async runtime. The run itself writes through a
+//! [`StoreWriter`], one thread that owns the store, so the federation never waits on the
+//! disk.
 
 mod checkpoint;
+mod postgres;
 mod sqlite;
 mod study;
 #[cfg(test)]
@@ -33,6 +36,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{CheckpointError, decode_checkpoint, encode_checkpoint};
+pub use postgres::PostgresStore;
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 pub use study::StudyStore;
 pub use writer::{StoreWriter, WriterStats};
