@@ -259,18 +259,10 @@ async fn serve_stream<T: Trainer>(
             match outcome {
                 Ok(fit) => {
                     let update = update_for(&task, &fit);
-                    let kept = LastUpdate::new(key, update, fit);
-                    // Kept before it is sent: the aggregator may die before it commits the
-                    // round, or while the update is on the wire.
-                    let (update, delta) = {
-                        let mut slot = lock(&last);
-                        let kept = slot.insert(kept);
-                        (kept.update.clone(), std::mem::take(&mut kept.delta))
-                    };
-                    let sent = write_frame(&mut send, &AgentMessage::Update(update), &delta).await;
-                    if let Some(kept) = lock(&last).as_mut() {
-                        kept.delta = delta;
-                    }
+                    let sent = write_frame(&mut send, &AgentMessage::Update(update.clone()), &fit.delta).await;
+                    // Kept whether or not it got through: the aggregator may die while the
+                    // update is on the wire, or before it commits the round.
+                    *lock(&last) = Some(LastUpdate::new(key, update, fit));
                     sent?;
                     read_ack(&mut recv, trial, round, started).await?;
                 }

@@ -221,8 +221,8 @@ impl TrialRun {
         if let Some(round) = resumed_from {
             info!(trial = self.number, round, "trial resumed from its checkpoint");
         }
-        let device_so_far: f64 = prior.iter().map(|r| r.device_seconds).sum();
-        let (mut device, mut bytes) = (device_so_far, prior.iter().map(|r| r.payload_bytes).sum::<u64>());
+        let mut device: f64 = prior.iter().map(|r| r.device_seconds).sum();
+        let mut bytes: u64 = prior.iter().map(|r| r.payload_bytes).sum();
         record.rounds = prior.last().map_or(0, |r| r.round + 1);
         if let Some(trial) = lock(&self.study).trial(self.number) {
             record.curve = trial.intermediate.values().filter_map(|v| v.first().copied()).collect();
