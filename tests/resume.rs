@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{Processes, agent_process as agent, wait_for_exit, wait_until};
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,18 +22,6 @@ const ROUNDS: u64 = 8;
 /// the test chooses.
 const HOLD_MS: u64 = 400;
 
-/// Kills every child when the test ends, however it ends.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Rounds committed to the store so far (0 before the store exists).
 fn committed(db: &Path) -> u64 {
     SqliteStore::open_read_only(db)
@@ -39,18 +29,6 @@ fn committed(db: &Path) -> u64 {
         .and_then(|s| s.runs().ok())
         .and_then(|runs| runs.first().map(|r| r.rounds_committed))
         .unwrap_or(0)
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    started.elapsed()
 }
 
 fn serve(config: &Path) -> Child {
@@ -74,26 +52,9 @@ struct Federation {
     _agents: Processes,
 }
 
-/// Starts the agent daemon of `config`.
-fn agent(config: &Path) -> Child {
-    Command::new(common::binary("fedtune-agent"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .spawn()
-        .unwrap()
-}
-
 fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
     let dir = common::scratch_dir(name);
-    let pki = dir.join("pki");
-    let status = Command::new(common::binary("fedtune-aggregator"))
-        .args(["init", "--out"])
-        .arg(&pki)
-        .args(["--agents", "3"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::init_pki(&dir, 3);
     let port = common::free_udp_port();
     let db = dir.join("fedtune.db");
     let report = dir.join("report.json");
@@ -108,21 +69,8 @@ fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
     assert!(toml.contains("[state]"), "config/aggregator.toml has a [state] section");
     let config = dir.join("aggregator.toml");
     std::fs::write(&config, edit(toml)).unwrap();
-    let data = common::repo().join("data");
     let agents: Vec<Child> = (0..3)
-        .map(|i| {
-            let toml = std::fs::read_to_string(common::repo().join("config/agent.toml"))
-                .unwrap()
-                .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
-                .replace("agent-0", &format!("agent-{i}"))
-                .replace("client = 0", &format!("client = {i}"))
-                .replace("max_ms = 5000", "max_ms = 1000")
-                .replace("max_attempts = 20", "max_attempts = 0")
-                .replace("../data", data.to_str().unwrap());
-            let path = dir.join(format!("agent-{i}.toml"));
-            std::fs::write(&path, toml).unwrap();
-            agent(&path)
-        })
+        .map(|i| common::agent_process(&common::agent_config(&dir, port, i)))
         .collect();
     Federation {
         dir,
@@ -131,21 +79,6 @@ fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
         report,
         _agents: Processes(agents),
     }
-}
-
-/// Waits for `child` to exit; returns its stdout and whether it succeeded.
-fn wait_for_exit(child: &mut Child, limit: Duration) -> (bool, String) {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < limit, "the resumed aggregator did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    (status.success(), stdout)
 }
 
 fn report_json(path: &Path) -> serde_json::Value {

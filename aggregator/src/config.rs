@@ -47,10 +47,20 @@ pub struct AggregatorConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
-    /// The store (e.g. `"fedtune.db"`, relative to the configuration file).
+    /// The store: a SQLite file (e.g. `"fedtune.db"`, relative to the configuration
+    /// file) or a PostgreSQL database (`"postgres://user:password@host/database"`).
     pub db: Option<PathBuf>,
     /// Checkpoints kept per run: the last `keep_checkpoints`, and the best one.
     pub keep_checkpoints: usize,
+    /// The name this aggregator writes a study's trials as. Aggregators sharing a study
+    /// (one store, one `[federation] study` name) need distinct owners; by default the
+    /// host name and the listening port. A restart under the same owner takes its
+    /// running trials straight back; others wait `trial_timeout_secs`.
+    pub owner: Option<String>,
+    /// A trial whose owner's heartbeat is older than this many seconds is taken over by
+    /// the next aggregator of the study with a free slot (heartbeats go every quarter of
+    /// it while the owner lives).
+    pub trial_timeout_secs: f64,
 }
 
 impl Default for StateConfig {
@@ -58,7 +68,30 @@ impl Default for StateConfig {
         Self {
             db: None,
             keep_checkpoints: 3,
+            owner: None,
+            trial_timeout_secs: 60.0,
         }
+    }
+}
+
+impl StateConfig {
+    /// The owner this aggregator writes trials as (see [`owner`](Self::owner)).
+    pub fn owner(&self, listen: SocketAddr) -> String {
+        if let Some(owner) = &self.owner {
+            return owner.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "aggregator".to_owned());
+        format!("{host}:{}", listen.port())
+    }
+
+    /// How long a silent owner keeps its trials.
+    pub fn trial_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.trial_timeout_secs)
     }
 }
 
@@ -327,7 +360,12 @@ impl AggregatorConfig {
         if let Some(report) = config.report.as_mut().filter(|r| r.is_relative()) {
             *report = base.join(&*report);
         }
-        if let Some(db) = config.state.db.as_mut().filter(|d| d.is_relative()) {
+        if let Some(db) = config
+            .state
+            .db
+            .as_mut()
+            .filter(|d| d.is_relative() && !crate::store::is_postgres_url(d))
+        {
             *db = base.join(&*db);
         }
         if let Some(tuning) = config.tuning.as_mut() {
@@ -354,6 +392,23 @@ impl AggregatorConfig {
         }
         if self.state.keep_checkpoints == 0 {
             return invalid("state.keep_checkpoints must be at least 1".into());
+        }
+        if !(self.state.trial_timeout_secs.is_finite()
+            && self.state.trial_timeout_secs >= 1.0
+            && self.state.trial_timeout_secs < 1e7)
+        {
+            return invalid(format!(
+                "state.trial_timeout_secs must be at least 1 second, got {}",
+                self.state.trial_timeout_secs
+            ));
+        }
+        if self
+            .state
+            .owner
+            .as_ref()
+            .is_some_and(|o| o.trim().is_empty() || o.len() > 200)
+        {
+            return invalid("state.owner must be a non-empty name of at most 200 bytes".into());
         }
         if f.min_agents == 0 || f.min_agents > f.max_agents {
             return invalid(format!(

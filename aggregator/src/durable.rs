@@ -6,7 +6,6 @@
 //! last committed one, none counted twice; otherwise a new run starts. A run resumes
 //! only with the model it was made for (the manifest hash is checked).
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
@@ -20,8 +19,7 @@ use crate::store::{
     NewRun, ResumeError, RunId, RunKind, RunStatus, Storage, StoreError, StoreWriter, StudyStore, WriterStats,
 };
 use crate::tune::{
-    Durable, Resumed, TuneConfig, TuneError, TuneHooks, TuneReport, new_study, reseed_for_resume, run_study,
-    study_status,
+    Durable, TuneConfig, TuneError, TuneHooks, TuneReport, new_study, reseed_for_resume, run_study, study_status,
 };
 use crate::tuning::StudyError;
 
@@ -85,21 +83,20 @@ struct Opened {
 fn open_run(store: &mut dyn Storage, config: &AggregatorConfig) -> Result<Opened, ResumeError> {
     let fed = &config.federation;
     let hash = manifest_hex(config);
-    let Some(found) = store.resumable_run(&fed.study, RunKind::Run)? else {
-        let config_json = serde_json::to_string(config).unwrap_or_default();
-        let run = store.create_run(&NewRun {
-            name: fed.study.clone(),
-            kind: RunKind::Run,
-            rounds_planned: fed.rounds,
-            manifest_hash: hash,
-            config: config_json,
-        })?;
+    let (found, created) = store.find_or_create_run(&NewRun {
+        name: fed.study.clone(),
+        kind: RunKind::Run,
+        rounds_planned: fed.rounds,
+        manifest_hash: hash.clone(),
+        config: serde_json::to_string(config).unwrap_or_default(),
+    })?;
+    if created {
         return Ok(Opened {
-            run,
+            run: found.id,
             state: None,
             previous: Vec::new(),
         });
-    };
+    }
     if found.manifest_hash != hash {
         return Err(ResumeError::OtherModel {
             run: found.id,
@@ -148,7 +145,13 @@ pub async fn run_stored(
         move |store| open_run(store, &config)
     })
     .await?;
-    let opened = opened?;
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            drop_off_runtime(store).await;
+            return Err(e.into());
+        }
+    };
     let config = Arc::new(config);
     let resumed_from = opened.state.as_ref().map(|s| s.round);
     let federation = match opened.state {
@@ -201,7 +204,8 @@ pub async fn run_stored(
     if let Some(e) = failed.lock().unwrap_or_else(PoisonError::into_inner).take() {
         return Err(FederationError::Store(e));
     }
-    let (commits, _store) = finished.map_err(FederationError::Store)?;
+    let (commits, store) = finished.map_err(FederationError::Store)?;
+    drop_off_runtime(store).await;
     let mut report = result?;
     let mut rounds = opened.previous;
     rounds.append(&mut report.rounds);
@@ -230,30 +234,32 @@ pub struct StoredTuneReport {
     pub report: TuneReport,
 }
 
-/// Finds the latest unfinished study of this name, or registers a new one.
+/// Finds the latest unfinished study of this name, or registers a new one (atomically:
+/// aggregators sharing the study find the same run).
 fn open_study_run(store: &mut dyn Storage, config: &AggregatorConfig, tune: &TuneConfig) -> Result<RunId, ResumeError> {
     let fed = &config.federation;
     let hash = manifest_hex(config);
     let planned = tune.trials as u64 * tune.rounds;
-    match store.resumable_run(&fed.study, RunKind::Study)? {
-        Some(found) if found.manifest_hash != hash => Err(ResumeError::OtherModel {
+    store.set_owner(&config.state.owner(config.listen));
+    let (found, created) = store.find_or_create_run(&NewRun {
+        name: fed.study.clone(),
+        kind: RunKind::Study,
+        rounds_planned: planned,
+        manifest_hash: hash.clone(),
+        config: serde_json::to_string(config).unwrap_or_default(),
+    })?;
+    if found.manifest_hash != hash {
+        return Err(ResumeError::OtherModel {
             run: found.id,
             name: found.name,
             stored: found.manifest_hash,
             configured: hash,
-        }),
-        Some(found) => {
-            store.set_status(found.id, RunStatus::Running, Some(planned))?;
-            Ok(found.id)
-        }
-        None => Ok(store.create_run(&NewRun {
-            name: fed.study.clone(),
-            kind: RunKind::Study,
-            rounds_planned: planned,
-            manifest_hash: hash,
-            config: serde_json::to_string(config).unwrap_or_default(),
-        })?),
+        });
     }
+    if !created {
+        store.set_status(found.id, RunStatus::Running, Some(planned))?;
+    }
+    Ok(found.id)
 }
 
 /// Runs the federated study `tune` describes like [`crate::tune::tune`], keeping its
@@ -262,6 +268,13 @@ fn open_study_run(store: &mut dyn Storage, config: &AggregatorConfig, tune: &Tun
 /// trials stay as they are, the trials that were running go on from their last
 /// committed round (with their within-trial policy), and new trials are asked from a
 /// sampler reseeded past the trials already held.
+///
+/// Several aggregators, each with its own agents, may run one study together from one
+/// store (a PostgreSQL database, or a SQLite file on one machine): each gives the same
+/// `[federation] study` name and its own `[state] owner`. The store numbers their trials
+/// (`tuning.trials` in all), each sampler sees every trial before it proposes, and a
+/// trial whose aggregator stops answering for `[state] trial_timeout_secs` is taken over
+/// from its last committed round by the next aggregator with a free slot.
 ///
 /// # Errors
 /// [`TuneError`] as [`crate::tune::tune`], plus [`FederationError::Resume`] when the
@@ -281,48 +294,40 @@ pub async fn tune_stored(
         move |store| open_study_run(store, &config, &tune)
     })
     .await?;
-    let run = run.map_err(FederationError::from)?;
-    let writer = Arc::new(StoreWriter::spawn(store, run, keep));
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            drop_off_runtime(store).await;
+            return Err(FederationError::from(e).into());
+        }
+    };
+    let stale_after = config.state.trial_timeout();
+    let writer = Arc::new(StoreWriter::spawn_with_heartbeat(
+        store,
+        run,
+        keep,
+        Some(stale_after / 4),
+    ));
     let resume_error = |e: StoreError| TuneError::Federation(FederationError::Resume(e.into()));
-    let (study, running) = study
-        .resume_from(Box::new(StudyStore::new(writer.clone(), run)))
+    let (study, _) = study
+        .resume_from(Box::new(StudyStore::new(writer.clone(), run, tune.trials as u64)))
         .map_err(|e| match e {
             StudyError::Storage(message) => resume_error(StoreError::Database(message)),
             e => e.into(),
         })?;
     let resumed_trials = study.trials().len();
-    let study = reseed_for_resume(study, &tune);
-    let mut resume = VecDeque::new();
-    for trial in running {
-        let number = trial.number;
-        let state = writer
-            .call(move |s| s.latest_checkpoint(run, number))
-            .map_err(resume_error)?;
-        let rounds: Vec<RoundRecord> = writer
-            .call(move |s| s.rounds(run, Some(number)))
-            .map_err(resume_error)?
-            .into_iter()
-            .map(|r| r.record)
-            .collect();
-        let checkpoint = state.as_ref().map_or(0, |s| s.round);
-        if checkpoint != rounds.len() as u64 {
-            return Err(resume_error(StoreError::Corrupt(format!(
-                "trial {number}: {} rounds are committed but the last checkpoint is at round {checkpoint}",
-                rounds.len()
-            ))));
-        }
-        info!(run, trial = number, round = checkpoint, "the trial will resume");
-        resume.push_back((trial, state.map(|state| Resumed { state, rounds })));
-    }
+    let owner = config.state.owner(config.listen);
+    let study = reseed_for_resume(study, &tune, config.state.owner.as_deref());
     if resumed_trials > 0 {
-        info!(run, trials = resumed_trials, "resuming study {run}");
+        info!(run, trials = resumed_trials, owner, "resuming study {run}");
     } else {
-        info!(run, "starting study {run}");
+        info!(run, owner, "starting study {run}");
     }
     let durable = Durable {
         run,
         writer: writer.clone(),
-        resume,
+        owner,
+        stale_after,
     };
     let result = run_study(endpoint, config, tune, study, Some(durable), hooks, shutdown).await;
     let status = study_status(&result, writer.error().is_some());
@@ -331,13 +336,20 @@ pub async fn tune_stored(
             "the study still holds its writer".into(),
         )))
     })?;
-    writer
+    let (_, store) = writer
         .finish()
         .map_err(|e| TuneError::Federation(FederationError::Store(e)))?;
+    drop_off_runtime(store).await;
     Ok(StoredTuneReport {
         study: run,
         resumed_trials,
         status,
         report: result?,
     })
+}
+
+/// Drops a store on a blocking thread (a PostgreSQL client must not be dropped on the
+/// async runtime).
+async fn drop_off_runtime(store: Box<dyn Storage>) {
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
 }

@@ -1,14 +1,15 @@
 //! `runs`, `rounds`, `trials` and `export` (part of the `fedtune-aggregator` binary): read a store,
-//! read-only, while a run may be writing it.
+//! read-only, while a run may be writing it. `--db` is a SQLite file or a `postgres://` URL.
+//! They block on the store: `main` runs them off the async runtime.
 
 use std::io::Write;
 use std::path::Path;
 
-use fedtune_aggregator::store::{AgentRow, RunId, RunKind, SqliteStore, Storage, agent_rows};
+use fedtune_aggregator::store::{AgentRow, RunId, RunKind, agent_rows, open_read_only};
 
 /// `fedtune-aggregator runs`.
 pub fn runs(db: &Path, json: bool) -> anyhow::Result<()> {
-    let store = SqliteStore::open_read_only(db)?;
+    let store = open_read_only(db)?;
     let runs = store.runs()?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -38,7 +39,7 @@ pub fn runs(db: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `fedtune-aggregator rounds`.
 pub fn rounds(db: &Path, run: RunId, json: bool) -> anyhow::Result<()> {
-    let store = SqliteStore::open_read_only(db)?;
+    let store = open_read_only(db)?;
     store.run(run)?;
     let rounds = store.rounds(run, None)?;
     let mut out = std::io::stdout().lock();
@@ -83,7 +84,7 @@ pub fn rounds(db: &Path, run: RunId, json: bool) -> anyhow::Result<()> {
 
 /// `fedtune-aggregator trials`.
 pub fn trials(db: &Path, study: RunId, json: bool) -> anyhow::Result<()> {
-    let store = SqliteStore::open_read_only(db)?;
+    let store = open_read_only(db)?;
     if store.run(study)?.kind != RunKind::Study {
         anyhow::bail!("{study} is a run, not a study (see `runs`)");
     }
@@ -121,7 +122,7 @@ pub fn trials(db: &Path, study: RunId, json: bool) -> anyhow::Result<()> {
 /// `fedtune-aggregator export`: one row per cohort member and round (of every trial, for
 /// a study). `kind` asks that the id be of that kind.
 pub fn export(db: &Path, run: RunId, kind: Option<RunKind>, json: bool) -> anyhow::Result<()> {
-    let store = SqliteStore::open_read_only(db)?;
+    let store = open_read_only(db)?;
     let found = store.run(run)?.kind;
     if let Some(kind) = kind
         && kind != found

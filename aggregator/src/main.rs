@@ -1,12 +1,12 @@
 //! `fedtune-aggregator`: create a federation's certificates, serve one, or run an
 //! ask/tell study over JSON lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
-use fedtune_aggregator::store::{RunKind, RunStatus, SqliteStore};
+use fedtune_aggregator::store::{self, RunKind, RunStatus, Storage};
 use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
 use fedtune_aggregator::tuning::{
@@ -58,7 +58,7 @@ enum Command {
     Tune(TuneArgs),
     /// List the runs and studies in a store (works while a run is live).
     Runs {
-        /// The store (`[state] db`).
+        /// The store (`[state] db`): a SQLite file or a `postgres://` URL.
         #[arg(long)]
         db: PathBuf,
         /// A JSON array instead of a table.
@@ -175,19 +175,33 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { config } => serve(config).await?,
         Command::Tune(args) => ask_tell(args)?,
-        Command::Runs { db, json } => inspect::runs(&db, json)?,
-        Command::Rounds { db, run, json } => inspect::rounds(&db, run, json)?,
-        Command::Trials { db, study, json } => inspect::trials(&db, study, json)?,
+        // The store's clients block (PostgreSQL's on a runtime of its own): off this one.
+        Command::Runs { db, json } => blocking(move || inspect::runs(&db, json)).await?,
+        Command::Rounds { db, run, json } => blocking(move || inspect::rounds(&db, run, json)).await?,
+        Command::Trials { db, study, json } => blocking(move || inspect::trials(&db, study, json)).await?,
         Command::Export { db, run, study, format } => {
             let json = matches!(format, ExportFormat::Json);
             match (run, study) {
-                (Some(run), _) => inspect::export(&db, run, None, json)?,
-                (None, Some(study)) => inspect::export(&db, study, Some(RunKind::Study), json)?,
+                (Some(run), _) => blocking(move || inspect::export(&db, run, None, json)).await?,
+                (None, Some(study)) => {
+                    blocking(move || inspect::export(&db, study, Some(RunKind::Study), json)).await?;
+                }
                 (None, None) => anyhow::bail!("give --run or --study"),
             }
         }
     }
     Ok(())
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking(work: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// Opens the store `[state] db` names, off the async runtime.
+async fn open_store(db: &Path) -> anyhow::Result<Box<dyn Storage>> {
+    let db = db.to_owned();
+    Ok(tokio::task::spawn_blocking(move || store::open(&db)).await??)
 }
 
 fn ask_tell(args: TuneArgs) -> anyhow::Result<()> {
@@ -296,18 +310,18 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     };
     let (report, json) = match config.state.db.clone() {
         Some(db) => {
-            let store = SqliteStore::open(&db)?;
+            let store = open_store(&db).await?;
+            let location = store::display_location(&db);
             let rounds = config.federation.rounds;
             let keep = config.state.keep_checkpoints;
-            let stored = run_stored(endpoint, config, Box::new(store), keep, hooks, shutdown).await?;
+            let stored = run_stored(endpoint, config, store, keep, hooks, shutdown).await?;
             let committed = stored.report.rounds.len();
             match stored.status {
-                RunStatus::Finished => println!("run {}: finished, {committed} rounds in {}", stored.run, db.display()),
+                RunStatus::Finished => println!("run {}: finished, {committed} rounds in {location}", stored.run),
                 status => println!(
-                    "run {}: {} after {committed} of {rounds} rounds (in {}); serve again with the same configuration to resume",
+                    "run {}: {} after {committed} of {rounds} rounds (in {location}); serve again with the same configuration to resume",
                     stored.run,
                     status.as_str(),
-                    db.display()
                 ),
             }
             let json = serde_json::to_vec_pretty(&stored)?;
@@ -395,9 +409,10 @@ async fn serve_study(
             if study.storage.is_some() {
                 tracing::warn!("[state] db keeps the study; [tuning] storage (the JSON-lines journal) is not used");
             }
-            let store = SqliteStore::open(&db)?;
+            let store = open_store(&db).await?;
+            let location = store::display_location(&db);
             let keep = config.state.keep_checkpoints;
-            let stored = tune_stored(endpoint, config, study, Box::new(store), keep, hooks, shutdown).await?;
+            let stored = tune_stored(endpoint, config, study, store, keep, hooks, shutdown).await?;
             let done = stored
                 .report
                 .trials
@@ -405,12 +420,11 @@ async fn serve_study(
                 .filter(|t| t.state != TrialState::Running)
                 .count();
             match stored.status {
-                RunStatus::Finished => println!("study {}: finished, {done} trials in {}", stored.study, db.display()),
+                RunStatus::Finished => println!("study {}: finished, {done} trials in {location}", stored.study),
                 status => println!(
-                    "study {}: {} with {done} trials done (in {}); serve again with the same configuration to resume",
+                    "study {}: {} with {done} trials done (in {location}); serve again with the same configuration to resume",
                     stored.study,
                     status.as_str(),
-                    db.display()
                 ),
             }
             let json = serde_json::to_vec_pretty(&stored)?;

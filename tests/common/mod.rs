@@ -135,3 +135,82 @@ fn rand_suffix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64)
 }
+
+/// Child processes killed when this is dropped, however the test ends.
+pub struct Processes(pub Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `done` every 5 ms; panics naming `what` after `limit`. Returns the time taken.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+/// Waits for `child` to exit; returns whether it succeeded and its stdout (when piped).
+pub fn wait_for_exit(child: &mut std::process::Child, limit: std::time::Duration) -> (bool, String) {
+    let mut status = None;
+    wait_until(limit, "the aggregator to finish", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+    }
+    (status.is_some_and(|s| s.success()), stdout)
+}
+
+/// `fedtune-aggregator init --out DIR/pki --agents N`; returns the PKI directory.
+pub fn init_pki(dir: &Path, agents: usize) -> PathBuf {
+    let pki = dir.join("pki");
+    let status = std::process::Command::new(binary("fedtune-aggregator"))
+        .args(["init", "--out"])
+        .arg(&pki)
+        .args(["--agents", &agents.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    pki
+}
+
+/// Writes `config/agent.toml` for agent `i` (its own share of the digits) of the aggregator
+/// on 127.0.0.1:`port`, with the PKI in `dir/pki`, reconnecting forever; returns the path.
+pub fn agent_config(dir: &Path, port: u16, i: usize) -> PathBuf {
+    let data = repo().join("data");
+    let toml = std::fs::read_to_string(repo().join("config/agent.toml"))
+        .unwrap()
+        .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
+        .replace("agent-0", &format!("agent-{i}"))
+        .replace("client = 0", &format!("client = {i}"))
+        .replace("max_ms = 5000", "max_ms = 1000")
+        .replace("max_attempts = 20", "max_attempts = 0")
+        .replace("../data", data.to_str().unwrap());
+    let path = dir.join(format!("agent-{i}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Starts the agent daemon of `config`.
+pub fn agent_process(config: &Path) -> std::process::Child {
+    std::process::Command::new(binary("fedtune-agent"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap()
+}

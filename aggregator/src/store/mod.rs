@@ -32,6 +32,7 @@ mod tests;
 mod writer;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,7 @@ pub use study::StudyStore;
 pub use writer::{StoreWriter, WriterStats};
 
 use crate::federation::{FederationState, RoundRecord};
-use crate::tuning::{FrozenTrial, StudyHeader};
+use crate::tuning::{Created, FrozenTrial, Params, StudyHeader};
 
 /// A run's id in its store.
 pub type RunId = i64;
@@ -167,6 +168,8 @@ pub struct StoredTrial {
     /// The trial.
     #[serde(flatten)]
     pub trial: FrozenTrial,
+    /// The aggregator that runs it, or ran it last (`[state] owner`).
+    pub owner: Option<String>,
     /// When it was asked (UTC, RFC 3339).
     pub created_at: String,
     /// When it last changed (UTC, RFC 3339).
@@ -270,6 +273,17 @@ pub enum StoreError {
         /// What differs.
         what: String,
     },
+    /// Another aggregator runs the trial now (it took it over when this one's heartbeat
+    /// stopped): nothing of this aggregator's is written for it.
+    #[error("trial {trial} of study {run} is now run by `{owner}`")]
+    NotOwner {
+        /// The study.
+        run: RunId,
+        /// The trial.
+        trial: u64,
+        /// Who runs it.
+        owner: String,
+    },
     /// A stored value does not decode.
     #[error("a stored value is corrupt: {0}")]
     Corrupt(String),
@@ -320,12 +334,31 @@ pub enum ResumeError {
 /// Where runs, rounds and checkpoints live. Implementations must make
 /// [`commit_round`](Storage::commit_round) atomic: the record, its per-agent rows and
 /// the checkpoint are all stored, or none is.
+///
+/// Several aggregators may share one store's study (each with its own agents, all on
+/// one PostgreSQL database, or one SQLite file on one machine). Each writes as its
+/// [`owner`](Storage::set_owner): a trial belongs to the aggregator that created or
+/// claimed it, whose writer thread refreshes its heartbeat; the store numbers new trials
+/// itself ([`create_trial`](Storage::create_trial)), hands a trial whose owner's heartbeat
+/// stopped to whoever asks ([`claim_trial`](Storage::claim_trial)), and refuses writes for
+/// a trial from anyone but its owner ([`StoreError::NotOwner`]).
 pub trait Storage: Send {
+    /// Names the aggregator this store writes for (default `local`).
+    fn set_owner(&mut self, owner: &str);
+
     /// Registers a new run (status `running`) and returns its id.
     ///
     /// # Errors
     /// [`StoreError::Database`].
     fn create_run(&mut self, run: &NewRun) -> Result<RunId, StoreError>;
+
+    /// The latest run of `run`'s name and kind that did not finish, or, when there is
+    /// none, a new run registered from `run`; `true` when it is new. Atomic: aggregators
+    /// starting at once on one store find the same run.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn find_or_create_run(&mut self, run: &NewRun) -> Result<(RunSummary, bool), StoreError>;
 
     /// The latest run named `name` of `kind` that did not finish, if any.
     ///
@@ -402,4 +435,84 @@ pub trait Storage: Send {
     /// # Errors
     /// [`StoreError::Corrupt`], [`StoreError::Database`].
     fn trials(&self, run: RunId) -> Result<Vec<StoredTrial>, StoreError>;
+
+    /// Starts a new trial of study `run` with `params`, owned by this store's owner, under
+    /// the next free number — unless the study already holds `limit` trials
+    /// ([`Created::Full`]) or, when `unique`, a trial with these parameters
+    /// ([`Created::Duplicate`]). Atomic across aggregators.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchRun`], [`StoreError::Database`].
+    fn create_trial(&mut self, run: RunId, params: &Params, limit: u64, unique: bool) -> Result<Created, StoreError>;
+
+    /// Takes over the lowest-numbered running trial of study `run` that is this owner's
+    /// from an earlier session, has no owner, or whose owner's heartbeat is older than
+    /// `stale_after` — leaving out the trials in `busy` (those running here). Atomic: two
+    /// aggregators never claim the same trial.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`], [`StoreError::Database`].
+    fn claim_trial(
+        &mut self,
+        run: RunId,
+        stale_after: Duration,
+        busy: &[u64],
+    ) -> Result<Option<FrozenTrial>, StoreError>;
+
+    /// Refreshes the heartbeat of this owner's running trials of study `run`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    fn heartbeat(&mut self, run: RunId) -> Result<(), StoreError>;
+}
+
+/// The owner a store writes as until told otherwise.
+pub const LOCAL_OWNER: &str = "local";
+
+/// Whether `db` (a `[state] db` or `--db` value) names a PostgreSQL database
+/// (`postgres://…` or `postgresql://…`) rather than a SQLite file.
+pub fn is_postgres_url(db: &std::path::Path) -> bool {
+    db.to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// Opens the store `db` names: a PostgreSQL database for a `postgres://` URL, else a
+/// SQLite file (created when missing). Blocking: call it off the async runtime.
+///
+/// # Errors
+/// As [`SqliteStore::open`] and [`PostgresStore::connect`].
+pub fn open(db: &std::path::Path) -> Result<Box<dyn Storage>, StoreError> {
+    if is_postgres_url(db) {
+        return Ok(Box::new(PostgresStore::connect(&db.to_string_lossy())?));
+    }
+    Ok(Box::new(SqliteStore::open(db)?))
+}
+
+/// Opens the store `db` names for reading (the inspection commands): a SQLite file is
+/// opened read-only and must exist; a PostgreSQL database is only read. Blocking.
+///
+/// # Errors
+/// As [`SqliteStore::open_read_only`] and [`PostgresStore::connect`].
+pub fn open_read_only(db: &std::path::Path) -> Result<Box<dyn Storage>, StoreError> {
+    if is_postgres_url(db) {
+        return Ok(Box::new(PostgresStore::connect(&db.to_string_lossy())?));
+    }
+    Ok(Box::new(SqliteStore::open_read_only(db)?))
+}
+
+/// `db` for messages: a PostgreSQL URL without its password, or the file's path.
+pub fn display_location(db: &std::path::Path) -> String {
+    let text = db.to_string_lossy();
+    if !is_postgres_url(db) {
+        return text.into_owned();
+    }
+    // postgres://user:password@host/… → postgres://user@host/…
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &text[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &text[..scheme + 3], &text[at + 1..])
+        }
+        _ => text.into_owned(),
+    }
 }

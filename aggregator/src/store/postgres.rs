@@ -23,11 +23,11 @@ use postgres::{Client, Config, NoTls, Row, Transaction};
 use super::checkpoint::{decode_checkpoint, encode_checkpoint};
 use super::study::{TrialColumns, check_header, trial_columns, trial_from_columns};
 use super::{
-    NewRun, RunId, RunKind, RunStatus, RunSummary, SCHEMA_VERSION, Storage, StoreError, StoredRound, StoredTrial,
-    agent_rows,
+    LOCAL_OWNER, NewRun, RunId, RunKind, RunStatus, RunSummary, SCHEMA_VERSION, Storage, StoreError, StoredRound,
+    StoredTrial, agent_rows,
 };
 use crate::federation::{FederationState, RoundRecord};
-use crate::tuning::{FrozenTrial, StudyHeader};
+use crate::tuning::{Created, FrozenTrial, Params, StudyHeader, TrialState};
 
 /// The current time as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` writes it. The
 /// clock, not the transaction's start: like SQLite's, each write is stamped when it happens.
@@ -145,7 +145,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
             PRIMARY KEY (run_id, number)
         );"
     ),
+    // 2 → 3: trials shared by several aggregators (who runs each, and since when alive)
+    "ALTER TABLE trials ADD COLUMN owner TEXT, ADD COLUMN heartbeat_at DOUBLE PRECISION;",
 ];
+
+/// Now, in seconds since the Unix epoch, on the server's clock (one clock for every
+/// aggregator sharing the database).
+macro_rules! epoch_now {
+    () => {
+        "extract(epoch FROM clock_timestamp())::DOUBLE PRECISION"
+    };
+}
+
+/// The advisory-lock class of run names (`pg_advisory_xact_lock(class, hashtext(name))`):
+/// aggregators finding or creating a run of one name take turns.
+const RUN_NAME_LOCK: i32 = 0x4644_5452;
 
 // Version N is the same schema in both stores: a SQLite migration needs its PostgreSQL twin.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -165,6 +179,7 @@ pub struct PostgresStore {
     // the store is used from one thread at a time (`Storage` is `Send`, not `Sync`).
     client: RefCell<Client>,
     location: String,
+    owner: String,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -258,6 +273,7 @@ impl PostgresStore {
         let store = Self {
             client: RefCell::new(client),
             location,
+            owner: LOCAL_OWNER.to_owned(),
         };
         store.prepare()?;
         Ok(store)
@@ -370,23 +386,103 @@ fn to_summary(row: &Row) -> Result<RunSummary, StoreError> {
     })
 }
 
+/// The owner of trial `number` of study `run` when it is not `me`; locks the trial's row
+/// until the transaction ends, so a claim cannot slip in before the write.
+fn other_owner(tx: &mut Transaction<'_>, run: RunId, number: u64, me: &str) -> Result<Option<String>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT owner FROM trials WHERE run_id = $1 AND number = $2 FOR UPDATE",
+            &[&run, &(number as i64)],
+        )
+        .map_err(db)?;
+    let owner: Option<String> = match row {
+        Some(row) => get(&row, 0)?,
+        None => None,
+    };
+    Ok(owner.filter(|o| o != me))
+}
+
+fn create_run_in(tx: &mut Transaction<'_>, run: &NewRun) -> Result<RunId, StoreError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO runs (name, kind, status, rounds_planned, manifest_hash, config)
+             VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
+            &[
+                &run.name,
+                &run.kind.as_str(),
+                &(run.rounds_planned as i64),
+                &run.manifest_hash,
+                &run.config,
+            ],
+        )
+        .map_err(db)?;
+    get(&row, 0)
+}
+
+fn trial_rows(rows: &[Row], run: RunId) -> Result<Vec<StoredTrial>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let columns = TrialColumns {
+                state: get(row, 1)?,
+                params: get(row, 2)?,
+                values: get(row, 3)?,
+                intermediate: get(row, 5)?,
+            };
+            Ok(StoredTrial {
+                trial: trial_from_columns(run, get::<i64>(row, 0)? as u64, columns, get(row, 4)?)?,
+                owner: get(row, 8)?,
+                created_at: get(row, 6)?,
+                updated_at: get(row, 7)?,
+            })
+        })
+        .collect()
+}
+
+const TRIALS: &str = "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at,
+        owner
+    FROM trials WHERE run_id = $1";
+
 impl Storage for PostgresStore {
-    fn create_run(&mut self, run: &NewRun) -> Result<RunId, StoreError> {
-        let row = self
-            .client()
-            .query_one(
-                "INSERT INTO runs (name, kind, status, rounds_planned, manifest_hash, config)
-                 VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
-                &[
-                    &run.name,
-                    &run.kind.as_str(),
-                    &(run.rounds_planned as i64),
-                    &run.manifest_hash,
-                    &run.config,
-                ],
+    fn set_owner(&mut self, owner: &str) {
+        owner.clone_into(&mut self.owner);
+    }
+
+    fn find_or_create_run(&mut self, run: &NewRun) -> Result<(RunSummary, bool), StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction().map_err(db)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&RUN_NAME_LOCK, &run.name],
+        )
+        .map_err(db)?;
+        let found = tx
+            .query_opt(
+                &format!(
+                    "{SUMMARY} WHERE r.name = $1 AND r.kind = $2 AND r.status != 'finished' ORDER BY r.id DESC LIMIT 1"
+                ),
+                &[&run.name, &run.kind.as_str()],
             )
             .map_err(db)?;
-        get(&row, 0)
+        let (summary, created) = match found {
+            Some(row) => (to_summary(&row)?, false),
+            None => {
+                let id = create_run_in(&mut tx, run)?;
+                let row = tx
+                    .query_one(&format!("{SUMMARY} WHERE r.id = $1"), &[&id])
+                    .map_err(db)?;
+                (to_summary(&row)?, true)
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok((summary, created))
+    }
+
+    fn create_run(&mut self, run: &NewRun) -> Result<RunId, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction().map_err(db)?;
+        let id = create_run_in(&mut tx, run)?;
+        tx.commit().map_err(db)?;
+        Ok(id)
     }
 
     fn resumable_run(&self, name: &str, kind: RunKind) -> Result<Option<RunSummary>, StoreError> {
@@ -456,6 +552,13 @@ impl Storage for PostgresStore {
         let mut client = self.client();
         // Dropped without `commit` on any error below: the transaction rolls back whole.
         let mut tx = client.transaction().map_err(db)?;
+        if let Some(owner) = other_owner(&mut tx, run, trial_number, &self.owner)? {
+            return Err(StoreError::NotOwner {
+                run,
+                trial: trial_number,
+                owner,
+            });
+        }
         let exists: bool = get(
             &tx.query_one(
                 "SELECT EXISTS (SELECT 1 FROM rounds WHERE run_id = $1 AND trial = $2 AND round = $3)",
@@ -600,19 +703,19 @@ impl Storage for PostgresStore {
                 what: "is a run, not a study".into(),
             });
         }
+        // The first aggregator of the study records its header; every one checks it.
+        let json = serde_json::to_string(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.client()
+            .execute(
+                "INSERT INTO studies (run_id, header) VALUES ($1, $2) ON CONFLICT (run_id) DO NOTHING",
+                &[&run, &json],
+            )
+            .map_err(db)?;
         let stored = self
             .client()
-            .query_opt("SELECT header FROM studies WHERE run_id = $1", &[&run])
+            .query_one("SELECT header FROM studies WHERE run_id = $1", &[&run])
             .map_err(db)?;
-        match stored {
-            Some(row) => check_header(run, get(&row, 0)?, header)?,
-            None => {
-                let json = serde_json::to_string(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.client()
-                    .execute("INSERT INTO studies (run_id, header) VALUES ($1, $2)", &[&run, &json])
-                    .map_err(db)?;
-            }
-        }
+        check_header(run, get(&stored, 0)?, header)?;
         Ok(self.trials(run)?.into_iter().map(|t| t.trial).collect())
     }
 
@@ -623,59 +726,161 @@ impl Storage for PostgresStore {
             values,
             intermediate,
         } = trial_columns(trial)?;
-        self.client()
-            .execute(
-                concat!(
-                    "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
-                         objective_values = excluded.objective_values, feasible = excluded.feasible,
-                         intermediate = excluded.intermediate, updated_at = ",
-                    now!()
-                ),
-                &[
-                    &run,
-                    &(trial.number as i64),
-                    &state,
-                    &params,
-                    &values,
-                    &trial.feasible,
-                    &intermediate,
-                ],
-            )
-            .map_err(|e| {
-                if is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                    StoreError::NoSuchRun(run)
-                } else {
-                    db(e)
-                }
-            })?;
-        Ok(())
+        let mut client = self.client();
+        let mut tx = client.transaction().map_err(db)?;
+        if let Some(owner) = other_owner(&mut tx, run, trial.number, &self.owner)? {
+            return Err(StoreError::NotOwner {
+                run,
+                trial: trial.number,
+                owner,
+            });
+        }
+        tx.execute(
+            concat!(
+                "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate,
+                     owner, heartbeat_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ",
+                epoch_now!(),
+                ")
+                 ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
+                     objective_values = excluded.objective_values, feasible = excluded.feasible,
+                     intermediate = excluded.intermediate, owner = excluded.owner,
+                     heartbeat_at = excluded.heartbeat_at, updated_at = ",
+                now!()
+            ),
+            &[
+                &run,
+                &(trial.number as i64),
+                &state,
+                &params,
+                &values,
+                &trial.feasible,
+                &intermediate,
+                &self.owner,
+            ],
+        )
+        .map_err(|e| {
+            if is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+                StoreError::NoSuchRun(run)
+            } else {
+                db(e)
+            }
+        })?;
+        tx.commit().map_err(db)
     }
 
     fn trials(&self, run: RunId) -> Result<Vec<StoredTrial>, StoreError> {
         let rows = self
             .client()
-            .query(
-                "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at
-                 FROM trials WHERE run_id = $1 ORDER BY number",
+            .query(&format!("{TRIALS} ORDER BY number"), &[&run])
+            .map_err(db)?;
+        trial_rows(&rows, run)
+    }
+
+    fn create_trial(&mut self, run: RunId, params: &Params, limit: u64, unique: bool) -> Result<Created, StoreError> {
+        let params_json = serde_json::to_string(params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut client = self.client();
+        let mut tx = client.transaction().map_err(db)?;
+        // The study's row is the lock: aggregators number their trials one at a time.
+        let locked = tx
+            .query_opt("SELECT 1 FROM studies WHERE run_id = $1 FOR UPDATE", &[&run])
+            .map_err(db)?;
+        if locked.is_none() {
+            return Err(StoreError::NoSuchRun(run));
+        }
+        let row = tx
+            .query_one(
+                "SELECT count(*), coalesce(max(number) + 1, 0) FROM trials WHERE run_id = $1",
                 &[&run],
             )
             .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let columns = TrialColumns {
-                    state: get(row, 1)?,
-                    params: get(row, 2)?,
-                    values: get(row, 3)?,
-                    intermediate: get(row, 5)?,
-                };
-                Ok(StoredTrial {
-                    trial: trial_from_columns(run, get::<i64>(row, 0)? as u64, columns, get(row, 4)?)?,
-                    created_at: get(row, 6)?,
-                    updated_at: get(row, 7)?,
-                })
-            })
-            .collect()
+        let (count, next): (i64, i64) = (get(&row, 0)?, get(&row, 1)?);
+        if count as u64 >= limit {
+            return Ok(Created::Full);
+        }
+        if unique {
+            let rows = tx.query(&format!("{TRIALS} ORDER BY number"), &[&run]).map_err(db)?;
+            if trial_rows(&rows, run)?.iter().any(|t| &t.trial.params == params) {
+                return Ok(Created::Duplicate);
+            }
+        }
+        tx.execute(
+            concat!(
+                "INSERT INTO trials (run_id, number, state, params, feasible, intermediate, owner, heartbeat_at)
+                 VALUES ($1, $2, 'running', $3, true, '{}', $4, ",
+                epoch_now!(),
+                ")"
+            ),
+            &[&run, &next, &params_json, &self.owner],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Created::Trial(FrozenTrial {
+            number: next as u64,
+            params: params.clone(),
+            values: None,
+            state: TrialState::Running,
+            feasible: true,
+            intermediate: Default::default(),
+        }))
+    }
+
+    fn claim_trial(
+        &mut self,
+        run: RunId,
+        stale_after: Duration,
+        busy: &[u64],
+    ) -> Result<Option<FrozenTrial>, StoreError> {
+        let busy: Vec<i64> = busy.iter().map(|&n| n as i64).collect();
+        let mut client = self.client();
+        let mut tx = client.transaction().map_err(db)?;
+        // SKIP LOCKED: a trial another aggregator is claiming or writing is not this one's.
+        let row = tx
+            .query_opt(
+                concat!(
+                    "SELECT number FROM trials WHERE run_id = $1 AND state = 'running'
+                       AND NOT (number = ANY($4))
+                       AND (owner IS NULL OR owner = $2 OR heartbeat_at IS NULL
+                            OR heartbeat_at < ",
+                    epoch_now!(),
+                    " - $3)
+                     ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED"
+                ),
+                &[&run, &self.owner, &stale_after.as_secs_f64(), &busy],
+            )
+            .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let number: i64 = get(&row, 0)?;
+        tx.execute(
+            concat!(
+                "UPDATE trials SET owner = $3, heartbeat_at = ",
+                epoch_now!(),
+                ", updated_at = ",
+                now!(),
+                " WHERE run_id = $1 AND number = $2"
+            ),
+            &[&run, &number, &self.owner],
+        )
+        .map_err(db)?;
+        let rows = tx
+            .query(&format!("{TRIALS} AND number = $2"), &[&run, &number])
+            .map_err(db)?;
+        let trial = trial_rows(&rows, run)?.into_iter().next().map(|t| t.trial);
+        tx.commit().map_err(db)?;
+        Ok(trial)
+    }
+
+    fn heartbeat(&mut self, run: RunId) -> Result<(), StoreError> {
+        self.client()
+            .execute(
+                concat!(
+                    "UPDATE trials SET heartbeat_at = ",
+                    epoch_now!(),
+                    " WHERE run_id = $1 AND owner = $2 AND state = 'running'"
+                ),
+                &[&run, &self.owner],
+            )
+            .map_err(db)?;
+        Ok(())
     }
 }

@@ -7,19 +7,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::checkpoint::{decode_checkpoint, encode_checkpoint};
 use super::study::{TrialColumns, check_header, trial_columns, trial_from_columns};
-use super::{NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, StoredTrial, agent_rows};
+use super::{
+    LOCAL_OWNER, NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, StoredTrial,
+    agent_rows,
+};
 use crate::federation::{FederationState, RoundRecord};
-use crate::tuning::{FrozenTrial, StudyHeader};
+use crate::tuning::{Created, FrozenTrial, Params, StudyHeader, TrialState};
 
 /// Identifies a fedtune store among SQLite files (`PRAGMA application_id`, "FDTN").
 const APPLICATION_ID: i64 = 0x4644_544E;
 
 /// The newest schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Each migration takes the schema from its index to the next version.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -90,12 +93,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
         PRIMARY KEY (run_id, number)
     );",
+    // 2 → 3: trials shared by several aggregators (who runs each, and since when alive)
+    "ALTER TABLE trials ADD COLUMN owner TEXT;
+    ALTER TABLE trials ADD COLUMN heartbeat_at REAL;",
 ];
+
+/// Now, in seconds since the Unix epoch, on the database's clock (one clock for every
+/// aggregator sharing the file).
+const EPOCH_NOW: &str = "((julianday('now') - 2440587.5) * 86400.0)";
 
 /// A store in one SQLite file.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    owner: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -125,6 +136,7 @@ impl SqliteStore {
         let store = Self {
             conn,
             path: path.into(),
+            owner: LOCAL_OWNER.to_owned(),
         };
         store.prepare(existed)?;
         Ok(store)
@@ -152,6 +164,7 @@ impl SqliteStore {
         let store = Self {
             conn,
             path: path.into(),
+            owner: LOCAL_OWNER.to_owned(),
         };
         let version = store.check_identity()?;
         if version < SCHEMA_VERSION {
@@ -284,7 +297,40 @@ fn to_summary(row: SummaryRow) -> Result<RunSummary, StoreError> {
     })
 }
 
+/// The owner of trial `number` of study `run` when it is not `me`.
+fn other_owner(conn: &Connection, run: RunId, number: u64, me: &str) -> Result<Option<String>, StoreError> {
+    let owner: Option<Option<String>> = conn
+        .query_row(
+            "SELECT owner FROM trials WHERE run_id = ?1 AND number = ?2",
+            params![run, number as i64],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    Ok(owner.flatten().filter(|o| o != me))
+}
+
 impl Storage for SqliteStore {
+    fn set_owner(&mut self, owner: &str) {
+        owner.clone_into(&mut self.owner);
+    }
+
+    fn find_or_create_run(&mut self, run: &NewRun) -> Result<(RunSummary, bool), StoreError> {
+        // An immediate transaction takes the write lock first: a second aggregator waits
+        // here (busy timeout) and then finds the run this one made.
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        let found = (|| {
+            if let Some(found) = self.resumable_run(&run.name, run.kind)? {
+                return Ok((found, false));
+            }
+            let id = self.create_run(run)?;
+            Ok((self.run(id)?, true))
+        })();
+        let end = if found.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(db)?;
+        found
+    }
+
     fn create_run(&mut self, run: &NewRun) -> Result<RunId, StoreError> {
         self.conn
             .execute(
@@ -360,7 +406,17 @@ impl Storage for SqliteStore {
         let round = record.round as i64;
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let blob = encode_checkpoint(state)?;
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        if let Some(owner) = other_owner(&tx, run, trial_number, &self.owner)? {
+            return Err(StoreError::NotOwner {
+                run,
+                trial: trial_number,
+                owner,
+            });
+        }
         let exists: bool = tx
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM rounds WHERE run_id = ?1 AND trial = ?2 AND round = ?3)",
@@ -507,25 +563,21 @@ impl Storage for SqliteStore {
                 what: "is a run, not a study".into(),
             });
         }
-        let stored: Option<String> = self
+        // The first aggregator of the study records its header; every one checks it.
+        let json = serde_json::to_string(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO studies (run_id, header) VALUES (?1, ?2)",
+                params![run, json],
+            )
+            .map_err(db)?;
+        let stored: String = self
             .conn
             .query_row("SELECT header FROM studies WHERE run_id = ?1", params![run], |r| {
                 r.get(0)
             })
-            .optional()
             .map_err(db)?;
-        match stored {
-            Some(stored) => check_header(run, &stored, header)?,
-            None => {
-                let json = serde_json::to_string(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.conn
-                    .execute(
-                        "INSERT INTO studies (run_id, header) VALUES (?1, ?2)",
-                        params![run, json],
-                    )
-                    .map_err(db)?;
-            }
-        }
+        check_header(run, &stored, header)?;
         Ok(self.trials(run)?.into_iter().map(|t| t.trial).collect())
     }
 
@@ -536,38 +588,54 @@ impl Storage for SqliteStore {
             values,
             intermediate,
         } = trial_columns(trial)?;
-        self.conn
-            .execute(
-                "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        if let Some(owner) = other_owner(&tx, run, trial.number, &self.owner)? {
+            return Err(StoreError::NotOwner {
+                run,
+                trial: trial.number,
+                owner,
+            });
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate,
+                     owner, heartbeat_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {EPOCH_NOW})
                  ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
                      objective_values = excluded.objective_values, feasible = excluded.feasible,
-                     intermediate = excluded.intermediate,
-                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-                params![
-                    run,
-                    trial.number as i64,
-                    state,
-                    params_json,
-                    values,
-                    trial.feasible,
-                    intermediate
-                ],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::NoSuchRun(run)
-                }
-                e => db(e),
-            })?;
-        Ok(())
+                     intermediate = excluded.intermediate, owner = excluded.owner,
+                     heartbeat_at = excluded.heartbeat_at,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+            ),
+            params![
+                run,
+                trial.number as i64,
+                state,
+                params_json,
+                values,
+                trial.feasible,
+                intermediate,
+                self.owner
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::NoSuchRun(run)
+            }
+            e => db(e),
+        })?;
+        tx.commit().map_err(db)
     }
 
     fn trials(&self, run: RunId) -> Result<Vec<StoredTrial>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at
+                "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at,
+                     owner
                  FROM trials WHERE run_id = ?1 ORDER BY number",
             )
             .map_err(db)?;
@@ -584,17 +652,135 @@ impl Storage for SqliteStore {
                     r.get::<_, bool>(4)?,
                     r.get::<_, String>(6)?,
                     r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })
             .map_err(db)?;
         rows.map(|row| {
-            let (number, columns, feasible, created_at, updated_at) = row.map_err(db)?;
+            let (number, columns, feasible, created_at, updated_at, owner) = row.map_err(db)?;
             Ok(StoredTrial {
                 trial: trial_from_columns(run, number as u64, columns, feasible)?,
+                owner,
                 created_at,
                 updated_at,
             })
         })
         .collect()
+    }
+
+    fn create_trial(&mut self, run: RunId, params: &Params, limit: u64, unique: bool) -> Result<Created, StoreError> {
+        let params_json = serde_json::to_string(params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        let created = (|| {
+            let (count, next): (i64, i64) = self
+                .conn
+                .query_row(
+                    "SELECT count(*), coalesce(max(number) + 1, 0) FROM trials WHERE run_id = ?1",
+                    params![run],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db)?;
+            if count as u64 >= limit {
+                return Ok(Created::Full);
+            }
+            if unique && self.trials(run)?.iter().any(|t| &t.trial.params == params) {
+                return Ok(Created::Duplicate);
+            }
+            let trial = FrozenTrial {
+                number: next as u64,
+                params: params.clone(),
+                values: None,
+                state: TrialState::Running,
+                feasible: true,
+                intermediate: Default::default(),
+            };
+            self.save_new(run, &trial, &params_json)?;
+            Ok(Created::Trial(trial))
+        })();
+        let end = if created.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(db)?;
+        created
+    }
+
+    fn claim_trial(
+        &mut self,
+        run: RunId,
+        stale_after: Duration,
+        busy: &[u64],
+    ) -> Result<Option<FrozenTrial>, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        let claimed = (|| {
+            let mut stmt = self
+                .conn
+                .prepare(&format!(
+                    "SELECT number FROM trials WHERE run_id = ?1 AND state = 'running'
+                       AND (owner IS NULL OR owner = ?2 OR heartbeat_at IS NULL OR heartbeat_at < {EPOCH_NOW} - ?3)
+                     ORDER BY number"
+                ))
+                .map_err(db)?;
+            let numbers = stmt
+                .query_map(params![run, self.owner, stale_after.as_secs_f64()], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(db)?;
+            drop(stmt);
+            let Some(number) = numbers.into_iter().map(|n| n as u64).find(|n| !busy.contains(n)) else {
+                return Ok(None);
+            };
+            self.conn
+                .execute(
+                    &format!(
+                        "UPDATE trials SET owner = ?3, heartbeat_at = {EPOCH_NOW},
+                             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                         WHERE run_id = ?1 AND number = ?2"
+                    ),
+                    params![run, number as i64, self.owner],
+                )
+                .map_err(db)?;
+            Ok(self
+                .trials(run)?
+                .into_iter()
+                .map(|t| t.trial)
+                .find(|t| t.number == number))
+        })();
+        let end = if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(db)?;
+        claimed
+    }
+
+    fn heartbeat(&mut self, run: RunId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                &format!(
+                    "UPDATE trials SET heartbeat_at = {EPOCH_NOW}
+                     WHERE run_id = ?1 AND owner = ?2 AND state = 'running'"
+                ),
+                params![run, self.owner],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Inserts a new running trial owned by this store's owner.
+    fn save_new(&self, run: RunId, trial: &FrozenTrial, params_json: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                &format!(
+                    "INSERT INTO trials (run_id, number, state, params, feasible, intermediate, owner, heartbeat_at)
+                     VALUES (?1, ?2, 'running', ?3, 1, '{{}}', ?4, {EPOCH_NOW})"
+                ),
+                params![run, trial.number as i64, params_json, self.owner],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::NoSuchRun(run)
+                }
+                e => db(e),
+            })?;
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{RunId, StoreError, StoreWriter};
-use crate::tuning::{FrozenTrial, Storage as TrialStorage, StorageError, StudyHeader, TrialState};
+use crate::tuning::{Created, FrozenTrial, Storage as TrialStorage, StorageError, StudyHeader, TrialState};
 
 /// A trial as text columns (JSON where the value is structured).
 pub(super) struct TrialColumns {
@@ -79,17 +79,27 @@ pub(super) fn check_header(run: RunId, stored: &str, header: &StudyHeader) -> Re
 }
 
 /// Keeps a study's trials in run `run` of a store, through its writer: every save is
-/// committed before the study goes on.
+/// committed before the study goes on. The store numbers new trials (up to `limit`), and
+/// the study reloads them before each ask, so aggregators sharing the store share the
+/// study.
 #[derive(Debug, Clone)]
 pub struct StudyStore {
     writer: Arc<StoreWriter>,
     run: RunId,
+    limit: u64,
 }
 
 impl StudyStore {
-    /// The trials of study `run`, written by `writer`.
-    pub fn new(writer: Arc<StoreWriter>, run: RunId) -> Self {
-        Self { writer, run }
+    /// The trials of study `run`, written by `writer`; the study holds at most `limit`.
+    pub fn new(writer: Arc<StoreWriter>, run: RunId, limit: u64) -> Self {
+        Self { writer, run, limit }
+    }
+}
+
+fn storage_error(e: StoreError) -> StorageError {
+    match e {
+        StoreError::NotOwner { trial, owner, .. } => StorageError::Lost { number: trial, owner },
+        e => StorageError::Backend(e.to_string()),
     }
 }
 
@@ -98,13 +108,28 @@ impl TrialStorage for StudyStore {
         let (run, header) = (self.run, header.clone());
         self.writer
             .call(move |store| store.open_study(run, &header))
-            .map_err(|e| StorageError::Backend(e.to_string()))
+            .map_err(storage_error)
     }
 
     fn save(&mut self, trial: &FrozenTrial) -> Result<(), StorageError> {
         let (run, trial) = (self.run, trial.clone());
         self.writer
             .call(move |store| store.save_trial(run, &trial))
-            .map_err(|e| StorageError::Backend(e.to_string()))
+            .map_err(storage_error)
+    }
+
+    fn create(&mut self, trial: &FrozenTrial, unique: bool) -> Result<Created, StorageError> {
+        let (run, params, limit) = (self.run, trial.params.clone(), self.limit);
+        self.writer
+            .call(move |store| store.create_trial(run, &params, limit, unique))
+            .map_err(storage_error)
+    }
+
+    fn refresh(&mut self) -> Result<Option<Vec<FrozenTrial>>, StorageError> {
+        let run = self.run;
+        self.writer
+            .call(move |store| store.trials(run))
+            .map(|trials| Some(trials.into_iter().map(|t| t.trial).collect()))
+            .map_err(storage_error)
     }
 }

@@ -1,10 +1,10 @@
 //! The one writer of a run's store: a thread that owns the [`Storage`] and commits what
 //! the federation hands it, so the run never waits on the disk.
 
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -52,13 +52,45 @@ impl std::fmt::Debug for StoreWriter {
 
 impl StoreWriter {
     /// Starts the writer of run `run`, keeping `keep` checkpoints per trial.
-    pub fn spawn(mut store: Box<dyn Storage>, run: RunId, keep: usize) -> Self {
+    pub fn spawn(store: Box<dyn Storage>, run: RunId, keep: usize) -> Self {
+        Self::spawn_with_heartbeat(store, run, keep, None)
+    }
+
+    /// As [`spawn`](Self::spawn), refreshing the heartbeat of this owner's running
+    /// trials every `heartbeat` while it waits for work (a study: its trials stay its own
+    /// while the process lives).
+    pub fn spawn_with_heartbeat(
+        mut store: Box<dyn Storage>,
+        run: RunId,
+        keep: usize,
+        heartbeat: Option<Duration>,
+    ) -> Self {
         let (queue, writes) = sync_channel::<Write>(QUEUE);
         let failed = Arc::new(Mutex::new(None));
         let error = failed.clone();
         let thread = std::thread::spawn(move || {
             let mut stats = WriterStats::default();
-            for write in writes {
+            let mut last_beat = Instant::now();
+            loop {
+                let next = match heartbeat {
+                    Some(every) => match writes.recv_timeout(every.saturating_sub(last_beat.elapsed())) {
+                        Ok(write) => Some(write),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match writes.recv() {
+                        Ok(write) => Some(write),
+                        Err(_) => break,
+                    },
+                };
+                if heartbeat.is_some_and(|every| last_beat.elapsed() >= every) {
+                    last_beat = Instant::now();
+                    if let Err(e) = store.heartbeat(run) {
+                        // Not fatal: the next one may pass; a long outage hands the trials on.
+                        tracing::warn!(run, "store heartbeat: {e}");
+                    }
+                }
+                let Some(write) = next else { continue };
                 let result = match write {
                     Write::Round(round) => {
                         let (record, state) = *round;
@@ -76,6 +108,11 @@ impl StoreWriter {
                         Ok(())
                     }
                 };
+                if let Err(StoreError::NotOwner { trial, owner, .. }) = &result {
+                    // The trial stops at its next report; the run's other trials go on.
+                    tracing::warn!(run, trial, "round not committed: trial {trial} is now run by `{owner}`");
+                    continue;
+                }
                 if let Err(e) = result {
                     tracing::error!(run, "store: {e}");
                     let mut slot = error.lock().unwrap_or_else(PoisonError::into_inner);

@@ -329,7 +329,7 @@ pub async fn tune(
     let mut study = new_study(&config, &tune)?;
     if let Some(path) = &tune.storage {
         study = study.with_storage(Box::new(Journal::new(path)))?;
-        study = reseed_for_resume(study, &tune);
+        study = reseed_for_resume(study, &tune, None);
     }
     run_study(endpoint, config, tune, study, None, hooks, shutdown).await
 }
@@ -356,22 +356,33 @@ pub(crate) fn new_study(config: &AggregatorConfig, tune: &TuneConfig) -> Result<
 }
 
 /// A resumed study's sampler, seeded from the seed and the number of trials it already
-/// holds: a sampler rebuilt with the bare seed would propose trial 0's parameters again.
-pub(crate) fn reseed_for_resume(study: Study, tune: &TuneConfig) -> Study {
+/// holds (and, when given, the aggregator's owner name: aggregators sharing a study do
+/// not propose the same parameters), so it does not propose earlier sessions' trials again.
+pub(crate) fn reseed_for_resume(study: Study, tune: &TuneConfig, owner: Option<&str>) -> Study {
     let held = study.trials().len() as u64;
-    if held == 0 {
+    if held == 0 && owner.is_none() {
         return study;
     }
-    let seed = tune.seed ^ held.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut seed = tune.seed ^ held.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if let Some(owner) = owner {
+        // FNV-1a: stable across builds and platforms.
+        let hash = owner.bytes().fold(0xCBF2_9CE4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
+        seed ^= hash;
+    }
     study.with_sampler(tune.sampler.build_with_startup(seed, Some(tune.startup())))
 }
 
-/// What a study kept in a run's store brings: its writer, and the trials that were
-/// running when the last session ended, to resume first.
+/// What a study kept in a run's store brings: its writer, and how it takes over running
+/// trials (its own from an earlier session, or those whose owner went silent).
 pub(crate) struct Durable {
     pub(crate) run: crate::store::RunId,
     pub(crate) writer: Arc<crate::store::StoreWriter>,
-    pub(crate) resume: std::collections::VecDeque<(AskedTrial, Option<Resumed>)>,
+    /// The name this aggregator writes trials as.
+    pub(crate) owner: String,
+    /// How long a silent owner keeps its trials.
+    pub(crate) stale_after: std::time::Duration,
 }
 
 /// Where a study that ended with `result` is; `store_failed` when a write to its store
@@ -388,10 +399,73 @@ pub(crate) fn study_status(result: &Result<TuneReport, TuneError>, store_failed:
 }
 
 impl Durable {
+    /// A running trial this aggregator may run now, with the checkpoint it resumes from
+    /// (`None` when it committed no round yet); the study then knows it.
+    fn claim(&self, study: &Mutex<Study>, busy: &[u64]) -> Result<Option<(AskedTrial, Option<Resumed>)>, TuneError> {
+        let store_error = |e: crate::store::StoreError| TuneError::Federation(FederationError::Store(e));
+        let (run, stale, busy) = (self.run, self.stale_after, busy.to_vec());
+        let Some(trial) = self
+            .writer
+            .call(move |store| store.claim_trial(run, stale, &busy))
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        lock(study).sync()?;
+        let number = trial.number;
+        let state = self
+            .writer
+            .call(move |store| store.latest_checkpoint(run, number))
+            .map_err(store_error)?;
+        let rounds: Vec<crate::federation::RoundRecord> = self
+            .writer
+            .call(move |store| store.rounds(run, Some(number)))
+            .map_err(store_error)?
+            .into_iter()
+            .map(|r| r.record)
+            .collect();
+        let checkpoint = state.as_ref().map_or(0, |s| s.round);
+        if checkpoint != rounds.len() as u64 {
+            return Err(store_error(crate::store::StoreError::Corrupt(format!(
+                "trial {number}: {} rounds are committed but the last checkpoint is at round {checkpoint}",
+                rounds.len()
+            ))));
+        }
+        info!(
+            run,
+            trial = number,
+            round = checkpoint,
+            "taking up trial {number} at round {checkpoint}"
+        );
+        let asked = AskedTrial {
+            number,
+            params: trial.params,
+        };
+        Ok(Some((asked, state.map(|state| Resumed { state, rounds }))))
+    }
+
+    /// Whether other aggregators run trials of the study.
+    fn others_running(&self) -> Result<bool, TuneError> {
+        let (run, owner) = (self.run, self.owner.clone());
+        self.writer
+            .call(move |store| {
+                Ok(store
+                    .trials(run)?
+                    .into_iter()
+                    .any(|t| t.trial.state == TrialState::Running && t.owner.as_deref() != Some(owner.as_str())))
+            })
+            .map_err(|e| TuneError::Federation(FederationError::Store(e)))
+    }
+
     /// Commits the study's end (before its agents are told to stop, so a crash after it
-    /// does not leave the study waiting at restart for agents that are gone).
+    /// does not leave the study waiting at restart for agents that are gone). While other
+    /// aggregators still run trials of a shared study, it stays `running`.
     fn record_end(&self, result: &Result<TuneReport, TuneError>) {
         let (run, status) = (self.run, study_status(result, self.writer.error().is_some()));
+        if status != RunStatus::Failed && self.others_running().unwrap_or(false) {
+            info!(run, "other aggregators still run trials of the study; it stays running");
+            return;
+        }
         if let Err(e) = self.writer.call(move |store| store.set_status(run, status, None)) {
             warn!(run, "the study's end is not recorded: {e}");
         }
@@ -404,7 +478,7 @@ pub(crate) async fn run_study(
     config: AggregatorConfig,
     tune: TuneConfig,
     study: Study,
-    mut durable: Option<Durable>,
+    durable: Option<Durable>,
     mut hooks: TuneHooks,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<TuneReport, TuneError> {
@@ -413,8 +487,10 @@ pub(crate) async fn run_study(
     let registry = accept_agents(&endpoint, fed);
     let mut federation_hooks = crate::driver::Hooks::default();
     let result = async {
-        let nothing_left =
-            lock(&study).trials().len() >= tune.trials && durable.as_ref().is_none_or(|d| d.resume.is_empty());
+        let nothing_left = {
+            let study = lock(&study);
+            study.trials().len() >= tune.trials && study.trials().iter().all(|t| t.state != TrialState::Running)
+        };
         if nothing_left {
             info!("every trial of the study is done");
             let records = lock(&study).trials().iter().map(TrialRecord::resumed).collect();
@@ -434,14 +510,12 @@ pub(crate) async fn run_study(
         let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
         let (events, mut inbox) = tokio::sync::mpsc::unbounded_channel();
         let mut running: JoinSet<TrialRecord> = JoinSet::new();
+        let mut active: BTreeSet<u64> = BTreeSet::new();
         let mut claimed: HashMap<u64, BTreeSet<String>> = HashMap::new();
         let mut records = Vec::new();
+        // Trials asked in this process; a store counts the study's trials itself.
         let mut asked = lock(&study).trials().len();
-        let resumed = asked;
-        let resuming: BTreeSet<u64> = durable
-            .as_ref()
-            .map(|d| d.resume.iter().map(|(t, _)| t.number).collect())
-            .unwrap_or_default();
+        let mut exhausted = false;
         let mut interrupted = false;
         let evaluator = hooks.evaluator.clone();
         let mut emit = |event: &TuneEvent| {
@@ -450,9 +524,9 @@ pub(crate) async fn run_study(
             }
         };
         loop {
+            let more_to_ask = |asked: usize, exhausted: bool| !exhausted && (durable.is_some() || asked < tune.trials);
             // Start trials while there are slots and free agents.
-            let pending = |durable: &Option<Durable>| durable.as_ref().is_some_and(|d| !d.resume.is_empty());
-            while (pending(&durable) || asked < tune.trials) && running.len() < tune.parallel && !*shutdown.borrow() {
+            while running.len() < tune.parallel && !*shutdown.borrow() {
                 let pool = if tune.parallel == 1 {
                     None
                 } else {
@@ -470,22 +544,31 @@ pub(crate) async fn run_study(
                     }
                     Some(free.into_iter().take(share).collect::<BTreeSet<String>>())
                 };
-                let (asked_trial, resume) = match durable.as_mut().and_then(|d| d.resume.pop_front()) {
-                    Some((trial, resume)) => (Ok(trial), resume),
-                    None => (ask(&study, asked, &tune, &config), None),
+                let busy: Vec<u64> = active.iter().copied().collect();
+                let taken_up = match &durable {
+                    Some(durable) => durable.claim(&study, &busy)?,
+                    None => None,
                 };
-                let trial = match asked_trial {
-                    Ok(trial) => trial,
-                    Err(StudyError::Sampler(e)) => {
-                        info!("the sampler has nothing left to propose ({e}); ending the study");
-                        asked = tune.trials;
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
+                let (trial, resume) = match taken_up {
+                    Some(taken_up) => taken_up,
+                    None if !more_to_ask(asked, exhausted) => break,
+                    None => match ask(&study, &tune, &config) {
+                        Ok(trial) => {
+                            asked += 1;
+                            (trial, None)
+                        }
+                        Err(StudyError::Sampler(e)) => {
+                            info!("the sampler has nothing left to propose ({e}); ending the study");
+                            exhausted = true;
+                            break;
+                        }
+                        Err(StudyError::Full) => {
+                            exhausted = true;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
                 };
-                if resume.is_none() && !resuming.contains(&trial.number) {
-                    asked += 1;
-                }
                 let seed = tune.seed.wrapping_mul(1_000_003).wrapping_add(trial.number);
                 let trial_cfg = match trial_config(&config, &trial.params, seed, tune.rounds) {
                     Ok(c) => c,
@@ -528,6 +611,7 @@ pub(crate) async fn run_study(
                 if let Some(pool) = &pool {
                     claimed.insert(trial.number, pool.clone());
                 }
+                active.insert(trial.number);
                 let run = TrialRun {
                     number: trial.number,
                     params: trial.params,
@@ -545,8 +629,22 @@ pub(crate) async fn run_study(
                 };
                 running.spawn(run.run(shutdown.clone()));
             }
+            if running.is_empty()
+                && !more_to_ask(asked, exhausted)
+                && !*shutdown.borrow()
+                && let Some(durable) = &durable
+                && durable.others_running()?
+            {
+                // A shared study is done when its last trial is: wait for the other
+                // aggregators' trials to end, or to go silent and be taken over here.
+                tokio::select! {
+                    () = tokio::time::sleep(durable.stale_after / 4) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             if running.is_empty() {
-                if asked < tune.trials && !*shutdown.borrow() {
+                if more_to_ask(asked, exhausted) && !*shutdown.borrow() {
                     warn!(
                         asked,
                         trials = tune.trials,
@@ -564,6 +662,7 @@ pub(crate) async fn run_study(
                             emit(&event);
                         }
                         claimed.remove(&record.number);
+                        active.remove(&record.number);
                         info!(trial = record.number, state = ?record.state, values = ?record.values, "trial finished");
                         let event = TuneEvent::TrialFinished(Box::new(record.clone()));
                         emit(&event);
@@ -580,14 +679,18 @@ pub(crate) async fn run_study(
                 interrupted = true;
             }
         }
-        // Trials of an earlier session, as the journal kept them.
-        records.extend(
-            lock(&study).trials()[..resumed]
-                .iter()
-                .filter(|t| !resuming.contains(&t.number))
-                .map(TrialRecord::resumed),
-        );
-        records.sort_by_key(|r| r.number);
+        // Every trial of the study, as this session ran it or as the storage holds it
+        // (earlier sessions', other aggregators', and those handed over to another).
+        lock(&study).sync()?;
+        let mut ran: HashMap<u64, TrialRecord> = records.into_iter().map(|r| (r.number, r)).collect();
+        let records = lock(&study)
+            .trials()
+            .iter()
+            .map(|t| match ran.remove(&t.number) {
+                Some(record) if record.state != TrialState::Running || t.state == TrialState::Running => record,
+                _ => TrialRecord::resumed(t),
+            })
+            .collect();
         Ok(finish_report(&study, records, interrupted))
     }
     .await;
@@ -598,19 +701,20 @@ pub(crate) async fn run_study(
     result
 }
 
-/// The next trial of the study: the baseline first when asked for, then the sampler's.
-fn ask(
-    study: &Mutex<Study>,
-    asked: usize,
-    tune: &TuneConfig,
-    config: &AggregatorConfig,
-) -> Result<AskedTrial, StudyError> {
+/// The next trial of the study: the baseline first when asked for (unless a process
+/// sharing the study asked it already), then the sampler's.
+fn ask(study: &Mutex<Study>, tune: &TuneConfig, config: &AggregatorConfig) -> Result<AskedTrial, StudyError> {
     let mut study = lock(study);
-    if asked == 0 && tune.baseline_first {
-        study.ask_with(baseline_params(&tune.space, config))
-    } else {
-        study.ask()
+    if tune.baseline_first {
+        study.sync()?;
+        if study.trials().is_empty() {
+            match study.ask_unique(baseline_params(&tune.space, config)) {
+                Err(StudyError::Duplicate) => {}
+                asked => return asked,
+            }
+        }
     }
+    study.ask()
 }
 
 fn finish_report(study: &Mutex<Study>, trials: Vec<TrialRecord>, interrupted: bool) -> TuneReport {

@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::round::AgentResult;
 use crate::store::StoreWriter;
 use crate::tuning::Metric;
-use crate::tuning::{Draw, FedExPolicy, Outcome, Params, Study, TrialState};
+use crate::tuning::{Draw, FedExPolicy, Outcome, Params, Study, StudyError, TrialState};
 
 /// Adapts a trial's adaptive client parameters with a FedEx policy.
 pub(super) struct PolicyTuner {
@@ -231,6 +231,7 @@ impl TrialRun {
         let mut last_round: Option<RoundRecord> = prior.into_iter().last();
         let writer = self.writer.clone();
         let mut commit_failed = false;
+        let mut lost = false;
         let mut pruned = false;
         let context = DriveContext {
             registry: &self.registry,
@@ -255,6 +256,11 @@ impl TrialRun {
             record.curve.push(values[0]);
             let prune = match lock(&self.study).report(self.number, round + 1, values.clone()) {
                 Ok(prune) => prune,
+                Err(StudyError::Lost { owner, .. }) => {
+                    warn!(trial = self.number, "stopping: `{owner}` took the trial over");
+                    lost = true;
+                    return Flow::Stop;
+                }
                 Err(e) => {
                     warn!(trial = self.number, "report refused: {e}");
                     false
@@ -289,7 +295,7 @@ impl TrialRun {
             record.final_test = last_round.and_then(|r| r.test);
             return self.finish(record, Outcome::Pruned, started);
         }
-        if report.interrupted || commit_failed {
+        if report.interrupted || commit_failed || lost {
             // In a store, an interrupted trial stays running: a restart resumes it.
             if self.writer.is_some() {
                 record.state = TrialState::Running;
@@ -341,6 +347,10 @@ impl TrialRun {
             Ok(trial) => {
                 record.state = trial.state;
                 record.values = trial.values.clone();
+            }
+            Err(StudyError::Lost { owner, .. }) => {
+                warn!(trial = self.number, "not told: `{owner}` took the trial over");
+                record.state = TrialState::Running;
             }
             Err(e) => warn!(trial = self.number, "tell refused: {e}"),
         }

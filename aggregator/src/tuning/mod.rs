@@ -44,7 +44,7 @@ pub use pareto::{ParetoError, Scalarization, dominates, hypervolume, non_dominat
 pub use pruner::{MedianPruner, NopPruner, Pruner, PrunerConfig, PrunerError, SuccessiveHalvingPruner};
 pub use sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
 pub use spec::{ObjectiveSpec, SpecError, load_objectives, parse_objectives, parse_space_toml};
-pub use storage::{InMemory, Journal, Storage, StorageError, StudyHeader};
+pub use storage::{Created, InMemory, Journal, Storage, StorageError, StudyHeader};
 pub use study::{AskedTrial, Objective, Outcome, SamplerKind, Study, StudyError};
 pub use tpe::{TpeConfig, TpeSampler};
 pub use trial::{FrozenTrial, TrialState};

@@ -45,6 +45,15 @@ pub enum StorageError {
     /// Another storage (a run's store) refused the operation.
     #[error("{0}")]
     Backend(String),
+    /// Another process runs the trial now (a shared study took it over): this one must
+    /// not write it.
+    #[error("trial {number} is now run by `{owner}`")]
+    Lost {
+        /// The trial.
+        number: u64,
+        /// Who runs it.
+        owner: String,
+    },
     /// The journal belongs to a study with another space or other objectives.
     #[error("{path} holds a study with {what}; use another file or the same study")]
     Mismatch {
@@ -64,6 +73,17 @@ pub struct StudyHeader {
     pub objectives: Vec<Objective>,
 }
 
+/// What [`Storage::create`] did with a new trial.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// Stored, under the number the storage gave it.
+    Trial(FrozenTrial),
+    /// The study holds all the trials it was asked for.
+    Full,
+    /// A trial with the same parameters exists (only refused when asked to be unique).
+    Duplicate,
+}
+
 /// Keeps a study's trials.
 pub trait Storage: Send {
     /// Opens the storage for the study `header` describes and returns the trials it
@@ -79,6 +99,27 @@ pub trait Storage: Send {
     /// # Errors
     /// When the snapshot cannot be written.
     fn save(&mut self, trial: &FrozenTrial) -> Result<(), StorageError>;
+
+    /// Records a new trial. A storage several processes share numbers it itself (the
+    /// trial's number is a proposal), may refuse it once the study is full and, when
+    /// `unique`, refuses parameters another trial has; by default it is saved as given.
+    ///
+    /// # Errors
+    /// When the trial cannot be written.
+    fn create(&mut self, trial: &FrozenTrial, unique: bool) -> Result<Created, StorageError> {
+        let _ = unique;
+        self.save(trial)?;
+        Ok(Created::Trial(trial.clone()))
+    }
+
+    /// Every trial as the storage holds it now, when other processes add to it (a
+    /// shared study); `None` when this study is its only writer (the default).
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    fn refresh(&mut self) -> Result<Option<Vec<FrozenTrial>>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// No persistence: the study lives as long as the process.

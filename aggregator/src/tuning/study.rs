@@ -36,7 +36,7 @@ use super::gp::{GpConfig, GpSampler};
 use super::pareto::{Scalarization, pareto_front};
 use super::pruner::Pruner;
 use super::sampler::{Direction, GridSampler, Params, RandomSampler, Sampler, SamplerError};
-use super::storage::{InMemory, Storage, StudyHeader};
+use super::storage::{Created, InMemory, Storage, StorageError, StudyHeader};
 use super::tpe::{TpeConfig, TpeSampler};
 use super::trial::{FrozenTrial, TrialState};
 
@@ -141,6 +141,28 @@ pub enum StudyError {
     /// The storage failed; the study's state is unchanged.
     #[error("storage: {0}")]
     Storage(String),
+    /// Another process runs the trial now (a shared study took it over).
+    #[error("trial {number} is now run by `{owner}`")]
+    Lost {
+        /// The trial.
+        number: u64,
+        /// Who runs it.
+        owner: String,
+    },
+    /// The study holds every trial it was asked for (a shared study's other processes
+    /// asked the rest).
+    #[error("the study holds all its trials")]
+    Full,
+    /// A trial with these parameters exists already (asked with [`Study::ask_unique`]).
+    #[error("a trial with these parameters exists")]
+    Duplicate,
+}
+
+fn storage_error(e: StorageError) -> StudyError {
+    match e {
+        StorageError::Lost { number, owner } => StudyError::Lost { number, owner },
+        e => StudyError::Storage(e.to_string()),
+    }
 }
 
 /// The strategy names users pick between trials (`sampler = "..."` in config, or
@@ -318,15 +340,11 @@ impl Study {
             space: self.space.clone(),
             objectives: self.objectives.clone(),
         };
-        let trials = storage.open(&header).map_err(|e| StudyError::Storage(e.to_string()))?;
-        if let Some((i, t)) = trials.iter().enumerate().find(|(i, t)| t.number != *i as u64) {
-            return Err(StudyError::Storage(format!(
-                "the stored trials skip from {} to {}",
-                i.saturating_sub(1),
-                t.number
-            )));
-        }
-        let running = trials
+        let trials = storage.open(&header).map_err(storage_error)?;
+        self.storage = storage;
+        self.replace_trials(trials)?;
+        let running = self
+            .trials
             .iter()
             .filter(|t| t.state == TrialState::Running)
             .map(|t| AskedTrial {
@@ -334,9 +352,32 @@ impl Study {
                 params: t.params.clone(),
             })
             .collect();
-        self.trials = trials;
-        self.storage = storage;
         Ok((self, running))
+    }
+
+    /// Reloads the trials from a storage other processes write too (a shared study), so
+    /// the sampler and pruner see their trials; does nothing for a storage this study
+    /// writes alone.
+    ///
+    /// # Errors
+    /// [`StudyError::Storage`] when the storage cannot be read.
+    pub fn sync(&mut self) -> Result<(), StudyError> {
+        match self.storage.refresh().map_err(storage_error)? {
+            Some(trials) => self.replace_trials(trials),
+            None => Ok(()),
+        }
+    }
+
+    fn replace_trials(&mut self, trials: Vec<FrozenTrial>) -> Result<(), StudyError> {
+        if let Some((i, t)) = trials.iter().enumerate().find(|(i, t)| t.number != *i as u64) {
+            return Err(StudyError::Storage(format!(
+                "the stored trials skip from {} to {}",
+                i.saturating_sub(1),
+                t.number
+            )));
+        }
+        self.trials = trials;
+        Ok(())
     }
 
     /// Replaces the sampler (a resumed study reseeds its sampler so that it does not
@@ -404,11 +445,13 @@ impl Study {
     /// Starts a trial with parameters from the sampler.
     ///
     /// # Errors
-    /// [`StudyError::Sampler`] when the sampler has nothing left to propose.
+    /// [`StudyError::Sampler`] when the sampler has nothing left to propose,
+    /// [`StudyError::Full`] when a shared study holds all its trials.
     pub fn ask(&mut self) -> Result<AskedTrial, StudyError> {
+        self.sync()?;
         let (history, directions) = view(&self.trials, &self.directions, self.scalarization.as_ref());
         let params = self.sampler.sample(&self.space, &history, &directions)?;
-        self.start(params)
+        self.start(params, false)
     }
 
     /// Starts a trial with the given parameters (Optuna's `enqueue_trial`), e.g. a
@@ -418,24 +461,54 @@ impl Study {
     /// # Errors
     /// [`StudyError::Storage`] when the trial cannot be stored.
     pub fn ask_with(&mut self, params: Params) -> Result<AskedTrial, StudyError> {
-        self.start(params)
+        self.sync()?;
+        self.start(params, false)
     }
 
-    fn start(&mut self, params: Params) -> Result<AskedTrial, StudyError> {
-        let number = self.trials.len() as u64;
-        let trial = FrozenTrial {
-            number,
-            params: params.clone(),
+    /// As [`ask_with`](Self::ask_with), unless a trial with these parameters exists
+    /// (a baseline that another process sharing the study enqueued already).
+    ///
+    /// # Errors
+    /// [`StudyError::Duplicate`] then; as [`ask_with`](Self::ask_with) otherwise.
+    pub fn ask_unique(&mut self, params: Params) -> Result<AskedTrial, StudyError> {
+        self.sync()?;
+        self.start(params, true)
+    }
+
+    fn start(&mut self, params: Params, unique: bool) -> Result<AskedTrial, StudyError> {
+        if unique && self.trials.iter().any(|t| t.params == params) {
+            return Err(StudyError::Duplicate);
+        }
+        let proposed = FrozenTrial {
+            number: self.trials.len() as u64,
+            params,
             values: None,
             state: TrialState::Running,
             feasible: true,
             intermediate: BTreeMap::new(),
         };
-        self.storage
-            .save(&trial)
-            .map_err(|e| StudyError::Storage(e.to_string()))?;
-        self.trials.push(trial);
-        Ok(AskedTrial { number, params })
+        let trial = match self.storage.create(&proposed, unique).map_err(storage_error)? {
+            Created::Trial(trial) => trial,
+            Created::Full => return Err(StudyError::Full),
+            Created::Duplicate => return Err(StudyError::Duplicate),
+        };
+        let asked = AskedTrial {
+            number: trial.number,
+            params: trial.params.clone(),
+        };
+        if trial.number == self.trials.len() as u64 {
+            self.trials.push(trial);
+        } else {
+            // Others asked trials in between: the storage holds them all.
+            self.sync()?;
+            if self.trial(asked.number).is_none() {
+                return Err(StudyError::Storage(format!(
+                    "trial {} was stored but does not read back",
+                    asked.number
+                )));
+            }
+        }
+        Ok(asked)
     }
 
     /// Stores the snapshot of trial `number`, or restores `previous` when that fails.
@@ -443,7 +516,7 @@ impl Study {
         let index = number as usize;
         if let Err(e) = self.storage.save(&self.trials[index]) {
             self.trials[index] = previous;
-            return Err(StudyError::Storage(e.to_string()));
+            return Err(storage_error(e));
         }
         Ok(())
     }
