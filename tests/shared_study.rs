@@ -205,3 +205,63 @@ fn two_aggregators_share_a_study_and_take_over_a_dead_ones_trial() {
     drop(reader);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A plain run (`serve` without `[tuning]`) kept in PostgreSQL: opened, written and closed
+/// from the async runtime without blocking it, every round committed once, the final
+/// model's CRC-32 that of the last checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_commits_its_rounds_to_postgres() {
+    use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+    // The test's own client blocks too: off the runtime.
+    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
+    let url = db.url.clone();
+    let store = tokio::task::spawn_blocking(move || PostgresStore::connect(&url))
+        .await
+        .unwrap()
+        .unwrap();
+    let pki = ephemeral_pki(2).unwrap();
+    let endpoint = bind_aggregator(&pki, false).unwrap();
+    let mut config = common::config(2, 3);
+    config.listen = endpoint.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let data = common::digits();
+    let mut agents = spawn_agents(
+        &pki,
+        config.listen,
+        common::digits_trainers(&data, 2),
+        false,
+        stop.subscribe(),
+    )
+    .unwrap();
+    let stored = fedtune::aggregator::run_stored(
+        endpoint,
+        config,
+        Box::new(store),
+        2,
+        fedtune::aggregator::Hooks::default(),
+        stopped,
+    )
+    .await
+    .unwrap();
+    while agents.join_next().await.is_some() {}
+    assert_eq!(stored.status, RunStatus::Finished);
+    assert_eq!(stored.report.rounds.len(), 3);
+    let run = stored.run;
+    let (runs, rounds, checkpoint) = tokio::task::spawn_blocking(move || {
+        let store = db.store();
+        let checkpoint = store.latest_checkpoint(run, 0).unwrap().unwrap();
+        (store.runs().unwrap(), store.rounds(run, None).unwrap(), checkpoint)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (runs.len(), runs[0].status, runs[0].rounds_committed),
+        (1, RunStatus::Finished, 3)
+    );
+    assert_eq!(rounds.iter().map(|r| r.record.round).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(checkpoint.round, 3);
+    assert_eq!(
+        stored.final_model_crc32,
+        fedtune_aggregator::durable::model_crc32(&checkpoint.global)
+    );
+}

@@ -568,6 +568,33 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("federation.rounds"));
         let unknown: Result<AggregatorConfig, _> = toml::from_str("[federation]\nround = 3\n");
         assert!(unknown.unwrap_err().to_string().contains("round"));
+        for bad in ["trial_timeout_secs = 0.5", "trial_timeout_secs = nan", "owner = \" \""] {
+            let config: AggregatorConfig = toml::from_str(&format!("[state]\n{bad}\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("state."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn postgres_urls_are_not_paths_and_owners_default_to_host_and_port() {
+        let dir = std::env::temp_dir().join(format!("fedtune-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("aggregator.toml");
+        let url = "postgresql://fedtune:pw@127.0.0.1:5432/fedtune";
+        std::fs::write(&path, format!("[state]\ndb = {url:?}\n")).unwrap();
+        let config = AggregatorConfig::load(&path).unwrap();
+        assert_eq!(config.state.db.as_deref(), Some(Path::new(url)));
+        std::fs::write(&path, "[state]\ndb = \"fedtune.db\"\n").unwrap();
+        let config = AggregatorConfig::load(&path).unwrap();
+        assert_eq!(config.state.db, Some(dir.join("fedtune.db")));
+        let listen: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        assert!(config.state.owner(listen).ends_with(":4433"));
+        let named = StateConfig {
+            owner: Some("eu-1".into()),
+            ..StateConfig::default()
+        };
+        assert_eq!(named.owner(listen), "eu-1");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -352,6 +352,22 @@ fn sqlite_keeps_the_storage_contract() {
 }
 
 #[test]
+fn store_locations_hide_passwords() {
+    let url = Path::new("postgresql://fedtune:s3cret@127.0.0.1:5432/fedtune");
+    assert!(is_postgres_url(url) && !is_postgres_url(Path::new("postgres.db")));
+    assert_eq!(display_location(url), "postgresql://fedtune@127.0.0.1:5432/fedtune");
+    assert_eq!(display_location(Path::new("runs/fedtune.db")), "runs/fedtune.db");
+    // A URL opens PostgreSQL, never a file of that name.
+    let Err(err) = open(Path::new("postgresql://nobody:pw@127.0.0.1:1/none?connect_timeout=1")) else {
+        panic!("nothing listens on port 1");
+    };
+    assert!(
+        matches!(err, StoreError::Open { .. }) && !err.to_string().contains("pw@"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sqlite_studies_are_shared_between_aggregators() {
     let db = TempDb::new("shared");
     let mut a = SqliteStore::open(&db.0).unwrap();
