@@ -63,6 +63,8 @@ fn record(round: u64) -> RoundRecord {
         seconds: 0.1,
         device_seconds: 1.0,
         payload_bytes: 80_000_000,
+        contributions: Default::default(),
+        secure: false,
     }
 }
 

@@ -224,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
             );
         })),
         on_waiting: None,
+        metrics: None,
     };
     let report = match &args.db {
         Some(db) => {

@@ -286,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
             }
             _ => {}
         })),
+        metrics: None,
     };
     let report = match &args.db {
         Some(db) => {

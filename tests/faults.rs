@@ -36,6 +36,7 @@ async fn run_through(
             on_round(r, links);
         })),
         on_waiting: None,
+        metrics: None,
     };
     let fed = common::start_aggregator(n, config, hooks);
     let mut links = Vec::new();

@@ -40,6 +40,44 @@ pub struct AggregatorConfig {
     pub tuning: Option<TuningSection>,
     /// Where the run's state survives the process (optional).
     pub state: StateConfig,
+    /// The web dashboard and `/metrics` (off unless `listen` is set).
+    pub dashboard: DashboardConfig,
+}
+
+/// The web dashboard over the run's store, and the Prometheus `/metrics` on the same
+/// listener.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// TCP address to serve HTTP on, e.g. `"127.0.0.1:8080"`. It needs `[state] db`: the
+    /// dashboard shows what the store holds.
+    pub listen: Option<SocketAddr>,
+    /// A bearer token every request must carry (`Authorization: Bearer …`, or once as
+    /// `?token=…`, which sets a cookie). Required when `listen` is not a loopback
+    /// address: the dashboard shows parameters and agent ids.
+    pub token: Option<String>,
+}
+
+impl DashboardConfig {
+    /// Checks that a dashboard reachable from other hosts has a token.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming what is missing.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(token) = &self.token
+            && (token.len() < 16 || token.chars().any(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid(
+                "dashboard.token must be at least 16 characters without spaces".into(),
+            ));
+        }
+        match self.listen {
+            Some(addr) if !addr.ip().is_loopback() && self.token.is_none() => Err(ConfigError::Invalid(format!(
+                "dashboard.listen = {addr} is reachable from other hosts: set dashboard.token too"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Durable state: with `db` set, `serve` commits every round and its checkpoint to that
@@ -308,6 +346,7 @@ impl Default for AggregatorConfig {
             report: None,
             tuning: None,
             state: StateConfig::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -389,6 +428,10 @@ impl AggregatorConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if f.rounds == 0 {
             return invalid("federation.rounds must be at least 1".into());
+        }
+        self.dashboard.validate()?;
+        if self.dashboard.listen.is_some() && self.state.db.is_none() {
+            return invalid("dashboard.listen needs [state] db: the dashboard shows what the store holds".into());
         }
         if self.state.keep_checkpoints == 0 {
             return invalid("state.keep_checkpoints must be at least 1".into());

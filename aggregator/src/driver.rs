@@ -68,6 +68,8 @@ pub struct Hooks {
     pub on_round: Option<OnRound>,
     /// Called while waiting for agents, with (connected, needed).
     pub on_waiting: Option<OnWaiting>,
+    /// Counts rounds, updates, bytes and connected agents for `/metrics`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Whether a driven federation goes on after a committed round.
@@ -111,6 +113,9 @@ pub(crate) async fn serve_federation(
     let config = federation.config().clone();
     let fed = &config.federation;
     let registry = accept_agents(&endpoint, fed);
+    if let Some(metrics) = &hooks.metrics {
+        metrics.watch_agents(&registry);
+    }
 
     let result = async {
         let federation = federation.with_global_evaluation(hooks.evaluator.is_some());
@@ -127,6 +132,7 @@ pub(crate) async fn serve_federation(
         }
         let buffers = Arc::new(Semaphore::new(fed.max_buffered_updates));
         let mut on_round = hooks.on_round.take();
+        let metrics = hooks.metrics.clone();
         let context = DriveContext {
             registry: &registry,
             buffers,
@@ -135,6 +141,9 @@ pub(crate) async fn serve_federation(
         };
         let report = drive(federation, context, &mut shutdown, |record, federation| {
             let flow = on_commit(record, federation);
+            if let Some(metrics) = &metrics {
+                metrics.observe_round(record);
+            }
             if let Some(on_round) = on_round.as_mut() {
                 on_round(record);
             }

@@ -12,8 +12,10 @@
 //! - [`round`]: the collection of one round's updates (deadline, quorum, refusals).
 //! - [`fairness`]: per-round fairness metrics, constraints, participation history.
 //! - [`driver`]: the tokio driver that moves frames between QUIC and the federation.
+//! - [`dashboard`]: the web dashboard over a store (server-rendered pages and SVG charts).
 //! - [`durable`]: a run that commits every round to a store and resumes after a crash.
 //! - [`store`]: the durable state: runs, committed rounds, checkpoints (SQLite).
+//! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`service`]: from configuration to a bound endpoint.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
@@ -24,11 +26,13 @@
 
 pub mod adapt;
 pub mod config;
+pub mod dashboard;
 pub mod driver;
 pub mod durable;
 pub mod fairness;
 pub mod federation;
 pub mod identity;
+pub mod metrics;
 pub mod registry;
 pub mod round;
 pub mod service;

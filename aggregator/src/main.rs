@@ -2,17 +2,19 @@
 //! ask/tell study over JSON lines.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
+use fedtune_aggregator::metrics::Metrics;
 use fedtune_aggregator::store::{self, RunKind, RunStatus, Storage};
 use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
 use fedtune_aggregator::tuning::{
     Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, TrialState, ask_tell, load_objectives,
 };
-use fedtune_aggregator::{AggregatorConfig, Hooks, run, run_stored, service, tune_stored};
+use fedtune_aggregator::{AggregatorConfig, Hooks, dashboard, run, run_stored, service, tune_stored};
 use tracing_subscriber::EnvFilter;
 
 mod inspect;
@@ -88,6 +90,20 @@ enum Command {
         /// A JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the web dashboard over a store, read-only (a finished run, or one that
+    /// another process is running).
+    Dashboard {
+        /// The store: a SQLite file or a `postgres://` URL.
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to serve HTTP on; other than loopback needs a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Bearer token every request must carry (also read from
+        /// FEDTUNE_DASHBOARD_TOKEN).
+        #[arg(long, env = "FEDTUNE_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Export the per-agent rows (one per cohort member and round) of a run, or of every
     /// trial of a study.
@@ -179,6 +195,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Runs { db, json } => blocking(move || inspect::runs(&db, json)).await?,
         Command::Rounds { db, run, json } => blocking(move || inspect::rounds(&db, run, json)).await?,
         Command::Trials { db, study, json } => blocking(move || inspect::trials(&db, study, json)).await?,
+        Command::Dashboard { db, listen, token } => {
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let options = dashboard::Options { token, metrics: None };
+            let addr = dashboard::start(listen, &db, options, shutdown).await?;
+            println!("dashboard on http://{addr} over {}", store::display_location(&db));
+            let signal = stop_signal().await;
+            println!("{signal}: dashboard stopped");
+        }
         Command::Export { db, run, study, format } => {
             let json = matches!(format, ExportFormat::Json);
             match (run, study) {
@@ -196,6 +220,26 @@ async fn main() -> anyhow::Result<()> {
 /// Runs `work` on a blocking thread.
 async fn blocking(work: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(work).await?
+}
+
+/// Starts `[dashboard]` over the store at `db` when the configuration asks for it, with
+/// the metrics the run is to update.
+async fn start_dashboard(
+    config: &AggregatorConfig,
+    db: &Path,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<Arc<Metrics>>> {
+    let Some(listen) = config.dashboard.listen else {
+        return Ok(None);
+    };
+    let metrics = Arc::new(Metrics::new());
+    let options = dashboard::Options {
+        token: config.dashboard.token.clone(),
+        metrics: Some(metrics.clone()),
+    };
+    let addr = dashboard::start(listen, db, options, shutdown).await?;
+    println!("dashboard on http://{addr} (metrics on http://{addr}/metrics)");
+    Ok(Some(metrics))
 }
 
 /// Opens the store `[state] db` names, off the async runtime.
@@ -291,7 +335,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(std::time::Duration::from_millis);
-    let hooks = Hooks {
+    let mut hooks = Hooks {
         on_round: Some(Box::new(move |r| {
             println!(
                 "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s",
@@ -311,6 +355,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let (report, json) = match config.state.db.clone() {
         Some(db) => {
             let store = open_store(&db).await?;
+            hooks.metrics = start_dashboard(&config, &db, shutdown.clone()).await?;
             let location = store::display_location(&db);
             let rounds = config.federation.rounds;
             let keep = config.state.keep_checkpoints;
@@ -385,7 +430,7 @@ async fn serve_study(
         study.pruner.name()
     );
     // Rounds and trials are printed as they commit (stdout is line-buffered).
-    let hooks = TuneHooks {
+    let mut hooks = TuneHooks {
         evaluator: None,
         on_event: Some(Box::new(|event: &TuneEvent| match event {
             TuneEvent::Round {
@@ -403,6 +448,7 @@ async fn serve_study(
             ),
             TuneEvent::TrialStarted { .. } => {}
         })),
+        metrics: None,
     };
     let (report, json) = match config.state.db.clone() {
         Some(db) => {
@@ -410,6 +456,7 @@ async fn serve_study(
                 tracing::warn!("[state] db keeps the study; [tuning] storage (the JSON-lines journal) is not used");
             }
             let store = open_store(&db).await?;
+            hooks.metrics = start_dashboard(&config, &db, shutdown.clone()).await?;
             let location = store::display_location(&db);
             let keep = config.state.keep_checkpoints;
             let stored = tune_stored(endpoint, config, study, store, keep, hooks, shutdown).await?;

@@ -11,8 +11,8 @@ use tracing::{info, warn};
 use super::record::final_fairness;
 use super::secure::SecureError;
 use super::{
-    Action, Answer, Evaluating, EvaluationError, Federation, FinalEvaluation, GlobalEvaluation, OpenRound, Phase,
-    RoundRecord, RunReport,
+    Action, Answer, Contribution, Evaluating, EvaluationError, Federation, FinalEvaluation, GlobalEvaluation,
+    OpenRound, Phase, RoundRecord, RunReport,
 };
 use crate::fairness::{FairnessReport, violations};
 use crate::round::AgentResult;
@@ -38,6 +38,7 @@ impl Federation {
             self.actions.push_back(Action::Abandon { exchange });
         }
         let config = self.config.clone();
+        let secure = unmasked.is_some();
         let outcome = round.finish();
         let (spec, results, quorum_met) = (outcome.spec, outcome.results, outcome.quorum_met);
         let mut aggregation_error = None;
@@ -117,6 +118,19 @@ impl Federation {
             seconds: 0.0,
             device_seconds: results.iter().map(|r| r.metrics.wall_seconds).sum(),
             payload_bytes,
+            contributions: results
+                .iter()
+                .map(|r| {
+                    let contribution = Contribution {
+                        arrived_after_seconds: r.arrived_after.as_secs_f64(),
+                        samples: r.num_samples,
+                        device_seconds: r.metrics.wall_seconds,
+                        update_bytes: spec.numel as u64 * 4,
+                    };
+                    (r.agent.clone(), contribution)
+                })
+                .collect(),
+            secure,
         };
         if self.evaluate_globally {
             self.actions.push_back(Action::EvaluateGlobal {

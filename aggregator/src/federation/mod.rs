@@ -60,8 +60,8 @@ use fedtune_protocol::wire::params_to_bytes;
 pub use io::{Action, Answer, Event, ExchangeId};
 pub(crate) use record::final_fairness;
 pub use record::{
-    ClientTuner, EvaluationError, Evaluator, FailureReason, FailureRecord, GlobalEvaluation, RoundRecord, RunReport,
-    SecureStep,
+    ClientTuner, Contribution, EvaluationError, Evaluator, FailureReason, FailureRecord, GlobalEvaluation, RoundRecord,
+    RunReport, SecureStep,
 };
 use secure::{SecurePhase, StepOutcome};
 pub(crate) use state::rng_serde;

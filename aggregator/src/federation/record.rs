@@ -195,6 +195,25 @@ pub struct RoundRecord {
     /// Model bytes the round moved: the global model to each cohort member plus each
     /// accepted update.
     pub payload_bytes: u64,
+    /// Each accepted update's part: when it arrived, what it cost the device.
+    #[serde(default)]
+    pub contributions: BTreeMap<String, Contribution>,
+    /// Whether the round ran under secure aggregation (the aggregator saw only the sum).
+    #[serde(default)]
+    pub secure: bool,
+}
+
+/// One accepted update of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// Seconds from the round's start to the update's arrival.
+    pub arrived_after_seconds: f64,
+    /// Training samples behind it.
+    pub samples: u64,
+    /// The agent's wall time for the task.
+    pub device_seconds: f64,
+    /// Update bytes the agent sent.
+    pub update_bytes: u64,
 }
 
 /// The result of a whole run.

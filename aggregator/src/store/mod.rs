@@ -424,6 +424,13 @@ pub trait Storage: Send {
     /// [`StoreError::Corrupt`], [`StoreError::Database`].
     fn open_study(&mut self, run: RunId, header: &StudyHeader) -> Result<Vec<FrozenTrial>, StoreError>;
 
+    /// The header study `run` was opened with (its space and objectives), once an
+    /// aggregator has opened it.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`], [`StoreError::Database`].
+    fn study_header(&self, run: RunId) -> Result<Option<StudyHeader>, StoreError>;
+
     /// Stores the current snapshot of a trial of study `run`, new or changed.
     ///
     /// # Errors

@@ -21,7 +21,7 @@ use postgres::types::FromSql;
 use postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::checkpoint::{decode_checkpoint, encode_checkpoint};
-use super::study::{TrialColumns, check_header, trial_columns, trial_from_columns};
+use super::study::{TrialColumns, check_header, parse_header, trial_columns, trial_from_columns};
 use super::{
     LOCAL_OWNER, NewRun, RunId, RunKind, RunStatus, RunSummary, SCHEMA_VERSION, Storage, StoreError, StoredRound,
     StoredTrial, agent_rows,
@@ -717,6 +717,14 @@ impl Storage for PostgresStore {
             .map_err(db)?;
         check_header(run, get(&stored, 0)?, header)?;
         Ok(self.trials(run)?.into_iter().map(|t| t.trial).collect())
+    }
+
+    fn study_header(&self, run: RunId) -> Result<Option<StudyHeader>, StoreError> {
+        let row = self
+            .client()
+            .query_opt("SELECT header FROM studies WHERE run_id = $1", &[&run])
+            .map_err(db)?;
+        row.map(|r| parse_header(run, get(&r, 0)?)).transpose()
     }
 
     fn save_trial(&mut self, run: RunId, trial: &FrozenTrial) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::checkpoint::{decode_checkpoint, encode_checkpoint};
-use super::study::{TrialColumns, check_header, trial_columns, trial_from_columns};
+use super::study::{TrialColumns, check_header, parse_header, trial_columns, trial_from_columns};
 use super::{
     LOCAL_OWNER, NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, StoredTrial,
     agent_rows,
@@ -579,6 +579,17 @@ impl Storage for SqliteStore {
             .map_err(db)?;
         check_header(run, &stored, header)?;
         Ok(self.trials(run)?.into_iter().map(|t| t.trial).collect())
+    }
+
+    fn study_header(&self, run: RunId) -> Result<Option<StudyHeader>, StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT header FROM studies WHERE run_id = ?1", params![run], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        stored.map(|h| parse_header(run, &h)).transpose()
     }
 
     fn save_trial(&mut self, run: RunId, trial: &FrozenTrial) -> Result<(), StoreError> {

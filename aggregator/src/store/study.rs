@@ -60,9 +60,13 @@ pub(super) fn trial_from_columns(
 }
 
 /// Refuses a stored study header that is not `header`.
+/// A stored study header, decoded.
+pub(super) fn parse_header(run: RunId, stored: &str) -> Result<StudyHeader, StoreError> {
+    serde_json::from_str(stored).map_err(|e| StoreError::Corrupt(format!("study header of run {run}: {e}")))
+}
+
 pub(super) fn check_header(run: RunId, stored: &str, header: &StudyHeader) -> Result<(), StoreError> {
-    let stored: StudyHeader =
-        serde_json::from_str(stored).map_err(|e| StoreError::Corrupt(format!("study header of run {run}: {e}")))?;
+    let stored = parse_header(run, stored)?;
     let other = |what: String| Err(StoreError::OtherStudy { run, what });
     if stored.objectives != header.objectives {
         let names: Vec<&str> = stored.objectives.iter().map(|o| o.name.as_str()).collect();

@@ -60,6 +60,8 @@ fn record(round: u64, test: Option<f64>) -> RoundRecord {
         seconds: 0.25,
         device_seconds: 0.5,
         payload_bytes: 1 << 20,
+        contributions: Default::default(),
+        secure: false,
     }
 }
 
@@ -123,7 +125,9 @@ fn study_suite(store: &mut dyn Storage) {
             ..new_run("search")
         })
         .unwrap();
+    assert_eq!(store.study_header(study).unwrap(), None);
     assert!(store.open_study(study, &header("accuracy")).unwrap().is_empty());
+    assert_eq!(store.study_header(study).unwrap(), Some(header("accuracy")));
     store.save_trial(study, &trial(0, TrialState::Running, 0)).unwrap();
     store.save_trial(study, &trial(1, TrialState::Running, 2)).unwrap();
     store.save_trial(study, &trial(0, TrialState::Complete, 3)).unwrap();

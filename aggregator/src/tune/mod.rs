@@ -311,6 +311,8 @@ pub struct TuneHooks {
     pub evaluator: Option<Arc<dyn Evaluator>>,
     /// Called on every [`TuneEvent`].
     pub on_event: Option<OnTuneEvent>,
+    /// Counts trials, rounds, updates, bytes and connected agents for `/metrics`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Serves `endpoint` and runs the federated study `tune` describes over the agents
@@ -485,6 +487,10 @@ pub(crate) async fn run_study(
     let study = Arc::new(Mutex::new(study));
     let fed = &config.federation;
     let registry = accept_agents(&endpoint, fed);
+    if let Some(metrics) = &hooks.metrics {
+        metrics.watch_agents(&registry);
+    }
+    let metrics = hooks.metrics.clone();
     let mut federation_hooks = crate::driver::Hooks::default();
     let result = async {
         let nothing_left = {
@@ -519,6 +525,13 @@ pub(crate) async fn run_study(
         let mut interrupted = false;
         let evaluator = hooks.evaluator.clone();
         let mut emit = |event: &TuneEvent| {
+            if let Some(metrics) = &metrics {
+                match event {
+                    TuneEvent::TrialStarted { .. } => metrics.trial_reached(TrialState::Running),
+                    TuneEvent::TrialFinished(t) => metrics.trial_reached(t.state),
+                    TuneEvent::Round { .. } => {}
+                }
+            }
             if let Some(on_event) = hooks.on_event.as_mut() {
                 on_event(event);
             }
@@ -626,6 +639,7 @@ pub(crate) async fn run_study(
                     events: events.clone(),
                     resume,
                     writer: durable.as_ref().map(|d| d.writer.clone()),
+                    metrics: metrics.clone(),
                 };
                 running.spawn(run.run(shutdown.clone()));
             }

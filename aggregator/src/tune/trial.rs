@@ -129,6 +129,8 @@ pub(super) struct TrialRun {
     pub(super) resume: Option<Resumed>,
     /// Commits each round and its checkpoint, when the study lives in a store.
     pub(super) writer: Option<Arc<StoreWriter>>,
+    /// Counts rounds, updates and bytes for `/metrics`.
+    pub(super) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A running trial's last checkpoint and the rounds committed before it.
@@ -240,6 +242,9 @@ impl TrialRun {
             max_payload: fed.max_payload_bytes,
         };
         let report = drive(federation, context, &mut shutdown, |r, federation| {
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_round(r);
+            }
             let round = r.round;
             record.rounds = round + 1;
             device += r.device_seconds;

@@ -10,6 +10,7 @@
 //! - [`gp`]: Gaussian-process Bayesian optimisation (Matérn-5/2 ARD, log EI, ParEGO for several objectives).
 //! - [`spec`]: search spaces from TOML and from the JSON objective-spec format.
 //! - [`stats`]: normal-distribution helpers the samplers share.
+//! - [`importance`]: parameter importance by the correlation ratio η².
 //! - [`pareto`]: multi-objective helpers: dominance, non-dominated sort, crowding, hypervolume, weighted sums.
 //! - [`pruner`]: the [`Pruner`] trait, median and successive-halving pruners (also multi-objective).
 //! - [`fedex`]: FedEx, adapting client hyperparameters within a trial by exponentiated gradient.
@@ -21,6 +22,7 @@
 pub mod ask_tell;
 pub mod fedex;
 pub mod gp;
+pub mod importance;
 pub mod metric;
 pub mod pareto;
 pub mod pruner;

@@ -1,0 +1,974 @@
+//! The dashboard's pages, rendered to HTML strings from what the store holds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::svg::{
+    self, Axis, AxisKind, LineChart, Marker, ParallelChart, ScatterChart, ScatterPoint, Series, TimelineRow, escape,
+};
+use crate::federation::RoundRecord;
+use crate::store::{RunKind, RunStatus, RunSummary, StoredRound, StoredTrial, agent_rows};
+use crate::tuning::fedex::FedExPolicy;
+use crate::tuning::importance::importance;
+use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState, pareto_front};
+
+/// Rows of the rounds table (newest first); the charts show every round.
+const ROUND_ROWS: usize = 200;
+/// Trials drawn in the intermediate-values chart (the most recent, and the best).
+const INTERMEDIATE_TRIALS: usize = 100;
+
+/// A whole page around `body`. With `live`, the script polls `/api/version/{id}` and
+/// swaps in new content when the version differs from the one the page was made at.
+pub(super) fn layout(title: &str, live: Option<(i64, &str)>, location: &str, body: &str) -> String {
+    let live = match live {
+        Some((id, version)) => format!(
+            r#" data-version-url="/api/version/{id}" data-version="{}""#,
+            escape(version)
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="stylesheet" href="/static/dashboard.css">
+</head>
+<body{live}>
+<header><a href="/" class="home">fedtune</a> <span class="store">{location}</span> <span id="live" class="live"></span></header>
+<main id="content">
+{body}
+</main>
+<script src="/static/dashboard.js"></script>
+</body>
+</html>
+"#,
+        title = escape(title),
+        location = escape(location),
+    )
+}
+
+/// A page saying what went wrong.
+pub(super) fn error_page(message: &str) -> String {
+    layout(
+        "fedtune: error",
+        None,
+        "",
+        &format!(
+            r#"<p class="error">{}</p><p><a href="/">all runs</a></p>"#,
+            escape(message)
+        ),
+    )
+}
+
+/// What changes whenever a run's or a study's page would: rounds committed, status, and
+/// for a study how many trials there are and how many ended.
+pub(super) fn version(run: &RunSummary, trials: Option<&[StoredTrial]>) -> String {
+    let mut version = format!("{}.{}", run.rounds_committed, run.status.as_str());
+    if let Some(trials) = trials {
+        let ended = trials.iter().filter(|t| t.trial.state != TrialState::Running).count();
+        let _ = write!(version, ".{}.{ended}", trials.len());
+    }
+    version
+}
+
+fn status_badge(status: RunStatus) -> String {
+    format!(
+        r#"<span class="status status-{s}" data-testid="status">{s}</span>"#,
+        s = status.as_str()
+    )
+}
+
+/// Four significant digits, compactly; `–` for nothing.
+fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            if v == 0.0 {
+                "0".into()
+            } else if v.abs() >= 1e5 || v.abs() < 1e-3 {
+                format!("{v:.3e}")
+            } else {
+                let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;
+                format!("{v:.digits$}")
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / 1e6)
+}
+
+/// A table cell that sorts by `value`.
+fn cell(value: Option<f64>, text: &str) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!(r#"<td data-value="{v}">{}</td>"#, escape(text)),
+        _ => format!(r#"<td data-value="">{}</td>"#, escape(text)),
+    }
+}
+
+/// The list of runs and studies.
+pub(super) fn runs(runs: &[RunSummary]) -> String {
+    let mut html = String::from("<h1>Runs and studies</h1>");
+    if runs.is_empty() {
+        html.push_str("<p>The store holds no run yet.</p>");
+        return html;
+    }
+    html.push_str(
+        r#"<input type="search" class="filter" data-filter="runs" placeholder="filter">
+<table id="runs" class="sortable"><thead><tr><th data-sort>id</th><th data-sort>name</th><th data-sort>kind</th><th data-sort>status</th><th data-sort>rounds</th><th data-sort>created</th><th data-sort>updated</th></tr></thead><tbody>"#,
+    );
+    for run in runs.iter().rev() {
+        let href = match run.kind {
+            RunKind::Run => format!("/runs/{}", run.id),
+            RunKind::Study => format!("/studies/{}", run.id),
+        };
+        let _ = write!(
+            html,
+            r#"<tr data-testid="run-row"><td data-value="{id}"><a href="{href}">{id}</a></td><td><a href="{href}">{name}</a></td><td>{kind}</td><td>{status}</td><td data-value="{done}">{done} / {planned}</td><td>{created}</td><td>{updated}</td></tr>"#,
+            id = run.id,
+            name = escape(&run.name),
+            kind = run.kind.as_str(),
+            status = status_badge(run.status),
+            done = run.rounds_committed,
+            planned = run.rounds_planned,
+            created = escape(&run.created_at),
+            updated = escape(&run.updated_at),
+        );
+    }
+    html.push_str("</tbody></table>");
+    html
+}
+
+/// What a run's page shows.
+pub(super) struct RunView {
+    /// The run (or the study, for a trial).
+    pub run: RunSummary,
+    /// The trial shown (0 outside a study).
+    pub trial: u64,
+    /// Its committed rounds, in order.
+    pub rounds: Vec<StoredRound>,
+    /// The trial's FedEx policy from its latest checkpoint, when it has one.
+    pub policy: Option<serde_json::Value>,
+}
+
+fn series(name: &str, color: usize, points: Vec<(f64, f64)>) -> Series {
+    Series {
+        name: name.into(),
+        points,
+        color: svg::color(color),
+        dashed: false,
+        testid: None,
+    }
+}
+
+fn by_round(records: &[&RoundRecord], value: impl Fn(&RoundRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    records
+        .iter()
+        .filter_map(|r| value(r).map(|v| (r.round as f64, v)))
+        .collect()
+}
+
+/// A run's page (or a study trial's).
+pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
+    let RunView {
+        run,
+        trial,
+        rounds,
+        policy,
+    } = view;
+    let records: Vec<&RoundRecord> = rounds.iter().map(|r| &r.record).collect();
+    let mut html = String::new();
+    let latest = records.last().map_or_else(|| "–".to_owned(), |r| r.round.to_string());
+    let title = match run.kind {
+        RunKind::Run => format!("Run {} · {}", run.id, escape(&run.name)),
+        RunKind::Study => format!(
+            r#"<a href="/studies/{id}">Study {id} · {name}</a> · trial {trial}"#,
+            id = run.id,
+            name = escape(&run.name)
+        ),
+    };
+    let planned = match run.kind {
+        RunKind::Run => format!(" of {}", run.rounds_planned),
+        RunKind::Study => String::new(),
+    };
+    let _ = write!(
+        html,
+        r#"<h1>{title} {status}</h1>
+<p class="summary">last committed round <strong data-testid="latest-round">{latest}</strong>{planned} · {n} rounds in the store · created {created} · updated {updated}</p>"#,
+        status = status_badge(run.status),
+        n = records.len(),
+        created = escape(&run.created_at),
+        updated = escape(&run.updated_at),
+    );
+    if records.is_empty() {
+        html.push_str("<p>No round committed yet.</p>");
+        return html;
+    }
+    html.push_str(r#"<section class="charts">"#);
+    let mut test_accuracy = series("test accuracy", 0, by_round(&records, |r| r.test.map(|t| t.accuracy)));
+    test_accuracy.testid = Some("test-accuracy-point".into());
+    html.push_str(&svg::line_chart(&LineChart {
+        title: "Global model accuracy".into(),
+        x_label: "round".into(),
+        y_label: "accuracy".into(),
+        series: vec![
+            test_accuracy,
+            Series {
+                testid: Some("federated-accuracy-point".into()),
+                ..series(
+                    "federated accuracy (agents, before training)",
+                    1,
+                    by_round(&records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
+                )
+            },
+        ],
+        markers: Vec::new(),
+        y_range: Some((0.0, 1.0)),
+        testid: "accuracy-chart".into(),
+    }));
+    html.push_str(&svg::line_chart(&LineChart {
+        title: "Loss".into(),
+        x_label: "round".into(),
+        y_label: "loss".into(),
+        series: vec![
+            series("test loss", 0, by_round(&records, |r| r.test.map(|t| t.loss))),
+            series(
+                "federated loss",
+                1,
+                by_round(&records, |r| (r.updates > 0).then_some(r.federated_loss)),
+            ),
+            series(
+                "train loss",
+                2,
+                by_round(&records, |r| (r.updates > 0).then_some(r.train_loss)),
+            ),
+        ],
+        markers: Vec::new(),
+        y_range: None,
+        testid: "loss-chart".into(),
+    }));
+    let measured =
+        |value: fn(&RoundRecord) -> f64| by_round(&records, move |r| (r.fairness.agents > 0).then(|| value(r)));
+    html.push_str(&svg::line_chart(&LineChart {
+        title: "Fairness across agents (incoming model)".into(),
+        x_label: "round".into(),
+        y_label: "accuracy / index".into(),
+        series: vec![
+            series("mean accuracy", 0, measured(|r| r.fairness.mean_accuracy)),
+            series("worst 10%", 3, measured(|r| r.fairness.worst_10pct_accuracy)),
+            series("worst agent", 4, measured(|r| r.fairness.worst_accuracy)),
+            Series {
+                dashed: true,
+                ..series("Jain's index", 2, measured(|r| r.fairness.jain_index))
+            },
+        ],
+        markers: records
+            .iter()
+            .filter(|r| !r.violations.is_empty())
+            .map(|r| Marker {
+                x: r.round as f64,
+                label: format!("round {}: {}", r.round, r.violations.join("; ")),
+            })
+            .collect(),
+        y_range: Some((0.0, 1.0)),
+        testid: "fairness-chart".into(),
+    }));
+    if records.iter().any(|r| r.server_learning_rate.is_some()) {
+        html.push_str(&svg::line_chart(&LineChart {
+            title: "Server learning rate".into(),
+            x_label: "round".into(),
+            y_label: "learning rate".into(),
+            series: vec![series(
+                "server learning rate",
+                5,
+                by_round(&records, |r| r.server_learning_rate),
+            )],
+            markers: Vec::new(),
+            y_range: None,
+            testid: "server-lr-chart".into(),
+        }));
+    }
+    html.push_str("</section>");
+    let shown = round
+        .and_then(|n| records.iter().find(|r| r.round == n))
+        .or(records.last())
+        .copied();
+    if let Some(shown) = shown {
+        html.push_str(&round_detail(run.id, *trial, run.kind, shown, &records));
+    }
+    if let Some(policy) = policy {
+        html.push_str(&fedex_policy(policy));
+    }
+    html.push_str(&agents_table(&records));
+    html.push_str(&rounds_table(run.id, *trial, run.kind, &records));
+    html
+}
+
+fn round_link(id: i64, trial: u64, kind: RunKind, round: u64) -> String {
+    match kind {
+        RunKind::Run => format!("/runs/{id}?round={round}"),
+        RunKind::Study => format!("/runs/{id}?trial={trial}&round={round}"),
+    }
+}
+
+/// One round: who answered when, and its secure-aggregation and server-LR state.
+fn round_detail(id: i64, trial: u64, kind: RunKind, record: &RoundRecord, records: &[&RoundRecord]) -> String {
+    let mut html = format!(
+        r#"<section class="round" id="round"><h2>Round {}</h2><p>"#,
+        record.round
+    );
+    let position = records.iter().position(|r| r.round == record.round);
+    if let Some(previous) = position.and_then(|p| p.checked_sub(1)).and_then(|p| records.get(p)) {
+        let _ = write!(
+            html,
+            r#"<a href="{}#round">← round {}</a> "#,
+            round_link(id, trial, kind, previous.round),
+            previous.round
+        );
+    }
+    if let Some(next) = position.and_then(|p| records.get(p + 1)) {
+        let _ = write!(
+            html,
+            r#"<a href="{}#round">round {} →</a>"#,
+            round_link(id, trial, kind, next.round),
+            next.round
+        );
+    }
+    let secure = if record.secure {
+        "secure aggregation (the aggregator saw only the sum)"
+    } else {
+        "plain aggregation"
+    };
+    let _ = write!(
+        html,
+        "</p><p>{updates} of {cohort} updates · {applied} · {secure} · server learning rate {lr} · {seconds} s · {mb} MB moved</p>",
+        updates = record.updates,
+        cohort = record.cohort.len(),
+        applied = if record.applied {
+            "applied"
+        } else {
+            "global model unchanged"
+        },
+        lr = num(record.server_learning_rate),
+        seconds = num(Some(record.seconds)),
+        mb = megabytes(record.payload_bytes),
+    );
+    if let Some(error) = &record.aggregation_error {
+        let _ = write!(html, r#"<p class="error">aggregation: {}</p>"#, escape(error));
+    }
+    for violation in &record.violations {
+        let _ = write!(html, r#"<p class="violation">fairness: {}</p>"#, escape(violation));
+    }
+    let rows: Vec<TimelineRow> = agent_rows(trial, record)
+        .into_iter()
+        .map(|row| TimelineRow {
+            at: record.contributions.get(&row.agent).map(|c| c.arrived_after_seconds),
+            agent: row.agent,
+            outcome: row.outcome,
+            detail: row.detail,
+        })
+        .collect();
+    html.push_str(&svg::timeline_chart(
+        &format!("Round {}: answers by time", record.round),
+        &rows,
+        record.seconds,
+        None,
+        "round-timeline",
+    ));
+    html.push_str("</section>");
+    html
+}
+
+#[derive(Default)]
+struct AgentTotals {
+    cohorts: u64,
+    updates: u64,
+    last_accuracy: Option<(u64, f64)>,
+    refusals: u64,
+    last_refusal: Option<String>,
+    stragglers: u64,
+    bytes: u64,
+    device_seconds: f64,
+}
+
+/// Every agent that was in a cohort: participation, accuracy, refusals, bytes, time.
+fn agents_table(records: &[&RoundRecord]) -> String {
+    let mut agents: BTreeMap<String, AgentTotals> = BTreeMap::new();
+    for record in records {
+        let received: u64 = record.contributions.values().map(|c| c.update_bytes).sum();
+        let per_member = record
+            .payload_bytes
+            .saturating_sub(received)
+            .checked_div(record.cohort.len() as u64)
+            .unwrap_or(0);
+        for row in agent_rows(0, record) {
+            let totals = agents.entry(row.agent.clone()).or_default();
+            totals.cohorts += 1;
+            totals.bytes += per_member;
+            if let Some(accuracy) = row.accuracy {
+                totals.last_accuracy = Some((record.round, accuracy));
+            }
+            if let Some(c) = record.contributions.get(&row.agent) {
+                totals.bytes += c.update_bytes;
+                totals.device_seconds += c.device_seconds;
+            }
+            match row.outcome.as_str() {
+                "update" => totals.updates += 1,
+                "straggler" => totals.stragglers += 1,
+                _ => {
+                    totals.refusals += 1;
+                    totals.last_refusal =
+                        Some(format!("round {}: {}", record.round, row.detail.unwrap_or(row.outcome)));
+                }
+            }
+        }
+    }
+    let mut html = format!(
+        r#"<section><h2>Agents ({n})</h2><input type="search" class="filter" data-filter="agents" placeholder="filter">
+<table id="agents" class="sortable"><thead><tr><th data-sort>agent</th><th data-sort>in cohort</th><th data-sort>updates</th><th data-sort>participation</th><th data-sort>last accuracy</th><th data-sort>stragglers</th><th data-sort>refusals and failures</th><th data-sort>MB moved</th><th data-sort>device s</th></tr></thead><tbody>"#,
+        n = agents.len()
+    );
+    let rounds = records.len().max(1) as f64;
+    for (agent, t) in &agents {
+        let last = t.last_accuracy.map(|(_, a)| a);
+        let last_text = t.last_accuracy.map_or_else(
+            || "–".to_owned(),
+            |(round, a)| format!("{} (round {round})", num(Some(a))),
+        );
+        let refusals = match &t.last_refusal {
+            Some(reason) => format!("{} · last: {reason}", t.refusals),
+            None => t.refusals.to_string(),
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{agent}</td>{cohorts}{updates}{share}{last}{stragglers}{refusals}{bytes}{device}</tr>",
+            agent = escape(agent),
+            cohorts = cell(Some(t.cohorts as f64), &t.cohorts.to_string()),
+            updates = cell(Some(t.updates as f64), &t.updates.to_string()),
+            share = cell(
+                Some(t.updates as f64 / rounds),
+                &format!("{:.0}%", 100.0 * t.updates as f64 / rounds)
+            ),
+            last = cell(last, &last_text),
+            stragglers = cell(Some(t.stragglers as f64), &t.stragglers.to_string()),
+            refusals = cell(Some(t.refusals as f64), &refusals),
+            bytes = cell(Some(t.bytes as f64), &megabytes(t.bytes)),
+            device = cell(Some(t.device_seconds), &num(Some(t.device_seconds))),
+        );
+    }
+    html.push_str("</tbody></table></section>");
+    html
+}
+
+/// The latest rounds, newest first.
+fn rounds_table(id: i64, trial: u64, kind: RunKind, records: &[&RoundRecord]) -> String {
+    let mut html = format!(
+        r#"<section><h2>Rounds</h2><p class="note">{shown} most recent of {n}</p>
+<table id="rounds" class="sortable"><thead><tr><th data-sort>round</th><th data-sort>updates</th><th data-sort>secure</th><th data-sort>server lr</th><th data-sort>train loss</th><th data-sort>federated acc</th><th data-sort>test acc</th><th data-sort>worst agent</th><th data-sort>Jain</th><th data-sort>seconds</th><th data-sort>device s</th><th data-sort>MB</th><th>violations</th></tr></thead><tbody>"#,
+        shown = records.len().min(ROUND_ROWS),
+        n = records.len(),
+    );
+    for r in records.iter().rev().take(ROUND_ROWS) {
+        let measured = r.fairness.agents > 0;
+        let _ = write!(
+            html,
+            r#"<tr><td data-value="{round}"><a href="{href}#round">{round}</a></td>{updates}<td>{secure}</td>{lr}{train}{fed}{test}{worst}{jain}{seconds}{device}{mb}<td>{violations}</td></tr>"#,
+            round = r.round,
+            href = round_link(id, trial, kind, r.round),
+            updates = cell(Some(r.updates as f64), &format!("{}/{}", r.updates, r.cohort.len())),
+            secure = if r.secure { "yes" } else { "no" },
+            lr = cell(r.server_learning_rate, &num(r.server_learning_rate)),
+            train = cell(Some(r.train_loss), &num((r.updates > 0).then_some(r.train_loss))),
+            fed = cell(
+                Some(r.federated_accuracy),
+                &num((r.updates > 0).then_some(r.federated_accuracy))
+            ),
+            test = cell(r.test.map(|t| t.accuracy), &num(r.test.map(|t| t.accuracy))),
+            worst = cell(
+                measured.then_some(r.fairness.worst_accuracy),
+                &num(measured.then_some(r.fairness.worst_accuracy))
+            ),
+            jain = cell(
+                measured.then_some(r.fairness.jain_index),
+                &num(measured.then_some(r.fairness.jain_index))
+            ),
+            seconds = cell(Some(r.seconds), &num(Some(r.seconds))),
+            device = cell(Some(r.device_seconds), &num(Some(r.device_seconds))),
+            mb = cell(Some(r.payload_bytes as f64), &megabytes(r.payload_bytes)),
+            violations = escape(&r.violations.join("; ")),
+        );
+    }
+    html.push_str("</tbody></table></section>");
+    html
+}
+
+/// A trial's FedEx policy: each adaptive parameter's arms and their probabilities.
+fn fedex_policy(state: &serde_json::Value) -> String {
+    let Ok(policy) = serde_json::from_value::<FedExPolicy>(state.clone()) else {
+        return String::new();
+    };
+    let summary = policy.summary();
+    let mut html = format!(
+        r#"<section data-testid="fedex-policy"><h2>FedEx policy</h2><p>{} rounds updated it · {} rewards used, {} skipped · baseline {}</p>"#,
+        summary.rounds,
+        summary.rewards_used,
+        summary.rewards_skipped,
+        num(summary.baseline)
+    );
+    for param in &summary.params {
+        let bars: Vec<(String, f64)> = param
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, arm)| {
+                let best = if i == param.best { " (best)" } else { "" };
+                (
+                    format!("{} · {:?}, {} draws{best}", arm.value, arm.origin, arm.draws),
+                    arm.probability,
+                )
+            })
+            .collect();
+        html.push_str(&svg::bar_chart(
+            &format!("{}: arm probabilities", param.name),
+            &bars,
+            &format!("fedex-{}", param.name),
+        ));
+    }
+    html.push_str("</section>");
+    html
+}
+
+/// A study's page.
+pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[StoredTrial]) -> String {
+    let trials: Vec<FrozenTrial> = stored.iter().map(|t| t.trial.clone()).collect();
+    let count = |state: TrialState| trials.iter().filter(|t| t.state == state).count();
+    let mut html = format!(
+        r#"<h1>Study {id} · {name} {status}</h1>
+<p class="summary"><strong data-testid="trial-count">{n}</strong> trials: {complete} complete, {pruned} pruned, {failed} failed, {running} running · {rounds} rounds in the store · updated {updated}</p>"#,
+        id = run.id,
+        name = escape(&run.name),
+        status = status_badge(run.status),
+        n = trials.len(),
+        complete = count(TrialState::Complete),
+        pruned = count(TrialState::Pruned),
+        failed = count(TrialState::Failed),
+        running = count(TrialState::Running),
+        rounds = run.rounds_committed,
+        updated = escape(&run.updated_at),
+    );
+    let Some(header) = header else {
+        html.push_str("<p>The study has not started yet.</p>");
+        return html;
+    };
+    let directions: Vec<Direction> = header.objectives.iter().map(|o| o.direction).collect();
+    let names: Vec<String> = header.objectives.iter().map(|o| o.name.clone()).collect();
+    let best = best_trial(&trials, &directions);
+    let _ = write!(
+        html,
+        "<p>objectives: {}</p>",
+        header
+            .objectives
+            .iter()
+            .map(|o| format!("{} ({})", escape(&o.name), direction_word(o.direction)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(best) = best {
+        let _ = write!(
+            html,
+            r#"<p>best trial <a href="/runs/{id}?trial={n}">{n}</a>: {values} · {params}</p>"#,
+            id = run.id,
+            n = best.number,
+            values = escape(&values_text(best, &names)),
+            params = escape(&params_text(best)),
+        );
+    }
+    html.push_str(r#"<section class="charts">"#);
+    for (k, name) in names.iter().enumerate().take(3) {
+        html.push_str(&history_chart(run.id, &trials, k, name, directions[k]));
+    }
+    html.push_str(&intermediate_chart(&trials, &names[0], best.map(|b| b.number)));
+    html.push_str(&parallel_chart(header, &trials, &names[0], directions[0]));
+    let ranked = importance(&header.space, &trials, directions[0]);
+    if ranked.is_empty() {
+        html.push_str(r#"<p class="note">Parameter importance needs at least 4 complete trials whose first objective varies.</p>"#);
+    } else {
+        html.push_str(&svg::bar_chart(
+            &format!("Parameter importance for {} (η², summing to 1)", names[0]),
+            &ranked,
+            "importance-chart",
+        ));
+    }
+    if names.len() >= 2 {
+        html.push_str(&pareto_charts(
+            run.id,
+            &trials,
+            &names,
+            &directions,
+            best.map(|b| b.number),
+        ));
+    }
+    html.push_str("</section>");
+    html.push_str(&trials_table(run.id, stored, &names, header));
+    html
+}
+
+fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Minimize => "minimise",
+        Direction::Maximize => "maximise",
+    }
+}
+
+/// The study's chosen trial: feasible before infeasible, then the best first objective
+/// (the rule of the study's report when no scalarization weights are set).
+fn best_trial<'a>(trials: &'a [FrozenTrial], directions: &[Direction]) -> Option<&'a FrozenTrial> {
+    trials
+        .iter()
+        .filter_map(|t| t.losses(directions).map(|l| (t, (!t.feasible, l[0]))))
+        .min_by(|a, b| a.1.0.cmp(&b.1.0).then(a.1.1.total_cmp(&b.1.1)))
+        .map(|(t, _)| t)
+}
+
+fn values_text(trial: &FrozenTrial, names: &[String]) -> String {
+    match &trial.values {
+        Some(values) => names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| format!("{n} {}", num(Some(*v))))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "no values".into(),
+    }
+}
+
+fn params_text(trial: &FrozenTrial) -> String {
+    trial
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn state_color(trial: &FrozenTrial) -> &'static str {
+    match trial.state {
+        TrialState::Complete if trial.feasible => svg::color(0),
+        TrialState::Complete => svg::color(1),
+        TrialState::Pruned => "#9aa0a6",
+        TrialState::Failed => "#d93025",
+        TrialState::Running => svg::color(2),
+    }
+}
+
+/// Objective `k` of every trial by number, pruned ones at their last reported value,
+/// with the best-so-far line of complete, feasible trials.
+fn history_chart(id: i64, trials: &[FrozenTrial], k: usize, name: &str, direction: Direction) -> String {
+    let mut points = Vec::with_capacity(trials.len());
+    let mut best_line = Vec::new();
+    let mut best: Option<f64> = None;
+    for t in trials {
+        let value = match t.state {
+            TrialState::Complete => t.values.as_ref().and_then(|v| v.get(k)).copied(),
+            TrialState::Pruned | TrialState::Running => t.intermediate.values().last().and_then(|v| v.get(k)).copied(),
+            TrialState::Failed => None,
+        };
+        let Some(value) = value.filter(|v| v.is_finite()) else {
+            continue;
+        };
+        points.push(ScatterPoint {
+            x: t.number as f64,
+            y: value,
+            label: format!("trial {} ({:?}): {name} {}", t.number, t.state, num(Some(value))).to_lowercase(),
+            color: state_color(t),
+            radius: 3.0,
+            href: Some(format!("/runs/{id}?trial={}", t.number)),
+            emphasised: false,
+        });
+        if t.state == TrialState::Complete && t.feasible {
+            let better = best.is_none_or(|b| direction.loss(value) < direction.loss(b));
+            if better {
+                best = Some(value);
+            }
+            if let Some(b) = best {
+                best_line.push((t.number as f64, b));
+            }
+        }
+    }
+    let testid = if k == 0 {
+        "history-chart".to_owned()
+    } else {
+        format!("history-chart-{k}")
+    };
+    svg::scatter_chart(&ScatterChart {
+        title: format!("Optimisation history: {name} ({})", direction_word(direction)),
+        x_label: "trial".into(),
+        y_label: name.into(),
+        points,
+        lines: vec![Series {
+            testid: Some(format!("{testid}-best")),
+            ..series("best so far", 3, best_line)
+        }],
+        testid,
+        step_lines: true,
+    })
+}
+
+/// The first objective at every round of the most recent trials (and the best one);
+/// pruned trials dashed grey, so where the pruner stopped them shows.
+fn intermediate_chart(trials: &[FrozenTrial], name: &str, best: Option<u64>) -> String {
+    let mut shown: Vec<&FrozenTrial> = trials
+        .iter()
+        .rev()
+        .filter(|t| !t.intermediate.is_empty())
+        .take(INTERMEDIATE_TRIALS)
+        .collect();
+    if let Some(best) = best.and_then(|b| trials.iter().find(|t| t.number == b))
+        && !shown.iter().any(|t| t.number == best.number)
+    {
+        shown.push(best);
+    }
+    shown.sort_by_key(|t| t.number);
+    let series: Vec<Series> = shown
+        .iter()
+        .map(|t| Series {
+            name: format!("trial {}", t.number),
+            points: t
+                .intermediate
+                .iter()
+                .filter_map(|(step, v)| v.first().map(|v| (*step as f64, *v)))
+                .collect(),
+            color: if t.state == TrialState::Pruned {
+                "#9aa0a6"
+            } else if Some(t.number) == best {
+                "#d93025"
+            } else {
+                svg::color(t.number as usize)
+            },
+            dashed: t.state == TrialState::Pruned,
+            testid: None,
+        })
+        .collect();
+    svg::line_chart(&LineChart {
+        title: format!(
+            "Intermediate values: {name} by round ({} of {} trials; pruned dashed, best red)",
+            shown.len(),
+            trials.len()
+        ),
+        x_label: "round".into(),
+        y_label: name.into(),
+        series,
+        markers: Vec::new(),
+        y_range: None,
+        testid: "intermediate-chart".into(),
+    })
+}
+
+/// One axis per parameter and one for the first objective; a line per complete trial,
+/// shaded by its objective (darkest = best).
+fn parallel_chart(header: &StudyHeader, trials: &[FrozenTrial], name: &str, direction: Direction) -> String {
+    use fedtune_protocol::space::{Distribution, ParamValue};
+    let done: Vec<(&FrozenTrial, f64)> = trials
+        .iter()
+        .filter_map(|t| {
+            let v = *t.values.as_ref()?.first()?;
+            (t.state == TrialState::Complete && v.is_finite()).then_some((t, v))
+        })
+        .collect();
+    let mut axes: Vec<Axis> = header
+        .space
+        .params
+        .iter()
+        .map(|p| Axis {
+            name: p.name.clone(),
+            kind: match &p.distribution {
+                Distribution::Float { log, .. } | Distribution::Int { log, .. } => AxisKind::Numeric { log: *log },
+                Distribution::Categorical { choices } => {
+                    AxisKind::Categorical(choices.iter().map(ToString::to_string).collect())
+                }
+            },
+        })
+        .collect();
+    axes.push(Axis {
+        name: name.into(),
+        kind: AxisKind::Numeric { log: false },
+    });
+    let rows: Vec<Vec<f64>> = done
+        .iter()
+        .map(|(t, value)| {
+            let mut row: Vec<f64> = header
+                .space
+                .params
+                .iter()
+                .map(|p| match (t.params.get(&p.name), &p.distribution) {
+                    (Some(ParamValue::Categorical(c)), Distribution::Categorical { choices }) => {
+                        choices.iter().position(|x| x == c).map_or(f64::NAN, |i| i as f64)
+                    }
+                    (Some(v), _) => v.as_f64().unwrap_or(f64::NAN),
+                    (None, _) => f64::NAN,
+                })
+                .collect();
+            row.push(*value);
+            row
+        })
+        .collect();
+    let losses: Vec<f64> = done.iter().map(|(_, v)| direction.loss(*v)).collect();
+    let (lo, hi) = losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &l| {
+        (lo.min(l), hi.max(l))
+    });
+    let shade = losses
+        .iter()
+        .map(|l| if hi > lo { (hi - l) / (hi - lo) } else { 1.0 })
+        .collect();
+    svg::parallel_chart(&ParallelChart {
+        title: format!("Parallel coordinates ({} complete trials)", done.len()),
+        axes,
+        rows,
+        shade,
+        row_labels: done
+            .iter()
+            .map(|(t, v)| format!("trial {}: {name} {}", t.number, num(Some(*v))))
+            .collect(),
+        testid: "parallel-chart".into(),
+    })
+}
+
+/// The Pareto front of complete, feasible trials, for each pair of the first three
+/// objectives; the chosen trial ringed.
+fn pareto_charts(
+    id: i64,
+    trials: &[FrozenTrial],
+    names: &[String],
+    directions: &[Direction],
+    best: Option<u64>,
+) -> String {
+    let front: Vec<u64> = pareto_front(trials, directions).iter().map(|t| t.number).collect();
+    let dims = names.len().min(3);
+    let mut html = String::new();
+    for a in 0..dims {
+        for b in a + 1..dims {
+            let mut points = Vec::new();
+            let mut line = Vec::new();
+            for t in trials.iter().filter(|t| t.state == TrialState::Complete) {
+                let Some(values) = t.values.as_ref() else { continue };
+                let (Some(&x), Some(&y)) = (values.get(a), values.get(b)) else {
+                    continue;
+                };
+                if !(x.is_finite() && y.is_finite()) {
+                    continue;
+                }
+                let on_front = front.contains(&t.number);
+                if on_front && dims == 2 {
+                    line.push((x, y));
+                }
+                points.push(ScatterPoint {
+                    x,
+                    y,
+                    label: format!(
+                        "trial {}{}: {} {}, {} {}",
+                        t.number,
+                        if on_front { " (Pareto front)" } else { "" },
+                        names[a],
+                        num(Some(x)),
+                        names[b],
+                        num(Some(y))
+                    ),
+                    color: if on_front { "#d93025" } else { "#9aa0a6" },
+                    radius: if on_front { 4.0 } else { 3.0 },
+                    href: Some(format!("/runs/{id}?trial={}", t.number)),
+                    emphasised: Some(t.number) == best,
+                });
+            }
+            line.sort_by(|p, q| p.0.total_cmp(&q.0));
+            let testid = if a == 0 && b == 1 {
+                "pareto-chart".to_owned()
+            } else {
+                format!("pareto-chart-{a}-{b}")
+            };
+            html.push_str(&svg::scatter_chart(&ScatterChart {
+                title: format!(
+                    "Pareto front: {} ({}) vs {} ({}); {} trials on it, chosen ringed",
+                    names[a],
+                    direction_word(directions[a]),
+                    names[b],
+                    direction_word(directions[b]),
+                    front.len()
+                ),
+                x_label: names[a].clone(),
+                y_label: names[b].clone(),
+                points,
+                lines: vec![series("front", 4, line)],
+                testid,
+                step_lines: false,
+            }));
+        }
+    }
+    html
+}
+
+/// Every trial, sortable and filterable.
+fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &StudyHeader) -> String {
+    let mut html = String::from(
+        r#"<section><h2>Trials</h2><input type="search" class="filter" data-filter="trials" placeholder="filter (state, parameter, owner)">
+<table id="trials" class="sortable"><thead><tr><th data-sort>trial</th><th data-sort>state</th>"#,
+    );
+    for name in names {
+        let _ = write!(html, "<th data-sort>{}</th>", escape(name));
+    }
+    for p in &header.space.params {
+        let _ = write!(html, "<th data-sort>{}</th>", escape(&p.name));
+    }
+    html.push_str("<th data-sort>rounds</th><th data-sort>owner</th><th data-sort>updated</th></tr></thead><tbody>");
+    for s in stored {
+        let t = &s.trial;
+        let state = format!("{:?}", t.state).to_lowercase();
+        let state = if t.state == TrialState::Complete && !t.feasible {
+            format!("{state} (infeasible)")
+        } else {
+            state
+        };
+        let _ = write!(
+            html,
+            r#"<tr data-testid="trial-row"><td data-value="{n}"><a href="/runs/{id}?trial={n}">{n}</a></td><td>{state}</td>"#,
+            n = t.number,
+        );
+        for k in 0..names.len() {
+            let v = t.values.as_ref().and_then(|v| v.get(k)).copied();
+            html.push_str(&cell(v, &num(v)));
+        }
+        for p in &header.space.params {
+            let v = t.params.get(&p.name);
+            let text = v.map_or_else(|| "–".to_owned(), ToString::to_string);
+            html.push_str(&cell(v.and_then(|v| v.as_f64()), &text));
+        }
+        let rounds = t.intermediate.len() as f64;
+        let _ = write!(
+            html,
+            "{rounds}<td>{owner}</td><td>{updated}</td></tr>",
+            rounds = cell(Some(rounds), &t.intermediate.len().to_string()),
+            owner = escape(s.owner.as_deref().unwrap_or("")),
+            updated = escape(&s.updated_at),
+        );
+    }
+    html.push_str("</tbody></table></section>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_keep_four_significant_digits() {
+        assert_eq!(num(Some(0.96944)), "0.9694");
+        assert_eq!(num(Some(12.3456)), "12.35");
+        assert_eq!(num(Some(0.0)), "0");
+        assert_eq!(num(Some(2.5e-5)), "2.500e-5");
+        assert_eq!(num(None), "–");
+        assert_eq!(num(Some(f64::NAN)), "–");
+    }
+}
