@@ -1,6 +1,8 @@
 //! Shared set-up for the end-to-end tests: a federation on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -238,6 +238,9 @@ struct PageQuery {
     /// Only the page's content (the live script swaps it in).
     #[serde(default)]
     fragment: bool,
+    /// Every trial in a study's table, not only the most recent.
+    #[serde(default)]
+    all: bool,
 }
 
 fn page(title: &str, live: (RunId, &str), body: String, fragment: bool, location: &str) -> Response {
@@ -315,7 +318,7 @@ async fn study_page(State(app): State<App>, Path(id): Path<RunId>, Query(q): Que
         Ok((run, header, trials)) => {
             let version = pages::version(&run, Some(&trials));
             let title = format!("fedtune: study {}", run.name);
-            let body = pages::study(&run, header.as_ref(), &trials);
+            let body = pages::study(&run, header.as_ref(), &trials, q.all);
             page(&title, (id, &version), body, q.fragment, app.reader.location())
         }
         Err(e) => failure(&e),

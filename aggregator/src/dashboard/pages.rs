@@ -14,6 +14,8 @@ use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState, pareto_fron
 
 /// Rows of the rounds table (newest first); the charts show every round.
 const ROUND_ROWS: usize = 200;
+/// Rows of the trials table unless all are asked for (newest first).
+const TRIAL_ROWS: usize = 200;
 /// Trials drawn in the intermediate-values chart (the most recent, and the best).
 const INTERMEDIATE_TRIALS: usize = 100;
 
@@ -543,7 +545,7 @@ fn fedex_policy(state: &serde_json::Value) -> String {
 }
 
 /// A study's page.
-pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[StoredTrial]) -> String {
+pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[StoredTrial], all: bool) -> String {
     let trials: Vec<FrozenTrial> = stored.iter().map(|t| t.trial.clone()).collect();
     let count = |state: TrialState| trials.iter().filter(|t| t.state == state).count();
     let mut html = format!(
@@ -613,7 +615,7 @@ pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[St
         ));
     }
     html.push_str("</section>");
-    html.push_str(&trials_table(run.id, stored, &names, header));
+    html.push_str(&trials_table(run.id, stored, &names, header, all));
     html
 }
 
@@ -911,10 +913,23 @@ fn pareto_charts(
 }
 
 /// Every trial, sortable and filterable.
-fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &StudyHeader) -> String {
-    let mut html = String::from(
-        r#"<section><h2>Trials</h2><input type="search" class="filter" data-filter="trials" placeholder="filter (state, parameter, owner)">
-<table id="trials" class="sortable"><thead><tr><th data-sort>trial</th><th data-sort>state</th>"#,
+fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &StudyHeader, all: bool) -> String {
+    let shown = if all {
+        stored.len()
+    } else {
+        stored.len().min(TRIAL_ROWS)
+    };
+    let more = if shown < stored.len() {
+        format!(
+            r#"<p class="note">the {shown} most recent of {n} trials · <a href="/studies/{id}?all=true">show all {n}</a></p>"#,
+            n = stored.len()
+        )
+    } else {
+        String::new()
+    };
+    let mut html = format!(
+        r#"<section><h2>Trials</h2>{more}<input type="search" class="filter" data-filter="trials" placeholder="filter (state, parameter, owner)">
+<table id="trials" class="sortable"><thead><tr><th data-sort>trial</th><th data-sort>state</th>"#
     );
     for name in names {
         let _ = write!(html, "<th data-sort>{}</th>", escape(name));
@@ -923,7 +938,7 @@ fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &Stud
         let _ = write!(html, "<th data-sort>{}</th>", escape(&p.name));
     }
     html.push_str("<th data-sort>rounds</th><th data-sort>owner</th><th data-sort>updated</th></tr></thead><tbody>");
-    for s in stored {
+    for s in stored.iter().rev().take(shown).rev() {
         let t = &s.trial;
         let state = format!("{:?}", t.state).to_lowercase();
         let state = if t.state == TrialState::Complete && !t.feasible {
