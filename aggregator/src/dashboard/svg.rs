@@ -344,7 +344,6 @@ fn legend<'a>(out: &mut String, entries: impl Iterator<Item = (&'a str, &'static
 fn path(points: &[(f64, f64)], x: Scale, y: Scale, steps: bool) -> String {
     let mut d = String::with_capacity(points.len() * 14);
     let mut pen_down = false;
-    let mut last_y = 0.0;
     for &(px, py) in points {
         if !(px.is_finite() && py.is_finite()) {
             pen_down = false;
@@ -359,9 +358,7 @@ fn path(points: &[(f64, f64)], x: Scale, y: Scale, steps: bool) -> String {
         } else {
             let _ = write!(d, "L{sx:.1} {sy:.1}");
         }
-        last_y = sy;
     }
-    let _ = last_y;
     d
 }
 
@@ -513,6 +510,44 @@ fn ramp(t: f64) -> String {
     )
 }
 
+/// A numeric axis's extent, in log10 when `log`.
+#[derive(Clone, Copy)]
+struct Span {
+    log: bool,
+    lo: f64,
+    hi: f64,
+}
+
+/// How a parallel-coordinates axis maps a value to a height, 0 (bottom) … 1 (top).
+enum AxisMap {
+    /// Choices by index, spread evenly.
+    Categorical(usize),
+    /// Numbers over their span (`None`: no finite value to span).
+    Numeric(Option<Span>),
+}
+
+impl AxisMap {
+    /// A numeric axis over `values`; log scale only when asked and all are positive.
+    fn numeric(values: impl Iterator<Item = f64> + Clone, log: bool) -> Self {
+        let log = log && values.clone().filter(|v| v.is_finite()).all(|v| v > 0.0);
+        let span = range(values.map(|v| if log { v.log10() } else { v })).map(|(lo, hi)| Span { log, lo, hi });
+        Self::Numeric(span)
+    }
+
+    fn at(&self, v: f64) -> Option<f64> {
+        match *self {
+            Self::Categorical(n) => {
+                (v.is_finite() && v >= 0.0 && (v as usize) < n).then(|| if n == 1 { 0.5 } else { v / (n - 1) as f64 })
+            }
+            Self::Numeric(Some(Span { log, lo, hi })) => {
+                let v = if log { v.log10() } else { v };
+                v.is_finite().then(|| ((v - lo) / (hi - lo)).clamp(0.0, 1.0))
+            }
+            Self::Numeric(None) => None,
+        }
+    }
+}
+
 /// A parallel-coordinates chart.
 pub fn parallel_chart(chart: &ParallelChart) -> String {
     let width = (WIDTH).max(120.0 * chart.axes.len() as f64);
@@ -529,33 +564,13 @@ pub fn parallel_chart(chart: &ParallelChart) -> String {
         0.0
     };
     let axis_x = |j: usize| LEFT + step * j as f64;
-    // Each axis maps a value to a fraction 0 (bottom) … 1 (top).
-    let maps: Vec<Box<dyn Fn(f64) -> Option<f64>>> = chart
+    let maps: Vec<AxisMap> = chart
         .axes
         .iter()
         .enumerate()
-        .map(|(j, axis)| -> Box<dyn Fn(f64) -> Option<f64>> {
-            let column = || chart.rows.iter().filter_map(move |r| r.get(j).copied());
-            match &axis.kind {
-                AxisKind::Categorical(labels) => {
-                    let n = labels.len().max(1);
-                    Box::new(move |v: f64| {
-                        (v.is_finite() && v >= 0.0 && (v as usize) < n)
-                            .then(|| if n == 1 { 0.5 } else { v / (n - 1) as f64 })
-                    })
-                }
-                AxisKind::Numeric { log } => {
-                    let log = *log && column().filter(|v| v.is_finite()).all(|v| v > 0.0);
-                    let tr = move |v: f64| if log { v.log10() } else { v };
-                    match range(column().map(tr)) {
-                        Some((lo, hi)) => Box::new(move |v: f64| {
-                            let v = tr(v);
-                            v.is_finite().then(|| ((v - lo) / (hi - lo)).clamp(0.0, 1.0))
-                        }),
-                        None => Box::new(|_| None),
-                    }
-                }
-            }
+        .map(|(j, axis)| match &axis.kind {
+            AxisKind::Categorical(labels) => AxisMap::Categorical(labels.len().max(1)),
+            AxisKind::Numeric { log } => AxisMap::numeric(chart.rows.iter().filter_map(|r| r.get(j).copied()), *log),
         })
         .collect();
     let to_y = |f: f64| bottom - f * (bottom - top);
@@ -564,7 +579,7 @@ pub fn parallel_chart(chart: &ParallelChart) -> String {
         let mut d = String::new();
         let mut pen = false;
         for (j, map) in maps.iter().enumerate() {
-            match row.get(j).and_then(|v| map(*v)) {
+            match row.get(j).and_then(|v| map.at(*v)) {
                 Some(f) => {
                     let _ = write!(d, "{}{:.1} {:.1}", if pen { "L" } else { "M" }, axis_x(j), to_y(f));
                     pen = true;
@@ -607,16 +622,8 @@ pub fn parallel_chart(chart: &ParallelChart) -> String {
                     );
                 }
             }
-            AxisKind::Numeric { log } => {
-                let column = chart.rows.iter().filter_map(|r| r.get(j).copied());
-                let log = *log
-                    && chart
-                        .rows
-                        .iter()
-                        .filter_map(|r| r.get(j))
-                        .filter(|v| v.is_finite())
-                        .all(|v| *v > 0.0);
-                if let Some((lo, hi)) = range(column.map(|v| if log { v.log10() } else { v })) {
+            AxisKind::Numeric { .. } => {
+                if let Some(&AxisMap::Numeric(Some(Span { log, lo, hi }))) = maps.get(j) {
                     let shown = |v: f64| if log { 10f64.powf(v) } else { v };
                     for (f, v) in [(0.0, lo), (1.0, hi)] {
                         let _ = write!(
