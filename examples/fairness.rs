@@ -73,6 +73,9 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Write each strategy's accuracy, loss and fairness charts (SVG, PNG) under this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -182,6 +185,11 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
         let f = report.final_fairness;
         let noise = sampling_noise(&report);
+        let name = match &strategy {
+            StrategyConfig::QFedAvg(c) => format!("{}-q{}", strategy.name(), c.q),
+            _ => strategy.name().to_string(),
+        };
+        common::plot_run(args.plot.as_deref(), &name, &report.rounds)?;
         let q = match &strategy {
             StrategyConfig::QFedAvg(c) => Some(c.q),
             _ => None,
@@ -211,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
             sampling_noise_variance: noise,
         });
     }
+    common::plots_written(args.plot.as_deref());
     common::write_summary(
         args.summary.as_deref(),
         &Summary {

@@ -43,6 +43,9 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Write each rule's accuracy, loss and fairness charts, attacked and not (SVG, PNG), under this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Trains honestly, then sends `-scale × delta` when `poisoned`.
@@ -136,6 +139,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             let accuracy = report.final_test.map_or(f64::NAN, |t| t.accuracy);
+            let name = format!("{}-{}", strategy.name(), if attacked { "attacked" } else { "clean" });
+            common::plot_run(args.plot.as_deref(), &name, &report.rounds)?;
             row.push(accuracy);
             runs.push(Run {
                 rule: strategy.name().into(),
@@ -149,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("{:<14} {:>12.4} {:>12.4}", strategy.name(), row[0], row[1]);
     }
+    common::plots_written(args.plot.as_deref());
     common::write_summary(
         args.summary.as_deref(),
         &Summary {

@@ -43,6 +43,9 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Write each mode's accuracy, loss and fairness charts (SVG, PNG) under this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Trains honestly, but walks away from some rounds after the key exchange began.
@@ -152,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         let report = fedtune::sim::run_local(config, trainers, hooks)
             .await
             .map_err(anyhow::Error::msg)?;
+        common::plot_run(args.plot.as_deref(), mode, &report.rounds)?;
         let seconds: f64 = report.rounds.iter().map(|r| r.seconds).sum();
         let seconds_per_round = seconds / report.rounds.len().max(1) as f64;
         let difference = match &plain_global {
@@ -187,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let secure_time_ratio = runs[1].seconds_per_round / runs[0].seconds_per_round;
     println!("\nsecure / plain time per round: {secure_time_ratio:.2}×");
+    common::plots_written(args.plot.as_deref());
     common::write_summary(
         args.summary.as_deref(),
         &Summary {

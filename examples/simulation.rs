@@ -85,6 +85,9 @@ struct Args {
     /// Write the final figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Write accuracy, loss and fairness charts (SVG and PNG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -301,5 +304,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  median round time         {:.3} s", summary.median_round_seconds);
     println!("  total                     {:.1} s", summary.total_seconds);
+    common::plot_run(args.plot.as_deref(), "", &report.rounds)?;
+    common::plots_written(args.plot.as_deref());
     common::write_summary(args.summary.as_deref(), &summary)
 }

@@ -102,6 +102,10 @@ struct Args {
     /// Write the final figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Write the optimisation history, intermediate values and Pareto front (SVG and
+    /// PNG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -418,5 +422,9 @@ async fn main() -> anyhow::Result<()> {
         pareto_front: front,
         total_seconds: started.elapsed().as_secs_f64(),
     };
+    if let Some(dir) = &args.plot {
+        fedtune::aggregator::plot::tune_report(&report, dir)?;
+        println!("plots written to {}", dir.display());
+    }
     common::write_summary(args.summary.as_deref(), &summary)
 }

@@ -1,10 +1,11 @@
-//! `runs`, `rounds`, `trials` and `export` (part of the `fedtune-aggregator` binary): read a store,
+//! `runs`, `rounds`, `trials`, `export` and `plot` (part of the `fedtune-aggregator` binary): read a store,
 //! read-only, while a run may be writing it. `--db` is a SQLite file or a `postgres://` URL.
 //! They block on the store: `main` runs them off the async runtime.
 
 use std::io::Write;
 use std::path::Path;
 
+use fedtune_aggregator::plot;
 use fedtune_aggregator::store::{AgentRow, RunId, RunKind, agent_rows, open_read_only};
 
 /// `fedtune-aggregator runs`.
@@ -179,4 +180,31 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_owned()
     }
+}
+
+/// `fedtune-aggregator plot`: a run's charts (`kind` run) or a study's, as SVG and PNG in `out`.
+pub fn plot(db: &Path, id: RunId, kind: RunKind, out: &Path) -> anyhow::Result<()> {
+    let store = open_read_only(db)?;
+    let found = store.run(id)?.kind;
+    if found != kind {
+        anyhow::bail!("{id} is a {}, not a {} (see `runs`)", found.as_str(), kind.as_str());
+    }
+    let written = match kind {
+        RunKind::Run => {
+            let records: Vec<_> = store.rounds(id, None)?.into_iter().map(|r| r.record).collect();
+            plot::run(&records, out)?
+        }
+        RunKind::Study => {
+            let Some(header) = store.study_header(id)? else {
+                anyhow::bail!("study {id} has not started: nothing to plot");
+            };
+            let trials: Vec<_> = store.trials(id)?.into_iter().map(|t| t.trial).collect();
+            plot::study(&header.objectives, &trials, out)?
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    for file in &written {
+        writeln!(stdout, "{}", file.display())?;
+    }
+    Ok(())
 }

@@ -33,6 +33,7 @@ pub mod fairness;
 pub mod federation;
 pub mod identity;
 pub mod metrics;
+pub mod plot;
 pub mod registry;
 pub mod round;
 pub mod service;

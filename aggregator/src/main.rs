@@ -121,6 +121,22 @@ enum Command {
         #[arg(long)]
         format: ExportFormat,
     },
+    /// Write a run's charts (accuracy, loss, fairness by round) or a study's (optimisation
+    /// history, intermediate values, Pareto front) as SVG and PNG files.
+    Plot {
+        /// The store.
+        #[arg(long)]
+        db: PathBuf,
+        /// The run's id (see `runs`).
+        #[arg(long, conflicts_with = "study", required_unless_present = "study")]
+        run: Option<i64>,
+        /// The study's id (see `runs`).
+        #[arg(long)]
+        study: Option<i64>,
+        /// Directory to write into (made when missing; files in it are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -212,6 +228,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 (None, None) => anyhow::bail!("give --run or --study"),
             }
+        }
+        Command::Plot { db, run, study, out } => {
+            let (id, kind) = match (run, study) {
+                (Some(run), _) => (run, RunKind::Run),
+                (None, Some(study)) => (study, RunKind::Study),
+                (None, None) => anyhow::bail!("give --run or --study"),
+            };
+            blocking(move || inspect::plot(&db, id, kind, &out)).await?;
         }
     }
     Ok(())

@@ -52,6 +52,31 @@ pub fn write_summary(path: Option<&Path>, summary: &impl Serialize) -> anyhow::R
     Ok(())
 }
 
+/// Writes a run's charts (accuracy, loss, fairness by round) as SVG and PNG into `dir`,
+/// or into `dir/name` when an example plots several runs, when `--plot DIR` was given.
+pub fn plot_run(
+    dir: Option<&Path>,
+    name: &str,
+    rounds: &[fedtune::aggregator::federation::RoundRecord],
+) -> anyhow::Result<()> {
+    if let Some(dir) = dir {
+        let dir = if name.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(name)
+        };
+        fedtune::aggregator::plot::run(rounds, &dir)?;
+    }
+    Ok(())
+}
+
+/// Says where the plots went, when `--plot DIR` was given.
+pub fn plots_written(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        println!("plots written to {}", dir.display());
+    }
+}
+
 /// Logs to stderr at `warn` unless `RUST_LOG` says otherwise, so reports stay readable.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

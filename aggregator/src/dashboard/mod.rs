@@ -20,6 +20,7 @@
 //! With a token every route needs `Authorization: Bearer TOKEN`, a `fedtune_token`
 //! cookie, or `?token=TOKEN` (which sets the cookie, so links keep working).
 
+pub(crate) mod charts;
 mod pages;
 pub mod reader;
 pub mod svg;

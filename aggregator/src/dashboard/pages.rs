@@ -3,21 +3,18 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::svg::{
-    self, Axis, AxisKind, LineChart, Marker, ParallelChart, ScatterChart, ScatterPoint, Series, TimelineRow, escape,
-};
+use super::charts;
+use super::svg::{self, TimelineRow, escape};
 use crate::federation::RoundRecord;
 use crate::store::{RunKind, RunStatus, RunSummary, StoredRound, StoredTrial, agent_rows};
 use crate::tuning::fedex::FedExPolicy;
 use crate::tuning::importance::importance;
-use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState, pareto_front};
+use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState};
 
 /// Rows of the rounds table (newest first); the charts show every round.
 const ROUND_ROWS: usize = 200;
 /// Rows of the trials table unless all are asked for (newest first).
 const TRIAL_ROWS: usize = 200;
-/// Trials drawn in the intermediate-values chart (the most recent, and the best).
-const INTERMEDIATE_TRIALS: usize = 100;
 
 /// A whole page around `body`. With `live`, the script polls `/api/version/{id}` and
 /// swaps in new content when the version differs from the one the page was made at.
@@ -84,7 +81,7 @@ fn status_badge(status: RunStatus) -> String {
 }
 
 /// Four significant digits, compactly; `–` for nothing.
-fn num(v: Option<f64>) -> String {
+pub(super) fn num(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() => {
             if v == 0.0 {
@@ -157,23 +154,6 @@ pub(super) struct RunView {
     pub policy: Option<serde_json::Value>,
 }
 
-fn series(name: &str, color: usize, points: Vec<(f64, f64)>) -> Series {
-    Series {
-        name: name.into(),
-        points,
-        color: svg::color(color),
-        dashed: false,
-        testid: None,
-    }
-}
-
-fn by_round(records: &[&RoundRecord], value: impl Fn(&RoundRecord) -> Option<f64>) -> Vec<(f64, f64)> {
-    records
-        .iter()
-        .filter_map(|r| value(r).map(|v| (r.round as f64, v)))
-        .collect()
-}
-
 /// A run's page (or a study trial's).
 pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
     let RunView {
@@ -211,88 +191,8 @@ pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
         return html;
     }
     html.push_str(r#"<section class="charts">"#);
-    let mut test_accuracy = series("test accuracy", 0, by_round(&records, |r| r.test.map(|t| t.accuracy)));
-    test_accuracy.testid = Some("test-accuracy-point".into());
-    html.push_str(&svg::line_chart(&LineChart {
-        title: "Global model accuracy".into(),
-        x_label: "round".into(),
-        y_label: "accuracy".into(),
-        series: vec![
-            test_accuracy,
-            Series {
-                testid: Some("federated-accuracy-point".into()),
-                ..series(
-                    "federated accuracy (agents, before training)",
-                    1,
-                    by_round(&records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
-                )
-            },
-        ],
-        markers: Vec::new(),
-        y_range: Some((0.0, 1.0)),
-        testid: "accuracy-chart".into(),
-    }));
-    html.push_str(&svg::line_chart(&LineChart {
-        title: "Loss".into(),
-        x_label: "round".into(),
-        y_label: "loss".into(),
-        series: vec![
-            series("test loss", 0, by_round(&records, |r| r.test.map(|t| t.loss))),
-            series(
-                "federated loss",
-                1,
-                by_round(&records, |r| (r.updates > 0).then_some(r.federated_loss)),
-            ),
-            series(
-                "train loss",
-                2,
-                by_round(&records, |r| (r.updates > 0).then_some(r.train_loss)),
-            ),
-        ],
-        markers: Vec::new(),
-        y_range: None,
-        testid: "loss-chart".into(),
-    }));
-    let measured =
-        |value: fn(&RoundRecord) -> f64| by_round(&records, move |r| (r.fairness.agents > 0).then(|| value(r)));
-    html.push_str(&svg::line_chart(&LineChart {
-        title: "Fairness across agents (incoming model)".into(),
-        x_label: "round".into(),
-        y_label: "accuracy / index".into(),
-        series: vec![
-            series("mean accuracy", 0, measured(|r| r.fairness.mean_accuracy)),
-            series("worst 10%", 3, measured(|r| r.fairness.worst_10pct_accuracy)),
-            series("worst agent", 4, measured(|r| r.fairness.worst_accuracy)),
-            Series {
-                dashed: true,
-                ..series("Jain's index", 2, measured(|r| r.fairness.jain_index))
-            },
-        ],
-        markers: records
-            .iter()
-            .filter(|r| !r.violations.is_empty())
-            .map(|r| Marker {
-                x: r.round as f64,
-                label: format!("round {}: {}", r.round, r.violations.join("; ")),
-            })
-            .collect(),
-        y_range: Some((0.0, 1.0)),
-        testid: "fairness-chart".into(),
-    }));
-    if records.iter().any(|r| r.server_learning_rate.is_some()) {
-        html.push_str(&svg::line_chart(&LineChart {
-            title: "Server learning rate".into(),
-            x_label: "round".into(),
-            y_label: "learning rate".into(),
-            series: vec![series(
-                "server learning rate",
-                5,
-                by_round(&records, |r| r.server_learning_rate),
-            )],
-            markers: Vec::new(),
-            y_range: None,
-            testid: "server-lr-chart".into(),
-        }));
+    for chart in charts::run_charts(&records) {
+        html.push_str(&svg::line_chart(&chart));
     }
     html.push_str("</section>");
     let shown = round
@@ -568,14 +468,14 @@ pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[St
     };
     let directions: Vec<Direction> = header.objectives.iter().map(|o| o.direction).collect();
     let names: Vec<String> = header.objectives.iter().map(|o| o.name.clone()).collect();
-    let best = best_trial(&trials, &directions);
+    let best = charts::best_trial(&trials, &directions);
     let _ = write!(
         html,
         "<p>objectives: {}</p>",
         header
             .objectives
             .iter()
-            .map(|o| format!("{} ({})", escape(&o.name), direction_word(o.direction)))
+            .map(|o| format!("{} ({})", escape(&o.name), charts::direction_word(o.direction)))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -591,10 +491,25 @@ pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[St
     }
     html.push_str(r#"<section class="charts">"#);
     for (k, name) in names.iter().enumerate().take(3) {
-        html.push_str(&history_chart(run.id, &trials, k, name, directions[k]));
+        html.push_str(&svg::scatter_chart(&charts::history_chart(
+            run.id,
+            &trials,
+            k,
+            name,
+            directions[k],
+        )));
     }
-    html.push_str(&intermediate_chart(&trials, &names[0], best.map(|b| b.number)));
-    html.push_str(&parallel_chart(header, &trials, &names[0], directions[0]));
+    html.push_str(&svg::line_chart(&charts::intermediate_chart(
+        &trials,
+        &names[0],
+        best.map(|b| b.number),
+    )));
+    html.push_str(&svg::parallel_chart(&charts::parallel_chart(
+        header,
+        &trials,
+        &names[0],
+        directions[0],
+    )));
     let ranked = importance(&header.space, &trials, directions[0]);
     if ranked.is_empty() {
         html.push_str(r#"<p class="note">Parameter importance needs at least 4 complete trials whose first objective varies.</p>"#);
@@ -606,34 +521,13 @@ pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[St
         ));
     }
     if names.len() >= 2 {
-        html.push_str(&pareto_charts(
-            run.id,
-            &trials,
-            &names,
-            &directions,
-            best.map(|b| b.number),
-        ));
+        for chart in charts::pareto_charts(run.id, &trials, &names, &directions, best.map(|b| b.number)) {
+            html.push_str(&svg::scatter_chart(&chart));
+        }
     }
     html.push_str("</section>");
     html.push_str(&trials_table(run.id, stored, &names, header, all));
     html
-}
-
-fn direction_word(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Minimize => "minimise",
-        Direction::Maximize => "maximise",
-    }
-}
-
-/// The study's chosen trial: feasible before infeasible, then the best first objective
-/// (the rule of the study's report when no scalarization weights are set).
-fn best_trial<'a>(trials: &'a [FrozenTrial], directions: &[Direction]) -> Option<&'a FrozenTrial> {
-    trials
-        .iter()
-        .filter_map(|t| t.losses(directions).map(|l| (t, (!t.feasible, l[0]))))
-        .min_by(|a, b| a.1.0.cmp(&b.1.0).then(a.1.1.total_cmp(&b.1.1)))
-        .map(|(t, _)| t)
 }
 
 fn values_text(trial: &FrozenTrial, names: &[String]) -> String {
@@ -655,261 +549,6 @@ fn params_text(trial: &FrozenTrial) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn state_color(trial: &FrozenTrial) -> &'static str {
-    match trial.state {
-        TrialState::Complete if trial.feasible => svg::color(0),
-        TrialState::Complete => svg::color(1),
-        TrialState::Pruned => "#9aa0a6",
-        TrialState::Failed => "#d93025",
-        TrialState::Running => svg::color(2),
-    }
-}
-
-/// Objective `k` of every trial by number, pruned ones at their last reported value,
-/// with the best-so-far line of complete, feasible trials.
-fn history_chart(id: i64, trials: &[FrozenTrial], k: usize, name: &str, direction: Direction) -> String {
-    let mut points = Vec::with_capacity(trials.len());
-    let mut best_line = Vec::new();
-    let mut best: Option<f64> = None;
-    for t in trials {
-        let value = match t.state {
-            TrialState::Complete => t.values.as_ref().and_then(|v| v.get(k)).copied(),
-            TrialState::Pruned | TrialState::Running => t.intermediate.values().last().and_then(|v| v.get(k)).copied(),
-            TrialState::Failed => None,
-        };
-        let Some(value) = value.filter(|v| v.is_finite()) else {
-            continue;
-        };
-        points.push(ScatterPoint {
-            x: t.number as f64,
-            y: value,
-            label: format!("trial {} ({:?}): {name} {}", t.number, t.state, num(Some(value))).to_lowercase(),
-            color: state_color(t),
-            radius: 3.0,
-            href: Some(format!("/runs/{id}?trial={}", t.number)),
-            emphasised: false,
-        });
-        if t.state == TrialState::Complete && t.feasible {
-            let better = best.is_none_or(|b| direction.loss(value) < direction.loss(b));
-            if better {
-                best = Some(value);
-            }
-            if let Some(b) = best {
-                best_line.push((t.number as f64, b));
-            }
-        }
-    }
-    let testid = if k == 0 {
-        "history-chart".to_owned()
-    } else {
-        format!("history-chart-{k}")
-    };
-    svg::scatter_chart(&ScatterChart {
-        title: format!("Optimisation history: {name} ({})", direction_word(direction)),
-        x_label: "trial".into(),
-        y_label: name.into(),
-        points,
-        lines: vec![Series {
-            testid: Some(format!("{testid}-best")),
-            ..series("best so far", 3, best_line)
-        }],
-        testid,
-        step_lines: true,
-    })
-}
-
-/// The first objective at every round of the most recent trials (and the best one);
-/// pruned trials dashed grey, so where the pruner stopped them shows.
-fn intermediate_chart(trials: &[FrozenTrial], name: &str, best: Option<u64>) -> String {
-    let mut shown: Vec<&FrozenTrial> = trials
-        .iter()
-        .rev()
-        .filter(|t| !t.intermediate.is_empty())
-        .take(INTERMEDIATE_TRIALS)
-        .collect();
-    if let Some(best) = best.and_then(|b| trials.iter().find(|t| t.number == b))
-        && !shown.iter().any(|t| t.number == best.number)
-    {
-        shown.push(best);
-    }
-    shown.sort_by_key(|t| t.number);
-    let series: Vec<Series> = shown
-        .iter()
-        .map(|t| Series {
-            name: format!("trial {}", t.number),
-            points: t
-                .intermediate
-                .iter()
-                .filter_map(|(step, v)| v.first().map(|v| (*step as f64, *v)))
-                .collect(),
-            color: if t.state == TrialState::Pruned {
-                "#9aa0a6"
-            } else if Some(t.number) == best {
-                "#d93025"
-            } else {
-                svg::color(t.number as usize)
-            },
-            dashed: t.state == TrialState::Pruned,
-            testid: None,
-        })
-        .collect();
-    svg::line_chart(&LineChart {
-        title: format!(
-            "Intermediate values: {name} by round ({} of {} trials; pruned dashed, best red)",
-            shown.len(),
-            trials.len()
-        ),
-        x_label: "round".into(),
-        y_label: name.into(),
-        series,
-        markers: Vec::new(),
-        y_range: None,
-        testid: "intermediate-chart".into(),
-    })
-}
-
-/// One axis per parameter and one for the first objective; a line per complete trial,
-/// shaded by its objective (darkest = best).
-fn parallel_chart(header: &StudyHeader, trials: &[FrozenTrial], name: &str, direction: Direction) -> String {
-    use fedtune_protocol::space::{Distribution, ParamValue};
-    let done: Vec<(&FrozenTrial, f64)> = trials
-        .iter()
-        .filter_map(|t| {
-            let v = *t.values.as_ref()?.first()?;
-            (t.state == TrialState::Complete && v.is_finite()).then_some((t, v))
-        })
-        .collect();
-    let mut axes: Vec<Axis> = header
-        .space
-        .params
-        .iter()
-        .map(|p| Axis {
-            name: p.name.clone(),
-            kind: match &p.distribution {
-                Distribution::Float { log, .. } | Distribution::Int { log, .. } => AxisKind::Numeric { log: *log },
-                Distribution::Categorical { choices } => {
-                    AxisKind::Categorical(choices.iter().map(ToString::to_string).collect())
-                }
-            },
-        })
-        .collect();
-    axes.push(Axis {
-        name: name.into(),
-        kind: AxisKind::Numeric { log: false },
-    });
-    let rows: Vec<Vec<f64>> = done
-        .iter()
-        .map(|(t, value)| {
-            let mut row: Vec<f64> = header
-                .space
-                .params
-                .iter()
-                .map(|p| match (t.params.get(&p.name), &p.distribution) {
-                    (Some(ParamValue::Categorical(c)), Distribution::Categorical { choices }) => {
-                        choices.iter().position(|x| x == c).map_or(f64::NAN, |i| i as f64)
-                    }
-                    (Some(v), _) => v.as_f64().unwrap_or(f64::NAN),
-                    (None, _) => f64::NAN,
-                })
-                .collect();
-            row.push(*value);
-            row
-        })
-        .collect();
-    let losses: Vec<f64> = done.iter().map(|(_, v)| direction.loss(*v)).collect();
-    let (lo, hi) = losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &l| {
-        (lo.min(l), hi.max(l))
-    });
-    let shade = losses
-        .iter()
-        .map(|l| if hi > lo { (hi - l) / (hi - lo) } else { 1.0 })
-        .collect();
-    svg::parallel_chart(&ParallelChart {
-        title: format!("Parallel coordinates ({} complete trials)", done.len()),
-        axes,
-        rows,
-        shade,
-        row_labels: done
-            .iter()
-            .map(|(t, v)| format!("trial {}: {name} {}", t.number, num(Some(*v))))
-            .collect(),
-        testid: "parallel-chart".into(),
-    })
-}
-
-/// The Pareto front of complete, feasible trials, for each pair of the first three
-/// objectives; the chosen trial ringed.
-fn pareto_charts(
-    id: i64,
-    trials: &[FrozenTrial],
-    names: &[String],
-    directions: &[Direction],
-    best: Option<u64>,
-) -> String {
-    let front: Vec<u64> = pareto_front(trials, directions).iter().map(|t| t.number).collect();
-    let dims = names.len().min(3);
-    let mut html = String::new();
-    for a in 0..dims {
-        for b in a + 1..dims {
-            let mut points = Vec::new();
-            let mut line = Vec::new();
-            for t in trials.iter().filter(|t| t.state == TrialState::Complete) {
-                let Some(values) = t.values.as_ref() else { continue };
-                let (Some(&x), Some(&y)) = (values.get(a), values.get(b)) else {
-                    continue;
-                };
-                if !(x.is_finite() && y.is_finite()) {
-                    continue;
-                }
-                let on_front = front.contains(&t.number);
-                if on_front && dims == 2 {
-                    line.push((x, y));
-                }
-                points.push(ScatterPoint {
-                    x,
-                    y,
-                    label: format!(
-                        "trial {}{}: {} {}, {} {}",
-                        t.number,
-                        if on_front { " (Pareto front)" } else { "" },
-                        names[a],
-                        num(Some(x)),
-                        names[b],
-                        num(Some(y))
-                    ),
-                    color: if on_front { "#d93025" } else { "#9aa0a6" },
-                    radius: if on_front { 4.0 } else { 3.0 },
-                    href: Some(format!("/runs/{id}?trial={}", t.number)),
-                    emphasised: Some(t.number) == best,
-                });
-            }
-            line.sort_by(|p, q| p.0.total_cmp(&q.0));
-            let testid = if a == 0 && b == 1 {
-                "pareto-chart".to_owned()
-            } else {
-                format!("pareto-chart-{a}-{b}")
-            };
-            html.push_str(&svg::scatter_chart(&ScatterChart {
-                title: format!(
-                    "Pareto front: {} ({}) vs {} ({}); {} trials on it, chosen ringed",
-                    names[a],
-                    direction_word(directions[a]),
-                    names[b],
-                    direction_word(directions[b]),
-                    front.len()
-                ),
-                x_label: names[a].clone(),
-                y_label: names[b].clone(),
-                points,
-                lines: vec![series("front", 4, line)],
-                testid,
-                step_lines: false,
-            }));
-        }
-    }
-    html
 }
 
 /// Every trial, sortable and filterable.

@@ -189,7 +189,7 @@ impl Scale {
 }
 
 /// The range of `values` (finite ones), widened when empty or flat.
-fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+pub(crate) fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -203,7 +203,8 @@ fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     Some((lo, hi))
 }
 
-fn padded((lo, hi): (f64, f64)) -> (f64, f64) {
+/// `lo..hi` widened by 5% on each side.
+pub(crate) fn padded((lo, hi): (f64, f64)) -> (f64, f64) {
     let pad = (hi - lo) * 0.05;
     (lo - pad, hi + pad)
 }

@@ -1,0 +1,402 @@
+//! What the charts show, derived from the store's records once and drawn twice: as
+//! inline SVG on the dashboard's pages ([`super::svg`]) and as SVG and PNG files by the
+//! `plot` command ([`crate::plot`]).
+
+use fedtune_protocol::space::{Distribution, ParamValue};
+
+use super::pages::num;
+use super::svg::{self, Axis, AxisKind, LineChart, Marker, ParallelChart, ScatterChart, ScatterPoint, Series};
+use crate::federation::RoundRecord;
+use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState, pareto_front};
+
+/// Trials drawn in the intermediate-values chart (the most recent, and the best).
+const INTERMEDIATE_TRIALS: usize = 100;
+
+pub(crate) fn series(name: &str, color: usize, points: Vec<(f64, f64)>) -> Series {
+    Series {
+        name: name.into(),
+        points,
+        color: svg::color(color),
+        dashed: false,
+        testid: None,
+    }
+}
+
+fn by_round(records: &[&RoundRecord], value: impl Fn(&RoundRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    records
+        .iter()
+        .filter_map(|r| value(r).map(|v| (r.round as f64, v)))
+        .collect()
+}
+
+/// A run's charts by round: global accuracy, loss, fairness across agents, and the
+/// server learning rate when the strategy has one.
+pub(crate) fn run_charts(records: &[&RoundRecord]) -> Vec<LineChart> {
+    let mut charts = Vec::with_capacity(4);
+    let mut test_accuracy = series("test accuracy", 0, by_round(records, |r| r.test.map(|t| t.accuracy)));
+    test_accuracy.testid = Some("test-accuracy-point".into());
+    charts.push(LineChart {
+        title: "Global model accuracy".into(),
+        x_label: "round".into(),
+        y_label: "accuracy".into(),
+        series: vec![
+            test_accuracy,
+            Series {
+                testid: Some("federated-accuracy-point".into()),
+                ..series(
+                    "federated accuracy (agents, before training)",
+                    1,
+                    by_round(records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
+                )
+            },
+        ],
+        markers: Vec::new(),
+        y_range: Some((0.0, 1.0)),
+        testid: "accuracy-chart".into(),
+    });
+    charts.push(LineChart {
+        title: "Loss".into(),
+        x_label: "round".into(),
+        y_label: "loss".into(),
+        series: vec![
+            series("test loss", 0, by_round(records, |r| r.test.map(|t| t.loss))),
+            series(
+                "federated loss",
+                1,
+                by_round(records, |r| (r.updates > 0).then_some(r.federated_loss)),
+            ),
+            series(
+                "train loss",
+                2,
+                by_round(records, |r| (r.updates > 0).then_some(r.train_loss)),
+            ),
+        ],
+        markers: Vec::new(),
+        y_range: None,
+        testid: "loss-chart".into(),
+    });
+    let measured =
+        |value: fn(&RoundRecord) -> f64| by_round(records, move |r| (r.fairness.agents > 0).then(|| value(r)));
+    charts.push(LineChart {
+        title: "Fairness across agents (incoming model)".into(),
+        x_label: "round".into(),
+        y_label: "accuracy / index".into(),
+        series: vec![
+            series("mean accuracy", 0, measured(|r| r.fairness.mean_accuracy)),
+            series("worst 10%", 3, measured(|r| r.fairness.worst_10pct_accuracy)),
+            series("worst agent", 4, measured(|r| r.fairness.worst_accuracy)),
+            Series {
+                dashed: true,
+                ..series("Jain's index", 2, measured(|r| r.fairness.jain_index))
+            },
+        ],
+        markers: records
+            .iter()
+            .filter(|r| !r.violations.is_empty())
+            .map(|r| Marker {
+                x: r.round as f64,
+                label: format!("round {}: {}", r.round, r.violations.join("; ")),
+            })
+            .collect(),
+        y_range: Some((0.0, 1.0)),
+        testid: "fairness-chart".into(),
+    });
+    if records.iter().any(|r| r.server_learning_rate.is_some()) {
+        charts.push(LineChart {
+            title: "Server learning rate".into(),
+            x_label: "round".into(),
+            y_label: "learning rate".into(),
+            series: vec![series(
+                "server learning rate",
+                5,
+                by_round(records, |r| r.server_learning_rate),
+            )],
+            markers: Vec::new(),
+            y_range: None,
+            testid: "server-lr-chart".into(),
+        });
+    }
+    charts
+}
+
+pub(crate) fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Minimize => "minimise",
+        Direction::Maximize => "maximise",
+    }
+}
+
+/// The study's chosen trial: feasible before infeasible, then the best first objective
+/// (the rule of the study's report when no scalarization weights are set).
+pub(crate) fn best_trial<'a>(trials: &'a [FrozenTrial], directions: &[Direction]) -> Option<&'a FrozenTrial> {
+    trials
+        .iter()
+        .filter_map(|t| t.losses(directions).map(|l| (t, (!t.feasible, l[0]))))
+        .min_by(|a, b| a.1.0.cmp(&b.1.0).then(a.1.1.total_cmp(&b.1.1)))
+        .map(|(t, _)| t)
+}
+
+fn state_color(trial: &FrozenTrial) -> &'static str {
+    match trial.state {
+        TrialState::Complete if trial.feasible => svg::color(0),
+        TrialState::Complete => svg::color(1),
+        TrialState::Pruned => "#9aa0a6",
+        TrialState::Failed => "#d93025",
+        TrialState::Running => svg::color(2),
+    }
+}
+
+/// Objective `k` of every trial by number, pruned ones at their last reported value,
+/// with the best-so-far line of complete, feasible trials.
+pub(crate) fn history_chart(
+    id: i64,
+    trials: &[FrozenTrial],
+    k: usize,
+    name: &str,
+    direction: Direction,
+) -> ScatterChart {
+    let mut points = Vec::with_capacity(trials.len());
+    let mut best_line = Vec::new();
+    let mut best: Option<f64> = None;
+    for t in trials {
+        let value = match t.state {
+            TrialState::Complete => t.values.as_ref().and_then(|v| v.get(k)).copied(),
+            TrialState::Pruned | TrialState::Running => t.intermediate.values().last().and_then(|v| v.get(k)).copied(),
+            TrialState::Failed => None,
+        };
+        let Some(value) = value.filter(|v| v.is_finite()) else {
+            continue;
+        };
+        points.push(ScatterPoint {
+            x: t.number as f64,
+            y: value,
+            label: format!("trial {} ({:?}): {name} {}", t.number, t.state, num(Some(value))).to_lowercase(),
+            color: state_color(t),
+            radius: 3.0,
+            href: Some(format!("/runs/{id}?trial={}", t.number)),
+            emphasised: false,
+        });
+        if t.state == TrialState::Complete && t.feasible {
+            let better = best.is_none_or(|b| direction.loss(value) < direction.loss(b));
+            if better {
+                best = Some(value);
+            }
+            if let Some(b) = best {
+                best_line.push((t.number as f64, b));
+            }
+        }
+    }
+    let testid = if k == 0 {
+        "history-chart".to_owned()
+    } else {
+        format!("history-chart-{k}")
+    };
+    ScatterChart {
+        title: format!("Optimisation history: {name} ({})", direction_word(direction)),
+        x_label: "trial".into(),
+        y_label: name.into(),
+        points,
+        lines: vec![Series {
+            testid: Some(format!("{testid}-best")),
+            ..series("best so far", 3, best_line)
+        }],
+        testid,
+        step_lines: true,
+    }
+}
+
+/// The first objective at every round of the most recent trials (and the best one);
+/// pruned trials dashed grey, so where the pruner stopped them shows.
+pub(crate) fn intermediate_chart(trials: &[FrozenTrial], name: &str, best: Option<u64>) -> LineChart {
+    let mut shown: Vec<&FrozenTrial> = trials
+        .iter()
+        .rev()
+        .filter(|t| !t.intermediate.is_empty())
+        .take(INTERMEDIATE_TRIALS)
+        .collect();
+    if let Some(best) = best.and_then(|b| trials.iter().find(|t| t.number == b))
+        && !shown.iter().any(|t| t.number == best.number)
+    {
+        shown.push(best);
+    }
+    shown.sort_by_key(|t| t.number);
+    let series: Vec<Series> = shown
+        .iter()
+        .map(|t| Series {
+            name: format!("trial {}", t.number),
+            points: t
+                .intermediate
+                .iter()
+                .filter_map(|(step, v)| v.first().map(|v| (*step as f64, *v)))
+                .collect(),
+            color: if t.state == TrialState::Pruned {
+                "#9aa0a6"
+            } else if Some(t.number) == best {
+                "#d93025"
+            } else {
+                svg::color(t.number as usize)
+            },
+            dashed: t.state == TrialState::Pruned,
+            testid: None,
+        })
+        .collect();
+    LineChart {
+        title: format!(
+            "Intermediate values: {name} by round ({} of {} trials; pruned dashed, best red)",
+            shown.len(),
+            trials.len()
+        ),
+        x_label: "round".into(),
+        y_label: name.into(),
+        series,
+        markers: Vec::new(),
+        y_range: None,
+        testid: "intermediate-chart".into(),
+    }
+}
+
+/// One axis per parameter and one for the first objective; a line per complete trial,
+/// shaded by its objective (darkest = best).
+pub(crate) fn parallel_chart(
+    header: &StudyHeader,
+    trials: &[FrozenTrial],
+    name: &str,
+    direction: Direction,
+) -> ParallelChart {
+    let done: Vec<(&FrozenTrial, f64)> = trials
+        .iter()
+        .filter_map(|t| {
+            let v = *t.values.as_ref()?.first()?;
+            (t.state == TrialState::Complete && v.is_finite()).then_some((t, v))
+        })
+        .collect();
+    let mut axes: Vec<Axis> = header
+        .space
+        .params
+        .iter()
+        .map(|p| Axis {
+            name: p.name.clone(),
+            kind: match &p.distribution {
+                Distribution::Float { log, .. } | Distribution::Int { log, .. } => AxisKind::Numeric { log: *log },
+                Distribution::Categorical { choices } => {
+                    AxisKind::Categorical(choices.iter().map(ToString::to_string).collect())
+                }
+            },
+        })
+        .collect();
+    axes.push(Axis {
+        name: name.into(),
+        kind: AxisKind::Numeric { log: false },
+    });
+    let rows: Vec<Vec<f64>> = done
+        .iter()
+        .map(|(t, value)| {
+            let mut row: Vec<f64> = header
+                .space
+                .params
+                .iter()
+                .map(|p| match (t.params.get(&p.name), &p.distribution) {
+                    (Some(ParamValue::Categorical(c)), Distribution::Categorical { choices }) => {
+                        choices.iter().position(|x| x == c).map_or(f64::NAN, |i| i as f64)
+                    }
+                    (Some(v), _) => v.as_f64().unwrap_or(f64::NAN),
+                    (None, _) => f64::NAN,
+                })
+                .collect();
+            row.push(*value);
+            row
+        })
+        .collect();
+    let losses: Vec<f64> = done.iter().map(|(_, v)| direction.loss(*v)).collect();
+    let (lo, hi) = losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &l| {
+        (lo.min(l), hi.max(l))
+    });
+    let shade = losses
+        .iter()
+        .map(|l| if hi > lo { (hi - l) / (hi - lo) } else { 1.0 })
+        .collect();
+    ParallelChart {
+        title: format!("Parallel coordinates ({} complete trials)", done.len()),
+        axes,
+        rows,
+        shade,
+        row_labels: done
+            .iter()
+            .map(|(t, v)| format!("trial {}: {name} {}", t.number, num(Some(*v))))
+            .collect(),
+        testid: "parallel-chart".into(),
+    }
+}
+
+/// The Pareto front of complete, feasible trials, for each pair of the first three
+/// objectives; the chosen trial ringed.
+pub(crate) fn pareto_charts(
+    id: i64,
+    trials: &[FrozenTrial],
+    names: &[String],
+    directions: &[Direction],
+    best: Option<u64>,
+) -> Vec<ScatterChart> {
+    let front: Vec<u64> = pareto_front(trials, directions).iter().map(|t| t.number).collect();
+    let dims = names.len().min(3);
+    let mut charts = Vec::new();
+    for a in 0..dims {
+        for b in a + 1..dims {
+            let mut points = Vec::new();
+            let mut line = Vec::new();
+            for t in trials.iter().filter(|t| t.state == TrialState::Complete) {
+                let Some(values) = t.values.as_ref() else { continue };
+                let (Some(&x), Some(&y)) = (values.get(a), values.get(b)) else {
+                    continue;
+                };
+                if !(x.is_finite() && y.is_finite()) {
+                    continue;
+                }
+                let on_front = front.contains(&t.number);
+                if on_front && dims == 2 {
+                    line.push((x, y));
+                }
+                points.push(ScatterPoint {
+                    x,
+                    y,
+                    label: format!(
+                        "trial {}{}: {} {}, {} {}",
+                        t.number,
+                        if on_front { " (Pareto front)" } else { "" },
+                        names[a],
+                        num(Some(x)),
+                        names[b],
+                        num(Some(y))
+                    ),
+                    color: if on_front { "#d93025" } else { "#9aa0a6" },
+                    radius: if on_front { 4.0 } else { 3.0 },
+                    href: Some(format!("/runs/{id}?trial={}", t.number)),
+                    emphasised: Some(t.number) == best,
+                });
+            }
+            line.sort_by(|p, q| p.0.total_cmp(&q.0));
+            let testid = if a == 0 && b == 1 {
+                "pareto-chart".to_owned()
+            } else {
+                format!("pareto-chart-{a}-{b}")
+            };
+            charts.push(ScatterChart {
+                title: format!(
+                    "Pareto front: {} ({}) vs {} ({}); {} trials on it, chosen ringed",
+                    names[a],
+                    direction_word(directions[a]),
+                    names[b],
+                    direction_word(directions[b]),
+                    front.len()
+                ),
+                x_label: names[a].clone(),
+                y_label: names[b].clone(),
+                points,
+                lines: vec![series("front", 4, line)],
+                testid,
+                step_lines: false,
+            });
+        }
+    }
+    charts
+}
