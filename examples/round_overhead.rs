@@ -25,7 +25,9 @@ use fedtune::agent::client::client_endpoint;
 use fedtune::agent::tls::{client_config, default_transport};
 use fedtune::agent::train::peak_rss_bytes;
 use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::dashboard;
 use fedtune::aggregator::identity::FederationPki;
+use fedtune::aggregator::metrics::Metrics;
 use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::{AggregatorConfig, Hooks, run, run_stored};
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,11 @@ struct Args {
     /// costs per round.
     #[arg(long)]
     store: bool,
+    /// Measure the dashboard and `/metrics`: runs with a store alternate with runs that
+    /// also serve the dashboard and metrics while a watcher polls them as an open browser
+    /// tab and a Prometheus scraper would (once a second each).
+    #[arg(long)]
+    dashboard: bool,
     /// Write the figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -94,7 +101,18 @@ struct Summary {
     store_commit_seconds: Option<f64>,
     /// That, as a fraction of the median round.
     store_commit_fraction_of_round: Option<f64>,
+    /// With `--dashboard`: the median round of the runs with a store only …
+    dashboard_off_median_round_seconds: Option<f64>,
+    /// … and of the runs that also served the dashboard and metrics, watched.
+    dashboard_on_median_round_seconds: Option<f64>,
+    /// `on / off - 1`.
+    dashboard_overhead_fraction: Option<f64>,
+    /// Requests the watcher made (version polls, page loads, metrics scrapes).
+    dashboard_requests: Option<u64>,
 }
+
+/// Runs with and without the dashboard, alternated, so drift on a noisy machine hits both.
+const DASHBOARD_PAIRS: usize = 2;
 
 fn main() -> anyhow::Result<()> {
     common::init_logging();
@@ -131,8 +149,20 @@ async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
     };
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let (report, commit_seconds) = if args.store {
-        let store = SqliteStore::open(&out.with_extension("db"))?;
-        let stored = run_stored(endpoint, config, Box::new(store), 3, Hooks::default(), stopped).await?;
+        let db = out.with_extension("db");
+        let store = SqliteStore::open(&db)?;
+        let mut hooks = Hooks::default();
+        if args.dashboard {
+            let metrics = Arc::new(Metrics::new());
+            let options = dashboard::Options {
+                token: None,
+                metrics: Some(metrics.clone()),
+            };
+            let addr = dashboard::start(([127, 0, 0, 1], 0).into(), &db, options, stopped.clone()).await?;
+            announce_port(&dashboard_file(&out), addr.port())?;
+            hooks.metrics = Some(metrics);
+        }
+        let stored = run_stored(endpoint, config, Box::new(store), 3, hooks, stopped).await?;
         let c = stored.commits;
         (stored.report, Some(c.commit_seconds / c.commits.max(1) as f64))
     } else {
@@ -175,52 +205,35 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let pki = fedtune::sim::ephemeral_pki(args.agents)?;
     pki.write_to_dir(&dir.join("pki"))?;
-    let out = dir.join("aggregator.json");
-    let exe = std::env::current_exe()?;
-    let common = |role: &str| {
-        let mut c = Command::new(&exe);
-        c.args([
-            "--role",
-            role,
-            "--agents",
-            &args.agents.to_string(),
-            "--params",
-            &args.params.to_string(),
-        ])
-        .args(["--rounds", &args.rounds.to_string(), "--pki"])
-        .arg(dir.join("pki"));
-        if args.wan_tuning {
-            c.arg("--wan-tuning");
-        }
-        if args.store {
-            c.arg("--store");
-        }
-        c
-    };
     println!(
-        "round overhead: {} agents, {} parameters ({:.1} MB per update), {} rounds, {} transport tuning",
+        "round overhead: {} agents, {} parameters ({:.1} MB per update), {} rounds, {} transport tuning{}",
         args.agents,
         args.params,
         args.params as f64 * 4e-6,
         args.rounds,
-        if args.wan_tuning { "default" } else { "loopback" }
+        if args.wan_tuning { "default" } else { "loopback" },
+        if args.dashboard {
+            format!(
+                ", {DASHBOARD_PAIRS} runs with a store alternated with {DASHBOARD_PAIRS} that also serve the dashboard"
+            )
+        } else {
+            String::new()
+        }
     );
-    let mut aggregator = common("aggregator")
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let port = wait_for_port(&out, &mut aggregator)?;
-    let mut agents = common("agents")
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .spawn()?;
-    let status = aggregator.wait()?;
-    let agents_status = agents.wait()?;
-    if !status.success() || !agents_status.success() {
-        bail!("aggregator exited with {status}, agents with {agents_status}");
-    }
-    let result: AggregatorResult = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let (result, dashboard) = if args.dashboard {
+        let (mut off, mut on, mut requests) = (Vec::new(), Vec::new(), 0);
+        let mut last = None;
+        for pair in 0..DASHBOARD_PAIRS {
+            off.extend(measure(args, &dir, pair * 2, false)?.0.round_seconds);
+            let (result, watched) = measure(args, &dir, pair * 2 + 1, true)?;
+            on.extend(result.round_seconds.iter().copied());
+            requests += watched;
+            last = Some(result);
+        }
+        (last.context("no run")?, Some((off, on, requests)))
+    } else {
+        (measure(args, &dir, 0, false)?.0, None)
+    };
     let _ = std::fs::remove_dir_all(&dir);
 
     let bytes_per_round = 2 * args.agents as u64 * 4 * args.params as u64;
@@ -239,6 +252,12 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         fraction_of_transport_ceiling: transport / median,
         store_commit_seconds: result.commit_seconds,
         store_commit_fraction_of_round: result.commit_seconds.map(|c| c / median),
+        dashboard_off_median_round_seconds: dashboard.as_ref().map(|d| common::median(&d.0)),
+        dashboard_on_median_round_seconds: dashboard.as_ref().map(|d| common::median(&d.1)),
+        dashboard_overhead_fraction: dashboard
+            .as_ref()
+            .map(|d| common::median(&d.1) / common::median(&d.0) - 1.0),
+        dashboard_requests: dashboard.as_ref().map(|d| d.2),
         round_seconds: result.round_seconds,
     };
     println!(
@@ -264,7 +283,133 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             100.0 * fraction
         );
     }
+    if let (Some(off), Some(on), Some(fraction), Some(requests)) = (
+        summary.dashboard_off_median_round_seconds,
+        summary.dashboard_on_median_round_seconds,
+        summary.dashboard_overhead_fraction,
+        summary.dashboard_requests,
+    ) {
+        println!("  with a store only        {off:.3} s median round");
+        println!(
+            "  + dashboard and metrics  {on:.3} s median round  ({:+.1}%; the watcher made {requests} requests)",
+            100.0 * fraction
+        );
+    }
     common::write_summary(args.summary.as_deref(), &summary)
+}
+
+/// One timed run: the aggregator and the agents in their own processes (run `n` of the
+/// bench, so each has its own files). With `dashboard`, the aggregator also serves the
+/// dashboard and `/metrics` and this process watches them; returns the requests made.
+fn measure(args: &Args, dir: &std::path::Path, n: usize, dashboard: bool) -> anyhow::Result<(AggregatorResult, u64)> {
+    let out = dir.join(format!("aggregator-{n}.json"));
+    let exe = std::env::current_exe()?;
+    let common = |role: &str| {
+        let mut c = Command::new(&exe);
+        c.args([
+            "--role",
+            role,
+            "--agents",
+            &args.agents.to_string(),
+            "--params",
+            &args.params.to_string(),
+        ])
+        .args(["--rounds", &args.rounds.to_string(), "--pki"])
+        .arg(dir.join("pki"));
+        if args.wan_tuning {
+            c.arg("--wan-tuning");
+        }
+        if args.store || args.dashboard {
+            c.arg("--store");
+        }
+        c
+    };
+    let mut aggregator = common("aggregator");
+    if dashboard {
+        aggregator.arg("--dashboard");
+    }
+    let mut aggregator = aggregator.arg("--out").arg(&out).stdout(Stdio::null()).spawn()?;
+    let port = wait_for_port(&out, &mut aggregator)?;
+    let watcher = if dashboard {
+        let http = wait_for_port(&dashboard_file(&out), &mut aggregator)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        Some((stop, std::thread::spawn(move || watch(http, &stopped))))
+    } else {
+        None
+    };
+    let mut agents = common("agents")
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let status = aggregator.wait()?;
+    let agents_status = agents.wait()?;
+    let requests = match watcher {
+        Some((stop, thread)) => {
+            drop(stop);
+            thread.join().map_err(|_| anyhow::anyhow!("the watcher panicked"))??
+        }
+        None => 0,
+    };
+    if !status.success() || !agents_status.success() {
+        bail!("aggregator exited with {status}, agents with {agents_status}");
+    }
+    Ok((serde_json::from_slice(&std::fs::read(&out)?)?, requests))
+}
+
+/// Where the aggregator of the run writing `out` announces its dashboard's port.
+fn dashboard_file(out: &std::path::Path) -> PathBuf {
+    out.with_file_name(format!(
+        "{}-dashboard",
+        out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
+    ))
+}
+
+/// What an open dashboard tab and a Prometheus scraper ask of the aggregator: once a
+/// second the run's version, its page content when the version moved, and `/metrics`.
+/// Runs until `stopped` closes; returns the requests made.
+fn watch(port: u16, stopped: &std::sync::mpsc::Receiver<()>) -> anyhow::Result<u64> {
+    let mut requests = 0;
+    let mut seen = String::new();
+    loop {
+        match stopped.recv_timeout(std::time::Duration::from_secs(1)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return Ok(requests),
+        }
+        // The run exists once the aggregator committed to its store; until then 404.
+        let (status, version) = http_get(port, "/api/version/1")?;
+        requests += 1;
+        if status == 200 && version != seen {
+            let (status, page) = http_get(port, "/runs/1?fragment=1")?;
+            requests += 1;
+            anyhow::ensure!(status == 200 && page.contains("latest-round"), "the run page: {status}");
+            seen = version;
+        }
+        let (status, metrics) = http_get(port, "/metrics")?;
+        requests += 1;
+        anyhow::ensure!(
+            status == 200 && metrics.contains("fedtune_rounds_total"),
+            "/metrics: {status}"
+        );
+    }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1: the status and the body.
+fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
 }
 
 /// The transport's ceiling for one round: a server sends P f32s to each of N clients and

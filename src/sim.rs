@@ -124,6 +124,7 @@ pub fn spawn_agents_with<T: Trainer>(
                 max_attempts: Some(5),
                 ..Reconnect::default()
             },
+            metrics: None,
         };
         edit(i, &mut options);
         let stop = stop.clone();

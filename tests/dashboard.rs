@@ -67,6 +67,24 @@ fn first_run(db: &Path) -> i64 {
     id.unwrap()
 }
 
+/// Prometheus text as Prometheus reads it.
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of `name` (with `label`, when given) in `scrape`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
 #[test]
 fn a_live_run_shows_its_rounds_in_the_browser_and_its_metrics_parse() {
     let dir = common::scratch_dir("dashboard-run");
@@ -74,7 +92,13 @@ fn a_live_run_shows_its_rounds_in_the_browser_and_its_metrics_parse() {
     let (port, http) = (common::free_udp_port(), free_tcp_port());
     let config = aggregator_config(&dir, port, http, 10, "");
     let mut aggregator = Processes(vec![serve(&config)]);
-    let _agents = Processes((0..2).map(|i| agent_process(&agent_config(&dir, port, i))).collect());
+    // Agent 0 serves its own /metrics on loopback.
+    let agent_http = free_tcp_port();
+    let configs: Vec<PathBuf> = (0..2).map(|i| agent_config(&dir, port, i)).collect();
+    let mut agent0 = std::fs::read_to_string(&configs[0]).unwrap();
+    agent0.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{agent_http}\"\n"));
+    std::fs::write(&configs[0], agent0).unwrap();
+    let _agents = Processes(configs.iter().map(|c| agent_process(c)).collect());
     let db = dir.join("fedtune.db");
     let run = first_run(&db);
 
@@ -89,6 +113,10 @@ fn a_live_run_shows_its_rounds_in_the_browser_and_its_metrics_parse() {
     assert_eq!(seen["reloaded"], false);
     let latest = seen["latest_round"].as_u64().unwrap();
     assert!(latest >= 3, "{seen}");
+    // Live: the page showed a later round than it was loaded with, without a reload.
+    if let Some(at_load) = seen["round_at_load"].as_u64() {
+        assert!(latest > at_load, "{seen}");
+    }
     // What the chart plots is what the store holds, to the last bit.
     let store = SqliteStore::open_read_only(&db).unwrap();
     let rounds = store.rounds(run, Some(0)).unwrap();
@@ -104,19 +132,8 @@ fn a_live_run_shows_its_rounds_in_the_browser_and_its_metrics_parse() {
     // /metrics parses as Prometheus text and agrees with the store.
     let (status, text) = get(http, "/metrics", None).unwrap();
     assert_eq!(status, 200, "{text}");
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    let value = |name: &str, label: Option<(&str, &str)>| -> Option<f64> {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-                prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-    };
+    let scrape = parse(&text);
+    let value = |name: &str, label: Option<(&str, &str)>| sample(&scrape, name, label);
     let committed = store.rounds(run, Some(0)).unwrap().len() as f64;
     let counted = value("fedtune_rounds_total", None).expect("fedtune_rounds_total");
     assert!(
@@ -129,6 +146,32 @@ fn a_live_run_shows_its_rounds_in_the_browser_and_its_metrics_parse() {
     assert!(text.contains("fedtune_build_info{version="), "{text}");
     assert!(text.contains("fedtune_round_duration_seconds_bucket"), "{text}");
     assert!(!text.contains("agent-0"), "no per-agent labels:\n{text}");
+
+    // The agent's own /metrics: it trained in the rounds so far and says what it moved.
+    let (status, text) = get(agent_http, "/metrics", None).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let agent = parse(&text);
+    let value = |name: &str, label: Option<(&str, &str)>| sample(&agent, name, label);
+    let trained = value("fedtune_agent_tasks_total", Some(("outcome", "trained"))).unwrap_or(0.0);
+    assert!(
+        trained >= latest as f64,
+        "{trained} tasks trained by round {latest}\n{text}"
+    );
+    for direction in ["received", "sent"] {
+        let bytes = value("fedtune_agent_bytes_total", Some(("direction", direction))).unwrap_or(0.0);
+        assert!(bytes >= trained * 4.0 * 64.0, "{bytes} bytes {direction}\n{text}");
+    }
+    assert!(
+        value("fedtune_agent_training_seconds_total", None).is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    assert_eq!(value("fedtune_agent_connected", None), Some(1.0), "{text}");
+    assert!(
+        value("fedtune_agent_resident_memory_bytes", None).is_some_and(|v| v > 1e6),
+        "{text}"
+    );
+    let (status, _) = get(agent_http, "/", None).unwrap();
+    assert_eq!(status, 404, "the agent serves /metrics only");
 
     // The JSON API and the page agree on the run.
     let (status, body) = get(http, "/api/runs", None).unwrap();

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::cancel::Cancel;
 use crate::last_update::{LastUpdate, TaskKey};
+use crate::metrics::{AgentMetrics, TaskOutcome};
 use crate::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 
@@ -30,6 +31,8 @@ pub struct AgentOptions {
     pub require_secure_aggregation: bool,
     /// Reconnection policy.
     pub reconnect: Reconnect,
+    /// Counters for `/metrics`, when the agent serves them.
+    pub metrics: Option<Arc<AgentMetrics>>,
 }
 
 /// Exponential backoff between connection attempts.
@@ -156,6 +159,8 @@ async fn serve_connection<T: Trainer>(
     };
     info!(agent = %welcome.agent_id, session = welcome.session_id, "connected to {}", options.aggregator);
     *failures = 0;
+    let metrics = options.metrics.clone();
+    let _connected = Connected::new(metrics.clone());
 
     let limits = Limits {
         max_payload: options.max_payload_bytes,
@@ -168,8 +173,10 @@ async fn serve_connection<T: Trainer>(
                 let (send, recv) = stream?;
                 let (trainer, last, shutdown_tx) = (trainer.clone(), last.clone(), shutdown_tx.clone());
                 let require_secure = options.require_secure_aggregation;
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_stream(send, recv, limits, require_secure, trainer, last, shutdown_tx).await {
+                    let served = serve_stream(send, recv, limits, require_secure, trainer, last, shutdown_tx, metrics);
+                    if let Err(e) = served.await {
                         debug!("exchange ended: {e}");
                     }
                 });
@@ -187,6 +194,33 @@ async fn serve_connection<T: Trainer>(
     }
 }
 
+/// Sets the connected gauge for as long as a connection is served.
+struct Connected(Option<Arc<AgentMetrics>>);
+
+impl Connected {
+    fn new(metrics: Option<Arc<AgentMetrics>>) -> Self {
+        if let Some(m) = &metrics {
+            m.set_connected(true);
+        }
+        Self(metrics)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.set_connected(false);
+        }
+    }
+}
+
+/// Counts a task's outcome when the agent keeps metrics.
+pub(crate) fn count(metrics: Option<&AgentMetrics>, outcome: TaskOutcome) {
+    if let Some(m) = metrics {
+        m.task(outcome);
+    }
+}
+
 /// State shared by the tasks of an agent.
 type Shared<T> = Arc<Mutex<T>>;
 
@@ -196,6 +230,8 @@ pub(crate) fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+// The stream, its limits and policy, and the agent-wide state each exchange shares.
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream<T: Trainer>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -204,7 +240,9 @@ async fn serve_stream<T: Trainer>(
     trainer: Arc<Mutex<T>>,
     last: Shared<Option<LastUpdate>>,
     shutdown: mpsc::Sender<String>,
+    shared_metrics: Option<Arc<AgentMetrics>>,
 ) -> Result<(), WireError> {
+    let metrics = shared_metrics.as_deref();
     let (message, payload) = match read_frame(&mut recv, limits).await {
         Ok(frame) => frame,
         Err(WireError::Protocol(e)) => {
@@ -219,14 +257,20 @@ async fn serve_stream<T: Trainer>(
     match message {
         AggregatorMessage::Task(task) => {
             let (trial, round) = (task.trial, task.round);
+            if let Some(m) = metrics {
+                m.received(payload.len());
+            }
             if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
+                count(metrics, TaskOutcome::Failed);
                 write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
                 return Ok(send.finish()?);
             }
             if let Some(params) = task.secure {
-                return crate::secure::serve(&mut send, &mut recv, task, params, payload, trainer).await;
+                return crate::secure::serve(&mut send, &mut recv, task, params, payload, trainer, shared_metrics)
+                    .await;
             }
             if require_secure {
+                count(metrics, TaskOutcome::Declined);
                 let reason = "this agent only sends its update under secure aggregation".to_string();
                 warn!(trial, round, "declining task: {reason}");
                 let decline = AgentMessage::Decline(Decline { trial, round, reason });
@@ -242,15 +286,21 @@ async fn serve_stream<T: Trainer>(
                     round, "answering a task sent again with the update already trained for it"
                 );
                 write_frame(&mut send, &AgentMessage::Update(kept.update.clone()), &kept.delta).await?;
+                count(metrics, TaskOutcome::Resent);
+                if let Some(m) = metrics {
+                    m.sent(kept.delta.len());
+                }
                 read_ack(&mut recv, trial, round, started).await?;
                 *lock(&last) = Some(kept);
                 return Ok(send.finish()?);
             }
             let cancel = Cancel::until(started + Duration::from_millis(task.deadline_ms));
-            let outcome = train_until_abandoned(send.stopped(), trainer, task, payload, cancel).await;
+            let outcome =
+                train_until_abandoned(send.stopped(), trainer, task, payload, cancel, shared_metrics.clone()).await;
             let (task, outcome) = match outcome {
                 Ok(done) => done,
                 Err(panic) => {
+                    count(metrics, TaskOutcome::Failed);
                     let error = ErrorMessage::new(ErrorCode::Internal, format!("training crashed: {panic}"));
                     write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
                     return Ok(send.finish()?);
@@ -262,19 +312,25 @@ async fn serve_stream<T: Trainer>(
                     let sent = write_frame(&mut send, &AgentMessage::Update(update.clone()), &fit.delta).await;
                     // Kept whether or not it got through: the aggregator may die while the
                     // update is on the wire, or before it commits the round.
+                    if let Some(m) = metrics {
+                        m.sent(fit.delta.len());
+                    }
                     *lock(&last) = Some(LastUpdate::new(key, update, fit));
                     sent?;
+                    count(metrics, TaskOutcome::Trained);
                     read_ack(&mut recv, trial, round, started).await?;
                 }
                 Err(TrainerError::Abandoned(why)) => {
                     // The aggregator has stopped waiting; say so in case it still listens.
                     warn!(trial, round, "task abandoned: {why}");
+                    count(metrics, TaskOutcome::Declined);
                     let reason = format!("task abandoned: {why}");
                     let decline = AgentMessage::Decline(Decline { trial, round, reason });
                     let _ = write_frame(&mut send, &decline, &[]).await;
                 }
                 Err(e) => {
                     warn!(trial, round, "declining task: {e}");
+                    count(metrics, TaskOutcome::Declined);
                     let reason = e.to_string();
                     let decline = AgentMessage::Decline(Decline { trial, round, reason });
                     write_frame(&mut send, &decline, &[]).await?;
@@ -293,6 +349,11 @@ async fn serve_stream<T: Trainer>(
                     }
                 }
             };
+            let outcome = match reply {
+                AgentMessage::Evaluation(_) => TaskOutcome::Evaluated,
+                _ => TaskOutcome::Failed,
+            };
+            count(metrics, outcome);
             write_frame(&mut send, &reply, &[]).await?;
         }
         AggregatorMessage::Shutdown(s) => {
@@ -346,18 +407,26 @@ pub(crate) async fn train_until_abandoned<T: Trainer>(
     task: Task,
     global: Vec<f32>,
     cancel: Cancel,
+    metrics: Option<Arc<AgentMetrics>>,
 ) -> Result<(Task, Result<FitOutcome, TrainerError>), tokio::task::JoinError> {
     let watch = cancel.clone();
     let mut training = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let result = lock(&trainer).fit(&task, &global, &cancel);
-        (task, result)
+        (task, result, started.elapsed())
     });
+    let done = |(task, result, elapsed): (Task, _, std::time::Duration)| {
+        if let Some(m) = &metrics {
+            m.trained_for(elapsed);
+        }
+        (task, result)
+    };
     tokio::select! {
-        done = &mut training => done,
+        finished = &mut training => finished.map(done),
         _ = stopped => {
             debug!("the aggregator dropped the task; stopping local training");
             watch.drop_task();
-            training.await
+            training.await.map(done)
         }
     }
 }

@@ -43,6 +43,17 @@ pub struct AgentConfig {
     /// Reconnection policy.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// Prometheus `/metrics` on a loopback port.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where the agent serves `/metrics` (nowhere unless set).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback address, e.g. `127.0.0.1:9101`.
+    pub listen: Option<SocketAddr>,
 }
 
 fn default_server_name() -> String {
@@ -177,6 +188,14 @@ impl AgentConfig {
             path: path.into(),
             message: e.to_string(),
         })?;
+        if let Some(listen) = config.metrics.listen.filter(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: format!(
+                    "[metrics] listen = {listen}: the agent serves metrics on a loopback address only (127.0.0.1 or ::1)"
+                ),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -210,6 +229,7 @@ impl AgentConfig {
                 max: Duration::from_millis(r.max_ms.max(r.initial_ms).max(1)),
                 max_attempts: (r.max_attempts > 0).then_some(r.max_attempts),
             },
+            metrics: None,
         }
     }
 }

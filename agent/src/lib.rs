@@ -10,6 +10,7 @@
 //!   implementation.
 //! - [`cancel`]: abandoning a task at its deadline or when the aggregator drops it.
 //! - [`client`]: connect, hello, serve tasks, reconnect.
+//! - [`metrics`]: the agent's Prometheus metrics, on a loopback `/metrics`.
 //! - `secure`: the agent's side of a secure-aggregation round.
 //! - [`config`]: the daemon's TOML configuration and the local data it names.
 //! - [`tls`]: the client side of mutual TLS.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod data;
 mod last_update;
+pub mod metrics;
 pub mod model;
 pub mod partition;
 mod secure;

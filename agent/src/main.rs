@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_agent::client::{Exit, client_endpoint, run};
 use fedtune_agent::config::AgentConfig;
+use fedtune_agent::metrics::{self, AgentMetrics};
 use fedtune_agent::model::default_device;
 use fedtune_agent::tls::{client_config, default_transport};
 use fedtune_agent::trainer::BurnTrainer;
@@ -52,8 +53,15 @@ async fn main() -> anyhow::Result<()> {
             let _ = stop.send(true);
         }
     });
+    let mut options = config.options();
+    if let Some(listen) = config.metrics.listen {
+        let metrics = Arc::new(AgentMetrics::new());
+        let addr = metrics::serve(listen, metrics.clone(), stopped.clone()).await?;
+        println!("metrics on http://{addr}/metrics");
+        options.metrics = Some(metrics);
+    }
     let trainer = BurnTrainer::new(train, validation, default_device());
-    match run(endpoint.clone(), config.options(), trainer, stopped).await? {
+    match run(endpoint.clone(), options, trainer, stopped).await? {
         Exit::Shutdown(reason) => tracing::info!("federation over: {reason}"),
         Exit::Stopped => tracing::info!("stopped"),
     }

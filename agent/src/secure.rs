@@ -14,7 +14,8 @@ use fedtune_protocol::{AgentMessage, AggregatorMessage, Decline, ErrorCode, Erro
 use tracing::{debug, warn};
 
 use crate::cancel::Cancel;
-use crate::client::{train_until_abandoned, update_for};
+use crate::client::{count, train_until_abandoned, update_for};
+use crate::metrics::{AgentMetrics, TaskOutcome};
 use crate::trainer::Trainer;
 use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 
@@ -29,7 +30,9 @@ pub(crate) async fn serve<T: Trainer>(
     params: SecureRound,
     global: Vec<f32>,
     trainer: Arc<Mutex<T>>,
+    shared_metrics: Option<Arc<AgentMetrics>>,
 ) -> Result<(), WireError> {
+    let metrics = shared_metrics.as_deref();
     let (trial, round) = (task.trial, task.round);
     let context = RoundContext {
         study: task.study.clone(),
@@ -44,7 +47,7 @@ pub(crate) async fn serve<T: Trainer>(
     let cancel = Cancel::until(std::time::Instant::now() + std::time::Duration::from_millis(task.deadline_ms));
     // Whatever ends this exchange early also stops the training behind it.
     let _stop_on_exit = DropTaskOnExit(cancel.clone());
-    let training = train_until_abandoned(send.stopped(), trainer, task, global, cancel);
+    let training = train_until_abandoned(send.stopped(), trainer, task, global, cancel, shared_metrics.clone());
     let training = tokio::spawn(training);
 
     write_frame(send, &AgentMessage::SecAggKeys(keys), &[]).await?;
@@ -76,6 +79,7 @@ pub(crate) async fn serve<T: Trainer>(
         Err(e) => {
             // The aggregator removes this agent's masks from the others' sum.
             warn!(trial, round, "declining task: {e}");
+            count(metrics, TaskOutcome::Declined);
             let reason = e.to_string();
             let decline = AgentMessage::Decline(Decline { trial, round, reason });
             write_frame(send, &decline, &[]).await?;
@@ -89,6 +93,10 @@ pub(crate) async fn serve<T: Trainer>(
     let update = update_for(&task, &fit);
     // The masked words travel bit for bit as the payload's 4-byte little-endian elements.
     write_frame(send, &AgentMessage::Update(update), bytemuck::cast_slice(&masked)).await?;
+    count(metrics, TaskOutcome::Trained);
+    if let Some(m) = metrics {
+        m.sent(masked.len());
+    }
 
     let survivors = match read_frame(recv, Limits::control()).await?.0 {
         AggregatorMessage::SecAggUnmask(survivors) => survivors,

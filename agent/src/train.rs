@@ -238,12 +238,13 @@ pub fn train_local(
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| parse_vm_hwm(&s))
+        .and_then(|s| status_bytes(&s, "VmHWM:"))
         .unwrap_or(0)
 }
 
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+/// A `/proc/self/status` field given in kB (`VmRSS:`, `VmHWM:`), in bytes.
+pub(crate) fn status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
     let mut fields = line.split_whitespace();
     let value: u64 = fields.next()?.parse().ok()?;
     match fields.next() {
@@ -618,11 +619,11 @@ mod tests {
     #[test]
     fn vm_hwm_parses() {
         assert_eq!(
-            parse_vm_hwm("Name:\tx\nVmHWM:\t   2048 kB\nVmRSS: 1 kB\n"),
+            status_bytes("Name:\tx\nVmHWM:\t   2048 kB\nVmRSS: 1 kB\n", "VmHWM:"),
             Some(2048 * 1024)
         );
-        assert_eq!(parse_vm_hwm("VmRSS: 1 kB\n"), None);
-        assert_eq!(parse_vm_hwm("VmHWM: x kB\n"), None);
+        assert_eq!(status_bytes("VmRSS: 1 kB\n", "VmHWM:"), None);
+        assert_eq!(status_bytes("VmHWM: x kB\n", "VmHWM:"), None);
         if cfg!(target_os = "linux") {
             assert!(peak_rss_bytes() > 0);
         }

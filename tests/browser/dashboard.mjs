@@ -1,7 +1,8 @@
 // Drives Debian's headless Chromium through the fedtune dashboard for tests/dashboard.rs.
 //
 //   node dashboard.mjs run URL ROUND SHOT       wait (no reload) until the run page shows
-//                                               round ROUND; print its plotted federated
+//                                               round ROUND and a round after the one it
+//                                               loaded with; print its plotted federated
 //                                               accuracy; screenshot to SHOT
 //   node dashboard.mjs study URL TRIALS SHOT    wait until the study page counts TRIALS
 //                                               trials; print what its charts hold
@@ -33,10 +34,16 @@ try {
     const round = Number(arg);
     await page.goto(url);
     const loadedAt = await page.evaluate(() => performance.timeOrigin);
-    // The page was loaded once; new rounds must arrive without a reload.
+    const latestNow = () => Number(document.querySelector('[data-testid="latest-round"]')?.textContent);
+    const atLoad = await page.evaluate(latestNow);
+    // The page was loaded once; new rounds must arrive without a reload: at least
+    // round ROUND, and at least one round more than the page showed when it loaded.
     await page.waitForFunction(
-      (n) => Number(document.querySelector('[data-testid="latest-round"]')?.textContent) >= n,
-      round,
+      ([n, first]) => {
+        const latest = Number(document.querySelector('[data-testid="latest-round"]')?.textContent);
+        return latest >= n && (Number.isNaN(first) || latest > first);
+      },
+      [round, atLoad],
       { timeout: TIMEOUT },
     );
     const reloaded = (await page.evaluate(() => performance.timeOrigin)) !== loadedAt;
@@ -45,7 +52,7 @@ try {
       els.map((e) => ({ x: Number(e.getAttribute('data-x')), y: Number(e.getAttribute('data-y')) })),
     );
     await page.screenshot({ path: shot, fullPage: true });
-    result = { latest_round: latest, points, reloaded };
+    result = { latest_round: latest, round_at_load: Number.isNaN(atLoad) ? null : atLoad, points, reloaded };
   } else if (mode === 'study') {
     const trials = Number(arg);
     await page.goto(url);

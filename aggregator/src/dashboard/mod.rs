@@ -237,11 +237,24 @@ struct PageQuery {
     /// The round whose timeline is shown.
     round: Option<u64>,
     /// Only the page's content (the live script swaps it in).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     fragment: bool,
     /// Every trial in a study's table, not only the most recent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     all: bool,
+}
+
+/// A query flag as people and scripts write them: `1`, `true`, `yes`, `on` or empty
+/// (`?all`) for on; `0`, `false`, `no`, `off` for off.
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{text}` is not a flag (use 1 or 0, true or false)"
+        ))),
+    }
 }
 
 fn page(title: &str, live: (RunId, &str), body: String, fragment: bool, location: &str) -> Response {
@@ -398,5 +411,20 @@ mod tests {
         assert_eq!(cookie_token(&headers).as_deref(), Some("secret"));
         headers.insert(header::COOKIE, HeaderValue::from_static("fedtune_tokenx=secret"));
         assert_eq!(cookie_token(&headers), None);
+    }
+
+    #[test]
+    fn page_flags_read_as_the_live_script_and_people_write_them() {
+        let parse = |q: &str| serde_urlencoded::from_str::<PageQuery>(q);
+        for on in ["fragment=1", "fragment=true", "fragment", "fragment=on"] {
+            assert!(parse(on).unwrap().fragment, "{on}");
+        }
+        for off in ["fragment=0", "fragment=false", ""] {
+            assert!(!parse(off).unwrap().fragment, "{off}");
+        }
+        let err = parse("all=maybe").unwrap_err().to_string();
+        assert!(err.contains("`maybe` is not a flag"), "{err}");
+        let both = parse("trial=3&all=1").unwrap();
+        assert_eq!((both.trial, both.all), (Some(3), true));
     }
 }
