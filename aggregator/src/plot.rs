@@ -265,14 +265,22 @@ fn legend_box<'a, DB: DrawingBackend + 'a>(
         .draw()
 }
 
-/// Axes, grid and labels; ticks read as on the dashboard (`1.5k`, `2e-4`), and an axis
-/// of rounds or trials (`integral_x`) is labelled at whole numbers only.
-fn mesh<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Xy>,
-    x_label: &str,
-    y_label: &str,
+/// The chart area of `root` over `x` × `y`, titled, with axes, grid and labels; ticks
+/// read as on the dashboard (`1.5k`, `2e-4`), and an axis of rounds or trials
+/// (`integral_x`) is labelled at whole numbers only.
+fn frame<'a, DB: DrawingBackend + 'a>(
+    root: &'a DrawingArea<DB, Shift>,
+    (title, title_size): (&str, u32),
+    (x, y): ((f64, f64), (f64, f64)),
+    (x_label, y_label): (&str, &str),
     integral_x: bool,
-) -> Drawn<DB> {
+) -> Result<ChartContext<'a, DB, Xy>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT, title_size))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
     let x_ticks = |v: &f64| {
         if integral_x && v.fract() != 0.0 {
             String::new()
@@ -289,7 +297,8 @@ fn mesh<'a, DB: DrawingBackend + 'a>(
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
         .light_line_style(BLACK.mix(0.04))
-        .draw()
+        .draw()?;
+    Ok(chart)
 }
 
 fn draw_line<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &LineChart) -> Drawn<DB> {
@@ -298,13 +307,7 @@ fn draw_line<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &LineChart) -
         return no_data(root, &c.title);
     };
     let integral_x = c.series.iter().flat_map(|s| &s.points).all(|p| p.0.fract() == 0.0);
-    let mut chart = ChartBuilder::on(root)
-        .caption(&c.title, (FONT, 20))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
-    mesh(&mut chart, &c.x_label, &c.y_label, integral_x)?;
+    let mut chart = frame(root, (&c.title, 20), (x, y), (&c.x_label, &c.y_label), integral_x)?;
     let marker = RGBColor(0xd9, 0x30, 0x25).mix(0.5);
     for m in c.markers.iter().filter(|m| m.x.is_finite()) {
         chart.draw_series(DashedLineSeries::new([(m.x, y.0), (m.x, y.1)], 3, 3, marker.into()))?;
@@ -323,13 +326,7 @@ fn draw_scatter<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &ScatterCh
         return no_data(root, &c.title);
     };
     let integral_x = xy.iter().all(|p| p.0.fract() == 0.0);
-    let mut chart = ChartBuilder::on(root)
-        .caption(&c.title, (FONT, 18))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
-    mesh(&mut chart, &c.x_label, &c.y_label, integral_x)?;
+    let mut chart = frame(root, (&c.title, 18), (x, y), (&c.x_label, &c.y_label), integral_x)?;
     chart.draw_series(
         c.points
             .iter()
