@@ -1,5 +1,5 @@
 //! An aggregator and N agents in one process over real mutual-TLS QUIC on 127.0.0.1,
-//! training an MLP with FedAvg on a real dataset split non-IID.
+//! training an MLP or a CNN with FedAvg on a real dataset split non-IID.
 //!
 //! ```text
 //! cargo run --release --example simulation -- --agents 10 --rounds 30 --summary sim.json
@@ -19,11 +19,12 @@ use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
 use fedtune::aggregator::config::{FederationConfig, SecureAggregationConfig};
+use fedtune::aggregator::progress::Progress;
 use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, run_stored};
 use fedtune::evaluate::TestSetEvaluator;
-use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
+use fedtune::protocol::{ClientHyperparameters, CnnSpec, ConvBlock, MlpSpec, ModelSpec, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
 use serde::Serialize;
 
@@ -31,6 +32,15 @@ use serde::Serialize;
 enum DatasetName {
     Digits,
     FashionMnist,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModelKind {
+    /// A multi-layer perceptron (`--hidden` sets its widths).
+    Mlp,
+    /// A CNN: the NIID-Bench LeNet on 28×28 images; on 8×8 digits one 3×3 conv block
+    /// (16 channels, padded, pooled) before the `--hidden` head.
+    Cnn,
 }
 
 #[derive(Parser, Debug)]
@@ -75,7 +85,10 @@ struct Args {
     /// sum (needs a strategy that works on the sum, such as fedavg).
     #[arg(long)]
     secure: bool,
-    /// Hidden layer widths, comma-separated.
+    /// The model to train.
+    #[arg(long, value_enum, default_value_t = ModelKind::Mlp)]
+    model: ModelKind,
+    /// Hidden layer widths, comma-separated (the MLP's, or the digits CNN's head).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
     /// Commit every round to this SQLite store; run again with the same flags to resume
@@ -93,6 +106,7 @@ struct Args {
 #[derive(Serialize)]
 struct Summary {
     dataset: String,
+    model: String,
     partition: String,
     agents: usize,
     rounds: usize,
@@ -118,18 +132,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
 
-    let (source, default_partition, input) = match args.dataset {
+    let (source, default_partition, side) = match args.dataset {
         DatasetName::Digits => (
             fedtune::sim::digits_source(),
             PartitionSpec::File(fedtune::sim::data_dir().join("digits_partition.json")),
-            64,
+            8,
         ),
         DatasetName::FashionMnist => (
             DataSource::FashionMnist {
                 dir: fedtune::agent::data::FASHION_MNIST_DIR.into(),
             },
             PartitionSpec::Dirichlet(0.5),
-            784,
+            28,
         ),
     };
     let partition = args.partition.clone().unwrap_or(default_partition);
@@ -142,11 +156,28 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let classes = data.dataset.classes();
-    let model = ModelSpec::Mlp(MlpSpec {
-        input,
-        hidden: args.hidden.clone(),
-        classes,
-    });
+    let model = match (args.model, side) {
+        (ModelKind::Mlp, _) => ModelSpec::Mlp(MlpSpec {
+            input: side * side,
+            hidden: args.hidden.clone(),
+            classes,
+        }),
+        (ModelKind::Cnn, 28) => ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, classes)),
+        (ModelKind::Cnn, _) => ModelSpec::Cnn(CnnSpec {
+            channels: 1,
+            height: side,
+            width: side,
+            blocks: vec![ConvBlock {
+                channels: 16,
+                kernel: 3,
+                padding: 1,
+                pool: 2,
+            }],
+            hidden: args.hidden.clone(),
+            classes,
+        }),
+    };
+    model.validate()?;
     let client = ClientHyperparameters {
         learning_rate: args.lr,
         local_epochs: args.local_epochs,
@@ -171,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
             loopback: LOOPBACK,
             ..FederationConfig::default()
         },
-        model,
+        model: model.clone(),
         client: client.clone(),
         strategy: args.strategy.clone(),
         secure_aggregation: SecureAggregationConfig {
@@ -193,12 +224,9 @@ async fn main() -> anyhow::Result<()> {
         test.len()
     );
     println!(
-        "model MLP {input}-{}-{classes}, {} local epoch(s) of {} lr {} batch {}, {}{}; QUIC + mutual TLS on {addr}\n",
-        args.hidden
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("-"),
+        "model {} ({} parameters), {} local epoch(s) of {} lr {} batch {}, {}{}; QUIC + mutual TLS on {addr}\n",
+        model.describe(),
+        model.manifest().numel(),
         client.local_epochs,
         client.optimizer,
         client.learning_rate,
@@ -213,20 +241,25 @@ async fn main() -> anyhow::Result<()> {
 
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents = spawn_agents(&pki, addr, trainers, LOOPBACK, stopped.clone()).map_err(anyhow::Error::msg)?;
+    // Round lines above a bar when stdout is a terminal, plain lines otherwise.
+    let progress = Progress::stdout(args.rounds, "round");
+    let (on_round, on_waiting) = (progress.clone(), progress.clone());
     let hooks = Hooks {
         evaluator: Some(Arc::new(TestSetEvaluator::new(test, default_device()))),
-        on_round: Some(Box::new(|r: &RoundRecord| {
-            println!(
+        on_round: Some(Box::new(move |r: &RoundRecord| {
+            let accuracy = r.test.map_or(f64::NAN, |t| t.accuracy);
+            on_round.line(&format!(
                 "{:>5}  {:>7}  {:>10.4}  {:>10.4}  {:>9.4}  {:>7.3}",
                 r.round,
                 format!("{}/{}", r.updates, r.cohort.len()),
                 r.train_loss,
                 r.federated_accuracy,
-                r.test.map_or(f64::NAN, |t| t.accuracy),
+                accuracy,
                 r.seconds
-            );
+            ));
+            on_round.advance(r.round + 1, &format!("test accuracy {accuracy:.4}"));
         })),
-        on_waiting: None,
+        on_waiting: Some(Box::new(move |connected, needed| on_waiting.waiting(connected, needed))),
         metrics: None,
     };
     let report = match &args.db {
@@ -251,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("federation failed")?,
     };
+    progress.finish();
     while let Some(exit) = agents.join_next().await {
         exit??;
     }
@@ -260,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
     let final_test = report.final_test.context("no test evaluation")?;
     let summary = Summary {
         dataset: format!("{:?}", args.dataset).to_lowercase(),
+        model: model.describe(),
         partition: partition.to_string(),
         agents: args.agents,
         rounds: report.rounds.len(),

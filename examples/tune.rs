@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fedtune::agent::model::default_device;
 use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::progress::Progress;
 use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune::aggregator::tuning::pareto::non_dominated_ranks;
@@ -275,20 +276,31 @@ async fn main() -> anyhow::Result<()> {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents = spawn_agents(&pki, addr, trainers, LOOPBACK, stopped.clone()).map_err(anyhow::Error::msg)?;
     let verbose = args.verbose;
+    // Trial lines above a bar of finished trials when stdout is a terminal.
+    let progress = Progress::stdout(study.trials as u64, "trial");
+    let on_event = progress.clone();
+    let mut finished = 0;
     let hooks = TuneHooks {
         evaluator: Some(Arc::new(TestSetEvaluator::new(test, default_device()))),
         on_event: Some(Box::new(move |event: &TuneEvent| match event {
-            TuneEvent::TrialFinished(t) => println!("{}", row(t)),
+            TuneEvent::TrialFinished(t) => {
+                finished += 1;
+                on_event.line(&row(t));
+                on_event.advance(finished, "");
+            }
             TuneEvent::Round {
                 number,
                 round,
                 values,
                 pruned,
-            } if verbose => {
-                let stop = if *pruned { "  pruned" } else { "" };
-                println!("         trial {number} round {round}: {values:.4?}{stop}");
+            } => {
+                if verbose {
+                    let stop = if *pruned { "  pruned" } else { "" };
+                    on_event.line(&format!("         trial {number} round {round}: {values:.4?}{stop}"));
+                }
+                on_event.advance(finished, &format!("trial {number} at round {round}"));
             }
-            _ => {}
+            TuneEvent::TrialStarted { number, .. } => on_event.advance(finished, &format!("trial {number} started")),
         })),
         metrics: None,
     };
@@ -311,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("the study failed")?,
     };
+    progress.finish();
     while let Some(exit) = agents.join_next().await {
         exit??;
     }

@@ -24,12 +24,13 @@ impl TestSetEvaluator {
 
 impl Evaluator for TestSetEvaluator {
     fn evaluate(&self, model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, EvaluationError> {
-        let ModelSpec::Mlp(spec) = model else {
-            return Err(EvaluationError::UnsupportedModel(
-                "only MLP models can be evaluated on the test set".into(),
-            ));
-        };
-        let e = evaluate(spec, params, &self.test, &self.device).map_err(|e| EvaluationError::Failed(e.to_string()))?;
+        if let ModelSpec::Custom { name, .. } = model {
+            return Err(EvaluationError::UnsupportedModel(format!(
+                "the test set evaluates the zoo's models (MLP, CNN), not custom model `{name}`"
+            )));
+        }
+        let e =
+            evaluate(model, params, &self.test, &self.device).map_err(|e| EvaluationError::Failed(e.to_string()))?;
         Ok(GlobalEvaluation {
             loss: e.loss,
             accuracy: e.accuracy,

@@ -52,7 +52,11 @@ async fn run_through(
     .unwrap();
     let report = fed.aggregator.await.unwrap().unwrap();
     while let Some(exit) = agents.join_next().await {
-        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+        let exit = exit.unwrap();
+        assert!(
+            matches!(exit, Ok(Exit::Shutdown(_))),
+            "an agent ended otherwise: {exit:?}"
+        );
     }
     (report, links)
 }

@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
 //! - [`partition`]: seeded partitioners (IID, Dirichlet label skew) and split files.
-//! - [`model`]: the Burn model built from a task's model spec; flat parameter I/O.
-//! - [`train`]: local training and evaluation.
+//! - [`model`]: the Burn models a task's model spec describes (MLP, CNN), the
+//!   [`model::Classifier`] trait for your own, flat parameter I/O by module path.
+//! - [`train`]: local training and evaluation (of the zoo's models or your own).
+//! - [`weights`]: weight files in (safetensors, PyTorch `.pt`, burnpack) and out.
 //! - [`trainer`]: the [`trainer::Trainer`] seam the connection loop calls, and its Burn
 //!   implementation.
 //! - [`cancel`]: abandoning a task at its deadline or when the aggregator drops it.
@@ -29,3 +31,4 @@ mod secure;
 pub mod tls;
 pub mod train;
 pub mod trainer;
+pub mod weights;

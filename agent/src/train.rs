@@ -7,7 +7,6 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -15,14 +14,14 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use fedtune_protocol::client_param::ClientParamError;
 use fedtune_protocol::tensor::check_finite;
-use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
+use fedtune_protocol::{ClientHyperparameters, Manifest, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
-use crate::model::{Device, Mlp, ModelError, flatten};
+use crate::model::{Classifier, Cnn, Device, Mlp, ModelError, flatten, load, squared_distance};
 
 /// Rows per forward pass when evaluating (no gradients, so memory stays small).
 const EVAL_BATCH: usize = 1024;
@@ -31,7 +30,7 @@ const EVAL_BATCH: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The task asks for a model the built-in trainer does not build.
-    #[error("the built-in trainer trains MLP specs only, not custom model `{0}`")]
+    #[error("the built-in trainer builds the zoo's models (MLP, CNN), not custom model `{0}`")]
     UnsupportedModel(String),
     /// The model spec is inconsistent.
     #[error("{0}")]
@@ -112,20 +111,62 @@ pub struct LocalUpdate {
     pub metrics: TrainMetrics,
 }
 
-/// Evaluates the MLP `spec` with parameters `params` (manifest order) on `data`, in batches,
-/// on `device` (autodiff is not used even if the device has it).
+/// What a model takes and gives, checked against the data before any tensor is built (a
+/// mismatch would otherwise be a panic inside Burn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Features per input row.
+    pub input: usize,
+    /// Output classes.
+    pub classes: usize,
+}
+
+impl ModelShape {
+    fn of(spec: &ModelSpec) -> Result<Self, TrainError> {
+        match (spec.input_len(), spec.classes()) {
+            (Some(input), Some(classes)) => Ok(Self { input, classes }),
+            _ => match spec {
+                ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
+                _ => unreachable!("every zoo spec has an input and classes"),
+            },
+        }
+    }
+}
+
+/// Evaluates the zoo model `spec` with parameters `params` (manifest order) on `data`, in
+/// batches, on `device` (autodiff is not used even if the device has it).
 ///
 /// # Errors
-/// [`TrainError::InvalidModel`], [`TrainError::DimensionMismatch`],
-/// [`TrainError::ClassMismatch`], [`TrainError::Params`] when `params` does not fit `spec`,
-/// [`TrainError::Backend`].
-pub fn evaluate(spec: &MlpSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
-    ModelSpec::Mlp(spec.clone())
-        .validate()
-        .map_err(TrainError::InvalidModel)?;
-    check_data(spec, data, "validation")?;
+/// [`TrainError::UnsupportedModel`] for custom specs, [`TrainError::InvalidModel`],
+/// [`TrainError::DimensionMismatch`], [`TrainError::ClassMismatch`], [`TrainError::Params`]
+/// when `params` does not fit `spec`, [`TrainError::Backend`].
+pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
+    spec.validate().map_err(TrainError::InvalidModel)?;
+    let shape = ModelShape::of(spec)?;
+    let manifest = spec.manifest();
+    match spec {
+        ModelSpec::Mlp(mlp) => evaluate_with(|d| Mlp::init(mlp, d), shape, &manifest, params, data, device),
+        ModelSpec::Cnn(cnn) => evaluate_with(|d| Cnn::init(cnn, d), shape, &manifest, params, data, device),
+        ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
+    }
+}
+
+/// Evaluates any [`Classifier`] that `build` makes, with `params` laid out by `manifest`,
+/// on `data`.
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_with<M: Classifier>(
+    build: impl Fn(&Device) -> M,
+    shape: ModelShape,
+    manifest: &Manifest,
+    params: &[f32],
+    data: &Dataset,
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    check_data(shape, data, "validation")?;
     let device = device.clone().without_autodiff();
-    let model = Mlp::from_params(spec, params, &device)?;
+    let model = load(build(&device), params, manifest)?;
     evaluate_model(&model, data, &device)
 }
 
@@ -156,81 +197,159 @@ pub fn train_local(
     device: &Device,
     cancel: &Cancel,
 ) -> Result<LocalUpdate, TrainError> {
-    let start = Instant::now();
-    let mlp = match spec {
-        ModelSpec::Mlp(mlp) => mlp,
-        ModelSpec::Custom { name, .. } => return Err(TrainError::UnsupportedModel(name.clone())),
-    };
     spec.validate().map_err(TrainError::InvalidModel)?;
-    hp.validate().map_err(TrainError::InvalidHyperparameters)?;
-    check_data(mlp, train, "training")?;
-    check_data(mlp, validation, "validation")?;
-    if train.is_empty() {
-        return Err(TrainError::EmptyTrainingSet);
+    let shape = ModelShape::of(spec)?;
+    let manifest = spec.manifest();
+    let run = Local {
+        shape,
+        manifest: &manifest,
+        global,
+        hp,
+        train,
+        validation,
+        seed,
+        device,
+        cancel,
+    };
+    match spec {
+        ModelSpec::Mlp(mlp) => run.train(|d| Mlp::init(mlp, d)),
+        ModelSpec::Cnn(cnn) => run.train(|d| Cnn::init(cnn, d)),
+        ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
     }
-    if let Err(ProtocolError::NonFinite { index }) = check_finite(global) {
-        return Err(TrainError::NonFiniteGlobal { index });
+}
+
+/// Trains any [`Classifier`] that `build` makes, exactly as [`train_local`] trains the
+/// zoo's models: the same optimizers, FedProx term, cancellation, divergence checks and
+/// metrics. `manifest` lays out `global` and the returned delta; it must be the module's
+/// layout ([`crate::model::manifest_of`]).
+///
+/// # Errors
+/// As [`train_local`].
+// See `train_local`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_model<M: Classifier>(
+    build: impl Fn(&Device) -> M,
+    shape: ModelShape,
+    manifest: &Manifest,
+    global: &[f32],
+    hp: &ClientHyperparameters,
+    train: &Dataset,
+    validation: &Dataset,
+    seed: u64,
+    device: &Device,
+    cancel: &Cancel,
+) -> Result<LocalUpdate, TrainError> {
+    Local {
+        shape,
+        manifest,
+        global,
+        hp,
+        train,
+        validation,
+        seed,
+        device,
+        cancel,
     }
+    .train(build)
+}
 
-    let plain = device.clone().without_autodiff();
-    let before = evaluate_model(&Mlp::from_params(mlp, global, &plain)?, validation, &plain)?;
+/// The inputs of one local training run.
+struct Local<'a> {
+    shape: ModelShape,
+    manifest: &'a Manifest,
+    global: &'a [f32],
+    hp: &'a ClientHyperparameters,
+    train: &'a Dataset,
+    validation: &'a Dataset,
+    seed: u64,
+    device: &'a Device,
+    cancel: &'a Cancel,
+}
 
-    let autodiff = device.clone().autodiff();
-    let mut model = Mlp::from_params(mlp, global, &autodiff)?;
-    // FedProx: keep local training near the round's global model.
-    let anchor = (hp.proximal_mu > 0.0)
-        .then(|| Mlp::from_params(mlp, global, &autodiff))
-        .transpose()?;
-    let mut optim = optimizer(hp);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut train_loss = 0.0;
-    for epoch in 0..hp.local_epochs {
-        order.shuffle(&mut rng);
-        let mut loss_sum = 0.0;
-        for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
-            cancel.check().map_err(TrainError::Abandoned)?;
-            let (x, y) = batch(train, rows, &autodiff);
-            let loss = cross_entropy(model.forward(x), y);
-            let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
-            let loss = match &anchor {
-                Some(anchor) => loss + model.squared_distance(anchor).mul_scalar(hp.proximal_mu / 2.0),
-                None => loss,
-            };
-            if !value.is_finite() {
-                return Err(TrainError::Diverged { epoch, step });
-            }
-            loss_sum += f64::from(value) * rows.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(hp.learning_rate, model, grads);
+impl Local<'_> {
+    fn train<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Result<LocalUpdate, TrainError> {
+        let Local {
+            shape,
+            manifest,
+            global,
+            hp,
+            train,
+            validation,
+            seed,
+            device,
+            cancel,
+        } = self;
+        let start = Instant::now();
+        hp.validate().map_err(TrainError::InvalidHyperparameters)?;
+        check_data(shape, train, "training")?;
+        check_data(shape, validation, "validation")?;
+        if train.is_empty() {
+            return Err(TrainError::EmptyTrainingSet);
         }
-        train_loss = loss_sum / train.len() as f64;
-    }
+        if let Err(ProtocolError::NonFinite { index }) = check_finite(global) {
+            return Err(TrainError::NonFiniteGlobal { index });
+        }
 
-    let local = flatten(&model);
-    let delta: Vec<f32> = local.iter().zip(global).map(|(l, g)| l - g).collect();
-    if check_finite(&delta).is_err() {
-        return Err(TrainError::Diverged {
-            epoch: hp.local_epochs - 1,
-            step: order.len().div_ceil(hp.batch_size as usize) - 1,
-        });
+        let plain = device.clone().without_autodiff();
+        let before = evaluate_model(&load(build(&plain), global, manifest)?, validation, &plain)?;
+
+        let autodiff = device.clone().autodiff();
+        let mut model = load(build(&autodiff), global, manifest)?;
+        // FedProx: keep local training near the round's global model.
+        let anchor = (hp.proximal_mu > 0.0)
+            .then(|| load(build(&autodiff), global, manifest))
+            .transpose()?;
+        let mut optim = optimizer(hp);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut train_loss = 0.0;
+        for epoch in 0..hp.local_epochs {
+            order.shuffle(&mut rng);
+            let mut loss_sum = 0.0;
+            for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
+                cancel.check().map_err(TrainError::Abandoned)?;
+                let (x, y) = batch(train, rows, &autodiff);
+                let loss = cross_entropy(model.forward(x), y);
+                let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
+                let loss = match &anchor {
+                    Some(anchor) => loss + squared_distance(&model, anchor).mul_scalar(hp.proximal_mu / 2.0),
+                    None => loss,
+                };
+                if !value.is_finite() {
+                    return Err(TrainError::Diverged { epoch, step });
+                }
+                loss_sum += f64::from(value) * rows.len() as f64;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(hp.learning_rate, model, grads);
+            }
+            train_loss = loss_sum / train.len() as f64;
+        }
+
+        let local = flatten(&model);
+        let delta: Vec<f32> = local.iter().zip(global).map(|(l, g)| l - g).collect();
+        if check_finite(&delta).is_err() {
+            return Err(TrainError::Diverged {
+                epoch: hp.local_epochs - 1,
+                step: order.len().div_ceil(hp.batch_size as usize) - 1,
+            });
+        }
+        let after = evaluate_model(&model.valid(), validation, &plain)?;
+        Ok(LocalUpdate {
+            delta,
+            num_samples: train.len() as u64,
+            metrics: TrainMetrics {
+                loss_before: before.loss,
+                train_loss_before: None,
+                accuracy_before: before.accuracy,
+                loss_after: after.loss,
+                accuracy_after: after.accuracy,
+                train_loss,
+                validation_samples: validation.len() as u64,
+                wall_seconds: start.elapsed().as_secs_f64(),
+                peak_memory_bytes: peak_rss_bytes(),
+            },
+        })
     }
-    let after = evaluate_model(&model.valid(), validation, &plain)?;
-    Ok(LocalUpdate {
-        delta,
-        num_samples: train.len() as u64,
-        metrics: TrainMetrics {
-            loss_before: before.loss,
-            train_loss_before: None,
-            accuracy_before: before.accuracy,
-            loss_after: after.loss,
-            accuracy_after: after.accuracy,
-            train_loss,
-            validation_samples: validation.len() as u64,
-            wall_seconds: start.elapsed().as_secs_f64(),
-            peak_memory_bytes: peak_rss_bytes(),
-        },
-    })
 }
 
 /// Peak resident memory of this process (`VmHWM` in `/proc/self/status`), in bytes; 0 where
@@ -253,19 +372,19 @@ pub(crate) fn status_bytes(status: &str, field: &str) -> Option<u64> {
     }
 }
 
-fn check_data(spec: &MlpSpec, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
-    if data.dim() != spec.input {
+fn check_data(shape: ModelShape, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
+    if data.dim() != shape.input {
         return Err(TrainError::DimensionMismatch {
             what,
-            expected: spec.input,
+            expected: shape.input,
             got: data.dim(),
         });
     }
     // Fewer classes than outputs is fine (a file may lack the last classes); more is not.
-    if data.classes() > spec.classes {
+    if data.classes() > shape.classes {
         return Err(TrainError::ClassMismatch {
             what,
-            expected: spec.classes,
+            expected: shape.classes,
             got: data.classes(),
         });
     }
@@ -311,7 +430,7 @@ fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 
 /// Loss and accuracy of `model` on `data`; the softmax is done on the host in f64, on
 /// logits read back one batch at a time.
-fn evaluate_model(model: &Mlp, data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
+fn evaluate_model<M: Classifier>(model: &M, data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
     if data.is_empty() {
         return Ok(Evaluation::default());
     }
@@ -362,6 +481,7 @@ fn backend(error: impl std::fmt::Display) -> TrainError {
 mod tests {
     use super::*;
     use crate::model::default_device;
+    use fedtune_protocol::MlpSpec;
     use rand::RngExt;
 
     /// Two Gaussian blobs per class on a ring: separable, but not at initialisation.
@@ -401,6 +521,76 @@ mod tests {
             momentum: if optimizer == Optimizer::Sgd { 0.9 } else { 0.0 },
             proximal_mu: 0.0,
         }
+    }
+
+    /// 8×8 images, dark but for a bright 3×3 square in the quadrant their label names.
+    fn squares(n: usize, seed: u64) -> Dataset {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut features = vec![0.0f32; n * 64];
+        let mut labels = Vec::with_capacity(n);
+        for (i, image) in features.chunks_exact_mut(64).enumerate() {
+            let class = (i % 4) as u32;
+            let (top, left) = (4 * (class as usize / 2), 4 * (class as usize % 2));
+            let (dy, dx) = (rng.random_range(0..2), rng.random_range(0..2));
+            for y in 0..3 {
+                for x in 0..3 {
+                    image[(top + dy + y) * 8 + left + dx + x] = 1.0;
+                }
+            }
+            for v in image.iter_mut() {
+                *v += rng.random_range(-0.1f32..0.1);
+            }
+            labels.push(class);
+        }
+        Dataset::from_parts(features, labels, 64, 4).unwrap()
+    }
+
+    #[test]
+    fn a_cnn_trains_through_the_same_loop_and_its_delta_is_what_moved() {
+        let spec = ModelSpec::Cnn(fedtune_protocol::CnnSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            blocks: vec![fedtune_protocol::ConvBlock {
+                channels: 4,
+                kernel: 3,
+                padding: 1,
+                pool: 2,
+            }],
+            hidden: vec![16],
+            classes: 4,
+        });
+        let global = spec.init_params(&mut StdRng::seed_from_u64(1));
+        let (train, valid) = (squares(160, 1), squares(40, 2));
+        let update = train_local(
+            &spec,
+            &global,
+            &hp(Optimizer::Adam),
+            &train,
+            &valid,
+            7,
+            &default_device(),
+            &Cancel::never(),
+        )
+        .unwrap();
+        let m = &update.metrics;
+        assert!(m.accuracy_after >= 0.9 && m.accuracy_after > m.accuracy_before, "{m:?}");
+        let local: Vec<f32> = global.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
+        let after = evaluate(&spec, &local, &valid, &default_device()).unwrap();
+        assert!((after.accuracy - m.accuracy_after).abs() < 1e-9);
+        // Rows of the wrong width are an error, not a panic inside Burn.
+        let err = evaluate(&spec, &local, &blobs(10, 3), &default_device()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TrainError::DimensionMismatch {
+                    expected: 64,
+                    got: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -460,8 +650,7 @@ mod tests {
 
             // The delta is what training moved: global + delta evaluates as `after`.
             let local: Vec<f32> = global.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
-            let ModelSpec::Mlp(mlp) = &spec else { unreachable!() };
-            let after = evaluate(mlp, &local, &valid, &default_device()).unwrap();
+            let after = evaluate(&spec, &local, &valid, &default_device()).unwrap();
             assert!((after.accuracy - m.accuracy_after).abs() < 1e-9);
             assert!((after.loss - m.loss_after).abs() < 1e-4);
         }
@@ -580,11 +769,11 @@ mod tests {
 
     #[test]
     fn evaluate_computes_cross_entropy_and_accuracy() {
-        let spec = MlpSpec {
+        let spec = ModelSpec::Mlp(MlpSpec {
             input: 2,
             hidden: vec![],
             classes: 2,
-        };
+        });
         let device = default_device();
         let data = Dataset::from_parts(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![0, 1, 1], 2, 2).unwrap();
         // Zero weights: uniform softmax, loss ln 2; ties go to class 0.

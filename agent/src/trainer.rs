@@ -101,7 +101,7 @@ impl Trainer for BurnTrainer {
         Capabilities {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_bytes: 0,
-            backend: "burn-ndarray-cpu".into(),
+            backend: "burn-flex-cpu".into(),
             train_samples: self.train.len() as u64,
             validation_samples: self.validation.len() as u64,
         }
@@ -109,9 +109,10 @@ impl Trainer for BurnTrainer {
 
     fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
         let hp = &task.hyperparameters;
-        let train_loss_before = match (task.measure_train_loss, &task.model) {
-            (true, ModelSpec::Mlp(spec)) => Some(evaluate(spec, global, &self.train, &self.device)?.loss),
-            _ => None,
+        let train_loss_before = if task.measure_train_loss {
+            Some(evaluate(&task.model, global, &self.train, &self.device)?.loss)
+        } else {
+            None
         };
         let mut local = train_local(
             &task.model,
@@ -141,12 +142,12 @@ impl Trainer for BurnTrainer {
     }
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
-        let ModelSpec::Mlp(spec) = &request.model else {
-            return Err(TrainerError::UnsupportedModel(
-                "this agent only evaluates MLP models".into(),
-            ));
-        };
-        let e = evaluate(spec, params, &self.validation, &self.device)?;
+        if let ModelSpec::Custom { name, .. } = &request.model {
+            return Err(TrainerError::UnsupportedModel(format!(
+                "this agent evaluates the zoo's models (MLP, CNN), not custom model `{name}`"
+            )));
+        }
+        let e = evaluate(&request.model, params, &self.validation, &self.device)?;
         Ok(Evaluation {
             trial: request.trial,
             round: request.round,
@@ -211,9 +212,7 @@ mod tests {
         let mut trainer = BurnTrainer::new(train.clone(), validation.clone(), default_device());
         let task = task(true);
         let global = task.model.init_params(&mut StdRng::seed_from_u64(5));
-        let ModelSpec::Mlp(spec) = &task.model else {
-            unreachable!()
-        };
+        let spec = &task.model;
         let expected = evaluate(spec, &global, &train, &default_device()).unwrap().loss;
         let on_validation = evaluate(spec, &global, &validation, &default_device()).unwrap().loss;
 

@@ -16,6 +16,8 @@
 //! - [`durable`]: a run that commits every round to a store and resumes after a crash.
 //! - [`store`]: the durable state: runs, committed rounds, checkpoints (SQLite).
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
+//! - [`plot`]: a run's or a study's charts as SVG and PNG files.
+//! - [`progress`]: console progress (bars on a terminal, plain lines otherwise).
 //! - [`service`]: from configuration to a bound endpoint.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
@@ -34,6 +36,7 @@ pub mod federation;
 pub mod identity;
 pub mod metrics;
 pub mod plot;
+pub mod progress;
 pub mod registry;
 pub mod round;
 pub mod service;

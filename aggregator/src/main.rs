@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
 use fedtune_aggregator::metrics::Metrics;
+use fedtune_aggregator::progress::Progress;
 use fedtune_aggregator::store::{self, RunKind, RunStatus, Storage};
 use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune_aggregator::tuning::spec::load_space_toml;
@@ -359,9 +360,12 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(std::time::Duration::from_millis);
+    let progress = Progress::stdout(config.federation.rounds, "round");
+    let on_round = progress.clone();
+    let on_waiting = progress.clone();
     let mut hooks = Hooks {
         on_round: Some(Box::new(move |r| {
-            println!(
+            on_round.line(&format!(
                 "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s",
                 r.round,
                 r.updates,
@@ -369,11 +373,13 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
                 r.train_loss,
                 r.federated_accuracy,
                 r.seconds
-            );
+            ));
+            on_round.advance(r.round + 1, &format!("federated accuracy {:.4}", r.federated_accuracy));
             if let Some(hold) = hold {
                 std::thread::sleep(hold);
             }
         })),
+        on_waiting: Some(Box::new(move |connected, needed| on_waiting.waiting(connected, needed))),
         ..Hooks::default()
     };
     let (report, json) = match config.state.db.clone() {
@@ -402,6 +408,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
             (report, json)
         }
     };
+    progress.finish();
     if !report.final_agent_evaluation.is_empty() {
         let accs: Vec<f64> = report.final_agent_evaluation.values().map(|e| e.accuracy).collect();
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;
@@ -453,24 +460,33 @@ async fn serve_study(
         study.sampler,
         study.pruner.name()
     );
-    // Rounds and trials are printed as they commit (stdout is line-buffered).
+    // Rounds and trials are printed as they commit (stdout is line-buffered), above a
+    // bar of finished trials when stdout is a terminal.
+    let progress = Progress::stdout(study.trials as u64, "trial");
+    let on_event = progress.clone();
+    let mut finished = 0;
     let mut hooks = TuneHooks {
         evaluator: None,
-        on_event: Some(Box::new(|event: &TuneEvent| match event {
+        on_event: Some(Box::new(move |event: &TuneEvent| match event {
             TuneEvent::Round {
                 number, round, values, ..
             } => {
-                println!("trial {number:>3}  round {round:>3}  values {values:?}");
+                on_event.line(&format!("trial {number:>3}  round {round:>3}  values {values:?}"));
+                on_event.advance(finished, &format!("trial {number} at round {round}"));
             }
-            TuneEvent::TrialFinished(t) => println!(
-                "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
-                t.number,
-                format!("{:?}", t.state).to_lowercase(),
-                t.values,
-                t.rounds,
-                serde_json::to_string(&t.params).unwrap_or_default()
-            ),
-            TuneEvent::TrialStarted { .. } => {}
+            TuneEvent::TrialFinished(t) => {
+                finished += 1;
+                on_event.line(&format!(
+                    "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
+                    t.number,
+                    format!("{:?}", t.state).to_lowercase(),
+                    t.values,
+                    t.rounds,
+                    serde_json::to_string(&t.params).unwrap_or_default()
+                ));
+                on_event.advance(finished, "");
+            }
+            TuneEvent::TrialStarted { number, .. } => on_event.advance(finished, &format!("trial {number} started")),
         })),
         metrics: None,
     };
@@ -507,6 +523,7 @@ async fn serve_study(
             (report, json)
         }
     };
+    progress.finish();
     match report.best_trial() {
         Some(best) => println!(
             "best trial {}: values {:?}, params {}",

@@ -36,5 +36,5 @@ pub use message::{
     Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode, ErrorMessage,
     Evaluate, Evaluation, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
 };
-pub use model::{MlpSpec, ModelSpec};
+pub use model::{CnnSpec, ConvBlock, MlpSpec, ModelSpec};
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

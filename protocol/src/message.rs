@@ -98,7 +98,7 @@ pub struct Capabilities {
     pub cores: u32,
     /// Memory available for training, in bytes (0 when unknown).
     pub memory_bytes: u64,
-    /// Compute backend, e.g. `ndarray-cpu`.
+    /// Compute backend, e.g. `burn-flex-cpu`.
     pub backend: String,
     /// Local training samples.
     pub train_samples: u64,

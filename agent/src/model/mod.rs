@@ -1,31 +1,50 @@
-//! The Burn model a task's [`MlpSpec`] describes, and its flat parameter vector.
+//! The Burn models a task's [`ModelSpec`] describes, and their flat parameter vector.
 //!
-//! Agents and the aggregator exchange parameters as one flat `f32` buffer laid out by the
-//! spec's [`Manifest`]: `layers.{i}.weight` (`[in, out]`) then `layers.{i}.bias` (`[out]`),
-//! layer by layer. [`flatten`] and [`load`] convert between that buffer and a [`Mlp`]; they
-//! walk the module in traversal order and check each tensor's path and shape against the
-//! manifest, since Burn's parameter ids are random per model and mean nothing across agents.
+//! Agents and the aggregator exchange parameters as one flat `f32` buffer laid out by a
+//! [`Manifest`] whose names are module paths (`layers.0.weight`, `convs.1.conv.bias`), so
+//! weight files map onto models by name. [`flatten`] and [`load`] convert between that
+//! buffer and any Burn [`Module`]; they walk the module in traversal order and check each
+//! tensor's path and shape against the manifest, since Burn's parameter ids are random per
+//! model and mean nothing across agents. [`manifest_of`] reads a module's layout.
+//!
+//! A model an agent trains is a [`Classifier`]: a module with a forward pass from a batch
+//! of feature rows to logits. The built-in ones are [`Mlp`] and [`Cnn`]; any other Burn
+//! module that implements the trait trains through the same code (see
+//! [`crate::train::train_model`]).
+
+mod cnn;
+mod mlp;
+
+pub use cnn::Cnn;
+pub use mlp::Mlp;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, TensorData};
-use fedtune_protocol::{Manifest, MlpSpec, ModelSpec};
+use fedtune_protocol::{Manifest, TensorSpec};
+
+/// A classifier an agent can train: a Burn module whose forward pass maps a batch of
+/// feature rows to logits. Rows arrive as the dataset holds them (an image flattened
+/// channel-major, token ids as floats...); the model reshapes what it needs.
+pub trait Classifier: Module + 'static {
+    /// Logits of a batch.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, features]`
+    /// - output: `[batch, classes]`
+    fn forward(&self, x: Tensor<2>) -> Tensor<2>;
+}
 
 /// The handle that picks the backend Burn runs on (CPU, GPU; with or without autodiff).
 pub use burn::tensor::Device;
 
-/// The CPU device binaries use by default: Burn's ndarray backend, without autodiff
-/// (training enables autodiff on the device it is given).
+/// The CPU device binaries use by default: Burn's flex backend (pure Rust, SIMD
+/// convolutions), without autodiff (training enables autodiff on the device it is given).
 #[must_use]
 pub fn default_device() -> Device {
-    // Burn 0.22 deprecates ndarray in favour of flex, but the workspace builds only the
-    // ndarray backend (flex doubles the release build time; see STACK.md).
-    #[allow(deprecated)]
-    Device::ndarray()
+    Device::flex()
 }
 
-/// Why a parameter vector could not be loaded into a model.
+/// Why a model could not be built, or a parameter vector not loaded into it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     /// The buffer's length does not match the manifest.
@@ -66,88 +85,41 @@ pub enum ModelError {
     },
 }
 
-/// A multi-layer perceptron classifier: linear layers with ReLU between them and none
-/// after the last, so it outputs logits.
-#[derive(Module, Debug)]
-pub struct Mlp {
-    layers: Vec<Linear>,
-}
-
-impl Mlp {
-    /// Builds the layers of `spec` on `device` (Burn's default initialisation; load
-    /// parameters with [`load`] or build with [`Mlp::from_params`] to start from given
-    /// values). Build on an autodiff device to train.
-    pub fn init(spec: &MlpSpec, device: &Device) -> Self {
-        let layers = spec
-            .layer_dims()
-            .into_iter()
-            .map(|(fan_in, fan_out)| LinearConfig::new(fan_in, fan_out).init(device))
-            .collect();
-        Self { layers }
+/// The layout of `model`'s float parameters in traversal order, named by module path.
+pub fn manifest_of<M: Module>(model: &M) -> Manifest {
+    struct Layout {
+        path: Vec<String>,
+        tensors: Vec<TensorSpec>,
     }
-
-    /// Builds `spec` on `device` with the parameters in `params` (manifest order).
-    ///
-    /// # Errors
-    /// Those of [`load`].
-    pub fn from_params(spec: &MlpSpec, params: &[f32], device: &Device) -> Result<Self, ModelError> {
-        load(
-            Self::init(spec, device),
-            params,
-            &ModelSpec::Mlp(spec.clone()).manifest(),
-        )
-    }
-
-    /// Logits of a batch.
-    ///
-    /// # Shapes
-    /// - `x`: `[batch, input]`
-    /// - output: `[batch, classes]`
-    ///
-    /// # Panics
-    /// If the last dimension of `x` is not the spec's `input` (Burn asserts shapes).
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len().saturating_sub(1);
-        let mut x = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = relu(x);
-            }
+    impl ModuleVisitor for Layout {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_owned());
         }
-        x
-    }
-
-    /// FedProx's proximal term `Σ ‖w − w_anchor‖²` over every parameter, where `anchor`
-    /// holds the round's global parameters (no gradient flows into it).
-    ///
-    /// # Shapes
-    /// - output: `[1]`
-    pub fn squared_distance(&self, anchor: &Mlp) -> Tensor<1> {
-        let mut total: Option<Tensor<1>> = None;
-        for (layer, fixed) in self.layers.iter().zip(&anchor.layers) {
-            let mut terms = vec![(layer.weight.val() - fixed.weight.val().detach()).powi_scalar(2).sum()];
-            if let (Some(b), Some(fb)) = (&layer.bias, &fixed.bias) {
-                terms.push((b.val() - fb.val().detach()).powi_scalar(2).sum());
-            }
-            for term in terms {
-                total = Some(match total {
-                    Some(t) => t + term,
-                    None => term,
-                });
-            }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
         }
-        total.unwrap_or_else(|| Tensor::zeros([1], &self.devices()[0]))
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.tensors
+                .push(TensorSpec::new(self.path.join("."), param.lazy_shape().to_vec()));
+        }
+    }
+    let mut layout = Layout {
+        path: Vec::new(),
+        tensors: Vec::new(),
+    };
+    model.visit(&mut layout);
+    Manifest {
+        tensors: layout.tensors,
     }
 }
 
-/// Reads every parameter into one flat buffer, in manifest order (each layer's `[in, out]`
-/// weight, row-major, then its bias).
+/// Reads every parameter into one flat buffer, in manifest order (row-major tensors in
+/// traversal order: for a linear layer its `[in, out]` weight, then its bias).
 ///
 /// # Panics
 /// If the backend cannot read a tensor back, which only a failing device does (never the
 /// CPU backends).
-pub fn flatten(model: &Mlp) -> Vec<f32> {
+pub fn flatten<M: Module>(model: &M) -> Vec<f32> {
     struct Flatten(Vec<f32>);
     impl ModuleVisitor for Flatten {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -169,7 +141,7 @@ pub fn flatten(model: &Mlp) -> Vec<f32> {
 /// [`ModelError::Length`] when `params` is not `manifest.numel()` long;
 /// [`ModelError::TensorCount`], [`ModelError::Name`] or [`ModelError::Shape`] when the
 /// manifest does not describe this model.
-pub fn load(model: Mlp, params: &[f32], manifest: &Manifest) -> Result<Mlp, ModelError> {
+pub fn load<M: Module>(model: M, params: &[f32], manifest: &Manifest) -> Result<M, ModelError> {
     if params.len() != manifest.numel() {
         return Err(ModelError::Length {
             expected: manifest.numel(),
@@ -195,6 +167,47 @@ pub fn load(model: Mlp, params: &[f32], manifest: &Manifest) -> Result<Mlp, Mode
         });
     }
     Ok(model)
+}
+
+/// FedProx's proximal term `Σ ‖w − w_anchor‖²` over every float parameter of `model`,
+/// where `anchor` is the same architecture holding the round's global parameters (no
+/// gradient flows into it).
+///
+/// # Shapes
+/// - output: `[1]`
+pub fn squared_distance<M: Module>(model: &M, anchor: &M) -> Tensor<1> {
+    /// Every parameter as a detached 1-D tensor.
+    struct Collect(Vec<Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().detach().reshape([-1]));
+        }
+    }
+    /// The sum of squared differences against the collected anchor, in the same order.
+    struct Distance {
+        anchor: std::vec::IntoIter<Tensor<1>>,
+        total: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Distance {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let Some(fixed) = self.anchor.next() else { return };
+            let term = (param.val().reshape([-1]) - fixed).powi_scalar(2).sum();
+            self.total = Some(match self.total.take() {
+                Some(t) => t + term,
+                None => term,
+            });
+        }
+    }
+    let mut fixed = Collect(Vec::new());
+    anchor.visit(&mut fixed);
+    let mut distance = Distance {
+        anchor: fixed.0.into_iter(),
+        total: None,
+    };
+    model.visit(&mut distance);
+    distance
+        .total
+        .unwrap_or_else(|| Tensor::zeros([1], &model.devices()[0]))
 }
 
 /// Writes consecutive manifest tensors into the parameters it visits; stops at the first
@@ -282,7 +295,7 @@ impl ModuleMapper for Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedtune_protocol::TensorSpec;
+    use fedtune_protocol::{CnnSpec, MlpSpec, ModelSpec};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -407,5 +420,71 @@ mod tests {
             load(model(), &more, &long).unwrap_err(),
             ModelError::TensorCount { model: 4, manifest: 5 }
         );
+    }
+
+    #[test]
+    fn every_zoo_model_has_the_layout_its_spec_promises() {
+        let device = default_device();
+        let mlp = MlpSpec {
+            input: 64,
+            hidden: vec![32, 16],
+            classes: 10,
+        };
+        assert_eq!(manifest_of(&Mlp::init(&mlp, &device)), ModelSpec::Mlp(mlp).manifest());
+        let mut cnn = CnnSpec::lenet(1, 28, 28, 10);
+        assert_eq!(
+            manifest_of(&Cnn::init(&cnn, &device)),
+            ModelSpec::Cnn(cnn.clone()).manifest()
+        );
+        cnn.blocks[0].padding = 2;
+        cnn.blocks[1].pool = 1;
+        cnn.channels = 3;
+        cnn.height = 32;
+        cnn.width = 32;
+        assert_eq!(manifest_of(&Cnn::init(&cnn, &device)), ModelSpec::Cnn(cnn).manifest());
+    }
+
+    #[test]
+    fn a_cnn_round_trips_its_parameters_and_gives_logits_per_row() {
+        let spec = CnnSpec::lenet(1, 28, 28, 10);
+        let model_spec = ModelSpec::Cnn(spec.clone());
+        let params = model_spec.init_params(&mut StdRng::seed_from_u64(4));
+        for device in [default_device(), default_device().autodiff()] {
+            let model = Cnn::from_params(&spec, &params, &device).unwrap();
+            assert_eq!(flatten(&model), params);
+        }
+        let device = default_device();
+        let model = Cnn::from_params(&spec, &params, &device).unwrap();
+        let rows: Vec<f32> = (0..3 * 784).map(|i| ((i % 97) as f32) / 97.0).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(rows.clone(), [3, 784]), &device);
+        let logits = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(logits.len(), 30);
+        // Each row's logits depend on that row only.
+        let one = Tensor::<2>::from_data(TensorData::new(rows[784..1568].to_vec(), [1, 784]), &device);
+        let alone = model.forward(one).into_data().try_to_vec::<f32>().unwrap();
+        for (a, b) in alone.iter().zip(&logits[10..20]) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn the_proximal_distance_is_the_squared_parameter_gap() {
+        let spec = MlpSpec {
+            input: 3,
+            hidden: vec![2],
+            classes: 2,
+        };
+        let model_spec = ModelSpec::Mlp(spec.clone());
+        let a = model_spec.init_params(&mut StdRng::seed_from_u64(1));
+        let b = model_spec.init_params(&mut StdRng::seed_from_u64(2));
+        let expected: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let device = default_device();
+        let (ma, mb) = (
+            Mlp::from_params(&spec, &a, &device).unwrap(),
+            Mlp::from_params(&spec, &b, &device).unwrap(),
+        );
+        let got = squared_distance(&ma, &mb).into_scalar::<f32>();
+        assert!((got - expected).abs() < 1e-5 * expected.max(1.0), "{got} vs {expected}");
+        assert_eq!(squared_distance(&ma, &ma.clone()).into_scalar::<f32>(), 0.0);
     }
 }
