@@ -63,6 +63,10 @@ struct Args {
     /// tab and a Prometheus scraper would (once a second each).
     #[arg(long)]
     dashboard: bool,
+    /// With `--dashboard`: how many runs each side (alternated, so drift on a noisy
+    /// machine hits both).
+    #[arg(long, default_value_t = 3)]
+    pairs: usize,
     /// Write the figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -110,9 +114,6 @@ struct Summary {
     /// Requests the watcher made (version polls, page loads, metrics scrapes).
     dashboard_requests: Option<u64>,
 }
-
-/// Runs with and without the dashboard, alternated, so drift on a noisy machine hits both.
-const DASHBOARD_PAIRS: usize = 2;
 
 fn main() -> anyhow::Result<()> {
     common::init_logging();
@@ -214,7 +215,8 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         if args.wan_tuning { "default" } else { "loopback" },
         if args.dashboard {
             format!(
-                ", {DASHBOARD_PAIRS} runs with a store alternated with {DASHBOARD_PAIRS} that also serve the dashboard"
+                ", {0} runs with a store alternated with {0} that also serve the dashboard",
+                args.pairs
             )
         } else {
             String::new()
@@ -223,7 +225,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let (result, dashboard) = if args.dashboard {
         let (mut off, mut on, mut requests) = (Vec::new(), Vec::new(), 0);
         let mut last = None;
-        for pair in 0..DASHBOARD_PAIRS {
+        for pair in 0..args.pairs {
             off.extend(measure(args, &dir, pair * 2, false)?.0.round_seconds);
             let (result, watched) = measure(args, &dir, pair * 2 + 1, true)?;
             on.extend(result.round_seconds.iter().copied());

@@ -64,11 +64,12 @@ impl Progress {
         matches!(self.output, Output::Bar(_))
     }
 
-    /// Agents connected so far against those needed to start.
+    /// Agents connected so far against those needed to start, shown on the bar. Plain
+    /// output prints nothing: the aggregator's log already says who it waits for, and a
+    /// line per connection would bury the round lines.
     pub fn waiting(&self, connected: usize, needed: usize) {
-        match &self.output {
-            Output::Bar(bar) => bar.set_message(format!("waiting for agents: {connected}/{needed} connected")),
-            Output::Plain(_) => self.line(&format!("waiting for agents: {connected}/{needed} connected")),
+        if let Output::Bar(bar) = &self.output {
+            bar.set_message(format!("waiting for agents: {connected}/{needed} connected"));
         }
     }
 
@@ -126,7 +127,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_output_prints_every_line_and_no_control_characters() {
+    fn plain_output_prints_every_record_line_and_nothing_else() {
         let sink = Shared::default();
         let progress = Progress::plain(Box::new(sink.clone()));
         assert!(!progress.is_bar());
@@ -137,11 +138,7 @@ mod tests {
         progress.clone().line("round   1  updates   2");
         progress.finish();
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            text,
-            "waiting for agents: 1/3 connected\nwaiting for agents: 3/3 connected\n\
-             round   0  updates   3\nround   1  updates   2\n"
-        );
+        assert_eq!(text, "round   0  updates   3\nround   1  updates   2\n");
     }
 
     #[test]
