@@ -175,7 +175,8 @@ async fn main() -> anyhow::Result<()> {
                 input: 64,
                 hidden: vec![64],
                 classes: 10,
-            }),
+            })
+            .into(),
             client: client.clone(),
             strategy: strategy.clone(),
             ..AggregatorConfig::default()

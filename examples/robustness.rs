@@ -127,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
                     input: 64,
                     hidden: vec![64],
                     classes: 10,
-                }),
+                })
+                .into(),
                 strategy: strategy.clone(),
                 ..AggregatorConfig::default()
             };

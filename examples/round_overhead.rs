@@ -145,7 +145,7 @@ async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
             max_payload_bytes: (args.params as u64 * 4).max(1 << 20),
             ..FederationConfig::default()
         },
-        model: model(args.params),
+        model: model(args.params).into(),
         ..AggregatorConfig::default()
     };
     let (_stop, stopped) = tokio::sync::watch::channel(false);

@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 final_evaluation: false,
                 ..FederationConfig::default()
             },
-            model: model.clone(),
+            model: model.clone().into(),
             client: ClientHyperparameters::default(),
             ..AggregatorConfig::default()
         };

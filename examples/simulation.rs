@@ -18,11 +18,12 @@ use clap::{Parser, ValueEnum};
 use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
-use fedtune::aggregator::config::{FederationConfig, SecureAggregationConfig};
+use fedtune::agent::weights::WeightsSource;
+use fedtune::aggregator::config::{FederationConfig, ModelConfig, SecureAggregationConfig};
 use fedtune::aggregator::progress::Progress;
 use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::strategy::StrategyConfig;
-use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, run_stored};
+use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, run_stored, service};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, CnnSpec, ConvBlock, MlpSpec, ModelSpec, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
@@ -95,6 +96,14 @@ struct Args {
     /// an interrupted run (see `fedtune-aggregator runs --db PATH`).
     #[arg(long)]
     db: Option<PathBuf>,
+    /// Start the global model from this weights file (safetensors, `.pt` or `.bpk`, laid
+    /// out as `fedtune-aggregator evaluate` reads them) instead of a random initialisation.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Write the final global model here as safetensors (check it with
+    /// `fedtune-aggregator evaluate`).
+    #[arg(long)]
+    save_model: Option<PathBuf>,
     /// Write the final figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -190,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
     let pki = ephemeral_pki(args.agents)?;
     let endpoint = bind_aggregator(&pki, LOOPBACK)?;
     let addr = endpoint.local_addr()?;
-    let config = AggregatorConfig {
+    let mut config = AggregatorConfig {
         listen: addr,
         federation: FederationConfig {
             study: format!("{:?}", args.dataset).to_lowercase(),
@@ -202,7 +211,10 @@ async fn main() -> anyhow::Result<()> {
             loopback: LOOPBACK,
             ..FederationConfig::default()
         },
-        model: model.clone(),
+        model: ModelConfig {
+            init: args.init.clone().map(WeightsSource::new),
+            ..model.clone().into()
+        },
         client: client.clone(),
         strategy: args.strategy.clone(),
         secure_aggregation: SecureAggregationConfig {
@@ -211,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         },
         ..AggregatorConfig::default()
     };
+    service::load_initial_model(&mut config)?;
     config.validate()?;
 
     let trainers = data.burn_trainers(args.agents, &default_device())?;
@@ -339,6 +352,10 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  median round time         {:.3} s", summary.median_round_seconds);
     println!("  total                     {:.1} s", summary.total_seconds);
+    if let Some(path) = &args.save_model {
+        service::save_model(&model, &report.global, path)?;
+        println!("  final model               {}", path.display());
+    }
     common::plot_run(args.plot.as_deref(), "", &report.rounds)?;
     common::plots_written(args.plot.as_deref());
     common::write_summary(args.summary.as_deref(), &summary)

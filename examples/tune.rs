@@ -214,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
             loopback: LOOPBACK,
             ..FederationConfig::default()
         },
-        model,
+        model: model.into(),
         // Flower's quickstart settings: what an untuned federation would run.
         client: ClientHyperparameters {
             learning_rate: 0.05,

@@ -24,6 +24,8 @@ fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 struct Served {
     stdout: String,
     report: serde_json::Value,
+    /// The final model `serve` wrote next to the report, read back.
+    model: Option<Vec<f32>>,
 }
 
 /// Runs `fedtune-aggregator serve` and three `fedtune-agent run` as processes, with
@@ -96,15 +98,29 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
     }
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    // The final model, written next to the report, read back into the configured MLP.
+    let model_file = dir.join("report.safetensors");
+    let model = model_file.exists().then(|| {
+        let spec = fedtune::protocol::ModelSpec::Mlp(fedtune::protocol::MlpSpec {
+            input: 64,
+            hidden: vec![64],
+            classes: 10,
+        });
+        let source = fedtune::agent::weights::WeightsSource::new(&model_file);
+        fedtune::agent::weights::import(&spec, &source, &fedtune::agent::model::default_device()).unwrap()
+    });
     let _ = std::fs::remove_dir_all(&dir);
-    Served { stdout, report }
+    Served { stdout, report, model }
 }
 
 #[test]
 fn aggregator_and_three_agents_run_as_separate_processes() {
-    let Served { stdout, report } = serve_with_three_agents("daemons", |toml| toml);
+    let Served { stdout, report, model } = serve_with_three_agents("daemons", |toml| toml);
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
+    let model = model.expect("serve writes the final model next to its report");
+    assert_eq!(model.len(), 64 * 64 + 64 + 64 * 10 + 10);
+    assert!(stdout.contains("final model written to"), "{stdout}");
     for round in rounds {
         assert_eq!(round["updates"], 3, "{round}");
     }
@@ -117,7 +133,7 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
 
 #[test]
 fn the_daemons_run_rounds_under_secure_aggregation() {
-    let Served { stdout, report } = serve_with_three_agents("daemons-secure", |toml| {
+    let Served { stdout, report, .. } = serve_with_three_agents("daemons-secure", |toml| {
         toml.replace(
             "enabled = false                      # needs a strategy",
             "enabled = true # needs a strategy",
@@ -163,7 +179,7 @@ fn serve_refuses_a_robust_rule_under_secure_aggregation() {
 #[test]
 fn the_service_runs_a_study_from_its_tuning_section() {
     let space = common::repo().join("presets/vision.toml");
-    let Served { stdout, report } = serve_with_three_agents("daemons-study", |toml| {
+    let Served { stdout, report, .. } = serve_with_three_agents("daemons-study", |toml| {
         format!(
             "{toml}\n[tuning]\nspace = {space:?}\nsampler = \"bayes+rl\"\ntrials = 3\nrounds = 2\n\
              objectives = [\"accuracy\", \"bytes\"]\npruner = {{ name = \"asha\", min_resource = 1 }}\n",

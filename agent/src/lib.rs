@@ -2,15 +2,12 @@
 //! mutual-TLS QUIC.
 //!
 //! # Layout
-//! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
+//! - [`data`], [`model`], [`train`], [`weights`], [`cancel`]: re-exported from
+//!   `fedtune-models` (datasets, the Burn models and the [`model::Classifier`] trait for
+//!   your own, local training and evaluation, weight files, abandoning a task).
 //! - [`partition`]: seeded partitioners (IID, Dirichlet label skew) and split files.
-//! - [`model`]: the Burn models a task's model spec describes (MLP, CNN), the
-//!   [`model::Classifier`] trait for your own, flat parameter I/O by module path.
-//! - [`train`]: local training and evaluation (of the zoo's models or your own).
-//! - [`weights`]: weight files in (safetensors, PyTorch `.pt`, burnpack) and out.
 //! - [`trainer`]: the [`trainer::Trainer`] seam the connection loop calls, and its Burn
 //!   implementation.
-//! - [`cancel`]: abandoning a task at its deadline or when the aggregator drops it.
 //! - [`client`]: connect, hello, serve tasks, reconnect.
 //! - [`metrics`]: the agent's Prometheus metrics, on a loopback `/metrics`.
 //! - `secure`: the agent's side of a secure-aggregation round.
@@ -19,16 +16,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cancel;
 pub mod client;
 pub mod config;
-pub mod data;
 mod last_update;
 pub mod metrics;
-pub mod model;
 pub mod partition;
 mod secure;
 pub mod tls;
-pub mod train;
 pub mod trainer;
-pub mod weights;
+
+pub use fedtune_models::{cancel, data, model, train, weights};

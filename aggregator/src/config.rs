@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fedtune_models::weights::WeightsSource;
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::{Deserialize, Serialize};
 
@@ -22,8 +24,8 @@ pub struct AggregatorConfig {
     pub pki: PkiPaths,
     /// How rounds are run.
     pub federation: FederationConfig,
-    /// The model to train.
-    pub model: ModelSpec,
+    /// The model to train, and the weights it starts from.
+    pub model: ModelConfig,
     /// Hyperparameters sent to agents.
     pub client: ClientHyperparameters,
     /// How updates become a new global model.
@@ -42,6 +44,91 @@ pub struct AggregatorConfig {
     pub state: StateConfig,
     /// The web dashboard and `/metrics` (off unless `listen` is set).
     pub dashboard: DashboardConfig,
+}
+
+/// `[model]`: the architecture (`[model.mlp]`, `[model.cnn]`), the weights the global
+/// model starts from, and where the final model goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ModelRepr")]
+pub struct ModelConfig {
+    /// The architecture.
+    #[serde(flatten)]
+    pub spec: ModelSpec,
+    /// A weights file the global model starts from (`init = "pretrained.safetensors"`, or a
+    /// table with `path`, `layout` and `remap`; relative to the configuration file). Without
+    /// it, the model starts from a random initialisation seeded by `federation.seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<WeightsSource>,
+    /// Where `serve` writes the final global model as safetensors (relative to the
+    /// configuration file). Without it, the model goes next to the report
+    /// (`report.json` → `report.safetensors`) when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save: Option<PathBuf>,
+    /// The parameters `init` holds, read by [`crate::service::load_initial_model`] before
+    /// the federation starts; not configuration.
+    #[serde(skip)]
+    pub initial: Option<Arc<Vec<f32>>>,
+}
+
+/// `[model]` as written: the architecture's table, `init`, `save`, and whatever else is
+/// there, which is refused (a misspelt `init` must not start a run from scratch).
+#[derive(Deserialize)]
+struct ModelRepr {
+    #[serde(flatten)]
+    spec: ModelSpec,
+    #[serde(default)]
+    init: Option<WeightsSource>,
+    #[serde(default)]
+    save: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl TryFrom<ModelRepr> for ModelConfig {
+    type Error = String;
+
+    fn try_from(repr: ModelRepr) -> Result<Self, String> {
+        if let Some(key) = repr.unknown.keys().next() {
+            return Err(format!(
+                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), init and save"
+            ));
+        }
+        Ok(Self {
+            spec: repr.spec,
+            init: repr.init,
+            save: repr.save,
+            initial: None,
+        })
+    }
+}
+
+impl From<ModelSpec> for ModelConfig {
+    fn from(spec: ModelSpec) -> Self {
+        Self {
+            spec,
+            init: None,
+            save: None,
+            initial: None,
+        }
+    }
+}
+
+impl std::ops::Deref for ModelConfig {
+    type Target = ModelSpec;
+
+    fn deref(&self) -> &ModelSpec {
+        &self.spec
+    }
+}
+
+impl ModelConfig {
+    /// Where the final model goes: `save`, else next to `report`.
+    #[must_use]
+    pub fn save_path(&self, report: Option<&Path>) -> Option<PathBuf> {
+        self.save
+            .clone()
+            .or_else(|| report.map(|r| r.with_extension("safetensors")))
+    }
 }
 
 /// The web dashboard over the run's store, and the Prometheus `/metrics` on the same
@@ -337,7 +424,8 @@ impl Default for AggregatorConfig {
                 input: 64,
                 hidden: vec![64],
                 classes: 10,
-            }),
+            })
+            .into(),
             client: ClientHyperparameters::default(),
             strategy: StrategyConfig::default(),
             server_lr: ServerLrConfig::default(),
@@ -398,6 +486,12 @@ impl AggregatorConfig {
         }
         if let Some(report) = config.report.as_mut().filter(|r| r.is_relative()) {
             *report = base.join(&*report);
+        }
+        if let Some(init) = config.model.init.as_mut().filter(|i| i.path.is_relative()) {
+            init.path = base.join(&init.path);
+        }
+        if let Some(save) = config.model.save.as_mut().filter(|s| s.is_relative()) {
+            *save = base.join(&*save);
         }
         if let Some(db) = config
             .state
@@ -489,6 +583,15 @@ impl AggregatorConfig {
             return invalid(format!(
                 "the model has {bytes} bytes of parameters, above federation.max_payload_bytes ({})",
                 f.max_payload_bytes
+            ));
+        }
+        if let Some(initial) = &self.model.initial
+            && initial.len() != self.model.manifest().numel()
+        {
+            return invalid(format!(
+                "the initial model holds {} parameters, [model] lays out {}",
+                initial.len(),
+                self.model.manifest().numel()
             ));
         }
         self.client
@@ -616,6 +719,45 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("state."), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_model_section_takes_an_architecture_a_starting_file_and_a_save_path() {
+        let dir = std::env::temp_dir().join(format!("fedtune-model-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("aggregator.toml");
+        std::fs::write(
+            &path,
+            "[model]\ninit = \"lenet.pt\"\nsave = \"out/final.safetensors\"\n\
+             [model.cnn]\nchannels = 1\nheight = 28\nwidth = 28\nclasses = 10\nhidden = [120, 84]\n\
+             blocks = [{ channels = 6, kernel = 5 }, { channels = 16, kernel = 5 }]\n",
+        )
+        .unwrap();
+        let config = AggregatorConfig::load(&path).unwrap();
+        assert_eq!(
+            config.model.spec,
+            ModelSpec::Cnn(fedtune_protocol::CnnSpec::lenet(1, 28, 28, 10))
+        );
+        assert_eq!(config.model.init.as_ref().unwrap().path, dir.join("lenet.pt"));
+        assert_eq!(config.model.save_path(None), Some(dir.join("out/final.safetensors")));
+        // Without `save`, the model goes next to the report.
+        let plain: AggregatorConfig = toml::from_str("report = \"r/run.json\"\n").unwrap();
+        assert_eq!(
+            plain.model.save_path(plain.report.as_deref()),
+            Some(PathBuf::from("r/run.safetensors"))
+        );
+        // Initial parameters that do not fit the architecture are refused at validation.
+        let mut config = config;
+        config.model.initial = Some(Arc::new(vec![0.0; 10]));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("initial model holds 10 parameters"), "{err}");
+        // A misspelt key in [model] is named.
+        let err = toml::from_str::<AggregatorConfig>(
+            "[model]\ninti = \"x.pt\"\n[model.mlp]\ninput = 2\nhidden = []\nclasses = 2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("inti"), "{err}");
     }
 
     #[test]

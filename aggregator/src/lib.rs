@@ -15,10 +15,12 @@
 //! - [`dashboard`]: the web dashboard over a store (server-rendered pages and SVG charts).
 //! - [`durable`]: a run that commits every round to a store and resumes after a crash.
 //! - [`store`]: the durable state: runs, committed rounds, checkpoints (SQLite).
+//! - [`evaluate`]: a weights file's accuracy and loss on a dataset's test split.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`plot`]: a run's or a study's charts as SVG and PNG files.
 //! - [`progress`]: console progress (bars on a terminal, plain lines otherwise).
-//! - [`service`]: from configuration to a bound endpoint.
+//! - [`service`]: from configuration to a bound endpoint and a starting model; the final
+//!   model written out.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`tuning`]: hyperparameter search: trials, samplers (random, grid, TPE), space specs.
 //! - [`strategy`]: aggregation strategies (FedAvg, server optimizers, q-FedAvg, robust rules).
@@ -31,6 +33,7 @@ pub mod config;
 pub mod dashboard;
 pub mod driver;
 pub mod durable;
+pub mod evaluate;
 pub mod fairness;
 pub mod federation;
 pub mod identity;

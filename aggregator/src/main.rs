@@ -122,6 +122,31 @@ enum Command {
         #[arg(long)]
         format: ExportFormat,
     },
+    /// Print the test accuracy and loss of a weights file (a fedtune run's final model,
+    /// or one exported from PyTorch) on a dataset's test split.
+    Evaluate {
+        /// A TOML file with a `[model]` table (a model file, or an aggregator's
+        /// configuration).
+        #[arg(long)]
+        model: PathBuf,
+        /// The weights: `.safetensors`, `.pt` / `.pth` or `.bpk`.
+        #[arg(long)]
+        weights: PathBuf,
+        /// The file's layout: auto (Burn's for files Burn or fedtune wrote, PyTorch's
+        /// otherwise), pytorch or burn.
+        #[arg(long, default_value = "auto")]
+        layout: String,
+        /// A key rewrite `PATTERN=REPLACEMENT` (a regular expression) applied to the file's
+        /// tensor names before they are matched to the model's; repeatable.
+        #[arg(long = "remap")]
+        remap: Vec<String>,
+        /// `digits`, `fashion-mnist` or `csv:PATH`.
+        #[arg(long)]
+        dataset: fedtune_aggregator::evaluate::TestSet,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a run's charts (accuracy, loss, fairness by round) or a study's (optimisation
     /// history, intermediate values, Pareto front) as SVG and PNG files.
     Plot {
@@ -230,6 +255,14 @@ async fn main() -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give --run or --study"),
             }
         }
+        Command::Evaluate {
+            model,
+            weights,
+            layout,
+            remap,
+            dataset,
+            json,
+        } => blocking(move || evaluate_command(&model, weights, &layout, &remap, &dataset, json)).await?,
         Command::Plot { db, run, study, out } => {
             let (id, kind) = match (run, study) {
                 (Some(run), _) => (run, RunKind::Run),
@@ -238,6 +271,49 @@ async fn main() -> anyhow::Result<()> {
             };
             blocking(move || inspect::plot(&db, id, kind, &out)).await?;
         }
+    }
+    Ok(())
+}
+
+/// `evaluate`: a weights file's accuracy and loss on a test split.
+fn evaluate_command(
+    model: &Path,
+    weights: PathBuf,
+    layout: &str,
+    remap: &[String],
+    dataset: &fedtune_aggregator::evaluate::TestSet,
+    json: bool,
+) -> anyhow::Result<()> {
+    use fedtune_aggregator::evaluate::{evaluate_weights, load_model_toml};
+    use fedtune_models::weights::{Layout, WeightsSource};
+    let layout = match layout {
+        "auto" => Layout::Auto,
+        "pytorch" => Layout::Pytorch,
+        "burn" => Layout::Burn,
+        other => anyhow::bail!("--layout {other}: use auto, pytorch or burn"),
+    };
+    let mut source = WeightsSource::new(weights).layout(layout);
+    for rule in remap {
+        let (pattern, replacement) = rule
+            .split_once('=')
+            .with_context(|| format!("--remap {rule}: write it as PATTERN=REPLACEMENT"))?;
+        source = source.remap(pattern, replacement);
+    }
+    let spec = load_model_toml(model)?;
+    let report = evaluate_weights(&spec, &source, dataset)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} ({} parameters) from {}\n{} test samples of {}: accuracy {:.4}, loss {:.4}",
+            report.model,
+            report.parameters,
+            report.weights.display(),
+            report.samples,
+            report.dataset,
+            report.accuracy,
+            report.loss
+        );
     }
     Ok(())
 }
@@ -334,7 +410,17 @@ fn ask_tell(args: TuneArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = AggregatorConfig::load(&path)?;
+    let mut config = AggregatorConfig::load(&path)?;
+    // The starting weights are read once, off the runtime, before anything is bound.
+    let config =
+        tokio::task::spawn_blocking(move || service::load_initial_model(&mut config).map(|()| config)).await??;
+    if let Some(init) = &config.model.init {
+        println!(
+            "global model starts from {} ({} parameters)",
+            init.path.display(),
+            config.model.manifest().numel()
+        );
+    }
     // A study's space file is read and checked before anything is bound.
     let study = match &config.tuning {
         Some(tuning) => Some(tuning.study(config.federation.rounds)?),
@@ -349,6 +435,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     let report_path = config.report.clone();
+    let model_path = config.model.save_path(report_path.as_deref());
+    let model_spec = config.model.spec.clone();
     if let Some(study) = study {
         return serve_study(endpoint, config, study, shutdown, report_path).await;
     }
@@ -409,6 +497,15 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         }
     };
     progress.finish();
+    if let Some(path) = model_path {
+        let spec = model_spec.clone();
+        let global = report.global.clone();
+        let written = path.clone();
+        tokio::task::spawn_blocking(move || service::save_model(&spec, &global, &written))
+            .await?
+            .with_context(|| format!("writing the final model to {}", path.display()))?;
+        println!("final model written to {}", path.display());
+    }
     if !report.final_agent_evaluation.is_empty() {
         let accs: Vec<f64> = report.final_agent_evaluation.values().map(|e| e.accuracy).collect();
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;

@@ -1,6 +1,13 @@
-//! Starting the service from its configuration: PKI files to a bound QUIC endpoint.
+//! Starting the service from its configuration: PKI files to a bound QUIC endpoint, the
+//! initial model from its weights file; and writing the final model out.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use fedtune_models::model::default_device;
+use fedtune_models::weights::{self, WeightsError};
+use fedtune_protocol::ModelSpec;
 
 use crate::config::AggregatorConfig;
 use crate::identity::{Identity, IdentityError, TransportTuning, load_ca_certificate, load_identity, server_config};
@@ -32,4 +39,27 @@ pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, Id
         TransportTuning::default()
     };
     bind(config.listen, &ca, &identity, &tuning)
+}
+
+/// Reads the weights file `[model] init` names into `config.model.initial`, so every
+/// federation of this configuration starts from it. Nothing to do without `init`.
+///
+/// # Errors
+/// [`WeightsError`] saying what is wrong with the file, naming every tensor that does not
+/// fit the configured model.
+pub fn load_initial_model(config: &mut AggregatorConfig) -> Result<(), WeightsError> {
+    if let Some(source) = &config.model.init {
+        let params = weights::import(&config.model.spec, source, &default_device())?;
+        config.model.initial = Some(Arc::new(params));
+    }
+    Ok(())
+}
+
+/// Writes a final global model as safetensors at `path`: one tensor per manifest entry,
+/// named by module path, in Burn's layout (read back with `[model] init` or `evaluate`).
+///
+/// # Errors
+/// [`WeightsError`] when `params` does not fit `spec` or the file cannot be written.
+pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path) -> Result<(), WeightsError> {
+    weights::export(spec, params, path, &default_device())
 }

@@ -46,7 +46,8 @@ pub fn config(agents: usize, rounds: u64) -> AggregatorConfig {
             input: 64,
             hidden: vec![64],
             classes: 10,
-        }),
+        })
+        .into(),
         client: ClientHyperparameters::default(),
         ..AggregatorConfig::default()
     }

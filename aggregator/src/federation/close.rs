@@ -197,7 +197,7 @@ impl Federation {
         if agents.is_empty() {
             return self.finish(now);
         }
-        let model = self.config.model.clone();
+        let model = self.config.model.spec.clone();
         let request = Evaluate {
             study: self.config.federation.study.clone(),
             trial: self.trial,

@@ -149,8 +149,9 @@ pub struct Federation {
 }
 
 impl Federation {
-    /// A federation for `config` (trial `trial` of a study, 0 for a run), starting from a
-    /// freshly initialised model seeded by `federation.seed`.
+    /// A federation for `config` (trial `trial` of a study, 0 for a run), starting from
+    /// the model's initial parameters when `[model] init` gave some, else from a freshly
+    /// initialised model seeded by `federation.seed`.
     ///
     /// # Errors
     /// [`SetupError`] when the configuration or its strategy is invalid.
@@ -162,7 +163,12 @@ impl Federation {
             .server_lr
             .active_for(config.strategy.name())
             .then(|| ServerLrController::new(config.server_lr));
-        let global = config.model.init_params(&mut rng);
+        // Drawn either way, so cohorts and seeds do not depend on where the model started.
+        let fresh = config.model.init_params(&mut rng);
+        let global = match &config.model.initial {
+            Some(initial) => initial.to_vec(),
+            None => fresh,
+        };
         Ok(Self {
             strategy,
             tuner: None,
@@ -457,7 +463,7 @@ impl Federation {
                 study: fed.study.clone(),
                 trial: self.trial,
                 round,
-                model: config.model.clone(),
+                model: config.model.spec.clone(),
                 manifest_hash: spec.manifest_hash,
                 hyperparameters,
                 deadline_ms: spec.timeout.as_millis() as u64,

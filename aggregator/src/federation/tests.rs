@@ -24,7 +24,8 @@ fn config(rounds: u64, secure: bool) -> AggregatorConfig {
             input: 3,
             hidden: vec![],
             classes: 2,
-        }),
+        })
+        .into(),
         ..AggregatorConfig::default()
     };
     config.secure_aggregation.enabled = secure;
@@ -624,4 +625,30 @@ fn too_many_dropouts_abandon_the_secure_round_and_say_why() {
         })
         .count();
     assert_eq!(told, 2, "the remaining members are told why");
+}
+
+#[test]
+fn a_federation_starts_from_the_initial_model_when_one_was_read() {
+    let mut config = config(2, false);
+    let fresh = Federation::new(Arc::new(config.clone()), 0).unwrap();
+    let initial: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
+    config.model.initial = Some(Arc::new(initial.clone()));
+    let now = Instant::now();
+    let mut started = machine(config, &["a", "b"], now);
+    assert_eq!(started.global(), initial.as_slice());
+    assert_ne!(fresh.global(), initial.as_slice());
+    // The tasks carry it.
+    started.handle_timeout(now);
+    let actions = drain(&mut started);
+    let opened = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Open { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert!(!opened.is_empty());
+    for payload in opened {
+        assert_eq!(fedtune_protocol::tensor::f32_from_le_bytes(&payload).unwrap(), initial);
+    }
 }

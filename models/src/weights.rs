@@ -26,34 +26,60 @@ use crate::model::{Cnn, Device, Mlp, ModelError, flatten, load};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
-    /// PyTorch's conventions: linear weights `[out, in]`, normalisation `weight` / `bias`.
-    /// The default for safetensors and `.pt` files, which PyTorch users write.
+    /// Burn's for a safetensors file that Burn or fedtune wrote (its `producer` metadata
+    /// says so) and for burnpack; PyTorch's for every other file.
     #[default]
+    Auto,
+    /// PyTorch's conventions: linear weights `[out, in]`, normalisation `weight` / `bias`.
     Pytorch,
     /// Burn's conventions, as fedtune writes them: linear weights `[in, out]`.
     Burn,
 }
 
-/// A weights file to start a model from.
+/// A weights file to start a model from. In TOML either a path (`init = "model.pt"`) or a
+/// table (`init = { path = "model.safetensors", layout = "pytorch", remap = [["^fc1\\.",
+/// "head.0."]] }`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SourceRepr")]
 pub struct WeightsSource {
     /// The file: `.safetensors`, `.pt` / `.pth` (a PyTorch state dict) or `.bpk` (burnpack).
     pub path: PathBuf,
     /// How its tensors are laid out (`.pt` files are always PyTorch's, `.bpk` Burn's).
-    #[serde(default)]
     pub layout: Layout,
     /// Key rewrites `(pattern, replacement)` applied in order to the file's names before
     /// they are matched to module paths, e.g. `("^fc1\\.", "head.0.")`.
-    #[serde(default)]
     pub remap: Vec<(String, String)>,
 }
 
+/// The forms a [`WeightsSource`] takes in configuration.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SourceRepr {
+    Path(PathBuf),
+    Table {
+        path: PathBuf,
+        #[serde(default)]
+        layout: Layout,
+        #[serde(default)]
+        remap: Vec<(String, String)>,
+    },
+}
+
+impl From<SourceRepr> for WeightsSource {
+    fn from(repr: SourceRepr) -> Self {
+        match repr {
+            SourceRepr::Path(path) => Self::new(path),
+            SourceRepr::Table { path, layout, remap } => Self { path, layout, remap },
+        }
+    }
+}
+
 impl WeightsSource {
-    /// `path` in PyTorch's layout, with no key rewrites.
+    /// `path`, its layout told from the file, with no key rewrites.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            layout: Layout::Pytorch,
+            layout: Layout::Auto,
             remap: Vec::new(),
         }
     }
@@ -187,9 +213,13 @@ pub fn import_into<M: Module>(mut model: M, source: &WeightsSource) -> Result<M,
                 .remap(remapper)
                 .validate(false)
                 .allow_partial(true);
-            let mut store = match source.layout {
-                Layout::Pytorch => store.with_from_adapter(PyTorchToBurnAdapter),
+            let layout = match source.layout {
+                Layout::Auto => safetensors_layout(path).map_err(read)?,
+                layout => layout,
+            };
+            let mut store = match layout {
                 Layout::Burn => store,
+                _ => store.with_from_adapter(PyTorchToBurnAdapter),
             };
             model.load_from(&mut store).map_err(|e| read(e.to_string()))?
         }
@@ -211,6 +241,35 @@ pub fn import_into<M: Module>(mut model: M, source: &WeightsSource) -> Result<M,
     };
     check(path, &result)?;
     Ok(model)
+}
+
+/// Burn's layout when the file's `producer` metadata names Burn or fedtune, PyTorch's
+/// otherwise. Reads only the header (an 8-byte little-endian length, then JSON).
+fn safetensors_layout(path: &Path) -> Result<Layout, String> {
+    use std::io::Read;
+    /// Headers above this are not safetensors files anyone wrote by hand or by tool.
+    const MAX_HEADER: u64 = 100 << 20;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| "not a safetensors file (shorter than its header length)".to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER {
+        return Err(format!("not a safetensors file (a {len}-byte header)"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| "not a safetensors file (truncated header)".to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format!("not a safetensors file (header: {e})"))?;
+    let producer = header
+        .get("__metadata__")
+        .and_then(|m| m.get("producer"))
+        .and_then(serde_json::Value::as_str);
+    Ok(match producer {
+        Some("burn" | "fedtune") => Layout::Burn,
+        _ => Layout::Pytorch,
+    })
 }
 
 fn extension(path: &Path) -> Option<String> {
@@ -354,6 +413,26 @@ mod tests {
         assert!(
             text.contains("missing from the file (3)") && text.contains("extra.bias"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_weights_source_reads_from_a_path_or_a_table() {
+        #[derive(Deserialize)]
+        struct Model {
+            init: WeightsSource,
+        }
+        let plain: Model = toml::from_str("init = \"lenet.pt\"").unwrap();
+        assert_eq!(plain.init, WeightsSource::new("lenet.pt"));
+        let table: Model = toml::from_str(
+            "init = { path = \"m.safetensors\", layout = \"pytorch\", remap = [[\"^fc1\\\\.\", \"head.0.\"]] }",
+        )
+        .unwrap();
+        assert_eq!(
+            table.init,
+            WeightsSource::new("m.safetensors")
+                .layout(Layout::Pytorch)
+                .remap(r"^fc1\.", "head.0.")
         );
     }
 

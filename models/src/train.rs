@@ -362,7 +362,7 @@ pub fn peak_rss_bytes() -> u64 {
 }
 
 /// A `/proc/self/status` field given in kB (`VmRSS:`, `VmHWM:`), in bytes.
-pub(crate) fn status_bytes(status: &str, field: &str) -> Option<u64> {
+pub fn status_bytes(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix(field))?;
     let mut fields = line.split_whitespace();
     let value: u64 = fields.next()?.parse().ok()?;

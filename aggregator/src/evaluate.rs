@@ -1,0 +1,194 @@
+//! `fedtune-aggregator evaluate`: the accuracy and loss of any weights file on a
+//! dataset's test split, so a model made anywhere (a fedtune run, PyTorch) can be checked.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use fedtune_models::data::{DataError, Dataset, FASHION_MNIST_DIR, load_csv, load_fashion_mnist};
+use fedtune_models::model::default_device;
+use fedtune_models::train::{TrainError, evaluate};
+use fedtune_models::weights::{self, WeightsError, WeightsSource};
+use fedtune_protocol::ModelSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+
+/// The bundled digits data and its split (global test rows), from the source tree.
+fn digits_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+}
+
+/// A dataset whose test split a model is evaluated on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestSet {
+    /// The bundled digits (8×8, scaled to [0, 1]): the global test rows of
+    /// `data/digits_partition.json`.
+    Digits,
+    /// Fashion-MNIST's 10,000 test images (Debian's `dataset-fashion-mnist`).
+    FashionMnist,
+    /// Every row of a CSV file (features, then an integer label), used as given.
+    Csv(PathBuf),
+}
+
+impl FromStr for TestSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "digits" => Ok(Self::Digits),
+            "fashion-mnist" => Ok(Self::FashionMnist),
+            _ => match s.strip_prefix("csv:") {
+                Some(path) if !path.is_empty() => Ok(Self::Csv(path.into())),
+                _ => Err(format!("unknown dataset `{s}`: use digits, fashion-mnist or csv:PATH")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TestSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Digits => f.write_str("digits"),
+            Self::FashionMnist => f.write_str("fashion-mnist"),
+            Self::Csv(path) => write!(f, "csv:{}", path.display()),
+        }
+    }
+}
+
+impl TestSet {
+    /// Loads the test split.
+    ///
+    /// # Errors
+    /// [`EvaluateError::Data`] when the files cannot be read.
+    pub fn load(&self) -> Result<Dataset, EvaluateError> {
+        let data = |e: DataError| EvaluateError::Data(e.to_string());
+        match self {
+            Self::Digits => {
+                #[derive(Deserialize)]
+                struct Split {
+                    global_test: Vec<usize>,
+                }
+                let dir = digits_dir();
+                let all = load_csv(dir.join("digits.csv"), 1.0 / 16.0).map_err(data)?;
+                let split_path = dir.join("digits_partition.json");
+                let text = std::fs::read(&split_path)
+                    .map_err(|e| EvaluateError::Data(format!("{}: {e}", split_path.display())))?;
+                let split: Split = serde_json::from_slice(&text)
+                    .map_err(|e| EvaluateError::Data(format!("{}: {e}", split_path.display())))?;
+                all.subset(&split.global_test).map_err(data)
+            }
+            Self::FashionMnist => load_fashion_mnist(FASHION_MNIST_DIR, false).map_err(data),
+            Self::Csv(path) => load_csv(path, 1.0).map_err(data),
+        }
+    }
+}
+
+/// What `evaluate` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvaluationReport {
+    /// The model, described.
+    pub model: String,
+    /// Its parameter count.
+    pub parameters: usize,
+    /// The weights file.
+    pub weights: PathBuf,
+    /// The dataset.
+    pub dataset: String,
+    /// Test samples.
+    pub samples: u64,
+    /// Fraction classified right.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+/// Why a weights file could not be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// The model file could not be read or holds no usable `[model]`.
+    #[error("{path}: {reason}")]
+    Model {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The weights do not fit the model.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The dataset could not be loaded.
+    #[error("dataset: {0}")]
+    Data(String),
+    /// The data does not fit the model.
+    #[error(transparent)]
+    Evaluate(#[from] TrainError),
+}
+
+/// Reads the `[model]` table of a TOML file (a model file, or an aggregator's whole
+/// configuration).
+///
+/// # Errors
+/// [`EvaluateError::Model`] naming the file and the problem.
+pub fn load_model_toml(path: &Path) -> Result<ModelSpec, EvaluateError> {
+    let model = |reason: String| EvaluateError::Model {
+        path: path.into(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| model(e.to_string()))?;
+    #[derive(Deserialize)]
+    struct File {
+        model: ModelConfig,
+    }
+    let file: File = toml::from_str(&text).map_err(|e| model(e.to_string()))?;
+    file.model.spec.validate().map_err(|e| model(e.to_string()))?;
+    Ok(file.model.spec)
+}
+
+/// Evaluates the weights in `source`, read into `spec`, on `test`.
+///
+/// # Errors
+/// [`EvaluateError`] saying what did not fit or could not be read.
+pub fn evaluate_weights(
+    spec: &ModelSpec,
+    source: &WeightsSource,
+    test: &TestSet,
+) -> Result<EvaluationReport, EvaluateError> {
+    let device = default_device();
+    let params = weights::import(spec, source, &device)?;
+    let data = test.load()?;
+    let result = evaluate(spec, &params, &data, &device)?;
+    Ok(EvaluationReport {
+        model: spec.describe(),
+        parameters: params.len(),
+        weights: source.path.clone(),
+        dataset: test.to_string(),
+        samples: result.samples,
+        accuracy: result.accuracy,
+        loss: result.loss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datasets_parse_and_print_back() {
+        for text in ["digits", "fashion-mnist", "csv:data/x.csv"] {
+            assert_eq!(text.parse::<TestSet>().unwrap().to_string(), text);
+        }
+        for bad in ["mnist", "csv:", ""] {
+            assert!(
+                bad.parse::<TestSet>()
+                    .unwrap_err()
+                    .contains("digits, fashion-mnist or csv:PATH")
+            );
+        }
+    }
+
+    #[test]
+    fn the_digits_test_split_is_the_shared_one() {
+        let data = TestSet::Digits.load().unwrap();
+        assert_eq!((data.len(), data.dim(), data.classes()), (360, 64, 10));
+    }
+}

@@ -1,0 +1,19 @@
+//! fedtune's models: what both an agent and the aggregator run when they touch a model.
+//! Agents train with it; the aggregator evaluates global models, starts them from weight
+//! files and writes them out. It does no networking.
+//!
+//! # Layout
+//! - [`model`]: the Burn models a [`fedtune_protocol::ModelSpec`] describes (MLP, CNN),
+//!   the [`model::Classifier`] trait for your own, flat parameter I/O by module path.
+//! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
+//! - [`train`]: local training and evaluation (of the zoo's models or your own).
+//! - [`weights`]: weight files in (safetensors, PyTorch `.pt`, burnpack) and out.
+//! - [`cancel`]: abandoning training at a deadline or on request.
+
+#![forbid(unsafe_code)]
+
+pub mod cancel;
+pub mod data;
+pub mod model;
+pub mod train;
+pub mod weights;

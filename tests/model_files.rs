@@ -1,0 +1,96 @@
+//! The model lifecycle around a run: the global model starts from a weights file
+//! (`[model] init`), the final model is written as safetensors, and
+//! `fedtune-aggregator evaluate` on that file gives the run's own final test accuracy.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{binary, config, digits, digits_trainers, scratch_dir, start_agents, start_aggregator};
+use fedtune::agent::client::Exit;
+use fedtune::agent::model::default_device;
+use fedtune::agent::weights::WeightsSource;
+use fedtune::aggregator::{Hooks, service};
+use fedtune::protocol::ModelSpec;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the_run_did() {
+    let dir = scratch_dir("model-files");
+    let data = digits();
+    let mut config = config(3, 3);
+    let spec: ModelSpec = config.model.spec.clone();
+
+    // A starting model unlike the seeded initialisation: weights from another seed.
+    let start = spec.init_params(&mut StdRng::seed_from_u64(1234));
+    let init_path = dir.join("start.safetensors");
+    service::save_model(&spec, &start, &init_path).unwrap();
+    config.model.init = Some(WeightsSource::new(&init_path));
+    service::load_initial_model(&mut config).unwrap();
+    assert_eq!(config.model.initial.as_deref(), Some(&start));
+    // The run's first round measures the global model it sent: the file's.
+    let expected_first =
+        fedtune::agent::train::evaluate(&spec, &start, &data.global_test().unwrap(), &default_device())
+            .unwrap()
+            .accuracy;
+
+    let hooks = Hooks {
+        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            data.global_test().unwrap(),
+            default_device(),
+        ))),
+        ..Hooks::default()
+    };
+    let fed = start_aggregator(3, config, hooks);
+    let mut agents = start_agents(&fed, digits_trainers(&data, 3));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    assert_ne!(report.global, start, "training moved the model");
+    let final_test = report.final_test.unwrap();
+    assert!(
+        final_test.accuracy > expected_first + 0.1,
+        "{final_test:?} from {expected_first}"
+    );
+
+    // The final model, written out and checked by the aggregator's `evaluate` command.
+    let model_path = dir.join("final.safetensors");
+    service::save_model(&spec, &report.global, &model_path).unwrap();
+    let model_toml = dir.join("model.toml");
+    std::fs::write(&model_toml, "[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n").unwrap();
+    let output = Command::new(binary("fedtune-aggregator"))
+        .args(["evaluate", "--dataset", "digits", "--json", "--model"])
+        .arg(&model_toml)
+        .arg("--weights")
+        .arg(&model_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["samples"], 360);
+    let accuracy = printed["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - final_test.accuracy).abs() < 1e-12,
+        "evaluate says {accuracy}, the run ended at {}",
+        final_test.accuracy
+    );
+
+    // A file that does not fit is a clear error listing the tensors.
+    std::fs::write(&model_toml, "[model.mlp]\ninput = 64\nhidden = [32]\nclasses = 10\n").unwrap();
+    let output = Command::new(binary("fedtune-aggregator"))
+        .args(["evaluate", "--dataset", "digits", "--model"])
+        .arg(&model_toml)
+        .arg("--weights")
+        .arg(&model_path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("does not fit the model") && err.contains("layers.0.weight (model [64, 32], file [64, 64])"),
+        "{err}"
+    );
+}
