@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     let run = |seed| {
         train_local(
             &spec,
+            &[],
             &global,
             &hp,
             &train,

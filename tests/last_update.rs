@@ -60,6 +60,7 @@ fn task(round: u64, seed: u64) -> Task {
         seed,
         measure_train_loss: false,
         secure: None,
+        frozen: Vec::new(),
     }
 }
 

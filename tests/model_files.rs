@@ -94,3 +94,43 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_layers_neither_change_nor_travel() {
+    let data = digits();
+    let mut config = config(3, 3);
+    // The digits MLP 64-64-10: freeze the first layer, train the head.
+    config.model.freeze = vec!["layers.0".into()];
+    let spec = config.model.spec.clone();
+    let manifest = spec.manifest();
+    let first_layer = 64 * 64 + 64;
+    let head = manifest.numel() - first_layer;
+    let start = spec.init_params(&mut StdRng::seed_from_u64(config.federation.seed));
+
+    let fed = start_aggregator(3, config, Hooks::default());
+    let mut agents = start_agents(&fed, digits_trainers(&data, 3));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    assert_eq!(report.rounds.len(), 3);
+    for round in &report.rounds {
+        assert_eq!(round.updates, 3, "round {}: {:?}", round.round, round.failures);
+        assert!(round.applied);
+        // Updates carry the head only; the whole model goes down to each member.
+        for c in round.contributions.values() {
+            assert_eq!(c.update_bytes, head as u64 * 4);
+        }
+        assert_eq!(
+            round.payload_bytes,
+            3 * manifest.numel() as u64 * 4 + 3 * head as u64 * 4
+        );
+    }
+    // The frozen layer is where it started; the head moved.
+    assert_eq!(report.global[..first_layer], start[..first_layer]);
+    assert_ne!(report.global[first_layer..], start[first_layer..]);
+    assert!(
+        report.rounds[2].federated_accuracy > report.rounds[0].federated_accuracy,
+        "training the head alone still learns"
+    );
+}

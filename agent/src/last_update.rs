@@ -21,6 +21,7 @@ pub(crate) struct TaskKey {
     manifest_hash: ManifestHash,
     hyperparameters: fedtune_protocol::ClientHyperparameters,
     measure_train_loss: bool,
+    frozen: Vec<String>,
     /// The global model: its length and CRC-32.
     global: (usize, u32),
 }
@@ -36,6 +37,7 @@ impl TaskKey {
             manifest_hash: task.manifest_hash,
             hyperparameters: task.hyperparameters.clone(),
             measure_train_loss: task.measure_train_loss,
+            frozen: task.frozen.clone(),
             global: (
                 global.len(),
                 crc32fast::hash(&fedtune_protocol::tensor::f32_to_le_bytes(global)),

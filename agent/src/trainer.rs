@@ -42,7 +42,8 @@ impl From<Abandoned> for TrainerError {
 /// The result of local training.
 #[derive(Debug, Clone)]
 pub struct FitOutcome {
-    /// `local - global`, in manifest order.
+    /// `local - global` of the task's trainable tensors ([`Task::trainable`]), in
+    /// manifest order.
     pub delta: Vec<f32>,
     /// Training samples used (FedAvg weight).
     pub num_samples: u64,
@@ -116,6 +117,7 @@ impl Trainer for BurnTrainer {
         };
         let mut local = train_local(
             &task.model,
+            &task.frozen,
             global,
             hp,
             &self.train,
@@ -203,6 +205,7 @@ mod tests {
             seed: 1,
             measure_train_loss,
             secure: None,
+            frozen: Vec::new(),
         }
     }
 

@@ -64,6 +64,11 @@ pub struct ModelConfig {
     /// (`report.json` → `report.safetensors`) when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub save: Option<PathBuf>,
+    /// Freeze patterns over module paths (`freeze = ["convs.*"]`, see
+    /// [`fedtune_protocol::freeze`]): those tensors keep their starting values, agents do
+    /// not train or send them, and only the rest is averaged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
     /// The parameters `init` holds, read by [`crate::service::load_initial_model`] before
     /// the federation starts; not configuration.
     #[serde(skip)]
@@ -80,6 +85,8 @@ struct ModelRepr {
     init: Option<WeightsSource>,
     #[serde(default)]
     save: Option<PathBuf>,
+    #[serde(default)]
+    freeze: Vec<String>,
     #[serde(flatten)]
     unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
@@ -90,13 +97,14 @@ impl TryFrom<ModelRepr> for ModelConfig {
     fn try_from(repr: ModelRepr) -> Result<Self, String> {
         if let Some(key) = repr.unknown.keys().next() {
             return Err(format!(
-                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), init and save"
+                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), init, save and freeze"
             ));
         }
         Ok(Self {
             spec: repr.spec,
             init: repr.init,
             save: repr.save,
+            freeze: repr.freeze,
             initial: None,
         })
     }
@@ -108,6 +116,7 @@ impl From<ModelSpec> for ModelConfig {
             spec,
             init: None,
             save: None,
+            freeze: Vec::new(),
             initial: None,
         }
     }
@@ -122,6 +131,16 @@ impl std::ops::Deref for ModelConfig {
 }
 
 impl ModelConfig {
+    /// The part of the model that trains.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when a freeze pattern names no tensor or every tensor is
+    /// frozen.
+    pub fn trainable(&self) -> Result<fedtune_protocol::freeze::Trainable, ConfigError> {
+        fedtune_protocol::freeze::Trainable::new(&self.spec.manifest(), &self.freeze)
+            .map_err(|e| ConfigError::Invalid(format!("model.freeze: {e}")))
+    }
+
     /// Where the final model goes: `save`, else next to `report`.
     #[must_use]
     pub fn save_path(&self, report: Option<&Path>) -> Option<PathBuf> {
@@ -585,6 +604,7 @@ impl AggregatorConfig {
                 f.max_payload_bytes
             ));
         }
+        self.model.trainable()?;
         if let Some(initial) = &self.model.initial
             && initial.len() != self.model.manifest().numel()
         {

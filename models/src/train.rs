@@ -13,6 +13,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use fedtune_protocol::client_param::ClientParamError;
+use fedtune_protocol::freeze::Trainable;
 use fedtune_protocol::tensor::check_finite;
 use fedtune_protocol::{ClientHyperparameters, Manifest, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
 use rand::SeedableRng;
@@ -21,7 +22,7 @@ use rand::seq::SliceRandom;
 
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
-use crate::model::{Classifier, Cnn, Device, Mlp, ModelError, flatten, load, squared_distance};
+use crate::model::{Classifier, Cnn, Device, Mlp, ModelError, flatten, freeze_paths, load, squared_distance};
 
 /// Rows per forward pass when evaluating (no gradients, so memory stays small).
 const EVAL_BATCH: usize = 1024;
@@ -103,7 +104,8 @@ pub struct Evaluation {
 /// The result of local training.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalUpdate {
-    /// `local - global`, in manifest order.
+    /// `local - global` of the trainable tensors, in manifest order (all of them when
+    /// nothing is frozen).
     pub delta: Vec<f32>,
     /// Training samples behind the update (its FedAvg weight).
     pub num_samples: u64,
@@ -189,6 +191,7 @@ pub fn evaluate_with<M: Classifier>(
 #[allow(clippy::too_many_arguments)]
 pub fn train_local(
     spec: &ModelSpec,
+    frozen: &[String],
     global: &[f32],
     hp: &ClientHyperparameters,
     train: &Dataset,
@@ -203,6 +206,7 @@ pub fn train_local(
     let run = Local {
         shape,
         manifest: &manifest,
+        frozen,
         global,
         hp,
         train,
@@ -231,6 +235,7 @@ pub fn train_model<M: Classifier>(
     build: impl Fn(&Device) -> M,
     shape: ModelShape,
     manifest: &Manifest,
+    frozen: &[String],
     global: &[f32],
     hp: &ClientHyperparameters,
     train: &Dataset,
@@ -242,6 +247,7 @@ pub fn train_model<M: Classifier>(
     Local {
         shape,
         manifest,
+        frozen,
         global,
         hp,
         train,
@@ -257,6 +263,7 @@ pub fn train_model<M: Classifier>(
 struct Local<'a> {
     shape: ModelShape,
     manifest: &'a Manifest,
+    frozen: &'a [String],
     global: &'a [f32],
     hp: &'a ClientHyperparameters,
     train: &'a Dataset,
@@ -271,6 +278,7 @@ impl Local<'_> {
         let Local {
             shape,
             manifest,
+            frozen,
             global,
             hp,
             train,
@@ -281,6 +289,7 @@ impl Local<'_> {
         } = self;
         let start = Instant::now();
         hp.validate().map_err(TrainError::InvalidHyperparameters)?;
+        let trainable = Trainable::new(manifest, frozen).map_err(TrainError::InvalidModel)?;
         check_data(shape, train, "training")?;
         check_data(shape, validation, "validation")?;
         if train.is_empty() {
@@ -294,7 +303,7 @@ impl Local<'_> {
         let before = evaluate_model(&load(build(&plain), global, manifest)?, validation, &plain)?;
 
         let autodiff = device.clone().autodiff();
-        let mut model = load(build(&autodiff), global, manifest)?;
+        let mut model = freeze_paths(load(build(&autodiff), global, manifest)?, frozen);
         // FedProx: keep local training near the round's global model.
         let anchor = (hp.proximal_mu > 0.0)
             .then(|| load(build(&autodiff), global, manifest))
@@ -326,7 +335,17 @@ impl Local<'_> {
         }
 
         let local = flatten(&model);
-        let delta: Vec<f32> = local.iter().zip(global).map(|(l, g)| l - g).collect();
+        let delta: Vec<f32> = if trainable.is_all() {
+            local.iter().zip(global).map(|(l, g)| l - g).collect()
+        } else {
+            let global = trainable.gather(global);
+            trainable
+                .gather(&local)
+                .iter()
+                .zip(&global)
+                .map(|(l, g)| l - g)
+                .collect()
+        };
         if check_finite(&delta).is_err() {
             return Err(TrainError::Diverged {
                 epoch: hp.local_epochs - 1,
@@ -564,6 +583,7 @@ mod tests {
         let (train, valid) = (squares(160, 1), squares(40, 2));
         let update = train_local(
             &spec,
+            &[],
             &global,
             &hp(Optimizer::Adam),
             &train,
@@ -604,6 +624,7 @@ mod tests {
             };
             let update = train_local(
                 &spec,
+                &[],
                 &global,
                 &hp,
                 &train,
@@ -626,6 +647,7 @@ mod tests {
         for optimizer in [Optimizer::Adam, Optimizer::Sgd] {
             let update = train_local(
                 &spec,
+                &[],
                 &global,
                 &hp(optimizer),
                 &train,
@@ -665,6 +687,7 @@ mod tests {
         let run = |seed| {
             train_local(
                 &spec,
+                &[],
                 &global,
                 &hp,
                 &train,
@@ -695,7 +718,7 @@ mod tests {
         let device = default_device();
         let ok = hp(Optimizer::Adam);
         let run = |spec: &ModelSpec, global: &[f32], hp: &ClientHyperparameters, train: &Dataset| {
-            train_local(spec, global, hp, train, &valid, 0, &device, &Cancel::never()).unwrap_err()
+            train_local(spec, &[], global, hp, train, &valid, 0, &device, &Cancel::never()).unwrap_err()
         };
 
         let custom = ModelSpec::Custom {

@@ -8,6 +8,7 @@
 //! - [`frame`]: length-prefixed frames with size limits and a version check.
 //! - [`tensor`]: parameter manifests, their hash, and the raw f32 wire layout.
 //! - [`model`]: model specifications and their parameter layout and initialisation.
+//! - [`freeze`]: freeze patterns and the trainable part of a parameter buffer.
 //! - [`client_param`]: client hyperparameter names mapped to their fields, in one place.
 //! - [`space`]: hyperparameter search spaces: distributions, their textual form, values.
 //! - [`secagg`]: secure aggregation: agent and aggregator state machines that reveal only the sum.
@@ -21,6 +22,7 @@
 pub mod client_param;
 pub mod error;
 pub mod frame;
+pub mod freeze;
 pub mod message;
 pub mod model;
 pub mod secagg;

@@ -284,6 +284,20 @@ pub struct Task {
     /// Set when the round runs under secure aggregation: the agent takes part in the
     /// key exchange on the task's stream and sends its update masked.
     pub secure: Option<SecureRound>,
+    /// Freeze patterns ([`crate::freeze`]): the tensors they name are not trained, and the
+    /// update carries only the others' values, in manifest order.
+    pub frozen: Vec<String>,
+}
+
+impl Task {
+    /// The part of the model this task trains.
+    ///
+    /// # Errors
+    /// [`crate::ProtocolError::InvalidModel`] when a freeze pattern names no tensor or
+    /// every tensor is frozen.
+    pub fn trainable(&self) -> Result<crate::freeze::Trainable, crate::ProtocolError> {
+        crate::freeze::Trainable::new(&self.model.manifest(), &self.frozen)
+    }
 }
 
 /// Federated evaluation: measure the global parameters in the frame payload on the

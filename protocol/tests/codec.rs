@@ -27,6 +27,7 @@ fn task(trial: u64, round: u64, hidden: Vec<usize>, lr: f64) -> AggregatorMessag
         seed: 7,
         measure_train_loss: round.is_multiple_of(2),
         secure: None,
+        frozen: vec!["convs.*".into()],
     })
 }
 

@@ -18,6 +18,18 @@ use crate::fairness::{FairnessReport, violations};
 use crate::round::AgentResult;
 
 impl Federation {
+    /// Applies the round's aggregate (trainable values only) to the global model through
+    /// the strategy; frozen values stay as they are.
+    fn apply(&mut self, delta: &[f32]) -> Result<(), crate::strategy::StrategyError> {
+        if self.trainable.is_all() {
+            return self.strategy.apply(&mut self.global, delta);
+        }
+        let mut part = self.trainable.gather(&self.global);
+        self.strategy.apply(&mut part, delta)?;
+        self.trainable.scatter(&part, &mut self.global);
+        Ok(())
+    }
+
     /// Closes the round in progress: stragglers are dropped, the aggregate is applied
     /// when quorum is met, fairness and the server learning rate are updated, and the
     /// record is committed (after the server-side evaluation, when there is one).
@@ -47,8 +59,7 @@ impl Federation {
                 Some(unmasked) => unmasked.map_err(|e| e.to_string()),
                 None => outcome.aggregation.finish().map_err(|e| e.to_string()),
             };
-            let applied =
-                delta.and_then(|delta| self.strategy.apply(&mut self.global, &delta).map_err(|e| e.to_string()));
+            let applied = delta.and_then(|delta| self.apply(&delta).map_err(|e| e.to_string()));
             if let Err(e) = applied {
                 warn!(
                     "{} could not aggregate this round: {e}; global model unchanged",
@@ -96,7 +107,9 @@ impl Federation {
                 warn!("cannot adapt the server learning rate: {e}");
             }
         }
-        let payload_bytes = (spec.cohort.len() + results.len()) as u64 * spec.numel as u64 * 4;
+        // The whole model goes to every member; the trainable values come back.
+        let payload_bytes =
+            spec.cohort.len() as u64 * self.global.len() as u64 * 4 + results.len() as u64 * spec.numel as u64 * 4;
         let record = RoundRecord {
             round: spec.round,
             cohort: spec.cohort,

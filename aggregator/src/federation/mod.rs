@@ -55,6 +55,7 @@ use crate::config::{AggregatorConfig, ConfigError, Selection};
 use crate::fairness::History;
 use crate::round::{Round, RoundSpec, RoundStatus};
 use crate::strategy::{Strategy, StrategyError};
+use fedtune_protocol::freeze::Trainable;
 use fedtune_protocol::wire::params_to_bytes;
 
 pub use io::{Action, Answer, Event, ExchangeId};
@@ -136,6 +137,8 @@ pub struct Federation {
     trial: u64,
     round: u64,
     global: Vec<f32>,
+    /// The part of `global` that trains (all of it unless `[model] freeze` says otherwise).
+    trainable: Trainable,
     server_lr: Option<ServerLrController>,
     history: History,
     rng: ChaCha12Rng,
@@ -169,6 +172,7 @@ impl Federation {
             Some(initial) => initial.to_vec(),
             None => fresh,
         };
+        let trainable = config.model.trainable()?;
         Ok(Self {
             strategy,
             tuner: None,
@@ -178,6 +182,7 @@ impl Federation {
             trial,
             round: 0,
             global,
+            trainable,
             server_lr,
             history: History::default(),
             rng,
@@ -437,7 +442,8 @@ impl Federation {
             round,
             cohort: cohort.iter().map(|(id, _)| id.clone()).collect(),
             manifest_hash: manifest.hash(),
-            numel: manifest.numel(),
+            // Updates carry the trainable values only.
+            numel: self.trainable.numel(),
             target_updates: cohort.len(),
             min_updates: fed.min_updates,
             timeout: fed.round_timeout(),
@@ -470,6 +476,7 @@ impl Federation {
                 seed: rand::RngExt::random(&mut self.rng),
                 measure_train_loss: self.strategy.needs_train_loss(),
                 secure: None,
+                frozen: config.model.freeze.clone(),
             });
         }
         let payload = params_to_bytes(&self.global);

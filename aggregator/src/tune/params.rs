@@ -13,7 +13,19 @@ use crate::tuning::Params;
 /// Client parameters the tuner knows how to send.
 pub(super) const CLIENT_PARAMS: [&str; 8] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
-pub(super) const SERVER_PARAMS: [&str; 4] = ["server_learning_rate", "server_lr", "strategy", "cohort"];
+pub(super) const SERVER_PARAMS: [&str; 5] = ["server_learning_rate", "server_lr", "strategy", "cohort", "freeze"];
+
+/// The `freeze` parameter's value for "nothing frozen".
+const NO_FREEZE: &str = "none";
+
+/// The freeze patterns a `freeze` value names: `none`, or patterns joined by `+`
+/// (`'convs.*'`, `'convs.0+head.0'`).
+fn freeze_patterns(value: &str) -> Vec<String> {
+    if value == NO_FREEZE || value.is_empty() {
+        return Vec::new();
+    }
+    value.split('+').map(|p| p.trim().to_owned()).collect()
+}
 
 /// Checks every parameter of `space` names something a trial can set, in its scope.
 ///
@@ -114,6 +126,12 @@ pub fn trial_config(
             .as_f64()
             .ok_or_else(|| invalid(format!("`cohort` must be numeric, got {v}")))?;
     }
+    if let Some(v) = params.get("freeze") {
+        config.model.freeze = match v {
+            ParamValue::Categorical(fedtune_protocol::space::Choice::Str(s)) => freeze_patterns(s),
+            other => return Err(invalid(format!("`freeze` takes `none` or patterns, got {other}"))),
+        };
+    }
     config.validate()?;
     Ok(config)
 }
@@ -137,6 +155,11 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
             )),
             "strategy" => Some(ParamValue::Categorical(config.strategy.name().into())),
             "cohort" => Some(ParamValue::Float(config.federation.cohort)),
+            "freeze" => Some(ParamValue::Categorical(if config.model.freeze.is_empty() {
+                NO_FREEZE.into()
+            } else {
+                fedtune_protocol::space::Choice::Str(config.model.freeze.join("+"))
+            })),
             name => client_value(&config.client, name).map(|v| match p.distribution {
                 Distribution::Int { .. } => ParamValue::Int(v as i64),
                 _ => ParamValue::Float(v),

@@ -90,6 +90,19 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
         (0.5, 9, 7)
     );
 
+    // `freeze`: none, or patterns joined by `+`; a pattern that names nothing is refused.
+    for (value, patterns) in [
+        ("none", vec![]),
+        ("layers.0", vec!["layers.0"]),
+        ("layers.0+*.bias", vec!["layers.0", "*.bias"]),
+    ] {
+        let params = Params::from([("freeze".to_string(), ParamValue::Categorical(value.into()))]);
+        assert_eq!(trial_config(&base, &params, 0, 1).unwrap().model.freeze, patterns);
+    }
+    let bad = Params::from([("freeze".to_string(), ParamValue::Categorical("convs.*".into()))]);
+    let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
+    assert!(err.contains("`convs.*` names no tensor"), "{err}");
+
     let bad = Params::from([("batch_size".to_string(), ParamValue::Float(2.5))]);
     let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
     assert!(err.contains("batch_size"), "{err}");

@@ -169,6 +169,38 @@ pub fn load<M: Module>(model: M, params: &[f32], manifest: &Manifest) -> Result<
     Ok(model)
 }
 
+/// Stops gradients at every float parameter whose module path a freeze pattern names
+/// (see [`fedtune_protocol::freeze`]), so an optimizer leaves it as it is.
+pub fn freeze_paths<M: Module>(model: M, frozen: &[String]) -> M {
+    struct Freeze<'a> {
+        frozen: &'a [String],
+        path: Vec<String>,
+    }
+    impl ModuleMapper for Freeze<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let name = self.path.join(".");
+            if self.frozen.iter().any(|p| fedtune_protocol::freeze::matches(p, &name)) {
+                param.set_require_grad(false)
+            } else {
+                param
+            }
+        }
+    }
+    if frozen.is_empty() {
+        return model;
+    }
+    model.map(&mut Freeze {
+        frozen,
+        path: Vec::new(),
+    })
+}
+
 /// FedProx's proximal term `Σ ‖w − w_anchor‖²` over every float parameter of `model`,
 /// where `anchor` is the same architecture holding the round's global parameters (no
 /// gradient flows into it).

@@ -1,0 +1,214 @@
+//! Frozen parameters: which tensors of a manifest train, and which stay as they are.
+//!
+//! A freeze pattern names tensors by module path. `*` matches any run of characters
+//! (dots included), so `convs.*` freezes every convolution block and `*.bias` every bias;
+//! a pattern without `*` names a module (`convs.0` freezes the first block) or one tensor.
+//! Agents and the aggregator compute the same [`Trainable`] from the task's manifest and
+//! patterns: updates carry only the trainable values, in manifest order, and only those
+//! are averaged.
+
+use std::ops::Range;
+
+use crate::ProtocolError;
+use crate::tensor::Manifest;
+
+/// Whether `pattern` names `tensor`: the whole path, or a module the path lies in.
+#[must_use]
+pub fn matches(pattern: &str, tensor: &str) -> bool {
+    if pattern.contains('*') {
+        return glob(pattern.as_bytes(), tensor.as_bytes());
+    }
+    tensor == pattern || tensor.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// `*` matches any run of bytes; everything else itself. Iterative, with one backtrack
+/// point, so a pattern costs O(pattern × name) at worst.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The trainable part of a flat parameter buffer: ranges of it, in manifest order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trainable {
+    ranges: Vec<Range<usize>>,
+    numel: usize,
+    total: usize,
+}
+
+impl Trainable {
+    /// Everything trains.
+    #[must_use]
+    pub fn all(total: usize) -> Self {
+        Self {
+            ranges: std::iter::once(0..total).filter(|r| !r.is_empty()).collect(),
+            numel: total,
+            total,
+        }
+    }
+
+    /// The tensors of `manifest` that no pattern in `frozen` names.
+    ///
+    /// # Errors
+    /// [`ProtocolError::InvalidModel`] when a pattern names no tensor (a typo would
+    /// otherwise freeze nothing) or when every tensor is frozen.
+    pub fn new(manifest: &Manifest, frozen: &[String]) -> Result<Self, ProtocolError> {
+        if let Some(unused) = frozen
+            .iter()
+            .find(|p| !manifest.tensors.iter().any(|t| matches(p, &t.name)))
+        {
+            return Err(ProtocolError::InvalidModel(format!(
+                "freeze pattern `{unused}` names no tensor of the model (tensors are named by module path, e.g. `{}`)",
+                manifest.tensors.first().map_or("", |t| t.name.as_str())
+            )));
+        }
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        let mut offset = 0;
+        for tensor in &manifest.tensors {
+            let end = offset + tensor.numel();
+            if !frozen.iter().any(|p| matches(p, &tensor.name)) {
+                match ranges.last_mut() {
+                    Some(last) if last.end == offset => last.end = end,
+                    _ => ranges.push(offset..end),
+                }
+            }
+            offset = end;
+        }
+        let numel = ranges.iter().map(ExactSizeIterator::len).sum();
+        if numel == 0 && offset > 0 {
+            return Err(ProtocolError::InvalidModel(
+                "the freeze patterns freeze every tensor: nothing would train".into(),
+            ));
+        }
+        Ok(Self {
+            ranges,
+            numel,
+            total: offset,
+        })
+    }
+
+    /// Trainable values.
+    #[must_use]
+    pub fn numel(&self) -> usize {
+        self.numel
+    }
+
+    /// Values in the whole buffer.
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Whether nothing is frozen.
+    #[must_use]
+    pub fn is_all(&self) -> bool {
+        self.numel == self.total
+    }
+
+    /// The trainable values of `full`, in order.
+    ///
+    /// # Panics
+    /// If `full` is not [`Trainable::total`] long.
+    #[must_use]
+    pub fn gather(&self, full: &[f32]) -> Vec<f32> {
+        assert_eq!(full.len(), self.total, "buffer does not fit the manifest");
+        let mut out = Vec::with_capacity(self.numel);
+        for range in &self.ranges {
+            out.extend_from_slice(&full[range.clone()]);
+        }
+        out
+    }
+
+    /// Writes `part` (trainable values, in order) into their places in `full`.
+    ///
+    /// # Panics
+    /// If `full` is not [`Trainable::total`] long or `part` not [`Trainable::numel`].
+    pub fn scatter(&self, part: &[f32], full: &mut [f32]) {
+        assert_eq!(full.len(), self.total, "buffer does not fit the manifest");
+        assert_eq!(part.len(), self.numel, "part does not fit the trainable tensors");
+        let mut at = 0;
+        for range in &self.ranges {
+            full[range.clone()].copy_from_slice(&part[at..at + range.len()]);
+            at += range.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::TensorSpec;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            tensors: vec![
+                TensorSpec::new("convs.0.conv.weight", vec![2, 1, 1, 1]),
+                TensorSpec::new("convs.0.conv.bias", vec![2]),
+                TensorSpec::new("convs.1.conv.weight", vec![1, 2, 1, 1]),
+                TensorSpec::new("convs.1.conv.bias", vec![1]),
+                TensorSpec::new("head.0.weight", vec![1, 3]),
+                TensorSpec::new("head.0.bias", vec![3]),
+            ],
+        }
+    }
+
+    #[test]
+    fn patterns_name_paths_modules_and_globs() {
+        assert!(matches("convs.*", "convs.0.conv.weight"));
+        assert!(matches("convs.0", "convs.0.conv.weight"));
+        assert!(!matches("convs.0", "convs.01.conv.weight"));
+        assert!(matches("*.bias", "head.0.bias"));
+        assert!(!matches("*.bias", "head.0.weight"));
+        assert!(matches("conv*", "convs.1.conv.bias"));
+        assert!(matches("head.0.weight", "head.0.weight"));
+        assert!(!matches("head", "heads.0.weight"));
+        assert!(matches("*", "anything"));
+        assert!(matches("a*b*c", "aXXbYYc") && !matches("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn gather_and_scatter_move_only_the_trainable_values() {
+        let m = manifest();
+        let full: Vec<f32> = (0..m.numel()).map(|i| i as f32).collect();
+        let t = Trainable::new(&m, &["convs.*".into()]).unwrap();
+        assert_eq!((t.numel(), t.total(), t.is_all()), (6, 12, false));
+        assert_eq!(t.gather(&full), vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        let t = Trainable::new(&m, &["*.bias".into()]).unwrap();
+        assert_eq!(t.gather(&full), vec![0.0, 1.0, 4.0, 5.0, 8.0, 9.0, 10.0]);
+        let mut back = vec![-1.0; 12];
+        t.scatter(&t.gather(&full), &mut back);
+        assert_eq!(
+            back,
+            vec![0.0, 1.0, -1.0, -1.0, 4.0, 5.0, -1.0, -1.0, 8.0, 9.0, 10.0, -1.0]
+        );
+        assert!(Trainable::new(&m, &[]).unwrap().is_all());
+        assert_eq!(Trainable::new(&m, &[]).unwrap(), Trainable::all(12));
+    }
+
+    #[test]
+    fn a_pattern_that_names_nothing_or_freezes_everything_is_refused() {
+        let m = manifest();
+        let err = Trainable::new(&m, &["conv.*".into()]).unwrap_err().to_string();
+        assert!(err.contains("`conv.*` names no tensor"), "{err}");
+        let err = Trainable::new(&m, &["convs".into(), "head".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nothing would train"), "{err}");
+    }
+}
