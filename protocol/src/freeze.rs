@@ -187,18 +187,19 @@ mod tests {
         let m = manifest();
         let full: Vec<f32> = (0..m.numel()).map(|i| i as f32).collect();
         let t = Trainable::new(&m, &["convs.*".into()]).unwrap();
-        assert_eq!((t.numel(), t.total(), t.is_all()), (6, 12, false));
-        assert_eq!(t.gather(&full), vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        // 2 + 2 + 2 + 1 values of convolutions, then the head's 3 + 3.
+        assert_eq!((t.numel(), t.total(), t.is_all()), (6, 13, false));
+        assert_eq!(t.gather(&full), vec![7.0, 8.0, 9.0, 10.0, 11.0, 12.0]);
         let t = Trainable::new(&m, &["*.bias".into()]).unwrap();
-        assert_eq!(t.gather(&full), vec![0.0, 1.0, 4.0, 5.0, 8.0, 9.0, 10.0]);
-        let mut back = vec![-1.0; 12];
+        assert_eq!(t.gather(&full), vec![0.0, 1.0, 4.0, 5.0, 7.0, 8.0, 9.0]);
+        let mut back = vec![-1.0; 13];
         t.scatter(&t.gather(&full), &mut back);
         assert_eq!(
             back,
-            vec![0.0, 1.0, -1.0, -1.0, 4.0, 5.0, -1.0, -1.0, 8.0, 9.0, 10.0, -1.0]
+            vec![0.0, 1.0, -1.0, -1.0, 4.0, 5.0, -1.0, 7.0, 8.0, 9.0, -1.0, -1.0, -1.0]
         );
         assert!(Trainable::new(&m, &[]).unwrap().is_all());
-        assert_eq!(Trainable::new(&m, &[]).unwrap(), Trainable::all(12));
+        assert_eq!(Trainable::new(&m, &[]).unwrap(), Trainable::all(13));
     }
 
     #[test]
