@@ -25,7 +25,7 @@ use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, run_stored, service};
 use fedtune::evaluate::TestSetEvaluator;
-use fedtune::protocol::{ClientHyperparameters, CnnSpec, ConvBlock, MlpSpec, ModelSpec, Optimizer};
+use fedtune::protocol::{ClientHyperparameters, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
 use serde::Serialize;
 
@@ -33,15 +33,6 @@ use serde::Serialize;
 enum DatasetName {
     Digits,
     FashionMnist,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ModelKind {
-    /// A multi-layer perceptron (`--hidden` sets its widths).
-    Mlp,
-    /// A CNN: the NIID-Bench LeNet on 28×28 images; on 8×8 digits one 3×3 conv block
-    /// (16 channels, padded, pooled) before the `--hidden` head.
-    Cnn,
 }
 
 #[derive(Parser, Debug)]
@@ -87,8 +78,8 @@ struct Args {
     #[arg(long)]
     secure: bool,
     /// The model to train.
-    #[arg(long, value_enum, default_value_t = ModelKind::Mlp)]
-    model: ModelKind,
+    #[arg(long, value_enum, default_value_t = common::ModelKind::Mlp)]
+    model: common::ModelKind,
     /// Hidden layer widths, comma-separated (the MLP's, or the digits CNN's head).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
@@ -165,27 +156,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let classes = data.dataset.classes();
-    let model = match (args.model, side) {
-        (ModelKind::Mlp, _) => ModelSpec::Mlp(MlpSpec {
-            input: side * side,
-            hidden: args.hidden.clone(),
-            classes,
-        }),
-        (ModelKind::Cnn, 28) => ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, classes)),
-        (ModelKind::Cnn, _) => ModelSpec::Cnn(CnnSpec {
-            channels: 1,
-            height: side,
-            width: side,
-            blocks: vec![ConvBlock {
-                channels: 16,
-                kernel: 3,
-                padding: 1,
-                pool: 2,
-            }],
-            hidden: args.hidden.clone(),
-            classes,
-        }),
-    };
+    let model = common::model_for(args.model, side, &args.hidden, classes);
     model.validate()?;
     let client = ClientHyperparameters {
         learning_rate: args.lr,

@@ -20,9 +20,14 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
+use fedtune::agent::partition::PartitionSpec;
+use fedtune::agent::weights::WeightsSource;
 use fedtune::aggregator::config::FederationConfig;
+use fedtune::aggregator::config::ModelConfig;
 use fedtune::aggregator::progress::Progress;
+use fedtune::aggregator::service;
 use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune::aggregator::tuning::pareto::non_dominated_ranks;
@@ -32,7 +37,7 @@ use fedtune::aggregator::tuning::{
 };
 use fedtune::aggregator::{AggregatorConfig, tune_stored};
 use fedtune::evaluate::TestSetEvaluator;
-use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec, Optimizer};
+use fedtune::protocol::{ClientHyperparameters, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
 use serde::Serialize;
 
@@ -41,9 +46,16 @@ const LOOPBACK: bool = true;
 #[derive(Parser, Debug)]
 #[command(about = "A federated hyperparameter study over loopback QUIC")]
 struct Args {
-    /// Dataset (the bundled digits with its shared split).
-    #[arg(long, default_value = "digits", value_parser = ["digits"])]
+    /// Dataset: the bundled digits with its shared split, or Fashion-MNIST split
+    /// Dirichlet(0.5) (Debian's `dataset-fashion-mnist`).
+    #[arg(long, default_value = "digits", value_parser = ["digits", "fashion-mnist"])]
     dataset: String,
+    /// The model every trial trains.
+    #[arg(long, value_enum, default_value_t = common::ModelKind::Mlp)]
+    model: common::ModelKind,
+    /// Start every trial's global model from this weights file (a pretrained model).
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Number of agents.
     #[arg(long, default_value_t = 10)]
     agents: usize,
@@ -186,27 +198,37 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let space = load_space_toml(&args.space).with_context(|| format!("search space {}", args.space.display()))?;
 
-    let data = fedtune::sim::digits_split()?;
+    let (data, side) = match args.dataset.as_str() {
+        "fashion-mnist" => (
+            FederatedData::load(
+                &DataSource::FashionMnist {
+                    dir: fedtune::agent::data::FASHION_MNIST_DIR.into(),
+                },
+                &PartitionSpec::Dirichlet(0.5),
+                args.agents,
+                args.seed,
+            )?,
+            28,
+        ),
+        _ => (fedtune::sim::digits_split()?, 8),
+    };
     if data.clients() < args.agents {
         bail!(
-            "the digits split has {} clients; --agents {} is more",
+            "the {} split has {} clients; --agents {} is more",
+            args.dataset,
             data.clients(),
             args.agents
         );
     }
     let classes = data.dataset.classes();
-    let model = ModelSpec::Mlp(MlpSpec {
-        input: 64,
-        hidden: args.hidden.clone(),
-        classes,
-    });
+    let model = common::model_for(args.model, side, &args.hidden, classes);
     let pki = ephemeral_pki(args.agents)?;
     let endpoint = bind_aggregator(&pki, LOOPBACK)?;
     let addr = endpoint.local_addr()?;
-    let config = AggregatorConfig {
+    let mut config = AggregatorConfig {
         listen: addr,
         federation: FederationConfig {
-            study: "tune-digits".into(),
+            study: format!("tune-{}", args.dataset),
             rounds: args.rounds,
             min_agents: args.agents,
             wait_for_agents_secs: 20.0,
@@ -214,7 +236,10 @@ async fn main() -> anyhow::Result<()> {
             loopback: LOOPBACK,
             ..FederationConfig::default()
         },
-        model: model.into(),
+        model: ModelConfig {
+            init: args.init.clone().map(WeightsSource::new),
+            ..model.clone().into()
+        },
         // Flower's quickstart settings: what an untuned federation would run.
         client: ClientHyperparameters {
             learning_rate: 0.05,
@@ -225,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         },
         ..AggregatorConfig::default()
     };
+    service::load_initial_model(&mut config)?;
     let pruner = match args.pruner.clone() {
         PrunerConfig::Asha(asha) => PrunerConfig::Asha(SuccessiveHalvingPruner {
             min_resource: args.min_rounds,
@@ -251,10 +277,12 @@ async fn main() -> anyhow::Result<()> {
     let trainers = data.burn_trainers(args.agents, &default_device())?;
     let test = data.global_test()?;
     println!(
-        "fedtune study: {} trials of up to {} rounds on {} agents (digits, shared split), sampler {}, pruner {}, seed {}",
+        "fedtune study: {} trials of up to {} rounds on {} agents ({}), {}, sampler {}, pruner {}, seed {}",
         args.trials,
         args.rounds,
         args.agents,
+        args.dataset,
+        model.describe(),
         args.sampler,
         args.pruner.name(),
         args.seed

@@ -179,7 +179,17 @@ fn serve_refuses_a_robust_rule_under_secure_aggregation() {
 #[test]
 fn the_service_runs_a_study_from_its_tuning_section() {
     let space = common::repo().join("presets/vision.toml");
+    // The vision preset targets the CNN: here one 3×3 block over the 8×8 digits.
     let Served { stdout, report, .. } = serve_with_three_agents("daemons-study", |toml| {
+        let toml = toml.replace(
+            "[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n",
+            "[model.cnn]\nchannels = 1\nheight = 8\nwidth = 8\nhidden = [64]\nclasses = 10\n\
+             blocks = [{ channels = 8, kernel = 3, padding = 1, pool = 2 }]\n",
+        );
+        assert!(
+            toml.contains("[model.cnn]"),
+            "config/aggregator.toml's model section moved"
+        );
         format!(
             "{toml}\n[tuning]\nspace = {space:?}\nsampler = \"bayes+rl\"\ntrials = 3\nrounds = 2\n\
              objectives = [\"accuracy\", \"bytes\"]\npruner = {{ name = \"asha\", min_resource = 1 }}\n",
@@ -190,6 +200,7 @@ fn the_service_runs_a_study_from_its_tuning_section() {
     assert_eq!(trials.len(), 3, "{stdout}");
     for t in trials {
         assert!(t["params"]["learning_rate"].is_f64(), "{t}");
+        assert!(t["params"]["freeze"].is_string(), "{t}");
         assert!(["complete", "pruned"].contains(&t["state"].as_str().unwrap()), "{t}");
     }
     assert_eq!(trials[0]["state"], "complete", "the first trial at each rung continues");

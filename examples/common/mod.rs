@@ -13,6 +13,43 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use fedtune::protocol::{CnnSpec, ConvBlock, MlpSpec, ModelSpec};
+
+/// The model an example trains.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ModelKind {
+    /// A multi-layer perceptron (`--hidden` sets its widths).
+    Mlp,
+    /// A CNN: the NIID-Bench LeNet on 28×28 images; on 8×8 digits one 3×3 conv block
+    /// (16 channels, padded, pooled) before the `--hidden` head.
+    Cnn,
+}
+
+/// The model of `kind` for `side`×`side` single-channel images with `classes` classes.
+pub fn model_for(kind: ModelKind, side: usize, hidden: &[usize], classes: usize) -> ModelSpec {
+    match (kind, side) {
+        (ModelKind::Mlp, _) => ModelSpec::Mlp(MlpSpec {
+            input: side * side,
+            hidden: hidden.to_vec(),
+            classes,
+        }),
+        (ModelKind::Cnn, 28) => ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, classes)),
+        (ModelKind::Cnn, _) => ModelSpec::Cnn(CnnSpec {
+            channels: 1,
+            height: side,
+            width: side,
+            blocks: vec![ConvBlock {
+                channels: 16,
+                kernel: 3,
+                padding: 1,
+                pool: 2,
+            }],
+            hidden: hidden.to_vec(),
+            classes,
+        }),
+    }
+}
+
 /// Mean of `xs` (0 for none).
 pub fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
