@@ -8,6 +8,7 @@
 //! - [`partition`]: seeded partitioners (IID, Dirichlet label skew) and split files.
 //! - [`trainer`]: the [`trainer::Trainer`] seam the connection loop calls, and its Burn
 //!   implementation.
+//! - [`custom`]: a model of your own in an agent ([`custom::ModelTrainer`]).
 //! - [`client`]: connect, hello, serve tasks, reconnect.
 //! - [`metrics`]: the agent's Prometheus metrics, on a loopback `/metrics`.
 //! - `secure`: the agent's side of a secure-aggregation round.
@@ -18,6 +19,7 @@
 
 pub mod client;
 pub mod config;
+pub mod custom;
 mod last_update;
 pub mod metrics;
 pub mod partition;

@@ -203,21 +203,34 @@ pub fn train_local(
     spec.validate().map_err(TrainError::InvalidModel)?;
     let shape = ModelShape::of(spec)?;
     let manifest = spec.manifest();
-    let run = Local {
-        shape,
-        manifest: &manifest,
-        frozen,
-        global,
-        hp,
-        train,
-        validation,
-        seed,
-        device,
-        cancel,
-    };
+    let m = &manifest;
     match spec {
-        ModelSpec::Mlp(mlp) => run.train(|d| Mlp::init(mlp, d)),
-        ModelSpec::Cnn(cnn) => run.train(|d| Cnn::init(cnn, d)),
+        ModelSpec::Mlp(mlp) => train_model(
+            |d| Mlp::init(mlp, d),
+            shape,
+            m,
+            frozen,
+            global,
+            hp,
+            train,
+            validation,
+            seed,
+            device,
+            cancel,
+        ),
+        ModelSpec::Cnn(cnn) => train_model(
+            |d| Cnn::init(cnn, d),
+            shape,
+            m,
+            frozen,
+            global,
+            hp,
+            train,
+            validation,
+            seed,
+            device,
+            cancel,
+        ),
         ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
     }
 }
@@ -244,131 +257,87 @@ pub fn train_model<M: Classifier>(
     device: &Device,
     cancel: &Cancel,
 ) -> Result<LocalUpdate, TrainError> {
-    Local {
-        shape,
-        manifest,
-        frozen,
-        global,
-        hp,
-        train,
-        validation,
-        seed,
-        device,
-        cancel,
+    let start = Instant::now();
+    hp.validate().map_err(TrainError::InvalidHyperparameters)?;
+    let trainable = Trainable::new(manifest, frozen).map_err(TrainError::InvalidModel)?;
+    check_data(shape, train, "training")?;
+    check_data(shape, validation, "validation")?;
+    if train.is_empty() {
+        return Err(TrainError::EmptyTrainingSet);
     }
-    .train(build)
-}
+    if let Err(ProtocolError::NonFinite { index }) = check_finite(global) {
+        return Err(TrainError::NonFiniteGlobal { index });
+    }
 
-/// The inputs of one local training run.
-struct Local<'a> {
-    shape: ModelShape,
-    manifest: &'a Manifest,
-    frozen: &'a [String],
-    global: &'a [f32],
-    hp: &'a ClientHyperparameters,
-    train: &'a Dataset,
-    validation: &'a Dataset,
-    seed: u64,
-    device: &'a Device,
-    cancel: &'a Cancel,
-}
+    let plain = device.clone().without_autodiff();
+    let before = evaluate_model(&load(build(&plain), global, manifest)?, validation, &plain)?;
 
-impl Local<'_> {
-    fn train<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Result<LocalUpdate, TrainError> {
-        let Local {
-            shape,
-            manifest,
-            frozen,
-            global,
-            hp,
-            train,
-            validation,
-            seed,
-            device,
-            cancel,
-        } = self;
-        let start = Instant::now();
-        hp.validate().map_err(TrainError::InvalidHyperparameters)?;
-        let trainable = Trainable::new(manifest, frozen).map_err(TrainError::InvalidModel)?;
-        check_data(shape, train, "training")?;
-        check_data(shape, validation, "validation")?;
-        if train.is_empty() {
-            return Err(TrainError::EmptyTrainingSet);
-        }
-        if let Err(ProtocolError::NonFinite { index }) = check_finite(global) {
-            return Err(TrainError::NonFiniteGlobal { index });
-        }
-
-        let plain = device.clone().without_autodiff();
-        let before = evaluate_model(&load(build(&plain), global, manifest)?, validation, &plain)?;
-
-        let autodiff = device.clone().autodiff();
-        let mut model = freeze_paths(load(build(&autodiff), global, manifest)?, frozen);
-        // FedProx: keep local training near the round's global model.
-        let anchor = (hp.proximal_mu > 0.0)
-            .then(|| load(build(&autodiff), global, manifest))
-            .transpose()?;
-        let mut optim = optimizer(hp);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        let mut train_loss = 0.0;
-        for epoch in 0..hp.local_epochs {
-            order.shuffle(&mut rng);
-            let mut loss_sum = 0.0;
-            for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
-                cancel.check().map_err(TrainError::Abandoned)?;
-                let (x, y) = batch(train, rows, &autodiff);
-                let loss = cross_entropy(model.forward(x), y);
-                let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
-                let loss = match &anchor {
-                    Some(anchor) => loss + squared_distance(&model, anchor).mul_scalar(hp.proximal_mu / 2.0),
-                    None => loss,
-                };
-                if !value.is_finite() {
-                    return Err(TrainError::Diverged { epoch, step });
-                }
-                loss_sum += f64::from(value) * rows.len() as f64;
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(hp.learning_rate, model, grads);
+    let autodiff = device.clone().autodiff();
+    let mut model = freeze_paths(load(build(&autodiff), global, manifest)?, frozen);
+    // FedProx: keep local training near the round's global model.
+    let anchor = (hp.proximal_mu > 0.0)
+        .then(|| load(build(&autodiff), global, manifest))
+        .transpose()?;
+    let mut optim = optimizer(hp);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut train_loss = 0.0;
+    for epoch in 0..hp.local_epochs {
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
+            cancel.check().map_err(TrainError::Abandoned)?;
+            let (x, y) = batch(train, rows, &autodiff);
+            let loss = cross_entropy(model.forward(x), y);
+            let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
+            let loss = match &anchor {
+                Some(anchor) => loss + squared_distance(&model, anchor).mul_scalar(hp.proximal_mu / 2.0),
+                None => loss,
+            };
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { epoch, step });
             }
-            train_loss = loss_sum / train.len() as f64;
+            loss_sum += f64::from(value) * rows.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(hp.learning_rate, model, grads);
         }
-
-        let local = flatten(&model);
-        let delta: Vec<f32> = if trainable.is_all() {
-            local.iter().zip(global).map(|(l, g)| l - g).collect()
-        } else {
-            let global = trainable.gather(global);
-            trainable
-                .gather(&local)
-                .iter()
-                .zip(&global)
-                .map(|(l, g)| l - g)
-                .collect()
-        };
-        if check_finite(&delta).is_err() {
-            return Err(TrainError::Diverged {
-                epoch: hp.local_epochs - 1,
-                step: order.len().div_ceil(hp.batch_size as usize) - 1,
-            });
-        }
-        let after = evaluate_model(&model.valid(), validation, &plain)?;
-        Ok(LocalUpdate {
-            delta,
-            num_samples: train.len() as u64,
-            metrics: TrainMetrics {
-                loss_before: before.loss,
-                train_loss_before: None,
-                accuracy_before: before.accuracy,
-                loss_after: after.loss,
-                accuracy_after: after.accuracy,
-                train_loss,
-                validation_samples: validation.len() as u64,
-                wall_seconds: start.elapsed().as_secs_f64(),
-                peak_memory_bytes: peak_rss_bytes(),
-            },
-        })
+        train_loss = loss_sum / train.len() as f64;
     }
+
+    let local = flatten(&model);
+    let delta: Vec<f32> = if trainable.is_all() {
+        local.iter().zip(global).map(|(l, g)| l - g).collect()
+    } else {
+        let global = trainable.gather(global);
+        trainable
+            .gather(&local)
+            .iter()
+            .zip(&global)
+            .map(|(l, g)| l - g)
+            .collect()
+    };
+    if check_finite(&delta).is_err() {
+        return Err(TrainError::Diverged {
+            epoch: hp.local_epochs - 1,
+            step: order.len().div_ceil(hp.batch_size as usize) - 1,
+        });
+    }
+    let after = evaluate_model(&model.valid(), validation, &plain)?;
+    Ok(LocalUpdate {
+        delta,
+        num_samples: train.len() as u64,
+        metrics: TrainMetrics {
+            loss_before: before.loss,
+            train_loss_before: None,
+            accuracy_before: before.accuracy,
+            loss_after: after.loss,
+            accuracy_after: after.accuracy,
+            train_loss,
+            validation_samples: validation.len() as u64,
+            wall_seconds: start.elapsed().as_secs_f64(),
+            peak_memory_bytes: peak_rss_bytes(),
+        },
+    })
 }
 
 /// Peak resident memory of this process (`VmHWM` in `/proc/self/status`), in bytes; 0 where

@@ -1,0 +1,148 @@
+//! Your own model in an agent: [`ModelTrainer`] runs any Burn module that implements
+//! [`Classifier`] with fedtune's training loop, parameter layout, freezing, evaluation and
+//! metrics. The aggregator names the model with [`custom_spec`] and starts it from
+//! [`initial_params`], so neither side needs to know the architecture beyond its
+//! manifest.
+//!
+//! ```ignore
+//! #[derive(Module, Debug)]
+//! struct Mine { a: Linear, b: Linear }
+//! impl Classifier for Mine { fn forward(&self, x: Tensor<2>) -> Tensor<2> { ... } }
+//!
+//! let build = |device: &Device| Mine { a: ..., b: ... };
+//! let spec = custom_spec("mine", &build(&device));          // aggregator: [model]
+//! let trainer = ModelTrainer::new("mine", build, 64, 10, train, validation, device);
+//! ```
+
+use std::marker::PhantomData;
+
+use fedtune_protocol::{Capabilities, Evaluate, Evaluation, Manifest, ModelSpec, Task};
+
+use crate::cancel::Cancel;
+use crate::data::Dataset;
+use crate::model::{Classifier, Device, flatten, manifest_of};
+use crate::train::{ModelShape, evaluate_with, train_model};
+use crate::trainer::{FitOutcome, Trainer, TrainerError};
+
+/// The [`ModelSpec::Custom`] that names a model of your own: its name and its layout.
+pub fn custom_spec<M: Classifier>(name: &str, model: &M) -> ModelSpec {
+    ModelSpec::Custom {
+        name: name.to_owned(),
+        manifest: manifest_of(model),
+    }
+}
+
+/// A model's parameters in manifest order: what the global model starts from.
+pub fn initial_params<M: Classifier>(model: &M) -> Vec<f32> {
+    flatten(model)
+}
+
+/// Trains a model of your own on local data: `build` makes it on a device (Burn's
+/// initialisation; the task's global parameters are loaded into it).
+pub struct ModelTrainer<M, F> {
+    name: String,
+    build: F,
+    manifest: Manifest,
+    shape: ModelShape,
+    train: Dataset,
+    validation: Dataset,
+    device: Device,
+    model: PhantomData<fn() -> M>,
+}
+
+impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> ModelTrainer<M, F> {
+    /// A trainer for the custom model `name`, taking rows of `input` features and
+    /// giving `classes` logits, over local `train` and `validation` splits.
+    pub fn new(
+        name: &str,
+        build: F,
+        input: usize,
+        classes: usize,
+        train: Dataset,
+        validation: Dataset,
+        device: Device,
+    ) -> Self {
+        let manifest = manifest_of(&build(&device.clone().without_autodiff()));
+        Self {
+            name: name.to_owned(),
+            build,
+            manifest,
+            shape: ModelShape { input, classes },
+            train,
+            validation,
+            device,
+            model: PhantomData,
+        }
+    }
+
+    /// Refuses a task for another model than this trainer's.
+    fn check(&self, model: &ModelSpec) -> Result<(), TrainerError> {
+        match model {
+            ModelSpec::Custom { name, manifest } if *name == self.name && *manifest == self.manifest => Ok(()),
+            ModelSpec::Custom { name, manifest } if *name == self.name => Err(TrainerError::UnsupportedModel(format!(
+                "custom model `{name}` has manifest {} here, the task's is {}",
+                self.manifest.hash(),
+                manifest.hash()
+            ))),
+            other => Err(TrainerError::UnsupportedModel(format!(
+                "this agent trains custom model `{}`, not {}",
+                self.name,
+                other.describe()
+            ))),
+        }
+    }
+}
+
+impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> Trainer for ModelTrainer<M, F> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: 0,
+            backend: "burn-flex-cpu".into(),
+            train_samples: self.train.len() as u64,
+            validation_samples: self.validation.len() as u64,
+        }
+    }
+
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
+        self.check(&task.model)?;
+        let local = train_model(
+            &self.build,
+            self.shape,
+            &self.manifest,
+            &task.frozen,
+            global,
+            &task.hyperparameters,
+            &self.train,
+            &self.validation,
+            task.seed,
+            &self.device,
+            cancel,
+        )?;
+        Ok(FitOutcome {
+            delta: local.delta,
+            num_samples: local.num_samples,
+            metrics: local.metrics,
+            proposal: None,
+        })
+    }
+
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
+        self.check(&request.model)?;
+        let e = evaluate_with(
+            &self.build,
+            self.shape,
+            &self.manifest,
+            params,
+            &self.validation,
+            &self.device,
+        )?;
+        Ok(Evaluation {
+            trial: request.trial,
+            round: request.round,
+            loss: e.loss,
+            accuracy: e.accuracy,
+            samples: e.samples,
+        })
+    }
+}
