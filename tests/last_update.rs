@@ -61,6 +61,7 @@ fn task(round: u64, seed: u64) -> Task {
         measure_train_loss: false,
         secure: None,
         frozen: Vec::new(),
+        base: None,
     }
 }
 

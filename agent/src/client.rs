@@ -95,10 +95,13 @@ pub async fn run<T: Trainer>(
     let trainer = Arc::new(Mutex::new(trainer));
     // Kept across connections: a restarted aggregator asks again for what it lost.
     let last: Shared<Option<LastUpdate>> = Arc::default();
+    // The last whole model of a task with frozen tensors, so later tasks can send only
+    // the trainable values.
+    let base: Shared<Option<Base>> = Arc::default();
     let mut backoff = options.reconnect.initial;
     let mut failures = 0u32;
     loop {
-        let attempt = serve_connection(&endpoint, &options, &trainer, &last, &mut stop, &mut failures).await;
+        let attempt = serve_connection(&endpoint, &options, &trainer, &last, &base, &mut stop, &mut failures).await;
         let last = match attempt {
             Ok(exit) => return Ok(exit),
             Err(Failure::Refused(error)) => return Err(AgentError::Refused(error)),
@@ -139,6 +142,7 @@ async fn serve_connection<T: Trainer>(
     options: &AgentOptions,
     trainer: &Arc<Mutex<T>>,
     last: &Shared<Option<LastUpdate>>,
+    base: &Shared<Option<Base>>,
     stop: &mut watch::Receiver<bool>,
     failures: &mut u32,
 ) -> Result<Exit, Failure> {
@@ -172,10 +176,12 @@ async fn serve_connection<T: Trainer>(
             stream = connection.accept_bi() => {
                 let (send, recv) = stream?;
                 let (trainer, last, shutdown_tx) = (trainer.clone(), last.clone(), shutdown_tx.clone());
+                let base = base.clone();
                 let require_secure = options.require_secure_aggregation;
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    let served = serve_stream(send, recv, limits, require_secure, trainer, last, shutdown_tx, metrics);
+                    let kept = Kept { last, base };
+                    let served = serve_stream(send, recv, limits, require_secure, trainer, kept, shutdown_tx, metrics);
                     if let Err(e) = served.await {
                         debug!("exchange ended: {e}");
                     }
@@ -224,6 +230,18 @@ pub(crate) fn count(metrics: Option<&AgentMetrics>, outcome: TaskOutcome) {
 /// State shared by the tasks of an agent.
 type Shared<T> = Arc<Mutex<T>>;
 
+/// A whole model kept for the frozen values later tasks leave out: their checksum, and
+/// the model.
+type Base = (u32, Vec<f32>);
+
+/// What an agent keeps between exchanges.
+struct Kept {
+    /// The last trained update, for a task sent again.
+    last: Shared<Option<LastUpdate>>,
+    /// The last whole model of a task with frozen tensors.
+    base: Shared<Option<Base>>,
+}
+
 pub(crate) fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Training state is rebuilt from each task, so a trainer poisoned by a panic is
     // still safe to use for the next one.
@@ -238,10 +256,11 @@ async fn serve_stream<T: Trainer>(
     limits: Limits,
     require_secure: bool,
     trainer: Arc<Mutex<T>>,
-    last: Shared<Option<LastUpdate>>,
+    kept: Kept,
     shutdown: mpsc::Sender<String>,
     shared_metrics: Option<Arc<AgentMetrics>>,
 ) -> Result<(), WireError> {
+    let Kept { last, base } = kept;
     let metrics = shared_metrics.as_deref();
     let (message, payload) = match read_frame(&mut recv, limits).await {
         Ok(frame) => frame,
@@ -260,11 +279,14 @@ async fn serve_stream<T: Trainer>(
             if let Some(m) = metrics {
                 m.received(payload.len());
             }
-            if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
-                count(metrics, TaskOutcome::Failed);
-                write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
-                return Ok(send.finish()?);
-            }
+            let payload = match whole_model(&task, payload, &base) {
+                Ok(whole) => whole,
+                Err(error) => {
+                    count(metrics, TaskOutcome::Failed);
+                    write_frame(&mut send, &AgentMessage::Error(error), &[]).await?;
+                    return Ok(send.finish()?);
+                }
+            };
             if let Some(params) = task.secure {
                 return crate::secure::serve(&mut send, &mut recv, task, params, payload, trainer, shared_metrics)
                     .await;
@@ -446,6 +468,50 @@ pub(crate) fn update_for(task: &Task, fit: &FitOutcome) -> Update {
 }
 
 /// Checks a task's payload against its model before any work is done.
+/// The whole global model of `task`: its payload, checked against the manifest, or the
+/// trainable values it carries written over the frozen ones kept from an earlier task
+/// ([`Task::base`]). A whole model of a task with frozen tensors is kept for the next.
+fn whole_model(task: &Task, payload: Vec<f32>, base: &Shared<Option<Base>>) -> Result<Vec<f32>, ErrorMessage> {
+    let Some(checksum) = task.base else {
+        if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
+            return Err(error);
+        }
+        if !task.frozen.is_empty()
+            && let Ok(trainable) = task.trainable()
+        {
+            *lock(base) = Some((trainable.frozen_checksum(&payload), payload.clone()));
+        }
+        return Ok(payload);
+    };
+    let trainable = task
+        .trainable()
+        .map_err(|e| ErrorMessage::new(ErrorCode::InvalidTask, e.to_string()))?;
+    if let Some(error) = check_layout(&task.model, task.manifest_hash, trainable.total()) {
+        return Err(error);
+    }
+    if payload.len() != trainable.numel() {
+        return Err(ErrorMessage::new(
+            ErrorCode::ManifestMismatch,
+            format!(
+                "task payload has {} values, the model's trainable tensors hold {}",
+                payload.len(),
+                trainable.numel()
+            ),
+        ));
+    }
+    match lock(base).as_ref() {
+        Some((kept, whole)) if *kept == checksum && whole.len() == trainable.total() => {
+            let mut whole = whole.clone();
+            trainable.scatter(&payload, &mut whole);
+            Ok(whole)
+        }
+        _ => Err(ErrorMessage::new(
+            ErrorCode::MissingBase,
+            "this agent does not hold the frozen values the task leaves out; send the whole model",
+        )),
+    }
+}
+
 fn check_layout(
     model: &fedtune_protocol::ModelSpec,
     hash: fedtune_protocol::ManifestHash,

@@ -206,6 +206,7 @@ mod tests {
             measure_train_loss,
             secure: None,
             frozen: Vec::new(),
+            base: None,
         }
     }
 

@@ -121,6 +121,28 @@ impl Trainable {
         self.numel == self.total
     }
 
+    /// A checksum (CRC-32 of the little-endian bytes) of `full`'s frozen values: what a
+    /// task names when it sends only the trainable part.
+    ///
+    /// # Panics
+    /// If `full` is not [`Trainable::total`] long.
+    #[must_use]
+    pub fn frozen_checksum(&self, full: &[f32]) -> u32 {
+        assert_eq!(full.len(), self.total, "buffer does not fit the manifest");
+        let mut hasher = crc32fast::Hasher::new();
+        let mut start = 0;
+        for range in self
+            .ranges
+            .iter()
+            .cloned()
+            .chain(std::iter::once(self.total..self.total))
+        {
+            hasher.update(&crate::tensor::f32_to_le_bytes(&full[start..range.start]));
+            start = range.end;
+        }
+        hasher.finalize()
+    }
+
     /// The trainable values of `full`, in order.
     ///
     /// # Panics
@@ -200,6 +222,12 @@ mod tests {
         );
         assert!(Trainable::new(&m, &[]).unwrap().is_all());
         assert_eq!(Trainable::new(&m, &[]).unwrap(), Trainable::all(13));
+        // The checksum covers the frozen values only.
+        let mut moved = full.clone();
+        moved[0] += 1.0;
+        assert_eq!(t.frozen_checksum(&moved), t.frozen_checksum(&full));
+        moved[2] += 1.0;
+        assert_ne!(t.frozen_checksum(&moved), t.frozen_checksum(&full));
     }
 
     #[test]

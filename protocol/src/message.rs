@@ -287,6 +287,11 @@ pub struct Task {
     /// Freeze patterns ([`crate::freeze`]): the tensors they name are not trained, and the
     /// update carries only the others' values, in manifest order.
     pub frozen: Vec<String>,
+    /// Set when the payload carries only the trainable values: the frozen ones are those
+    /// the agent received in full before, whose checksum
+    /// ([`crate::freeze::Trainable::frozen_checksum`]) this is. An agent that does not hold
+    /// them answers [`crate::ErrorCode::MissingBase`], and gets the whole model next time.
+    pub base: Option<u32>,
 }
 
 impl Task {
@@ -425,6 +430,9 @@ pub enum ErrorCode {
     InvalidTask,
     /// Something failed on the sender's side.
     Internal,
+    /// The task sent only the trainable values, and the agent does not hold the frozen
+    /// ones it names ([`Task::base`]).
+    MissingBase,
 }
 
 /// A failure reported to the peer, in words it can act on.

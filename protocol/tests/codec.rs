@@ -28,6 +28,7 @@ fn task(trial: u64, round: u64, hidden: Vec<usize>, lr: f64) -> AggregatorMessag
         measure_train_loss: round.is_multiple_of(2),
         secure: None,
         frozen: vec!["convs.*".into()],
+        base: Some(7),
     })
 }
 

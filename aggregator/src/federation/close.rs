@@ -43,6 +43,7 @@ impl Federation {
             round,
             exchanges,
             known,
+            downlink_bytes,
             ..
         } = *open;
         // Stragglers are dropped, not waited on: their streams are reset.
@@ -107,9 +108,16 @@ impl Federation {
                 warn!("cannot adapt the server learning rate: {e}");
             }
         }
-        // The whole model goes to every member; the trainable values come back.
-        let payload_bytes =
-            spec.cohort.len() as u64 * self.global.len() as u64 * 4 + results.len() as u64 * spec.numel as u64 * 4;
+        // The model went down (whole, or its trainable part to agents holding the rest);
+        // the trainable values came back.
+        let payload_bytes = downlink_bytes + results.len() as u64 * spec.numel as u64 * 4;
+        // Who answered holds the frozen values now; who failed gets the whole model next.
+        if let Some((_, holders)) = self.base.as_mut() {
+            holders.extend(results.iter().map(|r| r.agent.clone()));
+            for failure in &outcome.failures {
+                holders.remove(&failure.agent);
+            }
+        }
         let record = RoundRecord {
             round: spec.round,
             cohort: spec.cohort,

@@ -100,6 +100,8 @@ struct OpenRound {
     secure: Option<SecurePhase>,
     /// The agents known when the round started (for participation fairness).
     known: Vec<String>,
+    /// Bytes of global model sent to the cohort.
+    downlink_bytes: u64,
 }
 
 /// A closed round whose record waits for the server-side evaluation.
@@ -139,6 +141,11 @@ pub struct Federation {
     global: Vec<f32>,
     /// The part of `global` that trains (all of it unless `[model] freeze` says otherwise).
     trainable: Trainable,
+    /// With frozen tensors: the checksum of their values (they never change in a run),
+    /// and the agents that hold them, which are sent only the trainable values. An agent
+    /// is added once it answered a task that carried the whole model, and dropped when it
+    /// reconnects, goes away or fails a task.
+    base: Option<(u32, BTreeSet<String>)>,
     server_lr: Option<ServerLrController>,
     history: History,
     rng: ChaCha12Rng,
@@ -173,6 +180,7 @@ impl Federation {
             None => fresh,
         };
         let trainable = config.model.trainable()?;
+        let base = (!trainable.is_all()).then(|| (trainable.frozen_checksum(&global), BTreeSet::new()));
         Ok(Self {
             strategy,
             tuner: None,
@@ -183,6 +191,7 @@ impl Federation {
             round: 0,
             global,
             trainable,
+            base,
             server_lr,
             history: History::default(),
             rng,
@@ -347,9 +356,11 @@ impl Federation {
         self.now = Some(now);
         match event {
             Event::AgentConnected { agent, capabilities } => {
+                self.forget_base(&agent);
                 self.agents.insert(agent, capabilities);
             }
             Event::AgentGone { agent } => {
+                self.forget_base(&agent);
                 self.agents.remove(&agent);
                 self.on_agent_gone(&agent, now);
             }
@@ -360,6 +371,13 @@ impl Federation {
             } => self.on_received(exchange, message, payload, now),
             Event::ExchangeFailed { exchange, error } => self.on_exchange_failed(exchange, error, now),
             Event::GlobalEvaluated { round, result } => self.on_global_evaluated(round, result, now),
+        }
+    }
+
+    /// `agent` no longer counts as holding the frozen values: it gets the whole model next.
+    fn forget_base(&mut self, agent: &str) {
+        if let Some((_, holders)) = self.base.as_mut() {
+            holders.remove(agent);
         }
     }
 
@@ -477,9 +495,18 @@ impl Federation {
                 measure_train_loss: self.strategy.needs_train_loss(),
                 secure: None,
                 frozen: config.model.freeze.clone(),
+                base: None,
             });
         }
         let payload = params_to_bytes(&self.global);
+        // Agents that hold the frozen values get the trainable ones only.
+        let partial = self.base.as_ref().map(|(checksum, holders)| {
+            (
+                *checksum,
+                holders.clone(),
+                params_to_bytes(&self.trainable.gather(&self.global)),
+            )
+        });
         let aggregation = self.strategy.begin_round(round, spec.numel);
         let mut open = Box::new(OpenRound {
             started: now,
@@ -487,6 +514,7 @@ impl Federation {
             exchanges: BTreeMap::new(),
             secure: None,
             known,
+            downlink_bytes: 0,
         });
         let mut secure = None;
         if config.secure_aggregation.enabled {
@@ -518,11 +546,19 @@ impl Federation {
                 secure.add_member(agent, index as u32, exchange);
             }
             open.exchanges.insert(exchange, agent.clone());
+            let payload = match &partial {
+                Some((checksum, holders, trainable)) if holders.contains(agent) => {
+                    task.base = Some(*checksum);
+                    trainable.clone()
+                }
+                _ => payload.clone(),
+            };
+            open.downlink_bytes += payload.len() as u64;
             self.actions.push_back(Action::Open {
                 exchange,
                 agent: agent.clone(),
                 message: AggregatorMessage::Task(task),
-                payload: payload.clone(),
+                payload,
                 answer,
             });
         }

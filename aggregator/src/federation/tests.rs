@@ -652,3 +652,66 @@ fn a_federation_starts_from_the_initial_model_when_one_was_read() {
         assert_eq!(fedtune_protocol::tensor::f32_from_le_bytes(&payload).unwrap(), initial);
     }
 }
+
+#[test]
+fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_after_a_miss() {
+    // A 3 -> 2 linear model: weight [3, 2] (frozen), bias [2] (trained).
+    let mut config = config(3, false);
+    config.model.freeze = vec!["layers.0.weight".into()];
+    let now = Instant::now();
+    let mut fed = machine(config, &["a", "b"], now);
+    // Per agent: the exchange, the task, and the values sent down.
+    let opened = |actions: &[Action]| -> BTreeMap<String, (ExchangeId, Task, usize)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Open {
+                    exchange,
+                    agent,
+                    message: AggregatorMessage::Task(task),
+                    payload,
+                    ..
+                } => Some((agent.clone(), (*exchange, task.clone(), payload.len() / 4))),
+                _ => None,
+            })
+            .collect()
+    };
+    let answer = |fed: &mut Federation, exchange: ExchangeId, message: AgentMessage| {
+        fed.handle_event(
+            now,
+            Event::Received {
+                exchange,
+                message,
+                payload: vec![0.5; 2],
+            },
+        );
+    };
+
+    // Round 0: the whole model to both.
+    fed.handle_timeout(now);
+    let round0 = opened(&drain(&mut fed));
+    assert_eq!(round0.len(), 2);
+    for (exchange, task, len) in round0.values() {
+        assert_eq!((task.base, *len), (None, 8));
+        answer(&mut fed, *exchange, update_for(task, 10));
+    }
+    fed.handle_timeout(now);
+    // Round 1: both hold the frozen weight; only the bias goes down, named by checksum.
+    let round1 = opened(&drain(&mut fed));
+    let checksum = round1["a"].1.base.expect("a holds the frozen values");
+    assert_eq!(
+        (round1["a"].2, round1["b"].1.base, round1["b"].2),
+        (2, Some(checksum), 2)
+    );
+    // a lost them: it says so, and gets the whole model in the next round.
+    answer(
+        &mut fed,
+        round1["a"].0,
+        AgentMessage::Error(ErrorMessage::new(ErrorCode::MissingBase, "no base")),
+    );
+    answer(&mut fed, round1["b"].0, update_for(&round1["b"].1, 10));
+    fed.handle_timeout(now);
+    let round2 = opened(&drain(&mut fed));
+    assert_eq!((round2["a"].1.base, round2["a"].2), (None, 8));
+    assert_eq!((round2["b"].1.base, round2["b"].2), (Some(checksum), 2));
+}
