@@ -221,6 +221,10 @@ impl Federation {
         fed.strategy.load_state(state.strategy)?;
         fed.round = state.round;
         fed.global = state.global;
+        // The frozen values are the checkpoint's, whatever the configuration starts from.
+        if let Some((checksum, _)) = fed.base.as_mut() {
+            *checksum = fed.trainable.frozen_checksum(&fed.global);
+        }
         fed.server_lr = state.server_lr;
         fed.history = state.history;
         fed.rng = state.rng.rng();
