@@ -95,13 +95,7 @@ impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> ModelTrainer<M, F> {
 
 impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> Trainer for ModelTrainer<M, F> {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            memory_bytes: 0,
-            backend: "burn-flex-cpu".into(),
-            train_samples: self.train.len() as u64,
-            validation_samples: self.validation.len() as u64,
-        }
+        crate::trainer::capabilities(&self.train, &self.validation)
     }
 
     fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {

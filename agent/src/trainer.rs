@@ -99,13 +99,7 @@ impl BurnTrainer {
 
 impl Trainer for BurnTrainer {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            memory_bytes: 0,
-            backend: "burn-flex-cpu".into(),
-            train_samples: self.train.len() as u64,
-            validation_samples: self.validation.len() as u64,
-        }
+        capabilities(&self.train, &self.validation)
     }
 
     fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
@@ -157,6 +151,17 @@ impl Trainer for BurnTrainer {
             accuracy: e.accuracy,
             samples: e.samples,
         })
+    }
+}
+
+/// What a device training with Burn's CPU backend on `train` and `validation` offers.
+pub(crate) fn capabilities(train: &Dataset, validation: &Dataset) -> Capabilities {
+    Capabilities {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: 0,
+        backend: "burn-flex-cpu".into(),
+        train_samples: train.len() as u64,
+        validation_samples: validation.len() as u64,
     }
 }
 

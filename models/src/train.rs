@@ -203,34 +203,17 @@ pub fn train_local(
     spec.validate().map_err(TrainError::InvalidModel)?;
     let shape = ModelShape::of(spec)?;
     let manifest = spec.manifest();
-    let m = &manifest;
+    // The same call for every architecture the zoo builds.
+    macro_rules! train_with {
+        ($build:expr) => {
+            train_model(
+                $build, shape, &manifest, frozen, global, hp, train, validation, seed, device, cancel,
+            )
+        };
+    }
     match spec {
-        ModelSpec::Mlp(mlp) => train_model(
-            |d| Mlp::init(mlp, d),
-            shape,
-            m,
-            frozen,
-            global,
-            hp,
-            train,
-            validation,
-            seed,
-            device,
-            cancel,
-        ),
-        ModelSpec::Cnn(cnn) => train_model(
-            |d| Cnn::init(cnn, d),
-            shape,
-            m,
-            frozen,
-            global,
-            hp,
-            train,
-            validation,
-            seed,
-            device,
-            cancel,
-        ),
+        ModelSpec::Mlp(mlp) => train_with!(|d| Mlp::init(mlp, d)),
+        ModelSpec::Cnn(cnn) => train_with!(|d| Cnn::init(cnn, d)),
         ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
     }
 }
