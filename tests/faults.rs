@@ -48,6 +48,10 @@ async fn run_through(
     let trainers = common::digits_trainers(&data, n);
     let mut agents = spawn_agents_with(&fed.pki, fed.addr, trainers, false, fed.stop.subscribe(), |i, o| {
         o.aggregator = addrs[i];
+        // A cut that outlasts the idle timeout (a loaded machine makes rounds slow) drops
+        // the connection; the agent then reconnects once the link heals, as a daemon
+        // would, instead of giving up after the simulation's few attempts.
+        o.reconnect.max_attempts = None;
     })
     .unwrap();
     let report = fed.aggregator.await.unwrap().unwrap();
@@ -112,7 +116,12 @@ async fn a_cut_link_misses_rounds_on_time_and_takes_part_after_the_heal() {
     .await;
     for r in &report.rounds[2..4] {
         assert_eq!(r.updates, 2, "round {} ran without the cut agent", r.round);
-        assert!(r.failures.iter().any(|f| f.agent == "agent-2"), "{:?}", r.failures);
+        // Recorded as failed, or, when the cut outlasted its connection, not asked at all.
+        assert!(
+            r.failures.iter().any(|f| f.agent == "agent-2") || !r.cohort.iter().any(|a| a == "agent-2"),
+            "{:?}",
+            r.failures
+        );
         assert!(
             r.seconds < TIMEOUT + 1.0,
             "round {} closed at its deadline, not {:.2}s later",
