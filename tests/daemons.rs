@@ -151,6 +151,46 @@ fn the_daemons_run_rounds_under_secure_aggregation() {
 }
 
 #[test]
+fn serve_stopped_before_its_first_round_exits_cleanly_and_writes_no_model() {
+    let dir = common::scratch_dir("daemons-stopped");
+    let pki = common::init_pki(&dir, 1);
+    let report = dir.join("report.json");
+    let toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))
+        .unwrap()
+        .replace("127.0.0.1:4433", &format!("127.0.0.1:{}", common::free_udp_port()))
+        .replace("pki/", &format!("{}/", pki.display()))
+        .replace("aggregator-report.json", report.to_str().unwrap())
+        .replace("db = \"fedtune.db\"", "# no store");
+    let path = dir.join("aggregator.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut aggregator = Command::new(common::binary("fedtune-aggregator"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No agent ever comes: stop it while it waits for them.
+    std::thread::sleep(Duration::from_millis(1500));
+    let term = Command::new("kill")
+        .args(["-TERM", &aggregator.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = wait(&mut aggregator, Duration::from_secs(30));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut aggregator.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(report.exists(), "the report of the stopped run is written");
+    assert!(
+        !dir.join("report.safetensors").exists(),
+        "no round ran: no model is written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn serve_refuses_a_robust_rule_under_secure_aggregation() {
     let dir = common::scratch_dir("daemons-refuse");
     let toml = std::fs::read_to_string(common::repo().join("config/aggregator.toml"))

@@ -497,7 +497,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         }
     };
     progress.finish();
-    if let Some(path) = model_path {
+    // A run stopped before its first round has no model of its own to write.
+    if let Some(path) = model_path.filter(|_| !report.global.is_empty()) {
         let spec = model_spec.clone();
         let global = report.global.clone();
         let written = path.clone();
