@@ -44,8 +44,14 @@ import torch
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 
-import torch.nn as nn  # noqa: E402
+import sys  # noqa: E402
+
 import torch.nn.functional as F  # noqa: E402
+
+# The same LeNet as the committed fixture: one definition, in the fixture's script.
+sys.dont_write_bytecode = True  # no __pycache__ among the fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "lenet"))
+from make_fixture import LeNet  # noqa: E402
 
 WARMUP_STEPS = 20
 NUM_CLASSES = 10
@@ -53,26 +59,6 @@ IMAGE_SHAPE = (1, 28, 28)
 # Number of distinct synthetic batches cycled through during training (keeps
 # memory small while avoiding training on one single batch).
 NUM_DATA_BATCHES = 16
-
-
-class LeNet(nn.Module):
-    """NIID-Bench LeNet for 28x28 single-channel images (same as the fixture)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(256, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, NUM_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # [B, 6, 12, 12]
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # [B, 16, 4, 4]
-        x = torch.flatten(x, 1)  # [B, 256]
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)  # logits [B, 10]
 
 
 def parse_args() -> argparse.Namespace:
