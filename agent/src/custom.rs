@@ -113,12 +113,7 @@ impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> Trainer for ModelTrain
             &self.device,
             cancel,
         )?;
-        Ok(FitOutcome {
-            delta: local.delta,
-            num_samples: local.num_samples,
-            metrics: local.metrics,
-            proposal: None,
-        })
+        Ok(FitOutcome::from_local(local, None))
     }
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
@@ -131,12 +126,6 @@ impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> Trainer for ModelTrain
             &self.validation,
             &self.device,
         )?;
-        Ok(Evaluation {
-            trial: request.trial,
-            round: request.round,
-            loss: e.loss,
-            accuracy: e.accuracy,
-            samples: e.samples,
-        })
+        Ok(crate::trainer::answer(request, e))
     }
 }

@@ -5,7 +5,7 @@ use fedtune_protocol::{Capabilities, ClientHyperparameters, Evaluate, Evaluation
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
 use crate::model::Device;
-use crate::train::{TrainError, evaluate, train_local};
+use crate::train::{self, LocalUpdate, TrainError, evaluate, train_local};
 
 /// Why a trainer did not produce an update or an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +129,7 @@ impl Trainer for BurnTrainer {
             learning_rate: hp.learning_rate / 2.0,
             ..hp.clone()
         });
-        Ok(FitOutcome {
-            delta: local.delta,
-            num_samples: local.num_samples,
-            metrics: local.metrics,
-            proposal,
-        })
+        Ok(FitOutcome::from_local(local, proposal))
     }
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
@@ -144,13 +139,31 @@ impl Trainer for BurnTrainer {
             )));
         }
         let e = evaluate(&request.model, params, &self.validation, &self.device)?;
-        Ok(Evaluation {
-            trial: request.trial,
-            round: request.round,
-            loss: e.loss,
-            accuracy: e.accuracy,
-            samples: e.samples,
-        })
+        Ok(answer(request, e))
+    }
+}
+
+impl FitOutcome {
+    /// A local training run's update, with the hyperparameters the trainer proposes.
+    #[must_use]
+    pub fn from_local(local: LocalUpdate, proposal: Option<ClientHyperparameters>) -> Self {
+        Self {
+            delta: local.delta,
+            num_samples: local.num_samples,
+            metrics: local.metrics,
+            proposal,
+        }
+    }
+}
+
+/// The answer to `request` from a local evaluation.
+pub(crate) fn answer(request: &Evaluate, e: train::Evaluation) -> Evaluation {
+    Evaluation {
+        trial: request.trial,
+        round: request.round,
+        loss: e.loss,
+        accuracy: e.accuracy,
+        samples: e.samples,
     }
 }
 

@@ -125,12 +125,16 @@ pub struct ModelShape {
 
 impl ModelShape {
     fn of(spec: &ModelSpec) -> Result<Self, TrainError> {
-        match (spec.input_len(), spec.classes()) {
-            (Some(input), Some(classes)) => Ok(Self { input, classes }),
-            _ => match spec {
-                ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
-                _ => unreachable!("every zoo spec has an input and classes"),
-            },
+        match spec {
+            ModelSpec::Mlp(mlp) => Ok(Self {
+                input: mlp.input,
+                classes: mlp.classes,
+            }),
+            ModelSpec::Cnn(cnn) => Ok(Self {
+                input: cnn.input_len(),
+                classes: cnn.classes,
+            }),
+            ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
         }
     }
 }

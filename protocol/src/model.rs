@@ -187,26 +187,6 @@ impl CnnSpec {
 }
 
 impl ModelSpec {
-    /// Features per input row the model takes; `None` for custom layouts.
-    #[must_use]
-    pub fn input_len(&self) -> Option<usize> {
-        match self {
-            ModelSpec::Mlp(mlp) => Some(mlp.input),
-            ModelSpec::Cnn(cnn) => Some(cnn.input_len()),
-            ModelSpec::Custom { .. } => None,
-        }
-    }
-
-    /// Number of output classes; `None` for custom layouts.
-    #[must_use]
-    pub fn classes(&self) -> Option<usize> {
-        match self {
-            ModelSpec::Mlp(mlp) => Some(mlp.classes),
-            ModelSpec::Cnn(cnn) => Some(cnn.classes),
-            ModelSpec::Custom { .. } => None,
-        }
-    }
-
     /// A short human description, e.g. `MLP 64-64-10` or `CNN 1x28x28 c5:6 c5:16 256-120-84-10`.
     #[must_use]
     pub fn describe(&self) -> String {

@@ -505,11 +505,8 @@ impl Federation {
         let payload = params_to_bytes(&self.global);
         // Agents that hold the frozen values get the trainable ones only.
         let partial = self.base.as_ref().map(|(checksum, holders)| {
-            (
-                *checksum,
-                holders.clone(),
-                params_to_bytes(&self.trainable.gather(&self.global)),
-            )
+            let holds: Vec<bool> = cohort.iter().map(|(agent, _)| holders.contains(agent)).collect();
+            (*checksum, holds, params_to_bytes(&self.trainable.gather(&self.global)))
         });
         let aggregation = self.strategy.begin_round(round, spec.numel);
         let mut open = Box::new(OpenRound {
@@ -551,7 +548,7 @@ impl Federation {
             }
             open.exchanges.insert(exchange, agent.clone());
             let payload = match &partial {
-                Some((checksum, holders, trainable)) if holders.contains(agent) => {
+                Some((checksum, holds, trainable)) if holds[index] => {
                     task.base = Some(*checksum);
                     trainable.clone()
                 }
