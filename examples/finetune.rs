@@ -7,13 +7,18 @@
 //! - `full`: from the pretrained weights, every tensor trained;
 //! - `frozen`: from the pretrained weights, the convolutions frozen (features), the
 //!   linear head trained and sent;
-//! - `frozen-head0`: also the head's first layer frozen; only its last two layers travel.
+//! - `frozen-head0`: also the head's first layer frozen; only its last two layers travel;
+//! - `lora`: from the pretrained weights, everything frozen and low-rank adapters
+//!   (`--lora-rank`, alpha = 2 · rank) on the head's three linear layers; only the
+//!   adapters travel.
 //!
-//! Every mode's final model is written as safetensors and checked with the aggregator's
-//! `evaluate`, which must give the run's own final test accuracy.
+//! Every mode's final model is written as safetensors (a LoRA model merged, and its
+//! adapters alone beside it) and checked with the aggregator's `evaluate`, which must
+//! give the run's own final test accuracy.
 //!
 //! ```text
-//! cargo run --release --example finetune -- --rounds 20 --summary finetune.json
+//! cargo run --release --example finetune -- --summary finetune.json
+//! cargo run --release --example finetune -- --rounds 5 --modes full,lora   # a quick look
 //! ```
 
 mod common;
@@ -31,7 +36,7 @@ use fedtune::agent::model::default_device;
 use fedtune::agent::partition::{Dirichlet, SplitFile, stratified_holdout};
 use fedtune::agent::train::{evaluate, train_local};
 use fedtune::agent::weights::WeightsSource;
-use fedtune::aggregator::config::{FederationConfig, ModelConfig};
+use fedtune::aggregator::config::{FederationConfig, LoraConfig, ModelConfig};
 use fedtune::aggregator::evaluate::{TestSet, evaluate_weights};
 use fedtune::aggregator::progress::Progress;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, service};
@@ -51,20 +56,30 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     agents: usize,
     /// Federated rounds per mode.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     rounds: u64,
     /// Local epochs per round.
     #[arg(long, default_value_t = 1)]
     local_epochs: u32,
     /// Epochs of central pretraining.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 10)]
     pretrain_epochs: u32,
     /// Share of the training set held out for pretraining (no agent holds it).
     #[arg(long, default_value_t = 0.2)]
     pretrain_fraction: f64,
-    /// Modes to run, comma-separated: scratch, full, frozen, frozen-head0.
-    #[arg(long, value_delimiter = ',', default_value = "scratch,full,frozen,frozen-head0")]
+    /// Modes to run, comma-separated: scratch, full, frozen, frozen-head0, lora.
+    #[arg(long, value_delimiter = ',', default_value = "scratch,full,frozen,frozen-head0,lora")]
     modes: Vec<String>,
+    /// Rank of the `lora` mode's adapters.
+    #[arg(long, default_value_t = 4)]
+    lora_rank: usize,
+    /// Client learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// Client learning rate of the `lora` mode (adapters start at zero and usually take a
+    /// larger step than full fine-tuning).
+    #[arg(long, default_value_t = 1e-2)]
+    lora_learning_rate: f64,
     /// Seed of the split, the pretraining and the federations.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -80,6 +95,8 @@ struct Args {
 struct ModeRun {
     mode: String,
     freeze: Vec<String>,
+    lora_rank: Option<usize>,
+    trainable_parameters: usize,
     final_test_accuracy: f64,
     worst_agent_accuracy: f64,
     bytes_per_round_per_agent: f64,
@@ -104,14 +121,35 @@ struct Summary {
     total_seconds: f64,
 }
 
-/// What each mode freezes, and whether it starts from the pretrained weights.
-fn mode(name: &str) -> anyhow::Result<(bool, Vec<String>)> {
-    Ok(match name {
-        "scratch" => (false, vec![]),
-        "full" => (true, vec![]),
-        "frozen" => (true, vec!["convs.*".into()]),
-        "frozen-head0" => (true, vec!["convs.*".into(), "head.0".into()]),
-        other => anyhow::bail!("unknown mode `{other}`: use scratch, full, frozen or frozen-head0"),
+/// How a mode fine-tunes.
+struct Mode {
+    from_pretrained: bool,
+    freeze: Vec<String>,
+    lora: Option<LoraConfig>,
+}
+
+/// What each mode freezes or adapts, and whether it starts from the pretrained weights.
+fn mode(name: &str, lora_rank: usize) -> anyhow::Result<Mode> {
+    let (from_pretrained, freeze, lora) = match name {
+        "scratch" => (false, vec![], None),
+        "full" => (true, vec![], None),
+        "frozen" => (true, vec!["convs.*".into()], None),
+        "frozen-head0" => (true, vec!["convs.*".into(), "head.0".into()], None),
+        "lora" => (
+            true,
+            vec![],
+            Some(LoraConfig {
+                rank: lora_rank,
+                alpha: Some(2.0 * lora_rank as f64),
+                targets: vec!["head.*".into()],
+            }),
+        ),
+        other => anyhow::bail!("unknown mode `{other}`: use scratch, full, frozen, frozen-head0 or lora"),
+    };
+    Ok(Mode {
+        from_pretrained,
+        freeze,
+        lora,
     })
 }
 
@@ -121,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     for name in &args.modes {
-        mode(name)?;
+        mode(name, args.lora_rank)?;
     }
     std::fs::create_dir_all(&args.out)?;
     let device = default_device();
@@ -190,7 +228,11 @@ async fn main() -> anyhow::Result<()> {
     // 2. Federate in each mode.
     let mut runs = Vec::new();
     for name in &args.modes {
-        let (from_pretrained, freeze) = mode(name)?;
+        let Mode {
+            from_pretrained,
+            freeze,
+            lora,
+        } = mode(name, args.lora_rank)?;
         let t = Instant::now();
         let pki = ephemeral_pki(args.agents)?;
         let endpoint = bind_aggregator(&pki, LOOPBACK)?;
@@ -212,7 +254,11 @@ async fn main() -> anyhow::Result<()> {
                 ..spec.clone().into()
             },
             client: ClientHyperparameters {
-                learning_rate: 1e-3,
+                learning_rate: if lora.is_some() {
+                    args.lora_learning_rate
+                } else {
+                    args.learning_rate
+                },
                 local_epochs: args.local_epochs,
                 batch_size: 64,
                 optimizer: Optimizer::Adam,
@@ -220,10 +266,14 @@ async fn main() -> anyhow::Result<()> {
             },
             ..AggregatorConfig::default()
         };
+        config.model.set_lora(lora.clone());
         service::load_initial_model(&mut config)?;
         config.validate()?;
+        let model_spec = config.model.spec.clone();
+        let trainable_parameters = config.model.trainable()?.numel();
         println!(
-            "mode {name}: freeze {freeze:?}, from {}",
+            "mode {name}: {}, freeze {freeze:?}, from {}, {trainable_parameters} parameters train",
+            model_spec.describe(),
             if from_pretrained { "pretrained" } else { "scratch" }
         );
         let progress = Progress::stdout(args.rounds, "round");
@@ -253,13 +303,15 @@ async fn main() -> anyhow::Result<()> {
 
         let final_test = report.final_test.context("no test evaluation")?;
         let model_path = args.out.join(format!("final-{name}.safetensors"));
-        service::save_model(&spec, &report.global, &model_path)?;
+        service::save_model(&model_spec, &report.global, &model_path)?;
         let check = evaluate_weights(&spec, &WeightsSource::new(&model_path), &TestSet::FashionMnist)?;
         let rounds = report.rounds.len();
         let bytes: u64 = report.rounds.iter().map(|r| r.payload_bytes).sum();
         let run = ModeRun {
             mode: name.clone(),
             freeze,
+            lora_rank: lora.map(|l| l.rank),
+            trainable_parameters,
             final_test_accuracy: final_test.accuracy,
             worst_agent_accuracy: report
                 .final_agent_evaluation

@@ -139,3 +139,129 @@ async fn frozen_layers_neither_change_nor_travel() {
         "training the head alone still learns"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adapters() {
+    let dir = scratch_dir("model-files-lora");
+    let data = digits();
+    let mut config = config(3, 4);
+    // The digits MLP 64-64-10 from a starting file, rank-4 adapters on both layers.
+    let plain = config.model.spec.clone();
+    let start = plain.init_params(&mut StdRng::seed_from_u64(77));
+    let init_path = dir.join("start.safetensors");
+    service::save_model(&plain, &start, &init_path).unwrap();
+    config.model.init = Some(WeightsSource::new(&init_path));
+    config.model.set_lora(Some(fedtune::aggregator::config::LoraConfig {
+        rank: 4,
+        alpha: Some(8.0),
+        targets: vec![],
+    }));
+    config.client.learning_rate = 0.01;
+    service::load_initial_model(&mut config).unwrap();
+    let spec = config.model.spec.clone();
+    let ModelSpec::Lora(lora) = &spec else { unreachable!() };
+    let adapters = (64 + 64) * 4 + (64 + 10) * 4;
+    assert_eq!(config.model.trainable().unwrap().numel(), adapters);
+    let initial = config.model.initial.clone().unwrap();
+    // Fresh adapters start as the file's model.
+    assert_eq!(lora.merged(&initial), start);
+
+    let hooks = Hooks {
+        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            data.global_test().unwrap(),
+            default_device(),
+        ))),
+        ..Hooks::default()
+    };
+    let fed = start_aggregator(3, config, hooks);
+    let mut agents = start_agents(&fed, digits_trainers(&data, 3));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    assert_eq!(report.rounds.len(), 4);
+    for round in &report.rounds {
+        assert_eq!(round.updates, 3, "round {}: {:?}", round.round, round.failures);
+        for c in round.contributions.values() {
+            assert_eq!(c.update_bytes, adapters as u64 * 4, "only the adapters travel up");
+        }
+        let down = if round.round == 0 {
+            spec.manifest().numel()
+        } else {
+            adapters
+        };
+        assert_eq!(
+            round.payload_bytes,
+            3 * (down + adapters) as u64 * 4,
+            "round {}",
+            round.round
+        );
+    }
+    // The base weights are where they started; the adapters moved and changed the model.
+    let manifest = spec.manifest();
+    let mut offset = 0;
+    for t in &manifest.tensors {
+        let range = offset..offset + t.numel();
+        offset = range.end;
+        if fedtune::protocol::model::is_lora_factor(&t.name) {
+            continue;
+        }
+        assert_eq!(report.global[range.clone()], initial[range], "{} moved", t.name);
+    }
+    let merged = lora.merged(&report.global);
+    assert_ne!(merged, start);
+    let final_test = report.final_test.unwrap();
+    let first = report.rounds[0].test.unwrap().accuracy;
+    assert!(final_test.accuracy > first, "{final_test:?} from {first}");
+
+    // Written: the merged model, which `evaluate` scores as the run ended, and the adapters.
+    let model_path = dir.join("final.safetensors");
+    let written = service::save_model(&spec, &report.global, &model_path).unwrap();
+    assert_eq!(
+        written,
+        vec![model_path.clone(), dir.join("final.adapters.safetensors")]
+    );
+    let model_toml = dir.join("model.toml");
+    std::fs::write(
+        &model_toml,
+        "[model]\nlora = { rank = 4 }\n[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n",
+    )
+    .unwrap();
+    let output = Command::new(binary("fedtune-aggregator"))
+        .args(["evaluate", "--dataset", "digits", "--json", "--model"])
+        .arg(&model_toml)
+        .arg("--weights")
+        .arg(&model_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let accuracy = printed["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - final_test.accuracy).abs() < 1e-9,
+        "evaluate says {accuracy}, the run ended at {}",
+        final_test.accuracy
+    );
+    let bytes = std::fs::read(&written[1]).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut names: Vec<&str> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "__metadata__")
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "layers.0.weight.lora.a",
+            "layers.0.weight.lora.b",
+            "layers.1.weight.lora.a",
+            "layers.1.weight.lora.b"
+        ]
+    );
+    assert_eq!(header["__metadata__"]["lora_rank"], "4");
+    assert_eq!(bytes.len(), 8 + header_len + adapters * 4);
+}

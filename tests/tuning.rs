@@ -173,3 +173,69 @@ async fn a_federated_study_resumes_from_its_journal() {
         "the journal remembers the rounds of earlier trials"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
+    use fedtune::agent::model::default_device;
+    use fedtune::agent::weights::WeightsSource;
+    use fedtune::protocol::space::Scope;
+    let dir = common::scratch_dir("tuning-best-model");
+    let data = common::digits();
+    let agents = 3;
+    let pki = ephemeral_pki(agents).unwrap();
+    let endpoint = bind_aggregator(&pki, false).unwrap();
+    let mut config = common::config(agents, 1);
+    config.listen = endpoint.local_addr().unwrap();
+    config.report = Some(dir.join("study.json"));
+    let space = SearchSpace::new(vec![
+        ParamSpec::parse("lora_rank", "choice(0, 2, 8)")
+            .unwrap()
+            .with_scope(Scope::Server),
+    ])
+    .unwrap();
+    let study = TuneConfig {
+        sampler: SamplerKind::Grid,
+        objectives: vec![Metric::Accuracy, Metric::Bytes],
+        ..TuneConfig::new(space, 3, 2)
+    };
+    let test = data.global_test().unwrap();
+    let hooks = TuneHooks {
+        evaluator: Some(std::sync::Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            test.clone(),
+            default_device(),
+        ))),
+        ..TuneHooks::default()
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = spawn_agents(
+        &pki,
+        config.listen,
+        common::digits_trainers(&data, agents),
+        false,
+        stopped.clone(),
+    )
+    .unwrap();
+    let architecture = config.model.architecture().clone();
+    let report = tune(endpoint, config, study, hooks, stopped).await.unwrap();
+    while let Some(exit) = running.join_next().await {
+        exit.unwrap().unwrap();
+    }
+    assert!(report.trials.iter().all(|t| t.state == TrialState::Complete));
+    // Adapters of rank 0 (none), 2 and 8 move different bytes.
+    let bytes: BTreeSet<u64> = report.trials.iter().map(|t| t.metrics[&Metric::Bytes] as u64).collect();
+    assert_eq!(bytes.len(), 3, "{bytes:?}");
+
+    let best = report.best_trial().unwrap();
+    let path = dir.join("study.safetensors");
+    assert_eq!(best.model.as_deref(), Some(path.as_path()));
+    // The file on disk is the best trial's final model (merged, if it had adapters).
+    let params = fedtune::agent::weights::import(&architecture, &WeightsSource::new(&path), &default_device()).unwrap();
+    let accuracy = fedtune::agent::train::evaluate(&architecture, &params, &test, &default_device())
+        .unwrap()
+        .accuracy;
+    assert!(
+        (accuracy - best.final_test.unwrap().accuracy).abs() < 1e-9,
+        "file {accuracy} vs best trial {:?}",
+        best.final_test
+    );
+}

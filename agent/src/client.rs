@@ -467,17 +467,17 @@ pub(crate) fn update_for(task: &Task, fit: &FitOutcome) -> Update {
     }
 }
 
-/// Checks a task's payload against its model before any work is done.
 /// The whole global model of `task`: its payload, checked against the manifest, or the
 /// trainable values it carries written over the frozen ones kept from an earlier task
-/// ([`Task::base`]). A whole model of a task with frozen tensors is kept for the next.
+/// ([`Task::base`]). A whole model of a task with frozen tensors (frozen by pattern, or a
+/// LoRA model's base) is kept for the next.
 fn whole_model(task: &Task, payload: Vec<f32>, base: &Shared<Option<Base>>) -> Result<Vec<f32>, ErrorMessage> {
     let Some(checksum) = task.base else {
         if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
             return Err(error);
         }
-        if !task.frozen.is_empty()
-            && let Ok(trainable) = task.trainable()
+        if let Ok(trainable) = task.trainable()
+            && !trainable.is_all()
         {
             *lock(base) = Some((trainable.frozen_checksum(&payload), payload.clone()));
         }

@@ -46,41 +46,57 @@ pub struct AggregatorConfig {
     pub dashboard: DashboardConfig,
 }
 
-/// `[model]`: the architecture (`[model.mlp]`, `[model.cnn]`), the weights the global
-/// model starts from, and where the final model goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[model]`: the architecture (`[model.mlp]`, `[model.cnn]`), LoRA adapters on it, the
+/// weights the global model starts from, and where the final model goes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "ModelRepr")]
 pub struct ModelConfig {
-    /// The architecture.
-    #[serde(flatten)]
+    /// The architecture agents train: the architecture table's model, wrapped in
+    /// [`ModelSpec::Lora`] when `lora` is set.
     pub spec: ModelSpec,
     /// A weights file the global model starts from (`init = "pretrained.safetensors"`, or a
-    /// table with `path`, `layout` and `remap`; relative to the configuration file). Without
-    /// it, the model starts from a random initialisation seeded by `federation.seed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// table with `path`, `layout` and `remap`; relative to the configuration file). It
+    /// holds the plain architecture; LoRA adapters start fresh on top of it. Without it,
+    /// the model starts from a random initialisation seeded by `federation.seed`.
     pub init: Option<WeightsSource>,
     /// Where `serve` writes the final global model as safetensors (relative to the
     /// configuration file). Without it, the model goes next to the report
-    /// (`report.json` → `report.safetensors`) when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (`report.json` → `report.safetensors`) when there is one. A LoRA model is written
+    /// merged there, and its adapters alone beside it (`report.adapters.safetensors`).
     pub save: Option<PathBuf>,
     /// Freeze patterns over module paths (`freeze = ["convs.*"]`, see
     /// [`fedtune_protocol::freeze`]): those tensors keep their starting values, agents do
     /// not train or send them, and only the rest is averaged.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
     /// The parameters `init` holds, read by [`crate::service::load_initial_model`] before
     /// the federation starts; not configuration.
-    #[serde(skip)]
     pub initial: Option<Arc<Vec<f32>>>,
 }
 
-/// `[model]` as written: the architecture's table, `init`, `save`, and whatever else is
-/// there, which is refused (a misspelt `init` must not start a run from scratch).
+/// `lora = { rank = 4, alpha = 8.0, targets = ["head.*"] }` in `[model]`: low-rank
+/// adapters on the architecture's 2-D weights (see [`fedtune_protocol::LoraSpec`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank of each adapter.
+    pub rank: usize,
+    /// Scale numerator (`alpha / rank`); by default twice the rank.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// Which weights get adapters (patterns over module paths); all 2-D weights when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+}
+
+/// `[model]` as written: the architecture's table, `lora`, `init`, `save`, `freeze`, and
+/// whatever else is there, which is refused (a misspelt `init` must not start a run from
+/// scratch).
 #[derive(Deserialize)]
 struct ModelRepr {
     #[serde(flatten)]
     spec: ModelSpec,
+    #[serde(default)]
+    lora: Option<LoraConfig>,
     #[serde(default)]
     init: Option<WeightsSource>,
     #[serde(default)]
@@ -91,22 +107,55 @@ struct ModelRepr {
     unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
+/// `[model]` as it is written back: the plain architecture with `lora` beside it.
+#[derive(Serialize)]
+struct ModelOut<'a> {
+    #[serde(flatten)]
+    spec: &'a ModelSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora: Option<LoraConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init: Option<&'a WeightsSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    save: Option<&'a PathBuf>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    freeze: &'a [String],
+}
+
+impl Serialize for ModelConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ModelOut {
+            spec: self.architecture(),
+            lora: self.lora(),
+            init: self.init.as_ref(),
+            save: self.save.as_ref(),
+            freeze: &self.freeze,
+        }
+        .serialize(serializer)
+    }
+}
+
 impl TryFrom<ModelRepr> for ModelConfig {
     type Error = String;
 
     fn try_from(repr: ModelRepr) -> Result<Self, String> {
         if let Some(key) = repr.unknown.keys().next() {
             return Err(format!(
-                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), init, save and freeze"
+                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), lora, init, save and freeze"
             ));
         }
-        Ok(Self {
-            spec: repr.spec,
-            init: repr.init,
-            save: repr.save,
-            freeze: repr.freeze,
-            initial: None,
-        })
+        if matches!(repr.spec, ModelSpec::Lora(_)) {
+            return Err(
+                "[model] takes LoRA as `lora = { rank = …, alpha = …, targets = […] }` beside the architecture table"
+                    .into(),
+            );
+        }
+        let mut config = Self::from(repr.spec);
+        config.set_lora(repr.lora);
+        config.init = repr.init;
+        config.save = repr.save;
+        config.freeze = repr.freeze;
+        Ok(config)
     }
 }
 
@@ -131,13 +180,63 @@ impl std::ops::Deref for ModelConfig {
 }
 
 impl ModelConfig {
+    /// The architecture without LoRA adapters: what a weights file holds.
+    #[must_use]
+    pub fn architecture(&self) -> &ModelSpec {
+        match &self.spec {
+            ModelSpec::Lora(lora) => &lora.base,
+            spec => spec,
+        }
+    }
+
+    /// The LoRA adapters on the architecture, if any.
+    #[must_use]
+    pub fn lora(&self) -> Option<LoraConfig> {
+        match &self.spec {
+            ModelSpec::Lora(lora) => Some(LoraConfig {
+                rank: lora.rank,
+                alpha: Some(lora.alpha),
+                targets: lora.targets.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Puts LoRA adapters on the architecture (replacing any), or takes them off with
+    /// `None`. `alpha` defaults to twice the rank.
+    pub fn set_lora(&mut self, lora: Option<LoraConfig>) {
+        let base = self.architecture().clone();
+        self.spec = match lora {
+            Some(lora) => ModelSpec::Lora(fedtune_protocol::LoraSpec {
+                base: Box::new(base),
+                rank: lora.rank,
+                alpha: lora.alpha.unwrap_or(2.0 * lora.rank as f64),
+                targets: lora.targets,
+            }),
+            None => base,
+        };
+    }
+
+    /// The freeze patterns tasks carry: `freeze`, and those the architecture implies
+    /// (frozen batch-norm statistics, see [`fedtune_protocol::NormStats`]).
+    #[must_use]
+    pub fn frozen(&self) -> Vec<String> {
+        let mut frozen = self.freeze.clone();
+        for pattern in self.spec.implied_frozen() {
+            if !frozen.contains(&pattern) {
+                frozen.push(pattern);
+            }
+        }
+        frozen
+    }
+
     /// The part of the model that trains.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] when a freeze pattern names no tensor or every tensor is
     /// frozen.
     pub fn trainable(&self) -> Result<fedtune_protocol::freeze::Trainable, ConfigError> {
-        fedtune_protocol::freeze::Trainable::new(&self.spec.manifest(), &self.freeze)
+        fedtune_protocol::freeze::Trainable::new(&self.spec.manifest(), &self.frozen())
             .map_err(|e| ConfigError::Invalid(format!("model.freeze: {e}")))
     }
 
@@ -778,6 +877,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("inti"), "{err}");
+    }
+
+    #[test]
+    fn lora_in_the_model_section_wraps_the_architecture_and_writes_back_as_written() {
+        let text = "[model]\nlora = { rank = 4, targets = [\"head.*\"] }\n\
+                    [model.cnn]\nchannels = 1\nheight = 28\nwidth = 28\nclasses = 10\nhidden = [120, 84]\n\
+                    blocks = [{ channels = 6, kernel = 5 }, { channels = 16, kernel = 5 }]\n";
+        let config: AggregatorConfig = toml::from_str(text).unwrap();
+        let ModelSpec::Lora(lora) = &config.model.spec else {
+            panic!("{:?}", config.model.spec)
+        };
+        assert_eq!((lora.rank, lora.alpha), (4, 8.0));
+        assert_eq!(
+            config.model.architecture(),
+            &ModelSpec::Cnn(fedtune_protocol::CnnSpec::lenet(1, 28, 28, 10))
+        );
+        config.validate().unwrap();
+        // Only the adapters train: (256 + 120 + 120 + 84 + 84 + 10) · 4 values.
+        assert_eq!(config.model.trainable().unwrap().numel(), 2_696);
+        // Written back, it reads the same.
+        let again: AggregatorConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again.model, config.model);
+        // A bad rank or target is named at validation.
+        let bad: AggregatorConfig = toml::from_str(&text.replace("rank = 4", "rank = 100")).unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("rank 100 exceeds"), "{err}");
+        let err = toml::from_str::<AggregatorConfig>(&text.replace("targets", "target"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target"), "{err}");
     }
 
     #[test]

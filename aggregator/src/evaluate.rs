@@ -125,7 +125,8 @@ pub enum EvaluateError {
 }
 
 /// Reads the `[model]` table of a TOML file (a model file, or an aggregator's whole
-/// configuration).
+/// configuration): its plain architecture, since a LoRA model's final file holds the
+/// adapters merged.
 ///
 /// # Errors
 /// [`EvaluateError::Model`] naming the file and the problem.
@@ -141,7 +142,7 @@ pub fn load_model_toml(path: &Path) -> Result<ModelSpec, EvaluateError> {
     }
     let file: File = toml::from_str(&text).map_err(|e| model(e.to_string()))?;
     file.model.spec.validate().map_err(|e| model(e.to_string()))?;
-    Ok(file.model.spec)
+    Ok(file.model.architecture().clone())
 }
 
 /// Evaluates the weights in `source`, read into `spec`, on `test`.

@@ -502,10 +502,12 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         let spec = model_spec.clone();
         let global = report.global.clone();
         let written = path.clone();
-        tokio::task::spawn_blocking(move || service::save_model(&spec, &global, &written))
+        let files = tokio::task::spawn_blocking(move || service::save_model(&spec, &global, &written))
             .await?
             .with_context(|| format!("writing the final model to {}", path.display()))?;
-        println!("final model written to {}", path.display());
+        for file in files {
+            println!("final model written to {}", file.display());
+        }
     }
     if !report.final_agent_evaluation.is_empty() {
         let accs: Vec<f64> = report.final_agent_evaluation.values().map(|e| e.accuracy).collect();
@@ -623,12 +625,17 @@ async fn serve_study(
     };
     progress.finish();
     match report.best_trial() {
-        Some(best) => println!(
-            "best trial {}: values {:?}, params {}",
-            best.number,
-            best.values,
-            serde_json::to_string(&best.params)?
-        ),
+        Some(best) => {
+            println!(
+                "best trial {}: values {:?}, params {}",
+                best.number,
+                best.values,
+                serde_json::to_string(&best.params)?
+            );
+            if let Some(model) = &best.model {
+                println!("best trial's final model written to {}", model.display());
+            }
+        }
         None => println!("no trial completed"),
     }
     println!(

@@ -2,7 +2,7 @@
 //! initial model from its weights file; and writing the final model out.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fedtune_models::model::default_device;
@@ -42,24 +42,55 @@ pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, Id
 }
 
 /// Reads the weights file `[model] init` names into `config.model.initial`, so every
-/// federation of this configuration starts from it. Nothing to do without `init`.
+/// federation of this configuration starts from it. The file holds the plain
+/// architecture; a LoRA model gets fresh adapters on top (`A` drawn from a generator
+/// seeded by `federation.seed`, `B` zero, so it starts as the file's model). Nothing to
+/// do without `init`.
 ///
 /// # Errors
 /// [`WeightsError`] saying what is wrong with the file, naming every tensor that does not
 /// fit the configured model.
 pub fn load_initial_model(config: &mut AggregatorConfig) -> Result<(), WeightsError> {
+    use rand::SeedableRng;
     if let Some(source) = &config.model.init {
-        let params = weights::import(&config.model.spec, source, &default_device())?;
+        let mut params = weights::import(config.model.architecture(), source, &default_device())?;
+        if let ModelSpec::Lora(lora) = &config.model.spec {
+            params = lora.with_adapters(&params, &mut rand::rngs::StdRng::seed_from_u64(config.federation.seed));
+        }
         config.model.initial = Some(Arc::new(params));
     }
     Ok(())
 }
 
-/// Writes a final global model as safetensors at `path`: one tensor per manifest entry,
-/// named by module path, in Burn's layout (read back with `[model] init` or `evaluate`).
+/// Writes a final global model as safetensors at `path`: one tensor per tensor of the
+/// plain architecture, named by module path, in Burn's layout (read back with `[model]
+/// init` or `evaluate`). A LoRA model is written with its adapters merged into their
+/// weights, and its adapters alone go beside it (`final.safetensors` →
+/// `final.adapters.safetensors`, with the rank, alpha and targets in the header).
+/// Returns the files written.
 ///
 /// # Errors
-/// [`WeightsError`] when `params` does not fit `spec` or the file cannot be written.
-pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path) -> Result<(), WeightsError> {
-    weights::export(spec, params, path, &default_device())
+/// [`WeightsError`] when `params` does not fit `spec` or a file cannot be written.
+pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path) -> Result<Vec<PathBuf>, WeightsError> {
+    weights::export(spec, params, path, &default_device())?;
+    let mut written = vec![path.to_path_buf()];
+    if let ModelSpec::Lora(lora) = spec {
+        let adapters = adapters_path(path);
+        let metadata = [
+            ("lora_rank", lora.rank.to_string()),
+            ("lora_alpha", lora.alpha.to_string()),
+            ("lora_targets", lora.targets.join(",")),
+            ("base_model", lora.base.describe()),
+        ];
+        weights::export_trainable(&spec.manifest(), &[], params, &metadata, &adapters)?;
+        written.push(adapters);
+    }
+    Ok(written)
+}
+
+/// Where [`save_model`] writes a LoRA model's adapters: `model.safetensors` →
+/// `model.adapters.safetensors`.
+#[must_use]
+pub fn adapters_path(model: &Path) -> PathBuf {
+    model.with_extension("adapters.safetensors")
 }

@@ -43,9 +43,11 @@ pub fn model_for(kind: ModelKind, side: usize, hidden: &[usize], classes: usize)
                 kernel: 3,
                 padding: 1,
                 pool: 2,
+                batch_norm: false,
             }],
             hidden: hidden.to_vec(),
             classes,
+            norm_stats: Default::default(),
         }),
     }
 }

@@ -22,7 +22,9 @@ use rand::seq::SliceRandom;
 
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
-use crate::model::{Classifier, Cnn, Device, Mlp, ModelError, flatten, freeze_paths, load, squared_distance};
+use crate::model::{
+    Classifier, Device, ModelError, ZooTask, flatten, freeze_paths, load, squared_distance, with_zoo_model,
+};
 
 /// Rows per forward pass when evaluating (no gradients, so memory stays small).
 const EVAL_BATCH: usize = 1024;
@@ -31,7 +33,7 @@ const EVAL_BATCH: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The task asks for a model the built-in trainer does not build.
-    #[error("the built-in trainer builds the zoo's models (MLP, CNN), not custom model `{0}`")]
+    #[error("the built-in trainer builds the zoo's models (MLP, CNN, LoRA on them), not custom model `{0}`")]
     UnsupportedModel(String),
     /// The model spec is inconsistent.
     #[error("{0}")]
@@ -134,6 +136,7 @@ impl ModelShape {
                 input: cnn.input_len(),
                 classes: cnn.classes,
             }),
+            ModelSpec::Lora(lora) => Self::of(&lora.base),
             ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
         }
     }
@@ -147,14 +150,35 @@ impl ModelShape {
 /// [`TrainError::DimensionMismatch`], [`TrainError::ClassMismatch`], [`TrainError::Params`]
 /// when `params` does not fit `spec`, [`TrainError::Backend`].
 pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
-    spec.validate().map_err(TrainError::InvalidModel)?;
-    let shape = ModelShape::of(spec)?;
-    let manifest = spec.manifest();
-    match spec {
-        ModelSpec::Mlp(mlp) => evaluate_with(|d| Mlp::init(mlp, d), shape, &manifest, params, data, device),
-        ModelSpec::Cnn(cnn) => evaluate_with(|d| Cnn::init(cnn, d), shape, &manifest, params, data, device),
-        ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
+    struct Evaluate<'a> {
+        shape: ModelShape,
+        manifest: Manifest,
+        params: &'a [f32],
+        data: &'a Dataset,
+        device: &'a Device,
     }
+    impl ZooTask for Evaluate<'_> {
+        type Output = Result<Evaluation, TrainError>;
+        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
+            evaluate_with(build, self.shape, &self.manifest, self.params, self.data, self.device)
+        }
+    }
+    spec.validate().map_err(TrainError::InvalidModel)?;
+    let task = Evaluate {
+        shape: ModelShape::of(spec)?,
+        manifest: spec.manifest(),
+        params,
+        data,
+        device,
+    };
+    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
+}
+
+fn unsupported(spec: &ModelSpec) -> TrainError {
+    TrainError::UnsupportedModel(match spec {
+        ModelSpec::Custom { name, .. } => name.clone(),
+        other => other.describe(),
+    })
 }
 
 /// Evaluates any [`Classifier`] that `build` makes, with `params` laid out by `manifest`,
@@ -204,22 +228,50 @@ pub fn train_local(
     device: &Device,
     cancel: &Cancel,
 ) -> Result<LocalUpdate, TrainError> {
-    spec.validate().map_err(TrainError::InvalidModel)?;
-    let shape = ModelShape::of(spec)?;
-    let manifest = spec.manifest();
-    // The same call for every architecture the zoo builds.
-    macro_rules! train_with {
-        ($build:expr) => {
+    struct Train<'a> {
+        shape: ModelShape,
+        manifest: Manifest,
+        frozen: &'a [String],
+        global: &'a [f32],
+        hp: &'a ClientHyperparameters,
+        train: &'a Dataset,
+        validation: &'a Dataset,
+        seed: u64,
+        device: &'a Device,
+        cancel: &'a Cancel,
+    }
+    impl ZooTask for Train<'_> {
+        type Output = Result<LocalUpdate, TrainError>;
+        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
             train_model(
-                $build, shape, &manifest, frozen, global, hp, train, validation, seed, device, cancel,
+                build,
+                self.shape,
+                &self.manifest,
+                self.frozen,
+                self.global,
+                self.hp,
+                self.train,
+                self.validation,
+                self.seed,
+                self.device,
+                self.cancel,
             )
-        };
+        }
     }
-    match spec {
-        ModelSpec::Mlp(mlp) => train_with!(|d| Mlp::init(mlp, d)),
-        ModelSpec::Cnn(cnn) => train_with!(|d| Cnn::init(cnn, d)),
-        ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
-    }
+    spec.validate().map_err(TrainError::InvalidModel)?;
+    let task = Train {
+        shape: ModelShape::of(spec)?,
+        manifest: spec.manifest(),
+        frozen,
+        global,
+        hp,
+        train,
+        validation,
+        seed,
+        device,
+        cancel,
+    };
+    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
 }
 
 /// Trains any [`Classifier`] that `build` makes, exactly as [`train_local`] trains the
@@ -531,9 +583,11 @@ mod tests {
                 kernel: 3,
                 padding: 1,
                 pool: 2,
+                batch_norm: false,
             }],
             hidden: vec![16],
             classes: 4,
+            norm_stats: fedtune_protocol::NormStats::Averaged,
         });
         let global = spec.init_params(&mut StdRng::seed_from_u64(1));
         let (train, valid) = (squares(160, 1), squares(40, 2));
@@ -567,6 +621,165 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn lora_trains_only_its_adapters_and_the_adapted_model_learns() {
+        let cnn = fedtune_protocol::CnnSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            blocks: vec![fedtune_protocol::ConvBlock {
+                channels: 4,
+                kernel: 3,
+                padding: 1,
+                pool: 2,
+                batch_norm: false,
+            }],
+            hidden: vec![16],
+            classes: 4,
+            norm_stats: fedtune_protocol::NormStats::Averaged,
+        };
+        let spec = ModelSpec::Lora(fedtune_protocol::LoraSpec {
+            base: Box::new(ModelSpec::Cnn(cnn)),
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["head.*".into()],
+        });
+        let manifest = spec.manifest();
+        // Burn's `apply_lora` lays the model out as the spec says.
+        struct Layout;
+        impl ZooTask for Layout {
+            type Output = Manifest;
+            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
+                crate::model::manifest_of(&build(&default_device()))
+            }
+        }
+        assert_eq!(with_zoo_model(&spec, Layout).unwrap(), manifest);
+
+        let global = spec.init_params(&mut StdRng::seed_from_u64(1));
+        let (train, valid) = (squares(160, 1), squares(40, 2));
+        let update = train_local(
+            &spec,
+            &[],
+            &global,
+            &hp(Optimizer::Adam),
+            &train,
+            &valid,
+            7,
+            &default_device(),
+            &Cancel::never(),
+        )
+        .unwrap();
+        let trainable = Trainable::new(&manifest, &[]).unwrap();
+        // (64 + 16) · 2 + (16 + 4) · 2 adapter values: all that is sent.
+        assert_eq!(update.delta.len(), 200);
+        assert_eq!(trainable.numel(), 200);
+        assert!(update.delta.iter().any(|d| d.abs() > 1e-4));
+        let m = &update.metrics;
+        assert!(m.accuracy_after > m.accuracy_before, "{m:?}");
+        let mut local = global.clone();
+        let mut moved = trainable.gather(&global);
+        for (v, d) in moved.iter_mut().zip(&update.delta) {
+            *v += d;
+        }
+        trainable.scatter(&moved, &mut local);
+        let after = evaluate(&spec, &local, &valid, &default_device()).unwrap();
+        assert!((after.accuracy - m.accuracy_after).abs() < 1e-9, "{after:?} vs {m:?}");
+    }
+
+    #[test]
+    fn batch_norm_statistics_are_averaged_or_frozen_as_the_spec_says() {
+        use fedtune_protocol::NormStats;
+        let cnn = |norm_stats| fedtune_protocol::CnnSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            blocks: vec![fedtune_protocol::ConvBlock {
+                channels: 4,
+                kernel: 3,
+                padding: 1,
+                pool: 2,
+                batch_norm: true,
+            }],
+            hidden: vec![16],
+            classes: 4,
+            norm_stats,
+        };
+        let (train, valid) = (squares(160, 1), squares(40, 2));
+        let mut trained_stats = None;
+        for policy in [NormStats::Averaged, NormStats::Frozen] {
+            let spec = ModelSpec::Cnn(cnn(policy));
+            let manifest = spec.manifest();
+            struct Layout;
+            impl ZooTask for Layout {
+                type Output = Manifest;
+                fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
+                    crate::model::manifest_of(&build(&default_device()))
+                }
+            }
+            assert_eq!(with_zoo_model(&spec, Layout).unwrap(), manifest);
+            let names: Vec<&str> = manifest.tensors.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(
+                &names[2..6],
+                &[
+                    "convs.0.norm.gamma",
+                    "convs.0.norm.beta",
+                    "convs.0.norm.running_mean",
+                    "convs.0.norm.running_var"
+                ]
+            );
+            let frozen = spec.implied_frozen();
+            let global = spec.init_params(&mut StdRng::seed_from_u64(1));
+            let update = train_local(
+                &spec,
+                &frozen,
+                &global,
+                &hp(Optimizer::Adam),
+                &train,
+                &valid,
+                7,
+                &default_device(),
+                &Cancel::never(),
+            )
+            .unwrap();
+            let m = &update.metrics;
+            assert!(m.accuracy_after >= 0.9, "{policy:?}: {m:?}");
+            let trainable = Trainable::new(&manifest, &frozen).unwrap();
+            let mut local = global.clone();
+            let mut moved = trainable.gather(&global);
+            for (v, d) in moved.iter_mut().zip(&update.delta) {
+                *v += d;
+            }
+            trainable.scatter(&moved, &mut local);
+            // gamma, beta: 8 values after the conv's 36 + 4.
+            let (gamma_beta, stats) = (40..48, 48..56);
+            assert_ne!(
+                local[gamma_beta.clone()],
+                global[gamma_beta],
+                "{policy:?}: gamma and beta train"
+            );
+            match policy {
+                NormStats::Averaged => {
+                    assert_eq!(update.delta.len(), manifest.numel());
+                    assert_ne!(
+                        local[stats.clone()],
+                        global[stats.clone()],
+                        "the batches' statistics are kept"
+                    );
+                    trained_stats = Some(local[stats].to_vec());
+                }
+                NormStats::Frozen => {
+                    assert_eq!(update.delta.len(), manifest.numel() - 8, "the statistics do not travel");
+                    assert_eq!(local[stats.clone()], global[stats], "the statistics stay");
+                }
+            }
+            // Evaluation normalises with the statistics the model holds.
+            let after = evaluate(&spec, &local, &valid, &default_device()).unwrap();
+            assert!((after.accuracy - m.accuracy_after).abs() < 1e-9, "{policy:?}");
+        }
+        // Running means of images of 0s and 1s after a 3×3 conv are not the initial zeros.
+        assert!(trained_stats.unwrap()[..4].iter().any(|v| v.abs() > 1e-3));
     }
 
     #[test]

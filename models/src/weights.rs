@@ -7,8 +7,9 @@
 //! file in PyTorch's layout has its linear weights transposed (`[out, in]` → `[in, out]`)
 //! and its normalisation layers' `weight` / `bias` read as `gamma` / `beta`. Every tensor
 //! the model needs must be in the file with the right shape, and every tensor in the file
-//! must be used: anything else is an error that lists each missing, unexpected and
-//! mis-shaped tensor.
+//! must be used (but a batch norm's `num_batches_tracked` counter, which Burn does not
+//! keep): anything else is an error that lists each missing, unexpected and mis-shaped
+//! tensor.
 
 use std::path::{Path, PathBuf};
 
@@ -17,10 +18,10 @@ use burn::store::{
     ApplyError, ApplyResult, BurnpackStore, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
     SafetensorsStore,
 };
-use fedtune_protocol::ModelSpec;
+use fedtune_protocol::{Manifest, ModelSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Cnn, Device, Mlp, ModelError, flatten, load};
+use crate::model::{Classifier, Device, ModelError, ZooTask, flatten, load, with_zoo_model};
 
 /// How the tensors in a weights file are laid out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,13 +176,35 @@ fn mismatch_lines(missing: &[String], unexpected: &[String], mismatched: &[Strin
 /// [`WeightsError`] saying what is wrong with the file, naming every tensor that does not
 /// fit.
 pub fn import(spec: &ModelSpec, source: &WeightsSource, device: &Device) -> Result<Vec<f32>, WeightsError> {
-    spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
-    let device = device.clone().without_autodiff();
-    match spec {
-        ModelSpec::Mlp(mlp) => Ok(flatten(&import_into(Mlp::init(mlp, &device), source)?)),
-        ModelSpec::Cnn(cnn) => Ok(flatten(&import_into(Cnn::init(cnn, &device), source)?)),
-        ModelSpec::Custom { name, .. } => Err(WeightsError::Unsupported(name.clone())),
+    struct Import<'a> {
+        source: &'a WeightsSource,
+        device: Device,
     }
+    impl ZooTask for Import<'_> {
+        type Output = Result<Vec<f32>, WeightsError>;
+        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
+            Ok(flatten(&import_into(build(&self.device), self.source)?))
+        }
+    }
+    spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
+    if let ModelSpec::Lora(lora) = spec {
+        return Err(WeightsError::InvalidModel(format!(
+            "a weights file holds a plain model: import it into the LoRA base ({}), then add adapters",
+            lora.base.describe()
+        )));
+    }
+    let task = Import {
+        source,
+        device: device.clone().without_autodiff(),
+    };
+    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
+}
+
+fn unsupported(spec: &ModelSpec) -> WeightsError {
+    WeightsError::Unsupported(match spec {
+        ModelSpec::Custom { name, .. } => name.clone(),
+        other => other.describe(),
+    })
 }
 
 /// Reads `source` into any Burn module, every parameter of which it must provide.
@@ -280,7 +303,13 @@ fn extension(path: &Path) -> Option<String> {
 fn check(path: &Path, result: &ApplyResult) -> Result<(), WeightsError> {
     let mut missing: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
     missing.sort();
-    let mut unexpected = result.unused.clone();
+    // PyTorch's batch norms count their batches; Burn's keep no such counter.
+    let mut unexpected: Vec<String> = result
+        .unused
+        .iter()
+        .filter(|name| !name.ends_with(".num_batches_tracked"))
+        .cloned()
+        .collect();
     unexpected.sort();
     let mismatched: Vec<String> = result
         .errors
@@ -310,14 +339,79 @@ fn check(path: &Path, result: &ApplyResult) -> Result<(), WeightsError> {
 /// # Errors
 /// [`WeightsError::Model`] when `params` does not fit `spec`, [`WeightsError::Write`].
 pub fn export(spec: &ModelSpec, params: &[f32], path: &Path, device: &Device) -> Result<(), WeightsError> {
-    spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
-    let device = device.clone().without_autodiff();
-    let manifest = spec.manifest();
-    match spec {
-        ModelSpec::Mlp(mlp) => export_module(&load(Mlp::init(mlp, &device), params, &manifest)?, path),
-        ModelSpec::Cnn(cnn) => export_module(&load(Cnn::init(cnn, &device), params, &manifest)?, path),
-        ModelSpec::Custom { name, .. } => Err(WeightsError::Unsupported(name.clone())),
+    struct Export<'a> {
+        manifest: Manifest,
+        params: &'a [f32],
+        path: &'a Path,
+        device: Device,
     }
+    impl ZooTask for Export<'_> {
+        type Output = Result<(), WeightsError>;
+        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
+            // Adapters, if any, merged into their weights: the file holds a plain model.
+            let model = load(build(&self.device), self.params, &self.manifest)?.materialize();
+            export_module(&model, self.path)
+        }
+    }
+    spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
+    let task = Export {
+        manifest: spec.manifest(),
+        params,
+        path,
+        device: device.clone().without_autodiff(),
+    };
+    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
+}
+
+/// Writes the trainable tensors of `params` (laid out by `manifest`; for a LoRA model, its
+/// adapters) to `path` as safetensors named by module path, with `metadata` (e.g. the
+/// LoRA rank and alpha) in the header: what a fine-tune changed, without the base.
+///
+/// # Errors
+/// [`WeightsError::InvalidModel`] when `params` does not fit `manifest` or nothing is
+/// trainable, [`WeightsError::Write`].
+pub fn export_trainable(
+    manifest: &Manifest,
+    frozen: &[String],
+    params: &[f32],
+    metadata: &[(&str, String)],
+    path: &Path,
+) -> Result<(), WeightsError> {
+    use safetensors::{Dtype, tensor::TensorView};
+    if params.len() != manifest.numel() {
+        return Err(WeightsError::InvalidModel(format!(
+            "{} parameters for a manifest of {}",
+            params.len(),
+            manifest.numel()
+        )));
+    }
+    let trainable = fedtune_protocol::freeze::Trainable::new(manifest, frozen)
+        .map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
+    let mut tensors = Vec::new();
+    let mut offset = 0;
+    for tensor in &manifest.tensors {
+        let end = offset + tensor.numel();
+        if trainable.contains(offset..end) {
+            let bytes: Vec<u8> = params[offset..end].iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((tensor.name.clone(), tensor.shape.clone(), bytes));
+        }
+        offset = end;
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|view| (name.as_str(), view)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WeightsError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut info: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+    info.insert("producer".into(), "fedtune".into());
+    safetensors::serialize_to_file(views, Some(info), path).map_err(|e| WeightsError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Writes any Burn module to `path` as safetensors, tensors named by module path
@@ -466,5 +560,164 @@ mod tests {
             import(&spec, &WeightsSource::new(&junk).remap("(", "x"), &default_device()),
             Err(WeightsError::BadRemap { .. })
         ));
+    }
+
+    #[test]
+    fn a_merged_lora_export_gives_the_adapted_models_outputs_and_the_adapters_export_alone() {
+        use crate::model::Classifier;
+        use burn::tensor::{Tensor, TensorData};
+        use fedtune_protocol::LoraSpec;
+        use rand::RngExt;
+        let dir = temp("lora");
+        let lora = LoraSpec {
+            base: Box::new(ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, 10))),
+            rank: 4,
+            alpha: 8.0,
+            targets: vec!["head.*".into()],
+        };
+        let spec = ModelSpec::Lora(lora.clone());
+        let manifest = spec.manifest();
+        let mut rng = StdRng::seed_from_u64(5);
+        // Trained-looking adapters: B is no longer zero, so the adapters change the outputs.
+        let params: Vec<f32> = spec
+            .init_params(&mut rng)
+            .into_iter()
+            .map(|v| if v == 0.0 { rng.random_range(-0.05f32..0.05) } else { v })
+            .collect();
+        let device = default_device();
+        let rows: Vec<f32> = (0..2 * 784).map(|i| ((i * 7) % 31) as f32 / 31.0).collect();
+        let x = || Tensor::<2>::from_data(TensorData::new(rows.clone(), [2, 784]), &device);
+        struct Logits<'a>(&'a [f32], &'a Manifest, Tensor<2>);
+        impl ZooTask for Logits<'_> {
+            type Output = Vec<f32>;
+            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Vec<f32> {
+                let model = load(build(&default_device()), self.0, self.1).unwrap();
+                model.forward(self.2).into_data().try_to_vec::<f32>().unwrap()
+            }
+        }
+        let adapted = with_zoo_model(&spec, Logits(&params, &manifest, x())).unwrap();
+        let base_only = with_zoo_model(&lora.base, Logits(&lora.merged(&params), &lora.base.manifest(), x())).unwrap();
+        let merged_path = dir.join("merged.safetensors");
+        export(&spec, &params, &merged_path, &device).unwrap();
+        let imported = import(&lora.base, &WeightsSource::new(&merged_path), &device).unwrap();
+        let from_file = with_zoo_model(&lora.base, Logits(&imported, &lora.base.manifest(), x())).unwrap();
+        for ((a, f), h) in adapted.iter().zip(&from_file).zip(&base_only) {
+            assert!((a - f).abs() < 1e-4, "adapted {a} vs merged file {f}");
+            assert!((a - h).abs() < 1e-4, "adapted {a} vs host merge {h}");
+        }
+        // The adapters differ from a plain base: the check above is not vacuous.
+        let plain = with_zoo_model(
+            &lora.base,
+            Logits(&spec_base(&lora, &params), &lora.base.manifest(), x()),
+        )
+        .unwrap();
+        assert!(adapted.iter().zip(&plain).any(|(a, p)| (a - p).abs() > 1e-3));
+
+        let adapters_path = dir.join("adapters.safetensors");
+        export_trainable(&manifest, &[], &params, &[("lora_rank", "4".into())], &adapters_path).unwrap();
+        let bytes = std::fs::read(&adapters_path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = file.names();
+        names.sort();
+        assert_eq!(names.len(), 6);
+        assert!(
+            names.iter().all(|n| n.ends_with(".lora.a") || n.ends_with(".lora.b")),
+            "{names:?}"
+        );
+        let a0 = file.tensor("head.0.weight.lora.a").unwrap();
+        assert_eq!(a0.shape(), &[256, 4]);
+        let offset = manifest
+            .tensors
+            .iter()
+            .take_while(|t| t.name != "head.0.weight.lora.a")
+            .map(|t| t.numel())
+            .sum::<usize>();
+        let first = f32::from_le_bytes(a0.data()[..4].try_into().unwrap());
+        assert_eq!(first, params[offset]);
+        // A LoRA spec is not a target for a plain weights file.
+        assert!(matches!(
+            import(&spec, &WeightsSource::new(&merged_path), &device),
+            Err(WeightsError::InvalidModel(_))
+        ));
+    }
+
+    #[test]
+    fn a_pytorch_batch_norm_cnn_imports_by_pytorch_names() {
+        use safetensors::{Dtype, tensor::TensorView};
+        let dir = temp("pytorch-bn");
+        let spec = ModelSpec::Cnn(CnnSpec {
+            channels: 1,
+            height: 4,
+            width: 4,
+            blocks: vec![fedtune_protocol::ConvBlock {
+                channels: 2,
+                kernel: 3,
+                padding: 1,
+                pool: 2,
+                batch_norm: true,
+            }],
+            hidden: vec![],
+            classes: 3,
+            norm_stats: fedtune_protocol::NormStats::Averaged,
+        });
+        // A PyTorch state dict: BatchNorm2d's weight / bias / running stats and its
+        // `num_batches_tracked` counter, a Linear weight as [out, in].
+        let f32s = |n: usize, start: f32| (0..n).map(|i| start + i as f32).collect::<Vec<f32>>();
+        let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+            ("convs.0.conv.weight", vec![2, 1, 3, 3], f32s(18, 0.0)),
+            ("convs.0.conv.bias", vec![2], f32s(2, 100.0)),
+            ("convs.0.norm.weight", vec![2], f32s(2, 200.0)),
+            ("convs.0.norm.bias", vec![2], f32s(2, 300.0)),
+            ("convs.0.norm.running_mean", vec![2], f32s(2, 400.0)),
+            ("convs.0.norm.running_var", vec![2], f32s(2, 500.0)),
+            ("head.0.weight", vec![3, 8], f32s(24, 600.0)),
+            ("head.0.bias", vec![3], f32s(3, 700.0)),
+        ];
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = tensors
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    (*n).to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    Dtype::F32,
+                )
+            })
+            .chain(std::iter::once((
+                "convs.0.norm.num_batches_tracked".to_string(),
+                vec![],
+                7i64.to_le_bytes().to_vec(),
+                Dtype::I64,
+            )))
+            .collect();
+        let views: Vec<(&str, TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, b, d)| (n.as_str(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let path = dir.join("bn.safetensors");
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        let params = import(&spec, &WeightsSource::new(&path), &default_device()).unwrap();
+        // Manifest order: conv weight, bias, gamma, beta, running mean, running var, then
+        // the head's weight transposed to [in, out].
+        assert_eq!(
+            &params[18..28],
+            &[100.0, 101.0, 200.0, 201.0, 300.0, 301.0, 400.0, 401.0, 500.0, 501.0]
+        );
+        assert_eq!(&params[28..31], &[600.0, 608.0, 616.0]);
+        assert_eq!(&params[52..], &[700.0, 701.0, 702.0]);
+    }
+
+    /// The base weights of a LoRA parameter vector, adapters dropped.
+    fn spec_base(lora: &fedtune_protocol::LoraSpec, params: &[f32]) -> Vec<f32> {
+        let manifest = ModelSpec::Lora(lora.clone()).manifest();
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for t in &manifest.tensors {
+            if !fedtune_protocol::model::is_lora_factor(&t.name) {
+                out.extend_from_slice(&params[offset..offset + t.numel()]);
+            }
+            offset += t.numel();
+        }
+        out
     }
 }

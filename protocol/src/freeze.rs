@@ -6,10 +6,15 @@
 //! Agents and the aggregator compute the same [`Trainable`] from the task's manifest and
 //! patterns: updates carry only the trainable values, in manifest order, and only those
 //! are averaged.
+//!
+//! A manifest with LoRA factors (`….lora.a`, `….lora.b`, see [`crate::model::LoraSpec`])
+//! trains those factors only: every other tensor is frozen without a pattern, and
+//! patterns may freeze some factors too.
 
 use std::ops::Range;
 
 use crate::ProtocolError;
+use crate::model::is_lora_factor;
 use crate::tensor::Manifest;
 
 /// Whether `pattern` names `tensor`: the whole path, or a module the path lies in.
@@ -63,7 +68,8 @@ impl Trainable {
         }
     }
 
-    /// The tensors of `manifest` that no pattern in `frozen` names.
+    /// The tensors of `manifest` that no pattern in `frozen` names (and, when the manifest
+    /// has LoRA factors, only those).
     ///
     /// # Errors
     /// [`ProtocolError::InvalidModel`] when a pattern names no tensor (a typo would
@@ -78,11 +84,13 @@ impl Trainable {
                 manifest.tensors.first().map_or("", |t| t.name.as_str())
             )));
         }
+        let adapters_only = manifest.tensors.iter().any(|t| is_lora_factor(&t.name));
         let mut ranges: Vec<Range<usize>> = Vec::new();
         let mut offset = 0;
         for tensor in &manifest.tensors {
             let end = offset + tensor.numel();
-            if !frozen.iter().any(|p| matches(p, &tensor.name)) {
+            let trains = !adapters_only || is_lora_factor(&tensor.name);
+            if trains && !frozen.iter().any(|p| matches(p, &tensor.name)) {
                 match ranges.last_mut() {
                     Some(last) if last.end == offset => last.end = end,
                     _ => ranges.push(offset..end),
@@ -113,6 +121,12 @@ impl Trainable {
     #[must_use]
     pub fn total(&self) -> usize {
         self.total
+    }
+
+    /// Whether every value of `range` (of the whole buffer) trains.
+    #[must_use]
+    pub fn contains(&self, range: Range<usize>) -> bool {
+        range.is_empty() || self.ranges.iter().any(|r| r.start <= range.start && range.end <= r.end)
     }
 
     /// Whether nothing is frozen.

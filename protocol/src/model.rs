@@ -14,6 +14,9 @@ pub enum ModelSpec {
     Mlp(MlpSpec),
     /// A convolutional classifier: conv / ReLU / max-pool blocks, then a linear head.
     Cnn(CnnSpec),
+    /// A base model with low-rank adapters on some of its 2-D weights; only the adapters
+    /// train.
+    Lora(LoraSpec),
     /// A flat parameter layout with no architecture behind it, for trainers that bring
     /// their own model (benchmarks, custom agents). The built-in trainer refuses it.
     Custom {
@@ -47,8 +50,8 @@ impl MlpSpec {
 }
 
 /// One convolution block of a [`CnnSpec`]: a square `kernel`×`kernel` convolution to
-/// `channels` output channels (stride 1, zero `padding` on each side), ReLU, then a
-/// `pool`×`pool` max-pool with stride `pool` (1 for none).
+/// `channels` output channels (stride 1, zero `padding` on each side), an optional batch
+/// norm, ReLU, then a `pool`×`pool` max-pool with stride `pool` (1 for none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvBlock {
     /// Output channels.
@@ -61,6 +64,44 @@ pub struct ConvBlock {
     /// Side and stride of the max-pool after the ReLU; 1 for no pooling.
     #[serde(default = "ConvBlock::default_pool")]
     pub pool: usize,
+    /// A batch norm between the convolution and the ReLU (`convs.{i}.norm.gamma`, `beta`,
+    /// `running_mean`, `running_var`; PyTorch's `BatchNorm2d`, ε = 1e-5, momentum 0.1).
+    #[serde(default)]
+    pub batch_norm: bool,
+}
+
+/// How agents treat batch-norm running statistics (the mean and variance a batch norm
+/// normalises with at inference).
+///
+/// - `averaged` (the default): each agent's training updates them from its batches and
+///   they are averaged with the weights, as FedAvg over a PyTorch `state_dict` does. With
+///   non-IID agents the average is a mixture of their statistics.
+/// - `frozen`: they keep their starting values (a pretrained model's), agents normalise
+///   with them during training too (the batch norm runs as at inference), and they are
+///   neither sent nor averaged; `gamma` and `beta` still train. The usual choice when
+///   fine-tuning a pretrained model on small or skewed local data.
+///
+/// Keeping them local per agent (FedBN) is not offered: the global model would have no
+/// statistics of its own to evaluate or export with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormStats {
+    /// Trained from batches and averaged.
+    #[default]
+    Averaged,
+    /// Kept at their starting values, used in training, not sent.
+    Frozen,
+}
+
+impl NormStats {
+    /// The freeze patterns this policy implies (see [`crate::freeze`]).
+    #[must_use]
+    pub fn frozen_patterns(self) -> &'static [&'static str] {
+        match self {
+            NormStats::Averaged => &[],
+            NormStats::Frozen => &["*.running_mean", "*.running_var"],
+        }
+    }
 }
 
 impl ConvBlock {
@@ -91,6 +132,202 @@ pub struct CnnSpec {
     pub hidden: Vec<usize>,
     /// Number of output classes.
     pub classes: usize,
+    /// How batch-norm running statistics are treated (blocks with `batch_norm`).
+    #[serde(default)]
+    pub norm_stats: NormStats,
+}
+
+/// Low-rank adapters (LoRA, Hu et al. 2021) on `base`'s 2-D weights: an adapted weight
+/// `W` (`[in, out]`) acts as `W + (alpha / rank) · A·B` with `A` (`[in, rank]`) and `B`
+/// (`[rank, out]`) trained and `W` frozen. Every other tensor of the base is frozen too,
+/// so only the adapters train, travel and are averaged (see [`crate::freeze`]).
+///
+/// The manifest is the base's with `{weight}.lora.a` and `{weight}.lora.b` after each
+/// adapted weight (Burn's module paths for `Module::apply_lora`). `A` starts from
+/// `N(0, 1/rank)` and `B` from zero, so the adapted model starts as the base model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    /// The model the adapters attach to (not itself a LoRA model).
+    pub base: Box<ModelSpec>,
+    /// Rank of each adapter.
+    pub rank: usize,
+    /// Scale numerator: the adapter's product is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Patterns (as freeze patterns, see [`crate::freeze::matches`]) naming the weights
+    /// to adapt, e.g. `["head.*"]`; empty adapts every 2-D weight. (Always written: the
+    /// wire format is not self-describing.)
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// A batch norm's tensors under `convs.{i}.norm`, in Burn's traversal order.
+pub const NORM_TENSORS: [&str; 4] = ["gamma", "beta", "running_mean", "running_var"];
+
+/// The last path component of a LoRA adapter tensor's `A` factor.
+pub const LORA_A: &str = "lora.a";
+/// The last path component of a LoRA adapter tensor's `B` factor.
+pub const LORA_B: &str = "lora.b";
+
+/// Whether `tensor` names a LoRA factor (`….lora.a` or `….lora.b`).
+#[must_use]
+pub fn is_lora_factor(tensor: &str) -> bool {
+    [LORA_A, LORA_B]
+        .iter()
+        .any(|f| tensor.strip_suffix(f).is_some_and(|rest| rest.ends_with('.')))
+}
+
+impl LoraSpec {
+    /// `alpha / rank`.
+    #[must_use]
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// The base manifest's 2-D weights that get adapters: name, `in` and `out`.
+    #[must_use]
+    pub fn adapted(&self) -> Vec<(String, usize, usize)> {
+        self.base
+            .manifest()
+            .tensors
+            .into_iter()
+            .filter(|t| t.shape.len() == 2)
+            .filter(|t| self.targets.is_empty() || self.targets.iter().any(|p| crate::freeze::matches(p, &t.name)))
+            .map(|t| (t.name, t.shape[0], t.shape[1]))
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        let invalid = |what: String| Err(ProtocolError::InvalidModel(what));
+        if matches!(*self.base, ModelSpec::Lora(_)) {
+            return invalid("a LoRA model's base cannot itself be a LoRA model".into());
+        }
+        self.base.validate()?;
+        if self.rank == 0 {
+            return invalid("LoRA rank must be positive".into());
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return invalid(format!("LoRA alpha must be positive and finite, not {}", self.alpha));
+        }
+        let weights: Vec<_> = self
+            .base
+            .manifest()
+            .tensors
+            .into_iter()
+            .filter(|t| t.shape.len() == 2)
+            .collect();
+        if let Some(unused) = self
+            .targets
+            .iter()
+            .find(|p| !weights.iter().any(|t| crate::freeze::matches(p, &t.name)))
+        {
+            return invalid(format!(
+                "LoRA target `{unused}` names no 2-D weight of the base model (they are: {})",
+                weights.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let adapted = self.adapted();
+        if adapted.is_empty() {
+            return invalid("the LoRA base model has no 2-D weight to adapt".into());
+        }
+        if let Some((name, fan_in, fan_out)) = adapted.iter().find(|(_, i, o)| self.rank > *i.min(o)) {
+            return invalid(format!(
+                "LoRA rank {} exceeds the smaller side of `{name}` ({fan_in}×{fan_out})",
+                self.rank
+            ));
+        }
+        Ok(())
+    }
+
+    fn manifest(&self) -> Manifest {
+        let adapted = self.adapted();
+        let mut tensors = Vec::new();
+        for tensor in self.base.manifest().tensors {
+            let adapter = adapted.iter().find(|(name, _, _)| *name == tensor.name);
+            let name = tensor.name.clone();
+            tensors.push(tensor);
+            if let Some((_, fan_in, fan_out)) = adapter {
+                tensors.push(TensorSpec::new(format!("{name}.{LORA_A}"), vec![*fan_in, self.rank]));
+                tensors.push(TensorSpec::new(format!("{name}.{LORA_B}"), vec![self.rank, *fan_out]));
+            }
+        }
+        Manifest { tensors }
+    }
+
+    /// The LoRA model's parameters from the base model's: `base` with fresh adapters
+    /// (`A` from `N(0, 1/rank)`, `B` zero) after each adapted weight.
+    ///
+    /// # Panics
+    /// If `base` is not the base manifest's length.
+    pub fn with_adapters(&self, base: &[f32], rng: &mut impl Rng) -> Vec<f32> {
+        let base_manifest = self.base.manifest();
+        assert_eq!(
+            base.len(),
+            base_manifest.numel(),
+            "base parameters do not fit the base model"
+        );
+        let adapted = self.adapted();
+        let std = 1.0 / self.rank as f64;
+        let mut params = Vec::with_capacity(self.manifest().numel());
+        let mut offset = 0;
+        for tensor in &base_manifest.tensors {
+            let end = offset + tensor.numel();
+            params.extend_from_slice(&base[offset..end]);
+            offset = end;
+            if let Some((_, fan_in, fan_out)) = adapted.iter().find(|(name, _, _)| *name == tensor.name) {
+                params.extend((0..fan_in * self.rank).map(|_| (normal(rng) * std) as f32));
+                params.extend(std::iter::repeat_n(0.0, self.rank * fan_out));
+            }
+        }
+        params
+    }
+
+    /// The base model's parameters with every adapter merged in (`W + scale · A·B`): the
+    /// adapted model as a plain one.
+    ///
+    /// # Panics
+    /// If `params` is not this model's manifest length.
+    #[must_use]
+    pub fn merged(&self, params: &[f32]) -> Vec<f32> {
+        let manifest = self.manifest();
+        assert_eq!(params.len(), manifest.numel(), "parameters do not fit the LoRA model");
+        let scale = self.scale() as f32;
+        let mut base = Vec::with_capacity(self.base.manifest().numel());
+        let mut offset = 0;
+        let mut tensors = manifest.tensors.iter().peekable();
+        while let Some(tensor) = tensors.next() {
+            let weight = &params[offset..offset + tensor.numel()];
+            offset += tensor.numel();
+            if tensors.peek().is_some_and(|next| is_lora_factor(&next.name)) {
+                let (fan_in, fan_out, rank) = (tensor.shape[0], tensor.shape[1], self.rank);
+                let a = &params[offset..offset + fan_in * rank];
+                let b = &params[offset + fan_in * rank..offset + fan_in * rank + rank * fan_out];
+                offset += fan_in * rank + rank * fan_out;
+                tensors.next();
+                tensors.next();
+                for i in 0..fan_in {
+                    let row = &weight[i * fan_out..(i + 1) * fan_out];
+                    let mut merged = row.to_vec();
+                    for r in 0..rank {
+                        let coefficient = scale * a[i * rank + r];
+                        for (m, bv) in merged.iter_mut().zip(&b[r * fan_out..(r + 1) * fan_out]) {
+                            *m += coefficient * bv;
+                        }
+                    }
+                    base.extend_from_slice(&merged);
+                }
+            } else {
+                base.extend_from_slice(weight);
+            }
+        }
+        base
+    }
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 impl CnnSpec {
@@ -104,6 +341,7 @@ impl CnnSpec {
             kernel: 5,
             padding: 0,
             pool: 2,
+            batch_norm: false,
         };
         Self {
             channels,
@@ -112,6 +350,7 @@ impl CnnSpec {
             blocks: vec![block(6), block(16)],
             hidden: vec![120, 84],
             classes,
+            norm_stats: NormStats::Averaged,
         }
     }
 
@@ -202,7 +441,15 @@ impl ModelSpec {
                 let blocks: Vec<String> = cnn
                     .blocks
                     .iter()
-                    .map(|b| format!("c{}:{}{}", b.kernel, b.channels, if b.pool > 1 { "/p" } else { "" }))
+                    .map(|b| {
+                        format!(
+                            "c{}:{}{}{}",
+                            b.kernel,
+                            b.channels,
+                            if b.batch_norm { "+bn" } else { "" },
+                            if b.pool > 1 { "/p" } else { "" }
+                        )
+                    })
                     .collect();
                 let head = cnn.head_dims().map_or_else(
                     |_| "?".into(),
@@ -220,7 +467,30 @@ impl ModelSpec {
                     blocks.join(" ")
                 )
             }
+            ModelSpec::Lora(lora) => format!(
+                "{} + LoRA r{} α{} on {} weights",
+                lora.base.describe(),
+                lora.rank,
+                lora.alpha,
+                lora.adapted().len()
+            ),
             ModelSpec::Custom { name, .. } => format!("custom `{name}`"),
+        }
+    }
+
+    /// Freeze patterns the architecture itself implies: the running statistics of batch
+    /// norms under [`NormStats::Frozen`]. A task's `frozen` list includes them.
+    #[must_use]
+    pub fn implied_frozen(&self) -> Vec<String> {
+        match self {
+            ModelSpec::Cnn(cnn) if cnn.blocks.iter().any(|b| b.batch_norm) => cnn
+                .norm_stats
+                .frozen_patterns()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            ModelSpec::Lora(lora) => lora.base.implied_frozen(),
+            _ => Vec::new(),
         }
     }
 
@@ -249,15 +519,20 @@ impl ModelSpec {
                 cnn.head_dims()?;
                 self.manifest().validate()
             }
+            ModelSpec::Lora(lora) => {
+                lora.validate()?;
+                self.manifest().validate()
+            }
             ModelSpec::Custom { manifest, .. } => manifest.validate(),
         }
     }
 
     /// The parameter layout, named by module path: for an MLP, `layers.{i}.weight` with
     /// shape `[in, out]` and `layers.{i}.bias` with shape `[out]`, layer by layer; for a CNN,
-    /// `convs.{i}.conv.weight` (`[out, in, k, k]`) and `convs.{i}.conv.bias` block by block,
-    /// then the head's `head.{j}.weight` (`[in, out]`) and `head.{j}.bias`. An invalid CNN
-    /// (see [`ModelSpec::validate`]) has an empty head.
+    /// `convs.{i}.conv.weight` (`[out, in, k, k]`) and `convs.{i}.conv.bias` (then, with a
+    /// batch norm, `convs.{i}.norm.{gamma,beta,running_mean,running_var}`) block by block,
+    /// then the head's `head.{j}.weight` (`[in, out]`) and `head.{j}.bias`; for LoRA, see
+    /// [`LoraSpec`]. An invalid CNN (see [`ModelSpec::validate`]) has an empty head.
     pub fn manifest(&self) -> Manifest {
         match self {
             ModelSpec::Mlp(mlp) => Manifest {
@@ -281,6 +556,11 @@ impl ModelSpec {
                         vec![block.channels, fan_in, block.kernel, block.kernel],
                     ));
                     tensors.push(TensorSpec::new(format!("convs.{i}.conv.bias"), vec![block.channels]));
+                    if block.batch_norm {
+                        for stat in NORM_TENSORS {
+                            tensors.push(TensorSpec::new(format!("convs.{i}.norm.{stat}"), vec![block.channels]));
+                        }
+                    }
                 }
                 for (j, (fan_in, fan_out)) in cnn.head_dims().unwrap_or_default().into_iter().enumerate() {
                     tensors.push(TensorSpec::new(format!("head.{j}.weight"), vec![fan_in, fan_out]));
@@ -288,14 +568,15 @@ impl ModelSpec {
                 }
                 Manifest { tensors }
             }
+            ModelSpec::Lora(lora) => lora.manifest(),
             ModelSpec::Custom { manifest, .. } => manifest.clone(),
         }
     }
 
     /// Fresh parameters in manifest order. Every MLP and CNN layer draws its weights and
     /// biases from `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (PyTorch's default for linear and
-    /// convolution layers; a convolution's fan-in is `in · k · k`); custom layouts start at
-    /// zero.
+    /// convolution layers; a convolution's fan-in is `in · k · k`); LoRA adapters start as
+    /// [`LoraSpec::with_adapters`] says; custom layouts start at zero.
     pub fn init_params(&self, rng: &mut impl Rng) -> Vec<f32> {
         match self {
             ModelSpec::Mlp(mlp) => {
@@ -308,20 +589,30 @@ impl ModelSpec {
             }
             ModelSpec::Cnn(cnn) => {
                 let mut params = Vec::with_capacity(self.manifest().numel());
-                let mut uniform = |fan_in: usize, n: usize| {
+                let mut uniform = |params: &mut Vec<f32>, fan_in: usize, n: usize| {
                     let bound = 1.0 / (fan_in as f32).sqrt();
                     params.extend((0..n).map(|_| rng.random_range(-bound..bound)));
                 };
                 for (block, fan_in) in cnn.blocks.iter().zip(cnn.block_inputs()) {
                     let fan_in = fan_in * block.kernel * block.kernel;
-                    uniform(fan_in, fan_in * block.channels);
-                    uniform(fan_in, block.channels);
+                    uniform(&mut params, fan_in, fan_in * block.channels);
+                    uniform(&mut params, fan_in, block.channels);
+                    if block.batch_norm {
+                        // gamma 1, beta 0, running mean 0, running variance 1.
+                        for value in [1.0, 0.0, 0.0, 1.0] {
+                            params.extend(std::iter::repeat_n(value, block.channels));
+                        }
+                    }
                 }
                 for (fan_in, fan_out) in cnn.head_dims().unwrap_or_default() {
-                    uniform(fan_in, fan_in * fan_out);
-                    uniform(fan_in, fan_out);
+                    uniform(&mut params, fan_in, fan_in * fan_out);
+                    uniform(&mut params, fan_in, fan_out);
                 }
                 params
+            }
+            ModelSpec::Lora(lora) => {
+                let base = lora.base.init_params(rng);
+                lora.with_adapters(&base, rng)
             }
             ModelSpec::Custom { manifest, .. } => vec![0.0; manifest.numel()],
         }
@@ -400,5 +691,141 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.model, ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, 10)));
+    }
+
+    #[test]
+    fn batch_norm_blocks_add_their_four_tensors_and_frozen_statistics_are_implied_frozen() {
+        let text = "[model.cnn]\nchannels = 1\nheight = 28\nwidth = 28\nclasses = 10\nhidden = [120, 84]\n\
+                    norm_stats = \"frozen\"\n\
+                    blocks = [{ channels = 6, kernel = 5, batch_norm = true }, { channels = 16, kernel = 5 }]\n";
+        #[derive(Deserialize)]
+        struct Config {
+            model: ModelSpec,
+        }
+        let spec = toml::from_str::<Config>(text).unwrap().model;
+        spec.validate().unwrap();
+        let manifest = spec.manifest();
+        let names: Vec<&str> = manifest.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            &names[..7],
+            &[
+                "convs.0.conv.weight",
+                "convs.0.conv.bias",
+                "convs.0.norm.gamma",
+                "convs.0.norm.beta",
+                "convs.0.norm.running_mean",
+                "convs.0.norm.running_var",
+                "convs.1.conv.weight"
+            ]
+        );
+        assert_eq!(manifest.numel(), 44_426 + 4 * 6);
+        let params = spec.init_params(&mut StdRng::seed_from_u64(0));
+        assert_eq!(
+            &params[156..180],
+            &[[1.0; 6], [0.0; 6], [0.0; 6], [1.0; 6]].concat()[..]
+        );
+        assert!(spec.describe().contains("c5:6+bn/p"), "{}", spec.describe());
+        assert_eq!(spec.implied_frozen(), vec!["*.running_mean", "*.running_var"]);
+        let trainable = crate::freeze::Trainable::new(&manifest, &spec.implied_frozen()).unwrap();
+        assert_eq!(trainable.numel(), manifest.numel() - 12);
+        // Averaged statistics, or no batch norm at all, imply nothing.
+        assert!(
+            ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, 10))
+                .implied_frozen()
+                .is_empty()
+        );
+    }
+
+    fn lora(targets: &[&str], rank: usize) -> LoraSpec {
+        LoraSpec {
+            base: Box::new(ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, 10))),
+            rank,
+            alpha: 8.0,
+            targets: targets.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn lora_adds_two_factors_after_each_adapted_weight_and_trains_only_them() {
+        let spec = ModelSpec::Lora(lora(&["head.*"], 4));
+        spec.validate().unwrap();
+        let manifest = spec.manifest();
+        let names: Vec<&str> = manifest.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            &names[4..9],
+            &[
+                "head.0.weight",
+                "head.0.weight.lora.a",
+                "head.0.weight.lora.b",
+                "head.0.bias",
+                "head.1.weight"
+            ]
+        );
+        assert_eq!(manifest.tensors[5].shape, vec![256, 4]);
+        assert_eq!(manifest.tensors[6].shape, vec![4, 120]);
+        // (256 + 120) · 4 + (120 + 84) · 4 + (84 + 10) · 4 adapter values.
+        let adapters = (256 + 120 + 120 + 84 + 84 + 10) * 4;
+        assert_eq!(manifest.numel(), 44_426 + adapters);
+        let trainable = crate::freeze::Trainable::new(&manifest, &[]).unwrap();
+        assert_eq!(trainable.numel(), adapters);
+        // A pattern may freeze adapters too.
+        let fewer = crate::freeze::Trainable::new(&manifest, &["head.2".to_string()]).unwrap();
+        assert_eq!(fewer.numel(), adapters - (84 + 10) * 4);
+        assert!(
+            spec.describe().ends_with("LoRA r4 α8 on 3 weights"),
+            "{}",
+            spec.describe()
+        );
+
+        // Fresh adapters leave the base as it was: B is zero.
+        let params = spec.init_params(&mut StdRng::seed_from_u64(3));
+        let ModelSpec::Lora(l) = &spec else { unreachable!() };
+        let base = l.base.init_params(&mut StdRng::seed_from_u64(3));
+        assert_eq!(l.merged(&params), base);
+        assert_eq!(
+            l.with_adapters(&base, &mut StdRng::seed_from_u64(9)).len(),
+            params.len()
+        );
+    }
+
+    #[test]
+    fn a_merged_lora_weight_is_the_base_plus_the_scaled_product() {
+        let spec = LoraSpec {
+            base: Box::new(ModelSpec::Mlp(MlpSpec {
+                input: 2,
+                hidden: vec![],
+                classes: 2,
+            })),
+            rank: 1,
+            alpha: 2.0,
+            targets: vec![],
+        };
+        // W = [[1, 2], [3, 4]], A = [[1], [2]], B = [[10, 20]], bias [5, 6]; scale 2.
+        let params = [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 10.0, 20.0, 5.0, 6.0];
+        assert_eq!(spec.merged(&params), vec![21.0, 42.0, 43.0, 84.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn an_invalid_lora_names_what_is_wrong() {
+        let err = |spec: LoraSpec| ModelSpec::Lora(spec).validate().unwrap_err().to_string();
+        assert!(err(lora(&[], 0)).contains("rank must be positive"));
+        let e = err(lora(&["convs.*"], 4));
+        assert!(
+            e.contains("`convs.*` names no 2-D weight") && e.contains("head.2.weight"),
+            "{e}"
+        );
+        let e = err(lora(&["head.2"], 11));
+        assert!(
+            e.contains("rank 11 exceeds") && e.contains("head.2.weight` (84×10)"),
+            "{e}"
+        );
+        let mut nan = lora(&[], 2);
+        nan.alpha = f64::NAN;
+        assert!(err(nan).contains("alpha"));
+        let nested = LoraSpec {
+            base: Box::new(ModelSpec::Lora(lora(&[], 2))),
+            ..lora(&[], 2)
+        };
+        assert!(err(nested).contains("cannot itself be a LoRA model"));
     }
 }

@@ -498,7 +498,7 @@ impl Federation {
                 seed: rand::RngExt::random(&mut self.rng),
                 measure_train_loss: self.strategy.needs_train_loss(),
                 secure: None,
-                frozen: config.model.freeze.clone(),
+                frozen: config.model.frozen(),
                 base: None,
             });
         }

@@ -224,6 +224,10 @@ pub struct TrialRecord {
     pub policy: Option<PolicySummary>,
     /// Wall time of the trial.
     pub seconds: f64,
+    /// Where this trial's final model was written, when it became the study's best
+    /// (`[model] save`, or next to the report); a later best overwrites the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<std::path::PathBuf>,
 }
 
 /// The result of a federated study.
@@ -259,6 +263,7 @@ impl TrialRecord {
             curve: t.intermediate.values().filter_map(|v| v.first().copied()).collect(),
             metrics: BTreeMap::new(),
             final_test: None,
+            model: None,
             policy_best: None,
             policy: None,
             seconds: 0.0,

@@ -13,7 +13,14 @@ use crate::tuning::Params;
 /// Client parameters the tuner knows how to send.
 pub(super) const CLIENT_PARAMS: [&str; 8] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
-pub(super) const SERVER_PARAMS: [&str; 5] = ["server_learning_rate", "server_lr", "strategy", "cohort", "freeze"];
+pub(super) const SERVER_PARAMS: [&str; 6] = [
+    "server_learning_rate",
+    "server_lr",
+    "strategy",
+    "cohort",
+    "freeze",
+    "lora_rank",
+];
 
 /// The `freeze` parameter's value for "nothing frozen".
 const NO_FREEZE: &str = "none";
@@ -132,8 +139,35 @@ pub fn trial_config(
             other => return Err(invalid(format!("`freeze` takes `none` or patterns, got {other}"))),
         };
     }
+    if let Some(v) = params.get("lora_rank") {
+        let rank = v
+            .as_f64()
+            .filter(|r| *r >= 0.0 && r.fract() == 0.0)
+            .ok_or_else(|| invalid(format!("`lora_rank` must be a whole number ≥ 0 (0: no LoRA), got {v}")))?;
+        config.model.set_lora(lora_with_rank(&base.model, rank as usize));
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// `model`'s LoRA at `rank` (0: none): its targets and its `alpha / rank` ratio, or
+/// every 2-D weight at ratio 2 when `model` has no LoRA.
+fn lora_with_rank(model: &crate::config::ModelConfig, rank: usize) -> Option<crate::config::LoraConfig> {
+    if rank == 0 {
+        return None;
+    }
+    let (ratio, targets) = match model.lora() {
+        Some(lora) => (
+            lora.alpha.unwrap_or(2.0 * lora.rank as f64) / lora.rank as f64,
+            lora.targets,
+        ),
+        None => (2.0, Vec::new()),
+    };
+    Some(crate::config::LoraConfig {
+        rank,
+        alpha: Some(ratio * rank as f64),
+        targets,
+    })
 }
 
 pub(super) fn server_lr(params: &Params) -> Option<&ParamValue> {
@@ -160,6 +194,7 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
             } else {
                 fedtune_protocol::space::Choice::Str(config.model.freeze.join("+"))
             })),
+            "lora_rank" => Some(ParamValue::Int(config.model.lora().map_or(0, |l| l.rank as i64))),
             name => client_value(&config.client, name).map(|v| match p.distribution {
                 Distribution::Int { .. } => ParamValue::Int(v as i64),
                 _ => ParamValue::Float(v),

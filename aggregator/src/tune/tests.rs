@@ -103,6 +103,33 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
     let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
     assert!(err.contains("`convs.*` names no tensor"), "{err}");
 
+    // `lora_rank`: 0 is the plain model; a rank puts adapters on every 2-D weight at
+    // alpha = 2 · rank, and only they train.
+    let lora = |rank: i64| Params::from([("lora_rank".to_string(), ParamValue::Int(rank))]);
+    let plain = trial_config(&base, &lora(0), 0, 1).unwrap();
+    assert_eq!(plain.model.spec, *base.model);
+    let adapted = trial_config(&base, &lora(2), 0, 1).unwrap();
+    let Some(l) = adapted.model.lora() else {
+        panic!("no LoRA: {:?}", adapted.model.spec)
+    };
+    assert_eq!((l.rank, l.alpha), (2, Some(4.0)));
+    assert_eq!(adapted.model.architecture(), &base.model.spec);
+    assert!(adapted.model.trainable().unwrap().numel() < base.model.trainable().unwrap().numel());
+    let err = trial_config(&base, &lora(-1), 0, 1).unwrap_err().to_string();
+    assert!(err.contains("lora_rank"), "{err}");
+    assert_eq!(
+        baseline_params(
+            &SearchSpace::new(vec![
+                ParamSpec::parse("lora_rank", "int(0, 8)")
+                    .unwrap()
+                    .with_scope(Scope::Server)
+            ])
+            .unwrap(),
+            &adapted
+        )["lora_rank"],
+        ParamValue::Int(2)
+    );
+
     let bad = Params::from([("batch_size".to_string(), ParamValue::Float(2.5))]);
     let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
     assert!(err.contains("batch_size"), "{err}");

@@ -186,6 +186,7 @@ impl TrialRun {
             policy_best: None,
             policy: None,
             seconds: 0.0,
+            model: None,
         };
         let resumed = self.resume.take();
         let resumed_from = resumed.as_ref().map(|r| r.state.round);
@@ -342,7 +343,35 @@ impl TrialRun {
             values,
             feasible: record.feasible,
         };
-        self.finish(record, outcome, started)
+        let mut record = self.finish(record, outcome, started);
+        if record.state == TrialState::Complete {
+            self.save_if_best(&mut record, &report.global);
+        }
+        record
+    }
+
+    /// Writes the trial's final model when the study now ranks it best, so the study's
+    /// best model is on disk whenever the study stops. The study stays locked while the
+    /// file is written: a trial that becomes best later cannot be overwritten by this one.
+    fn save_if_best(&self, record: &mut TrialRecord, global: &[f32]) {
+        let Some(path) = self.config.model.save_path(self.config.report.as_deref()) else {
+            return;
+        };
+        let study = lock(&self.study);
+        if study.best_trial().map(|t| t.number) != Some(self.number) {
+            return;
+        }
+        match crate::service::save_model(&self.config.model.spec, global, &path) {
+            Ok(_) => {
+                info!(trial = self.number, path = %path.display(), "the study's best model so far written");
+                record.model = Some(path);
+            }
+            Err(e) => error!(
+                trial = self.number,
+                "the best model could not be written to {}: {e}",
+                path.display()
+            ),
+        }
     }
 
     fn finish(&self, mut record: TrialRecord, outcome: Outcome, started: Instant) -> TrialRecord {

@@ -1,23 +1,24 @@
 //! The convolutional network of [`CnnSpec`].
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use fedtune_protocol::{CnnSpec, ModelSpec};
+use fedtune_protocol::{CnnSpec, ModelSpec, NormStats};
 
 use super::{Classifier, Device, ModelError, load};
 
-/// One block: convolution, ReLU, then an optional max-pool.
+/// One block: convolution, optional batch norm, ReLU, then an optional max-pool.
 #[derive(Module, Debug)]
 pub struct ConvLayer {
     conv: Conv2d,
+    norm: Option<BatchNorm>,
     pool: Option<MaxPool2d>,
 }
 
-/// A convolutional classifier: conv / ReLU / max-pool blocks (`convs`), the feature map
+/// A convolutional classifier: conv / batch-norm / ReLU / max-pool blocks (`convs`), the feature map
 /// flattened channel-major (as PyTorch's `flatten`), then linear layers (`head`) with ReLU
 /// between them and none after the last, so it outputs logits.
 #[derive(Module, Debug)]
@@ -45,13 +46,25 @@ impl Cnn {
                 let conv = Conv2dConfig::new([channels, block.channels], [block.kernel; 2])
                     .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
                     .init(device);
+                let norm = block.batch_norm.then(|| {
+                    let norm = BatchNormConfig::new(block.channels).init(device);
+                    match spec.norm_stats {
+                        NormStats::Averaged => norm,
+                        // Normalise with the running statistics in training too, and never
+                        // update them.
+                        NormStats::Frozen => BatchNorm {
+                            training: Param::from_bool(false),
+                            ..norm
+                        },
+                    }
+                });
                 channels = block.channels;
                 let pool = (block.pool > 1).then(|| {
                     MaxPool2dConfig::new([block.pool; 2])
                         .with_strides([block.pool; 2])
                         .init()
                 });
-                ConvLayer { conv, pool }
+                ConvLayer { conv, norm, pool }
             })
             .collect();
         let head = spec
@@ -90,7 +103,11 @@ impl Classifier for Cnn {
         let [c, h, w] = self.input;
         let mut maps: Tensor<4> = x.reshape([batch, c, h, w]);
         for layer in &self.convs {
-            maps = relu(layer.conv.forward(maps));
+            maps = layer.conv.forward(maps);
+            if let Some(norm) = &layer.norm {
+                maps = norm.forward(maps);
+            }
+            maps = relu(maps);
             if let Some(pool) = &layer.pool {
                 maps = pool.forward(maps);
             }
