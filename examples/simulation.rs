@@ -33,6 +33,8 @@ use serde::Serialize;
 enum DatasetName {
     Digits,
     FashionMnist,
+    /// WordNet noun definitions by category (text; for `--model transformer`).
+    Wordnet,
 }
 
 #[derive(Parser, Debug)]
@@ -48,7 +50,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = DatasetName::Digits)]
     dataset: DatasetName,
     /// `iid`, `dirichlet:ALPHA` or `file:PATH`; digits defaults to the shared split file
-    /// data/digits_partition.json, Fashion-MNIST to dirichlet:0.5.
+    /// data/digits_partition.json, Fashion-MNIST and WordNet to dirichlet:0.5.
     #[arg(long)]
     partition: Option<PartitionSpec>,
     /// Seed for the split, the model initialisation, cohorts and local shuffling.
@@ -145,7 +147,20 @@ async fn main() -> anyhow::Result<()> {
             PartitionSpec::Dirichlet(0.5),
             28,
         ),
+        DatasetName::Wordnet => (
+            DataSource::Wordnet {
+                dir: fedtune::agent::text::WORDNET_DIR.into(),
+            },
+            PartitionSpec::Dirichlet(0.5),
+            0,
+        ),
     };
+    let text = matches!(args.dataset, DatasetName::Wordnet);
+    if text != matches!(args.model, common::ModelKind::Transformer) {
+        bail!(
+            "the transformer reads token ids and the other models images: use --dataset wordnet with --model transformer"
+        );
+    }
     let partition = args.partition.clone().unwrap_or(default_partition);
     let data = FederatedData::load(&source, &partition, args.agents, args.seed)?;
     if data.clients() < args.agents {

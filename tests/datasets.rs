@@ -27,3 +27,31 @@ fn fashion_mnist_loads_from_the_debian_package() {
     assert_eq!((test.len(), test.dim(), test.classes()), (10_000, 784, 10));
     assert_eq!(test.label_counts(), vec![1000; 10]);
 }
+
+/// The WordNet text task comes from the Debian package `wordnet-base` (installed by
+/// `.ci/test`): ten categories of 2,000 distinct noun definitions, split 80 / 20.
+#[test]
+fn the_wordnet_task_loads_from_the_debian_package() {
+    use fedtune::agent::text::{Split, WORDNET_DIR, WordnetTask};
+    let task = WordnetTask::default();
+    let train = task
+        .load(WORDNET_DIR, Split::Train)
+        .expect("apt-get install wordnet-base");
+    let test = task.load(WORDNET_DIR, Split::Test).unwrap();
+    assert_eq!((train.len(), train.dim(), train.classes()), (16_000, 32, 10));
+    assert_eq!(train.label_counts(), vec![1_600; 10]);
+    assert_eq!(test.label_counts(), vec![400; 10]);
+    assert!(
+        train
+            .features()
+            .iter()
+            .all(|&id| id.fract() == 0.0 && (0.0..8_192.0).contains(&id))
+    );
+    // Definitions are short: most rows end in padding, and none is empty.
+    let rows = || train.features().chunks(32);
+    assert!(rows().all(|row| row[0] > 0.0));
+    let padded = rows().filter(|row| row[31] == 0.0).count();
+    assert!(padded > 15_000, "{padded}");
+    // The same settings give the same rows, so agents and the aggregator agree.
+    assert_eq!(task.load(WORDNET_DIR, Split::Test).unwrap().features(), test.features());
+}

@@ -265,3 +265,91 @@ async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adap
     assert_eq!(header["__metadata__"]["lora_rank"], "4");
     assert_eq!(bytes.len(), 8 + header_len + adapters * 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transformer_federates_on_wordnet_text_and_lora_on_its_attention_sends_only_adapters() {
+    use fedtune::agent::config::FederatedData;
+    use fedtune::agent::partition::{Iid, SplitFile};
+    use fedtune::agent::text::{Split, WORDNET_DIR, WordnetTask};
+    use fedtune::protocol::TransformerSpec;
+    // A small slice of the WordNet task (`.ci/test` installs `wordnet-base`).
+    let task = WordnetTask {
+        categories: vec!["animal".into(), "food".into(), "location".into()],
+        per_class: 300,
+        max_len: 16,
+        vocab: 2_048,
+        ..WordnetTask::default()
+    };
+    let dataset = task
+        .load(WORDNET_DIR, Split::Train)
+        .expect("apt-get install wordnet-base");
+    let split = SplitFile::generate(dataset.labels(), &Iid, 3, 0.2, 0.2, &mut StdRng::seed_from_u64(0)).unwrap();
+    let data = FederatedData { dataset, split };
+    let transformer = ModelSpec::Transformer(TransformerSpec {
+        max_len: 16,
+        vocab: 2_048,
+        d_model: 16,
+        heads: 2,
+        layers: 1,
+        d_ff: 32,
+        classes: 3,
+        dropout: 0.0,
+    });
+    let configure = |spec: ModelSpec, lora: Option<fedtune::aggregator::config::LoraConfig>| {
+        let mut config = config(3, 6);
+        config.model = spec.into();
+        config.model.set_lora(lora);
+        config.client.learning_rate = 0.005;
+        config.client.local_epochs = 3;
+        config
+    };
+    let evaluator = || Hooks {
+        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            data.global_test().unwrap(),
+            default_device(),
+        ))),
+        ..Hooks::default()
+    };
+
+    let fed = start_aggregator(3, configure(transformer.clone(), None), evaluator());
+    let mut agents = start_agents(&fed, data.burn_trainers(3, &default_device()).unwrap());
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    assert!(report.rounds.iter().all(|r| r.updates == 3));
+    let first = report.rounds[0].test.unwrap().accuracy;
+    let last = report.final_test.unwrap().accuracy;
+    assert!(last > 0.6 && last > first + 0.1, "3 categories: {first} → {last}");
+
+    // LoRA on the attention's query and value projections, from the trained model.
+    let start = report.global.clone();
+    let lora = fedtune::aggregator::config::LoraConfig {
+        rank: 2,
+        alpha: Some(4.0),
+        targets: vec!["*.mha.query.*".into(), "*.mha.value.*".into()],
+    };
+    let mut config = configure(transformer.clone(), Some(lora));
+    let adapters = config.model.trainable().unwrap().numel();
+    assert_eq!(adapters, 2 * (16 + 16) * 2);
+    let dir = scratch_dir("model-files-transformer");
+    let init = dir.join("start.safetensors");
+    service::save_model(&transformer, &start, &init).unwrap();
+    config.model.init = Some(WeightsSource::new(&init));
+    service::load_initial_model(&mut config).unwrap();
+    let fed = start_aggregator(3, config, evaluator());
+    let mut agents = start_agents(&fed, data.burn_trainers(3, &default_device()).unwrap());
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    for round in &report.rounds {
+        assert_eq!(round.updates, 3);
+        for c in round.contributions.values() {
+            assert_eq!(c.update_bytes, adapters as u64 * 4);
+        }
+    }
+    // The adapters start at zero: the first round's incoming model is the trained one.
+    let from = report.rounds[0].federated_accuracy;
+    assert!(from > 0.6, "{from}");
+}

@@ -94,6 +94,17 @@ pub enum DataSource {
         #[serde(default = "fashion_dir")]
         dir: PathBuf,
     },
+    /// The training four fifths of the WordNet task: noun definitions by category, as
+    /// token ids (Debian package `wordnet-base`; see [`crate::text`]).
+    Wordnet {
+        /// Directory of WordNet's database files.
+        #[serde(default = "wordnet_dir")]
+        dir: PathBuf,
+    },
+}
+
+fn wordnet_dir() -> PathBuf {
+    crate::text::WORDNET_DIR.into()
 }
 
 fn one() -> f32 {
@@ -207,7 +218,7 @@ impl AgentConfig {
         resolve(&mut config.pki.key);
         match &mut config.data.source {
             DataSource::Csv { path, .. } => resolve(path),
-            DataSource::FashionMnist { dir } => resolve(dir),
+            DataSource::FashionMnist { dir } | DataSource::Wordnet { dir } => resolve(dir),
         }
         if let PartitionSpec::File(p) = &mut config.data.partition {
             resolve(p);
@@ -263,6 +274,7 @@ impl FederatedData {
         let dataset = match source {
             DataSource::Csv { path, scale } => load_csv(path, *scale),
             DataSource::FashionMnist { dir } => load_fashion_mnist(dir, true),
+            DataSource::Wordnet { dir } => crate::text::WordnetTask::default().load(dir, crate::text::Split::Train),
         }
         .map_err(|e| data_err(&e))?;
         let mut rng = StdRng::seed_from_u64(seed);

@@ -27,4 +27,4 @@ mod secure;
 pub mod tls;
 pub mod trainer;
 
-pub use fedtune_models::{cancel, data, model, train, weights};
+pub use fedtune_models::{cancel, data, model, text, train, weights};

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use fedtune_models::data::{DataError, Dataset, FASHION_MNIST_DIR, load_csv, load_fashion_mnist};
 use fedtune_models::model::default_device;
+use fedtune_models::text::{Split, WORDNET_DIR, WordnetTask};
 use fedtune_models::train::{TrainError, evaluate};
 use fedtune_models::weights::{self, WeightsError, WeightsSource};
 use fedtune_protocol::ModelSpec;
@@ -26,6 +27,9 @@ pub enum TestSet {
     Digits,
     /// Fashion-MNIST's 10,000 test images (Debian's `dataset-fashion-mnist`).
     FashionMnist,
+    /// The held-out fifth of the WordNet task (Debian's `wordnet-base`, default settings):
+    /// 4,000 noun definitions in ten categories, as token ids.
+    Wordnet,
     /// Every row of a CSV file (features, then an integer label), used as given.
     Csv(PathBuf),
 }
@@ -37,9 +41,12 @@ impl FromStr for TestSet {
         match s {
             "digits" => Ok(Self::Digits),
             "fashion-mnist" => Ok(Self::FashionMnist),
+            "wordnet" => Ok(Self::Wordnet),
             _ => match s.strip_prefix("csv:") {
                 Some(path) if !path.is_empty() => Ok(Self::Csv(path.into())),
-                _ => Err(format!("unknown dataset `{s}`: use digits, fashion-mnist or csv:PATH")),
+                _ => Err(format!(
+                    "unknown dataset `{s}`: use digits, fashion-mnist, wordnet or csv:PATH"
+                )),
             },
         }
     }
@@ -50,6 +57,7 @@ impl std::fmt::Display for TestSet {
         match self {
             Self::Digits => f.write_str("digits"),
             Self::FashionMnist => f.write_str("fashion-mnist"),
+            Self::Wordnet => f.write_str("wordnet"),
             Self::Csv(path) => write!(f, "csv:{}", path.display()),
         }
     }
@@ -78,6 +86,7 @@ impl TestSet {
                 all.subset(&split.global_test).map_err(data)
             }
             Self::FashionMnist => load_fashion_mnist(FASHION_MNIST_DIR, false).map_err(data),
+            Self::Wordnet => WordnetTask::default().load(WORDNET_DIR, Split::Test).map_err(data),
             Self::Csv(path) => load_csv(path, 1.0).map_err(data),
         }
     }
@@ -175,14 +184,14 @@ mod tests {
 
     #[test]
     fn datasets_parse_and_print_back() {
-        for text in ["digits", "fashion-mnist", "csv:data/x.csv"] {
+        for text in ["digits", "fashion-mnist", "wordnet", "csv:data/x.csv"] {
             assert_eq!(text.parse::<TestSet>().unwrap().to_string(), text);
         }
         for bad in ["mnist", "csv:", ""] {
             assert!(
                 bad.parse::<TestSet>()
                     .unwrap_err()
-                    .contains("digits, fashion-mnist or csv:PATH")
+                    .contains("digits, fashion-mnist, wordnet or csv:PATH")
             );
         }
     }

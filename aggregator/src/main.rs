@@ -140,7 +140,7 @@ enum Command {
         /// tensor names before they are matched to the model's; repeatable.
         #[arg(long = "remap")]
         remap: Vec<String>,
-        /// `digits`, `fashion-mnist` or `csv:PATH`.
+        /// `digits`, `fashion-mnist`, `wordnet` or `csv:PATH`.
         #[arg(long)]
         dataset: fedtune_aggregator::evaluate::TestSet,
         /// One JSON object instead of text.

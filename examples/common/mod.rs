@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use fedtune::protocol::{CnnSpec, ConvBlock, MlpSpec, ModelSpec};
+use fedtune::protocol::{CnnSpec, ConvBlock, MlpSpec, ModelSpec, TransformerSpec};
 
 /// The model an example trains.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -23,11 +23,28 @@ pub enum ModelKind {
     /// A CNN: the NIID-Bench LeNet on 28×28 images; on 8×8 digits one 3×3 conv block
     /// (16 channels, padded, pooled) before the `--hidden` head.
     Cnn,
+    /// A transformer encoder classifier over token ids (the WordNet text task): 2 layers,
+    /// d_model 64, 4 heads, feed-forward 128.
+    Transformer,
 }
 
-/// The model of `kind` for `side`×`side` single-channel images with `classes` classes.
+/// The model of `kind` for `side`×`side` single-channel images (or, for the transformer,
+/// the WordNet task's token rows) with `classes` classes.
 pub fn model_for(kind: ModelKind, side: usize, hidden: &[usize], classes: usize) -> ModelSpec {
     match (kind, side) {
+        (ModelKind::Transformer, _) => {
+            let text = fedtune::agent::text::WordnetTask::default();
+            ModelSpec::Transformer(TransformerSpec {
+                max_len: text.max_len,
+                vocab: text.vocab,
+                d_model: 64,
+                heads: 4,
+                layers: 2,
+                d_ff: 128,
+                classes,
+                dropout: 0.1,
+            })
+        }
         (ModelKind::Mlp, _) => ModelSpec::Mlp(MlpSpec {
             input: side * side,
             hidden: hidden.to_vec(),

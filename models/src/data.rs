@@ -134,6 +134,19 @@ pub enum DataError {
         /// Limit in force.
         limit: usize,
     },
+    /// WordNet's `data.noun` is missing.
+    #[error(
+        "WordNet is not installed ({} is missing): install Debian's WordNet 3.0 database with \
+         `apt-get install wordnet-base`",
+        path.display()
+    )]
+    WordnetMissing {
+        /// Where `data.noun` was looked for.
+        path: PathBuf,
+    },
+    /// The WordNet task's settings are unusable.
+    #[error("WordNet task: {0}")]
+    Wordnet(String),
     /// A Fashion-MNIST file is missing.
     #[error(
         "Fashion-MNIST file {} not found; install the dataset with \

@@ -3,9 +3,11 @@
 //! files and writes them out. It does no networking.
 //!
 //! # Layout
-//! - [`model`]: the Burn models a [`fedtune_protocol::ModelSpec`] describes (MLP, CNN),
-//!   the [`model::Classifier`] trait for your own, flat parameter I/O by module path.
+//! - [`model`]: the Burn models a [`fedtune_protocol::ModelSpec`] describes (MLP, CNN,
+//!   transformer, LoRA on any of them), the [`model::Classifier`] trait for your own, flat
+//!   parameter I/O by module path.
 //! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
+//! - [`text`]: a real text task (WordNet noun definitions by category), tokenised.
 //! - [`train`]: local training and evaluation (of the zoo's models or your own).
 //! - [`weights`]: weight files in (safetensors, PyTorch `.pt`, burnpack) and out.
 //! - [`cancel`]: abandoning training at a deadline or on request.
@@ -15,5 +17,6 @@
 pub mod cancel;
 pub mod data;
 pub mod model;
+pub mod text;
 pub mod train;
 pub mod weights;

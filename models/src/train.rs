@@ -61,6 +61,18 @@ pub enum TrainError {
         /// Classes in the data.
         got: usize,
     },
+    /// A row of token ids holds one the model's vocabulary does not (or a non-integer).
+    #[error("{what} row {row} holds token id {id}, outside the model's vocabulary 0..{vocab}")]
+    TokenOutOfRange {
+        /// `training` or `validation`.
+        what: &'static str,
+        /// The row.
+        row: usize,
+        /// The value found.
+        id: f32,
+        /// The model's vocabulary size.
+        vocab: usize,
+    },
     /// The task was abandoned before training finished.
     #[error("training stopped: the task was abandoned ({0})")]
     Abandoned(Abandoned),
@@ -136,6 +148,10 @@ impl ModelShape {
                 input: cnn.input_len(),
                 classes: cnn.classes,
             }),
+            ModelSpec::Transformer(t) => Ok(Self {
+                input: t.max_len,
+                classes: t.classes,
+            }),
             ModelSpec::Lora(lora) => Self::of(&lora.base),
             ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
         }
@@ -164,6 +180,7 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Devic
         }
     }
     spec.validate().map_err(TrainError::InvalidModel)?;
+    check_tokens(spec, data, "validation")?;
     let task = Evaluate {
         shape: ModelShape::of(spec)?,
         manifest: spec.manifest(),
@@ -172,6 +189,26 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Devic
         device,
     };
     with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
+}
+
+/// For a transformer, every feature must be a token id in its vocabulary (Burn would
+/// panic on one outside it).
+fn check_tokens(spec: &ModelSpec, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
+    let vocab = match spec {
+        ModelSpec::Transformer(t) => t.vocab,
+        ModelSpec::Lora(lora) => return check_tokens(&lora.base, data, what),
+        _ => return Ok(()),
+    };
+    let bad = |v: f32| !(v >= 0.0 && v < vocab as f32 && v.fract() == 0.0);
+    match data.features().iter().position(|&v| bad(v)) {
+        Some(i) => Err(TrainError::TokenOutOfRange {
+            what,
+            row: i / data.dim().max(1),
+            id: data.features()[i],
+            vocab,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn unsupported(spec: &ModelSpec) -> TrainError {
@@ -259,6 +296,8 @@ pub fn train_local(
         }
     }
     spec.validate().map_err(TrainError::InvalidModel)?;
+    check_tokens(spec, train, "training")?;
+    check_tokens(spec, validation, "validation")?;
     let task = Train {
         shape: ModelShape::of(spec)?,
         manifest: spec.manifest(),
@@ -780,6 +819,101 @@ mod tests {
         }
         // Running means of images of 0s and 1s after a 3×3 conv are not the initial zeros.
         assert!(trained_stats.unwrap()[..4].iter().any(|v| v.abs() > 1e-3));
+    }
+
+    /// Rows of 8 token ids: filler (ids 6..30) with one keyword (ids 1..5, the label)
+    /// somewhere, then padding (0) after a random length.
+    fn keywords(n: usize, seed: u64) -> Dataset {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut features = Vec::with_capacity(n * 8);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let class = (i % 4) as u32;
+            let len = rng.random_range(3..=8);
+            let at = rng.random_range(0..len);
+            for p in 0..8 {
+                features.push(if p >= len {
+                    0.0
+                } else if p == at {
+                    (class + 1) as f32
+                } else {
+                    rng.random_range(6..30) as f32
+                });
+            }
+            labels.push(class);
+        }
+        Dataset::from_parts(features, labels, 8, 4).unwrap()
+    }
+
+    fn tiny_transformer() -> fedtune_protocol::TransformerSpec {
+        fedtune_protocol::TransformerSpec {
+            max_len: 8,
+            vocab: 30,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            d_ff: 32,
+            classes: 4,
+            dropout: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_transformer_has_its_spec_layout_learns_tokens_and_refuses_unknown_ids() {
+        struct Layout;
+        impl ZooTask for Layout {
+            type Output = Manifest;
+            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
+                crate::model::manifest_of(&build(&default_device()))
+            }
+        }
+        let spec = ModelSpec::Transformer(tiny_transformer());
+        spec.validate().unwrap();
+        assert_eq!(with_zoo_model(&spec, Layout).unwrap(), spec.manifest());
+        // LoRA on the attention's query and value projections.
+        let lora = ModelSpec::Lora(fedtune_protocol::LoraSpec {
+            base: Box::new(spec.clone()),
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["*.mha.query.*".into(), "*.mha.value.*".into()],
+        });
+        lora.validate().unwrap();
+        assert_eq!(with_zoo_model(&lora, Layout).unwrap(), lora.manifest());
+
+        let (train, valid) = (keywords(400, 1), keywords(100, 2));
+        let global = spec.init_params(&mut StdRng::seed_from_u64(1));
+        let mut hp = hp(Optimizer::Adam);
+        hp.learning_rate = 0.01;
+        hp.local_epochs = 8;
+        let update = train_local(
+            &spec,
+            &[],
+            &global,
+            &hp,
+            &train,
+            &valid,
+            7,
+            &default_device(),
+            &Cancel::never(),
+        )
+        .unwrap();
+        let m = &update.metrics;
+        assert!(
+            m.accuracy_after >= 0.9 && m.accuracy_after > m.accuracy_before + 0.3,
+            "{m:?}"
+        );
+        let local: Vec<f32> = global.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
+        let after = evaluate(&spec, &local, &valid, &default_device()).unwrap();
+        assert!((after.accuracy - m.accuracy_after).abs() < 1e-9);
+
+        let mut rows = valid.features().to_vec();
+        rows[8 * 3 + 2] = 30.0;
+        let bad = Dataset::from_parts(rows, valid.labels().to_vec(), 8, 4).unwrap();
+        let err = evaluate(&spec, &local, &bad, &default_device()).unwrap_err();
+        assert!(
+            matches!(err, TrainError::TokenOutOfRange { row: 3, vocab: 30, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -38,5 +38,5 @@ pub use message::{
     Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode, ErrorMessage,
     Evaluate, Evaluation, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
 };
-pub use model::{CnnSpec, ConvBlock, LoraSpec, MlpSpec, ModelSpec, NormStats};
+pub use model::{CnnSpec, ConvBlock, LoraSpec, MlpSpec, ModelSpec, NormStats, TransformerSpec};
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

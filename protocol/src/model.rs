@@ -14,6 +14,8 @@ pub enum ModelSpec {
     Mlp(MlpSpec),
     /// A convolutional classifier: conv / ReLU / max-pool blocks, then a linear head.
     Cnn(CnnSpec),
+    /// A transformer encoder classifier over token ids.
+    Transformer(TransformerSpec),
     /// A base model with low-rank adapters on some of its 2-D weights; only the adapters
     /// train.
     Lora(LoraSpec),
@@ -135,6 +137,121 @@ pub struct CnnSpec {
     /// How batch-norm running statistics are treated (blocks with `batch_norm`).
     #[serde(default)]
     pub norm_stats: NormStats,
+}
+
+/// A transformer encoder classifier over token ids: a row is `max_len` token ids (as
+/// floats; 0 is padding, ids below `vocab`), embedded (`embedding`, `[vocab, d_model]`)
+/// plus a learned position embedding (`positions`, `[max_len, d_model]`), through `layers`
+/// pre-norm encoder layers of burn-nn (`encoder.layers.{i}`: multi-head self-attention
+/// with `heads` heads, a GELU feed-forward of width `d_ff`, two layer norms; padding is
+/// masked), a final layer norm (`norm`), the mean over the non-padding positions, and a
+/// linear head (`head`) to `classes` logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformerSpec {
+    /// Token ids per row (sequence length).
+    pub max_len: usize,
+    /// Vocabulary size: token ids lie in `0..vocab`, 0 being padding.
+    pub vocab: usize,
+    /// Width of the embeddings and of every layer.
+    pub d_model: usize,
+    /// Attention heads per layer (`d_model` must be a multiple).
+    pub heads: usize,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Width of each feed-forward block.
+    pub d_ff: usize,
+    /// Number of output classes.
+    pub classes: usize,
+    /// Dropout inside the encoder layers during training (0 for none).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl TransformerSpec {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        let invalid = |what: String| Err(ProtocolError::InvalidModel(what));
+        for (name, value) in [
+            ("max_len", self.max_len),
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("heads", self.heads),
+            ("layers", self.layers),
+            ("d_ff", self.d_ff),
+            ("classes", self.classes),
+        ] {
+            if value == 0 {
+                return invalid(format!("transformer {name} must be positive"));
+            }
+        }
+        if self.vocab < 2 {
+            return invalid(format!(
+                "transformer vocab {} leaves no id beside padding (0)",
+                self.vocab
+            ));
+        }
+        if !self.d_model.is_multiple_of(self.heads) {
+            return invalid(format!(
+                "transformer d_model {} is not a multiple of heads {}",
+                self.d_model, self.heads
+            ));
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return invalid(format!("transformer dropout {} must lie in [0, 1)", self.dropout));
+        }
+        // Token ids travel as f32 rows: every id must be exact.
+        if self.vocab > 1 << 24 {
+            return invalid(format!(
+                "transformer vocab {} exceeds 2^24 (ids travel as f32)",
+                self.vocab
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every tensor, named by module path, with how it starts: `(name, shape, init)`.
+    fn tensors(&self) -> Vec<(String, Vec<usize>, Init)> {
+        let d = self.d_model;
+        let linear = |name: &str, fan_in: usize, fan_out: usize| {
+            [
+                (format!("{name}.weight"), vec![fan_in, fan_out], Init::Uniform(fan_in)),
+                (format!("{name}.bias"), vec![fan_out], Init::Uniform(fan_in)),
+            ]
+        };
+        let norm = |name: &str| {
+            [
+                (format!("{name}.gamma"), vec![d], Init::Constant(1.0)),
+                (format!("{name}.beta"), vec![d], Init::Constant(0.0)),
+            ]
+        };
+        let mut tensors = vec![
+            ("embedding.weight".to_string(), vec![self.vocab, d], Init::Normal),
+            ("positions.weight".to_string(), vec![self.max_len, d], Init::Normal),
+        ];
+        for i in 0..self.layers {
+            let layer = format!("encoder.layers.{i}");
+            for projection in ["query", "key", "value", "output"] {
+                tensors.extend(linear(&format!("{layer}.mha.{projection}"), d, d));
+            }
+            tensors.extend(linear(&format!("{layer}.pwff.linear_inner"), d, self.d_ff));
+            tensors.extend(linear(&format!("{layer}.pwff.linear_outer"), self.d_ff, d));
+            tensors.extend(norm(&format!("{layer}.norm_1")));
+            tensors.extend(norm(&format!("{layer}.norm_2")));
+        }
+        tensors.extend(norm("norm"));
+        tensors.extend(linear("head", d, self.classes));
+        tensors
+    }
+}
+
+/// How a tensor of a built-in model starts.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    /// `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+    Uniform(usize),
+    /// `N(0, 1)` (embeddings).
+    Normal,
+    /// Every value the same.
+    Constant(f32),
 }
 
 /// Low-rank adapters (LoRA, Hu et al. 2021) on `base`'s 2-D weights: an adapted weight
@@ -467,6 +584,10 @@ impl ModelSpec {
                     blocks.join(" ")
                 )
             }
+            ModelSpec::Transformer(t) => format!(
+                "transformer {}x{} vocab {} d{} h{} ff{} → {}",
+                t.layers, t.max_len, t.vocab, t.d_model, t.heads, t.d_ff, t.classes
+            ),
             ModelSpec::Lora(lora) => format!(
                 "{} + LoRA r{} α{} on {} weights",
                 lora.base.describe(),
@@ -519,6 +640,10 @@ impl ModelSpec {
                 cnn.head_dims()?;
                 self.manifest().validate()
             }
+            ModelSpec::Transformer(t) => {
+                t.validate()?;
+                self.manifest().validate()
+            }
             ModelSpec::Lora(lora) => {
                 lora.validate()?;
                 self.manifest().validate()
@@ -531,8 +656,8 @@ impl ModelSpec {
     /// shape `[in, out]` and `layers.{i}.bias` with shape `[out]`, layer by layer; for a CNN,
     /// `convs.{i}.conv.weight` (`[out, in, k, k]`) and `convs.{i}.conv.bias` (then, with a
     /// batch norm, `convs.{i}.norm.{gamma,beta,running_mean,running_var}`) block by block,
-    /// then the head's `head.{j}.weight` (`[in, out]`) and `head.{j}.bias`; for LoRA, see
-    /// [`LoraSpec`]. An invalid CNN (see [`ModelSpec::validate`]) has an empty head.
+    /// then the head's `head.{j}.weight` (`[in, out]`) and `head.{j}.bias`; for the
+    /// transformer, see [`TransformerSpec`]; for LoRA, see [`LoraSpec`]. An invalid CNN (see [`ModelSpec::validate`]) has an empty head.
     pub fn manifest(&self) -> Manifest {
         match self {
             ModelSpec::Mlp(mlp) => Manifest {
@@ -568,6 +693,13 @@ impl ModelSpec {
                 }
                 Manifest { tensors }
             }
+            ModelSpec::Transformer(t) => Manifest {
+                tensors: t
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, shape, _)| TensorSpec::new(name, shape))
+                    .collect(),
+            },
             ModelSpec::Lora(lora) => lora.manifest(),
             ModelSpec::Custom { manifest, .. } => manifest.clone(),
         }
@@ -575,7 +707,9 @@ impl ModelSpec {
 
     /// Fresh parameters in manifest order. Every MLP and CNN layer draws its weights and
     /// biases from `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (PyTorch's default for linear and
-    /// convolution layers; a convolution's fan-in is `in · k · k`); LoRA adapters start as
+    /// convolution layers; a convolution's fan-in is `in · k · k`); a transformer's
+    /// embeddings from `N(0, 1)`, its linear layers likewise and its layer norms at
+    /// `gamma` 1, `beta` 0; LoRA adapters start as
     /// [`LoraSpec::with_adapters`] says; custom layouts start at zero.
     pub fn init_params(&self, rng: &mut impl Rng) -> Vec<f32> {
         match self {
@@ -607,6 +741,21 @@ impl ModelSpec {
                 for (fan_in, fan_out) in cnn.head_dims().unwrap_or_default() {
                     uniform(&mut params, fan_in, fan_in * fan_out);
                     uniform(&mut params, fan_in, fan_out);
+                }
+                params
+            }
+            ModelSpec::Transformer(t) => {
+                let mut params = Vec::with_capacity(self.manifest().numel());
+                for (_, shape, init) in t.tensors() {
+                    let n: usize = shape.iter().product();
+                    match init {
+                        Init::Uniform(fan_in) => {
+                            let bound = 1.0 / (fan_in as f32).sqrt();
+                            params.extend((0..n).map(|_| rng.random_range(-bound..bound)));
+                        }
+                        Init::Normal => params.extend((0..n).map(|_| normal(rng) as f32)),
+                        Init::Constant(value) => params.extend(std::iter::repeat_n(value, n)),
+                    }
                 }
                 params
             }
@@ -734,6 +883,55 @@ mod tests {
                 .implied_frozen()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_transformer_lays_out_burn_nn_encoder_layers_and_names_a_bad_dimension() {
+        let t = TransformerSpec {
+            max_len: 32,
+            vocab: 8_192,
+            d_model: 64,
+            heads: 4,
+            layers: 2,
+            d_ff: 128,
+            classes: 10,
+            dropout: 0.1,
+        };
+        let spec = ModelSpec::Transformer(t.clone());
+        spec.validate().unwrap();
+        let manifest = spec.manifest();
+        let names: Vec<&str> = manifest.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            &names[..4],
+            &[
+                "embedding.weight",
+                "positions.weight",
+                "encoder.layers.0.mha.query.weight",
+                "encoder.layers.0.mha.query.bias"
+            ]
+        );
+        assert_eq!(
+            &names[names.len() - 4..],
+            &["norm.gamma", "norm.beta", "head.weight", "head.bias"]
+        );
+        // Embeddings, then per layer 4 attention projections, the feed-forward and two norms.
+        let layer = 4 * (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64) + 4 * 64;
+        assert_eq!(
+            manifest.numel(),
+            8_192 * 64 + 32 * 64 + 2 * layer + 2 * 64 + 64 * 10 + 10
+        );
+        assert_eq!(spec.init_params(&mut StdRng::seed_from_u64(0)).len(), manifest.numel());
+        let err = |t: TransformerSpec| ModelSpec::Transformer(t).validate().unwrap_err().to_string();
+        assert!(err(TransformerSpec { heads: 3, ..t.clone() }).contains("d_model 64 is not a multiple of heads 3"));
+        assert!(err(TransformerSpec { layers: 0, ..t.clone() }).contains("layers must be positive"));
+        assert!(
+            err(TransformerSpec {
+                dropout: 1.0,
+                ..t.clone()
+            })
+            .contains("dropout 1 must lie in [0, 1)")
+        );
+        assert!(err(TransformerSpec { vocab: 1, ..t }).contains("no id beside padding"));
     }
 
     fn lora(targets: &[&str], rank: usize) -> LoraSpec {

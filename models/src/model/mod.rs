@@ -14,9 +14,11 @@
 
 mod cnn;
 mod mlp;
+mod transformer;
 
 pub use cnn::Cnn;
 pub use mlp::Mlp;
+pub use transformer::TextTransformer;
 
 use burn::module::{Lora, Module, ModuleMapper, ModuleVisitor, Param, ParamGroup};
 use burn::tensor::{Tensor, TensorData};
@@ -58,6 +60,7 @@ pub fn with_zoo_model<T: ZooTask>(spec: &ModelSpec, task: T) -> Option<T::Output
         match spec {
             ModelSpec::Mlp(mlp) => Some(task.run(|d| adapt(Mlp::init(mlp, d), lora))),
             ModelSpec::Cnn(cnn) => Some(task.run(|d| adapt(Cnn::init(cnn, d), lora))),
+            ModelSpec::Transformer(t) => Some(task.run(|d| adapt(TextTransformer::init(t, d), lora))),
             // `validate` refuses a LoRA base that is itself LoRA.
             ModelSpec::Lora(inner) => dispatch(&inner.base, Some(inner), task),
             ModelSpec::Custom { .. } => None,
