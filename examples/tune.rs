@@ -47,8 +47,9 @@ const LOOPBACK: bool = true;
 #[command(about = "A federated hyperparameter study over loopback QUIC")]
 struct Args {
     /// Dataset: the bundled digits with its shared split, or Fashion-MNIST split
-    /// Dirichlet(0.5) (Debian's `dataset-fashion-mnist`).
-    #[arg(long, default_value = "digits", value_parser = ["digits", "fashion-mnist"])]
+    /// Dirichlet(0.5) (Debian's `dataset-fashion-mnist`), or the WordNet text task split
+    /// Dirichlet(0.5) (Debian's `wordnet-base`; `--model transformer`).
+    #[arg(long, default_value = "digits", value_parser = ["digits", "fashion-mnist", "wordnet"])]
     dataset: String,
     /// The model every trial trains.
     #[arg(long, value_enum, default_value_t = common::ModelKind::Mlp)]
@@ -210,8 +211,25 @@ async fn main() -> anyhow::Result<()> {
             )?,
             28,
         ),
-        _ => (fedtune::sim::digits_split()?, 8),
+        "wordnet" => (
+            FederatedData::load(
+                &DataSource::Wordnet {
+                    dir: fedtune::agent::text::WORDNET_DIR.into(),
+                },
+                &PartitionSpec::Dirichlet(0.5),
+                args.agents,
+                args.seed,
+            )?,
+            0,
+        ),
+        "digits" => (fedtune::sim::digits_split()?, 8),
+        other => bail!("unknown dataset `{other}`: use digits, fashion-mnist or wordnet"),
     };
+    if (args.dataset == "wordnet") != matches!(args.model, common::ModelKind::Transformer) {
+        bail!(
+            "the transformer reads token ids and the other models images: use --dataset wordnet with --model transformer"
+        );
+    }
     if data.clients() < args.agents {
         bail!(
             "the {} split has {} clients; --agents {} is more",

@@ -3,6 +3,7 @@
 
 mod common;
 
+use fedtune::protocol::ModelSpec;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ struct Served {
 
 /// Runs `fedtune-aggregator serve` and three `fedtune-agent run` as processes, with
 /// `edit` applied to the aggregator's TOML; returns once all have exited.
-fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Served {
+fn serve_with_three_agents(name: &str, spec: ModelSpec, edit: impl Fn(String) -> String) -> Served {
     let dir = common::scratch_dir(name);
     let pki = dir.join("pki");
     let status = Command::new(common::binary("fedtune-aggregator"))
@@ -98,14 +99,9 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
     }
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    // The final model, written next to the report, read back into the configured MLP.
+    // The final model, written next to the report, read back into the configured model.
     let model_file = dir.join("report.safetensors");
     let model = model_file.exists().then(|| {
-        let spec = fedtune::protocol::ModelSpec::Mlp(fedtune::protocol::MlpSpec {
-            input: 64,
-            hidden: vec![64],
-            classes: 10,
-        });
         let source = fedtune::agent::weights::WeightsSource::new(&model_file);
         fedtune::agent::weights::import(&spec, &source, &fedtune::agent::model::default_device()).unwrap()
     });
@@ -113,9 +109,18 @@ fn serve_with_three_agents(name: &str, edit: impl Fn(String) -> String) -> Serve
     Served { stdout, report, model }
 }
 
+/// The digits MLP 64-64-10 of `config/aggregator.toml`.
+fn digits_mlp() -> ModelSpec {
+    ModelSpec::Mlp(fedtune::protocol::MlpSpec {
+        input: 64,
+        hidden: vec![64],
+        classes: 10,
+    })
+}
+
 #[test]
 fn aggregator_and_three_agents_run_as_separate_processes() {
-    let Served { stdout, report, model } = serve_with_three_agents("daemons", |toml| toml);
+    let Served { stdout, report, model } = serve_with_three_agents("daemons", digits_mlp(), |toml| toml);
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     let model = model.expect("serve writes the final model next to its report");
@@ -133,7 +138,7 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
 
 #[test]
 fn the_daemons_run_rounds_under_secure_aggregation() {
-    let Served { stdout, report, .. } = serve_with_three_agents("daemons-secure", |toml| {
+    let Served { stdout, report, .. } = serve_with_three_agents("daemons-secure", digits_mlp(), |toml| {
         toml.replace(
             "enabled = false                      # needs a strategy",
             "enabled = true # needs a strategy",
@@ -220,7 +225,22 @@ fn serve_refuses_a_robust_rule_under_secure_aggregation() {
 fn the_service_runs_a_study_from_its_tuning_section() {
     let space = common::repo().join("presets/vision.toml");
     // The vision preset targets the CNN: here one 3×3 block over the 8×8 digits.
-    let Served { stdout, report, .. } = serve_with_three_agents("daemons-study", |toml| {
+    let cnn = ModelSpec::Cnn(fedtune::protocol::CnnSpec {
+        channels: 1,
+        height: 8,
+        width: 8,
+        blocks: vec![fedtune::protocol::ConvBlock {
+            channels: 8,
+            kernel: 3,
+            padding: 1,
+            pool: 2,
+            batch_norm: false,
+        }],
+        hidden: vec![64],
+        classes: 10,
+        norm_stats: Default::default(),
+    });
+    let Served { stdout, report, model } = serve_with_three_agents("daemons-study", cnn.clone(), |toml| {
         let toml = toml.replace(
             "[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n",
             "[model.cnn]\nchannels = 1\nheight = 8\nwidth = 8\nhidden = [64]\nclasses = 10\n\
@@ -245,6 +265,15 @@ fn the_service_runs_a_study_from_its_tuning_section() {
     }
     assert_eq!(trials[0]["state"], "complete", "the first trial at each rung continues");
     assert!(report["best"].is_u64(), "{report}");
+    // The best trial's final model is next to the report, as the plain CNN (merged if the
+    // trial had LoRA adapters).
+    let best = &trials[report["best"].as_u64().unwrap() as usize];
+    assert!(
+        best["model"].as_str().unwrap().ends_with("report.safetensors"),
+        "{best}"
+    );
+    assert_eq!(model.expect("the best model is written").len(), cnn.manifest().numel());
+    assert!(stdout.contains("best trial's final model written to"), "{stdout}");
     assert!(stdout.contains("trial   0"), "{stdout}");
     assert!(stdout.contains("best trial"), "{stdout}");
 }

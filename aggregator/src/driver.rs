@@ -409,7 +409,7 @@ async fn run_exchange(io: ExchangeIo, opening: Opening, mut commands: mpsc::Unbo
             Ok((message, payload, permit)) => {
                 let event = Event::Received {
                     exchange: io.id,
-                    message,
+                    message: Box::new(message),
                     payload,
                 };
                 if io.events.send((event, permit)).is_err() {

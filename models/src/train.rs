@@ -360,13 +360,16 @@ pub fn train_model<M: Classifier>(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut train_loss = 0.0;
+    let steps_per_epoch = train.len().div_ceil(hp.batch_size as usize);
+    let steps = steps_per_epoch * hp.local_epochs as usize;
+    let warmup = (hp.warmup * steps as f64).round() as usize;
     for epoch in 0..hp.local_epochs {
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
             cancel.check().map_err(TrainError::Abandoned)?;
             let (x, y) = batch(train, rows, &autodiff);
-            let loss = cross_entropy(model.forward(x), y);
+            let loss = cross_entropy(model.forward(x), y, hp.label_smoothing);
             let value = loss.clone().try_into_scalar::<f32>().map_err(backend)?;
             let loss = match &anchor {
                 Some(anchor) => loss + squared_distance(&model, anchor).mul_scalar(hp.proximal_mu / 2.0),
@@ -377,7 +380,9 @@ pub fn train_model<M: Classifier>(
             }
             loss_sum += f64::from(value) * rows.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(hp.learning_rate, model, grads);
+            let at = epoch as usize * steps_per_epoch + step;
+            let lr = hp.learning_rate * hp.lr_schedule.factor(at, steps, warmup);
+            model = optim.step(lr, model, grads);
         }
         train_loss = loss_sum / train.len() as f64;
     }
@@ -485,13 +490,18 @@ fn batch(data: &Dataset, rows: &[usize], device: &Device) -> (Tensor<2>, Tensor<
     )
 }
 
-/// Mean cross-entropy of `logits` (`[batch, classes]`) against `targets` (`[batch]`).
-fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+/// Mean cross-entropy of `logits` (`[batch, classes]`) against `targets` (`[batch]`),
+/// with the target smoothed by `smoothing` ε: `(1 − ε) · NLL + ε · mean over classes of
+/// −log p` (PyTorch's `label_smoothing`).
+fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f64) -> Tensor<1> {
     let [batch, _] = logits.dims();
-    log_softmax(logits, 1)
-        .gather(1, targets.reshape([batch, 1]))
-        .mean()
-        .neg()
+    let log_p = log_softmax(logits, 1);
+    let nll = log_p.clone().gather(1, targets.reshape([batch, 1])).mean().neg();
+    if smoothing == 0.0 {
+        return nll;
+    }
+    let uniform = log_p.mean().neg();
+    nll.mul_scalar(1.0 - smoothing) + uniform.mul_scalar(smoothing)
 }
 
 /// Loss and accuracy of `model` on `data`; the softmax is done on the host in f64, on
@@ -585,7 +595,7 @@ mod tests {
             optimizer,
             weight_decay: 1e-4,
             momentum: if optimizer == Optimizer::Sgd { 0.9 } else { 0.0 },
-            proximal_mu: 0.0,
+            ..ClientHyperparameters::default()
         }
     }
 
@@ -914,6 +924,70 @@ mod tests {
             matches!(err, TrainError::TokenOutOfRange { row: 3, vocab: 30, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn label_smoothing_mixes_the_label_loss_with_the_uniform_one() {
+        let device = default_device();
+        let logits = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0, -1.0, 0.5, 0.5, 0.5], [2, 3]), &device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &device);
+        let log_p = |row: [f64; 3]| {
+            let z = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+            row.map(|v| v - z)
+        };
+        let (a, b) = (log_p([2.0, 0.0, -1.0]), log_p([0.5, 0.5, 0.5]));
+        let nll = -(a[0] + b[2]) / 2.0;
+        let uniform = -(a.iter().sum::<f64>() + b.iter().sum::<f64>()) / 6.0;
+        for eps in [0.0, 0.1, 0.5] {
+            let got = f64::from(cross_entropy(logits.clone(), targets.clone(), eps).into_scalar::<f32>());
+            let want = (1.0 - eps) * nll + eps * uniform;
+            assert!((got - want).abs() < 1e-5, "ε {eps}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn warm_up_cosine_and_label_smoothing_still_train_and_change_the_result() {
+        let (spec, global) = setup();
+        let (train, valid) = (blobs(240, 1), blobs(60, 2));
+        let plain = hp(Optimizer::Adam);
+        let tuned = ClientHyperparameters {
+            label_smoothing: 0.1,
+            warmup: 0.2,
+            lr_schedule: fedtune_protocol::LrSchedule::Cosine,
+            ..plain.clone()
+        };
+        let run = |hp: &ClientHyperparameters| {
+            train_local(
+                &spec,
+                &[],
+                &global,
+                hp,
+                &train,
+                &valid,
+                3,
+                &default_device(),
+                &Cancel::never(),
+            )
+            .unwrap()
+        };
+        let (a, b) = (run(&plain), run(&tuned));
+        assert!(b.metrics.accuracy_after >= 0.9, "{:?}", b.metrics);
+        assert_ne!(a.delta, b.delta);
+        let bad = ClientHyperparameters { warmup: 1.0, ..plain };
+        assert!(matches!(
+            train_local(
+                &spec,
+                &[],
+                &global,
+                &bad,
+                &train,
+                &valid,
+                3,
+                &default_device(),
+                &Cancel::never()
+            ),
+            Err(TrainError::InvalidHyperparameters(_))
+        ));
     }
 
     #[test]

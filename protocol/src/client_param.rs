@@ -25,11 +25,17 @@ pub enum ClientParam {
     Momentum,
     /// `proximal_mu` (FedProx).
     ProximalMu,
+    /// `label_smoothing`.
+    LabelSmoothing,
+    /// `warmup` (share of a round's local steps).
+    Warmup,
+    /// `lr_schedule` (`constant` or `cosine`).
+    LrSchedule,
 }
 
 impl ClientParam {
     /// Every parameter, in its canonical spelling order.
-    pub const ALL: [ClientParam; 7] = [
+    pub const ALL: [ClientParam; 10] = [
         ClientParam::LearningRate,
         ClientParam::BatchSize,
         ClientParam::LocalEpochs,
@@ -37,10 +43,13 @@ impl ClientParam {
         ClientParam::WeightDecay,
         ClientParam::Momentum,
         ClientParam::ProximalMu,
+        ClientParam::LabelSmoothing,
+        ClientParam::Warmup,
+        ClientParam::LrSchedule,
     ];
 
     /// Every accepted spelling, aliases included.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 11] = [
         "learning_rate",
         "lr",
         "batch_size",
@@ -49,6 +58,9 @@ impl ClientParam {
         "weight_decay",
         "momentum",
         "proximal_mu",
+        "label_smoothing",
+        "warmup",
+        "lr_schedule",
     ];
 
     /// The parameter a search space calls `name`, if it is one.
@@ -62,6 +74,9 @@ impl ClientParam {
             "weight_decay" => Self::WeightDecay,
             "momentum" => Self::Momentum,
             "proximal_mu" => Self::ProximalMu,
+            "label_smoothing" => Self::LabelSmoothing,
+            "warmup" => Self::Warmup,
+            "lr_schedule" => Self::LrSchedule,
             _ => return None,
         })
     }
@@ -77,10 +92,14 @@ impl ClientParam {
             Self::WeightDecay => "weight_decay",
             Self::Momentum => "momentum",
             Self::ProximalMu => "proximal_mu",
+            Self::LabelSmoothing => "label_smoothing",
+            Self::Warmup => "warmup",
+            Self::LrSchedule => "lr_schedule",
         }
     }
 
-    /// The parameter's numeric value in `hp` (`None` for the optimizer, a choice).
+    /// The parameter's numeric value in `hp` (`None` for the optimizer and the schedule,
+    /// which are choices; see [`ClientParam::choice`]).
     #[must_use]
     pub fn get(self, hp: &ClientHyperparameters) -> Option<f64> {
         Some(match self {
@@ -90,8 +109,21 @@ impl ClientParam {
             Self::WeightDecay => hp.weight_decay,
             Self::Momentum => hp.momentum,
             Self::ProximalMu => hp.proximal_mu,
-            Self::Optimizer => return None,
+            Self::LabelSmoothing => hp.label_smoothing,
+            Self::Warmup => hp.warmup,
+            Self::Optimizer | Self::LrSchedule => return None,
         })
+    }
+
+    /// The value of a choice parameter in `hp`, as a search space writes it (`adam`,
+    /// `cosine`); `None` for numeric ones.
+    #[must_use]
+    pub fn choice(self, hp: &ClientHyperparameters) -> Option<String> {
+        match self {
+            Self::Optimizer => Some(hp.optimizer.to_string()),
+            Self::LrSchedule => Some(hp.lr_schedule.to_string()),
+            _ => None,
+        }
     }
 
     /// Writes `value` into `hp`.
@@ -127,6 +159,21 @@ impl ClientParam {
             Self::WeightDecay => hp.weight_decay = number()?,
             Self::Momentum => hp.momentum = number()?,
             Self::ProximalMu => hp.proximal_mu = number()?,
+            Self::LabelSmoothing => hp.label_smoothing = number()?,
+            Self::Warmup => hp.warmup = number()?,
+            Self::LrSchedule => {
+                hp.lr_schedule = match value.to_string().to_ascii_lowercase().as_str() {
+                    "constant" => crate::message::LrSchedule::Constant,
+                    "cosine" => crate::message::LrSchedule::Cosine,
+                    other => {
+                        return Err(ClientParamError {
+                            name,
+                            expected: "must be constant or cosine",
+                            got: other.to_owned(),
+                        });
+                    }
+                }
+            }
             Self::Optimizer => {
                 hp.optimizer = match value.to_string().to_ascii_lowercase().as_str() {
                     "adam" => Optimizer::Adam,
@@ -160,7 +207,7 @@ mod tests {
         let mut hp = ClientHyperparameters::default();
         for (i, param) in ClientParam::ALL.into_iter().enumerate() {
             assert_eq!(ClientParam::from_name(param.name()), Some(param));
-            if param == ClientParam::Optimizer {
+            if param == ClientParam::Optimizer || param == ClientParam::LrSchedule {
                 param.set(&mut hp, &ParamValue::Float(1.0)).unwrap_err();
                 continue;
             }
@@ -169,6 +216,11 @@ mod tests {
             assert_eq!(param.get(&hp), Some(value), "{param}");
         }
         assert_eq!(ClientParam::from_name("lr"), Some(ClientParam::LearningRate));
+        ClientParam::LrSchedule
+            .set(&mut hp, &ParamValue::Categorical("cosine".into()))
+            .unwrap();
+        assert_eq!(ClientParam::LrSchedule.choice(&hp).as_deref(), Some("cosine"));
+        assert_eq!(ClientParam::Optimizer.choice(&hp).as_deref(), Some("adam"));
         assert_eq!(ClientParam::from_name("dropout"), None);
         assert!(ClientParam::NAMES.iter().all(|n| ClientParam::from_name(n).is_some()));
         let err = ClientParam::BatchSize

@@ -36,7 +36,7 @@ pub use error::ProtocolError;
 pub use frame::{FrameReader, Limits, PROTOCOL_VERSION};
 pub use message::{
     Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode, ErrorMessage,
-    Evaluate, Evaluation, Hello, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
+    Evaluate, Evaluation, Hello, LrSchedule, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
 };
 pub use model::{CnnSpec, ConvBlock, LoraSpec, MlpSpec, ModelSpec, NormStats, TransformerSpec};
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

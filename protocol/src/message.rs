@@ -185,6 +185,53 @@ pub struct ClientHyperparameters {
     pub momentum: f64,
     /// FedProx proximal coefficient μ: local loss gains `μ/2 · ‖w − w_global‖²` (0: off).
     pub proximal_mu: f64,
+    /// Label smoothing ε: the loss's target puts `1 − ε` on the label and spreads `ε`
+    /// evenly over every class (0: plain cross-entropy).
+    pub label_smoothing: f64,
+    /// Share of a round's local steps over which the learning rate rises linearly from
+    /// `learning_rate / steps` to `learning_rate` (0: none).
+    pub warmup: f64,
+    /// How the learning rate moves over a round's local steps after the warm-up.
+    pub lr_schedule: LrSchedule,
+}
+
+/// The learning rate over a round's local steps, after any warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// `learning_rate` throughout.
+    #[default]
+    Constant,
+    /// Half a cosine from `learning_rate` down to 0 at the round's last step.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning-rate factor at `step` (from 0) of `steps`, with the first `warmup`
+    /// steps warming up linearly.
+    #[must_use]
+    pub fn factor(self, step: usize, steps: usize, warmup: usize) -> f64 {
+        if step < warmup {
+            return (step + 1) as f64 / warmup as f64;
+        }
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => {
+                let span = steps.saturating_sub(warmup).max(1);
+                let progress = (step - warmup) as f64 / span as f64;
+                0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+        })
+    }
 }
 
 impl Default for ClientHyperparameters {
@@ -197,6 +244,9 @@ impl Default for ClientHyperparameters {
             weight_decay: 0.0,
             momentum: 0.0,
             proximal_mu: 0.0,
+            label_smoothing: 0.0,
+            warmup: 0.0,
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }
@@ -254,6 +304,20 @@ impl ClientHyperparameters {
             "momentum",
             "must be in [0, 1)",
             &m,
+        )?;
+        let ls = self.label_smoothing;
+        check(
+            ls.is_finite() && (0.0..1.0).contains(&ls),
+            "label_smoothing",
+            "must be in [0, 1)",
+            &ls,
+        )?;
+        let w = self.warmup;
+        check(
+            w.is_finite() && (0.0..1.0).contains(&w),
+            "warmup",
+            "must be in [0, 1)",
+            &w,
         )?;
         Ok(())
     }
@@ -457,5 +521,33 @@ impl ErrorMessage {
 impl std::fmt::Display for ErrorMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_learning_rate_warms_up_then_follows_its_schedule() {
+        // 10 steps, 2 of warm-up.
+        let factors = |s: LrSchedule| (0..10).map(|t| s.factor(t, 10, 2)).collect::<Vec<f64>>();
+        let constant = factors(LrSchedule::Constant);
+        assert_eq!(&constant[..3], &[0.5, 1.0, 1.0]);
+        assert!(constant[2..].iter().all(|&f| f == 1.0));
+        let cosine = factors(LrSchedule::Cosine);
+        assert_eq!(&cosine[..3], &[0.5, 1.0, 1.0]);
+        assert!(cosine.windows(2).skip(2).all(|w| w[1] < w[0]), "{cosine:?}");
+        assert!(
+            (cosine[6] - 0.5).abs() < 1e-12,
+            "half way down at the middle of the decay"
+        );
+        // Without warm-up the first step runs at the full rate.
+        assert_eq!(LrSchedule::Cosine.factor(0, 10, 0), 1.0);
+        let bad = ClientHyperparameters {
+            label_smoothing: 1.0,
+            ..ClientHyperparameters::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().name, "label_smoothing");
     }
 }

@@ -599,6 +599,80 @@ impl ModelSpec {
         }
     }
 
+    /// The same architecture with every hidden width scaled by `width` (rounded, at least
+    /// 1): an MLP's hidden layers, a CNN's block channels and head widths, a transformer's
+    /// `d_model` (kept a multiple of its heads) and `d_ff`. Inputs and classes stay.
+    ///
+    /// # Errors
+    /// [`ProtocolError::InvalidModel`] for a width that is not positive and finite, or a
+    /// custom model (it has no widths fedtune knows).
+    pub fn scaled(&self, width: f64) -> Result<ModelSpec, ProtocolError> {
+        if !(width.is_finite() && width > 0.0) {
+            return Err(ProtocolError::InvalidModel(format!(
+                "width multiplier {width} must be positive"
+            )));
+        }
+        let scale = |n: usize| ((n as f64 * width).round() as usize).max(1);
+        Ok(match self {
+            ModelSpec::Mlp(mlp) => ModelSpec::Mlp(MlpSpec {
+                hidden: mlp.hidden.iter().map(|&h| scale(h)).collect(),
+                ..mlp.clone()
+            }),
+            ModelSpec::Cnn(cnn) => ModelSpec::Cnn(CnnSpec {
+                blocks: cnn
+                    .blocks
+                    .iter()
+                    .map(|b| ConvBlock {
+                        channels: scale(b.channels),
+                        ..b.clone()
+                    })
+                    .collect(),
+                hidden: cnn.hidden.iter().map(|&h| scale(h)).collect(),
+                ..cnn.clone()
+            }),
+            ModelSpec::Transformer(t) => ModelSpec::Transformer(TransformerSpec {
+                d_model: (scale(t.d_model).div_ceil(t.heads) * t.heads).max(t.heads),
+                d_ff: scale(t.d_ff),
+                ..t.clone()
+            }),
+            ModelSpec::Lora(lora) => ModelSpec::Lora(LoraSpec {
+                base: Box::new(lora.base.scaled(width)?),
+                ..lora.clone()
+            }),
+            ModelSpec::Custom { name, .. } => {
+                return Err(ProtocolError::InvalidModel(format!(
+                    "custom model `{name}` has no widths to scale"
+                )));
+            }
+        })
+    }
+
+    /// The same architecture with dropout `p` where it has dropout (the transformer's
+    /// encoder layers).
+    ///
+    /// # Errors
+    /// [`ProtocolError::InvalidModel`] for a model without dropout or `p` outside [0, 1).
+    pub fn with_dropout(&self, p: f64) -> Result<ModelSpec, ProtocolError> {
+        match self {
+            ModelSpec::Transformer(t) => {
+                let spec = ModelSpec::Transformer(TransformerSpec {
+                    dropout: p,
+                    ..t.clone()
+                });
+                spec.validate()?;
+                Ok(spec)
+            }
+            ModelSpec::Lora(lora) => Ok(ModelSpec::Lora(LoraSpec {
+                base: Box::new(lora.base.with_dropout(p)?),
+                ..lora.clone()
+            })),
+            other => Err(ProtocolError::InvalidModel(format!(
+                "{} has no dropout (the transformer does)",
+                other.describe()
+            ))),
+        }
+    }
+
     /// Freeze patterns the architecture itself implies: the running statistics of batch
     /// norms under [`NormStats::Frozen`]. A task's `frozen` list includes them.
     #[must_use]

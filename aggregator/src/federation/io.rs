@@ -90,8 +90,8 @@ pub enum Event {
     Received {
         /// The exchange.
         exchange: ExchangeId,
-        /// The message.
-        message: AgentMessage,
+        /// The message (boxed: an update is much larger than the other events).
+        message: Box<AgentMessage>,
         /// Its payload (an update's delta or masked words, as read).
         payload: Vec<f32>,
     },

@@ -372,7 +372,7 @@ impl Federation {
                 exchange,
                 message,
                 payload,
-            } => self.on_received(exchange, message, payload, now),
+            } => self.on_received(exchange, *message, payload, now),
             Event::ExchangeFailed { exchange, error } => self.on_exchange_failed(exchange, error, now),
             Event::GlobalEvaluated { round, result } => self.on_global_evaluated(round, result, now),
         }

@@ -125,7 +125,7 @@ fn a_round_with_a_straggler_closes_at_the_deadline_and_drops_it() {
             t0 + Duration::from_secs(1),
             Event::Received {
                 exchange: *exchange,
-                message: update_for(task, 5),
+                message: Box::new(update_for(task, 5)),
                 payload,
             },
         );
@@ -164,7 +164,7 @@ fn a_round_with_a_straggler_closes_at_the_deadline_and_drops_it() {
         deadline,
         Event::Received {
             exchange: c,
-            message: update_for(&opened["c"].1, 5),
+            message: Box::new(update_for(&opened["c"].1, 5)),
             payload: vec![0.0; numel(&fed)],
         },
     );
@@ -187,7 +187,7 @@ fn an_update_at_the_deadline_exactly_is_too_late() {
         t0 + TIMEOUT,
         Event::Received {
             exchange: *exchange,
-            message: update_for(task, 5),
+            message: Box::new(update_for(task, 5)),
             payload: vec![1.0; numel(&fed)],
         },
     );
@@ -219,7 +219,7 @@ fn too_few_updates_leave_the_model_unchanged() {
         t0,
         Event::Received {
             exchange: *a,
-            message: update_for(task, 5),
+            message: Box::new(update_for(task, 5)),
             payload: vec![1.0; numel(&fed)],
         },
     );
@@ -233,7 +233,7 @@ fn too_few_updates_leave_the_model_unchanged() {
         t0,
         Event::Received {
             exchange: b,
-            message: decline,
+            message: Box::new(decline),
             payload: Vec::new(),
         },
     );
@@ -275,7 +275,7 @@ fn refused_updates_are_answered_and_the_round_goes_on() {
             t0,
             Event::Received {
                 exchange,
-                message,
+                message: Box::new(message),
                 payload,
             },
         );
@@ -312,7 +312,7 @@ fn an_agent_that_goes_away_fails_its_round_at_once() {
         t0,
         Event::Received {
             exchange: *a,
-            message: update_for(task, 5),
+            message: Box::new(update_for(task, 5)),
             payload: vec![1.0; numel(&fed)],
         },
     );
@@ -338,7 +338,7 @@ fn the_state_is_one_value_and_a_resumed_machine_goes_on_identically() {
                 now,
                 Event::Received {
                     exchange: *exchange,
-                    message: update_for(task, 1 + task.seed % 5),
+                    message: Box::new(update_for(task, 1 + task.seed % 5)),
                     payload: vec![value; numel(fed)],
                 },
             );
@@ -401,7 +401,7 @@ fn the_final_evaluation_waits_for_agents_until_its_deadline() {
             t0,
             Event::Received {
                 exchange: *exchange,
-                message: update_for(task, 3),
+                message: Box::new(update_for(task, 3)),
                 payload: vec![0.5; numel(&fed)],
             },
         );
@@ -430,7 +430,7 @@ fn the_final_evaluation_waits_for_agents_until_its_deadline() {
         t0,
         Event::Received {
             exchange: requests[0].0,
-            message: AgentMessage::Evaluation(evaluation),
+            message: Box::new(AgentMessage::Evaluation(evaluation)),
             payload: Vec::new(),
         },
     );
@@ -477,7 +477,7 @@ fn run_secure(fed: &mut Federation, silent: &[&str], silent_at: SecureStep, now:
                 now,
                 Event::Received {
                     exchange,
-                    message,
+                    message: Box::new(message),
                     payload,
                 },
             );
@@ -681,7 +681,7 @@ fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_a
             now,
             Event::Received {
                 exchange,
-                message,
+                message: Box::new(message),
                 payload: vec![0.5; 2],
             },
         );

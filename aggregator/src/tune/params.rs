@@ -11,7 +11,7 @@ use crate::strategy::StrategyConfig;
 use crate::tuning::Params;
 
 /// Client parameters the tuner knows how to send.
-pub(super) const CLIENT_PARAMS: [&str; 8] = ClientParam::NAMES;
+pub(super) const CLIENT_PARAMS: [&str; 11] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
 pub(super) const SERVER_PARAMS: [&str; 6] = [
     "server_learning_rate",
@@ -139,6 +139,30 @@ pub fn trial_config(
             other => return Err(invalid(format!("`freeze` takes `none` or patterns, got {other}"))),
         };
     }
+    // The architecture's own knobs come before LoRA, which wraps the result.
+    if let Some(v) = params.get("width") {
+        let width = v
+            .as_f64()
+            .ok_or_else(|| invalid(format!("`width` must be numeric, got {v}")))?;
+        if base.model.init.is_some() && width != 1.0 {
+            return Err(invalid(format!(
+                "`width` {width} would change the shape of the model [model] init starts from"
+            )));
+        }
+        let lora = config.model.lora();
+        config.model.spec = config
+            .model
+            .architecture()
+            .scaled(width)
+            .map_err(|e| invalid(e.to_string()))?;
+        config.model.set_lora(lora);
+    }
+    if let Some(v) = params.get("dropout") {
+        let p = v
+            .as_f64()
+            .ok_or_else(|| invalid(format!("`dropout` must be numeric, got {v}")))?;
+        config.model.spec = config.model.spec.with_dropout(p).map_err(|e| invalid(e.to_string()))?;
+    }
     if let Some(v) = params.get("lora_rank") {
         let rank = v
             .as_f64()
@@ -180,13 +204,14 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
     let mut params = Params::new();
     for p in &space.params {
         let value = match p.name.as_str() {
-            "optimizer" => Some(ParamValue::Categorical(
-                match config.client.optimizer {
-                    fedtune_protocol::Optimizer::Adam => "adam",
-                    fedtune_protocol::Optimizer::Sgd => "sgd",
-                }
-                .into(),
-            )),
+            name if ClientParam::from_name(name)
+                .and_then(|c| c.choice(&config.client))
+                .is_some() =>
+            {
+                ClientParam::from_name(name)
+                    .and_then(|c| c.choice(&config.client))
+                    .map(|v| ParamValue::Categorical(v.as_str().into()))
+            }
             "strategy" => Some(ParamValue::Categorical(config.strategy.name().into())),
             "cohort" => Some(ParamValue::Float(config.federation.cohort)),
             "freeze" => Some(ParamValue::Categorical(if config.model.freeze.is_empty() {
@@ -195,6 +220,11 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
                 fedtune_protocol::space::Choice::Str(config.model.freeze.join("+"))
             })),
             "lora_rank" => Some(ParamValue::Int(config.model.lora().map_or(0, |l| l.rank as i64))),
+            "width" => Some(ParamValue::Float(1.0)),
+            "dropout" => match config.model.architecture() {
+                fedtune_protocol::ModelSpec::Transformer(t) => Some(ParamValue::Float(t.dropout)),
+                _ => None,
+            },
             name => client_value(&config.client, name).map(|v| match p.distribution {
                 Distribution::Int { .. } => ParamValue::Int(v as i64),
                 _ => ParamValue::Float(v),

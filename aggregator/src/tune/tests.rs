@@ -130,6 +130,57 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
         ParamValue::Int(2)
     );
 
+    // `width` scales the hidden widths; `dropout` needs a model with dropout.
+    let wide = trial_config(
+        &base,
+        &Params::from([("width".to_string(), ParamValue::Float(1.5))]),
+        0,
+        1,
+    )
+    .unwrap();
+    let fedtune_protocol::ModelSpec::Mlp(mlp) = &wide.model.spec else {
+        panic!("{:?}", wide.model.spec)
+    };
+    let fedtune_protocol::ModelSpec::Mlp(narrow) = &base.model.spec else {
+        unreachable!()
+    };
+    assert_eq!(mlp.hidden, narrow.hidden.iter().map(|h| h * 3 / 2).collect::<Vec<_>>());
+    let err = trial_config(
+        &base,
+        &Params::from([("dropout".to_string(), ParamValue::Float(0.1))]),
+        0,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("has no dropout"), "{err}");
+    let mut text = base.clone();
+    text.model = fedtune_protocol::ModelSpec::Transformer(fedtune_protocol::TransformerSpec {
+        max_len: 8,
+        vocab: 100,
+        d_model: 16,
+        heads: 4,
+        layers: 1,
+        d_ff: 32,
+        classes: 3,
+        dropout: 0.0,
+    })
+    .into();
+    let params = Params::from([
+        ("dropout".to_string(), ParamValue::Float(0.2)),
+        ("width".to_string(), ParamValue::Float(0.6)),
+        ("lr_schedule".to_string(), ParamValue::Categorical("cosine".into())),
+        ("label_smoothing".to_string(), ParamValue::Float(0.1)),
+    ]);
+    let trial = trial_config(&text, &params, 0, 1).unwrap();
+    let fedtune_protocol::ModelSpec::Transformer(t) = &trial.model.spec else {
+        unreachable!()
+    };
+    // d_model 16 · 0.6 ≈ 10, up to a multiple of the 4 heads.
+    assert_eq!((t.dropout, t.d_model, t.d_ff), (0.2, 12, 19));
+    assert_eq!(trial.client.lr_schedule, fedtune_protocol::LrSchedule::Cosine);
+    assert_eq!(trial.client.label_smoothing, 0.1);
+
     let bad = Params::from([("batch_size".to_string(), ParamValue::Float(2.5))]);
     let err = trial_config(&base, &bad, 0, 1).unwrap_err().to_string();
     assert!(err.contains("batch_size"), "{err}");
