@@ -55,3 +55,29 @@ fn the_wordnet_task_loads_from_the_debian_package() {
     // The same settings give the same rows, so agents and the aggregator agree.
     assert_eq!(task.load(WORDNET_DIR, Split::Test).unwrap().features(), test.features());
 }
+
+/// An agent reads only its own Fashion-MNIST rows, and they are the rows the whole
+/// dataset's split gives it.
+#[test]
+fn an_agent_streams_exactly_its_own_fashion_mnist_share() {
+    use fedtune::agent::config::{DataConfig, DataSource, FederatedData};
+    use fedtune::agent::partition::PartitionSpec;
+    let source = DataSource::FashionMnist {
+        dir: FASHION_MNIST_DIR.into(),
+    };
+    let partition = PartitionSpec::Dirichlet(0.5);
+    let whole = FederatedData::load(&source, &partition, 10, 7).expect("apt-get install dataset-fashion-mnist");
+    for client in [0, 9] {
+        let config = DataConfig {
+            source: source.clone(),
+            partition: partition.clone(),
+            clients: 10,
+            client,
+            seed: 7,
+        };
+        let (train, validation) = config.load().unwrap();
+        let (want_train, want_validation) = whole.client(client).unwrap();
+        assert_eq!(train, want_train, "client {client}");
+        assert_eq!(validation, want_validation, "client {client}");
+    }
+}

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{AgentOptions, Reconnect};
-use crate::data::{Dataset, load_csv, load_fashion_mnist};
+use crate::data::{Dataset, load_csv, load_fashion_mnist, load_fashion_mnist_labels, load_fashion_mnist_rows};
 use crate::model::Device;
 use crate::partition::{Dirichlet, Iid, PartitionSpec, SplitFile};
 use crate::trainer::BurnTrainer;
@@ -259,6 +259,47 @@ pub const GLOBAL_TEST_FRACTION: f64 = 0.2;
 /// Share of each client's rows kept as its local validation split.
 pub const VALIDATION_FRACTION: f64 = 0.2;
 
+/// The split `partition` names of rows with `labels` among `clients` clients, checked
+/// against the row count.
+fn split_labels(
+    labels: &[u32],
+    partition: &PartitionSpec,
+    clients: usize,
+    seed: u64,
+) -> Result<SplitFile, ConfigError> {
+    let data_err = |e: &dyn std::fmt::Display| ConfigError::Data(e.to_string());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let split = match partition {
+        PartitionSpec::File(path) => SplitFile::load(path).map_err(|e| data_err(&e))?,
+        PartitionSpec::Iid => SplitFile::generate(
+            labels,
+            &Iid,
+            clients,
+            GLOBAL_TEST_FRACTION,
+            VALIDATION_FRACTION,
+            &mut rng,
+        )
+        .map_err(|e| data_err(&e))?,
+        PartitionSpec::Dirichlet(alpha) => {
+            let partitioner = Dirichlet {
+                alpha: *alpha,
+                min_size: 10,
+            };
+            SplitFile::generate(
+                labels,
+                &partitioner,
+                clients,
+                GLOBAL_TEST_FRACTION,
+                VALIDATION_FRACTION,
+                &mut rng,
+            )
+            .map_err(|e| data_err(&e))?
+        }
+    };
+    split.validate(labels.len()).map_err(|e| data_err(&e))?;
+    Ok(split)
+}
+
 impl FederatedData {
     /// Loads `source` and splits it as `partition` says among `clients` clients.
     ///
@@ -277,35 +318,7 @@ impl FederatedData {
             DataSource::Wordnet { dir } => crate::text::WordnetTask::default().load(dir, crate::text::Split::Train),
         }
         .map_err(|e| data_err(&e))?;
-        let mut rng = StdRng::seed_from_u64(seed);
-        let split = match partition {
-            PartitionSpec::File(path) => SplitFile::load(path).map_err(|e| data_err(&e))?,
-            PartitionSpec::Iid => SplitFile::generate(
-                dataset.labels(),
-                &Iid,
-                clients,
-                GLOBAL_TEST_FRACTION,
-                VALIDATION_FRACTION,
-                &mut rng,
-            )
-            .map_err(|e| data_err(&e))?,
-            PartitionSpec::Dirichlet(alpha) => {
-                let partitioner = Dirichlet {
-                    alpha: *alpha,
-                    min_size: 10,
-                };
-                SplitFile::generate(
-                    dataset.labels(),
-                    &partitioner,
-                    clients,
-                    GLOBAL_TEST_FRACTION,
-                    VALIDATION_FRACTION,
-                    &mut rng,
-                )
-                .map_err(|e| data_err(&e))?
-            }
-        };
-        split.validate(dataset.len()).map_err(|e| data_err(&e))?;
+        let split = split_labels(dataset.labels(), partition, clients, seed)?;
         Ok(Self { dataset, split })
     }
 
@@ -355,12 +368,28 @@ impl FederatedData {
 }
 
 impl DataConfig {
-    /// Loads this agent's (train, validation) share.
+    /// Loads this agent's (train, validation) share. From Fashion-MNIST's IDX files only
+    /// the labels (to compute the split) and this agent's own images are decoded, as a
+    /// stream, so memory holds the share and not the 60,000 images.
     ///
     /// # Errors
     /// [`ConfigError::Data`] when the data cannot be read or split.
     pub fn load(&self) -> Result<(Dataset, Dataset), ConfigError> {
-        FederatedData::load(&self.source, &self.partition, self.clients, self.seed)?.client(self.client)
+        let DataSource::FashionMnist { dir } = &self.source else {
+            return FederatedData::load(&self.source, &self.partition, self.clients, self.seed)?.client(self.client);
+        };
+        let data_err = |e: crate::data::DataError| ConfigError::Data(e.to_string());
+        let labels = load_fashion_mnist_labels(dir, true).map_err(data_err)?;
+        let split = split_labels(&labels, &self.partition, self.clients, self.seed)?;
+        let share = split.client(self.client).ok_or_else(|| {
+            ConfigError::Data(format!(
+                "the split has no client {} (it has {})",
+                self.client,
+                split.clients.len()
+            ))
+        })?;
+        let rows = |rows: &[usize]| load_fashion_mnist_rows(dir, true, rows).map_err(data_err);
+        Ok((rows(&share.train)?, rows(&share.test)?))
     }
 }
 

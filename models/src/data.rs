@@ -469,6 +469,154 @@ pub fn parse_idx(images_bytes: &[u8], labels_bytes: &[u8]) -> Result<Dataset, Da
     Dataset::from_parts(features, labels, dim as usize, max_label as usize + 1)
 }
 
+/// Reads an IDX label file (raw or gzip): one label per row.
+///
+/// # Errors
+/// [`DataError::Io`], [`DataError::TooLarge`], [`DataError::IdxMagic`],
+/// [`DataError::IdxTruncated`], [`DataError::IdxTrailing`], each naming the file.
+pub fn load_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u32>, DataError> {
+    let path = path.as_ref();
+    let bytes = read_maybe_gzip(path)?;
+    let header = idx_header::<1>(&bytes, "labels", IDX_LABELS_MAGIC).map_err(|e| e.in_file(path))?;
+    idx_body_len(&bytes, "labels", 8, u128::from(header[0])).map_err(|e| e.in_file(path))?;
+    Ok(bytes[8..].iter().map(|&l| u32::from(l)).collect())
+}
+
+/// Reads only the rows `rows` (in that order, repeats allowed) of an IDX image file (raw
+/// or gzip), decoding it as a stream: memory holds the chosen rows and one image, never
+/// the whole file. `labels` are the file's labels (see [`load_idx_labels`]), `classes`
+/// the class count of the result. Pixels are scaled to `[0, 1]`.
+///
+/// # Errors
+/// [`DataError::Io`] and [`DataError::Read`] when the file cannot be read,
+/// [`DataError::IdxMagic`], [`DataError::IdxTruncated`], [`DataError::IdxTrailing`],
+/// [`DataError::IdxImageSize`], [`DataError::IdxCountMismatch`] against `labels`,
+/// [`DataError::IndexOutOfRange`] for a row past the end.
+pub fn load_idx_rows(
+    images: impl AsRef<Path>,
+    labels: &[u32],
+    rows: &[usize],
+    classes: usize,
+) -> Result<Dataset, DataError> {
+    let path = images.as_ref();
+    let io_error = |error| DataError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_error)?);
+    let gzip = std::io::BufRead::fill_buf(&mut file)
+        .map_err(io_error)?
+        .starts_with(&GZIP_MAGIC);
+    let mut reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let in_file = |e: DataError| e.in_file(path);
+    let mut header = [0u8; 16];
+    read_exact_or_truncated(&mut reader, &mut header, 16, 0).map_err(in_file)?;
+    let [n, height, width] = idx_header::<3>(&header, "images", IDX_IMAGES_MAGIC).map_err(in_file)?;
+    if height == 0 || width == 0 {
+        return Err(in_file(DataError::IdxImageSize {
+            rows: height,
+            cols: width,
+        }));
+    }
+    if n as usize != labels.len() {
+        return Err(DataError::IdxCountMismatch {
+            images: n.into(),
+            labels: labels.len() as u64,
+        });
+    }
+    let dim = height as usize * width as usize;
+    if let Some(&index) = rows.iter().find(|&&r| r >= labels.len()) {
+        return Err(DataError::IndexOutOfRange {
+            index,
+            len: labels.len(),
+        });
+    }
+    // Where each wanted image goes, in file order.
+    let mut wanted: Vec<(usize, usize)> = rows.iter().enumerate().map(|(at, &row)| (row, at)).collect();
+    wanted.sort_unstable();
+    let mut features = vec![0.0f32; rows.len() * dim];
+    let mut image = vec![0u8; dim];
+    let mut next = wanted.iter().peekable();
+    let last = wanted.last().map_or(0, |&(row, _)| row + 1);
+    for i in 0..last {
+        read_exact_or_truncated(
+            &mut reader,
+            &mut image,
+            16 + (i as u128 + 1) * dim as u128,
+            16 + i as u128 * dim as u128,
+        )
+        .map_err(in_file)?;
+        while let Some(&&(row, at)) = next.peek()
+            && row == i
+        {
+            for (f, &p) in features[at * dim..(at + 1) * dim].iter_mut().zip(&image) {
+                *f = f32::from(p) / 255.0;
+            }
+            next.next();
+        }
+    }
+    let labels = rows.iter().map(|&r| labels[r]).collect();
+    Dataset::from_parts(features, labels, dim, classes)
+}
+
+/// Fills `buf` from `reader`; a short read is [`DataError::IdxTruncated`] (`expected`
+/// bytes in all, `done` before this read).
+fn read_exact_or_truncated(reader: &mut dyn Read, buf: &mut [u8], expected: u128, done: u128) -> Result<(), DataError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => {
+                return Err(DataError::IdxTruncated {
+                    what: "images",
+                    expected,
+                    got: done + filled as u128,
+                });
+            }
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(DataError::Read(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The rows `rows` of Fashion-MNIST's training or test split in `dir`, read as a stream
+/// (see [`load_idx_rows`]): an agent holding a tenth of the 60,000 images decodes only
+/// those.
+///
+/// # Errors
+/// As [`load_fashion_mnist`] and [`load_idx_rows`].
+pub fn load_fashion_mnist_rows(dir: impl AsRef<Path>, train: bool, rows: &[usize]) -> Result<Dataset, DataError> {
+    let (images, labels) = fashion_mnist_files(dir.as_ref(), train)?;
+    load_idx_rows(&images, &load_idx_labels(&labels)?, rows, 10)
+}
+
+/// Fashion-MNIST's labels (training or test split) in `dir`.
+///
+/// # Errors
+/// As [`load_fashion_mnist`].
+pub fn load_fashion_mnist_labels(dir: impl AsRef<Path>, train: bool) -> Result<Vec<u32>, DataError> {
+    let (_, labels) = fashion_mnist_files(dir.as_ref(), train)?;
+    load_idx_labels(&labels)
+}
+
+/// The image and label files of a Fashion-MNIST split, checked to exist.
+fn fashion_mnist_files(dir: &Path, train: bool) -> Result<(PathBuf, PathBuf), DataError> {
+    let prefix = if train { "train" } else { "t10k" };
+    let images = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
+    let labels = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
+    for path in [&images, &labels] {
+        if !path.exists() {
+            return Err(DataError::FashionMnistMissing { path: path.clone() });
+        }
+    }
+    Ok((images, labels))
+}
+
 /// Reads the magic number and `N` big-endian dimensions of an IDX header.
 fn idx_header<const N: usize>(bytes: &[u8], what: &'static str, magic: u32) -> Result<[u32; N], DataError> {
     let header_len = 4 + 4 * N;
@@ -550,14 +698,7 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, DataError> {
 /// [`DataError::FashionMnistMissing`] when a file is absent (the message says how to
 /// install it), otherwise those of [`load_idx`].
 pub fn load_fashion_mnist(dir: impl AsRef<Path>, train: bool) -> Result<Dataset, DataError> {
-    let prefix = if train { "train" } else { "t10k" };
-    let images = dir.as_ref().join(format!("{prefix}-images-idx3-ubyte.gz"));
-    let labels = dir.as_ref().join(format!("{prefix}-labels-idx1-ubyte.gz"));
-    for path in [&images, &labels] {
-        if !path.exists() {
-            return Err(DataError::FashionMnistMissing { path: path.clone() });
-        }
-    }
+    let (images, labels) = fashion_mnist_files(dir.as_ref(), train)?;
     load_idx(&images, &labels)?.with_classes(10)
 }
 
@@ -718,6 +859,44 @@ mod tests {
         std::fs::write(dir.join("bad.gz"), &gzip(&images)[..20]).unwrap();
         let err = load_idx(dir.join("bad.gz"), dir.join("lbl.gz")).unwrap_err();
         assert!(err.to_string().contains("bad.gz"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn idx_rows_stream_only_the_chosen_images_and_match_a_full_load() {
+        let dir = std::env::temp_dir().join(format!("fedtune-idx-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pixels: Vec<u8> = (0..5 * 6).map(|i| (i * 7 % 256) as u8).collect();
+        let images = idx_images(5, 2, 3, &pixels);
+        let labels = idx_labels(&[4, 1, 0, 2, 3]);
+        std::fs::write(dir.join("img"), &images).unwrap();
+        std::fs::write(dir.join("img.gz"), gzip(&images)).unwrap();
+        std::fs::write(dir.join("lbl.gz"), gzip(&labels)).unwrap();
+        let all = load_idx(dir.join("img"), dir.join("lbl.gz"))
+            .unwrap()
+            .with_classes(5)
+            .unwrap();
+        let label_list = load_idx_labels(dir.join("lbl.gz")).unwrap();
+        assert_eq!(label_list, vec![4, 1, 0, 2, 3]);
+        for file in ["img", "img.gz"] {
+            let rows = [3, 0, 3];
+            let some = load_idx_rows(dir.join(file), &label_list, &rows, 5).unwrap();
+            assert_eq!(some, all.subset(&rows).unwrap(), "{file}");
+        }
+        // A row past the end, a file cut short, and labels of another length are errors.
+        assert!(matches!(
+            load_idx_rows(dir.join("img"), &label_list, &[5], 5),
+            Err(DataError::IndexOutOfRange { index: 5, len: 5 })
+        ));
+        std::fs::write(dir.join("short"), &images[..16 + 6 * 3 + 2]).unwrap();
+        let err = load_idx_rows(dir.join("short"), &label_list, &[4], 5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("short") && err.contains("truncated"), "{err}");
+        assert!(matches!(
+            load_idx_rows(dir.join("img"), &label_list[..4], &[0], 5),
+            Err(DataError::IdxCountMismatch { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
