@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     rounds: u64,
     /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     local_epochs: u32,
     /// Epochs of central pretraining.
     #[arg(long, default_value_t = 10)]
