@@ -16,6 +16,17 @@ use fedtune::protocol::ModelSpec;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+/// Hooks that evaluate each round's global model on `data`'s global test split.
+fn test_evaluator(data: &fedtune::agent::config::FederatedData) -> Hooks {
+    Hooks {
+        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            data.global_test().unwrap(),
+            default_device(),
+        ))),
+        ..Hooks::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the_run_did() {
     let dir = scratch_dir("model-files");
@@ -36,13 +47,7 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
             .unwrap()
             .accuracy;
 
-    let hooks = Hooks {
-        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
-            data.global_test().unwrap(),
-            default_device(),
-        ))),
-        ..Hooks::default()
-    };
+    let hooks = test_evaluator(&data);
     let fed = start_aggregator(3, config, hooks);
     let mut agents = start_agents(&fed, digits_trainers(&data, 3));
     let report = fed.aggregator.await.unwrap().unwrap();
@@ -166,13 +171,7 @@ async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adap
     // Fresh adapters start as the file's model.
     assert_eq!(lora.merged(&initial), start);
 
-    let hooks = Hooks {
-        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
-            data.global_test().unwrap(),
-            default_device(),
-        ))),
-        ..Hooks::default()
-    };
+    let hooks = test_evaluator(&data);
     let fed = start_aggregator(3, config, hooks);
     let mut agents = start_agents(&fed, digits_trainers(&data, 3));
     let report = fed.aggregator.await.unwrap().unwrap();
@@ -303,13 +302,7 @@ async fn a_transformer_federates_on_wordnet_text_and_lora_on_its_attention_sends
         config.client.local_epochs = 3;
         config
     };
-    let evaluator = || Hooks {
-        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
-            data.global_test().unwrap(),
-            default_device(),
-        ))),
-        ..Hooks::default()
-    };
+    let evaluator = || test_evaluator(&data);
 
     let fed = start_aggregator(3, configure(transformer.clone(), None), evaluator());
     let mut agents = start_agents(&fed, data.burn_trainers(3, &default_device()).unwrap());

@@ -28,7 +28,17 @@ async fn study(agents: usize, study: TuneConfig) -> fedtune::aggregator::tune::T
 async fn study_with(
     agents: usize,
     study: TuneConfig,
+    config: fedtune::aggregator::AggregatorConfig,
+) -> fedtune::aggregator::tune::TuneReport {
+    study_with_hooks(agents, study, config, TuneHooks::default()).await
+}
+
+/// As [`study_with`], with `hooks`.
+async fn study_with_hooks(
+    agents: usize,
+    study: TuneConfig,
     mut config: fedtune::aggregator::AggregatorConfig,
+    hooks: TuneHooks,
 ) -> fedtune::aggregator::tune::TuneReport {
     let data = common::digits();
     let pki = ephemeral_pki(agents).unwrap();
@@ -43,9 +53,7 @@ async fn study_with(
         stopped.clone(),
     )
     .unwrap();
-    let report = tune(endpoint, config, study, TuneHooks::default(), stopped)
-        .await
-        .unwrap();
+    let report = tune(endpoint, config, study, hooks, stopped).await.unwrap();
     while let Some(exit) = running.join_next().await {
         exit.unwrap().unwrap();
     }
@@ -180,12 +188,8 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
     use fedtune::agent::weights::WeightsSource;
     use fedtune::protocol::space::Scope;
     let dir = common::scratch_dir("tuning-best-model");
-    let data = common::digits();
     let agents = 3;
-    let pki = ephemeral_pki(agents).unwrap();
-    let endpoint = bind_aggregator(&pki, false).unwrap();
     let mut config = common::config(agents, 1);
-    config.listen = endpoint.local_addr().unwrap();
     config.report = Some(dir.join("study.json"));
     let space = SearchSpace::new(vec![
         ParamSpec::parse("lora_rank", "choice(0, 2, 8)")
@@ -198,7 +202,7 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
         objectives: vec![Metric::Accuracy, Metric::Bytes],
         ..TuneConfig::new(space, 3, 2)
     };
-    let test = data.global_test().unwrap();
+    let test = common::digits().global_test().unwrap();
     let hooks = TuneHooks {
         evaluator: Some(std::sync::Arc::new(fedtune::evaluate::TestSetEvaluator::new(
             test.clone(),
@@ -206,20 +210,8 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
         ))),
         ..TuneHooks::default()
     };
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let mut running = spawn_agents(
-        &pki,
-        config.listen,
-        common::digits_trainers(&data, agents),
-        false,
-        stopped.clone(),
-    )
-    .unwrap();
     let architecture = config.model.architecture().clone();
-    let report = tune(endpoint, config, study, hooks, stopped).await.unwrap();
-    while let Some(exit) = running.join_next().await {
-        exit.unwrap().unwrap();
-    }
+    let report = study_with_hooks(agents, study, config, hooks).await;
     assert!(report.trials.iter().all(|t| t.state == TrialState::Complete));
     // Adapters of rank 0 (none), 2 and 8 move different bytes.
     let bytes: BTreeSet<u64> = report.trials.iter().map(|t| t.metrics[&Metric::Bytes] as u64).collect();

@@ -559,7 +559,7 @@ fn backend(error: impl std::fmt::Display) -> TrainError {
 mod tests {
     use super::*;
     use crate::model::default_device;
-    use fedtune_protocol::MlpSpec;
+    use fedtune_protocol::{MlpSpec, NormStats};
     use rand::RngExt;
 
     /// Two Gaussian blobs per class on a ring: separable, but not at initialisation.
@@ -623,9 +623,9 @@ mod tests {
         Dataset::from_parts(features, labels, 64, 4).unwrap()
     }
 
-    #[test]
-    fn a_cnn_trains_through_the_same_loop_and_its_delta_is_what_moved() {
-        let spec = ModelSpec::Cnn(fedtune_protocol::CnnSpec {
+    /// One 3×3 block (4 channels, padded, pooled) and a 16-wide head on 8×8 images.
+    fn small_cnn(batch_norm: bool, norm_stats: NormStats) -> fedtune_protocol::CnnSpec {
+        fedtune_protocol::CnnSpec {
             channels: 1,
             height: 8,
             width: 8,
@@ -634,12 +634,37 @@ mod tests {
                 kernel: 3,
                 padding: 1,
                 pool: 2,
-                batch_norm: false,
+                batch_norm,
             }],
             hidden: vec![16],
             classes: 4,
-            norm_stats: fedtune_protocol::NormStats::Averaged,
-        });
+            norm_stats,
+        }
+    }
+
+    /// The layout of the Burn module `spec` builds (not the one the spec computes).
+    fn built_layout(spec: &ModelSpec) -> Manifest {
+        struct Layout;
+        impl ZooTask for Layout {
+            type Output = Manifest;
+            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
+                crate::model::manifest_of(&build(&default_device()))
+            }
+        }
+        with_zoo_model(spec, Layout).unwrap()
+    }
+
+    /// `global` with a trainable-only `delta` added where it belongs.
+    fn applied(trainable: &Trainable, global: &[f32], delta: &[f32]) -> Vec<f32> {
+        let mut whole = global.to_vec();
+        let moved: Vec<f32> = trainable.gather(global).iter().zip(delta).map(|(g, d)| g + d).collect();
+        trainable.scatter(&moved, &mut whole);
+        whole
+    }
+
+    #[test]
+    fn a_cnn_trains_through_the_same_loop_and_its_delta_is_what_moved() {
+        let spec = ModelSpec::Cnn(small_cnn(false, NormStats::Averaged));
         let global = spec.init_params(&mut StdRng::seed_from_u64(1));
         let (train, valid) = (squares(160, 1), squares(40, 2));
         let update = train_local(
@@ -676,21 +701,7 @@ mod tests {
 
     #[test]
     fn lora_trains_only_its_adapters_and_the_adapted_model_learns() {
-        let cnn = fedtune_protocol::CnnSpec {
-            channels: 1,
-            height: 8,
-            width: 8,
-            blocks: vec![fedtune_protocol::ConvBlock {
-                channels: 4,
-                kernel: 3,
-                padding: 1,
-                pool: 2,
-                batch_norm: false,
-            }],
-            hidden: vec![16],
-            classes: 4,
-            norm_stats: fedtune_protocol::NormStats::Averaged,
-        };
+        let cnn = small_cnn(false, NormStats::Averaged);
         let spec = ModelSpec::Lora(fedtune_protocol::LoraSpec {
             base: Box::new(ModelSpec::Cnn(cnn)),
             rank: 2,
@@ -699,14 +710,7 @@ mod tests {
         });
         let manifest = spec.manifest();
         // Burn's `apply_lora` lays the model out as the spec says.
-        struct Layout;
-        impl ZooTask for Layout {
-            type Output = Manifest;
-            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
-                crate::model::manifest_of(&build(&default_device()))
-            }
-        }
-        assert_eq!(with_zoo_model(&spec, Layout).unwrap(), manifest);
+        assert_eq!(built_layout(&spec), manifest);
 
         let global = spec.init_params(&mut StdRng::seed_from_u64(1));
         let (train, valid) = (squares(160, 1), squares(40, 2));
@@ -729,47 +733,19 @@ mod tests {
         assert!(update.delta.iter().any(|d| d.abs() > 1e-4));
         let m = &update.metrics;
         assert!(m.accuracy_after > m.accuracy_before, "{m:?}");
-        let mut local = global.clone();
-        let mut moved = trainable.gather(&global);
-        for (v, d) in moved.iter_mut().zip(&update.delta) {
-            *v += d;
-        }
-        trainable.scatter(&moved, &mut local);
+        let local = applied(&trainable, &global, &update.delta);
         let after = evaluate(&spec, &local, &valid, &default_device()).unwrap();
         assert!((after.accuracy - m.accuracy_after).abs() < 1e-9, "{after:?} vs {m:?}");
     }
 
     #[test]
     fn batch_norm_statistics_are_averaged_or_frozen_as_the_spec_says() {
-        use fedtune_protocol::NormStats;
-        let cnn = |norm_stats| fedtune_protocol::CnnSpec {
-            channels: 1,
-            height: 8,
-            width: 8,
-            blocks: vec![fedtune_protocol::ConvBlock {
-                channels: 4,
-                kernel: 3,
-                padding: 1,
-                pool: 2,
-                batch_norm: true,
-            }],
-            hidden: vec![16],
-            classes: 4,
-            norm_stats,
-        };
         let (train, valid) = (squares(160, 1), squares(40, 2));
         let mut trained_stats = None;
         for policy in [NormStats::Averaged, NormStats::Frozen] {
-            let spec = ModelSpec::Cnn(cnn(policy));
+            let spec = ModelSpec::Cnn(small_cnn(true, policy));
             let manifest = spec.manifest();
-            struct Layout;
-            impl ZooTask for Layout {
-                type Output = Manifest;
-                fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
-                    crate::model::manifest_of(&build(&default_device()))
-                }
-            }
-            assert_eq!(with_zoo_model(&spec, Layout).unwrap(), manifest);
+            assert_eq!(built_layout(&spec), manifest);
             let names: Vec<&str> = manifest.tensors.iter().map(|t| t.name.as_str()).collect();
             assert_eq!(
                 &names[2..6],
@@ -797,12 +773,7 @@ mod tests {
             let m = &update.metrics;
             assert!(m.accuracy_after >= 0.9, "{policy:?}: {m:?}");
             let trainable = Trainable::new(&manifest, &frozen).unwrap();
-            let mut local = global.clone();
-            let mut moved = trainable.gather(&global);
-            for (v, d) in moved.iter_mut().zip(&update.delta) {
-                *v += d;
-            }
-            trainable.scatter(&moved, &mut local);
+            let local = applied(&trainable, &global, &update.delta);
             // gamma, beta: 8 values after the conv's 36 + 4.
             let (gamma_beta, stats) = (40..48, 48..56);
             assert_ne!(
@@ -872,16 +843,9 @@ mod tests {
 
     #[test]
     fn a_transformer_has_its_spec_layout_learns_tokens_and_refuses_unknown_ids() {
-        struct Layout;
-        impl ZooTask for Layout {
-            type Output = Manifest;
-            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
-                crate::model::manifest_of(&build(&default_device()))
-            }
-        }
         let spec = ModelSpec::Transformer(tiny_transformer());
         spec.validate().unwrap();
-        assert_eq!(with_zoo_model(&spec, Layout).unwrap(), spec.manifest());
+        assert_eq!(built_layout(&spec), spec.manifest());
         // LoRA on the attention's query and value projections.
         let lora = ModelSpec::Lora(fedtune_protocol::LoraSpec {
             base: Box::new(spec.clone()),
@@ -890,7 +854,7 @@ mod tests {
             targets: vec!["*.mha.query.*".into(), "*.mha.value.*".into()],
         });
         lora.validate().unwrap();
-        assert_eq!(with_zoo_model(&lora, Layout).unwrap(), lora.manifest());
+        assert_eq!(built_layout(&lora), lora.manifest());
 
         let (train, valid) = (keywords(400, 1), keywords(100, 2));
         let global = spec.init_params(&mut StdRng::seed_from_u64(1));
