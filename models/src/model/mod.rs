@@ -551,6 +551,42 @@ mod tests {
     }
 
     #[test]
+    fn a_transformer_and_a_lora_model_round_trip_their_parameters() {
+        use fedtune_protocol::{LoraSpec, TransformerSpec};
+        let transformer = ModelSpec::Transformer(TransformerSpec {
+            max_len: 6,
+            vocab: 20,
+            d_model: 8,
+            heads: 2,
+            layers: 2,
+            d_ff: 16,
+            classes: 3,
+            dropout: 0.0,
+        });
+        let lora = ModelSpec::Lora(LoraSpec {
+            base: Box::new(transformer.clone()),
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["head".into(), "*.pwff.*".into()],
+        });
+        struct RoundTrip(Vec<f32>, Manifest);
+        impl ZooTask for RoundTrip {
+            type Output = Vec<f32>;
+            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Vec<f32> {
+                flatten(&load(build(&default_device().autodiff()), &self.0, &self.1).unwrap())
+            }
+        }
+        for spec in [transformer, lora] {
+            spec.validate().unwrap();
+            let params = spec.init_params(&mut StdRng::seed_from_u64(8));
+            assert_eq!(
+                with_zoo_model(&spec, RoundTrip(params.clone(), spec.manifest())).unwrap(),
+                params
+            );
+        }
+    }
+
+    #[test]
     fn the_proximal_distance_is_the_squared_parameter_gap() {
         let spec = MlpSpec {
             input: 3,
