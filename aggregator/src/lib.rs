@@ -39,6 +39,7 @@ pub mod federation;
 pub mod identity;
 pub mod metrics;
 pub mod plot;
+pub mod privacy;
 pub mod progress;
 pub mod registry;
 pub mod round;

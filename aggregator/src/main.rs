@@ -27,6 +27,48 @@ struct Cli {
     command: Command,
 }
 
+/// What `privacy` is asked.
+#[derive(Subcommand, Debug)]
+enum PrivacyQuestion {
+    /// ε at δ after `steps` rounds at a noise multiplier and sampling rate.
+    Epsilon {
+        /// σ: the noise's standard deviation over the clipping norm.
+        #[arg(long)]
+        noise_multiplier: f64,
+        /// q: the chance an agent is in a round (cohort / agents).
+        #[arg(long)]
+        sample_rate: f64,
+        /// Rounds.
+        #[arg(long)]
+        steps: u64,
+        /// δ.
+        #[arg(long)]
+        delta: f64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The smallest noise multiplier (to Opacus's 0.01 tolerance in ε) that keeps ε at
+    /// most `--epsilon` after `steps` rounds.
+    Noise {
+        /// The ε budget.
+        #[arg(long)]
+        epsilon: f64,
+        /// δ.
+        #[arg(long)]
+        delta: f64,
+        /// q: the chance an agent is in a round (cohort / agents).
+        #[arg(long)]
+        sample_rate: f64,
+        /// Rounds.
+        #[arg(long)]
+        steps: u64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a federation CA, a server certificate and agent certificates.
@@ -147,6 +189,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plan a differentially private run: ε after some rounds at a noise multiplier, or
+    /// the noise multiplier an ε budget needs (the RDP accountant of the sampled Gaussian
+    /// mechanism, as Opacus computes it).
+    Privacy {
+        #[command(subcommand)]
+        question: PrivacyQuestion,
+    },
     /// Write a run's charts (accuracy, loss, fairness by round) or a study's (optimisation
     /// history, intermediate values, Pareto front) as SVG and PNG files.
     Plot {
@@ -263,6 +312,38 @@ async fn main() -> anyhow::Result<()> {
             dataset,
             json,
         } => blocking(move || evaluate_command(&model, weights, &layout, &remap, &dataset, json)).await?,
+        Command::Privacy { question } => {
+            let (spent, json) = match question {
+                PrivacyQuestion::Epsilon {
+                    noise_multiplier,
+                    sample_rate,
+                    steps,
+                    delta,
+                    json,
+                } => (
+                    fedtune_aggregator::privacy::epsilon(noise_multiplier, sample_rate, steps, delta)?,
+                    json,
+                ),
+                PrivacyQuestion::Noise {
+                    epsilon,
+                    delta,
+                    sample_rate,
+                    steps,
+                    json,
+                } => (
+                    fedtune_aggregator::privacy::noise_multiplier(epsilon, delta, sample_rate, steps)?,
+                    json,
+                ),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&spent)?);
+            } else {
+                println!(
+                    "ε = {:.5} at δ = {} after {} rounds, noise multiplier σ = {:.4}, sampling rate q = {} (RDP order {})",
+                    spent.epsilon, spent.delta, spent.steps, spent.noise_multiplier, spent.sample_rate, spent.order
+                );
+            }
+        }
         Command::Plot { db, run, study, out } => {
             let (id, kind) = match (run, study) {
                 (Some(run), _) => (run, RunKind::Run),
