@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn edge_cases_and_bad_input() {
-        assert_eq!(epsilon(1.0, 0.0, 100, 1e-5).unwrap().epsilon.is_finite(), true);
+        assert!(epsilon(1.0, 0.0, 100, 1e-5).unwrap().epsilon.is_finite());
         assert_eq!(rdp(0.0, 0.1, 1, &[2.0]).unwrap(), vec![f64::INFINITY]);
         // q = 1 is the plain Gaussian mechanism: α / (2σ²) per step.
         assert!((rdp(2.0, 1.0, 3, &[4.0]).unwrap()[0] - 1.5).abs() < 1e-12);
