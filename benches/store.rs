@@ -40,6 +40,7 @@ fn state(round: u64) -> FederationState {
             word_pos: u128::from(round) * 64,
         },
         tuner: None,
+        privacy: None,
     }
 }
 
@@ -65,6 +66,7 @@ fn record(round: u64) -> RoundRecord {
         payload_bytes: 80_000_000,
         contributions: Default::default(),
         secure: false,
+        epsilon: None,
     }
 }
 

@@ -290,3 +290,69 @@ async fn a_robust_rule_trains_through_a_sign_flipping_agent() {
     );
     while agents.join_next().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_fedavg_records_epsilon_every_round_and_stops_at_the_budget() {
+    use fedtune::aggregator::privacy::{Ledger, PrivacyConfig, epsilon};
+    let data = digits();
+    let mut config = config(3, 20);
+    let privacy = PrivacyConfig {
+        noise_multiplier: 2.0,
+        clip: 1.0,
+        delta: 1e-5,
+        max_epsilon: None,
+    };
+    // All three agents every round: q = 1. The budget fits four rounds and not five.
+    let mut ledger = Ledger::default();
+    for _ in 0..4 {
+        ledger.record(1.0, privacy.noise_multiplier);
+    }
+    let budget = (ledger.epsilon(1e-5) + ledger.epsilon_after(1.0, 2.0, 1e-5)) / 2.0;
+    config.privacy = PrivacyConfig {
+        max_epsilon: Some(budget),
+        ..privacy
+    };
+    let fed = start_aggregator(3, config, Hooks::default());
+    let mut agents = start_agents(&fed, digits_trainers(&data, 3));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    assert_eq!(report.rounds.len(), 4, "the fifth round would spend past {budget}");
+    assert!(report.privacy_budget_spent && !report.interrupted);
+    for (i, round) in report.rounds.iter().enumerate() {
+        assert!(round.applied);
+        let want = epsilon(2.0, 1.0, i as u64 + 1, 1e-5).unwrap().epsilon;
+        let got = round.epsilon.unwrap();
+        assert!((got - want).abs() < 1e-9, "round {i}: ε {got} vs {want}");
+    }
+    assert!(report.rounds[3].epsilon.unwrap() <= budget);
+    // The final evaluation still ran on the last released model.
+    assert_eq!(report.final_agent_evaluation.len(), 3);
+
+    // Central noise and secure aggregation, or a rule that does not average, are refused.
+    let mut secure = fedtune::aggregator::AggregatorConfig {
+        privacy: PrivacyConfig {
+            noise_multiplier: 1.0,
+            ..PrivacyConfig::default()
+        },
+        ..Default::default()
+    };
+    secure.secure_aggregation.enabled = true;
+    assert!(
+        secure
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("secure aggregation")
+    );
+    secure.secure_aggregation.enabled = false;
+    secure.strategy = "median".parse().unwrap();
+    assert!(
+        secure
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("averages the clipped updates")
+    );
+}

@@ -44,6 +44,8 @@ pub struct AggregatorConfig {
     pub state: StateConfig,
     /// The web dashboard and `/metrics` (off unless `listen` is set).
     pub dashboard: DashboardConfig,
+    /// Client-level differential privacy (off unless `noise_multiplier` is set).
+    pub privacy: crate::privacy::PrivacyConfig,
 }
 
 /// `[model]`: the architecture (`[model.mlp]`, `[model.cnn]`), LoRA adapters on it, the
@@ -553,6 +555,7 @@ impl Default for AggregatorConfig {
             tuning: None,
             state: StateConfig::default(),
             dashboard: DashboardConfig::default(),
+            privacy: crate::privacy::PrivacyConfig::default(),
         }
     }
 }
@@ -640,6 +643,25 @@ impl AggregatorConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if f.rounds == 0 {
             return invalid("federation.rounds must be at least 1".into());
+        }
+        self.privacy
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.privacy.enabled() {
+            if self.secure_aggregation.enabled {
+                return invalid(
+                    "privacy with central noise clips single updates, which secure aggregation hides from the \
+                     aggregator: turn one of them off"
+                        .into(),
+                );
+            }
+            let name = self.strategy.name();
+            if !["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"].contains(&name) {
+                return invalid(format!(
+                    "privacy needs a strategy that averages the clipped updates (fedavg, fedprox, fedavgm, fedadam, \
+                     fedyogi, fedadagrad); `{name}` does not, so the noise would not bound one agent's influence"
+                ));
+            }
         }
         self.dashboard.validate()?;
         if self.dashboard.listen.is_some() && self.state.db.is_none() {

@@ -12,7 +12,205 @@
 //! that Opacus uses). The orders are Opacus's defaults, [`DEFAULT_ORDERS`]: 1.1 to 10.9 in
 //! steps of 0.1, then 12 to 63, so the figures match Opacus's to the digits it prints.
 
-use serde::Serialize;
+use rand::SeedableRng;
+use rand::rngs::ChaCha12Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::strategy::{Aggregation, StrategyError, UpdateMeta};
+
+/// `[privacy]`: client-level DP-FedAvg with central noise (McMahan et al. 2018). Each
+/// accepted update is clipped to L2 norm `clip`, the clipped updates are averaged with
+/// equal weights (a sample count an agent claims buys it no influence), and Gaussian noise
+/// of standard deviation `noise_multiplier · clip / n` is added to the average of the `n`
+/// updates, as Flower's server-side fixed clipping does. The accountant composes each
+/// round at sampling rate q = cohort / connected agents; every round records ε at
+/// `delta`, and a round that would take ε past `max_epsilon` is not run: the federation
+/// ends there. Central noise trusts the aggregator with single updates, so it cannot be
+/// combined with secure aggregation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// σ: the noise's standard deviation over `clip` (0: no differential privacy).
+    pub noise_multiplier: f64,
+    /// The L2 norm every update is clipped to.
+    pub clip: f64,
+    /// δ of the (ε, δ) guarantee reported.
+    pub delta: f64,
+    /// The budget: no round runs that would take ε past it.
+    pub max_epsilon: Option<f64>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            noise_multiplier: 0.0,
+            clip: 1.0,
+            delta: 1e-5,
+            max_epsilon: None,
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// Whether updates are clipped and noised.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.noise_multiplier > 0.0
+    }
+
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    /// [`PrivacyError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), PrivacyError> {
+        check(
+            "privacy.noise_multiplier",
+            self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0,
+            "finite and ≥ 0",
+            self.noise_multiplier,
+        )?;
+        check(
+            "privacy.clip",
+            self.clip.is_finite() && self.clip > 0.0,
+            "positive",
+            self.clip,
+        )?;
+        check(
+            "privacy.delta",
+            self.delta > 0.0 && self.delta < 1.0,
+            "in (0, 1)",
+            self.delta,
+        )?;
+        if let Some(max) = self.max_epsilon {
+            check("privacy.max_epsilon", max.is_finite() && max > 0.0, "positive", max)?;
+        }
+        Ok(())
+    }
+}
+
+/// The privacy spent so far: the composed RDP curve over the default orders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// RDP at each of [`default_orders`].
+    pub rdp: Vec<f64>,
+    /// Rounds composed.
+    pub rounds: u64,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            rdp: vec![0.0; DEFAULT_ORDERS],
+            rounds: 0,
+        }
+    }
+}
+
+impl Ledger {
+    /// The curve after one more round at sampling rate `q` and noise multiplier `sigma`.
+    fn with_round(&self, q: f64, sigma: f64) -> Vec<f64> {
+        default_orders()
+            .iter()
+            .zip(&self.rdp)
+            .map(|(&alpha, &r)| r + rdp_one(Series::Opacus, q.clamp(0.0, 1.0), sigma, alpha))
+            .collect()
+    }
+
+    /// Composes one round.
+    pub fn record(&mut self, q: f64, sigma: f64) {
+        self.rdp = self.with_round(q, sigma);
+        self.rounds += 1;
+    }
+
+    /// ε at `delta` so far (0 before any round).
+    #[must_use]
+    pub fn epsilon(&self, delta: f64) -> f64 {
+        if self.rounds == 0 {
+            return 0.0;
+        }
+        epsilon_from_rdp(&default_orders(), &self.rdp, delta).0
+    }
+
+    /// ε at `delta` if one more round ran at `q` and `sigma`.
+    #[must_use]
+    pub fn epsilon_after(&self, q: f64, sigma: f64, delta: f64) -> f64 {
+        epsilon_from_rdp(&default_orders(), &self.with_round(q, sigma), delta).0
+    }
+}
+
+/// A round's aggregation under DP-FedAvg: updates clipped to `clip` and averaged by the
+/// inner rule with equal weights, then noised (see [`PrivacyConfig`]).
+#[derive(Debug)]
+pub struct DpAggregation {
+    inner: Box<dyn Aggregation>,
+    clip: f64,
+    noise_multiplier: f64,
+    rng: ChaCha12Rng,
+    clipped: usize,
+}
+
+impl DpAggregation {
+    /// Wraps `inner` (a rule that averages); the noise is drawn from a generator seeded
+    /// by `seed`.
+    #[must_use]
+    pub fn new(inner: Box<dyn Aggregation>, config: &PrivacyConfig, seed: u64) -> Self {
+        Self {
+            inner,
+            clip: config.clip,
+            noise_multiplier: config.noise_multiplier,
+            rng: ChaCha12Rng::seed_from_u64(seed),
+            clipped: 0,
+        }
+    }
+
+    /// `delta` scaled down to L2 norm `clip` if it is longer.
+    fn clip(&mut self, mut delta: Vec<f32>) -> Vec<f32> {
+        let norm = delta.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        if norm > self.clip {
+            let scale = (self.clip / norm) as f32;
+            delta.iter_mut().for_each(|v| *v *= scale);
+            self.clipped += 1;
+        }
+        delta
+    }
+}
+
+impl Aggregation for DpAggregation {
+    fn add(&mut self, delta: &[f32], _weight: u64, meta: &UpdateMeta<'_>) -> Result<(), StrategyError> {
+        let clipped = self.clip(delta.to_vec());
+        self.inner.add_owned(clipped, 1, meta)
+    }
+
+    fn add_owned(&mut self, delta: Vec<f32>, _weight: u64, meta: &UpdateMeta<'_>) -> Result<(), StrategyError> {
+        let clipped = self.clip(delta);
+        self.inner.add_owned(clipped, 1, meta)
+    }
+
+    fn updates(&self) -> usize {
+        self.inner.updates()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Vec<f32>, StrategyError> {
+        let n = self.inner.updates();
+        if self.clipped > 0 {
+            tracing::debug!(clipped = self.clipped, updates = n, "updates clipped");
+        }
+        let mut mean = self.inner.finish()?;
+        let std = self.noise_multiplier * self.clip / n.max(1) as f64;
+        for v in &mut mean {
+            *v += (normal(&mut self.rng) * std) as f32;
+        }
+        Ok(mean)
+    }
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut ChaCha12Rng) -> f64 {
+    use rand::RngExt;
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
 
 /// Opacus's default RDP orders: `1 + x / 10` for `x` in 1..100, then 12..=63.
 #[must_use]
@@ -366,6 +564,63 @@ fn log_a_frac(q: f64, sigma: f64, alpha: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dp_aggregation_clips_averages_equally_and_adds_the_stated_noise() {
+        let meta = UpdateMeta::new("a", 1.0);
+        let config = PrivacyConfig {
+            noise_multiplier: 0.0,
+            clip: 1.0,
+            ..PrivacyConfig::default()
+        };
+        let strategy: crate::strategy::StrategyConfig = "fedavg".parse().unwrap();
+        let mut strategy = strategy.build().unwrap();
+        // Without noise: [3, 4] (norm 5) is clipped to [0.6, 0.8]; [0.1, 0] is kept; the
+        // claimed sample counts (1,000 against 1) do not weigh.
+        let mut dp = Box::new(DpAggregation::new(strategy.begin_round(0, 2), &config, 1));
+        dp.add(&[3.0, 4.0], 1_000, &meta).unwrap();
+        dp.add_owned(vec![0.1, 0.0], 1, &meta).unwrap();
+        assert_eq!(dp.updates(), 2);
+        let mean = dp.finish().unwrap();
+        assert!(
+            (mean[0] - 0.35).abs() < 1e-6 && (mean[1] - 0.4).abs() < 1e-6,
+            "{mean:?}"
+        );
+        // With noise: its standard deviation is σ · clip / n.
+        let noisy = PrivacyConfig {
+            noise_multiplier: 2.0,
+            clip: 0.5,
+            ..PrivacyConfig::default()
+        };
+        let mut dp = Box::new(DpAggregation::new(strategy.begin_round(0, 20_000), &noisy, 7));
+        for _ in 0..4 {
+            dp.add(&vec![0.0; 20_000], 1, &meta).unwrap();
+        }
+        let noise = dp.finish().unwrap();
+        let std = (noise.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / noise.len() as f64).sqrt();
+        assert!((std - 0.25).abs() < 0.01, "std {std}, want 2 · 0.5 / 4");
+    }
+
+    #[test]
+    fn the_ledger_composes_rounds_as_the_accountant_does() {
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.epsilon(1e-5), 0.0);
+        let next = ledger.epsilon_after(0.04, 1.5, 1e-5);
+        for _ in 0..2_250 {
+            ledger.record(0.04, 1.5);
+        }
+        assert!((ledger.epsilon(1e-5) - 7.32911).abs() < 1e-3);
+        assert!(next < ledger.epsilon(1e-5));
+        assert!(
+            PrivacyConfig {
+                clip: 0.0,
+                ..PrivacyConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(!PrivacyConfig::default().enabled());
+    }
 
     #[test]
     fn the_default_orders_are_opacus_s() {

@@ -25,6 +25,7 @@ pub fn state(round: u64) -> FederationState {
             word_pos: 0,
         },
         tuner: None,
+        privacy: None,
     }
 }
 
@@ -72,6 +73,7 @@ pub fn record(round: u64) -> RoundRecord {
         payload_bytes: 20 * 64 * 4,
         contributions: Default::default(),
         secure: false,
+        epsilon: None,
     }
 }
 

@@ -44,6 +44,7 @@ impl Federation {
             exchanges,
             known,
             downlink_bytes,
+            sample_rate,
             ..
         } = *open;
         // Stragglers are dropped, not waited on: their streams are reset.
@@ -72,6 +73,14 @@ impl Federation {
                 true
             }
         };
+        // A released (applied) noisy aggregate spends privacy; an unapplied round does not.
+        let epsilon = sample_rate.map(|q| {
+            let privacy = &config.privacy;
+            if applied {
+                self.ledger.record(q, privacy.noise_multiplier);
+            }
+            self.ledger.epsilon(privacy.delta)
+        });
         if !quorum_met {
             warn!(
                 updates = results.len(),
@@ -152,6 +161,7 @@ impl Federation {
                 })
                 .collect(),
             secure,
+            epsilon,
         };
         if self.evaluate_globally {
             self.actions.push_back(Action::EvaluateGlobal {
@@ -256,7 +266,7 @@ impl Federation {
             }
             _ => BTreeMap::new(),
         };
-        let interrupted = self.interrupted || self.round < self.config.federation.rounds;
+        let interrupted = self.interrupted || (self.round < self.config.federation.rounds && !self.budget_spent);
         let final_fairness = final_fairness(&final_agent_evaluation, self.records.last());
         let final_violations = violations(&self.config.fairness.constraints, &final_fairness);
         for violation in &final_violations {
@@ -269,6 +279,7 @@ impl Federation {
             final_fairness,
             final_violations,
             interrupted,
+            privacy_budget_spent: self.budget_spent,
             global: self.global.clone(),
         };
         self.actions.push_back(Action::Finished(Box::new(report)));

@@ -102,6 +102,8 @@ struct OpenRound {
     known: Vec<String>,
     /// Bytes of global model sent to the cohort.
     downlink_bytes: u64,
+    /// The chance an agent was in this round (cohort / connected), under `[privacy]`.
+    sample_rate: Option<f64>,
 }
 
 /// A closed round whose record waits for the server-side evaluation.
@@ -156,6 +158,10 @@ pub struct Federation {
     next_exchange: u64,
     now: Option<Instant>,
     interrupted: bool,
+    /// Whether the run ended early because `[privacy] max_epsilon` was reached.
+    budget_spent: bool,
+    /// The privacy spent so far (composed only while `[privacy]` is on).
+    ledger: crate::privacy::Ledger,
 }
 
 impl Federation {
@@ -202,6 +208,8 @@ impl Federation {
             next_exchange: 0,
             now: None,
             interrupted: false,
+            budget_spent: false,
+            ledger: crate::privacy::Ledger::default(),
             config,
         })
     }
@@ -229,6 +237,9 @@ impl Federation {
         fed.history = state.history;
         fed.rng = state.rng.rng();
         fed.resumed_tuner = state.tuner;
+        if let Some(ledger) = state.privacy {
+            fed.ledger = ledger;
+        }
         Ok(fed)
     }
 
@@ -243,6 +254,7 @@ impl Federation {
             history: self.history.clone(),
             rng: RngState::of(&self.rng),
             tuner: self.tuner.as_ref().and_then(|t| t.state()),
+            privacy: self.config.privacy.enabled().then(|| self.ledger.clone()),
         }
     }
 
@@ -458,6 +470,24 @@ impl Federation {
         let round = self.round;
         let known: Vec<String> = self.available().into_iter().map(|(id, _)| id.clone()).collect();
         let cohort = self.select_cohort();
+        let privacy = &config.privacy;
+        let sample_rate = privacy
+            .enabled()
+            .then(|| cohort.len() as f64 / known.len().max(1) as f64);
+        if let (Some(q), Some(max)) = (sample_rate, privacy.max_epsilon) {
+            let next = self.ledger.epsilon_after(q, privacy.noise_multiplier, privacy.delta);
+            if next > max {
+                warn!(
+                    round,
+                    epsilon = self.ledger.epsilon(privacy.delta),
+                    next,
+                    max_epsilon = max,
+                    "the privacy budget is spent: another round would exceed max_epsilon; the run ends here"
+                );
+                self.budget_spent = true;
+                return self.begin_final_evaluation(now);
+            }
+        }
         let manifest = config.model.manifest();
         let spec = RoundSpec {
             trial: self.trial,
@@ -508,7 +538,11 @@ impl Federation {
             let holds: Vec<bool> = cohort.iter().map(|(agent, _)| holders.contains(agent)).collect();
             (*checksum, holds, params_to_bytes(&self.trainable.gather(&self.global)))
         });
-        let aggregation = self.strategy.begin_round(round, spec.numel);
+        let mut aggregation = self.strategy.begin_round(round, spec.numel);
+        if sample_rate.is_some() {
+            let seed = rand::RngExt::random(&mut self.rng);
+            aggregation = Box::new(crate::privacy::DpAggregation::new(aggregation, privacy, seed));
+        }
         let mut open = Box::new(OpenRound {
             started: now,
             round: Round::new(spec, aggregation, now),
@@ -516,6 +550,7 @@ impl Federation {
             secure: None,
             known,
             downlink_bytes: 0,
+            sample_rate,
         });
         let mut secure = None;
         if config.secure_aggregation.enabled {

@@ -201,6 +201,9 @@ pub struct RoundRecord {
     /// Whether the round ran under secure aggregation (the aggregator saw only the sum).
     #[serde(default)]
     pub secure: bool,
+    /// ε spent after this round at `[privacy] delta`, when `[privacy]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// One accepted update of a round.
@@ -232,6 +235,10 @@ pub struct RunReport {
     pub final_violations: Vec<String>,
     /// Whether the run stopped before its last round (shutdown, or a pruned trial).
     pub interrupted: bool,
+    /// Whether the run ended before its last round because another round would have
+    /// taken ε past `[privacy] max_epsilon` (a finished run, not an interrupted one).
+    #[serde(default)]
+    pub privacy_budget_spent: bool,
     /// Final global parameters.
     #[serde(skip)]
     pub global: Vec<f32>,
@@ -247,6 +254,7 @@ impl RunReport {
             final_fairness: FairnessReport::default(),
             final_violations: Vec::new(),
             interrupted,
+            privacy_budget_spent: false,
             global: Vec::new(),
         }
     }

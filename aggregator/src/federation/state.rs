@@ -74,4 +74,7 @@ pub struct FederationState {
     /// The client tuner's state (a study's within-trial policy), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuner: Option<serde_json::Value>,
+    /// The privacy spent so far, when `[privacy]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::Ledger>,
 }

@@ -62,6 +62,7 @@ fn record(round: u64, test: Option<f64>) -> RoundRecord {
         payload_bytes: 1 << 20,
         contributions: Default::default(),
         secure: false,
+        epsilon: None,
     }
 }
 
@@ -82,6 +83,7 @@ fn state(round: u64, numel: usize) -> FederationState {
             word_pos: u128::from(round) * 1000 + 17,
         },
         tuner: None,
+        privacy: None,
     }
 }
 
