@@ -66,6 +66,7 @@ fn record(round: u64) -> RoundRecord {
         payload_bytes: 80_000_000,
         contributions: Default::default(),
         secure: false,
+        bounded_claims: Default::default(),
         epsilon: None,
     }
 }

@@ -356,3 +356,61 @@ async fn dp_fedavg_records_epsilon_every_round_and_stops_at_the_budget() {
             .contains("averages the clipped updates")
     );
 }
+
+/// An agent that sends its update sign-flipped and claims 50 times its samples.
+struct Inflate(BurnTrainer);
+
+impl Trainer for Inflate {
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
+        let mut outcome = self.0.fit(task, global, cancel)?;
+        outcome.delta.iter_mut().for_each(|x| *x = -*x);
+        outcome.num_samples *= 50;
+        Ok(outcome)
+    }
+    fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
+        self.0.evaluate(request, params)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_sample_count_weighs_no_more_than_the_declared_data() {
+    let data = digits();
+    let mut config = config(5, 5);
+    config.federation.final_evaluation = false;
+    let hooks = Hooks {
+        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            data.global_test().unwrap(),
+            fedtune::agent::model::default_device(),
+        ))),
+        ..Hooks::default()
+    };
+    let fed = start_aggregator(5, config, hooks);
+    let mut trainers = digits_trainers(&data, 5).into_iter();
+    let attacker = Inflate(trainers.next().unwrap());
+    let declared = attacker.capabilities().train_samples;
+    let honest = trainers.map(|inner| Corrupt { inner, how: |_| {} });
+    let all: Vec<Box<dyn Trainer>> = std::iter::once(Box::new(attacker) as Box<dyn Trainer>)
+        .chain(honest.map(|c| Box::new(c) as Box<dyn Trainer>))
+        .collect();
+    let mut agents = start_agents(&fed, all);
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+    for round in &report.rounds {
+        assert_eq!(round.updates, 5);
+        let claim = round.bounded_claims["agent-0"];
+        assert_eq!(
+            (claim.claimed, claim.used),
+            (declared * 50, declared),
+            "round {}",
+            round.round
+        );
+        assert_eq!(round.bounded_claims.len(), 1, "honest claims stand");
+    }
+    // Weighed by its real share, one sign-flipper among five slows FedAvg, no more.
+    let first = report.rounds[0].test.unwrap().accuracy;
+    let last = report.final_test.unwrap().accuracy;
+    assert!(last > 0.6 && last > first + 0.2, "{first} -> {last}");
+}

@@ -486,6 +486,10 @@ pub struct FederationConfig {
     pub max_payload_bytes: u64,
     /// Updates buffered in memory at once before being folded into the average.
     pub max_buffered_updates: usize,
+    /// The largest sample count one update may weigh with. Every update's claimed count
+    /// is also bounded by the training-set size its agent declared when it connected;
+    /// each claim cut down is recorded with its round (`bounded_claims`).
+    pub max_samples: Option<u64>,
     /// Run a federated evaluation of the final model on every connected agent.
     pub final_evaluation: bool,
     /// Use the loopback transport tuning (large datagrams); only for 127.0.0.1.
@@ -506,6 +510,7 @@ impl Default for FederationConfig {
             max_agents: 1024,
             max_payload_bytes: 1 << 30,
             max_buffered_updates: 4,
+            max_samples: None,
             final_evaluation: true,
             loopback: false,
         }

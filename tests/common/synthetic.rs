@@ -73,6 +73,7 @@ pub fn record(round: u64) -> RoundRecord {
         payload_bytes: 20 * 64 * 4,
         contributions: Default::default(),
         secure: false,
+        bounded_claims: Default::default(),
         epsilon: None,
     }
 }

@@ -45,6 +45,7 @@ impl Federation {
             known,
             downlink_bytes,
             sample_rate,
+            bounded_claims,
             ..
         } = *open;
         // Stragglers are dropped, not waited on: their streams are reset.
@@ -161,6 +162,7 @@ impl Federation {
                 })
                 .collect(),
             secure,
+            bounded_claims,
             epsilon,
         };
         if self.evaluate_globally {

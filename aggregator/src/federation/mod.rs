@@ -61,8 +61,8 @@ use fedtune_protocol::wire::params_to_bytes;
 pub use io::{Action, Answer, Event, ExchangeId};
 pub(crate) use record::final_fairness;
 pub use record::{
-    ClientTuner, Contribution, EvaluationError, Evaluator, FailureReason, FailureRecord, GlobalEvaluation, RoundRecord,
-    RunReport, SecureStep,
+    BoundedClaim, ClientTuner, Contribution, EvaluationError, Evaluator, FailureReason, FailureRecord,
+    GlobalEvaluation, RoundRecord, RunReport, SecureStep,
 };
 use secure::{SecurePhase, StepOutcome};
 pub(crate) use state::rng_serde;
@@ -104,6 +104,8 @@ struct OpenRound {
     downlink_bytes: u64,
     /// The chance an agent was in this round (cohort / connected), under `[privacy]`.
     sample_rate: Option<f64>,
+    /// Sample counts cut down to their bound: agent → (claimed, used).
+    bounded_claims: BTreeMap<String, BoundedClaim>,
 }
 
 /// A closed round whose record waits for the server-side evaluation.
@@ -551,6 +553,7 @@ impl Federation {
             known,
             downlink_bytes: 0,
             sample_rate,
+            bounded_claims: BTreeMap::new(),
         });
         let mut secure = None;
         if config.secure_aggregation.enabled {
@@ -630,7 +633,24 @@ impl Federation {
                 }
                 open.exchanges.remove(&exchange);
                 let reply = match message {
-                    AgentMessage::Update(update) => {
+                    AgentMessage::Update(mut update) => {
+                        // A sample count weighs no more than the agent's declared
+                        // training set, nor the configured cap.
+                        let declared = self.agents.get(&agent).map(|c| c.train_samples).filter(|&n| n > 0);
+                        let bound = declared.into_iter().chain(self.config.federation.max_samples).min();
+                        if let Some(bound) = bound
+                            && update.num_samples > bound
+                        {
+                            warn!(%agent, claimed = update.num_samples, used = bound, "sample count bounded");
+                            open.bounded_claims.insert(
+                                agent.clone(),
+                                BoundedClaim {
+                                    claimed: update.num_samples,
+                                    used: bound,
+                                },
+                            );
+                            update.num_samples = bound;
+                        }
                         let verdict = open.round.on_update(&agent, &update, payload, now);
                         match verdict {
                             Ok(()) => Some(AggregatorMessage::Ack(Ack {

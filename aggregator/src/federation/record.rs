@@ -201,6 +201,10 @@ pub struct RoundRecord {
     /// Whether the round ran under secure aggregation (the aggregator saw only the sum).
     #[serde(default)]
     pub secure: bool,
+    /// Updates whose claimed sample count was cut down to its bound (the agent's declared
+    /// training set, or `federation.max_samples`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bounded_claims: BTreeMap<String, BoundedClaim>,
     /// ε spent after this round at `[privacy] delta`, when `[privacy]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
@@ -258,6 +262,15 @@ impl RunReport {
             global: Vec::new(),
         }
     }
+}
+
+/// A sample count an update claimed, and the one it was weighed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundedClaim {
+    /// What the update said.
+    pub claimed: u64,
+    /// Its bound.
+    pub used: u64,
 }
 
 /// Fairness of a final model: from its evaluation on the agents when there is one, else

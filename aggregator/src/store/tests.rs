@@ -62,6 +62,7 @@ fn record(round: u64, test: Option<f64>) -> RoundRecord {
         payload_bytes: 1 << 20,
         contributions: Default::default(),
         secure: false,
+        bounded_claims: Default::default(),
         epsilon: None,
     }
 }
