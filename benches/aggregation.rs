@@ -54,7 +54,10 @@ fn aggregation(c: &mut Criterion) {
         let robust = [
             StrategyConfig::Median,
             StrategyConfig::TrimmedMean(TrimmedMeanConfig { beta: 0.2 }),
-            StrategyConfig::Krum(KrumConfig { byzantine: f }),
+            StrategyConfig::Krum(KrumConfig {
+                byzantine: Some(f),
+                ..KrumConfig::default()
+            }),
         ];
 
         let mut group = c.benchmark_group(format!("aggregate/n={n}/p=1e6"));

@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     for name in &args.rules {
         let mut strategy: StrategyConfig = name.parse()?;
         if let StrategyConfig::Krum(k) = &mut strategy {
-            k.byzantine = poisoned.max(1);
+            k.byzantine = Some(poisoned.max(1));
         }
         let mut row = Vec::new();
         for attacked in [false, true] {

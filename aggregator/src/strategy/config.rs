@@ -122,7 +122,8 @@ impl StrategyConfig {
             Self::FedYogi(c) => c.validate(AdaptiveRule::Yogi),
             Self::FedAdagrad(c) => c.validate(AdaptiveRule::Adagrad),
             Self::QFedAvg(c) => c.validate(),
-            Self::Median | Self::Krum(_) => Ok(()),
+            Self::Median => Ok(()),
+            Self::Krum(c) => c.validate(),
             Self::TrimmedMean(c) => c.validate(),
             Self::MultiKrum(c) => c.validate(),
         }
@@ -246,8 +247,9 @@ mod tests {
         assert_eq!(
             config,
             StrategyConfig::MultiKrum(MultiKrumConfig {
-                byzantine: 3,
-                keep: Some(5)
+                byzantine: Some(3),
+                keep: Some(5),
+                ..MultiKrumConfig::default()
             })
         );
         assert!(toml::from_str::<StrategyConfig>("name = \"fedadam\"\nlr = 0.01\n").is_err());

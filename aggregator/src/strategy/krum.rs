@@ -15,12 +15,23 @@ const DISTANCE_CHUNK: usize = 1024;
 #[serde(default, deny_unknown_fields)]
 pub struct KrumConfig {
     /// f: how many Byzantine agents to tolerate. A round needs `n > 2f + 2` updates.
-    pub byzantine: usize,
+    /// Without it, f is `⌈attackers · n⌉` for the round's n updates.
+    pub byzantine: Option<usize>,
+    /// The expected share of attacking agents, in `[0, 0.5)`, that sets f when
+    /// `byzantine` is not given. Krum's breakdown point is `(n − 2) / 2n`, just under
+    /// half: a share above it cannot be tolerated at any n.
+    pub attackers: f64,
 }
+
+/// The expected share of attackers the robust rules assume unless told otherwise.
+pub const DEFAULT_ATTACKERS: f64 = 0.2;
 
 impl Default for KrumConfig {
     fn default() -> Self {
-        Self { byzantine: 1 }
+        Self {
+            byzantine: None,
+            attackers: DEFAULT_ATTACKERS,
+        }
     }
 }
 
@@ -29,7 +40,11 @@ impl Default for KrumConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MultiKrumConfig {
     /// f: how many Byzantine agents to tolerate. A round needs `n > 2f + 2` updates.
-    pub byzantine: usize,
+    /// Without it, f is `⌈attackers · n⌉` for the round's n updates.
+    pub byzantine: Option<usize>,
+    /// The expected share of attacking agents, in `[0, 0.5)`, that sets f when
+    /// `byzantine` is not given (see [`KrumConfig::attackers`]).
+    pub attackers: f64,
     /// m: how many of the best-scored updates to average; `None` means `n − f`, and
     /// larger values are lowered to `n − f` (more would have to include an attacker's
     /// update whenever f attackers are present).
@@ -39,7 +54,8 @@ pub struct MultiKrumConfig {
 impl Default for MultiKrumConfig {
     fn default() -> Self {
         Self {
-            byzantine: 1,
+            byzantine: None,
+            attackers: DEFAULT_ATTACKERS,
             keep: None,
         }
     }
@@ -51,6 +67,7 @@ impl MultiKrumConfig {
     /// # Errors
     /// [`StrategyError::InvalidConfig`] for `keep = 0`.
     pub fn validate(&self) -> Result<(), StrategyError> {
+        check_attackers("multi_krum", self.attackers)?;
         if self.keep == Some(0) {
             return Err(StrategyError::InvalidConfig {
                 strategy: "multi_krum",
@@ -58,6 +75,30 @@ impl MultiKrumConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// Checks an expected attacker share.
+fn check_attackers(strategy: &'static str, attackers: f64) -> Result<(), StrategyError> {
+    if (0.0..0.5).contains(&attackers) {
+        return Ok(());
+    }
+    Err(StrategyError::InvalidConfig {
+        strategy,
+        reason: format!(
+            "attackers = {attackers}: the expected share of attackers must be in [0, 0.5); \
+             no rule tolerates half the agents attacking"
+        ),
+    })
+}
+
+impl KrumConfig {
+    /// Checks the parameters.
+    ///
+    /// # Errors
+    /// [`StrategyError::InvalidConfig`] for an attacker share outside `[0, 0.5)`.
+    pub fn validate(&self) -> Result<(), StrategyError> {
+        check_attackers("krum", self.attackers)
     }
 }
 
@@ -71,7 +112,8 @@ impl MultiKrumConfig {
 /// individual updates, so it cannot run under secure aggregation.
 #[derive(Debug, Clone)]
 pub struct Krum {
-    byzantine: usize,
+    byzantine: Option<usize>,
+    attackers: f64,
     /// `None`: Krum (one update). `Some(None)`: Multi-Krum with m = n − f.
     keep: Option<Option<usize>>,
 }
@@ -81,6 +123,7 @@ impl Krum {
     pub fn new(config: KrumConfig) -> Self {
         Self {
             byzantine: config.byzantine,
+            attackers: config.attackers,
             keep: None,
         }
     }
@@ -93,6 +136,7 @@ impl Krum {
         config.validate()?;
         Ok(Self {
             byzantine: config.byzantine,
+            attackers: config.attackers,
             keep: Some(config.keep),
         })
     }
@@ -111,6 +155,7 @@ impl Strategy for Krum {
         Box::new(KrumAggregation {
             name: self.name(),
             byzantine: self.byzantine,
+            attackers: self.attackers,
             keep: self.keep,
             buffer: Buffered::new(numel),
         })
@@ -126,7 +171,8 @@ impl Strategy for Krum {
 #[derive(Debug)]
 struct KrumAggregation {
     name: &'static str,
-    byzantine: usize,
+    byzantine: Option<usize>,
+    attackers: f64,
     keep: Option<Option<usize>>,
     buffer: Buffered,
 }
@@ -151,13 +197,15 @@ impl Aggregation for KrumAggregation {
         if n == 0 {
             return Err(StrategyError::NoUpdates { strategy: self.name });
         }
-        let f = self.byzantine;
+        let f = self
+            .byzantine
+            .unwrap_or_else(|| (self.attackers * n as f64).ceil() as usize);
         if n <= 2 * f + 2 {
             return Err(StrategyError::TooFewUpdates {
                 strategy: self.name,
                 needed: 2 * f + 3,
                 got: n,
-                why: "Krum tolerates f Byzantine updates only when n > 2f + 2",
+                why: "Krum tolerates f Byzantine updates (f set, or the expected attacker share of n) only when n > 2f + 2",
             });
         }
         let scores = krum_scores(rows, f);
@@ -253,15 +301,23 @@ mod tests {
         let scores = krum_scores(&cohort(), 1);
         assert_eq!(&scores[1..5], &[1.5, 3.5, 3.5, 3.5]);
         assert!(scores[0] > 1000.0 && scores[5] > 1000.0);
-        let step = aggregate(&mut Krum::new(KrumConfig { byzantine: 1 }), &cohort()).unwrap();
+        let step = aggregate(
+            &mut Krum::new(KrumConfig {
+                byzantine: Some(1),
+                ..KrumConfig::default()
+            }),
+            &cohort(),
+        )
+        .unwrap();
         assert_eq!(step, vec![1.0, 1.0, 1.0]);
     }
 
     #[test]
     fn multi_krum_averages_the_m_best() {
         let mut s = Krum::multi(MultiKrumConfig {
-            byzantine: 1,
+            byzantine: Some(1),
             keep: Some(4),
+            ..MultiKrumConfig::default()
         })
         .unwrap();
         let step = aggregate(&mut s, &cohort()).unwrap();
@@ -269,8 +325,9 @@ mod tests {
         assert_eq!(step, vec![1.0, 1.0, 1.0]);
         // m = 2: the centre and the first runner-up (ties go to arrival order: update 2).
         let mut s = Krum::multi(MultiKrumConfig {
-            byzantine: 1,
+            byzantine: Some(1),
             keep: Some(2),
+            ..MultiKrumConfig::default()
         })
         .unwrap();
         let step = aggregate(&mut s, &cohort()).unwrap();
@@ -281,8 +338,9 @@ mod tests {
     fn multi_krum_default_keeps_n_minus_f() {
         // n = 6 is too few for f = 2 (needs n > 2f + 2 = 6).
         let mut s = Krum::multi(MultiKrumConfig {
-            byzantine: 2,
+            byzantine: Some(2),
             keep: None,
+            ..MultiKrumConfig::default()
         })
         .unwrap();
         assert!(matches!(
@@ -294,6 +352,47 @@ mod tests {
         // n = 7, f = 2: m = n - f = 5, exactly the five honest updates, mean [1, 1, 1].
         let step = aggregate(&mut s, &rows).unwrap();
         assert_eq!(step, vec![1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn the_byzantine_count_follows_the_expected_attacker_share() {
+        // Ten updates: eight honest ones around [1, 1, 1], two of them scaled ×10.
+        let mut rows: Vec<Vec<f32>> = (0..8)
+            .map(|i| {
+                let e = (i as f32 - 3.5) * 0.05;
+                vec![1.0 + e, 1.0 - e, 1.0]
+            })
+            .collect();
+        rows.push(rows[0].iter().map(|v| v * 10.0).collect());
+        rows.push(rows[1].iter().map(|v| v * 10.0).collect());
+        // The default share (0.2) makes f = 2 and m = 8: the honest eight.
+        let step = aggregate(&mut Krum::multi(MultiKrumConfig::default()).unwrap(), &rows).unwrap();
+        assert!(step.iter().all(|v| (v - 1.0).abs() < 1e-5), "{step:?}");
+        // f = 1 (the old default) keeps nine, one of them ×10.
+        let one = MultiKrumConfig {
+            byzantine: Some(1),
+            ..MultiKrumConfig::default()
+        };
+        let step = aggregate(&mut Krum::multi(one).unwrap(), &rows).unwrap();
+        assert!(step[2] > 1.9, "{step:?}");
+        // A share at or past one half is refused; a share too large for n says so.
+        let half = KrumConfig {
+            attackers: 0.5,
+            ..KrumConfig::default()
+        };
+        assert!(half.validate().unwrap_err().to_string().contains("[0, 0.5)"));
+        let many = KrumConfig {
+            attackers: 0.4,
+            ..KrumConfig::default()
+        };
+        assert!(matches!(
+            aggregate(&mut Krum::new(many), &rows),
+            Err(StrategyError::TooFewUpdates {
+                needed: 11,
+                got: 10,
+                ..
+            })
+        ));
     }
 
     #[test]
