@@ -77,7 +77,7 @@ async fn parallel_trials_run_on_disjoint_agent_groups() {
         let values = t.values.as_ref().unwrap();
         assert!(values[0] > 0.0 && values[0] <= 1.0, "accuracy {values:?}");
         assert!(values[1] > 0.0, "bytes {values:?}");
-        assert_eq!(t.metrics.len(), 6);
+        assert_eq!(t.metrics.len(), 7);
     }
     // The first two trials started together, so their groups are disjoint.
     let groups: Vec<BTreeSet<&String>> = report.trials[..2].iter().map(|t| t.agents.iter().collect()).collect();
@@ -230,4 +230,36 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
         "file {accuracy} vs best trial {:?}",
         best.final_test
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_is_searchable_and_epsilon_is_an_objective() {
+    use fedtune::protocol::space::Scope;
+    let space = SearchSpace::new(vec![
+        ParamSpec::parse("noise_multiplier", "choice(0.7, 3.0)")
+            .unwrap()
+            .with_scope(Scope::Server),
+        ParamSpec::parse("clip", "choice(2.0)")
+            .unwrap()
+            .with_scope(Scope::Server),
+    ])
+    .unwrap();
+    let study = TuneConfig {
+        sampler: SamplerKind::Grid,
+        objectives: vec![Metric::Accuracy, Metric::Epsilon],
+        ..TuneConfig::new(space, 2, 2)
+    };
+    let report = study_with(3, study, common::config(3, 1)).await;
+    assert_eq!(report.trials.len(), 2);
+    for t in &report.trials {
+        assert_eq!(t.state, TrialState::Complete, "trial {}", t.number);
+        let sigma = t.params["noise_multiplier"].as_f64().unwrap();
+        // All three agents every round (q = 1), two rounds.
+        let want = fedtune::aggregator::privacy::epsilon(sigma, 1.0, 2, 1e-5)
+            .unwrap()
+            .epsilon;
+        let got = t.metrics[&Metric::Epsilon];
+        assert!((got - want).abs() < 1e-9, "σ {sigma}: ε {got} vs {want}");
+        assert_eq!(t.values.as_ref().unwrap()[1], got);
+    }
 }

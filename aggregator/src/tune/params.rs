@@ -13,13 +13,17 @@ use crate::tuning::Params;
 /// Client parameters the tuner knows how to send.
 pub(super) const CLIENT_PARAMS: [&str; 11] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
-pub(super) const SERVER_PARAMS: [&str; 6] = [
+pub(super) const SERVER_PARAMS: [&str; 10] = [
     "server_learning_rate",
     "server_lr",
     "strategy",
     "cohort",
     "freeze",
     "lora_rank",
+    "width",
+    "dropout",
+    "noise_multiplier",
+    "clip",
 ];
 
 /// The `freeze` parameter's value for "nothing frozen".
@@ -163,6 +167,16 @@ pub fn trial_config(
             .ok_or_else(|| invalid(format!("`dropout` must be numeric, got {v}")))?;
         config.model.spec = config.model.spec.with_dropout(p).map_err(|e| invalid(e.to_string()))?;
     }
+    for (name, field) in [
+        ("noise_multiplier", &mut config.privacy.noise_multiplier),
+        ("clip", &mut config.privacy.clip),
+    ] {
+        if let Some(v) = params.get(name) {
+            *field = v
+                .as_f64()
+                .ok_or_else(|| invalid(format!("`{name}` must be numeric, got {v}")))?;
+        }
+    }
     if let Some(v) = params.get("lora_rank") {
         let rank = v
             .as_f64()
@@ -221,6 +235,8 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
             })),
             "lora_rank" => Some(ParamValue::Int(config.model.lora().map_or(0, |l| l.rank as i64))),
             "width" => Some(ParamValue::Float(1.0)),
+            "noise_multiplier" => Some(ParamValue::Float(config.privacy.noise_multiplier)),
+            "clip" => Some(ParamValue::Float(config.privacy.clip)),
             "dropout" => match config.model.architecture() {
                 fedtune_protocol::ModelSpec::Transformer(t) => Some(ParamValue::Float(t.dropout)),
                 _ => None,

@@ -199,6 +199,12 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
             .with_adaptive(true),
     ])
     .unwrap();
+    // Every preset names only parameters a trial can set.
+    for preset in ["vision", "nlp", "recsys"] {
+        let path = format!("{}/../presets/{preset}.toml", env!("CARGO_MANIFEST_DIR"));
+        let space = crate::tuning::spec::parse_space_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        check_space(&space).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
     assert!(
         check_space(&server_adaptive)
             .unwrap_err()

@@ -149,8 +149,10 @@ pub(super) fn measure(
     fairness: &FairnessReport,
     device: f64,
     bytes: u64,
+    epsilon: f64,
 ) -> BTreeMap<Metric, f64> {
     BTreeMap::from([
+        (Metric::Epsilon, epsilon),
         (Metric::Accuracy, eval.map_or(0.0, |e| e.accuracy)),
         (Metric::Loss, eval.map_or(f64::MAX, |e| e.loss)),
         (Metric::AccuracyVariance, fairness.accuracy_variance),
@@ -258,7 +260,8 @@ impl TrialRun {
                 samples: 0,
             };
             let eval = r.test.or((r.updates > 0).then_some(federated));
-            let values = values(&self.objectives, &measure(eval, &r.fairness, device, bytes));
+            let epsilon = r.epsilon.unwrap_or(0.0);
+            let values = values(&self.objectives, &measure(eval, &r.fairness, device, bytes, epsilon));
             record.curve.push(values[0]);
             let prune = match lock(&self.study).report(self.number, round + 1, values.clone()) {
                 Ok(prune) => prune,
@@ -329,7 +332,7 @@ impl TrialRun {
         });
         record.final_test = last.test;
         let eval = last.test.or(federated);
-        let metrics = measure(eval, &fairness, device, bytes);
+        let metrics = measure(eval, &fairness, device, bytes, last.epsilon.unwrap_or(0.0));
         let values = values(&self.objectives, &metrics);
         record.metrics = metrics;
         record.violations = crate::fairness::violations(&self.config.fairness.constraints, &fairness);

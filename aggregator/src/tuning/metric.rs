@@ -24,17 +24,20 @@ pub enum Metric {
     DeviceSeconds,
     /// Model bytes the trial moved between aggregator and agents.
     Bytes,
+    /// ε spent at `[privacy] delta` (0 without differential privacy).
+    Epsilon,
 }
 
 impl Metric {
     /// Every metric, in its config spelling.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "accuracy",
         "loss",
         "accuracy_variance",
         "worst_10pct_accuracy",
         "device_seconds",
         "bytes",
+        "epsilon",
     ];
 
     /// The metric's name.
@@ -47,6 +50,7 @@ impl Metric {
             Self::Worst10pctAccuracy => "worst_10pct_accuracy",
             Self::DeviceSeconds => "device_seconds",
             Self::Bytes => "bytes",
+            Self::Epsilon => "epsilon",
         }
     }
 
@@ -55,7 +59,9 @@ impl Metric {
     pub fn direction(self) -> Direction {
         match self {
             Self::Accuracy | Self::Worst10pctAccuracy => Direction::Maximize,
-            Self::Loss | Self::AccuracyVariance | Self::DeviceSeconds | Self::Bytes => Direction::Minimize,
+            Self::Loss | Self::AccuracyVariance | Self::DeviceSeconds | Self::Bytes | Self::Epsilon => {
+                Direction::Minimize
+            }
         }
     }
 
@@ -83,6 +89,7 @@ impl FromStr for Metric {
             "worst_10pct_accuracy" => Ok(Self::Worst10pctAccuracy),
             "device_seconds" | "device_time" => Ok(Self::DeviceSeconds),
             "bytes" => Ok(Self::Bytes),
+            "epsilon" => Ok(Self::Epsilon),
             other => Err(format!(
                 "unknown metric `{other}`; expected one of {}",
                 Self::NAMES.join(", ")
