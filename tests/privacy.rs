@@ -5,6 +5,19 @@ mod common;
 
 use std::process::Command;
 
+/// Opacus's example: σ 1.5, q 0.04, 2,250 steps, δ 1e-5.
+const OPACUS_EPSILON: [&str; 9] = [
+    "epsilon",
+    "--noise-multiplier",
+    "1.5",
+    "--sample-rate",
+    "0.04",
+    "--steps",
+    "2250",
+    "--delta",
+    "1e-5",
+];
+
 fn privacy(args: &[&str]) -> std::process::Output {
     Command::new(common::binary("fedtune-aggregator"))
         .arg("privacy")
@@ -15,18 +28,7 @@ fn privacy(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn epsilon_and_noise_print_opacus_s_figures_as_text_or_json() {
-    let out = privacy(&[
-        "epsilon",
-        "--noise-multiplier",
-        "1.5",
-        "--sample-rate",
-        "0.04",
-        "--steps",
-        "2250",
-        "--delta",
-        "1e-5",
-        "--json",
-    ]);
+    let out = privacy(&[OPACUS_EPSILON.as_slice(), &["--json"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let spent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for field in ["epsilon", "noise_multiplier", "sample_rate", "steps", "delta", "order"] {
@@ -52,17 +54,7 @@ fn epsilon_and_noise_print_opacus_s_figures_as_text_or_json() {
         "{spent}"
     );
 
-    let out = privacy(&[
-        "epsilon",
-        "--noise-multiplier",
-        "1.5",
-        "--sample-rate",
-        "0.04",
-        "--steps",
-        "2250",
-        "--delta",
-        "1e-5",
-    ]);
+    let out = privacy(&OPACUS_EPSILON);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("ε = 7.329"), "{text}");
 }

@@ -654,6 +654,26 @@ mod tests {
         with_zoo_model(spec, Layout).unwrap()
     }
 
+    /// `spec` trained from its seed-1 initialisation on the quadrant squares (Adam), with
+    /// `frozen`: the global parameters, the update, and the validation set.
+    fn train_squares(spec: &ModelSpec, frozen: &[String]) -> (Vec<f32>, LocalUpdate, Dataset) {
+        let global = spec.init_params(&mut StdRng::seed_from_u64(1));
+        let (train, valid) = (squares(160, 1), squares(40, 2));
+        let update = train_local(
+            spec,
+            frozen,
+            &global,
+            &hp(Optimizer::Adam),
+            &train,
+            &valid,
+            7,
+            &default_device(),
+            &Cancel::never(),
+        )
+        .unwrap();
+        (global, update, valid)
+    }
+
     /// `global` with a trainable-only `delta` added where it belongs.
     fn applied(trainable: &Trainable, global: &[f32], delta: &[f32]) -> Vec<f32> {
         let mut whole = global.to_vec();
@@ -665,20 +685,7 @@ mod tests {
     #[test]
     fn a_cnn_trains_through_the_same_loop_and_its_delta_is_what_moved() {
         let spec = ModelSpec::Cnn(small_cnn(false, NormStats::Averaged));
-        let global = spec.init_params(&mut StdRng::seed_from_u64(1));
-        let (train, valid) = (squares(160, 1), squares(40, 2));
-        let update = train_local(
-            &spec,
-            &[],
-            &global,
-            &hp(Optimizer::Adam),
-            &train,
-            &valid,
-            7,
-            &default_device(),
-            &Cancel::never(),
-        )
-        .unwrap();
+        let (global, update, valid) = train_squares(&spec, &[]);
         let m = &update.metrics;
         assert!(m.accuracy_after >= 0.9 && m.accuracy_after > m.accuracy_before, "{m:?}");
         let local: Vec<f32> = global.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
@@ -712,20 +719,7 @@ mod tests {
         // Burn's `apply_lora` lays the model out as the spec says.
         assert_eq!(built_layout(&spec), manifest);
 
-        let global = spec.init_params(&mut StdRng::seed_from_u64(1));
-        let (train, valid) = (squares(160, 1), squares(40, 2));
-        let update = train_local(
-            &spec,
-            &[],
-            &global,
-            &hp(Optimizer::Adam),
-            &train,
-            &valid,
-            7,
-            &default_device(),
-            &Cancel::never(),
-        )
-        .unwrap();
+        let (global, update, valid) = train_squares(&spec, &[]);
         let trainable = Trainable::new(&manifest, &[]).unwrap();
         // (64 + 16) · 2 + (16 + 4) · 2 adapter values: all that is sent.
         assert_eq!(update.delta.len(), 200);
@@ -740,7 +734,6 @@ mod tests {
 
     #[test]
     fn batch_norm_statistics_are_averaged_or_frozen_as_the_spec_says() {
-        let (train, valid) = (squares(160, 1), squares(40, 2));
         let mut trained_stats = None;
         for policy in [NormStats::Averaged, NormStats::Frozen] {
             let spec = ModelSpec::Cnn(small_cnn(true, policy));
@@ -757,19 +750,7 @@ mod tests {
                 ]
             );
             let frozen = spec.implied_frozen();
-            let global = spec.init_params(&mut StdRng::seed_from_u64(1));
-            let update = train_local(
-                &spec,
-                &frozen,
-                &global,
-                &hp(Optimizer::Adam),
-                &train,
-                &valid,
-                7,
-                &default_device(),
-                &Cancel::never(),
-            )
-            .unwrap();
+            let (global, update, valid) = train_squares(&spec, &frozen);
             let m = &update.metrics;
             assert!(m.accuracy_after >= 0.9, "{policy:?}: {m:?}");
             let trainable = Trainable::new(&manifest, &frozen).unwrap();
