@@ -440,6 +440,11 @@ pub struct PkiPaths {
     pub cert: PathBuf,
     /// Server private key.
     pub key: PathBuf,
+    /// Revoked agent certificates (fingerprints or serials, one per line; see
+    /// [`crate::revocation`]), refused at the handshake and re-read when the file
+    /// changes. `fedtune-aggregator revoke` appends to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<PathBuf>,
 }
 
 impl PkiPaths {
@@ -449,6 +454,7 @@ impl PkiPaths {
             ca_cert: dir.join("ca.pem"),
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
+            revoked: None,
         }
     }
 }
@@ -605,7 +611,10 @@ impl AggregatorConfig {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key] {
+        for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key]
+            .into_iter()
+            .chain(config.pki.revoked.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

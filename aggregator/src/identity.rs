@@ -63,6 +63,9 @@ const BACKDATE_DAYS: i64 = 1;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
+    /// The revocation file (`[pki] revoked`) does not parse.
+    #[error("revocation list: {0}")]
+    Revocation(String),
     /// An agent id breaks the naming rule.
     #[error("invalid agent id {id:?}: {reason} (use 1-{MAX_AGENT_ID_LEN} characters from A-Z a-z 0-9 . _ -)")]
     InvalidAgentId {

@@ -42,6 +42,7 @@ pub mod plot;
 pub mod privacy;
 pub mod progress;
 pub mod registry;
+pub mod revocation;
 pub mod round;
 pub mod service;
 pub mod store;

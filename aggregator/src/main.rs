@@ -92,6 +92,17 @@ enum Command {
         #[arg(long)]
         agent: String,
     },
+    /// Revoke an agent's certificate: append its SHA-256 fingerprint to `<pki>/revoked.txt`
+    /// (name that file in `[pki] revoked`; a running aggregator refuses the agent at its
+    /// next handshake).
+    Revoke {
+        /// Directory made by `init`.
+        #[arg(long)]
+        pki: PathBuf,
+        /// Agent id (its certificate is `<pki>/agents/<id>.pem`).
+        #[arg(long)]
+        agent: String,
+    },
     /// Serve a federation as the configuration says.
     Serve {
         /// TOML configuration (see config/aggregator.toml).
@@ -279,6 +290,34 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir)?;
             identity.write_to(&dir.join(format!("{agent}.pem")), &dir.join(format!("{agent}.key")))?;
             println!("issued {agent} in {}", dir.display());
+        }
+        Command::Revoke { pki, agent } => {
+            use rustls::pki_types::pem::PemObject as _;
+            validate_agent_id(&agent)?;
+            let cert = pki.join("agents").join(format!("{agent}.pem"));
+            let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .with_context(|| format!("{} holds no certificate", cert.display()))?
+                .with_context(|| format!("{} holds no readable certificate", cert.display()))?;
+            let entry = fedtune_aggregator::revocation::fingerprint(&der);
+            let list = pki.join("revoked.txt");
+            let existing = std::fs::read_to_string(&list).unwrap_or_default();
+            if existing
+                .lines()
+                .any(|l| l.split('#').next().unwrap_or("").trim() == entry)
+            {
+                println!("{agent} is already revoked in {}", list.display());
+            } else {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&list)
+                    .with_context(|| format!("writing {}", list.display()))?;
+                writeln!(file, "{entry}  # {agent}")?;
+                println!("revoked {agent} ({entry}) in {}", list.display());
+            }
         }
         Command::Serve { config } => serve(config).await?,
         Command::Tune(args) => ask_tell(args)?,

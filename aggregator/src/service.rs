@@ -11,6 +11,7 @@ use fedtune_protocol::ModelSpec;
 
 use crate::config::AggregatorConfig;
 use crate::identity::{Identity, IdentityError, TransportTuning, load_ca_certificate, load_identity, server_config};
+use crate::revocation::RevocationList;
 
 /// Binds a QUIC server endpoint on `addr` that requires agent certificates signed by
 /// the CA in `ca_cert_pem`.
@@ -23,13 +24,28 @@ pub fn bind(
     identity: &Identity,
     tuning: &TransportTuning,
 ) -> Result<quinn::Endpoint, IdentityError> {
-    tuning.endpoint(addr, Some(server_config(ca_cert_pem, identity, tuning)?))
+    bind_with_revocation(addr, ca_cert_pem, identity, tuning, None)
 }
 
-/// Loads the PKI files a configuration names and binds its listen address.
+/// As [`bind`], refusing the certificates `revoked` lists at the handshake.
 ///
 /// # Errors
-/// As [`bind`], plus unreadable PKI files.
+/// As [`bind`].
+pub fn bind_with_revocation(
+    addr: SocketAddr,
+    ca_cert_pem: &str,
+    identity: &Identity,
+    tuning: &TransportTuning,
+    revoked: Option<Arc<RevocationList>>,
+) -> Result<quinn::Endpoint, IdentityError> {
+    tuning.endpoint(addr, Some(server_config(ca_cert_pem, identity, tuning, revoked)?))
+}
+
+/// Loads the PKI files a configuration names (with `[pki] revoked`, when set) and binds
+/// its listen address.
+///
+/// # Errors
+/// As [`bind`], plus unreadable PKI files and a revocation file that does not parse.
 pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, IdentityError> {
     let ca = load_ca_certificate(&config.pki.ca_cert)?;
     let identity = load_identity(&config.pki.cert, &config.pki.key)?;
@@ -38,7 +54,13 @@ pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, Id
     } else {
         TransportTuning::default()
     };
-    bind(config.listen, &ca, &identity, &tuning)
+    let revoked = match &config.pki.revoked {
+        Some(path) => Some(Arc::new(
+            RevocationList::open(path).map_err(|e| IdentityError::Revocation(e.to_string()))?,
+        )),
+        None => None,
+    };
+    bind_with_revocation(config.listen, &ca, &identity, &tuning, revoked)
 }
 
 /// Reads the weights file `[model] init` names into `config.model.initial`, so every

@@ -9,6 +9,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 
 use crate::identity::{Identity, IdentityError, bad, certificate_chain, private_key, validate_agent_id};
+use crate::revocation::{RevocationList, RevokingVerifier};
 use crate::transport::TransportTuning;
 use fedtune_protocol::transport::ALPN;
 
@@ -16,6 +17,8 @@ use fedtune_protocol::transport::ALPN;
 /// [`ALPN`], and client certificates **required** and verified against the federation CA.
 ///
 /// 0-RTT stays disabled: early data could be replayed by anyone who captured it.
+/// Certificates on `revoked` are refused before the CA is asked; expired and
+/// not-yet-valid ones are refused by the CA's verifier.
 ///
 /// # Errors
 /// [`IdentityError::InvalidTransport`] for bad tuning; [`IdentityError::Pem`],
@@ -25,6 +28,7 @@ pub fn server_config(
     ca_cert_pem: &str,
     identity: &Identity,
     transport: &TransportTuning,
+    revoked: Option<Arc<RevocationList>>,
 ) -> Result<quinn::ServerConfig, IdentityError> {
     transport.validate()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -32,7 +36,10 @@ pub fn server_config(
     for ca in certificate_chain(ca_cert_pem, "CA certificate")? {
         roots.add(ca)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    if let Some(revoked) = revoked {
+        verifier = Arc::new(RevokingVerifier::new(verifier, revoked));
+    }
     let chain = certificate_chain(&identity.cert_pem, "server certificate")?;
     let key = private_key(&identity.key_pem, "server key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)

@@ -65,7 +65,16 @@ fn agent<'a>(pki: &'a FederationPki, id: &str) -> &'a Identity {
 
 /// An aggregator endpoint that names each connection's agent and echoes every bi stream.
 fn start_server(pki: &FederationPki, tuning: &TransportTuning) -> Result<Server> {
-    let config = identity::server_config(&pki.ca_cert_pem, &pki.server, tuning)?;
+    start_server_revoking(pki, tuning, None)
+}
+
+/// As [`start_server`], refusing what `revoked` lists.
+fn start_server_revoking(
+    pki: &FederationPki,
+    tuning: &TransportTuning,
+    revoked: Option<Arc<fedtune_aggregator::revocation::RevocationList>>,
+) -> Result<Server> {
+    let config = identity::server_config(&pki.ca_cert_pem, &pki.server, tuning, revoked)?;
     let endpoint = tuning.endpoint(localhost(), Some(config))?;
     let addr = endpoint.local_addr()?;
     let (tx, seen) = mpsc::unbounded_channel();
@@ -246,6 +255,44 @@ async fn agent_issued_later_is_served_and_named() -> Result<()> {
     let (_, echoed) = connect_and_echo(&client, config, server.addr, b"ping").await?;
     assert_eq!(echoed, b"ping");
     assert_eq!(server.next_seen().await?, Seen::Agent("late.joiner_3".into()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_at_the_handshake_and_the_list_is_reread() -> Result<()> {
+    use fedtune_aggregator::revocation::{RevocationList, fingerprint};
+    let tuning = TransportTuning::default();
+    let pki = federation(&["agent-1", "agent-2"])?;
+    let dir = std::env::temp_dir().join(format!("fedtune-mtls-revoked-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("revoked.txt");
+    let der = |id: &str| -> Result<Vec<u8>> {
+        let pem = &agent(&pki, id).cert_pem;
+        Ok(CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .context("no certificate")??
+            .to_vec())
+    };
+    std::fs::write(&path, format!("# revoked\n{}\n", fingerprint(&der("agent-2")?)))?;
+    let list = Arc::new(RevocationList::open(&path)?);
+    let mut server = start_server_revoking(&pki, &tuning, Some(list))?;
+    let client = client_endpoint(&tuning)?;
+
+    let one = || client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-1")), ALPN, &tuning);
+    let two = client_config(&pki.ca_cert_pem, Some(agent(&pki, "agent-2")), ALPN, &tuning)?;
+    let (_, echoed) = connect_and_echo(&client, one()?, server.addr, b"ping").await?;
+    assert_eq!(echoed, b"ping");
+    assert_eq!(server.next_seen().await?, Seen::Agent("agent-1".into()));
+    assert_closed_by_tls(connect_and_echo(&client, two, server.addr, b"let me in").await);
+    assert_refused(server.next_seen().await?, "invalid peer certificate: Revoked");
+
+    // Revoking agent-1 too takes effect at its next handshake, without a restart.
+    let mut text = std::fs::read_to_string(&path)?;
+    text.push_str(&format!("{}  # agent-1\n", fingerprint(&der("agent-1")?)));
+    std::fs::write(&path, text)?;
+    assert_closed_by_tls(connect_and_echo(&client, one()?, server.addr, b"again").await);
+    assert_refused(server.next_seen().await?, "invalid peer certificate: Revoked");
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

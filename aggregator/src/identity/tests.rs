@@ -254,10 +254,10 @@ fn server_config_rejects_mismatched_key() {
         key_pem: pki.agents[0].1.key_pem.clone(),
     };
     assert!(matches!(
-        server_config(&pki.ca_cert_pem, &wrong, &TransportTuning::default()),
+        server_config(&pki.ca_cert_pem, &wrong, &TransportTuning::default(), None),
         Err(IdentityError::Tls(_))
     ));
-    assert!(server_config(&pki.ca_cert_pem, &pki.server, &TransportTuning::default()).is_ok());
+    assert!(server_config(&pki.ca_cert_pem, &pki.server, &TransportTuning::default(), None).is_ok());
 }
 
 #[test]
