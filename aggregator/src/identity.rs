@@ -383,6 +383,17 @@ pub fn generate(agent_ids: &[String], server_names: &[String]) -> Result<Federat
 /// unreadable or not a CA; [`IdentityError::Certificate`] if the key is unreadable or signing
 /// fails; [`IdentityError::CaKeyMismatch`] if the key does not belong to the certificate.
 pub fn issue_agent(ca_cert_pem: &str, ca_key_pem: &str, agent_id: &str) -> Result<Identity, IdentityError> {
+    issue_agent_dated(ca_cert_pem, ca_key_pem, agent_id, days_since_epoch_now())
+}
+
+/// As [`issue_agent`], as if issued on day `today` (days since 1970-01-01): valid from the
+/// day before for five years.
+fn issue_agent_dated(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    agent_id: &str,
+    today: i64,
+) -> Result<Identity, IdentityError> {
     validate_agent_id(agent_id)?;
     let what = "CA certificate";
     let ca_der = first_certificate(ca_cert_pem, what)?;
@@ -409,7 +420,7 @@ pub fn issue_agent(ca_cert_pem: &str, ca_key_pem: &str, agent_id: &str) -> Resul
         }
     }
     let issuer = Issuer::new(params, ca_key);
-    let identity = issue_agent_with(&issuer, agent_id, days_since_epoch_now())?;
+    let identity = issue_agent_with(&issuer, agent_id, today)?;
 
     // Verifiers find the issuer by comparing names byte for byte: check the rebuilt name
     // encodes exactly like the CA's own.

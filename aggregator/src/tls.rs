@@ -7,6 +7,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 
 use crate::identity::{Identity, IdentityError, bad, certificate_chain, private_key, validate_agent_id};
 use crate::revocation::{RevocationList, RevokingVerifier};
@@ -32,14 +33,7 @@ pub fn server_config(
 ) -> Result<quinn::ServerConfig, IdentityError> {
     transport.validate()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for ca in certificate_chain(ca_cert_pem, "CA certificate")? {
-        roots.add(ca)?;
-    }
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    if let Some(revoked) = revoked {
-        verifier = Arc::new(RevokingVerifier::new(verifier, revoked));
-    }
+    let verifier = client_verifier(ca_cert_pem, revoked)?;
     let chain = certificate_chain(&identity.cert_pem, "server certificate")?;
     let key = private_key(&identity.key_pem, "server key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -51,6 +45,28 @@ pub fn server_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport.transport_config()));
     Ok(config)
+}
+
+/// The verifier of agents' certificates: chained to the federation CA, inside their
+/// validity period, and not on `revoked`.
+///
+/// # Errors
+/// [`IdentityError::Pem`], [`IdentityError::MissingPem`] or [`IdentityError::Tls`] for a
+/// CA certificate that cannot be used.
+pub fn client_verifier(
+    ca_cert_pem: &str,
+    revoked: Option<Arc<RevocationList>>,
+) -> Result<Arc<dyn ClientCertVerifier>, IdentityError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in certificate_chain(ca_cert_pem, "CA certificate")? {
+        roots.add(ca)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+    Ok(match revoked {
+        Some(revoked) => Arc::new(RevokingVerifier::new(verifier, revoked)),
+        None => verifier,
+    })
 }
 
 /// The agent id of an accepted connection: the subject common name of the certificate the

@@ -261,6 +261,55 @@ fn server_config_rejects_mismatched_key() {
 }
 
 #[test]
+fn agents_are_refused_when_expired_not_yet_valid_revoked_or_from_another_ca() {
+    use crate::revocation::{RevocationList, fingerprint};
+    use rustls::pki_types::UnixTime;
+    use rustls::{CertificateError, Error};
+    let pki = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+    let today = days_since_epoch_now();
+    let issue = |id: &str, day: i64| {
+        parse(
+            &issue_agent_dated(&pki.ca_cert_pem, &pki.ca_key_pem, id, day)
+                .unwrap()
+                .cert_pem,
+        )
+    };
+    let dir = temp_dir("verifier");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("revoked.txt");
+    let revoked_cert = issue("revoked", today);
+    std::fs::write(&path, fingerprint(&revoked_cert)).unwrap();
+    let list = std::sync::Arc::new(RevocationList::open(&path).unwrap());
+    let verifier = crate::tls::client_verifier(&pki.ca_cert_pem, Some(list)).unwrap();
+    let verify = |der: &CertificateDer<'_>| verifier.verify_client_cert(der, &[], UnixTime::now());
+    assert!(verify(&parse(&pki.agents[0].1.cert_pem)).is_ok());
+    assert!(verify(&issue("fresh", today)).is_ok());
+    // Issued six years ago with five years' validity; issued a year from now.
+    assert!(matches!(
+        verify(&issue("old", today - 6 * 365)),
+        Err(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. }
+        ))
+    ));
+    assert!(matches!(
+        verify(&issue("early", today + 365)),
+        Err(Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }
+        ))
+    ));
+    assert!(matches!(
+        verify(&revoked_cert),
+        Err(Error::InvalidCertificate(CertificateError::Revoked))
+    ));
+    let other = generate(&ids(&["a1"]), &ids(&["localhost"])).expect("generate");
+    assert!(matches!(
+        verify(&parse(&other.agents[0].1.cert_pem)),
+        Err(Error::InvalidCertificate(CertificateError::UnknownIssuer))
+    ));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn civil_dates() {
     assert_eq!(civil_from_days(0), (1970, 1, 1));
     assert_eq!(civil_from_days(11_016), (2000, 2, 29));
