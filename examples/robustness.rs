@@ -1,9 +1,13 @@
 //! Robust aggregation against poisoned updates: 20% of the agents send their update
-//! sign-flipped and scaled ×10. FedAvg vs coordinate median vs trimmed mean vs Krum, each
-//! with and without the attack, on the shared digits split over loopback QUIC.
+//! sign-flipped and scaled ×10 (`--attack flip`), or their honest update scaled ×10
+//! (`--attack scale`). FedAvg vs coordinate median vs trimmed mean vs Krum vs Multi-Krum,
+//! each with and without the attack, on the shared digits split over loopback QUIC. The
+//! rules assume the default expected attacker share (0.2, `--expected`); `--poisoned 0.4`
+//! goes past trimmed mean's and Krum's breakdown at that setting.
 //!
 //! ```text
 //! cargo run --release --example robustness -- --summary robustness.json
+//! cargo run --release --example robustness -- --attack scale --poisoned 0.4
 //! ```
 
 mod common;
@@ -31,11 +35,21 @@ struct Args {
     /// Fraction of agents that poison their updates.
     #[arg(long, default_value_t = 0.2)]
     poisoned: f64,
-    /// Scale of the flipped update.
+    /// Scale of the poisoned update.
     #[arg(long, default_value_t = 10.0)]
     scale: f32,
+    /// `flip` (send `−scale × update`) or `scale` (send `scale × update`).
+    #[arg(long, default_value = "flip", value_parser = ["flip", "scale"])]
+    attack: String,
+    /// The attacker share Krum and Multi-Krum assume (their f is ⌈expected · n⌉).
+    #[arg(long, default_value_t = 0.2)]
+    expected: f64,
     /// Rules to compare.
-    #[arg(long, value_delimiter = ',', default_value = "fedavg,median,trimmed_mean,krum")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fedavg,median,trimmed_mean,krum,multi_krum"
+    )]
     rules: Vec<String>,
     /// Seed of the run.
     #[arg(long, default_value_t = 0)]
@@ -48,10 +62,11 @@ struct Args {
     plot: Option<PathBuf>,
 }
 
-/// Trains honestly, then sends `-scale × delta` when `poisoned`.
+/// Trains honestly, then multiplies its update by `factor` when poisoned (`−scale` to
+/// flip it, `scale` to blow it up).
 struct Agent {
     inner: BurnTrainer,
-    flip: Option<f32>,
+    factor: Option<f32>,
 }
 
 impl Trainer for Agent {
@@ -60,8 +75,8 @@ impl Trainer for Agent {
     }
     fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
         let mut outcome = self.inner.fit(task, global, cancel)?;
-        if let Some(scale) = self.flip {
-            outcome.delta.iter_mut().for_each(|d| *d *= -scale);
+        if let Some(factor) = self.factor {
+            outcome.delta.iter_mut().for_each(|d| *d *= factor);
         }
         Ok(outcome)
     }
@@ -92,16 +107,23 @@ async fn main() -> anyhow::Result<()> {
     let data = fedtune::sim::digits_split()?;
     let agents = data.clients();
     let poisoned = ((agents as f64) * args.poisoned).round() as usize;
+    let (factor, how) = match args.attack.as_str() {
+        "scale" => (args.scale, "scaled"),
+        _ => (-args.scale, "sign-flipped and scaled"),
+    };
     println!(
-        "robustness: {agents} agents on the shared digits split, {poisoned} send their update sign-flipped ×{}, {} rounds\n",
-        args.scale, args.rounds
+        "robustness: {agents} agents on the shared digits split, {poisoned} send their update {how} ×{}, {} rounds; \
+         Krum assumes an attacker share of {}\n",
+        args.scale, args.rounds, args.expected
     );
     println!("{:<14} {:>12} {:>12}", "rule", "clean", "attacked");
     let mut runs = Vec::new();
     for name in &args.rules {
         let mut strategy: StrategyConfig = name.parse()?;
-        if let StrategyConfig::Krum(k) = &mut strategy {
-            k.byzantine = Some(poisoned.max(1));
+        match &mut strategy {
+            StrategyConfig::Krum(k) => k.attackers = args.expected,
+            StrategyConfig::MultiKrum(k) => k.attackers = args.expected,
+            _ => {}
         }
         let mut row = Vec::new();
         for attacked in [false, true] {
@@ -111,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, inner)| Agent {
                     inner,
-                    flip: (attacked && i < poisoned).then_some(args.scale),
+                    factor: (attacked && i < poisoned).then_some(factor),
                 })
                 .collect();
             let config = AggregatorConfig {
@@ -146,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
             runs.push(Run {
                 rule: strategy.name().into(),
                 attack: if attacked {
-                    format!("sign_flip_x{}", args.scale)
+                    format!("{}_x{}", if factor < 0.0 { "sign_flip" } else { "scale" }, args.scale)
                 } else {
                     "none".into()
                 },
