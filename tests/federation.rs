@@ -414,3 +414,36 @@ async fn a_claimed_sample_count_weighs_no_more_than_the_declared_data() {
     let last = report.final_test.unwrap().accuracy;
     assert!(last > 0.6 && last > first + 0.2, "{first} -> {last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_larger_than_the_model_is_refused_before_it_is_read() {
+    let data = digits();
+    let fed = start_aggregator(3, config(3, 2), Hooks::default());
+    let mut trainers = digits_trainers(&data, 3).into_iter();
+    let honest: Vec<Corrupt> = trainers
+        .by_ref()
+        .take(2)
+        .map(|inner| Corrupt { inner, how: |_| {} })
+        .collect();
+    // 4 MB more than the model's 4,810 values: the frame's announced payload is over the
+    // round's limit, so the aggregator refuses it from the prefix.
+    let bloated = Corrupt {
+        inner: trainers.next().unwrap(),
+        how: |d| d.extend(std::iter::repeat_n(0.0, 1 << 20)),
+    };
+    let mut agents = start_agents(&fed, honest.into_iter().chain([bloated]).collect());
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+    for round in &report.rounds {
+        assert_eq!(round.updates, 2, "round {}: {:?}", round.round, round.failures);
+        let failure = round
+            .failures
+            .iter()
+            .find(|f| f.agent == "agent-2")
+            .expect("the bloated update failed");
+        let reason = format!("{:?}", failure.reason);
+        // 4,810 values of 4 bytes: the most this round's update can carry.
+        assert!(reason.contains("exceeds the limit of 19240 bytes"), "{reason}");
+        assert!(round.applied);
+    }
+}

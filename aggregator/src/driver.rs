@@ -395,14 +395,17 @@ async fn run_exchange(io: ExchangeIo, opening: Opening, mut commands: mpsc::Unbo
     let mut answer = opening.answer;
     loop {
         let limits = match answer {
-            Answer::Update => io.limits,
+            Answer::Update { bytes } => Limits {
+                max_payload: io.limits.max_payload.min(bytes),
+                ..io.limits
+            },
             Answer::Control => Limits::control(),
         };
         // Only `max_buffered_updates` updates sit in memory at once; the others wait in
         // QUIC flow control until a buffer frees up.
         let buffers = io.buffers.clone();
         let permit = async || match answer {
-            Answer::Update => buffers.acquire_owned().await.ok(),
+            Answer::Update { .. } => buffers.acquire_owned().await.ok(),
             Answer::Control => None,
         };
         match read_frame_gated(&mut recv, limits, permit).await {

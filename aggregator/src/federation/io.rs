@@ -17,7 +17,11 @@ pub enum Answer {
     Control,
     /// An update with a model-sized payload; it takes one of the aggregator's update
     /// buffers while it is read and handled.
-    Update,
+    Update {
+        /// The payload an update of this round has (its values or masked words, 4
+        /// bytes each): an agent cannot make the aggregator read, and allocate, more.
+        bytes: u64,
+    },
 }
 
 /// What the driver must do next.

@@ -576,7 +576,9 @@ impl Federation {
         let answer = if secure.is_some() {
             Answer::Control
         } else {
-            Answer::Update
+            Answer::Update {
+                bytes: self.trainable.numel() as u64 * 4,
+            }
         };
         for (index, ((agent, _), mut task)) in cohort.iter().zip(tasks).enumerate() {
             let exchange = self.exchange_id();

@@ -74,6 +74,8 @@ pub(super) struct SecurePhase {
     members: BTreeMap<String, Member>,
     /// Members that owe an answer to the current step.
     awaiting: BTreeSet<String>,
+    /// Bytes of a masked update (one 4-byte word per trainable value).
+    update_bytes: u64,
 }
 
 impl SecurePhase {
@@ -108,6 +110,7 @@ impl SecurePhase {
             round_deadline: now + spec.timeout,
             members: BTreeMap::new(),
             awaiting: BTreeSet::new(),
+            update_bytes: spec.numel as u64 * 4,
         })
     }
 
@@ -317,7 +320,9 @@ impl SecurePhase {
                         actions.push_back(Action::Ask {
                             exchange: member.exchange,
                             message: AggregatorMessage::SecAggShares(server.shares_for(member.index)),
-                            answer: Answer::Update,
+                            answer: Answer::Update {
+                                bytes: self.update_bytes,
+                            },
                         });
                     }
                 }
