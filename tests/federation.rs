@@ -42,6 +42,13 @@ struct Corrupt {
     how: fn(&mut Vec<f32>),
 }
 
+impl Corrupt {
+    /// An agent that trains and answers honestly.
+    fn honest(inner: BurnTrainer) -> Self {
+        Self { inner, how: |_| {} }
+    }
+}
+
 impl Trainer for Corrupt {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
@@ -61,11 +68,7 @@ async fn nan_and_wrong_manifest_updates_are_refused_while_the_round_completes() 
     let data = digits();
     let fed = start_aggregator(4, config(4, 2), Hooks::default());
     let mut trainers = digits_trainers(&data, 4).into_iter();
-    let honest: Vec<Corrupt> = trainers
-        .by_ref()
-        .take(2)
-        .map(|inner| Corrupt { inner, how: |_| {} })
-        .collect();
+    let honest: Vec<Corrupt> = trainers.by_ref().take(2).map(Corrupt::honest).collect();
     let nan = Corrupt {
         inner: trainers.next().unwrap(),
         how: |d| d[5] = f32::NAN,
@@ -278,7 +281,7 @@ async fn a_robust_rule_trains_through_a_sign_flipping_agent() {
         inner: trainers.next().unwrap(),
         how: |d| d.iter_mut().for_each(|x| *x *= -10.0),
     };
-    let honest = trainers.map(|inner| Corrupt { inner, how: |_| {} });
+    let honest = trainers.map(Corrupt::honest);
     let mut agents = start_agents(&fed, std::iter::once(attacker).chain(honest).collect());
     let report = fed.aggregator.await.unwrap().unwrap();
     let first = report.rounds[0].test.unwrap().accuracy;
@@ -391,7 +394,7 @@ async fn a_claimed_sample_count_weighs_no_more_than_the_declared_data() {
     let mut trainers = digits_trainers(&data, 5).into_iter();
     let attacker = Inflate(trainers.next().unwrap());
     let declared = attacker.capabilities().train_samples;
-    let honest = trainers.map(|inner| Corrupt { inner, how: |_| {} });
+    let honest = trainers.map(Corrupt::honest);
     let all: Vec<Box<dyn Trainer>> = std::iter::once(Box::new(attacker) as Box<dyn Trainer>)
         .chain(honest.map(|c| Box::new(c) as Box<dyn Trainer>))
         .collect();
@@ -420,11 +423,7 @@ async fn an_update_larger_than_the_model_is_refused_before_it_is_read() {
     let data = digits();
     let fed = start_aggregator(3, config(3, 2), Hooks::default());
     let mut trainers = digits_trainers(&data, 3).into_iter();
-    let honest: Vec<Corrupt> = trainers
-        .by_ref()
-        .take(2)
-        .map(|inner| Corrupt { inner, how: |_| {} })
-        .collect();
+    let honest: Vec<Corrupt> = trainers.by_ref().take(2).map(Corrupt::honest).collect();
     // 4 MB more than the model's 4,810 values: the frame's announced payload is over the
     // round's limit, so the aggregator refuses it from the prefix.
     let bloated = Corrupt {

@@ -16,6 +16,18 @@ use fedtune::protocol::ModelSpec;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+/// `fedtune-aggregator evaluate --dataset digits` of `weights` read into `model_toml`'s
+/// model, with `--json` when asked.
+fn evaluate_cli(model_toml: &std::path::Path, weights: &std::path::Path, json: bool) -> std::process::Output {
+    let mut command = Command::new(binary("fedtune-aggregator"));
+    command.args(["evaluate", "--dataset", "digits"]);
+    if json {
+        command.arg("--json");
+    }
+    command.arg("--model").arg(model_toml).arg("--weights").arg(weights);
+    command.output().unwrap()
+}
+
 /// Hooks that evaluate each round's global model on `data`'s global test split.
 fn test_evaluator(data: &fedtune::agent::config::FederatedData) -> Hooks {
     Hooks {
@@ -66,13 +78,7 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
     service::save_model(&spec, &report.global, &model_path).unwrap();
     let model_toml = dir.join("model.toml");
     std::fs::write(&model_toml, "[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n").unwrap();
-    let output = Command::new(binary("fedtune-aggregator"))
-        .args(["evaluate", "--dataset", "digits", "--json", "--model"])
-        .arg(&model_toml)
-        .arg("--weights")
-        .arg(&model_path)
-        .output()
-        .unwrap();
+    let output = evaluate_cli(&model_toml, &model_path, true);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["samples"], 360);
@@ -85,13 +91,7 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
 
     // A file that does not fit is a clear error listing the tensors.
     std::fs::write(&model_toml, "[model.mlp]\ninput = 64\nhidden = [32]\nclasses = 10\n").unwrap();
-    let output = Command::new(binary("fedtune-aggregator"))
-        .args(["evaluate", "--dataset", "digits", "--model"])
-        .arg(&model_toml)
-        .arg("--weights")
-        .arg(&model_path)
-        .output()
-        .unwrap();
+    let output = evaluate_cli(&model_toml, &model_path, false);
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -226,13 +226,7 @@ async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adap
         "[model]\nlora = { rank = 4 }\n[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n",
     )
     .unwrap();
-    let output = Command::new(binary("fedtune-aggregator"))
-        .args(["evaluate", "--dataset", "digits", "--json", "--model"])
-        .arg(&model_toml)
-        .arg("--weights")
-        .arg(&model_path)
-        .output()
-        .unwrap();
+    let output = evaluate_cli(&model_toml, &model_path, true);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let accuracy = printed["accuracy"].as_f64().unwrap();

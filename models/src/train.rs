@@ -654,23 +654,34 @@ mod tests {
         with_zoo_model(spec, Layout).unwrap()
     }
 
+    /// [`train_local`] with the tests' seed (7), the default device and no cancellation.
+    fn fit(
+        spec: &ModelSpec,
+        frozen: &[String],
+        global: &[f32],
+        hp: &ClientHyperparameters,
+        train: &Dataset,
+        validation: &Dataset,
+    ) -> Result<LocalUpdate, TrainError> {
+        train_local(
+            spec,
+            frozen,
+            global,
+            hp,
+            train,
+            validation,
+            7,
+            &default_device(),
+            &Cancel::never(),
+        )
+    }
+
     /// `spec` trained from its seed-1 initialisation on the quadrant squares (Adam), with
     /// `frozen`: the global parameters, the update, and the validation set.
     fn train_squares(spec: &ModelSpec, frozen: &[String]) -> (Vec<f32>, LocalUpdate, Dataset) {
         let global = spec.init_params(&mut StdRng::seed_from_u64(1));
         let (train, valid) = (squares(160, 1), squares(40, 2));
-        let update = train_local(
-            spec,
-            frozen,
-            &global,
-            &hp(Optimizer::Adam),
-            &train,
-            &valid,
-            7,
-            &default_device(),
-            &Cancel::never(),
-        )
-        .unwrap();
+        let update = fit(spec, frozen, &global, &hp(Optimizer::Adam), &train, &valid).unwrap();
         (global, update, valid)
     }
 
@@ -842,18 +853,7 @@ mod tests {
         let mut hp = hp(Optimizer::Adam);
         hp.learning_rate = 0.01;
         hp.local_epochs = 8;
-        let update = train_local(
-            &spec,
-            &[],
-            &global,
-            &hp,
-            &train,
-            &valid,
-            7,
-            &default_device(),
-            &Cancel::never(),
-        )
-        .unwrap();
+        let update = fit(&spec, &[], &global, &hp, &train, &valid).unwrap();
         let m = &update.metrics;
         assert!(
             m.accuracy_after >= 0.9 && m.accuracy_after > m.accuracy_before + 0.3,
@@ -946,18 +946,7 @@ mod tests {
                 proximal_mu: mu,
                 ..hp(Optimizer::Sgd)
             };
-            let update = train_local(
-                &spec,
-                &[],
-                &global,
-                &hp,
-                &train,
-                &valid,
-                7,
-                &default_device(),
-                &Cancel::never(),
-            )
-            .unwrap();
+            let update = fit(&spec, &[], &global, &hp, &train, &valid).unwrap();
             update.delta.iter().map(|d| f64::from(d * d)).sum::<f64>().sqrt()
         };
         let (free, tethered) = (norm(0.0), norm(1.0));
@@ -969,18 +958,7 @@ mod tests {
         let (spec, global) = setup();
         let (train, valid) = (blobs(240, 1), blobs(90, 2));
         for optimizer in [Optimizer::Adam, Optimizer::Sgd] {
-            let update = train_local(
-                &spec,
-                &[],
-                &global,
-                &hp(optimizer),
-                &train,
-                &valid,
-                7,
-                &default_device(),
-                &Cancel::never(),
-            )
-            .unwrap();
+            let update = fit(&spec, &[], &global, &hp(optimizer), &train, &valid).unwrap();
             let m = &update.metrics;
             assert_eq!(update.delta.len(), spec.manifest().numel());
             assert!(update.delta.iter().all(|d| d.is_finite()));

@@ -303,13 +303,16 @@ impl LoraSpec {
     /// The base manifest's 2-D weights that get adapters: name, `in` and `out`.
     #[must_use]
     pub fn adapted(&self) -> Vec<(String, usize, usize)> {
-        self.base
-            .manifest()
-            .tensors
-            .into_iter()
+        self.adapted_in(&self.base.manifest())
+    }
+
+    /// [`LoraSpec::adapted`] of an already-built base manifest.
+    fn adapted_in(&self, base: &Manifest) -> Vec<(String, usize, usize)> {
+        base.tensors
+            .iter()
             .filter(|t| t.shape.len() == 2)
             .filter(|t| self.targets.is_empty() || self.targets.iter().any(|p| crate::freeze::matches(p, &t.name)))
-            .map(|t| (t.name, t.shape[0], t.shape[1]))
+            .map(|t| (t.name.clone(), t.shape[0], t.shape[1]))
             .collect()
     }
 
@@ -325,13 +328,8 @@ impl LoraSpec {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return invalid(format!("LoRA alpha must be positive and finite, not {}", self.alpha));
         }
-        let weights: Vec<_> = self
-            .base
-            .manifest()
-            .tensors
-            .into_iter()
-            .filter(|t| t.shape.len() == 2)
-            .collect();
+        let base = self.base.manifest();
+        let weights: Vec<_> = base.tensors.iter().filter(|t| t.shape.len() == 2).collect();
         if let Some(unused) = self
             .targets
             .iter()
@@ -342,7 +340,7 @@ impl LoraSpec {
                 weights.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             ));
         }
-        let adapted = self.adapted();
+        let adapted = self.adapted_in(&base);
         if adapted.is_empty() {
             return invalid("the LoRA base model has no 2-D weight to adapt".into());
         }
@@ -356,9 +354,10 @@ impl LoraSpec {
     }
 
     fn manifest(&self) -> Manifest {
-        let adapted = self.adapted();
+        let base = self.base.manifest();
+        let adapted = self.adapted_in(&base);
         let mut tensors = Vec::new();
-        for tensor in self.base.manifest().tensors {
+        for tensor in base.tensors {
             let adapter = adapted.iter().find(|(name, _, _)| *name == tensor.name);
             let name = tensor.name.clone();
             tensors.push(tensor);
@@ -382,7 +381,7 @@ impl LoraSpec {
             base_manifest.numel(),
             "base parameters do not fit the base model"
         );
-        let adapted = self.adapted();
+        let adapted = self.adapted_in(&base_manifest);
         let std = 1.0 / self.rank as f64;
         let mut params = Vec::with_capacity(self.manifest().numel());
         let mut offset = 0;

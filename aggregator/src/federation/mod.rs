@@ -513,6 +513,7 @@ impl Federation {
             proximal_mu: self.strategy.proximal_mu().unwrap_or(config.client.proximal_mu),
             ..config.client.clone()
         };
+        let frozen = config.model.frozen();
         let mut tasks = Vec::with_capacity(cohort.len());
         for (agent, _) in &cohort {
             let hyperparameters = match self.tuner.as_mut() {
@@ -530,7 +531,7 @@ impl Federation {
                 seed: rand::RngExt::random(&mut self.rng),
                 measure_train_loss: self.strategy.needs_train_loss(),
                 secure: None,
-                frozen: config.model.frozen(),
+                frozen: frozen.clone(),
                 base: None,
             });
         }
