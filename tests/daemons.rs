@@ -105,7 +105,6 @@ fn serve_with_three_agents(name: &str, spec: ModelSpec, edit: impl Fn(String) ->
         let source = fedtune::agent::weights::WeightsSource::new(&model_file);
         fedtune::agent::weights::import(&spec, &source, &fedtune::agent::model::default_device()).unwrap()
     });
-    let _ = std::fs::remove_dir_all(&dir);
     Served { stdout, report, model }
 }
 
@@ -192,7 +191,6 @@ fn serve_stopped_before_its_first_round_exits_cleanly_and_writes_no_model() {
         !dir.join("report.safetensors").exists(),
         "no round ran: no model is written"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -218,7 +216,6 @@ fn serve_refuses_a_robust_rule_under_secure_aggregation() {
         stderr.contains("`median` cannot be combined with secure aggregation") && stderr.contains("individual update"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -376,5 +373,4 @@ fn the_ask_tell_command_resumes_a_study_from_its_journal() {
         done["best"]["trial"], 0,
         "the best trial of the first session is kept: {done}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,7 +45,7 @@ fn serve(config: &Path) -> Child {
 /// A federation of three agent processes and an aggregator configuration with a store,
 /// `edit` applied to the aggregator's TOML.
 struct Federation {
-    dir: std::path::PathBuf,
+    dir: common::Scratch,
     config: std::path::PathBuf,
     db: std::path::PathBuf,
     report: std::path::PathBuf,
@@ -110,20 +110,19 @@ fn cli(db: &Path, args: &[&str]) -> Vec<u8> {
 #[test]
 fn a_stored_run_resumes_after_sigkill_at_four_points() {
     let Federation {
-        dir,
+        dir: _dir,
         config,
         db,
         report,
         _agents,
     } = federation("resume", |toml| toml);
     resumes_after_sigkills(&config, &db, &report);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_secure_stored_run_resumes_after_sigkill_inside_its_secure_steps() {
     let Federation {
-        dir,
+        dir: _dir,
         config,
         db,
         report,
@@ -135,7 +134,6 @@ fn a_secure_stored_run_resumes_after_sigkill_inside_its_secure_steps() {
         )
     });
     resumes_after_sigkills(&config, &db, &report);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Kills `serve` at four points of the run, restarts it each time and checks the store,
@@ -281,7 +279,7 @@ fn a_stored_study_resumes_after_sigkill_at_four_points() {
     )
     .unwrap();
     let Federation {
-        dir,
+        dir: _dir,
         config,
         db,
         report,
@@ -381,8 +379,6 @@ fn a_stored_study_resumes_after_sigkill_at_four_points() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&space_dir);
 }
 
 #[test]
@@ -430,5 +426,4 @@ fn an_agent_killed_mid_training_rejoins_and_the_run_completes() {
     assert_eq!(last.updates, 3, "agent 1 is back by the last round: {last:?}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(report["final_agent_evaluation"].as_object().unwrap().len(), 3);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -203,7 +203,6 @@ fn two_aggregators_share_a_study_and_take_over_a_dead_ones_trial() {
         "{listed}"
     );
     drop(reader);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A plain run (`serve` without `[tuning]`) kept in PostgreSQL: opened, written and closed

@@ -126,11 +126,37 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A unique scratch directory under the system temp dir.
-pub fn scratch_dir(name: &str) -> PathBuf {
+/// A unique scratch directory under the system temp dir, removed when dropped unless
+/// the test failed (then it is kept for a look at what the run wrote).
+pub fn scratch_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("fedtune-{name}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    Scratch(dir)
+}
+
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for a look", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 fn rand_suffix() -> u64 {
