@@ -68,6 +68,7 @@ fn record(round: u64) -> RoundRecord {
         secure: false,
         bounded_claims: Default::default(),
         epsilon: None,
+        clip: None,
     }
 }
 

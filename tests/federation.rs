@@ -303,7 +303,7 @@ async fn dp_fedavg_records_epsilon_every_round_and_stops_at_the_budget() {
         noise_multiplier: 2.0,
         clip: 1.0,
         delta: 1e-5,
-        max_epsilon: None,
+        ..PrivacyConfig::default()
     };
     // All three agents every round: q = 1. The budget fits four rounds and not five.
     let mut ledger = Ledger::default();
@@ -357,6 +357,51 @@ async fn dp_fedavg_records_epsilon_every_round_and_stops_at_the_budget() {
             .unwrap_err()
             .to_string()
             .contains("averages the clipped updates")
+    );
+}
+
+/// Distributed DP over real QUIC agents: each agent clips and noises its own update before
+/// secure aggregation masks it, the aggregator never sees an un-noised sum, and every
+/// round is charged at σ (all shares arrived). The model still learns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_noise_under_secure_aggregation_learns_and_is_charged_per_round() {
+    use fedtune::aggregator::privacy::{NoisePlacement, PrivacyConfig, epsilon};
+    let data = digits();
+    let mut config = config(4, 5);
+    config.secure_aggregation.enabled = true;
+    config.privacy = PrivacyConfig {
+        noise_multiplier: 0.01,
+        clip: 2.0,
+        noise: NoisePlacement::Distributed,
+        ..PrivacyConfig::default()
+    };
+    let hooks = Hooks {
+        evaluator: Some(Arc::new(fedtune::evaluate::TestSetEvaluator::new(
+            data.global_test().unwrap(),
+            fedtune::agent::model::default_device(),
+        ))),
+        ..Hooks::default()
+    };
+    let fed = start_aggregator(4, config, hooks);
+    let mut agents = start_agents(&fed, digits_trainers(&data, 4));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while let Some(exit) = agents.join_next().await {
+        assert!(matches!(exit.unwrap(), Ok(Exit::Shutdown(_))));
+    }
+    assert_eq!(report.rounds.len(), 5);
+    for (i, round) in report.rounds.iter().enumerate() {
+        assert!(round.applied && round.secure, "round {i}: {:?}", round.failures);
+        assert_eq!((round.updates, round.clip), (4, Some(2.0)), "round {i}");
+        let want = epsilon(0.01, 1.0, i as u64 + 1, 1e-5).unwrap().epsilon;
+        let got = round.epsilon.unwrap();
+        assert!((got - want).abs() < 1e-9, "round {i}: ε {got} vs {want}");
+    }
+    let accuracy = report.final_test.as_ref().unwrap().accuracy;
+    // With four agents only a tiny σ leaves a usable model (the privacy example
+    // shows the trade-off over 100 agents).
+    assert!(
+        accuracy > 0.6,
+        "digits accuracy {accuracy} under small distributed noise"
     );
 }
 

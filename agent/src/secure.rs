@@ -74,7 +74,7 @@ pub(crate) async fn serve<T: Trainer>(
         Ok(Err(panic)) => return refuse(send, ErrorCode::Internal, format!("training crashed: {panic}")).await,
         Err(e) => return refuse(send, ErrorCode::Internal, format!("training task failed: {e}")).await,
     };
-    let fit = match outcome {
+    let mut fit = match outcome {
         Ok(fit) => fit,
         Err(e) => {
             // The aggregator removes this agent's masks from the others' sum.
@@ -86,7 +86,23 @@ pub(crate) async fn serve<T: Trainer>(
             return Ok(send.finish()?);
         }
     };
-    let masked = match client.mask(&fit.delta, fit.num_samples) {
+    // Distributed DP: this agent's update is clipped and carries its share of the noise
+    // before masking, and counts once.
+    let weight = match client.params().noise {
+        Some(noise) => {
+            if noise.apply(&mut fit.delta, &mut rand::rng()) {
+                debug!(
+                    trial,
+                    round,
+                    clip = noise.clip,
+                    "update clipped for differential privacy"
+                );
+            }
+            1
+        }
+        None => fit.num_samples,
+    };
+    let masked = match client.mask(&fit.delta, weight) {
         Ok(masked) => masked,
         Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
     };

@@ -662,10 +662,29 @@ impl AggregatorConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.privacy.enabled() {
-            if self.secure_aggregation.enabled {
+            use crate::privacy::{Clipping, NoisePlacement};
+            match (self.privacy.noise, self.secure_aggregation.enabled) {
+                (NoisePlacement::Central, true) => {
+                    return invalid(
+                        "privacy with central noise clips single updates, which secure aggregation hides from the \
+                         aggregator: set privacy.noise = \"distributed\" (each agent clips and adds its share of \
+                         the noise before masking) or turn secure aggregation off"
+                            .into(),
+                    );
+                }
+                (NoisePlacement::Distributed, false) => {
+                    return invalid(
+                        "privacy.noise = \"distributed\" needs [secure_aggregation] enabled: without it the \
+                         aggregator sees each agent's small share of the noise; use central noise instead"
+                            .into(),
+                    );
+                }
+                _ => {}
+            }
+            if self.privacy.noise == NoisePlacement::Distributed && self.privacy.clipping == Clipping::Adaptive {
                 return invalid(
-                    "privacy with central noise clips single updates, which secure aggregation hides from the \
-                     aggregator: turn one of them off"
+                    "adaptive clipping counts which updates were clipped, which secure aggregation hides: it \
+                     needs central noise"
                         .into(),
                 );
             }

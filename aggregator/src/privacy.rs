@@ -18,26 +18,81 @@ use serde::{Deserialize, Serialize};
 
 use crate::strategy::{Aggregation, StrategyError, UpdateMeta};
 
-/// `[privacy]`: client-level DP-FedAvg with central noise (McMahan et al. 2018). Each
-/// accepted update is clipped to L2 norm `clip`, the clipped updates are averaged with
-/// equal weights (a sample count an agent claims buys it no influence), and Gaussian noise
-/// of standard deviation `noise_multiplier · clip / n` is added to the average of the `n`
-/// updates, as Flower's server-side fixed clipping does. The accountant composes each
-/// round at sampling rate q = cohort / connected agents; every round records ε at
-/// `delta`, and a round that would take ε past `max_epsilon` is not run: the federation
-/// ends there. Central noise trusts the aggregator with single updates, so it cannot be
-/// combined with secure aggregation.
+/// `[privacy]`: client-level DP-FedAvg (McMahan et al. 2018). Each update is clipped to
+/// L2 norm `clip`, the clipped updates are averaged with equal weights (a sample count an
+/// agent claims buys it no influence), and Gaussian noise of standard deviation
+/// `noise_multiplier · clip` is added to their sum. The accountant composes each round at
+/// sampling rate q = cohort / connected agents; every round records ε at `delta`, and a
+/// round that could take ε past `max_epsilon` is not run: the federation ends there.
+///
+/// Where the noise is added ([`NoisePlacement`]):
+/// - `central` (default): the aggregator clips each update and adds the noise to the
+///   average, as Flower's server-side clipping does. It trusts the aggregator with single
+///   updates, so it cannot be combined with secure aggregation.
+/// - `distributed`: under secure aggregation, each agent clips its own update and adds
+///   Gaussian noise of standard deviation `σ · clip / √cohort` before masking, so the
+///   aggregator only ever sees a sum that is already noised. With `n` of the cohort's
+///   agents in the sum the noise has standard deviation `σ · clip · √(n / cohort)`:
+///   agents that drop out take their share of the noise with them, and the round is
+///   charged at the noise multiplier `σ · √(n / cohort)` that actually protected it. The
+///   budget check before a round assumes the fewest inputs the round can close with
+///   (`max(min_updates, threshold)`). Agents that collude with the aggregator can
+///   subtract their own noise shares: against `t` colluders the noise left is
+///   `σ · clip · √((n − t) / cohort)`.
+///
+/// Clipping ([`Clipping`]): `fixed` at `clip`, or `adaptive` after Andrew et al. 2021
+/// (central noise only): `clip` is the starting value, and after each round the clip moves
+/// geometrically towards the `target_quantile` of the update norms,
+/// `clip ← clip · exp(−clip_learning_rate · (b̃ − target_quantile))`, where `b̃` is the
+/// fraction of updates that were not clipped, counted with Gaussian noise of standard
+/// deviation `clipped_count_stddev`. The count's noise spends part of the budget, so the
+/// updates get the noise multiplier `(σ⁻² − (2 · clipped_count_stddev)⁻²)^(−1/2)` and the
+/// round as a whole is still charged at σ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
     /// σ: the noise's standard deviation over `clip` (0: no differential privacy).
     pub noise_multiplier: f64,
-    /// The L2 norm every update is clipped to.
+    /// The L2 norm every update is clipped to (the starting value, when adaptive).
     pub clip: f64,
     /// δ of the (ε, δ) guarantee reported.
     pub delta: f64,
     /// The budget: no round runs that would take ε past it.
     pub max_epsilon: Option<f64>,
+    /// Who adds the noise.
+    pub noise: NoisePlacement,
+    /// Fixed or adaptive clipping.
+    pub clipping: Clipping,
+    /// Adaptive clipping: the quantile of update norms the clip tracks.
+    pub target_quantile: f64,
+    /// Adaptive clipping: the geometric step size.
+    pub clip_learning_rate: f64,
+    /// Adaptive clipping: the standard deviation of the noise on the count of unclipped
+    /// updates. Default: `max(cohort / 20, σ)`, Andrew et al.'s `cohort / 20` raised for
+    /// small cohorts so that the updates keep most of the noise.
+    pub clipped_count_stddev: Option<f64>,
+}
+
+/// Where DP noise is added (see [`PrivacyConfig`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoisePlacement {
+    /// The aggregator clips and noises.
+    #[default]
+    Central,
+    /// Each agent clips and adds its share before secure aggregation masks its update.
+    Distributed,
+}
+
+/// How the clip norm is chosen (see [`PrivacyConfig`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clipping {
+    /// `clip` throughout.
+    #[default]
+    Fixed,
+    /// Tracks a quantile of the update norms (Andrew et al. 2021).
+    Adaptive,
 }
 
 impl Default for PrivacyConfig {
@@ -47,6 +102,11 @@ impl Default for PrivacyConfig {
             clip: 1.0,
             delta: 1e-5,
             max_epsilon: None,
+            noise: NoisePlacement::Central,
+            clipping: Clipping::Fixed,
+            target_quantile: 0.5,
+            clip_learning_rate: 0.2,
+            clipped_count_stddev: None,
         }
     }
 }
@@ -84,17 +144,70 @@ impl PrivacyConfig {
         if let Some(max) = self.max_epsilon {
             check("privacy.max_epsilon", max.is_finite() && max > 0.0, "positive", max)?;
         }
+        check(
+            "privacy.target_quantile",
+            self.target_quantile > 0.0 && self.target_quantile < 1.0,
+            "in (0, 1)",
+            self.target_quantile,
+        )?;
+        check(
+            "privacy.clip_learning_rate",
+            self.clip_learning_rate.is_finite() && self.clip_learning_rate > 0.0,
+            "positive",
+            self.clip_learning_rate,
+        )?;
+        if let Some(std) = self.clipped_count_stddev {
+            check(
+                "privacy.clipped_count_stddev",
+                std.is_finite() && 2.0 * std > self.noise_multiplier,
+                "finite and more than half the noise multiplier (the count's noise takes a share of σ)",
+                std,
+            )?;
+        }
         Ok(())
+    }
+
+    /// The standard deviation of the clipped count's noise for a cohort of `cohort`.
+    #[must_use]
+    pub fn count_stddev(&self, cohort: usize) -> f64 {
+        self.clipped_count_stddev
+            .unwrap_or_else(|| (cohort as f64 / 20.0).max(self.noise_multiplier))
+    }
+
+    /// The noise multiplier the updates get: σ with fixed clipping; with adaptive clipping
+    /// what is left after the clipped count's share, `(σ⁻² − (2 σ_b)⁻²)^(−1/2)`.
+    #[must_use]
+    pub fn update_noise_multiplier(&self, cohort: usize) -> f64 {
+        match self.clipping {
+            Clipping::Fixed => self.noise_multiplier,
+            Clipping::Adaptive => {
+                let z = self.noise_multiplier;
+                let b = 2.0 * self.count_stddev(cohort);
+                (z.powi(-2) - b.powi(-2)).powf(-0.5)
+            }
+        }
+    }
+
+    /// The clip after a round in which `unclipped` of `updates` updates were not clipped,
+    /// with `noise` a standard normal draw for the count.
+    #[must_use]
+    pub fn next_clip(&self, clip: f64, unclipped: usize, updates: usize, cohort: usize, noise: f64) -> f64 {
+        let noisy = (unclipped as f64 + noise * self.count_stddev(cohort)) / updates.max(1) as f64;
+        clip * (-self.clip_learning_rate * (noisy - self.target_quantile)).exp()
     }
 }
 
-/// The privacy spent so far: the composed RDP curve over the default orders.
+/// The privacy spent so far: the composed RDP curve over the default orders, and the
+/// adaptive clip where it stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     /// RDP at each of [`default_orders`].
     pub rdp: Vec<f64>,
     /// Rounds composed.
     pub rounds: u64,
+    /// The adaptive clip after the last round (unset before the first, and when fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
 }
 
 impl Default for Ledger {
@@ -102,6 +215,7 @@ impl Default for Ledger {
         Self {
             rdp: vec![0.0; DEFAULT_ORDERS],
             rounds: 0,
+            clip: None,
         }
     }
 }
@@ -138,8 +252,8 @@ impl Ledger {
     }
 }
 
-/// A round's aggregation under DP-FedAvg: updates clipped to `clip` and averaged by the
-/// inner rule with equal weights, then noised (see [`PrivacyConfig`]).
+/// A round's aggregation under DP-FedAvg with central noise: updates clipped to `clip`
+/// and averaged by the inner rule with equal weights, then noised (see [`PrivacyConfig`]).
 #[derive(Debug)]
 pub struct DpAggregation {
     inner: Box<dyn Aggregation>,
@@ -150,14 +264,15 @@ pub struct DpAggregation {
 }
 
 impl DpAggregation {
-    /// Wraps `inner` (a rule that averages); the noise is drawn from a generator seeded
-    /// by `seed`.
+    /// Wraps `inner` (a rule that averages): updates are clipped to `clip` and the sum
+    /// gets noise of standard deviation `noise_multiplier · clip`, drawn from a generator
+    /// seeded by `seed`.
     #[must_use]
-    pub fn new(inner: Box<dyn Aggregation>, config: &PrivacyConfig, seed: u64) -> Self {
+    pub fn new(inner: Box<dyn Aggregation>, clip: f64, noise_multiplier: f64, seed: u64) -> Self {
         Self {
             inner,
-            clip: config.clip,
-            noise_multiplier: config.noise_multiplier,
+            clip,
+            noise_multiplier,
             rng: ChaCha12Rng::seed_from_u64(seed),
             clipped: 0,
         }
@@ -190,6 +305,10 @@ impl Aggregation for DpAggregation {
         self.inner.updates()
     }
 
+    fn unclipped(&self) -> Option<usize> {
+        Some(self.inner.updates() - self.clipped)
+    }
+
     fn finish(mut self: Box<Self>) -> Result<Vec<f32>, StrategyError> {
         let n = self.inner.updates();
         if self.clipped > 0 {
@@ -205,7 +324,7 @@ impl Aggregation for DpAggregation {
 }
 
 /// A standard normal draw (Box–Muller).
-fn normal(rng: &mut ChaCha12Rng) -> f64 {
+pub(crate) fn normal(rng: &mut ChaCha12Rng) -> f64 {
     use rand::RngExt;
     let u1: f64 = rng.random_range(f64::EPSILON..1.0);
     let u2: f64 = rng.random_range(0.0..1.0);
@@ -566,6 +685,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn adaptive_clipping_splits_the_noise_and_moves_the_clip_towards_the_quantile() {
+        let config = PrivacyConfig {
+            noise_multiplier: 1.0,
+            clipping: Clipping::Adaptive,
+            ..PrivacyConfig::default()
+        };
+        // Andrew et al.: σ_b = cohort / 20 = 5 for 100 agents; the updates keep
+        // (1 − 1/100)^(−1/2) = 1.00504 of σ.
+        assert!((config.count_stddev(100) - 5.0).abs() < 1e-12);
+        assert!((config.update_noise_multiplier(100) - 1.005_037_8).abs() < 1e-6);
+        // A small cohort: σ_b is raised to σ, and the updates get σ / √(3/4).
+        assert!((config.count_stddev(10) - 1.0).abs() < 1e-12);
+        assert!((config.update_noise_multiplier(10) - 1.154_700_5).abs() < 1e-6);
+        let fixed = PrivacyConfig {
+            noise_multiplier: 1.0,
+            ..PrivacyConfig::default()
+        };
+        assert_eq!(fixed.update_noise_multiplier(10), 1.0);
+        // All updates within the clip: it shrinks by exp(−0.2 · 0.5); none: it grows.
+        let shrunk = config.next_clip(2.0, 10, 10, 10, 0.0);
+        assert!((shrunk - 2.0 * (-0.1f64).exp()).abs() < 1e-12, "{shrunk}");
+        assert!(config.next_clip(2.0, 0, 10, 10, 0.0) > 2.0);
+        assert!((config.next_clip(2.0, 5, 10, 10, 0.0) - 2.0).abs() < 1e-12);
+        // The count's noise moves it: +1 σ_b of noise on 10 updates is +0.1 in the fraction.
+        assert!((config.next_clip(2.0, 5, 10, 10, 1.0) - 2.0 * (-0.02f64).exp()).abs() < 1e-12);
+        // An explicit σ_b must leave the updates some noise.
+        let starved = PrivacyConfig {
+            clipped_count_stddev: Some(0.5),
+            ..config.clone()
+        };
+        let err = starved.validate().unwrap_err().to_string();
+        assert!(err.contains("privacy.clipped_count_stddev"), "{err}");
+        assert!(
+            PrivacyConfig {
+                clipped_count_stddev: Some(0.6),
+                ..config
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn adaptive_clipping_tracks_the_median_norm() {
+        // Update norms drawn around 3.0: from a clip of 0.1 the noiseless rule climbs to
+        // the median within the rounds a federation has.
+        let config = PrivacyConfig {
+            noise_multiplier: 1.0,
+            clipping: Clipping::Adaptive,
+            clipped_count_stddev: Some(1.0),
+            ..PrivacyConfig::default()
+        };
+        let norms: Vec<f64> = (0..20).map(|i| 2.0 + f64::from(i) * 0.1).collect();
+        let mut clip = 0.1;
+        for _ in 0..150 {
+            let unclipped = norms.iter().filter(|&&n| n <= clip).count();
+            clip = config.next_clip(clip, unclipped, norms.len(), norms.len(), 0.0);
+        }
+        assert!((2.85..=3.1).contains(&clip), "{clip}");
+    }
+
+    #[test]
     fn dp_aggregation_clips_averages_equally_and_adds_the_stated_noise() {
         let meta = UpdateMeta::new("a", 1.0);
         let config = PrivacyConfig {
@@ -577,7 +758,12 @@ mod tests {
         let mut strategy = strategy.build().unwrap();
         // Without noise: [3, 4] (norm 5) is clipped to [0.6, 0.8]; [0.1, 0] is kept; the
         // claimed sample counts (1,000 against 1) do not weigh.
-        let mut dp = Box::new(DpAggregation::new(strategy.begin_round(0, 2), &config, 1));
+        let mut dp = Box::new(DpAggregation::new(
+            strategy.begin_round(0, 2),
+            config.clip,
+            config.noise_multiplier,
+            1,
+        ));
         dp.add(&[3.0, 4.0], 1_000, &meta).unwrap();
         dp.add_owned(vec![0.1, 0.0], 1, &meta).unwrap();
         assert_eq!(dp.updates(), 2);
@@ -592,7 +778,12 @@ mod tests {
             clip: 0.5,
             ..PrivacyConfig::default()
         };
-        let mut dp = Box::new(DpAggregation::new(strategy.begin_round(0, 20_000), &noisy, 7));
+        let mut dp = Box::new(DpAggregation::new(
+            strategy.begin_round(0, 20_000),
+            noisy.clip,
+            noisy.noise_multiplier,
+            7,
+        ));
         for _ in 0..4 {
             dp.add(&vec![0.0; 20_000], 1, &meta).unwrap();
         }

@@ -75,6 +75,7 @@ pub fn record(round: u64) -> RoundRecord {
         secure: false,
         bounded_claims: Default::default(),
         epsilon: None,
+        clip: None,
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
     OpenRound, Phase, RoundRecord, RunReport,
 };
 use crate::fairness::{FairnessReport, violations};
+use crate::privacy::{Clipping, NoisePlacement};
 use crate::round::AgentResult;
 
 impl Federation {
@@ -44,7 +45,7 @@ impl Federation {
             exchanges,
             known,
             downlink_bytes,
-            sample_rate,
+            dp,
             bounded_claims,
             ..
         } = *open;
@@ -57,6 +58,8 @@ impl Federation {
         let outcome = round.finish();
         let (spec, results, quorum_met) = (outcome.spec, outcome.results, outcome.quorum_met);
         let mut aggregation_error = None;
+        // Under central DP: how many updates were within the clip, for adaptive clipping.
+        let unclipped = outcome.aggregation.unclipped().zip(Some(outcome.aggregation.updates()));
         let applied = quorum_met && {
             let delta = match unmasked {
                 Some(unmasked) => unmasked.map_err(|e| e.to_string()),
@@ -75,10 +78,20 @@ impl Federation {
             }
         };
         // A released (applied) noisy aggregate spends privacy; an unapplied round does not.
-        let epsilon = sample_rate.map(|q| {
+        let epsilon = dp.map(|dp| {
             let privacy = &config.privacy;
             if applied {
-                self.ledger.record(q, privacy.noise_multiplier);
+                let sigma = match privacy.noise {
+                    NoisePlacement::Central => privacy.noise_multiplier,
+                    NoisePlacement::Distributed => {
+                        super::distributed_sigma(privacy.noise_multiplier, results.len(), dp.cohort)
+                    }
+                };
+                self.ledger.record(dp.sample_rate, sigma);
+                if let (Clipping::Adaptive, Some((unclipped, updates))) = (privacy.clipping, unclipped) {
+                    let noise = crate::privacy::normal(&mut self.rng);
+                    self.ledger.clip = Some(privacy.next_clip(dp.clip, unclipped, updates, dp.cohort, noise));
+                }
             }
             self.ledger.epsilon(privacy.delta)
         });
@@ -164,6 +177,7 @@ impl Federation {
             secure,
             bounded_claims,
             epsilon,
+            clip: dp.map(|dp| dp.clip),
         };
         if self.evaluate_globally {
             self.actions.push_back(Action::EvaluateGlobal {

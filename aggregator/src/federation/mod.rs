@@ -53,9 +53,11 @@ use tracing::{info, warn};
 use crate::adapt::ServerLrController;
 use crate::config::{AggregatorConfig, ConfigError, Selection};
 use crate::fairness::History;
+use crate::privacy::NoisePlacement;
 use crate::round::{Round, RoundSpec, RoundStatus};
 use crate::strategy::{Strategy, StrategyError};
 use fedtune_protocol::freeze::Trainable;
+use fedtune_protocol::secagg::DistributedNoise;
 use fedtune_protocol::wire::params_to_bytes;
 
 pub use io::{Action, Answer, Event, ExchangeId};
@@ -102,10 +104,21 @@ struct OpenRound {
     known: Vec<String>,
     /// Bytes of global model sent to the cohort.
     downlink_bytes: u64,
-    /// The chance an agent was in this round (cohort / connected), under `[privacy]`.
-    sample_rate: Option<f64>,
+    /// Under `[privacy]`: the round's sampling rate and clip.
+    dp: Option<DpRound>,
     /// Sample counts cut down to their bound: agent → (claimed, used).
     bounded_claims: BTreeMap<String, BoundedClaim>,
+}
+
+/// What a round under `[privacy]` is charged by and clipped at.
+#[derive(Debug, Clone, Copy)]
+struct DpRound {
+    /// The chance an agent was in this round: cohort / connected.
+    sample_rate: f64,
+    /// The L2 clip the updates got.
+    clip: f64,
+    /// The cohort's size (distributed noise is shared among it).
+    cohort: usize,
 }
 
 /// A closed round whose record waits for the server-side evaluation.
@@ -473,11 +486,25 @@ impl Federation {
         let known: Vec<String> = self.available().into_iter().map(|(id, _)| id.clone()).collect();
         let cohort = self.select_cohort();
         let privacy = &config.privacy;
-        let sample_rate = privacy
-            .enabled()
-            .then(|| cohort.len() as f64 / known.len().max(1) as f64);
-        if let (Some(q), Some(max)) = (sample_rate, privacy.max_epsilon) {
-            let next = self.ledger.epsilon_after(q, privacy.noise_multiplier, privacy.delta);
+        let dp = privacy.enabled().then(|| DpRound {
+            sample_rate: cohort.len() as f64 / known.len().max(1) as f64,
+            clip: self.ledger.clip.unwrap_or(privacy.clip),
+            cohort: cohort.len(),
+        });
+        if let (Some(dp), Some(max)) = (dp, privacy.max_epsilon) {
+            let sigma = match privacy.noise {
+                NoisePlacement::Central => privacy.noise_multiplier,
+                // Distributed noise loses the shares of agents that drop out: the check
+                // assumes the fewest inputs the round can close with.
+                NoisePlacement::Distributed => {
+                    let fewest = fed
+                        .min_updates
+                        .max(config.secure_aggregation.threshold_for(cohort.len()))
+                        .min(cohort.len());
+                    distributed_sigma(privacy.noise_multiplier, fewest, cohort.len())
+                }
+            };
+            let next = self.ledger.epsilon_after(dp.sample_rate, sigma, privacy.delta);
             if next > max {
                 warn!(
                     round,
@@ -542,9 +569,10 @@ impl Federation {
             (*checksum, holds, params_to_bytes(&self.trainable.gather(&self.global)))
         });
         let mut aggregation = self.strategy.begin_round(round, spec.numel);
-        if sample_rate.is_some() {
+        if let Some(dp) = dp.filter(|_| privacy.noise == NoisePlacement::Central) {
             let seed = rand::RngExt::random(&mut self.rng);
-            aggregation = Box::new(crate::privacy::DpAggregation::new(aggregation, privacy, seed));
+            let sigma = privacy.update_noise_multiplier(dp.cohort);
+            aggregation = Box::new(crate::privacy::DpAggregation::new(aggregation, dp.clip, sigma, seed));
         }
         let mut open = Box::new(OpenRound {
             started: now,
@@ -553,14 +581,20 @@ impl Federation {
             secure: None,
             known,
             downlink_bytes: 0,
-            sample_rate,
+            dp,
             bounded_claims: BTreeMap::new(),
         });
         let mut secure = None;
         if config.secure_aggregation.enabled {
             let max_weight = cohort.iter().map(|(_, c)| c.train_samples.max(1)).sum();
+            let noise = dp
+                .filter(|_| privacy.noise == NoisePlacement::Distributed)
+                .map(|dp| DistributedNoise {
+                    clip: dp.clip as f32,
+                    std: (privacy.noise_multiplier * dp.clip / (dp.cohort as f64).sqrt()) as f32,
+                });
             let spec = open.round.spec();
-            match SecurePhase::new(&config.secure_aggregation, &fed.study, spec, max_weight, now) {
+            match SecurePhase::new(&config.secure_aggregation, &fed.study, spec, max_weight, noise, now) {
                 Ok(phase) => secure = Some(phase),
                 Err(reason) => {
                     warn!("secure aggregation cannot run this round: {reason}");
@@ -837,3 +871,9 @@ fn evaluation(e: &Evaluation) -> GlobalEvaluation {
 
 #[cfg(test)]
 mod tests;
+
+/// The noise multiplier a distributed-noise round delivered with `contributors` of its
+/// `cohort` agents' shares in the sum: `σ · √(contributors / cohort)`.
+fn distributed_sigma(sigma: f64, contributors: usize, cohort: usize) -> f64 {
+    sigma * (contributors as f64 / cohort.max(1) as f64).sqrt()
+}

@@ -208,6 +208,10 @@ pub struct RoundRecord {
     /// ε spent after this round at `[privacy] delta`, when `[privacy]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// The L2 norm updates were clipped to this round, when `[privacy]` is on (it moves
+    /// under adaptive clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
 }
 
 /// One accepted update of a round.

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use fedtune_protocol::secagg::{RoundContext, SecAggError, SecureRound, ServerRound};
+use fedtune_protocol::secagg::{DistributedNoise, RoundContext, SecAggError, SecureRound, ServerRound};
 use fedtune_protocol::{Ack, AgentMessage, AggregatorMessage, ErrorCode, ErrorMessage};
 use tracing::{info, warn};
 
@@ -76,6 +76,8 @@ pub(super) struct SecurePhase {
     awaiting: BTreeSet<String>,
     /// Bytes of a masked update (one 4-byte word per trainable value).
     update_bytes: u64,
+    /// Whether agents add distributed DP noise (then every input has weight 1).
+    noised: bool,
 }
 
 impl SecurePhase {
@@ -89,6 +91,7 @@ impl SecurePhase {
         study: &str,
         spec: &RoundSpec,
         max_weight: u64,
+        noise: Option<DistributedNoise>,
         now: Instant,
     ) -> Result<Self, SecureError> {
         if spec.cohort.is_empty() {
@@ -101,7 +104,14 @@ impl SecurePhase {
         };
         let n = u32::try_from(spec.cohort.len()).map_err(|_| SecureError::CohortTooLarge(spec.cohort.len()))?;
         let threshold = config.threshold_for(spec.cohort.len()) as u32;
-        let server = ServerRound::new(context, n, threshold, config.clip, spec.numel, max_weight)?;
+        let server = match noise {
+            // Every input counts once, in a coordinate range that holds its noise.
+            Some(noise) => {
+                let clip = config.clip.max(noise.coordinate_range());
+                ServerRound::new(context, n, threshold, clip, spec.numel, u64::from(n))?.with_noise(noise)?
+            }
+            None => ServerRound::new(context, n, threshold, config.clip, spec.numel, max_weight)?,
+        };
         Ok(Self {
             server: Some(server),
             step: SecureStep::PublicKeys,
@@ -111,6 +121,7 @@ impl SecurePhase {
             members: BTreeMap::new(),
             awaiting: BTreeSet::new(),
             update_bytes: spec.numel as u64 * 4,
+            noised: noise.is_some(),
         })
     }
 
@@ -160,7 +171,8 @@ impl SecurePhase {
                 .map_err(reply_unexpected),
             (SecureStep::MaskedUpdate, AgentMessage::Update(update)) => {
                 let words: &[u32] = bytemuck::cast_slice(&payload);
-                let fold = || server.add_masked(index, words, update.num_samples);
+                let weight = if self.noised { 1 } else { update.num_samples };
+                let fold = || server.add_masked(index, words, weight);
                 round
                     .on_masked_update(agent, &update, words.len(), now, fold)
                     .map_err(|e| (FailureReason::Refused(e.clone()), e))

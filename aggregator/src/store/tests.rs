@@ -64,6 +64,7 @@ fn record(round: u64, test: Option<f64>) -> RoundRecord {
         secure: false,
         bounded_claims: Default::default(),
         epsilon: None,
+        clip: None,
     }
 }
 

@@ -167,6 +167,12 @@ pub trait Aggregation: Send + Debug {
     /// Updates accepted so far.
     fn updates(&self) -> usize;
 
+    /// Under DP-FedAvg, how many of the accepted updates were within the clip (adaptive
+    /// clipping steers by it); `None` for rules that do not clip.
+    fn unclipped(&self) -> Option<usize> {
+        None
+    }
+
     /// The aggregated delta, to be passed to [`Strategy::apply`].
     ///
     /// # Errors

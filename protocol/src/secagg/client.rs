@@ -335,6 +335,9 @@ impl ClientRound {
         if weight == 0 {
             return Err(SecAggError::ZeroWeight);
         }
+        if self.params.noise.is_some() && weight != 1 {
+            return Err(SecAggError::NoisedWeight { weight });
+        }
         let SecureRound {
             index: own_index,
             clip,

@@ -125,6 +125,13 @@ pub enum SecAggError {
     /// An input with weight zero, which would contribute nothing but still reveal a mask.
     #[error("the weight (sample count) of an input must be at least 1")]
     ZeroWeight,
+    /// A weight other than 1 in a distributed-noise round, where every input counts once
+    /// (a weight would scale the agent's noise share with its update).
+    #[error("a distributed-noise round weights every input 1, not {weight}")]
+    NoisedWeight {
+        /// The weight.
+        weight: u64,
+    },
     /// A weight so large that this input alone would overflow the fixed-point range.
     #[error("weight {weight} is too large for the round's fixed-point scale (at most {max})")]
     WeightTooLarge {

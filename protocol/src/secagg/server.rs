@@ -9,7 +9,8 @@ use super::keys::{self, SEALED_LEN};
 use super::mask::{self, Sign, scale_for};
 use super::shamir::{self, Share};
 use super::wire::{
-    EncryptedShare, MASK_KEY, PeerKeys, PublicKeys, Reveal, RoundContext, SELF_MASK, SecureRound, validate_shape,
+    DistributedNoise, EncryptedShare, MASK_KEY, PeerKeys, PublicKeys, Reveal, RoundContext, SELF_MASK, SecureRound,
+    validate_shape,
 };
 
 /// The aggregator's part in one secure round: it collects keys, forwards sealed shares, sums
@@ -44,6 +45,8 @@ pub struct ServerRound {
     revealed: BTreeMap<u32, Vec<Share>>,
     /// Agents whose reveals were accepted.
     revealers: BTreeSet<u32>,
+    /// Distributed DP noise the agents add, when set.
+    noise: Option<DistributedNoise>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +154,7 @@ impl ServerRound {
             sum: vec![0; numel],
             revealed: BTreeMap::new(),
             revealers: BTreeSet::new(),
+            noise: None,
         })
     }
 
@@ -163,7 +167,28 @@ impl ServerRound {
             threshold: self.threshold,
             clip: self.clip,
             scale: self.scale,
+            noise: self.noise,
         }
+    }
+
+    /// Makes this a distributed-noise round: every agent clips its update to
+    /// `noise.clip` in L2 norm and adds its share of the noise before masking, and every
+    /// input must have weight 1. The coordinate range must hold a noised update
+    /// ([`DistributedNoise::coordinate_range`]).
+    ///
+    /// # Errors
+    /// [`SecAggError::InvalidParams`] for invalid noise or a coordinate clip below its range.
+    pub fn with_noise(mut self, noise: DistributedNoise) -> Result<Self, SecAggError> {
+        noise.validate()?;
+        if self.clip < noise.coordinate_range() {
+            return Err(SecAggError::InvalidParams(format!(
+                "the coordinate clip {} is below the noised update's range {}",
+                self.clip,
+                noise.coordinate_range()
+            )));
+        }
+        self.noise = Some(noise);
+        Ok(self)
     }
 
     /// The fixed-point scale of this round.
@@ -336,6 +361,9 @@ impl ServerRound {
         }
         if weight == 0 {
             return Err(SecAggError::ZeroWeight);
+        }
+        if self.noise.is_some() && weight != 1 {
+            return Err(SecAggError::NoisedWeight { weight });
         }
         let total = self.total_weight.saturating_add(weight);
         if total > self.max_total_weight {

@@ -23,6 +23,86 @@ pub struct SecureRound {
     /// Fixed-point scale: a coordinate encodes as round(weight · clipped · scale), as a
     /// wrapping u32 (finite, > 0). See [`scale_for`](super::scale_for).
     pub scale: f64,
+    /// Set when the round adds distributed differential-privacy noise: the agent clips its
+    /// update in L2 norm and adds its share of the Gaussian noise before masking, and
+    /// its input has weight 1.
+    pub noise: Option<DistributedNoise>,
+}
+
+/// Each agent's part of distributed DP noise (client-level DP-FedAvg under secure
+/// aggregation): the update is scaled down to L2 norm `clip` if longer, then every
+/// coordinate gets independent Gaussian noise of standard deviation `std`. With `n`
+/// agents' inputs in the sum and `std = σ · clip / √cohort`, the sum carries noise of
+/// standard deviation `σ · clip · √(n / cohort)`: the full σ when every agent of the
+/// cohort contributes, less when some drop out.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DistributedNoise {
+    /// L2 norm every update is clipped to (finite, > 0).
+    pub clip: f32,
+    /// Standard deviation of this agent's noise per coordinate (finite, ≥ 0).
+    pub std: f32,
+}
+
+impl DistributedNoise {
+    /// How many noise standard deviations past `clip` the coordinate range reaches: a
+    /// Gaussian draw lands beyond 10 σ with probability below 10^-22, so the fixed-point
+    /// range practically never truncates noise.
+    pub const RANGE_IN_STDS: f32 = 10.0;
+
+    /// The coordinate range [-r, r] a noised, clipped update fits in.
+    #[must_use]
+    pub fn coordinate_range(&self) -> f32 {
+        self.clip + Self::RANGE_IN_STDS * self.std
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`SecAggError::InvalidParams`] for a clip that is not finite and positive or a
+    /// standard deviation that is not finite and non-negative.
+    pub fn validate(&self) -> Result<(), SecAggError> {
+        if !(self.clip.is_finite() && self.clip > 0.0 && self.std.is_finite() && self.std >= 0.0) {
+            return Err(SecAggError::InvalidParams(format!(
+                "distributed noise needs a finite positive clip and a finite non-negative std, not {} and {}",
+                self.clip, self.std
+            )));
+        }
+        Ok(())
+    }
+
+    /// Clips `update` to L2 norm `clip` and adds this agent's noise, drawn from `rng`
+    /// (a cryptographically secure generator: the noise is what hides the update).
+    /// Returns whether the update was clipped.
+    pub fn apply(&self, update: &mut [f32], rng: &mut impl rand::CryptoRng) -> bool {
+        let norm = update.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let clipped = norm > f64::from(self.clip);
+        if clipped {
+            let scale = (f64::from(self.clip) / norm) as f32;
+            update.iter_mut().for_each(|v| *v *= scale);
+        }
+        if self.std > 0.0 {
+            let std = f64::from(self.std);
+            for pair in update.chunks_mut(2) {
+                let (a, b) = standard_normal_pair(rng);
+                pair[0] += (a * std) as f32;
+                if let Some(second) = pair.get_mut(1) {
+                    *second += (b * std) as f32;
+                }
+            }
+        }
+        clipped
+    }
+}
+
+/// Two independent standard normal draws (Box–Muller).
+fn standard_normal_pair(rng: &mut impl rand::CryptoRng) -> (f64, f64) {
+    // 53 random bits: u1 in (0, 1], u2 in [0, 1).
+    let unit = |bits: u64| (bits >> 11) as f64 / (1u64 << 53) as f64;
+    let u1 = 1.0 - unit(rng.next_u64());
+    let u2 = unit(rng.next_u64());
+    let r = (-2.0 * u1.ln()).sqrt();
+    let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+    (r * cos, r * sin)
 }
 
 impl SecureRound {
@@ -39,6 +119,9 @@ impl SecureRound {
                 "the fixed-point scale must be finite and positive, not {}",
                 self.scale
             )));
+        }
+        if let Some(noise) = &self.noise {
+            noise.validate()?;
         }
         if self.index >= self.cohort {
             return Err(SecAggError::IndexOutOfRange {
