@@ -6,7 +6,7 @@
 //!
 //! Client-level DP protects an agent's whole dataset, so the noise on the average falls
 //! with the cohort: its standard deviation per value is `σ · clip / cohort`. The example
-//! therefore runs 100 agents with half of them per round by default; ε is what the RDP
+//! therefore runs 100 agents, 20 of them per round, by default; ε is what the RDP
 //! accountant composes at sampling rate q = cohort / agents.
 //!
 //! ```text
@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     agents: usize,
     /// Agents per round: a fraction (0, 1] of those connected, or a count above 1.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.2)]
     cohort: f64,
     /// `iid` or `dirichlet:ALPHA`.
     #[arg(long, default_value = "iid")]
@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     rounds: u64,
     /// Noise multipliers σ to run (0: no differential privacy).
-    #[arg(long, value_delimiter = ',', default_value = "0,0.3,0.6,1")]
+    #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2,4")]
     sigmas: Vec<f64>,
     /// The L2 norm updates are clipped to (the starting value with --adaptive).
     #[arg(long, default_value_t = 1.0)]
