@@ -48,7 +48,11 @@ impl Trainer for Fixed {
 }
 
 fn fixed_agents(declines: &[(usize, u64)]) -> Vec<Fixed> {
-    (0..4)
+    n_fixed_agents(4, declines)
+}
+
+fn n_fixed_agents(n: usize, declines: &[(usize, u64)]) -> Vec<Fixed> {
+    (0..n)
         .map(|id| Fixed {
             id,
             samples: 10 * (id as u64 + 1),
@@ -129,6 +133,27 @@ async fn an_agent_that_drops_out_after_the_key_exchange_is_unmasked_away() {
     assert_eq!(secure.rounds[1].updates, 4);
     let diff = max_difference(&plain.global, &secure.global);
     assert!(diff < 1e-5, "secure and plain models differ by {diff}");
+}
+
+/// SecAgg+ over QUIC: a cohort of 40 gets the sparse graph (degree 16), agents that drop
+/// out after the key exchange are unmasked away through their neighbours' shares, and the
+/// model equals plain FedAvg's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_graph_cohort_of_40_gives_the_same_model_as_plain_fedavg() {
+    let sized = |secure| {
+        let mut config = fixed_config(2, secure);
+        config.federation.min_agents = 40;
+        config
+    };
+    assert_eq!(sized(true).secure_aggregation.degree_for(40), Some(16));
+    let declines = [(5, 0), (17, 0), (30, 1)];
+    let plain = run_with(sized(false), n_fixed_agents(40, &declines)).await;
+    let secure = run_with(sized(true), n_fixed_agents(40, &declines)).await;
+    assert_eq!(secure.rounds[0].updates, 38, "{:?}", secure.rounds[0].failures);
+    assert_eq!(secure.rounds[1].updates, 39, "{:?}", secure.rounds[1].failures);
+    assert!(secure.rounds.iter().all(|r| r.applied && r.secure));
+    let diff = max_difference(&plain.global, &secure.global);
+    assert!(diff < 1e-4, "secure and plain models differ by {diff}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

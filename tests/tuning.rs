@@ -158,7 +158,8 @@ async fn a_trial_ending_in_a_fairness_violation_is_infeasible() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_study_resumes_from_its_journal() {
-    let journal = common::scratch_dir("tune-journal").join("study.jsonl");
+    let dir = common::scratch_dir("tune-journal");
+    let journal = dir.join("study.jsonl");
     let config = |trials| TuneConfig {
         sampler: SamplerKind::Tpe,
         storage: Some(journal.clone()),

@@ -348,15 +348,26 @@ impl StateConfig {
 /// Training metrics (losses, accuracies, sample counts) still travel in the clear: the
 /// fairness checks need them. Strategies that must see individual updates (robust rules,
 /// q-FedAvg) cannot run under it; start-up refuses the combination.
+///
+/// Large cohorts run SecAgg+ (Bell et al. 2020): each agent masks against and shares its
+/// secrets with `degree` neighbours on a random ring instead of the whole cohort, so its
+/// work grows with log n rather than n, and `threshold` applies to each neighbourhood (an
+/// agent and its neighbours). The guarantee becomes probabilistic over the random graph:
+/// it holds unless the dropouts or colluders in some neighbourhood pass its threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecureAggregationConfig {
     /// Mask every round's updates.
     pub enabled: bool,
-    /// Fraction of the cohort whose key shares reconstruct a secret: a round needs more
-    /// than `threshold × cohort` agents (and at least 2) to last until the end, and
-    /// fewer than that learn nothing. In (0, 1); 0.5 means a majority.
+    /// Fraction of a neighbourhood (the whole cohort on the complete graph) whose key
+    /// shares reconstruct a secret: each neighbourhood needs more than `threshold ×` its
+    /// size of agents (and at least 2) to last until the end, and fewer than that learn
+    /// nothing. In (0, 1); 0.5 means a majority.
     pub threshold: f64,
+    /// The SecAgg+ graph degree (even; rounded up when odd). Absent: automatic, the
+    /// complete graph for cohorts up to [`Self::SPARSE_FROM`] agents and
+    /// `2⌈1.5 · log₂ n⌉` neighbours above; 0: the complete graph at every size.
+    pub degree: Option<u32>,
     /// Each update coordinate is clipped to `[-clip, clip]` before fixed-point encoding.
     pub clip: f32,
     /// How long the aggregator waits for the agents' answers to each key-exchange step
@@ -370,6 +381,7 @@ impl Default for SecureAggregationConfig {
         Self {
             enabled: false,
             threshold: 0.5,
+            degree: None,
             clip: 16.0,
             step_timeout_secs: 30.0,
         }
@@ -377,9 +389,26 @@ impl Default for SecureAggregationConfig {
 }
 
 impl SecureAggregationConfig {
-    /// Shares needed to reconstruct a secret in a cohort of `cohort` agents.
+    /// The smallest cohort the automatic degree runs SecAgg+ on: below it the sparse
+    /// graph saves little.
+    pub const SPARSE_FROM: usize = 33;
+
+    /// The graph degree for a cohort of `cohort` agents; `None` for the complete graph.
+    pub fn degree_for(&self, cohort: usize) -> Option<u32> {
+        let degree = match self.degree {
+            Some(0) => return None,
+            Some(d) => d.saturating_add(d % 2),
+            None if cohort < Self::SPARSE_FROM => return None,
+            None => 2 * (1.5 * (cohort as f64).log2()).ceil() as u32,
+        };
+        (u64::from(degree) + 1 < cohort as u64).then_some(degree)
+    }
+
+    /// Shares needed to reconstruct a secret in a cohort of `cohort` agents: the threshold
+    /// of a neighbourhood (the whole cohort on the complete graph).
     pub fn threshold_for(&self, cohort: usize) -> usize {
-        ((self.threshold * cohort as f64).floor() as usize + 1).clamp(2, cohort.max(2))
+        let neighbourhood = self.degree_for(cohort).map_or(cohort, |d| d as usize + 1);
+        ((self.threshold * neighbourhood as f64).floor() as usize + 1).clamp(2, neighbourhood.max(2))
     }
 
     /// The wait for each key-exchange step as a duration.
@@ -1017,5 +1046,33 @@ mod tests {
             ..secure
         };
         assert_eq!(most.threshold_for(10), 10);
+    }
+
+    #[test]
+    fn large_cohorts_get_a_sparse_graph_and_a_neighbourhood_threshold() {
+        let secure = SecureAggregationConfig::default();
+        assert_eq!(secure.degree_for(32), None);
+        // 2⌈1.5 · log₂ n⌉: 18 at 50 agents, 20 at 100, 24 at 200, 30 at 1000.
+        assert_eq!(secure.degree_for(50), Some(18));
+        assert_eq!(secure.degree_for(100), Some(20));
+        assert_eq!(secure.degree_for(200), Some(24));
+        assert_eq!(secure.degree_for(1000), Some(30));
+        // A majority of the 21-agent neighbourhood.
+        assert_eq!(secure.threshold_for(100), 11);
+        let complete = SecureAggregationConfig {
+            degree: Some(0),
+            ..secure
+        };
+        assert_eq!(complete.degree_for(1000), None);
+        assert_eq!(complete.threshold_for(100), 51);
+        let odd = SecureAggregationConfig {
+            degree: Some(7),
+            ..secure
+        };
+        assert_eq!(odd.degree_for(10), Some(8));
+        // A degree that reaches the cohort is the complete graph.
+        assert_eq!(odd.degree_for(9), None);
+        let parsed: AggregatorConfig = toml::from_str("[secure_aggregation]\nenabled = true\ndegree = 12\n").unwrap();
+        assert_eq!(parsed.secure_aggregation.degree_for(100), Some(12));
     }
 }

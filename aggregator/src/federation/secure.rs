@@ -104,7 +104,8 @@ impl SecurePhase {
         };
         let n = u32::try_from(spec.cohort.len()).map_err(|_| SecureError::CohortTooLarge(spec.cohort.len()))?;
         let threshold = config.threshold_for(spec.cohort.len()) as u32;
-        let server = match noise {
+        let degree = config.degree_for(spec.cohort.len());
+        let mut server = match noise {
             // Every input counts once, in a coordinate range that holds its noise.
             Some(noise) => {
                 let clip = config.clip.max(noise.coordinate_range());
@@ -112,6 +113,9 @@ impl SecurePhase {
             }
             None => ServerRound::new(context, n, threshold, config.clip, spec.numel, max_weight)?,
         };
+        if let Some(degree) = degree {
+            server = server.with_degree(degree)?;
+        }
         Ok(Self {
             server: Some(server),
             step: SecureStep::PublicKeys,

@@ -5,6 +5,7 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use super::error::SecAggError;
+use super::graph::Graph;
 use super::keys;
 use super::mask::{self, Sign};
 use super::shamir::{self, Share};
@@ -23,11 +24,13 @@ use super::wire::{EncryptedShare, PeerKeys, PublicKeys, Reveal, RoundContext, Se
 pub struct ClientRound {
     context: Vec<u8>,
     params: SecureRound,
+    /// Who this agent shares secrets and masks with.
+    graph: Graph,
     /// c^SK: agrees the keys that seal shares.
     cipher_secret: StaticSecret,
-    /// s^SK: agrees the pairwise mask seeds; shared among the roster.
+    /// s^SK: agrees the pairwise mask seeds; shared among the neighbours.
     mask_secret: StaticSecret,
-    /// b: the self-mask seed; shared among the roster.
+    /// b: the self-mask seed; shared among the neighbours.
     self_seed: Zeroizing<[u8; 32]>,
     published: PublicKeys,
     phase: Phase,
@@ -83,7 +86,7 @@ enum Phase {
     },
     /// U2 is known and the pairwise seeds agreed.
     Ready {
-        /// U2, sorted by index, this agent included.
+        /// This agent's neighbours in U2, sorted by index, this agent included.
         members: Vec<Member>,
         /// Whether the masked input has been produced.
         masked: bool,
@@ -124,9 +127,12 @@ impl ClientRound {
             cipher: keys::public_of(&cipher_secret),
             mask: keys::public_of(&mask_secret),
         };
+        let context = context.encode();
+        let graph = Graph::new(&context, params.cohort, params.degree);
         let round = Self {
-            context: context.encode(),
+            context,
             params,
+            graph,
             cipher_secret,
             mask_secret,
             self_seed,
@@ -141,16 +147,18 @@ impl ClientRound {
         &self.params
     }
 
-    /// Step "share keys": splits s^SK and b into shares for every member of the roster U1
-    /// (this agent included, each member's share at x = index + 1) and seals each other
-    /// member's pair of shares for it. Returns one [`EncryptedShare`] per other member.
+    /// Step "share keys": splits s^SK and b into shares for this agent and its neighbours in
+    /// the roster U1 (each share at x = index + 1; every member on the complete graph) and
+    /// seals each neighbour's pair of shares for it. Returns one [`EncryptedShare`] per
+    /// neighbour in U1.
     ///
     /// # Errors
     /// - [`SecAggError::OutOfOrder`] if called twice;
     /// - [`SecAggError::IndexOutOfRange`] or [`SecAggError::Duplicate`] for a bad roster entry;
     /// - [`SecAggError::NotInRoster`] if this agent is missing or listed with other keys;
-    /// - [`SecAggError::TooFew`] if the roster is smaller than the threshold;
-    /// - [`SecAggError::WeakKey`] if a member published a low-order key.
+    /// - [`SecAggError::TooFew`] if this agent's neighbourhood in the roster is smaller
+    ///   than the threshold;
+    /// - [`SecAggError::WeakKey`] if a neighbour published a low-order key.
     pub fn share_keys(
         &mut self,
         roster: &[PeerKeys],
@@ -175,10 +183,6 @@ impl ClientRound {
                     list: "the roster",
                 });
             }
-            if peer.index != own_index && (keys::is_low_order(&peer.keys.cipher) || keys::is_low_order(&peer.keys.mask))
-            {
-                return Err(SecAggError::WeakKey { index: peer.index });
-            }
         }
         if !roster
             .iter()
@@ -186,27 +190,40 @@ impl ClientRound {
         {
             return Err(SecAggError::NotInRoster { index: own_index });
         }
+        // Only this agent's neighbours matter from here on.
+        roster.retain(|peer| peer.index == own_index || self.graph.adjacent(own_index, peer.index));
+        for peer in roster.iter().filter(|peer| peer.index != own_index) {
+            if keys::is_low_order(&peer.keys.cipher) || keys::is_low_order(&peer.keys.mask) {
+                return Err(SecAggError::WeakKey { index: peer.index });
+            }
+        }
         if roster.len() < self.params.threshold as usize {
             return Err(SecAggError::TooFew {
-                set: "the roster (U1)",
+                set: "this agent's neighbourhood in the roster (U1)",
                 have: roster.len(),
                 threshold: self.params.threshold,
             });
         }
 
-        // validate() bounds the cohort by 255 and the threshold by the cohort, so both fit.
-        let (n, t) = (self.params.cohort as u8, self.params.threshold as u8);
+        // validate() bounds the cohort by 65535, so every point index + 1 fits in a u16.
+        let xs: Vec<u16> = roster.iter().map(|peer| (peer.index + 1) as u16).collect();
+        let t = self.params.threshold as usize;
         let mask_key = Zeroizing::new(self.mask_secret.to_bytes());
-        let mask_key_shares = shamir::split(&mask_key, n, t, rng)?;
-        let self_mask_shares = shamir::split(&self.self_seed, n, t, rng)?;
-        let pair_for = |index: u32| SharePair {
-            mask_key: Zeroizing::new(mask_key_shares[index as usize].y),
-            self_mask: Zeroizing::new(self_mask_shares[index as usize].y),
+        let mask_key_shares = shamir::split(&mask_key, &xs, t, rng)?;
+        let self_mask_shares = shamir::split(&self.self_seed, &xs, t, rng)?;
+        let pair_for = |position: usize| SharePair {
+            mask_key: Zeroizing::new(mask_key_shares[position].y),
+            self_mask: Zeroizing::new(self_mask_shares[position].y),
         };
 
         let mut sealed = Vec::with_capacity(roster.len() - 1);
-        for peer in roster.iter().filter(|peer| peer.index != own_index) {
-            let plaintext = pair_for(peer.index).to_plaintext();
+        let mut own = None;
+        for (position, peer) in roster.iter().enumerate() {
+            if peer.index == own_index {
+                own = Some(pair_for(position));
+                continue;
+            }
+            let plaintext = pair_for(position).to_plaintext();
             let ciphertext = keys::seal(
                 &self.context,
                 &self.cipher_secret,
@@ -221,20 +238,20 @@ impl ClientRound {
                 ciphertext,
             });
         }
-        let own = pair_for(own_index);
+        let own = own.ok_or(SecAggError::NotInRoster { index: own_index })?;
         self.phase = Phase::Shared { roster, own };
         Ok(sealed)
     }
 
-    /// Step "masked input", first half: the shares addressed to this agent by the other
-    /// members of U2 (those that completed [`share_keys`](Self::share_keys)). Opens and keeps
-    /// them, and agrees a pairwise mask seed with each sender. U2, as this agent sees it, is
-    /// the senders and itself.
+    /// Step "masked input", first half: the shares addressed to this agent by its
+    /// neighbours in U2 (those that completed [`share_keys`](Self::share_keys)). Opens and
+    /// keeps them, and agrees a pairwise mask seed with each sender. Its neighbourhood in
+    /// U2, as this agent sees it, is the senders and itself.
     ///
     /// # Errors
     /// - [`SecAggError::OutOfOrder`] before [`share_keys`](Self::share_keys) or if called twice;
     /// - [`SecAggError::WrongRecipient`] for a share addressed to another agent;
-    /// - [`SecAggError::NotMember`] for a sender outside the roster (or this agent itself);
+    /// - [`SecAggError::NotMember`] for a sender outside its neighbours in the roster;
     /// - [`SecAggError::Duplicate`] for two shares from one sender;
     /// - [`SecAggError::CiphertextLength`] or [`SecAggError::Decryption`] for a share that
     ///   does not open;
@@ -263,7 +280,7 @@ impl ClientRound {
                 .find(|peer| peer.index == share.from && peer.index != own_index)
                 .ok_or(SecAggError::NotMember {
                     index: share.from,
-                    set: "the roster's other members",
+                    set: "this agent's neighbours in the roster",
                 })?;
             if members.iter().any(|m| m.index == share.from) {
                 return Err(SecAggError::Duplicate {
@@ -294,7 +311,7 @@ impl ClientRound {
         }
         if members.len() < self.params.threshold as usize {
             return Err(SecAggError::TooFew {
-                set: "U2 (this agent and the senders of its shares)",
+                set: "this agent's neighbourhood in U2 (itself and the senders of its shares)",
                 have: members.len(),
                 threshold: self.params.threshold,
             });
@@ -377,17 +394,20 @@ impl ClientRound {
     }
 
     /// Step "unmasking": given U3, the survivors whose inputs are in the sum, reveals for
-    /// every member u of U2 (this agent included) its share of u's self-mask seed b if u
-    /// survived, of u's mask key s^SK if not — never both kinds for one agent.
+    /// every member u of its neighbourhood in U2 (this agent included) its share of u's
+    /// self-mask seed b if u survived, of u's mask key s^SK if not — never both kinds for
+    /// one agent.
     ///
     /// Asking again with the same survivors gives the same reveals (a retransmission);
     /// asking with others is refused.
     ///
     /// # Errors
     /// - [`SecAggError::OutOfOrder`] before [`mask`](Self::mask);
-    /// - [`SecAggError::NotMember`] for a survivor outside U2, or if this agent is not among them;
+    /// - [`SecAggError::NotMember`] for a neighbour among the survivors that is not in U2 as
+    ///   this agent saw it, or if this agent is not among them;
+    /// - [`SecAggError::IndexOutOfRange`] for a survivor outside the cohort;
     /// - [`SecAggError::Duplicate`] for a survivor listed twice;
-    /// - [`SecAggError::TooFew`] for fewer survivors than the threshold;
+    /// - [`SecAggError::TooFew`] for fewer survivors in its neighbourhood than the threshold;
     /// - [`SecAggError::AlreadyRevealed`] if already revealed for other survivors.
     pub fn reveal(&mut self, survivors: &[u32]) -> Result<Vec<Reveal>, SecAggError> {
         let Phase::Ready {
@@ -411,7 +431,14 @@ impl ClientRound {
                     list: "the survivors (U3)",
                 });
             }
-            if !members.iter().any(|m| m.index == index) {
+            if index >= self.params.cohort {
+                return Err(SecAggError::IndexOutOfRange {
+                    index,
+                    cohort: self.params.cohort,
+                });
+            }
+            let neighbour = index == own_index || self.graph.adjacent(own_index, index);
+            if neighbour && !members.iter().any(|m| m.index == index) {
                 return Err(SecAggError::NotMember {
                     index,
                     set: "U2 as this agent saw it",
@@ -424,10 +451,14 @@ impl ClientRound {
                 set: "the survivors (U3)",
             });
         }
-        if survivors.len() < self.params.threshold as usize {
+        let near = members
+            .iter()
+            .filter(|m| survivors.binary_search(&m.index).is_ok())
+            .count();
+        if near < self.params.threshold as usize {
             return Err(SecAggError::TooFew {
-                set: "the survivors (U3)",
-                have: survivors.len(),
+                set: "the survivors (U3) in this agent's neighbourhood",
+                have: near,
                 threshold: self.params.threshold,
             });
         }
@@ -437,8 +468,8 @@ impl ClientRound {
             None => *revealed_for = Some(survivors.clone()),
         }
 
-        // Share points are index + 1 <= 255: validate() bounds the cohort.
-        let x = (own_index + 1) as u8;
+        // Share points are index + 1 <= 65535: validate() bounds the cohort.
+        let x = (own_index + 1) as u16;
         let reveals = members
             .iter()
             .map(|member| {

@@ -192,7 +192,7 @@ pub enum SecAggError {
         /// The agent whose secret the share belongs to.
         of: u32,
         /// The share's x.
-        x: u8,
+        x: u16,
         /// The revealer's index + 1.
         expected: u32,
     },
@@ -208,9 +208,9 @@ pub enum SecAggError {
     #[error("cannot split a secret into {n} shares with threshold {t} (needs 1 <= t <= n)")]
     Sharing {
         /// Number of shares.
-        n: u8,
+        n: usize,
         /// Threshold.
-        t: u8,
+        t: usize,
     },
     /// No shares to reconstruct from.
     #[error("no shares to reconstruct from")]
@@ -222,7 +222,7 @@ pub enum SecAggError {
     #[error("two shares at x = {x}")]
     DuplicateShare {
         /// The repeated x.
-        x: u8,
+        x: u16,
     },
     /// A reconstructed mask key does not match the public key its owner published.
     #[error("the mask key reconstructed for agent {index} does not match its published public key")]

@@ -38,6 +38,7 @@
 
 mod client;
 mod error;
+mod graph;
 mod keys;
 mod mask;
 mod server;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use x25519_dalek::StaticSecret;
 
 use super::error::SecAggError;
+use super::graph::Graph;
 use super::keys::{self, SEALED_LEN};
 use super::mask::{self, Sign, scale_for};
 use super::shamir::{self, Share};
@@ -26,6 +27,9 @@ use super::wire::{
 pub struct ServerRound {
     context: Vec<u8>,
     cohort: u32,
+    /// The SecAgg+ graph degree; `None` for the complete graph.
+    degree: Option<u32>,
+    graph: Graph,
     threshold: u32,
     clip: f32,
     scale: f64,
@@ -121,7 +125,7 @@ impl ServerRound {
         numel: usize,
         max_total_weight: u64,
     ) -> Result<Self, SecAggError> {
-        validate_shape(cohort, threshold, clip)?;
+        validate_shape(cohort, None, threshold, clip)?;
         if numel == 0 {
             return Err(SecAggError::InvalidParams(
                 "the update must have at least one coordinate".into(),
@@ -141,6 +145,8 @@ impl ServerRound {
         Ok(Self {
             context: context.encode(),
             cohort,
+            degree: None,
+            graph: Graph::new(&[], cohort, None),
             threshold,
             clip,
             scale,
@@ -164,11 +170,32 @@ impl ServerRound {
         SecureRound {
             index,
             cohort: self.cohort,
+            degree: self.degree,
             threshold: self.threshold,
             clip: self.clip,
             scale: self.scale,
             noise: self.noise,
         }
+    }
+
+    /// Makes this a SecAgg+ round: each agent masks against and shares its secrets with
+    /// `degree` neighbours (even, at least 2) instead of the whole cohort, and the
+    /// threshold applies to each neighbourhood. A degree of cohort - 1 or more is the
+    /// complete graph.
+    ///
+    /// # Errors
+    /// [`SecAggError::InvalidParams`] for an odd or too small degree, or a threshold above
+    /// the neighbourhood's size.
+    pub fn with_degree(mut self, degree: u32) -> Result<Self, SecAggError> {
+        validate_shape(self.cohort, Some(degree), self.threshold, self.clip)?;
+        self.degree = Some(degree);
+        self.graph = Graph::new(&self.context, self.cohort, self.degree);
+        Ok(self)
+    }
+
+    /// Whether this round runs on the complete graph.
+    pub fn is_complete_graph(&self) -> bool {
+        self.graph.is_complete()
     }
 
     /// Makes this a distributed-noise round: every agent clips its update to
@@ -238,8 +265,8 @@ impl ServerRound {
             .collect())
     }
 
-    /// The sealed shares a member of U1 produced: exactly one for each other member of U1,
-    /// all from `index`.
+    /// The sealed shares a member of U1 produced: exactly one for each of its neighbours in
+    /// U1 (every other member on the complete graph), all from `index`.
     ///
     /// # Errors
     /// [`SecAggError::OutOfOrder`] outside the share-keys step; [`SecAggError::NotMember`] if
@@ -261,7 +288,7 @@ impl ServerRound {
                 list: "the senders of shares",
             });
         }
-        let expected = self.keys.len() - 1;
+        let expected = self.keys.keys().filter(|&&v| self.graph.adjacent(index, v)).count();
         if shares.len() != expected {
             return Err(SecAggError::ShareCount {
                 index,
@@ -277,10 +304,10 @@ impl ServerRound {
                     from: share.from,
                 });
             }
-            if share.to == index || !self.keys.contains_key(&share.to) {
+            if !self.graph.adjacent(index, share.to) || !self.keys.contains_key(&share.to) {
                 return Err(SecAggError::NotMember {
                     index: share.to,
-                    set: "the other members of U1",
+                    set: "the sender's neighbours in U1",
                 });
             }
             if !recipients.insert(share.to) {
@@ -314,7 +341,7 @@ impl ServerRound {
         Ok(self.shares.keys().copied().collect())
     }
 
-    /// The shares to forward to `index`: those the other members of U2 sealed for it.
+    /// The shares to forward to `index`: those its neighbours in U2 sealed for it.
     ///
     /// Empty before [`close_shares`](Self::close_shares) and for an agent outside U2.
     pub fn shares_for(&self, index: u32) -> Vec<EncryptedShare> {
@@ -395,13 +422,15 @@ impl ServerRound {
         Ok(self.weights.keys().copied().collect())
     }
 
-    /// The shares a member of U3 reveals: one for every member u of U2, of u's self-mask seed
-    /// if u is in U3 and of u's mask key if not, each at the revealer's point (index + 1).
+    /// The shares a member of U3 reveals: one for every member u of U2 in its neighbourhood
+    /// (itself and its neighbours), of u's self-mask seed if u is in U3 and of u's mask key
+    /// if not, each at the revealer's point (index + 1).
     /// Refused as a whole, leaving the state unchanged, if any share is out of place.
     ///
     /// # Errors
     /// [`SecAggError::OutOfOrder`] outside the unmasking step; [`SecAggError::NotMember`] for
-    /// a revealer outside U3 or a share of an agent outside U2; [`SecAggError::Duplicate`] for
+    /// a revealer outside U3 or a share of an agent outside U2 or the revealer's
+    /// neighbourhood; [`SecAggError::Duplicate`] for
     /// a second reveal or two shares of one agent; [`SecAggError::WrongRevealKind`];
     /// [`SecAggError::WrongShareX`]; [`SecAggError::IncompleteReveal`].
     pub fn add_reveal(&mut self, index: u32, reveals: Vec<Reveal>) -> Result<(), SecAggError> {
@@ -421,10 +450,10 @@ impl ServerRound {
         let mut seen = BTreeSet::new();
         for reveal in &reveals {
             let of = reveal.of();
-            if !self.shares.contains_key(&of) {
+            if !self.shares.contains_key(&of) || !(of == index || self.graph.adjacent(index, of)) {
                 return Err(SecAggError::NotMember {
                     index: of,
-                    set: "U2 (agents that sent shares)",
+                    set: "the revealer's neighbourhood in U2",
                 });
             }
             if !seen.insert(of) {
@@ -456,7 +485,8 @@ impl ServerRound {
                 });
             }
         }
-        if let Some(&missing) = self.shares.keys().find(|of| !seen.contains(of)) {
+        let owed = |of: &&u32| **of == index || self.graph.adjacent(index, **of);
+        if let Some(&missing) = self.shares.keys().filter(owed).find(|of| !seen.contains(of)) {
             return Err(SecAggError::IncompleteReveal { from: index, missing });
         }
         for reveal in reveals {
@@ -467,23 +497,39 @@ impl ServerRound {
         Ok(())
     }
 
-    /// Whether enough agents revealed for [`finish`](Self::finish) to unmask the sum.
+    /// Whether enough agents revealed for [`finish`](Self::finish) to unmask the sum:
+    /// `threshold` shares of every secret it needs.
     pub fn can_finish(&self) -> bool {
-        self.phase == Phase::Reveals && self.revealers.len() >= self.threshold as usize
+        let threshold = self.threshold as usize;
+        self.phase == Phase::Reveals
+            && self
+                .needed()
+                .all(|of| self.revealed.get(&of).is_some_and(|shares| shares.len() >= threshold))
     }
 
-    /// Reconstructs b_u for every u in U3 and s_u^SK for every u in U2 \ U3 from `threshold`
-    /// shares each, removes their masks from the sum and decodes it into the weighted mean.
+    /// The agents whose secret the unmasking needs: every member of U3 (its self mask),
+    /// and every member of U2 \ U3 with a neighbour in U3 (its mask key).
+    fn needed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.shares
+            .keys()
+            .copied()
+            .filter(|&u| self.weights.contains_key(&u) || self.weights.keys().any(|&v| self.graph.adjacent(u, v)))
+    }
+
+    /// Reconstructs b_u for every u in U3 and s_u^SK for every u in U2 \ U3 with a neighbour
+    /// in U3 from `threshold` shares each, removes their masks from the sum and decodes it
+    /// into the weighted mean.
     ///
     /// # Errors
     /// [`SecAggError::OutOfOrder`] before [`close_inputs`](Self::close_inputs);
-    /// [`SecAggError::TooFew`] if fewer agents than the threshold revealed (check
-    /// [`can_finish`](Self::can_finish) first); [`SecAggError::KeyMismatch`] if a reconstructed
+    /// [`SecAggError::TooFew`] if some secret has fewer revealed shares than the threshold
+    /// (check [`can_finish`](Self::can_finish) first); [`SecAggError::KeyMismatch`] if a reconstructed
     /// mask key does not match its published public key (inconsistent shares);
     /// [`SecAggError::WeakKey`] if a key agreement with it degenerates.
     pub fn finish(mut self) -> Result<Unmasked, SecAggError> {
         self.expect(Phase::Reveals, "finish")?;
         self.enough("the agents that revealed their shares", self.revealers.len())?;
+        let needed: Vec<u32> = self.needed().collect();
         let mut sum = std::mem::take(&mut self.sum);
         let threshold = self.threshold as usize;
         let shares_of = |of: u32| -> Result<&[Share], SecAggError> {
@@ -499,13 +545,13 @@ impl ServerRound {
             let self_seed = shamir::combine(shares_of(u)?)?;
             mask::add_prg(&mut sum, &self_seed, Sign::Minus);
         }
-        for &dropped in self.shares.keys().filter(|v| !self.weights.contains_key(v)) {
+        for &dropped in needed.iter().filter(|v| !self.weights.contains_key(v)) {
             let secret = StaticSecret::from(*shamir::combine(shares_of(dropped)?)?);
             let published = self.keys.get(&dropped).map(|keys| keys.mask);
             if published != Some(keys::public_of(&secret)) {
                 return Err(SecAggError::KeyMismatch { index: dropped });
             }
-            for &u in self.weights.keys() {
+            for &u in self.weights.keys().filter(|&&u| self.graph.adjacent(dropped, u)) {
                 let Some(u_keys) = self.keys.get(&u) else {
                     return Err(SecAggError::NotMember {
                         index: u,

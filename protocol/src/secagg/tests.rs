@@ -33,8 +33,16 @@ impl Harness {
     /// `n` agents, threshold `t`, every agent's keys accepted; updates in [-1.5, 1.5] so that
     /// some coordinates are clipped.
     fn new(seed: u64, n: u32, t: u32) -> Self {
+        Self::on_graph(seed, n, t, None)
+    }
+
+    /// As [`new`](Self::new), on the SecAgg+ graph of `degree` when given.
+    fn on_graph(seed: u64, n: u32, t: u32, degree: Option<u32>) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut server = ServerRound::new(context(), n, t, CLIP, NUMEL, MAX_WEIGHT * u64::from(n)).unwrap();
+        if let Some(degree) = degree {
+            server = server.with_degree(degree).unwrap();
+        }
         let mut clients = Vec::new();
         for i in 0..n {
             let (client, keys) = ClientRound::new(context(), server.params_for(i), &mut rng).unwrap();
@@ -227,6 +235,83 @@ fn too_few_reveals_is_a_clear_error() {
             SecAggError::TooFew {
                 have: 2,
                 threshold: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// SecAgg+: on a sparse graph each agent shares with and masks against its neighbours
+/// only, and the round still unmasks exactly through dropouts at every step.
+#[test]
+fn a_sparse_graph_round_unmasks_through_dropouts_at_every_step() {
+    let mut h = Harness::on_graph(30, 40, 4, Some(8));
+    assert!(!h.server.is_complete_graph());
+    let roster = h.server.roster().unwrap();
+    // Each agent seals shares for its 8 neighbours, not for the 39 others.
+    let sealed = h.clients[0].share_keys(&roster, &mut h.rng).unwrap();
+    assert_eq!(sealed.len(), 8);
+    // A share addressed to a non-neighbour is refused.
+    let graph = graph::Graph::new(&context().encode(), 40, Some(8));
+    let stranger = (1..40).find(|&v| !graph.adjacent(0, v)).unwrap();
+    let mut misaddressed = sealed.clone();
+    misaddressed[0].to = stranger;
+    let err = h.server.add_shares(0, misaddressed).unwrap_err();
+    assert!(
+        matches!(err, SecAggError::NotMember { index, .. } if index == stranger),
+        "{err}"
+    );
+    h.server.add_shares(0, sealed).unwrap();
+    for i in 1..40 {
+        let shares = h.clients[i as usize].share_keys(&roster, &mut h.rng).unwrap();
+        if i != 3 {
+            h.server.add_shares(i, shares).unwrap();
+        }
+    }
+    let u2 = h.server.close_shares().unwrap();
+    assert_eq!(u2.len(), 39);
+    let u3 = h.mask(&u2, &[10, 11]).unwrap();
+    assert_eq!(u3.len(), 37);
+    h.reveal(&u3, &[20]);
+    assert!(h.server.can_finish());
+    let contributors: Vec<u32> = u3.clone();
+    h.finish_and_check(&contributors, &[3, 10, 11]);
+}
+
+/// Cohorts past 255 (GF(2^16) shares), on a sparse graph, with dropouts.
+#[test]
+fn a_cohort_of_300_on_a_sparse_graph_unmasks() {
+    let mut h = Harness::on_graph(31, 300, 6, Some(10));
+    let u2 = h.share(&[7, 299]);
+    let u3 = h.mask(&u2, &[0, 256]).unwrap();
+    assert_eq!(u3.len(), 296);
+    h.reveal(&u3, &[100, 200]);
+    let contributors = u3.clone();
+    h.finish_and_check(&contributors, &[0, 7, 256, 299]);
+}
+
+/// A neighbourhood with fewer reveals than the threshold cannot be unmasked, even when
+/// the cohort as a whole revealed plenty.
+#[test]
+fn a_sparse_neighbourhood_short_of_reveals_is_a_clear_error() {
+    let mut h = Harness::on_graph(32, 30, 4, Some(6));
+    let u2 = h.share(&[]);
+    let u3 = h.mask(&u2, &[]).unwrap();
+    let graph = graph::Graph::new(&context().encode(), 30, Some(6));
+    // Agent 5 and four of its six neighbours stay silent: three shares of b_5 remain.
+    let silent: Vec<u32> = std::iter::once(5)
+        .chain(graph.neighbours(5, 30).into_iter().take(4))
+        .collect();
+    h.reveal(&u3, &silent);
+    assert!(!h.server.can_finish());
+    let err = h.server.finish().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::TooFew {
+                have: 2,
+                threshold: 4,
                 ..
             }
         ),
@@ -773,19 +858,47 @@ fn parameters_are_validated() {
     let good = SecureRound {
         index: 0,
         cohort: 5,
+        degree: None,
         threshold: 3,
         clip: 1.0,
         scale: 1e6,
         noise: None,
     };
     assert!(good.validate().is_ok());
+    // Cohorts past GF(2^8)'s 255, on the complete graph or a sparse one.
+    for degree in [None, Some(2), Some(40)] {
+        let large = SecureRound {
+            index: 299,
+            cohort: 300,
+            degree,
+            ..good
+        };
+        assert!(large.validate().is_ok(), "{large:?}");
+    }
     let bad = [
         SecureRound {
             cohort: 1,
             threshold: 1,
             ..good
         },
-        SecureRound { cohort: 256, ..good },
+        SecureRound { cohort: 65_536, ..good },
+        SecureRound {
+            cohort: 300,
+            degree: Some(3),
+            ..good
+        },
+        SecureRound {
+            cohort: 300,
+            degree: Some(0),
+            ..good
+        },
+        // A neighbourhood of 3 cannot meet a threshold of 4.
+        SecureRound {
+            cohort: 300,
+            degree: Some(2),
+            threshold: 4,
+            ..good
+        },
         SecureRound { threshold: 1, ..good },
         SecureRound { threshold: 6, ..good },
         SecureRound { clip: f32::NAN, ..good },
@@ -811,7 +924,7 @@ fn parameters_are_validated() {
     for params in bad {
         assert!(ClientRound::new(context(), params, &mut rng).is_err(), "{params:?}");
     }
-    assert!(ServerRound::new(context(), 256, 3, 1.0, 4, 10).is_err());
+    assert!(ServerRound::new(context(), 65_536, 3, 1.0, 4, 10).is_err());
     assert!(ServerRound::new(context(), 5, 6, 1.0, 4, 10).is_err());
     assert!(ServerRound::new(context(), 5, 3, 0.0, 4, 10).is_err());
     assert!(ServerRound::new(context(), 5, 3, 1.0, 0, 10).is_err());
@@ -819,15 +932,26 @@ fn parameters_are_validated() {
     let err = ServerRound::new(context(), 5, 1, 1.0, 4, 10).unwrap_err();
     assert!(
         err.to_string()
-            .contains("threshold must be between 2 and the cohort size 5, not 1"),
+            .contains("threshold must be between 2 and the neighbourhood size 5, not 1"),
         "{err}"
     );
+    // On a sparse graph the threshold is bounded by the neighbourhood, not the cohort.
+    let sparse = ServerRound::new(context(), 50, 8, 1.0, 4, 10).unwrap();
+    let err = sparse.with_degree(6).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("threshold must be between 2 and the neighbourhood size 7, not 8"),
+        "{err}"
+    );
+    let odd = ServerRound::new(context(), 50, 3, 1.0, 4, 10).unwrap().with_degree(5);
+    assert!(odd.unwrap_err().to_string().contains("even"));
     let server = ServerRound::new(context(), 5, 3, 1.0, 4, 10).unwrap();
     assert_eq!(
         server.params_for(4),
         SecureRound {
             index: 4,
             cohort: 5,
+            degree: None,
             threshold: 3,
             clip: 1.0,
             scale: scale_for(1.0, 10),
@@ -873,6 +997,7 @@ fn wire_types_survive_bincode() {
     let params = SecureRound {
         index: 2,
         cohort: 9,
+        degree: Some(4),
         threshold: 5,
         clip: 0.5,
         scale: 1234.5,

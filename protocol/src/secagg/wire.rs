@@ -5,18 +5,24 @@ use serde::{Deserialize, Serialize};
 use super::error::SecAggError;
 use super::shamir::Share;
 
-/// The largest cohort: Shamir shares over GF(2^8) are evaluated at x = index + 1 ∈ 1..=255.
-pub const MAX_COHORT: u32 = 255;
+/// The largest cohort: Shamir shares over GF(2^16) are evaluated at x = index + 1 ∈ 1..=65535.
+pub const MAX_COHORT: u32 = 65_535;
 
 /// Per-agent parameters of a secure round, sent in the agent's task.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SecureRound {
     /// This agent's position in the cohort, 0-based.
     pub index: u32,
-    /// Cohort size n, 2..=255.
+    /// Cohort size n, 2..=65535.
     pub cohort: u32,
-    /// Shares needed to reconstruct a secret, 2 <= t <= n: the round survives n - t dropouts,
-    /// and fewer than t colluding agents learn nothing from the aggregator's view.
+    /// SecAgg+: each agent masks against and shares its secrets with this many neighbours
+    /// (even, at least 2) on a random ring (SecAgg+, Bell et al. 2020); `None`, or a degree
+    /// of n - 1 or more, is the complete graph of the original protocol.
+    pub degree: Option<u32>,
+    /// Shares needed to reconstruct a secret, 2 <= t <= the neighbourhood (an agent and
+    /// its neighbours: n on the complete graph, degree + 1 on a sparse one): each
+    /// neighbourhood survives all but t of its members dropping out, and fewer than t
+    /// colluding members of it learn nothing from the aggregator's view.
     pub threshold: u32,
     /// Each update coordinate is clipped to [-clip, clip] before encoding (finite, > 0).
     pub clip: f32,
@@ -113,7 +119,7 @@ impl SecureRound {
     /// 2..=cohort, a clip or scale that is not finite and positive;
     /// [`SecAggError::IndexOutOfRange`] for an index at or above the cohort size.
     pub fn validate(&self) -> Result<(), SecAggError> {
-        validate_shape(self.cohort, self.threshold, self.clip)?;
+        validate_shape(self.cohort, self.degree, self.threshold, self.clip)?;
         if !(self.scale.is_finite() && self.scale > 0.0) {
             return Err(SecAggError::InvalidParams(format!(
                 "the fixed-point scale must be finite and positive, not {}",
@@ -133,16 +139,30 @@ impl SecureRound {
     }
 }
 
-/// The checks both sides share: cohort size, threshold and clip.
-pub(crate) fn validate_shape(cohort: u32, threshold: u32, clip: f32) -> Result<(), SecAggError> {
+/// The size of an agent's neighbourhood (itself and its neighbours) in a cohort of
+/// `cohort` with graph degree `degree`.
+pub(crate) fn neighbourhood(cohort: u32, degree: Option<u32>) -> u32 {
+    degree.map_or(cohort, |d| d.saturating_add(1).min(cohort))
+}
+
+/// The checks both sides share: cohort size, degree, threshold and clip.
+pub(crate) fn validate_shape(cohort: u32, degree: Option<u32>, threshold: u32, clip: f32) -> Result<(), SecAggError> {
     if !(2..=MAX_COHORT).contains(&cohort) {
         return Err(SecAggError::InvalidParams(format!(
             "the cohort must have 2 to {MAX_COHORT} agents, not {cohort}"
         )));
     }
-    if !(2..=cohort).contains(&threshold) {
+    if let Some(degree) = degree
+        && (degree < 2 || degree % 2 == 1)
+    {
         return Err(SecAggError::InvalidParams(format!(
-            "the threshold must be between 2 and the cohort size {cohort}, not {threshold}"
+            "the graph degree must be even and at least 2, not {degree}"
+        )));
+    }
+    let largest = neighbourhood(cohort, degree);
+    if !(2..=largest).contains(&threshold) {
+        return Err(SecAggError::InvalidParams(format!(
+            "the threshold must be between 2 and the neighbourhood size {largest}, not {threshold}"
         )));
     }
     if !(clip.is_finite() && clip > 0.0) {
