@@ -158,7 +158,9 @@ impl ClientRound {
     /// - [`SecAggError::NotInRoster`] if this agent is missing or listed with other keys;
     /// - [`SecAggError::TooFew`] if this agent's neighbourhood in the roster is smaller
     ///   than the threshold;
-    /// - [`SecAggError::WeakKey`] if a neighbour published a low-order key.
+    /// - [`SecAggError::WeakKey`] if a neighbour published a low-order cipher key (every key
+    ///   agreement refuses low-order keys: a weak mask key is refused when
+    ///   [`receive_shares`](Self::receive_shares) agrees the pairwise seed with it).
     pub fn share_keys(
         &mut self,
         roster: &[PeerKeys],
@@ -192,11 +194,6 @@ impl ClientRound {
         }
         // Only this agent's neighbours matter from here on.
         roster.retain(|peer| peer.index == own_index || self.graph.adjacent(own_index, peer.index));
-        for peer in roster.iter().filter(|peer| peer.index != own_index) {
-            if keys::is_low_order(&peer.keys.cipher) || keys::is_low_order(&peer.keys.mask) {
-                return Err(SecAggError::WeakKey { index: peer.index });
-            }
-        }
         if roster.len() < self.params.threshold as usize {
             return Err(SecAggError::TooFew {
                 set: "this agent's neighbourhood in the roster (U1)",

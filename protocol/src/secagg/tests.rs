@@ -499,7 +499,7 @@ fn a_client_checks_the_roster() {
     let err = client.share_keys(&outside, &mut rng).unwrap_err();
     assert_eq!(err, SecAggError::IndexOutOfRange { index: 9, cohort: 4 });
     let mut weak = roster.clone();
-    weak[2].keys.mask = [0; 32];
+    weak[2].keys.cipher = [0; 32];
     assert_eq!(
         client.share_keys(&weak, &mut rng).unwrap_err(),
         SecAggError::WeakKey { index: 2 }
