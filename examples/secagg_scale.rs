@@ -8,10 +8,15 @@
 //!   protocol's state machines (median of a few agents): the key exchange (share
 //!   sealing, opening, pairwise key agreement) and the masking itself (one ChaCha20
 //!   stream of P words per neighbour, plus the self mask);
+//! - **aggregator**: its folding of the N masked inputs and unmasking of the sum (one
+//!   ChaCha20 stream per agent for the self masks, plus the pairwise masks of dropouts);
 //! - **round time**: whole rounds over loopback QUIC (median), the aggregator and all N
 //!   agents in this process, agents that skip training and send a fixed update. Every
 //!   agent's masking shares this machine's cores, so a secure round here pays N agents'
-//!   masking one after another, which on devices runs in parallel.
+//!   masking one after another, which on devices runs in parallel;
+//! - **devices**: a secure round with each agent on its own device, composed of measured
+//!   parts: the plain round, plus one agent's key exchange and masking (agents work in
+//!   parallel), plus the aggregator's unmasking.
 //!
 //! ```text
 //! cargo run --release --example secagg_scale -- --summary secagg.json
@@ -67,6 +72,13 @@ struct Setting {
     agent_key_exchange_seconds: f64,
     /// One agent's masking of its update (median seconds).
     agent_masking_seconds: f64,
+    /// The aggregator's folding of the masked inputs and unmasking of their sum.
+    aggregator_unmasking_seconds: f64,
+    /// A round with the agents on their own devices, from measured parts: the plain
+    /// round, plus one agent's key exchange and masking, plus the aggregator's unmasking.
+    device_round_seconds: Option<f64>,
+    /// That over the plain round.
+    device_round_vs_plain: Option<f64>,
     /// Median whole round over loopback QUIC.
     round_seconds: Option<f64>,
     /// `round_seconds` over the plain round's at the same N.
@@ -91,14 +103,19 @@ fn secure_config(degree: Option<u32>) -> SecureAggregationConfig {
     }
 }
 
-/// Times `sampled` agents' key exchange and masking in a round of `n` agents on the
-/// graph `secure` gives; returns the medians (seconds).
-fn agent_costs(
-    n: usize,
-    params: usize,
-    secure: &SecureAggregationConfig,
-    sampled: usize,
-) -> anyhow::Result<(f64, f64)> {
+/// One round's cryptographic work, measured on the protocol's state machines.
+struct Costs {
+    /// One agent's key exchange (median seconds).
+    agent_keys: f64,
+    /// One agent's masking (median seconds).
+    agent_mask: f64,
+    /// The aggregator's folding of the N masked inputs and unmasking of their sum.
+    aggregator: f64,
+}
+
+/// Times `sampled` agents' key exchange and masking, and the aggregator's folding and
+/// unmasking, in a round of `n` agents on the graph `secure` gives.
+fn round_costs(n: usize, params: usize, secure: &SecureAggregationConfig, sampled: usize) -> anyhow::Result<Costs> {
     let mut rng = rand::rng();
     let context = RoundContext {
         study: "secagg-scale".into(),
@@ -129,16 +146,66 @@ fn agent_costs(
     server.close_shares()?;
     let update = vec![1e-3f32; params];
     let (mut keys, mut masking) = (Vec::new(), Vec::new());
-    for (i, client) in clients.iter_mut().take(sampled).enumerate() {
+    let mut inputs = Vec::with_capacity(n);
+    for (i, client) in clients.iter_mut().enumerate().take(sampled) {
         let started = Instant::now();
         client.receive_shares(&server.shares_for(i as u32))?;
         keys.push(sealing[i] + started.elapsed());
         let started = Instant::now();
-        let masked = client.mask(&update, 100)?;
+        inputs.push(client.mask(&update, 100)?);
         masking.push(started.elapsed());
-        std::hint::black_box(masked);
     }
-    Ok((median(&mut keys), median(&mut masking)))
+    // The other agents mask too (untimed, on every core), so the aggregator has a whole
+    // round to unmask.
+    let incoming: Vec<_> = (sampled..n).map(|i| server.shares_for(i as u32)).collect();
+    let rest = &mut clients[sampled..];
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let chunk = rest.len().div_ceil(threads).max(1);
+    let masked: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = rest
+            .chunks_mut(chunk)
+            .zip(incoming.chunks(chunk))
+            .map(|(clients, shares)| {
+                let update = &update;
+                scope.spawn(move || {
+                    clients
+                        .iter_mut()
+                        .zip(shares)
+                        .map(|(client, shares)| {
+                            client.receive_shares(shares)?;
+                            client.mask(update, 100)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("masking thread"))
+            .collect::<Result<Vec<Vec<Vec<u32>>>, _>>()
+            .map(|parts| parts.into_iter().flatten().collect())
+    })?;
+    inputs.extend(masked);
+    let started = Instant::now();
+    for (i, input) in inputs.iter().enumerate() {
+        server.add_masked(i as u32, input, 100)?;
+    }
+    let survivors = server.close_inputs()?;
+    let mut aggregator = started.elapsed();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let reveals = client.reveal(&survivors)?;
+        let started = Instant::now();
+        server.add_reveal(i as u32, reveals)?;
+        aggregator += started.elapsed();
+    }
+    let started = Instant::now();
+    std::hint::black_box(server.finish()?);
+    aggregator += started.elapsed();
+    Ok(Costs {
+        agent_keys: median(&mut keys),
+        agent_mask: median(&mut masking),
+        aggregator: aggregator.as_secs_f64(),
+    })
 }
 
 fn median(xs: &mut [Duration]) -> f64 {
@@ -188,8 +255,18 @@ async fn main() -> anyhow::Result<()> {
         args.params, args.rounds
     );
     println!(
-        "{:>5} {:<9} {:>7} {:>9} {:>14} {:>12} {:>10} {:>9}",
-        "N", "graph", "degree", "threshold", "agent keys s", "agent mask s", "round s", "vs plain"
+        "{:>5} {:<9} {:>6} {:>5} {:>10} {:>10} {:>10} {:>9} {:>7} {:>10} {:>7}",
+        "N",
+        "graph",
+        "degree",
+        "t",
+        "agent key",
+        "agent mask",
+        "aggregator",
+        "round s",
+        "×plain",
+        "devices s",
+        "×plain"
     );
     let mut settings = Vec::new();
     for &n in &args.agents {
@@ -198,7 +275,12 @@ async fn main() -> anyhow::Result<()> {
         } else {
             Some(round_seconds(n, &args, None).await?)
         };
-        let setting = settings_row(n, "plain", 0, 0, (0.0, 0.0), plain, plain);
+        let none = Costs {
+            agent_keys: 0.0,
+            agent_mask: 0.0,
+            aggregator: 0.0,
+        };
+        let setting = settings_row(n, "plain", 0, 0, &none, plain, plain);
         print_row(&setting);
         settings.push(setting);
         for (graph, degree) in [("complete", Some(0)), ("secagg+", None)] {
@@ -208,14 +290,14 @@ async fn main() -> anyhow::Result<()> {
                 println!("{n:>5} secagg+   (the complete graph at this size)");
                 continue;
             }
-            let costs = agent_costs(n, args.params, &secure, args.sampled.min(n))?;
+            let costs = round_costs(n, args.params, &secure, args.sampled.min(n))?;
             let round = if args.no_rounds {
                 None
             } else {
                 Some(round_seconds(n, &args, Some(secure)).await?)
             };
             let degree = sparse.map_or(n - 1, |d| d as usize);
-            let setting = settings_row(n, graph, degree, secure.threshold_for(n), costs, round, plain);
+            let setting = settings_row(n, graph, degree, secure.threshold_for(n), &costs, round, plain);
             print_row(&setting);
             settings.push(setting);
         }
@@ -235,19 +317,23 @@ fn settings_row(
     graph: &str,
     degree: usize,
     threshold: usize,
-    (keys, masking): (f64, f64),
+    costs: &Costs,
     round: Option<f64>,
     plain: Option<f64>,
 ) -> Setting {
+    let device = plain.map(|p| p + costs.agent_keys + costs.agent_mask + costs.aggregator);
     Setting {
         agents,
         graph: graph.into(),
         degree,
         threshold,
-        agent_key_exchange_seconds: keys,
-        agent_masking_seconds: masking,
+        agent_key_exchange_seconds: costs.agent_keys,
+        agent_masking_seconds: costs.agent_mask,
+        aggregator_unmasking_seconds: costs.aggregator,
         round_seconds: round,
         round_vs_plain: round.zip(plain).map(|(r, p)| r / p),
+        device_round_seconds: device,
+        device_round_vs_plain: device.zip(plain).map(|(d, p)| d / p),
     }
 }
 
@@ -255,14 +341,17 @@ fn print_row(s: &Setting) {
     let opt = |x: Option<f64>, digits: usize| x.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"));
     let secure = (s.graph != "plain").then_some(());
     println!(
-        "{:>5} {:<9} {:>7} {:>9} {:>14} {:>12} {:>10} {:>9}",
+        "{:>5} {:<9} {:>6} {:>5} {:>10} {:>10} {:>10} {:>9} {:>7} {:>10} {:>7}",
         s.agents,
         s.graph,
         opt(secure.map(|()| s.degree as f64), 0),
         opt(secure.map(|()| s.threshold as f64), 0),
         opt(secure.map(|()| s.agent_key_exchange_seconds), 4),
         opt(secure.map(|()| s.agent_masking_seconds), 4),
+        opt(secure.map(|()| s.aggregator_unmasking_seconds), 4),
         opt(s.round_seconds, 3),
-        opt(s.round_vs_plain, 2)
+        opt(s.round_vs_plain, 2),
+        opt(secure.and(s.device_round_seconds), 3),
+        opt(secure.and(s.device_round_vs_plain), 2)
     );
 }

@@ -16,16 +16,51 @@ use fedtune::protocol::{
 
 /// A raw QUIC connection as agent `i` (or without a certificate).
 async fn connect(fed: &Federation, agent: Option<usize>) -> quinn::Connection {
-    let transport = Arc::new(default_transport(false));
-    let tls = match agent {
+    match agent {
         Some(i) => {
             let identity = &fed.pki.agents[i].1;
-            client_config(&fed.pki.ca_cert_pem, &identity.cert_pem, &identity.key_pem, transport).unwrap()
+            connect_as(fed, &identity.cert_pem, &identity.key_pem).await.unwrap()
         }
-        None => client_config_without_certificate(&fed.pki.ca_cert_pem, transport).unwrap(),
-    };
+        None => {
+            let transport = Arc::new(default_transport(false));
+            let tls = client_config_without_certificate(&fed.pki.ca_cert_pem, transport).unwrap();
+            let endpoint = client_endpoint(tls, fed.addr, false).unwrap();
+            endpoint.connect(fed.addr, "localhost").unwrap().await.unwrap()
+        }
+    }
+}
+
+/// A raw QUIC connection presenting this certificate, trusting the federation's CA.
+async fn connect_as(
+    fed: &Federation,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let transport = Arc::new(default_transport(false));
+    let tls = client_config(&fed.pki.ca_cert_pem, cert_pem, key_pem, transport).unwrap();
     let endpoint = client_endpoint(tls, fed.addr, false).unwrap();
-    endpoint.connect(fed.addr, "localhost").unwrap().await.unwrap()
+    endpoint.connect(fed.addr, "localhost").unwrap().await
+}
+
+/// Whether the aggregator serves this connection: TLS 1.3 lets the client finish its
+/// handshake first, so a refused certificate shows on the first stream.
+async fn served(connection: &quinn::Connection) -> bool {
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let (mut send, mut recv) = connection.open_bi().await?;
+            let hello = AgentMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                name: "probe".into(),
+                capabilities: Capabilities::default(),
+            });
+            send.write_all(&encode_frame(&hello, &[]).unwrap()).await?;
+            send.finish()?;
+            recv.read_to_end(1 << 20).await?;
+            anyhow::Ok(())
+        })
+        .await,
+        Ok(Ok(()))
+    )
 }
 
 /// Sends `bytes` on a new stream and reads the aggregator's answer frame.
@@ -174,4 +209,143 @@ async fn an_agent_without_a_certificate_is_refused() {
         report.interrupted && report.rounds.is_empty(),
         "no round ran without an authenticated agent"
     );
+}
+
+/// Certificates from a foreign CA, expired or not yet valid are refused at the TLS
+/// handshake; the federation's own certificate is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_expired_and_future_certificates_are_refused_at_the_handshake() {
+    use fedtune::aggregator::identity::issue_agent_dated;
+    let fed = start_aggregator(1, config(1, 1), Hooks::default());
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as i64;
+    let (ca, key) = (&fed.pki.ca_cert_pem, fed.pki.ca_key_pem.as_str());
+    let expired = issue_agent_dated(ca, key, "agent-0", today - 6 * 365).unwrap();
+    let future = issue_agent_dated(ca, key, "agent-0", today + 30).unwrap();
+    let foreign = fedtune::sim::ephemeral_pki(1).unwrap();
+    let (_, stranger) = &foreign.agents[0];
+    for (what, cert, key) in [
+        ("expired", &expired.cert_pem, &expired.key_pem),
+        ("not yet valid", &future.cert_pem, &future.key_pem),
+        ("foreign CA", &stranger.cert_pem, &stranger.key_pem),
+    ] {
+        let refused = match connect_as(&fed, cert, key).await {
+            Ok(connection) => !served(&connection).await,
+            Err(_) => true,
+        };
+        assert!(refused, "a {what} certificate was served");
+    }
+    let (_, own) = &fed.pki.agents[0];
+    let connection = connect_as(&fed, &own.cert_pem, &own.key_pem).await.unwrap();
+    assert!(served(&connection).await, "the federation's own certificate is served");
+    let _ = fed.stop.send(true);
+    let _ = fed.aggregator.await.unwrap().unwrap();
+}
+
+/// An agent that opens streams and never finishes them is disconnected once past its
+/// allowance, with the reason in the close frame; the round then completes from the
+/// honest agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_opens_streams_and_never_finishes_them_is_disconnected() {
+    use fedtune::aggregator::registry::CLOSE_MISBEHAVING;
+    let fed = start_aggregator(3, config(2, 1), Hooks::default());
+    let rogue = connect(&fed, Some(2)).await;
+    assert!(matches!(hello(&rogue).await, AggregatorMessage::Welcome(_)));
+    let mut open = Vec::new();
+    for _ in 0..9 {
+        let Ok((mut send, recv)) = rogue.open_bi().await else {
+            break;
+        };
+        // The first bytes of a frame prefix, and then nothing.
+        if send.write_all(b"FDTN").await.is_err() {
+            break;
+        }
+        open.push((send, recv));
+    }
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), rogue.closed())
+        .await
+        .expect("the aggregator closes the connection");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_MISBEHAVING.into());
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains("unsolicited streams"), "{reason}");
+        }
+        other => panic!("expected the aggregator to close the connection, got {other}"),
+    }
+    let data = digits();
+    let mut agents = start_agents(&fed, digits_trainers(&data, 2));
+    let report = fed.aggregator.await.unwrap().unwrap();
+    assert!(report.rounds[0].applied && report.rounds[0].updates == 2);
+    while agents.join_next().await.is_some() {}
+}
+
+/// A burst of connections past `max_agents` is refused; the connections that took the
+/// slots but never say hello are dropped after the hello timeout, and the round then
+/// completes from the honest agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_past_the_limit_is_refused_and_the_round_completes() {
+    let mut cfg = config(2, 1);
+    cfg.federation.max_agents = 3;
+    let fed = start_aggregator(3, cfg, Hooks::default());
+    let (_, identity) = &fed.pki.agents[2];
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        match connect_as(&fed, &identity.cert_pem, &identity.key_pem).await {
+            Ok(connection) => held.push(connection),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!((held.len(), refused), (3, 5), "three slots, five refused");
+    // Honest agents keep retrying (backing off up to 5 s) until the slots free up.
+    let data = digits();
+    let keep_trying = |_: usize, options: &mut fedtune::agent::client::AgentOptions| {
+        options.reconnect.max_attempts = None;
+    };
+    let trainers = digits_trainers(&data, 2);
+    let mut agents =
+        fedtune::sim::spawn_agents_with(&fed.pki, fed.addr, trainers, false, fed.stop.subscribe(), keep_trying)
+            .unwrap();
+    let report = fed.aggregator.await.unwrap().unwrap();
+    assert!(report.rounds[0].applied && report.rounds[0].updates == 2);
+    while agents.join_next().await.is_some() {}
+    drop(held);
+}
+
+/// Truncated and tampered frames are answered with a clear error and count against the
+/// sender's allowance; the service goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_tampered_frames_are_clear_errors() {
+    let fed = start_aggregator(3, config(2, 1), Hooks::default());
+    let connection = connect(&fed, Some(2)).await;
+    assert!(matches!(hello(&connection).await, AggregatorMessage::Welcome(_)));
+    let update = AgentMessage::Update(Update {
+        trial: 0,
+        round: 0,
+        manifest_hash: ManifestHash([0; 32]),
+        num_samples: 10,
+        metrics: TrainMetrics::default(),
+        used: Default::default(),
+        proposal: None,
+    });
+    let frame = encode_frame(&update, &[0u8; 64]).unwrap();
+    // Cut short: the stream ends inside the payload.
+    let truncated = &frame[..frame.len() - 10];
+    let AggregatorMessage::Error(e) = exchange(&connection, truncated).await else {
+        panic!("a truncated frame must be an error")
+    };
+    assert_eq!(e.code, ErrorCode::Malformed, "{}", e.message);
+    // One bit flipped in the header.
+    let mut tampered = frame.clone();
+    tampered[fedtune::protocol::frame::PREFIX_LEN + 3] ^= 0x40;
+    let AggregatorMessage::Error(e) = exchange(&connection, &tampered).await else {
+        panic!("a tampered frame must be an error")
+    };
+    assert!(matches!(e.code, ErrorCode::Malformed | ErrorCode::NotInRound), "{e:?}");
+    let _ = fed.stop.send(true);
+    let _ = fed.aggregator.await.unwrap().unwrap();
 }

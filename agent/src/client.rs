@@ -109,6 +109,10 @@ pub async fn run<T: Trainer>(
         };
         failures += 1;
         if options.reconnect.max_attempts.is_some_and(|max| failures >= max) {
+            warn!(
+                "giving up on {}: {failures} attempts in a row failed, the last with {last}",
+                options.aggregator
+            );
             return Err(AgentError::Unreachable {
                 attempts: failures,
                 last,

@@ -86,23 +86,40 @@ pub(crate) async fn serve<T: Trainer>(
             return Ok(send.finish()?);
         }
     };
-    // Distributed DP: this agent's update is clipped and carries its share of the noise
-    // before masking, and counts once.
-    let weight = match client.params().noise {
-        Some(noise) => {
-            if noise.apply(&mut fit.delta, &mut rand::rng()) {
-                debug!(
-                    trial,
-                    round,
-                    clip = noise.clip,
-                    "update clipped for differential privacy"
-                );
+    // Masking expands one ChaCha20 stream per neighbour over the whole update: seconds of
+    // CPU for large models and cohorts, so it runs off the async workers, which keep the
+    // connection alive meanwhile, and no more at once than the machine has cores (a
+    // simulation runs many agents in one process).
+    let permit = masking_permits().acquire().await;
+    let delta = std::mem::take(&mut fit.delta);
+    let num_samples = fit.num_samples;
+    let masking = tokio::task::spawn_blocking(move || {
+        let mut delta = delta;
+        // Distributed DP: the update is clipped and carries this agent's share of the
+        // noise before masking, and counts once.
+        let weight = match client.params().noise {
+            Some(noise) => {
+                if noise.apply(&mut delta, &mut rand::rng()) {
+                    debug!(
+                        trial,
+                        round,
+                        clip = noise.clip,
+                        "update clipped for differential privacy"
+                    );
+                }
+                1
             }
-            1
-        }
-        None => fit.num_samples,
+            None => num_samples,
+        };
+        let masked = client.mask(&delta, weight);
+        (client, masked)
+    });
+    let (mut client, masked) = match masking.await {
+        Ok(done) => done,
+        Err(e) => return refuse(send, ErrorCode::Internal, format!("masking failed: {e}")).await,
     };
-    let masked = match client.mask(&fit.delta, weight) {
+    drop(permit);
+    let masked = match masked {
         Ok(masked) => masked,
         Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
     };
@@ -134,6 +151,14 @@ pub(crate) async fn serve<T: Trainer>(
         ),
     }
     Ok(send.finish()?)
+}
+
+/// One permit per core for the CPU-bound masking of this process's agents.
+fn masking_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+    })
 }
 
 /// Marks the task dropped when the exchange ends, however it ends.

@@ -387,8 +387,12 @@ pub fn issue_agent(ca_cert_pem: &str, ca_key_pem: &str, agent_id: &str) -> Resul
 }
 
 /// As [`issue_agent`], as if issued on day `today` (days since 1970-01-01): valid from the
-/// day before for five years.
-fn issue_agent_dated(
+/// day before for five years. For certificates that start later, or (in tests) ones that
+/// have already expired.
+///
+/// # Errors
+/// As [`issue_agent`].
+pub fn issue_agent_dated(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     agent_id: &str,

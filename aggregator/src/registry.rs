@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fedtune_protocol::{
     AgentMessage, AggregatorMessage, Capabilities, ErrorCode, ErrorMessage, Limits, PROTOCOL_VERSION, SessionLimits,
@@ -16,8 +16,53 @@ use crate::identity::peer_agent_id;
 use crate::wire::{reply_error, reply_error_and_linger};
 use fedtune_protocol::wire::{WireError, read_frame, write_message};
 
+/// How long the QUIC and TLS handshake of a new connection may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stream an agent opened may take to deliver its one frame.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams an agent may open on its own in a burst. Honest agents open none after their
+/// hello (they answer on the aggregator's streams), so an agent past its allowance is
+/// misbehaving and is disconnected.
+const STREAM_BURST: f64 = 8.0;
+/// How fast that allowance refills, in streams per second.
+const STREAM_REFILL_PER_SECOND: f64 = 0.2;
+/// The QUIC close code of a connection the aggregator ended because the agent misbehaved.
+pub const CLOSE_MISBEHAVING: u32 = 2;
+
+/// A token bucket: `burst` tokens, refilled at `per_second`.
+#[derive(Debug)]
+struct Allowance {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    updated: Instant,
+}
+
+impl Allowance {
+    fn new(burst: f64, per_second: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            per_second,
+            updated: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// A connected, authenticated agent.
 #[derive(Debug, Clone)]
@@ -128,6 +173,9 @@ pub enum SessionError {
     /// The QUIC connection failed or ended.
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// The QUIC and TLS handshake did not finish in time.
+    #[error("the handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
     /// The peer's certificate does not name a valid agent.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
@@ -158,7 +206,9 @@ pub enum SessionError {
 }
 
 async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload: u64) -> Result<(), SessionError> {
-    let connection = incoming.await?;
+    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
     let id = match peer_agent_id(&connection) {
         Ok(id) => id,
         Err(e) => {
@@ -181,34 +231,22 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
         connection: connection.clone(),
     });
 
-    // Streams the agent opens after the handshake are unsolicited: answer and go on.
+    // Streams the agent opens after the handshake are unsolicited: each is answered, within
+    // a time limit and an allowance; an agent past its allowance is disconnected.
+    let mut allowance = Allowance::new(STREAM_BURST, STREAM_REFILL_PER_SECOND, Instant::now());
     let reason = loop {
         match connection.accept_bi().await {
-            Ok((mut send, mut recv)) => {
-                let id = id.clone();
-                tokio::spawn(async move {
-                    let limits = Limits {
-                        max_payload,
-                        ..Limits::default()
-                    };
-                    let error = match read_frame(&mut recv, limits).await {
-                        Ok((AgentMessage::Update(u), _)) => ErrorMessage::new(
-                            ErrorCode::NotInRound,
-                            format!("no task was sent for trial {} round {} to agent {id}", u.trial, u.round),
-                        ),
-                        Ok((other, _)) => ErrorMessage::new(
-                            ErrorCode::Unexpected,
-                            format!("unexpected {} outside an exchange", other.name()),
-                        ),
-                        Err(e) => match e.reply() {
-                            Some(error) => error,
-                            None => return debug!(agent = %id, "unsolicited stream failed: {e}"),
-                        },
-                    };
-                    warn!(agent = %id, "refused unsolicited message: {}", error.message);
-                    reply_error(&mut send, error).await;
-                    let _ = recv.stop(0u32.into());
-                });
+            Ok((send, recv)) => {
+                if !allowance.take(Instant::now()) {
+                    let why = format!(
+                        "more than {STREAM_BURST} unsolicited streams (one allowed per {:.0} s after that)",
+                        1.0 / STREAM_REFILL_PER_SECOND
+                    );
+                    warn!(agent = %id, "disconnecting a misbehaving agent: {why}");
+                    connection.close(CLOSE_MISBEHAVING.into(), why.as_bytes());
+                    break quinn::ConnectionError::LocallyClosed;
+                }
+                tokio::spawn(answer_unsolicited(send, recv, id.clone(), max_payload));
             }
             Err(e) => break e,
         }
@@ -216,6 +254,39 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
     registry.remove(&id, session_id);
     info!(agent = %id, "agent disconnected: {reason}");
     Ok(())
+}
+
+/// Answers a stream the agent opened outside any exchange: an error saying why nothing
+/// was expected, or a reset if its frame does not arrive within [`STREAM_TIMEOUT`].
+async fn answer_unsolicited(mut send: quinn::SendStream, mut recv: quinn::RecvStream, id: String, max_payload: u64) {
+    let limits = Limits {
+        max_payload,
+        ..Limits::default()
+    };
+    let read = tokio::time::timeout(STREAM_TIMEOUT, read_frame(&mut recv, limits)).await;
+    let error = match read {
+        Err(_) => {
+            warn!(agent = %id, "an unsolicited stream sent no whole frame within {STREAM_TIMEOUT:?}: reset");
+            let _ = recv.stop(0u32.into());
+            let _ = send.reset(0u32.into());
+            return;
+        }
+        Ok(Ok((AgentMessage::Update(u), _))) => ErrorMessage::new(
+            ErrorCode::NotInRound,
+            format!("no task was sent for trial {} round {} to agent {id}", u.trial, u.round),
+        ),
+        Ok(Ok((other, _))) => ErrorMessage::new(
+            ErrorCode::Unexpected,
+            format!("unexpected {} outside an exchange", other.name()),
+        ),
+        Ok(Err(e)) => match e.reply() {
+            Some(error) => error,
+            None => return debug!(agent = %id, "unsolicited stream failed: {e}"),
+        },
+    };
+    warn!(agent = %id, "refused unsolicited message: {}", error.message);
+    reply_error(&mut send, error).await;
+    let _ = recv.stop(0u32.into());
 }
 
 async fn handshake(
@@ -270,4 +341,24 @@ async fn handshake(
         .map_err(wire)?;
     send.finish().map_err(|e| wire(e.into()))?;
     Ok(hello.capabilities)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowance_is_a_burst_then_a_steady_rate() {
+        let t0 = Instant::now();
+        let mut allowance = Allowance::new(3.0, 0.5, t0);
+        assert!((0..3).all(|_| allowance.take(t0)));
+        assert!(!allowance.take(t0));
+        assert!(!allowance.take(t0 + Duration::from_millis(1_900)));
+        assert!(allowance.take(t0 + Duration::from_millis(2_000)));
+        assert!(!allowance.take(t0 + Duration::from_millis(2_100)));
+        // Idle time refills up to the burst, no further.
+        let later = t0 + Duration::from_secs(3_600);
+        assert!((0..3).all(|_| allowance.take(later)));
+        assert!(!allowance.take(later));
+    }
 }

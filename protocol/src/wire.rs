@@ -37,6 +37,20 @@ impl WireError {
     }
 }
 
+/// Fills `buf` from the stream. A stream the peer finished before the frame was whole is
+/// the peer's malformed frame ([`ProtocolError::Truncated`], for the part being read);
+/// a reset or lost stream is not.
+async fn fill(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), WireError> {
+    match recv.read_exact(buf).await {
+        Err(quinn::ReadExactError::FinishedEarly(got)) => Err(ProtocolError::Truncated {
+            expected: buf.len() as u64,
+            got: got as u64,
+        }
+        .into()),
+        other => Ok(other?),
+    }
+}
+
 /// Reads one frame, its payload straight into an f32 buffer.
 ///
 /// # Errors
@@ -61,11 +75,11 @@ pub async fn read_frame_gated<M: DeserializeOwned, T>(
     before_body: impl AsyncFnOnce() -> T,
 ) -> Result<(M, Vec<f32>, T), WireError> {
     let mut reader = FrameReader::new(limits);
-    recv.read_exact(reader.buffer()).await?;
+    fill(recv, reader.buffer()).await?;
     let mut done = reader.advance()?;
     let guard = before_body().await;
     while !done {
-        recv.read_exact(reader.buffer()).await?;
+        fill(recv, reader.buffer()).await?;
         done = reader.advance()?;
     }
     let (message, payload) = reader.finish()?;
