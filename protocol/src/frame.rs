@@ -55,10 +55,12 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Limits for control messages that carry no payload.
+    /// Limits for control messages that carry no payload. Secure-aggregation rosters,
+    /// shares and reveals grow with the neighbourhood (a complete graph of 10,000 agents
+    /// sends ~0.9 MB of shares), so their headers may reach [`MAX_HEADER_LEN`].
     pub fn control() -> Self {
         Self {
-            max_header: 64 * 1024,
+            max_header: MAX_HEADER_LEN,
             max_payload: 0,
         }
     }

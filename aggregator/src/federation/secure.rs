@@ -273,11 +273,25 @@ impl SecurePhase {
             return StepOutcome::Pending;
         };
         let next = match self.step {
-            SecureStep::PublicKeys => server.roster().map(|roster| {
-                let message = AggregatorMessage::SecAggRoster(roster);
-                self.ask_all(|_| (message.clone(), Answer::Control), actions);
-                SecureStep::KeyShares
-            }),
+            SecureStep::PublicKeys => match server.roster() {
+                Ok(_) => {
+                    // Each member gets the keys of its neighbourhood only.
+                    let mut rosters: BTreeMap<u32, _> = self
+                        .members
+                        .values()
+                        .map(|m| (m.index, server.roster_for(m.index)))
+                        .collect();
+                    self.ask_all(
+                        |member| {
+                            let roster = rosters.remove(&member.index).unwrap_or_default();
+                            (AggregatorMessage::SecAggRoster(roster), Answer::Control)
+                        },
+                        actions,
+                    );
+                    Ok(SecureStep::KeyShares)
+                }
+                Err(e) => Err(e),
+            },
             SecureStep::KeyShares => server.close_shares().map(|survivors| {
                 let dropped: Vec<String> = self
                     .members

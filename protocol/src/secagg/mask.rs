@@ -28,7 +28,14 @@ const CHUNK_WORDS: usize = 1024;
 /// The stream is the RFC 8439 keystream for key `seed`, nonce 0 and counter 0, read as
 /// little-endian u32: agents and aggregator expand identical masks from the same seed.
 pub(crate) fn add_prg(acc: &mut [u32], seed: &[u8; 32], sign: Sign) {
+    add_prg_from(acc, seed, sign, 0);
+}
+
+/// Adds (or subtracts) the keystream of `seed` from word `offset` on to `acc`: the part
+/// of [`add_prg`] over `offset..offset + acc.len()`.
+fn add_prg_from(acc: &mut [u32], seed: &[u8; 32], sign: Sign, offset: usize) {
     let mut prg = ChaCha20Rng::from_seed(*seed);
+    prg.set_word_pos(offset as u128);
     let mut buffer = Zeroizing::new([0u8; CHUNK_WORDS * 4]);
     for chunk in acc.chunks_mut(CHUNK_WORDS) {
         let bytes = &mut buffer[..chunk.len() * 4];
@@ -40,6 +47,34 @@ pub(crate) fn add_prg(acc: &mut [u32], seed: &[u8; 32], sign: Sign) {
             Sign::Minus => pairs.for_each(|(a, w)| *a = a.wrapping_sub(u32::from_le_bytes(*w))),
         }
     }
+}
+
+/// Words below which splitting the masks across threads costs more than it saves.
+const PARALLEL_FROM_WORDS: usize = 1 << 16;
+
+/// Applies every `(seed, sign)` keystream to `acc`, as [`add_prg`] one after another
+/// would, with `acc` split into contiguous parts across up to `threads` threads: each
+/// thread seeks every stream to the start of its part. The aggregator's unmasking is one
+/// stream per contributing agent over the whole update, so this is where its time goes.
+pub(crate) fn add_prgs(acc: &mut [u32], masks: &[(Zeroizing<[u8; 32]>, Sign)], threads: usize) {
+    let threads = threads.clamp(1, acc.len().div_ceil(PARALLEL_FROM_WORDS).max(1));
+    if threads == 1 {
+        for (seed, sign) in masks {
+            add_prg(acc, seed, *sign);
+        }
+        return;
+    }
+    // Parts of whole ChaCha blocks (16 words), so no block is generated twice.
+    let part = acc.len().div_ceil(threads).next_multiple_of(16);
+    std::thread::scope(|scope| {
+        for (i, slice) in acc.chunks_mut(part).enumerate() {
+            scope.spawn(move || {
+                for (seed, sign) in masks {
+                    add_prg_from(slice, seed, *sign, i * part);
+                }
+            });
+        }
+    });
 }
 
 /// Headroom for rounding: each of at most 255 inputs rounds by at most 1/2.
@@ -108,6 +143,29 @@ mod tests {
         let mut short = vec![0u32; 5];
         add_prg(&mut short, &[9; 32], Sign::Plus);
         assert_eq!(long[..5], short);
+    }
+
+    #[test]
+    fn masks_split_across_threads_equal_masks_in_turn() {
+        // Long enough to split; not a multiple of a block or of the parts.
+        let len = 3 * PARALLEL_FROM_WORDS + 37;
+        let masks: Vec<(Zeroizing<[u8; 32]>, Sign)> = (0..5u8)
+            .map(|i| {
+                (
+                    Zeroizing::new([i; 32]),
+                    if i % 2 == 0 { Sign::Plus } else { Sign::Minus },
+                )
+            })
+            .collect();
+        let mut in_turn: Vec<u32> = (0..len as u32).collect();
+        for (seed, sign) in &masks {
+            add_prg(&mut in_turn, seed, *sign);
+        }
+        for threads in [1, 2, 3, 4, 7] {
+            let mut split: Vec<u32> = (0..len as u32).collect();
+            add_prgs(&mut split, &masks, threads);
+            assert!(split == in_turn, "{threads} threads");
+        }
     }
 
     #[test]

@@ -265,6 +265,23 @@ impl ServerRound {
             .collect())
     }
 
+    /// What member `index` needs of the frozen roster: itself and its neighbours in U1 (all
+    /// of U1 on the complete graph), sorted by index. Empty before
+    /// [`roster`](Self::roster) froze it.
+    pub fn roster_for(&self, index: u32) -> Vec<PeerKeys> {
+        if self.phase == Phase::Keys {
+            return Vec::new();
+        }
+        self.keys
+            .iter()
+            .filter(|&(&v, _)| v == index || self.graph.adjacent(index, v))
+            .map(|(&v, keys)| PeerKeys {
+                index: v,
+                keys: keys.clone(),
+            })
+            .collect()
+    }
+
     /// The sealed shares a member of U1 produced: exactly one for each of its neighbours in
     /// U1 (every other member on the complete graph), all from `index`.
     ///
@@ -517,8 +534,8 @@ impl ServerRound {
     }
 
     /// Reconstructs b_u for every u in U3 and s_u^SK for every u in U2 \ U3 with a neighbour
-    /// in U3 from `threshold` shares each, removes their masks from the sum and decodes it
-    /// into the weighted mean.
+    /// in U3 from `threshold` shares each, removes their masks from the sum (splitting it
+    /// across the machine's cores) and decodes it into the weighted mean.
     ///
     /// # Errors
     /// [`SecAggError::OutOfOrder`] before [`close_inputs`](Self::close_inputs);
@@ -541,9 +558,10 @@ impl ServerRound {
             })
         };
 
+        // Every mask to remove, then removed in one pass over the sum on every core.
+        let mut masks = Vec::with_capacity(self.weights.len());
         for &u in self.weights.keys() {
-            let self_seed = shamir::combine(shares_of(u)?)?;
-            mask::add_prg(&mut sum, &self_seed, Sign::Minus);
+            masks.push((shamir::combine(shares_of(u)?)?, Sign::Minus));
         }
         for &dropped in needed.iter().filter(|v| !self.weights.contains_key(v)) {
             let secret = StaticSecret::from(*shamir::combine(shares_of(dropped)?)?);
@@ -561,9 +579,11 @@ impl ServerRound {
                 let seed = keys::pair_seed(&self.context, &secret, dropped, u, &u_keys.mask)?;
                 // u added +PRG(s_uv) for a higher-indexed v and −PRG(s_uv) for a lower one; undo it.
                 let sign = if dropped > u { Sign::Minus } else { Sign::Plus };
-                mask::add_prg(&mut sum, &seed, sign);
+                masks.push((seed, sign));
             }
         }
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        mask::add_prgs(&mut sum, &masks, threads);
 
         let contributors: Vec<u32> = self.weights.keys().copied().collect();
         let dropped = (0..self.cohort).filter(|i| !self.weights.contains_key(i)).collect();
