@@ -86,10 +86,12 @@ impl FramePrefix {
         out
     }
 
-    /// Decodes and checks a prefix: magic, version and both lengths against `limits`.
+    /// Decodes and checks a prefix: magic, version, the reserved bytes (zero) and both
+    /// lengths against `limits`.
     ///
     /// # Errors
-    /// [`ProtocolError::BadMagic`], [`ProtocolError::UnsupportedVersion`] or
+    /// [`ProtocolError::BadMagic`], [`ProtocolError::UnsupportedVersion`],
+    /// [`ProtocolError::Malformed`] for reserved bytes that are set, or
     /// [`ProtocolError::TooLarge`].
     pub fn decode(bytes: &[u8; PREFIX_LEN], limits: &Limits) -> Result<Self, ProtocolError> {
         let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
@@ -102,6 +104,12 @@ impl FramePrefix {
                 got: version,
                 supported: PROTOCOL_VERSION,
             });
+        }
+        if bytes[6..8] != [0, 0] {
+            return Err(ProtocolError::Malformed(format!(
+                "the frame prefix's reserved bytes must be zero, not {:#04x} {:#04x}",
+                bytes[6], bytes[7]
+            )));
         }
         let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         let payload_len = u64::from_le_bytes([

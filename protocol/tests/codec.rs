@@ -363,3 +363,24 @@ fn frame_reader_refuses_oversized_payload_before_allocating() {
         Err(ProtocolError::Malformed(_))
     ));
 }
+
+/// Found by the `frame` fuzz target: a prefix with its reserved bytes set decoded as if
+/// they were zero, so a frame from a peer that meant something by them was read silently.
+/// Now such a prefix is refused.
+#[test]
+fn fuzz_regression_reserved_prefix_bytes_are_refused() {
+    let crash: [u8; 37] = [
+        70, 68, 84, 78, 6, 0, 87, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 248, 248, 248, 10, 248, 248, 6, 0, 0, 0, 0, 0,
+        0, 0, 6, 248,
+    ];
+    let prefix: &[u8; PREFIX_LEN] = crash[..PREFIX_LEN].try_into().unwrap();
+    let err = FramePrefix::decode(prefix, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::Malformed(why) if why.contains("reserved")),
+        "{err}"
+    );
+    // The same prefix with the reserved bytes cleared is read.
+    let mut cleared = *prefix;
+    cleared[6] = 0;
+    assert!(FramePrefix::decode(&cleared, &Limits::default()).is_ok());
+}
