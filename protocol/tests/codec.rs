@@ -370,8 +370,8 @@ fn frame_reader_refuses_oversized_payload_before_allocating() {
 #[test]
 fn fuzz_regression_reserved_prefix_bytes_are_refused() {
     let crash: [u8; 37] = [
-        70, 68, 84, 78, 6, 0, 87, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 248, 248, 248, 10, 248, 248, 6, 0, 0, 0, 0, 0,
-        0, 0, 6, 248,
+        70, 68, 84, 78, 6, 0, 87, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 248, 248, 248, 10, 248, 248, 6, 0, 0, 0, 0,
+        0, 0, 0, 6, 248,
     ];
     let prefix: &[u8; PREFIX_LEN] = crash[..PREFIX_LEN].try_into().unwrap();
     let err = FramePrefix::decode(prefix, &Limits::default()).unwrap_err();

@@ -303,7 +303,7 @@ fn a_sparse_neighbourhood_short_of_reveals_is_a_clear_error() {
     let u2 = h.share(&[]);
     let u3 = h.mask(&u2, &[]).unwrap();
     let graph = graph::Graph::new(&context().encode(), 30, Some(6));
-    // Agent 5 and four of its six neighbours stay silent: three shares of b_5 remain.
+    // Agent 5 and four of its six neighbours stay silent: two shares of b_5 remain.
     let silent: Vec<u32> = std::iter::once(5)
         .chain(graph.neighbours(5, 30).into_iter().take(4))
         .collect();
