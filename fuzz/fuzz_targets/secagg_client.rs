@@ -7,7 +7,9 @@
 #![no_main]
 
 use fedtune_protocol::frame::decode_header;
-use fedtune_protocol::secagg::{ClientRound, EncryptedShare, PeerKeys, RoundContext, ServerRound};
+use std::sync::LazyLock;
+
+use fedtune_protocol::secagg::{ClientRound, EncryptedShare, PeerKeys, RoundContext, SecureRound, ServerRound};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
@@ -40,29 +42,56 @@ fn context() -> RoundContext {
     }
 }
 
-fuzz_target!(|input: Input| {
-    let mut rng = ChaCha20Rng::seed_from_u64(2);
+/// The honest part of a round, dealt once per process: agent 0's parameters, the
+/// roster, and the shares the other agents sealed for agent 0.
+struct Honest {
+    params: SecureRound,
+    roster: Vec<PeerKeys>,
+    to_zero: Vec<EncryptedShare>,
+}
+
+/// Agent `i` draws its keys from this generator, so agent 0 can be rebuilt with the keys
+/// the roster holds.
+fn agent_rng(i: u32) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(1_000 + u64::from(i))
+}
+
+fn deal(sparse: bool) -> Honest {
     let mut server = ServerRound::new(context(), COHORT, 2, 1.0, NUMEL, 100).expect("valid round");
-    if input.sparse {
+    if sparse {
         server = server.with_degree(2).expect("valid degree");
     }
-    // Agent 0 is the one under test; the others play honestly.
     let mut clients = Vec::new();
     for i in 0..COHORT {
-        let (client, keys) = ClientRound::new(context(), server.params_for(i), &mut rng).expect("valid params");
+        let (client, keys) =
+            ClientRound::new(context(), server.params_for(i), &mut agent_rng(i)).expect("valid params");
         server.add_keys(i, keys).expect("honest keys");
         clients.push(client);
     }
     let roster = server.roster().expect("all keys in");
-    // What agent 0 would be forwarded: the others' shares addressed to it.
-    let mut honest_for_0: Vec<EncryptedShare> = Vec::new();
+    let mut to_zero = Vec::new();
     for (i, client) in clients.iter_mut().enumerate().skip(1) {
         let shares = client
-            .share_keys(&server.roster_for(i as u32), &mut rng)
+            .share_keys(&server.roster_for(i as u32), &mut agent_rng(100 + i as u32))
             .expect("honest");
-        honest_for_0.extend(shares.into_iter().filter(|share| share.to == 0));
+        to_zero.extend(shares.into_iter().filter(|share| share.to == 0));
     }
-    let agent = &mut clients[0];
+    Honest {
+        params: server.params_for(0),
+        roster,
+        to_zero,
+    }
+}
+
+static HONEST: LazyLock<[Honest; 2]> = LazyLock::new(|| [deal(false), deal(true)]);
+
+fuzz_target!(|input: Input| {
+    let honest = &HONEST[usize::from(input.sparse)];
+    let roster = &honest.roster;
+    let honest_for_0 = &honest.to_zero;
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let (mut agent, _) = ClientRound::new(context(), honest.params, &mut agent_rng(0)).expect("valid params");
+    let agent = &mut agent;
     let mut masked = false;
     let mut revealed: Option<Vec<u32>> = None;
     for op in input.ops {
@@ -73,7 +102,7 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::HonestRoster => {
-                let _ = agent.share_keys(&roster, &mut rng);
+                let _ = agent.share_keys(roster, &mut rng);
             }
             Op::Shares { raw } => {
                 if let Ok(shares) = decode_header::<Vec<EncryptedShare>>(&raw) {
@@ -81,7 +110,7 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::HonestShares => {
-                let _ = agent.receive_shares(&honest_for_0);
+                let _ = agent.receive_shares(honest_for_0);
             }
             Op::Mask { update, weight } => {
                 let result = agent.mask(&update, weight);

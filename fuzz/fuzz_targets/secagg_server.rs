@@ -5,6 +5,8 @@
 
 #![no_main]
 
+use std::sync::LazyLock;
+
 use fedtune_protocol::frame::decode_header;
 use fedtune_protocol::secagg::{ClientRound, EncryptedShare, PublicKeys, Reveal, RoundContext, ServerRound};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -60,29 +62,62 @@ fn context() -> RoundContext {
     }
 }
 
+/// The honest messages of a round, dealt once per process for each graph and threshold:
+/// every agent's keys, and every agent's sealed shares.
+struct Honest {
+    keys: Vec<PublicKeys>,
+    shares: Vec<Vec<EncryptedShare>>,
+}
+
+fn round(sparse: bool, threshold: u32) -> ServerRound {
+    let server = ServerRound::new(context(), COHORT, threshold, 1.0, NUMEL, 600).expect("valid round");
+    if sparse {
+        server.with_degree(2).expect("degree 2 fits a threshold of at most 3")
+    } else {
+        server
+    }
+}
+
+fn deal(sparse: bool, threshold: u32) -> Honest {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut server = round(sparse, threshold);
+    let mut clients = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..COHORT {
+        let (client, published) = ClientRound::new(context(), server.params_for(i), &mut rng).expect("valid params");
+        server.add_keys(i, published.clone()).expect("honest keys");
+        keys.push(published);
+        clients.push(client);
+    }
+    server.roster().expect("all keys in");
+    let shares = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(i, client)| {
+            client
+                .share_keys(&server.roster_for(i as u32), &mut rng)
+                .expect("honest roster")
+        })
+        .collect();
+    Honest { keys, shares }
+}
+
+/// Indexed by `[sparse][threshold - 2]`.
+static HONEST: LazyLock<[[Honest; 2]; 2]> =
+    LazyLock::new(|| [[deal(false, 2), deal(false, 3)], [deal(true, 2), deal(true, 3)]]);
+
 fuzz_target!(|input: Input| {
     let threshold = 2 + u32::from(input.threshold) % 2;
-    let Ok(mut server) = ServerRound::new(context(), COHORT, threshold, 1.0, NUMEL, 600) else {
-        return;
-    };
-    if input.sparse {
-        server = server.with_degree(2).expect("degree 2 fits a threshold of at most 3");
-    }
-    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut server = round(input.sparse, threshold);
     if input.honest_keys {
-        let mut clients = Vec::new();
-        for i in 0..COHORT {
-            let (client, keys) = ClientRound::new(context(), server.params_for(i), &mut rng).expect("valid params");
-            server.add_keys(i, keys).expect("honest keys");
-            clients.push(client);
+        let honest = &HONEST[usize::from(input.sparse)][threshold as usize - 2];
+        for (i, keys) in honest.keys.iter().enumerate() {
+            server.add_keys(i as u32, keys.clone()).expect("honest keys");
         }
         if input.honest_shares {
-            let _ = server.roster();
-            for (i, client) in clients.iter_mut().enumerate() {
-                let shares = client
-                    .share_keys(&server.roster_for(i as u32), &mut rng)
-                    .expect("honest roster");
-                server.add_shares(i as u32, shares).expect("honest shares");
+            server.roster().expect("all keys in");
+            for (i, shares) in honest.shares.iter().enumerate() {
+                server.add_shares(i as u32, shares.clone()).expect("honest shares");
             }
         }
     }
