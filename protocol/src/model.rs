@@ -167,6 +167,10 @@ pub struct TransformerSpec {
     pub dropout: f64,
 }
 
+/// The deepest transformer a spec may ask for: the layer count is one number in a task,
+/// and every layer adds a dozen tensors to the manifest an agent builds from it.
+pub const MAX_TRANSFORMER_LAYERS: usize = 1024;
+
 impl TransformerSpec {
     fn validate(&self) -> Result<(), ProtocolError> {
         let invalid = |what: String| Err(ProtocolError::InvalidModel(what));
@@ -187,6 +191,13 @@ impl TransformerSpec {
             return invalid(format!(
                 "transformer vocab {} leaves no id beside padding (0)",
                 self.vocab
+            ));
+        }
+        // Checked before the manifest is built: each layer adds a dozen tensors.
+        if self.layers > MAX_TRANSFORMER_LAYERS {
+            return invalid(format!(
+                "transformer layers must be at most {MAX_TRANSFORMER_LAYERS}, not {}",
+                self.layers
             ));
         }
         if !self.d_model.is_multiple_of(self.heads) {

@@ -384,3 +384,22 @@ fn fuzz_regression_reserved_prefix_bytes_are_refused() {
     cleared[6] = 0;
     assert!(FramePrefix::decode(&cleared, &Limits::default()).is_ok());
 }
+
+/// Found by the `aggregator_message` fuzz target: a 115-byte task whose transformer asked
+/// for billions of layers made the agent build a manifest until it ran out of memory, while
+/// validating it. The layer count is now bounded before the manifest is built.
+#[test]
+fn fuzz_regression_a_task_cannot_ask_for_billions_of_layers() {
+    use fedtune_protocol::AggregatorMessage;
+    let crash: [u8; 115] = [
+        1, 0, 0, 3, 2, 2, 3, 3, 3, 252, 255, 255, 255, 224, 3, 3, 3, 49, 3, 3, 3, 0, 0, 0, 255, 255, 255, 11, 0, 255,
+        8, 0, 1, 0, 0, 111, 0, 155, 0, 1, 0, 0, 9, 0, 1, 0, 0, 42, 0, 128, 0, 0, 0, 0, 0, 1, 0, 0, 0, 20, 4, 250, 4, 1,
+        0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 192, 0, 0, 0, 0, 0, 1, 0, 147, 255, 246, 0, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0,
+        93, 17, 0, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+    ];
+    let AggregatorMessage::Task(task) = decode_header::<AggregatorMessage>(&crash).unwrap() else {
+        panic!("the crash input is a task")
+    };
+    let err = task.model.validate().unwrap_err();
+    assert!(err.to_string().contains("transformer layers must be at most"), "{err}");
+}
