@@ -280,10 +280,7 @@ impl DpAggregation {
 
     /// `delta` scaled down to L2 norm `clip` if it is longer.
     fn clip(&mut self, mut delta: Vec<f32>) -> Vec<f32> {
-        let norm = delta.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-        if norm > self.clip {
-            let scale = (self.clip / norm) as f32;
-            delta.iter_mut().for_each(|v| *v *= scale);
+        if fedtune_protocol::secagg::clip_l2(&mut delta, self.clip) {
             self.clipped += 1;
         }
         delta

@@ -33,13 +33,13 @@ impl Graph {
     /// `context` orders.
     pub(crate) fn new(context: &[u8], cohort: u32, degree: Option<u32>) -> Self {
         let half = degree.map(|d| d / 2).filter(|&h| 2 * h + 1 < cohort);
-        let Some(_) = half else {
+        if half.is_none() {
             return Self {
                 half: None,
                 position: Vec::new(),
                 order: Vec::new(),
             };
-        };
+        }
         let seed = ring::digest::digest(&ring::digest::SHA256, &[LABEL, context].concat());
         let mut key = [0u8; 32];
         key.copy_from_slice(seed.as_ref());

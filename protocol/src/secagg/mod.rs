@@ -53,4 +53,6 @@ pub use error::SecAggError;
 pub use mask::scale_for;
 pub use server::{ServerRound, Unmasked};
 pub use shamir::Share;
-pub use wire::{DistributedNoise, EncryptedShare, MAX_COHORT, PeerKeys, PublicKeys, Reveal, RoundContext, SecureRound};
+pub use wire::{
+    DistributedNoise, EncryptedShare, MAX_COHORT, PeerKeys, PublicKeys, Reveal, RoundContext, SecureRound, clip_l2,
+};

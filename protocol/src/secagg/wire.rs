@@ -80,12 +80,7 @@ impl DistributedNoise {
     /// (a cryptographically secure generator: the noise is what hides the update).
     /// Returns whether the update was clipped.
     pub fn apply(&self, update: &mut [f32], rng: &mut impl rand::CryptoRng) -> bool {
-        let norm = update.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-        let clipped = norm > f64::from(self.clip);
-        if clipped {
-            let scale = (f64::from(self.clip) / norm) as f32;
-            update.iter_mut().for_each(|v| *v *= scale);
-        }
+        let clipped = clip_l2(update, f64::from(self.clip));
         if self.std > 0.0 {
             let std = f64::from(self.std);
             for pair in update.chunks_mut(2) {
@@ -98,6 +93,18 @@ impl DistributedNoise {
         }
         clipped
     }
+}
+
+/// Scales `update` down to L2 norm `clip` if it is longer; returns whether it was. The
+/// clip of DP-FedAvg, wherever the noise is added.
+pub fn clip_l2(update: &mut [f32], clip: f64) -> bool {
+    let norm = update.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    let longer = norm > clip;
+    if longer {
+        let scale = (clip / norm) as f32;
+        update.iter_mut().for_each(|v| *v *= scale);
+    }
+    longer
 }
 
 /// Two independent standard normal draws (Box–Muller).
