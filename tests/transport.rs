@@ -8,10 +8,12 @@ use common::*;
 use fedtune::agent::client::client_endpoint;
 use fedtune::agent::tls::{client_config, client_config_without_certificate, default_transport};
 use fedtune::aggregator::Hooks;
+use fedtune::aggregator::federation::FailureReason;
 use fedtune::protocol::frame::{FramePrefix, Limits, encode_frame};
+use fedtune::protocol::wire::read_frame;
 use fedtune::protocol::{
-    AgentMessage, AggregatorMessage, Capabilities, ErrorCode, Hello, ManifestHash, PROTOCOL_VERSION, TrainMetrics,
-    Update,
+    Ack, AgentMessage, AggregatorMessage, Capabilities, ErrorCode, ErrorMessage, Hello, ManifestHash, PROTOCOL_VERSION,
+    TrainMetrics, Update,
 };
 
 /// A raw QUIC connection as agent `i` (or without a certificate).
@@ -348,4 +350,141 @@ async fn truncated_and_tampered_frames_are_clear_errors() {
     assert!(matches!(e.code, ErrorCode::Malformed | ErrorCode::NotInRound), "{e:?}");
     let _ = fed.stop.send(true);
     let _ = fed.aggregator.await.unwrap().unwrap();
+}
+
+/// What the hostile agent sent in one round, and what the aggregator answered.
+struct Answered {
+    round: u64,
+    sent: Update,
+    reply: AggregatorMessage,
+}
+
+/// Agent 2 answers the tasks of three rounds by hand: round 0 with a valid (zero) update,
+/// which it then replays on a stream of its own; round 1 with round 0's frame replayed
+/// verbatim; round 2 with an update for another trial. Each replay and misaddressed update
+/// is refused with `NotInRound`, and every round completes from the two honest agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_misaddressed_updates_are_refused_and_the_rounds_complete() {
+    let fed = start_aggregator(3, config(3, 3), Hooks::default());
+    let data = digits();
+    let mut honest = start_agents(&fed, digits_trainers(&data, 2));
+    let connection = connect(&fed, Some(2)).await;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        name: "hostile".into(),
+        capabilities: Capabilities {
+            train_samples: 100,
+            ..Capabilities::default()
+        },
+    });
+    assert!(matches!(
+        exchange(&connection, &encode_frame(&hello, &[]).unwrap()).await,
+        AggregatorMessage::Welcome(_)
+    ));
+
+    let mut answered = Vec::new();
+    let mut first: Option<(Update, Vec<u8>)> = None;
+    let mut replayed_alone = None;
+    // Served until the aggregator says it is shutting down.
+    loop {
+        let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+            break;
+        };
+        let (message, payload) = read_frame::<AggregatorMessage>(&mut recv, Limits::default())
+            .await
+            .unwrap();
+        let task = match message {
+            AggregatorMessage::Task(task) => task,
+            AggregatorMessage::Evaluate(_) => {
+                let no = AgentMessage::Error(ErrorMessage::new(ErrorCode::Unexpected, "not evaluating"));
+                send.write_all(&encode_frame(&no, &[]).unwrap()).await.unwrap();
+                let _ = send.finish();
+                continue;
+            }
+            AggregatorMessage::Shutdown(_) => {
+                connection.close(0u32.into(), b"bye");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let (update, frame) = match (task.round, &first) {
+            (0, _) => {
+                let update = Update {
+                    trial: task.trial,
+                    round: task.round,
+                    manifest_hash: task.manifest_hash,
+                    num_samples: 100,
+                    metrics: TrainMetrics::default(),
+                    used: task.hyperparameters.clone(),
+                    proposal: None,
+                };
+                let frame = encode_frame(&AgentMessage::Update(update.clone()), &vec![0u8; payload.len() * 4]).unwrap();
+                first = Some((update.clone(), frame.clone()));
+                (update, frame)
+            }
+            (1, Some((update, frame))) => (update.clone(), frame.clone()),
+            (_, Some((update, _))) => {
+                let other_trial = Update {
+                    trial: task.trial + 7,
+                    round: task.round,
+                    ..update.clone()
+                };
+                let frame = encode_frame(
+                    &AgentMessage::Update(other_trial.clone()),
+                    &vec![0u8; payload.len() * 4],
+                )
+                .unwrap();
+                (other_trial, frame)
+            }
+            (_, None) => panic!("round {} came before round 0", task.round),
+        };
+        send.write_all(&frame).await.unwrap();
+        let (reply, _) = read_frame::<AggregatorMessage>(&mut recv, Limits::default())
+            .await
+            .unwrap();
+        if task.round == 0 {
+            // The accepted update, sent again on a stream the agent opens itself.
+            replayed_alone = Some(exchange(&connection, &frame).await);
+        }
+        let _ = send.finish();
+        answered.push(Answered {
+            round: task.round,
+            sent: update,
+            reply,
+        });
+    }
+    let report = fed.aggregator.await.unwrap().unwrap();
+    while honest.join_next().await.is_some() {}
+
+    assert!(matches!(
+        answered[0].reply,
+        AggregatorMessage::Ack(Ack { trial: 0, round: 0 })
+    ));
+    let AggregatorMessage::Error(alone) = replayed_alone.unwrap() else {
+        panic!("a replay outside an exchange must be refused")
+    };
+    assert_eq!(alone.code, ErrorCode::NotInRound, "{}", alone.message);
+    for a in &answered[1..] {
+        let AggregatorMessage::Error(e) = &a.reply else {
+            panic!("round {}: {:?} must be refused, got {:?}", a.round, a.sent, a.reply)
+        };
+        assert_eq!(e.code, ErrorCode::NotInRound, "{}", e.message);
+        assert!(
+            e.message
+                .contains(&format!("trial {} round {}", a.sent.trial, a.sent.round)),
+            "{}",
+            e.message
+        );
+    }
+    assert_eq!(answered.len(), 3);
+    assert_eq!(report.rounds.len(), 3);
+    for (round, record) in report.rounds.iter().enumerate() {
+        assert!(record.applied, "round {round} completes");
+        let hostile_refused = record
+            .failures
+            .iter()
+            .any(|f| matches!(&f.reason, FailureReason::Refused(e) if e.code == ErrorCode::NotInRound));
+        assert_eq!(record.updates, if round == 0 { 3 } else { 2 }, "round {round}");
+        assert_eq!(hostile_refused, round > 0, "round {round}: {:?}", record.failures);
+    }
 }
