@@ -1,10 +1,12 @@
 //! Search spaces as users write them: a distribution in the text form
-//! (`loguniform(1e-4, 1e-1)`, `choice(a, b)`, …), a whole space as JSON or TOML. Never a
-//! panic, and every accepted distribution maps the unit interval into itself: a value
-//! drawn from it is in it, and goes back to a point of [0, 1].
+//! (`loguniform(1e-4, 1e-1)`, `choice(a, b)`, …), a whole space as JSON or TOML, and the
+//! `[params]` table of a TOML file. Never a panic; a `[params]` table gives a valid space
+//! or an error; and every accepted distribution maps the unit interval into itself: a
+//! value drawn from it is in it, and goes back to a point of [0, 1].
 
 #![no_main]
 
+use fedtune_protocol::space::file::parse_space_toml;
 use fedtune_protocol::space::{Distribution, ParamSpec, SearchSpace};
 use libfuzzer_sys::fuzz_target;
 
@@ -42,5 +44,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(space) = toml::from_str::<SearchSpace>(text) {
         space.params.iter().for_each(|p| check(&p.distribution));
         let _ = space.validate();
+    }
+    // The `[params]` table users write (`--space presets/vision.toml`).
+    if let Ok(space) = parse_space_toml(text) {
+        space.params.iter().for_each(|p| check(&p.distribution));
+        space.validate().expect("a parsed [params] space is valid");
     }
 });

@@ -28,8 +28,10 @@
 //! - `value`: [`ParamValue`] and [`Choice`].
 //! - `parse`: the parser of the textual form.
 //! - `serde_impls`: the serde shapes (text formats only).
+//! - [`file`]: the `[params]` table users write in TOML.
 
 mod distribution;
+pub mod file;
 mod parse;
 mod serde_impls;
 #[cfg(test)]
