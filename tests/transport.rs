@@ -407,6 +407,8 @@ async fn replayed_and_misaddressed_updates_are_refused_and_the_rounds_complete()
             }
             other => panic!("unexpected {other:?}"),
         };
+        // A zero delta, laid out as the task's model.
+        let zeros = vec![0u8; payload.len() * 4];
         let (update, frame) = match (task.round, &first) {
             (0, _) => {
                 let update = Update {
@@ -418,7 +420,7 @@ async fn replayed_and_misaddressed_updates_are_refused_and_the_rounds_complete()
                     used: task.hyperparameters.clone(),
                     proposal: None,
                 };
-                let frame = encode_frame(&AgentMessage::Update(update.clone()), &vec![0u8; payload.len() * 4]).unwrap();
+                let frame = encode_frame(&AgentMessage::Update(update.clone()), &zeros).unwrap();
                 first = Some((update.clone(), frame.clone()));
                 (update, frame)
             }
@@ -429,11 +431,7 @@ async fn replayed_and_misaddressed_updates_are_refused_and_the_rounds_complete()
                     round: task.round,
                     ..update.clone()
                 };
-                let frame = encode_frame(
-                    &AgentMessage::Update(other_trial.clone()),
-                    &vec![0u8; payload.len() * 4],
-                )
-                .unwrap();
+                let frame = encode_frame(&AgentMessage::Update(other_trial.clone()), &zeros).unwrap();
                 (other_trial, frame)
             }
             (_, None) => panic!("round {} came before round 0", task.round),
