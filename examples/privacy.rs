@@ -97,7 +97,9 @@ struct Run {
     /// `none` (σ = 0), `central` or `distributed`.
     noise: String,
     secure: bool,
-    epsilon: f64,
+    /// ε at δ after the last round; `null` without differential privacy (σ = 0), where
+    /// no finite ε holds.
+    epsilon: Option<f64>,
     final_test_accuracy: f64,
     rounds: usize,
     /// The clip of the last round (it moves under adaptive clipping).
@@ -219,17 +221,13 @@ async fn main() -> anyhow::Result<()> {
                 noise_multiplier: sigma,
                 noise: if sigma > 0.0 { placement.clone() } else { "none".into() },
                 secure,
-                epsilon: last.and_then(|r| r.epsilon).unwrap_or(0.0),
+                epsilon: last.and_then(|r| r.epsilon),
                 final_test_accuracy: report.final_test.map_or(f64::NAN, |t| t.accuracy),
                 rounds: report.rounds.len(),
                 final_clip: last.and_then(|r| r.clip),
                 seconds,
             };
-            let epsilon = if sigma > 0.0 {
-                format!("{:.3}", run.epsilon)
-            } else {
-                "∞".into()
-            };
+            let epsilon = run.epsilon.map_or_else(|| "∞".into(), |e| format!("{e:.3}"));
             let clip = run.final_clip.map_or_else(|| "-".into(), |c| format!("{c:.3}"));
             println!(
                 "{:>6} {:<12} {:>10} {:>10.4} {:>8} {:>8.1}",
