@@ -278,6 +278,19 @@ async fn an_agent_that_opens_streams_and_never_finishes_them_is_disconnected() {
         }
         other => panic!("expected the aggregator to close the connection, got {other}"),
     }
+    // The allowance is the agent's, not the connection's: back at once, it is welcomed,
+    // and its first stream of its own ends the new connection too.
+    let again = connect(&fed, Some(2)).await;
+    assert!(matches!(hello(&again).await, AggregatorMessage::Welcome(_)));
+    let (mut send, _recv) = again.open_bi().await.unwrap();
+    let _ = send.write_all(b"FDTN").await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), again.closed())
+        .await
+        .expect("the aggregator closes the new connection");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == CLOSE_MISBEHAVING.into()),
+        "{closed}"
+    );
     let data = digits();
     let mut agents = start_agents(&fed, digits_trainers(&data, 2));
     let report = fed.aggregator.await.unwrap().unwrap();

@@ -24,7 +24,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams an agent may open on its own in a burst. Honest agents open none after their
 /// hello (they answer on the aggregator's streams), so an agent past its allowance is
-/// misbehaving and is disconnected.
+/// misbehaving and is disconnected. The allowance belongs to the agent's identity, not to
+/// one connection: reconnecting does not refill it.
 const STREAM_BURST: f64 = 8.0;
 /// How fast that allowance refills, in streams per second.
 const STREAM_REFILL_PER_SECOND: f64 = 0.2;
@@ -81,6 +82,9 @@ pub struct AgentHandle {
 #[derive(Debug)]
 pub struct Registry {
     agents: Mutex<BTreeMap<String, AgentHandle>>,
+    /// Each agent's allowance of unsolicited streams, kept after it disconnects (one
+    /// entry per identity the CA issued that ever connected).
+    allowances: Mutex<BTreeMap<String, Allowance>>,
     /// Bumped on every connect and disconnect.
     version: watch::Sender<u64>,
     next_session: AtomicU64,
@@ -90,6 +94,7 @@ impl Default for Registry {
     fn default() -> Self {
         Self {
             agents: Mutex::default(),
+            allowances: Mutex::default(),
             version: watch::Sender::new(0),
             next_session: AtomicU64::new(0),
         }
@@ -116,6 +121,15 @@ impl Registry {
     /// two looks, unlike a notification).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+
+    /// Spends one of `agent`'s unsolicited streams; `false` when it has none left.
+    fn allow_stream(&self, agent: &str, now: Instant) -> bool {
+        let mut allowances = self.allowances.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        allowances
+            .entry(agent.to_owned())
+            .or_insert_with(|| Allowance::new(STREAM_BURST, STREAM_REFILL_PER_SECOND, now))
+            .take(now)
     }
 
     fn bump(&self) {
@@ -233,11 +247,10 @@ async fn serve_agent(incoming: quinn::Incoming, registry: &Registry, max_payload
 
     // Streams the agent opens after the handshake are unsolicited: each is answered, within
     // a time limit and an allowance; an agent past its allowance is disconnected.
-    let mut allowance = Allowance::new(STREAM_BURST, STREAM_REFILL_PER_SECOND, Instant::now());
     let reason = loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
-                if !allowance.take(Instant::now()) {
+                if !registry.allow_stream(&id, Instant::now()) {
                     let why = format!(
                         "more than {STREAM_BURST} unsolicited streams (one allowed per {:.0} s after that)",
                         1.0 / STREAM_REFILL_PER_SECOND
