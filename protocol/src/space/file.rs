@@ -76,15 +76,11 @@ pub struct ParamTable {
     adaptive: bool,
 }
 
-fn param_err(name: &str, message: impl Into<String>) -> SpaceFileError {
-    SpaceFileError::param(name, message)
-}
-
 fn integer(name: &str, what: &str, x: f64) -> Result<i64, SpaceFileError> {
     if x.fract() == 0.0 && x.abs() < 9.0e15 {
         Ok(x as i64)
     } else {
-        Err(param_err(
+        Err(SpaceFileError::param(
             name,
             format!("{what} of an int parameter must be an integer, got {x}"),
         ))
@@ -97,10 +93,10 @@ impl ParamTable {
     /// # Errors
     /// [`SpaceFileError::Param`] naming what is missing, contradictory or invalid.
     pub fn into_spec(self, name: &str) -> Result<ParamSpec, SpaceFileError> {
-        let space_err = |e: SpaceError| param_err(name, e.to_string());
+        let space_err = |e: SpaceError| SpaceFileError::param(name, e.to_string());
         let distribution = if let Some(text) = &self.spec {
             if self.kind.is_some() || self.low.is_some() || self.high.is_some() || self.choices.is_some() {
-                return Err(param_err(
+                return Err(SpaceFileError::param(
                     name,
                     "give either `spec` or `type`/`low`/`high`/`choices`, not both",
                 ));
@@ -110,14 +106,14 @@ impl ParamTable {
             let kind = self
                 .kind
                 .as_deref()
-                .ok_or_else(|| param_err(name, "missing `type` (float, int or categorical) or `spec`"))?;
+                .ok_or_else(|| SpaceFileError::param(name, "missing `type` (float, int or categorical) or `spec`"))?;
             let bounds = || -> Result<(f64, f64), SpaceFileError> {
                 let low = self
                     .low
-                    .ok_or_else(|| param_err(name, format!("a {kind} parameter needs `low`")))?;
+                    .ok_or_else(|| SpaceFileError::param(name, format!("a {kind} parameter needs `low`")))?;
                 let high = self
                     .high
-                    .ok_or_else(|| param_err(name, format!("a {kind} parameter needs `high`")))?;
+                    .ok_or_else(|| SpaceFileError::param(name, format!("a {kind} parameter needs `high`")))?;
                 Ok((low, high))
             };
             match kind {
@@ -141,15 +137,18 @@ impl ParamTable {
                 }
                 "categorical" => {
                     if self.low.is_some() || self.high.is_some() || self.log.is_some() || self.step.is_some() {
-                        return Err(param_err(name, "a categorical parameter takes `choices` only"));
+                        return Err(SpaceFileError::param(
+                            name,
+                            "a categorical parameter takes `choices` only",
+                        ));
                     }
                     let choices = self
                         .choices
-                        .ok_or_else(|| param_err(name, "a categorical parameter needs `choices`"))?;
+                        .ok_or_else(|| SpaceFileError::param(name, "a categorical parameter needs `choices`"))?;
                     Distribution::categorical(choices).map_err(space_err)?
                 }
                 other => {
-                    return Err(param_err(
+                    return Err(SpaceFileError::param(
                         name,
                         format!("unknown type `{other}` (expected float, int or categorical)"),
                     ));
@@ -185,21 +184,21 @@ pub fn space_from_toml(params: &toml::Table) -> Result<SearchSpace, SpaceFileErr
     for (name, value) in params {
         let spec = match value {
             toml::Value::String(text) => ParamSpec::parse(name, text).map_err(|e| match e {
-                SpaceError::Param { source, .. } => param_err(name, source.to_string()),
-                other => param_err(name, other.to_string()),
+                SpaceError::Param { source, .. } => SpaceFileError::param(name, source.to_string()),
+                other => SpaceFileError::param(name, other.to_string()),
             })?,
             toml::Value::Table(t) => {
                 let table: ParamTable = t
                     .clone()
                     .try_into()
-                    .map_err(|e: toml::de::Error| param_err(name, e.message()))?;
+                    .map_err(|e: toml::de::Error| SpaceFileError::param(name, e.message()))?;
                 if table.name.as_ref().is_some_and(|n| n != name) {
-                    return Err(param_err(name, "`name` differs from the table's key"));
+                    return Err(SpaceFileError::param(name, "`name` differs from the table's key"));
                 }
                 table.into_spec(name)?
             }
             other => {
-                return Err(param_err(
+                return Err(SpaceFileError::param(
                     name,
                     format!("expected a string such as \"uniform(0, 1)\" or a table, got {other}"),
                 ));
