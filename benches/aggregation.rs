@@ -53,7 +53,7 @@ fn aggregation(c: &mut Criterion) {
         let f = (n / 5).min((n - 3) / 2);
         let robust = [
             StrategyConfig::Median,
-            StrategyConfig::TrimmedMean(TrimmedMeanConfig { beta: 0.2 }),
+            StrategyConfig::TrimmedMean(TrimmedMeanConfig::default()),
             StrategyConfig::Krum(KrumConfig {
                 byzantine: Some(f),
                 ..KrumConfig::default()

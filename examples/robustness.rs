@@ -41,7 +41,8 @@ struct Args {
     /// `flip` (send `−scale × update`) or `scale` (send `scale × update`).
     #[arg(long, default_value = "flip", value_parser = ["flip", "scale"])]
     attack: String,
-    /// The attacker share Krum and Multi-Krum assume (their f is ⌈expected · n⌉).
+    /// The attacker share Krum, Multi-Krum and trimmed mean assume (f, and the trim at
+    /// each end, is ⌈expected · n⌉).
     #[arg(long, default_value_t = 0.2)]
     expected: f64,
     /// Rules to compare.
@@ -113,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     };
     println!(
         "robustness: {agents} agents on the shared digits split, {poisoned} send their update {how} ×{}, {} rounds; \
-         Krum assumes an attacker share of {}\n",
+         the robust rules assume an attacker share of {}\n",
         args.scale, args.rounds, args.expected
     );
     println!("{:<14} {:>12} {:>12}", "rule", "clean", "attacked");
@@ -123,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         match &mut strategy {
             StrategyConfig::Krum(k) => k.attackers = args.expected,
             StrategyConfig::MultiKrum(k) => k.attackers = args.expected,
+            StrategyConfig::TrimmedMean(t) => t.attackers = args.expected,
             _ => {}
         }
         let mut row = Vec::new();

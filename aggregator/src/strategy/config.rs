@@ -258,7 +258,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_parameter() {
-        let bad = StrategyConfig::TrimmedMean(TrimmedMeanConfig { beta: 0.6 });
+        let bad = StrategyConfig::TrimmedMean(TrimmedMeanConfig {
+            beta: Some(0.6),
+            ..TrimmedMeanConfig::default()
+        });
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("trimmed_mean") && err.contains("beta"), "{err}");
         assert!(bad.build().is_err());

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::buffered::Buffered;
-use super::{Aggregation, Strategy, StrategyError, UpdateMeta, check_len, kernels};
+use super::{Aggregation, DEFAULT_ATTACKERS, Strategy, StrategyError, UpdateMeta, check_len, kernels};
 
 /// Coordinates per pass of the pairwise-distance loop: `n` slices of this length
 /// (`n · 4 KiB` for n updates) stay in cache while all pairs are compared on them.
@@ -22,9 +22,6 @@ pub struct KrumConfig {
     /// half: a share above it cannot be tolerated at any n.
     pub attackers: f64,
 }
-
-/// The expected share of attackers the robust rules assume unless told otherwise.
-pub const DEFAULT_ATTACKERS: f64 = 0.2;
 
 impl Default for KrumConfig {
     fn default() -> Self {

@@ -50,6 +50,10 @@ pub use config::{StrategyConfig, check_compatible};
 pub use fedavg::{FedAvg, FedAvgConfig, WeightedMean};
 pub use fedprox::{FedProx, FedProxConfig};
 pub use krum::{Krum, KrumConfig, MultiKrumConfig};
+
+/// The expected share of attackers the robust rules (Krum, Multi-Krum, trimmed mean)
+/// assume unless told otherwise.
+pub const DEFAULT_ATTACKERS: f64 = 0.2;
 pub use median::Median;
 pub use momentum::{FedAvgM, FedAvgMConfig};
 pub use qfedavg::{QFedAvg, QFedAvgConfig};

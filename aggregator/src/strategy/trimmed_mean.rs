@@ -3,20 +3,28 @@
 use serde::{Deserialize, Serialize};
 
 use super::buffered::{Buffered, PerCoordinate};
-use super::{Aggregation, Strategy, StrategyError, check_len, kernels};
+use super::{Aggregation, DEFAULT_ATTACKERS, Strategy, StrategyError, check_len, kernels};
 
 /// Parameters of [`TrimmedMean`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrimmedMeanConfig {
     /// Fraction β in `[0, 0.5)` dropped at each end: per coordinate, the `⌊β n⌋` largest
-    /// and `⌊β n⌋` smallest values are ignored.
-    pub beta: f64,
+    /// and `⌊β n⌋` smallest values are ignored. Without it, the trim follows `attackers`.
+    pub beta: Option<f64>,
+    /// The expected share of attacking agents, in `[0, 0.5)`, that sets the trim when
+    /// `beta` is not given: `⌈attackers · n⌉` values at each end (at most enough to keep
+    /// one), since an attacker's value may land at either end of a coordinate. The
+    /// breakdown point is the trimmed share, just under half at most.
+    pub attackers: f64,
 }
 
 impl Default for TrimmedMeanConfig {
     fn default() -> Self {
-        Self { beta: 0.2 }
+        Self {
+            beta: None,
+            attackers: DEFAULT_ATTACKERS,
+        }
     }
 }
 
@@ -24,15 +32,28 @@ impl TrimmedMeanConfig {
     /// Checks the parameters.
     ///
     /// # Errors
-    /// [`StrategyError::InvalidConfig`] for β outside `[0, 0.5)`.
+    /// [`StrategyError::InvalidConfig`] for β or the attackers' share outside `[0, 0.5)`.
     pub fn validate(&self) -> Result<(), StrategyError> {
-        if (0.0..0.5).contains(&self.beta) {
-            Ok(())
-        } else {
-            Err(StrategyError::InvalidConfig {
-                strategy: "trimmed_mean",
-                reason: format!("beta must be in [0, 0.5), got {}", self.beta),
-            })
+        let bad = |reason: String| StrategyError::InvalidConfig {
+            strategy: "trimmed_mean",
+            reason,
+        };
+        if let Some(beta) = self.beta
+            && !(0.0..0.5).contains(&beta)
+        {
+            return Err(bad(format!("beta must be in [0, 0.5), got {beta}")));
+        }
+        if !(0.0..0.5).contains(&self.attackers) {
+            return Err(bad(format!("attackers must be in [0, 0.5), got {}", self.attackers)));
+        }
+        Ok(())
+    }
+
+    /// How many values each end of a coordinate loses among `n`.
+    fn trim(&self, n: usize) -> usize {
+        match self.beta {
+            Some(beta) => (beta * n as f64).floor() as usize,
+            None => ((self.attackers * n as f64).ceil() as usize).min(n.saturating_sub(1) / 2),
         }
     }
 }
@@ -46,7 +67,7 @@ impl TrimmedMeanConfig {
 /// aggregation.
 #[derive(Debug, Clone)]
 pub struct TrimmedMean {
-    beta: f64,
+    config: TrimmedMeanConfig,
 }
 
 impl TrimmedMean {
@@ -56,7 +77,7 @@ impl TrimmedMean {
     /// As [`TrimmedMeanConfig::validate`].
     pub fn new(config: TrimmedMeanConfig) -> Result<Self, StrategyError> {
         config.validate()?;
-        Ok(Self { beta: config.beta })
+        Ok(Self { config })
     }
 }
 
@@ -70,14 +91,11 @@ impl Strategy for TrimmedMean {
     }
 
     fn begin_round(&mut self, _round: u64, numel: usize) -> Box<dyn Aggregation> {
-        let beta = self.beta;
+        let config = self.config.clone();
         Box::new(PerCoordinate {
             strategy: "trimmed_mean",
             buffer: Buffered::new(numel),
-            reduce: move |column: &mut [f32]| {
-                let trim = (beta * column.len() as f64).floor() as usize;
-                trimmed_mean(column, trim)
-            },
+            reduce: move |column: &mut [f32]| trimmed_mean(column, config.trim(column.len())),
         })
     }
 
@@ -111,10 +129,17 @@ mod tests {
     use super::*;
     use crate::strategy::fedavg::tests::run;
 
+    fn with_beta(beta: f64) -> TrimmedMeanConfig {
+        TrimmedMeanConfig {
+            beta: Some(beta),
+            ..TrimmedMeanConfig::default()
+        }
+    }
+
     #[test]
     fn trims_each_end_by_hand() {
         // n = 5, beta = 0.2 → trim 1 each side per coordinate.
-        let mut s = TrimmedMean::new(TrimmedMeanConfig { beta: 0.2 }).unwrap();
+        let mut s = TrimmedMean::new(with_beta(0.2)).unwrap();
         let updates: [(&[f32], u64); 5] = [
             (&[1.0, 100.0], 1),
             (&[2.0, -50.0], 1),
@@ -129,13 +154,13 @@ mod tests {
 
     #[test]
     fn beta_zero_is_the_plain_mean_and_outliers_are_ignored() {
-        let mut plain = TrimmedMean::new(TrimmedMeanConfig { beta: 0.0 }).unwrap();
+        let mut plain = TrimmedMean::new(with_beta(0.0)).unwrap();
         assert_eq!(
             run(&mut plain, &[(&[1.0], 1), (&[2.0], 1), (&[6.0], 1)]).unwrap(),
             vec![3.0]
         );
 
-        let mut s = TrimmedMean::new(TrimmedMeanConfig { beta: 0.25 }).unwrap();
+        let mut s = TrimmedMean::new(with_beta(0.25)).unwrap();
         let updates: [(&[f32], u64); 8] = [
             (&[1.0], 1),
             (&[1.2], 1),
@@ -166,7 +191,33 @@ mod tests {
     }
 
     #[test]
-    fn rejects_beta_of_one_half() {
-        assert!(TrimmedMean::new(TrimmedMeanConfig { beta: 0.5 }).is_err());
+    fn rejects_beta_or_attackers_of_one_half() {
+        assert!(TrimmedMean::new(with_beta(0.5)).is_err());
+        let half = TrimmedMeanConfig {
+            attackers: 0.5,
+            ..TrimmedMeanConfig::default()
+        };
+        assert!(TrimmedMean::new(half).is_err());
+    }
+
+    #[test]
+    fn the_attackers_share_sets_the_trim() {
+        let share = |attackers| TrimmedMeanConfig {
+            attackers,
+            ..TrimmedMeanConfig::default()
+        };
+        // ⌈0.2 · 7⌉ = 2 where β = 0.2 trims ⌊1.4⌋ = 1; never past keeping one value.
+        assert_eq!((share(0.2).trim(7), with_beta(0.2).trim(7)), (2, 1));
+        assert_eq!(
+            (share(0.2).trim(10), share(0.3).trim(10), share(0.49).trim(4)),
+            (2, 3, 1)
+        );
+        // Three of ten agents at one end: a 0.2 share lets one through, a 0.3 share none.
+        let mut updates: Vec<(&[f32], u64)> = vec![(&[1.0], 1); 7];
+        updates.extend([(&[1e6_f32][..], 1); 3]);
+        let mut default = TrimmedMean::new(TrimmedMeanConfig::default()).unwrap();
+        assert!(run(&mut default, &updates).unwrap()[0] > 1e5);
+        let mut expecting_three = TrimmedMean::new(share(0.3)).unwrap();
+        assert_eq!(run(&mut expecting_three, &updates).unwrap(), vec![1.0]);
     }
 }
