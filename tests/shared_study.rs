@@ -116,11 +116,25 @@ fn two_aggregators_share_a_study_and_take_over_a_dead_ones_trial() {
             .collect(),
     );
     let mut a = Processes(vec![serve(&configs[0].0)]);
+    // b joins once a has finished a trial: a trial takes a fraction of a second, so a b
+    // started beside it could run the whole study while a's agents are still connecting.
+    let reader = db.store();
+    let owned_by_a = |state: TrialState| {
+        let Some(study) = reader.runs().ok().and_then(|r| r.first().cloned()) else {
+            return false;
+        };
+        let trials = reader.trials(study.id).unwrap_or_default();
+        trials
+            .iter()
+            .any(|t| t.owner.as_deref() == Some(OWNERS[0]) && t.trial.state == state)
+    };
+    wait_until(Duration::from_secs(180), "aggregator a's first trial", || {
+        owned_by_a(TrialState::Complete)
+    });
     let mut b = Processes(vec![serve(&configs[1].0)]);
 
     // Kill a inside a trial of its own, after it finished one and committed a round of
     // the next.
-    let reader = db.store();
     let mut taken = None;
     wait_until(Duration::from_secs(180), "aggregator a inside its second trial", || {
         let Some(study) = reader.runs().ok().and_then(|r| r.first().cloned()) else {
