@@ -76,7 +76,7 @@ impl MultiKrumConfig {
 }
 
 /// Checks an expected attacker share.
-fn check_attackers(strategy: &'static str, attackers: f64) -> Result<(), StrategyError> {
+pub(super) fn check_attackers(strategy: &'static str, attackers: f64) -> Result<(), StrategyError> {
     if (0.0..0.5).contains(&attackers) {
         return Ok(());
     }

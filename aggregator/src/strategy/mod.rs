@@ -51,13 +51,14 @@ pub use fedavg::{FedAvg, FedAvgConfig, WeightedMean};
 pub use fedprox::{FedProx, FedProxConfig};
 pub use krum::{Krum, KrumConfig, MultiKrumConfig};
 
-/// The expected share of attackers the robust rules (Krum, Multi-Krum, trimmed mean)
-/// assume unless told otherwise.
-pub const DEFAULT_ATTACKERS: f64 = 0.2;
 pub use median::Median;
 pub use momentum::{FedAvgM, FedAvgMConfig};
 pub use qfedavg::{QFedAvg, QFedAvgConfig};
 pub use trimmed_mean::{TrimmedMean, TrimmedMeanConfig};
+
+/// The expected share of attackers the robust rules (Krum, Multi-Krum, trimmed mean)
+/// assume unless told otherwise.
+pub const DEFAULT_ATTACKERS: f64 = 0.2;
 
 /// What an aggregation may want to know about an update besides its delta and weight.
 #[derive(Debug, Clone, Copy, PartialEq)]

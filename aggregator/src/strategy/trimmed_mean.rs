@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::buffered::{Buffered, PerCoordinate};
+use super::krum::check_attackers;
 use super::{Aggregation, DEFAULT_ATTACKERS, Strategy, StrategyError, check_len, kernels};
 
 /// Parameters of [`TrimmedMean`].
@@ -43,10 +44,7 @@ impl TrimmedMeanConfig {
         {
             return Err(bad(format!("beta must be in [0, 0.5), got {beta}")));
         }
-        if !(0.0..0.5).contains(&self.attackers) {
-            return Err(bad(format!("attackers must be in [0, 0.5), got {}", self.attackers)));
-        }
-        Ok(())
+        check_attackers("trimmed_mean", self.attackers)
     }
 
     /// How many values each end of a coordinate loses among `n`.
