@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::{Deltas, cohort_sizes};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fedtune_aggregator::strategy::{Aggregation, KrumConfig, Strategy, StrategyConfig, TrimmedMeanConfig, UpdateMeta};
+use fedtune_federation::strategy::{Aggregation, KrumConfig, Strategy, StrategyConfig, TrimmedMeanConfig, UpdateMeta};
 
 const P: usize = 1_000_000;
 

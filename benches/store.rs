@@ -19,10 +19,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fedtune_aggregator::fairness::{FairnessReport, History};
-use fedtune_aggregator::federation::{FederationState, RngState, RoundRecord};
-use fedtune_aggregator::store::{NewRun, RunKind, SqliteStore, Storage, encode_checkpoint};
-use fedtune_aggregator::strategy::StrategyState;
+use fedtune_federation::fairness::{FairnessReport, History};
+use fedtune_federation::strategy::StrategyState;
+use fedtune_federation::{FederationState, RngState, RoundRecord};
+use fedtune_store::{NewRun, RunKind, SqliteStore, Storage, encode_checkpoint};
 
 const P: usize = 1_000_000;
 

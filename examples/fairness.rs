@@ -25,8 +25,8 @@ use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
 use fedtune::agent::trainer::BurnTrainer;
 use fedtune::aggregator::config::FederationConfig;
-use fedtune::aggregator::strategy::{QFedAvgConfig, StrategyConfig};
 use fedtune::aggregator::{AggregatorConfig, Hooks, RunReport};
+use fedtune::federation::strategy::{QFedAvgConfig, StrategyConfig};
 use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::Serialize;
 

@@ -23,11 +23,11 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use fedtune_aggregator::tuning::tpe::MultivariateBandwidth;
-use fedtune_aggregator::tuning::{
+use fedtune_tuning::space::ParamValue;
+use fedtune_tuning::tpe::MultivariateBandwidth;
+use fedtune_tuning::{
     Direction, FrozenTrial, GpConfig, GpSampler, Params, RandomSampler, Sampler, TpeConfig, TpeSampler, load_objectives,
 };
-use fedtune_protocol::space::ParamValue;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,9 +25,9 @@ use fedtune::agent::config::{DataSource, FederatedData};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
 use fedtune::aggregator::config::{FederationConfig, SecureAggregationConfig};
-use fedtune::aggregator::privacy::{Clipping, NoisePlacement, PrivacyConfig};
 use fedtune::aggregator::{AggregatorConfig, Hooks};
 use fedtune::evaluate::TestSetEvaluator;
+use fedtune::federation::privacy::{Clipping, NoisePlacement, PrivacyConfig};
 use fedtune::protocol::ClientHyperparameters;
 use serde::Serialize;
 

@@ -20,9 +20,9 @@ use fedtune::agent::cancel::Cancel;
 use fedtune::agent::model::default_device;
 use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
-use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks};
 use fedtune::evaluate::TestSetEvaluator;
+use fedtune::federation::strategy::StrategyConfig;
 use fedtune::protocol::{Capabilities, Evaluate, Evaluation, MlpSpec, ModelSpec, Task};
 use serde::Serialize;
 

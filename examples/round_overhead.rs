@@ -28,8 +28,8 @@ use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::dashboard;
 use fedtune::aggregator::identity::FederationPki;
 use fedtune::aggregator::metrics::Metrics;
-use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::{AggregatorConfig, Hooks, run, run_stored};
+use fedtune::store::SqliteStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -178,11 +178,11 @@ async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tuning(wan: bool) -> fedtune::aggregator::identity::TransportTuning {
+fn tuning(wan: bool) -> fedtune::aggregator::transport::TransportTuning {
     if wan {
-        fedtune::aggregator::identity::TransportTuning::default()
+        fedtune::aggregator::transport::TransportTuning::default()
     } else {
-        fedtune::aggregator::identity::TransportTuning::loopback()
+        fedtune::aggregator::transport::TransportTuning::loopback()
     }
 }
 

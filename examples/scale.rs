@@ -29,7 +29,7 @@ use common::perturb::{model, perturbations};
 use common::processes::{announce_port, load_agents, pki_files, wait_for_port};
 use fedtune::agent::train::peak_rss_bytes;
 use fedtune::aggregator::config::FederationConfig;
-use fedtune::aggregator::identity::TransportTuning;
+use fedtune::aggregator::transport::TransportTuning;
 use fedtune::aggregator::{AggregatorConfig, Hooks, run};
 use serde::{Deserialize, Serialize};
 

@@ -21,12 +21,12 @@ use fedtune::agent::partition::PartitionSpec;
 use fedtune::agent::weights::WeightsSource;
 use fedtune::aggregator::config::{FederationConfig, ModelConfig, SecureAggregationConfig};
 use fedtune::aggregator::progress::Progress;
-use fedtune::aggregator::store::SqliteStore;
-use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, run_stored, service};
 use fedtune::evaluate::TestSetEvaluator;
+use fedtune::federation::strategy::StrategyConfig;
 use fedtune::protocol::{ClientHyperparameters, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+use fedtune::store::SqliteStore;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

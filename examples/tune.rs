@@ -28,17 +28,17 @@ use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::config::ModelConfig;
 use fedtune::aggregator::progress::Progress;
 use fedtune::aggregator::service;
-use fedtune::aggregator::store::SqliteStore;
 use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
-use fedtune::aggregator::tuning::pareto::non_dominated_ranks;
-use fedtune::aggregator::tuning::spec::load_space_toml;
-use fedtune::aggregator::tuning::{
-    Direction, MedianPruner, Params, PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState,
-};
 use fedtune::aggregator::{AggregatorConfig, tune_stored};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, Optimizer};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+use fedtune::store::SqliteStore;
+use fedtune::tuning::pareto::non_dominated_ranks;
+use fedtune::tuning::spec::load_space_toml;
+use fedtune::tuning::{
+    Direction, MedianPruner, Params, PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState,
+};
 use serde::Serialize;
 
 const LOOPBACK: bool = true;

@@ -3,8 +3,8 @@
 use fedtune_agent::data::Dataset;
 use fedtune_agent::model::Device;
 use fedtune_agent::train::evaluate;
-use fedtune_aggregator::federation::EvaluationError;
 use fedtune_aggregator::{Evaluator, GlobalEvaluation};
+use fedtune_federation::EvaluationError;
 use fedtune_protocol::ModelSpec;
 
 /// Evaluates global models on a test set the aggregator holds (as Flower's

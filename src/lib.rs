@@ -4,6 +4,9 @@
 //! This crate ties the three parts together for simulations, examples and end-to-end
 //! tests; the parts are usable on their own:
 //! - [`protocol`] (`fedtune-protocol`): the contract between agents and the aggregator.
+//! - [`tuning`] (`fedtune-tuning`): hyperparameter search on its own (spaces, studies, samplers, pruners).
+//! - [`federation`] (`fedtune-federation`): the sans-IO federation core (rounds, strategies, privacy, fairness).
+//! - [`store`] (`fedtune-store`): runs, rounds, checkpoints and studies in SQLite or PostgreSQL.
 //! - [`agent`] (`fedtune-agent`): the edge daemon.
 //! - [`aggregator`] (`fedtune-aggregator`): the service.
 //!
@@ -17,7 +20,10 @@
 
 pub use fedtune_agent as agent;
 pub use fedtune_aggregator as aggregator;
+pub use fedtune_federation as federation;
 pub use fedtune_protocol as protocol;
+pub use fedtune_store as store;
+pub use fedtune_tuning as tuning;
 
 pub mod evaluate;
 pub mod relay;

@@ -9,8 +9,9 @@ use fedtune_agent::config::{ConfigError, FederatedData};
 use fedtune_agent::partition::PartitionSpec;
 use fedtune_agent::tls::{client_config, default_transport};
 use fedtune_agent::trainer::Trainer;
-use fedtune_aggregator::identity::{FederationPki, IdentityError, TransportTuning, generate};
+use fedtune_aggregator::identity::{FederationPki, IdentityError, generate};
 use fedtune_aggregator::service::bind;
+use fedtune_aggregator::transport::TransportTuning;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

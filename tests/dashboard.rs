@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::browser::{browser, dashboard, get, screenshot};
 use common::{Processes, agent_config, agent_process, wait_for_exit, wait_until};
-use fedtune_aggregator::store::{SqliteStore, Storage};
+use fedtune_store::{SqliteStore, Storage};
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -296,7 +296,7 @@ async fn a_robust_rule_trains_through_a_sign_flipping_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dp_fedavg_records_epsilon_every_round_and_stops_at_the_budget() {
-    use fedtune::aggregator::privacy::{Ledger, PrivacyConfig, epsilon};
+    use fedtune::federation::privacy::{Ledger, PrivacyConfig, epsilon};
     let data = digits();
     let mut config = config(3, 20);
     let privacy = PrivacyConfig {
@@ -365,7 +365,7 @@ async fn dp_fedavg_records_epsilon_every_round_and_stops_at_the_budget() {
 /// round is charged at σ (all shares arrived). The model still learns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_noise_under_secure_aggregation_learns_and_is_charged_per_round() {
-    use fedtune::aggregator::privacy::{NoisePlacement, PrivacyConfig, epsilon};
+    use fedtune::federation::privacy::{NoisePlacement, PrivacyConfig, epsilon};
     let data = digits();
     let mut config = config(4, 5);
     config.secure_aggregation.enabled = true;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::synthetic;
-use fedtune_aggregator::tuning::{Direction, pareto_front};
+use fedtune_tuning::{Direction, pareto_front};
 
 fn plot(db: &Path, args: &[&str]) -> Output {
     Command::new(common::binary("fedtune-aggregator"))
@@ -122,7 +122,7 @@ fn a_study_plots_its_history_intermediate_values_and_pareto_front() {
     check_png(&out.join("pareto.png"), [0xd9, 0x30, 0x25]);
 
     // Every trial on the store's Pareto front is a red point, and only those.
-    use fedtune_aggregator::store::{SqliteStore, Storage};
+    use fedtune_store::{SqliteStore, Storage};
     let store = SqliteStore::open_read_only(&db).unwrap();
     let trials: Vec<_> = store.trials(study).unwrap().into_iter().map(|t| t.trial).collect();
     let front = pareto_front(&trials, &[Direction::Maximize, Direction::Minimize]).len();

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fedtune_aggregator::durable::model_crc32;
-use fedtune_aggregator::store::{RunKind, RunStatus, SqliteStore, Storage};
-use fedtune_aggregator::tuning::TrialState;
+use fedtune_store::{RunKind, RunStatus, SqliteStore, Storage};
+use fedtune_tuning::TrialState;
 
 const ROUNDS: u64 = 8;
 /// How long `serve` holds after each commit (its test hook), so each kill lands where

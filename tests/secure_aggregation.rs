@@ -8,9 +8,9 @@ use common::*;
 use fedtune::agent::cancel::Cancel;
 use fedtune::agent::client::Exit;
 use fedtune::agent::trainer::{FitOutcome, Trainer, TrainerError};
-use fedtune::aggregator::federation::SecureStep;
-use fedtune::aggregator::strategy::StrategyConfig;
 use fedtune::aggregator::{AggregatorConfig, FailureReason, Hooks, RunReport};
+use fedtune::federation::SecureStep;
+use fedtune::federation::strategy::StrategyConfig;
 use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Task, TrainMetrics};
 
 /// Trains nothing: sends a fixed delta of its own, so the aggregate is known exactly.

@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Processes, agent_config, agent_process, wait_for_exit, wait_until};
-use fedtune_aggregator::store::{PostgresStore, RunKind, RunStatus, Storage};
-use fedtune_aggregator::tuning::TrialState;
+use fedtune_store::{PostgresStore, RunKind, RunStatus, Storage};
+use fedtune_tuning::TrialState;
 
 const TRIALS: usize = 6;
 const TRIAL_ROUNDS: u64 = 2;
@@ -141,7 +141,7 @@ fn two_aggregators_share_a_study_and_take_over_a_dead_ones_trial() {
             return false;
         };
         let trials = reader.trials(study.id).unwrap_or_default();
-        let mine = |t: &&fedtune_aggregator::store::StoredTrial| t.owner.as_deref() == Some(OWNERS[0]);
+        let mine = |t: &&fedtune_store::StoredTrial| t.owner.as_deref() == Some(OWNERS[0]);
         let done = trials
             .iter()
             .filter(mine)

@@ -8,7 +8,7 @@ use common::*;
 use fedtune::agent::client::client_endpoint;
 use fedtune::agent::tls::{client_config, client_config_without_certificate, default_transport};
 use fedtune::aggregator::Hooks;
-use fedtune::aggregator::federation::FailureReason;
+use fedtune::federation::FailureReason;
 use fedtune::protocol::frame::{FramePrefix, Limits, encode_frame};
 use fedtune::protocol::wire::read_frame;
 use fedtune::protocol::{

@@ -5,9 +5,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use fedtune::aggregator::tune::{Metric, TuneConfig, TuneHooks, tune};
-use fedtune::aggregator::tuning::{PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState};
-use fedtune::protocol::space::{ParamSpec, SearchSpace};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+use fedtune::tuning::space::{ParamSpec, SearchSpace};
+use fedtune::tuning::{PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState};
 
 fn space(adaptive: bool) -> SearchSpace {
     SearchSpace::new(vec![
@@ -187,7 +187,7 @@ async fn a_federated_study_resumes_from_its_journal() {
 async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
     use fedtune::agent::model::default_device;
     use fedtune::agent::weights::WeightsSource;
-    use fedtune::protocol::space::Scope;
+    use fedtune::tuning::space::Scope;
     let dir = common::scratch_dir("tuning-best-model");
     let agents = 3;
     let mut config = common::config(agents, 1);
@@ -235,7 +235,7 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noise_is_searchable_and_epsilon_is_an_objective() {
-    use fedtune::protocol::space::Scope;
+    use fedtune::tuning::space::Scope;
     let space = SearchSpace::new(vec![
         ParamSpec::parse("noise_multiplier", "choice(0.7, 3.0)")
             .unwrap()
@@ -256,7 +256,7 @@ async fn noise_is_searchable_and_epsilon_is_an_objective() {
         assert_eq!(t.state, TrialState::Complete, "trial {}", t.number);
         let sigma = t.params["noise_multiplier"].as_f64().unwrap();
         // All three agents every round (q = 1), two rounds.
-        let want = fedtune::aggregator::privacy::epsilon(sigma, 1.0, 2, 1e-5)
+        let want = fedtune::federation::privacy::epsilon(sigma, 1.0, 2, 1e-5)
             .unwrap()
             .epsilon;
         let got = t.metrics[&Metric::Epsilon];

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedtune_protocol::{
-    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Task, Update,
+    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Task,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 use crate::cancel::Cancel;
 use crate::last_update::{LastUpdate, TaskKey};
 use crate::metrics::{AgentMetrics, TaskOutcome};
-use crate::trainer::{FitOutcome, Trainer, TrainerError};
+use crate::task::{count, lock, train_until_abandoned, update_for};
+use crate::trainer::{Trainer, TrainerError};
 use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 
 /// How an agent reaches its aggregator.
@@ -224,13 +225,6 @@ impl Drop for Connected {
     }
 }
 
-/// Counts a task's outcome when the agent keeps metrics.
-pub(crate) fn count(metrics: Option<&AgentMetrics>, outcome: TaskOutcome) {
-    if let Some(m) = metrics {
-        m.task(outcome);
-    }
-}
-
 /// State shared by the tasks of an agent.
 type Shared<T> = Arc<Mutex<T>>;
 
@@ -244,12 +238,6 @@ struct Kept {
     last: Shared<Option<LastUpdate>>,
     /// The last whole model of a task with frozen tensors.
     base: Shared<Option<Base>>,
-}
-
-pub(crate) fn lock<T>(trainer: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Training state is rebuilt from each task, so a trainer poisoned by a panic is
-    // still safe to use for the next one.
-    trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // The stream, its limits and policy, and the agent-wide state each exchange shares.
@@ -421,54 +409,6 @@ async fn read_ack(
         other => warn!(trial, round, "unexpected reply to an update: {}", other.name()),
     }
     Ok(())
-}
-
-/// Runs `task` on a blocking thread with `cancel`; if `stopped` (the task stream's
-/// `SendStream::stopped`) resolves meanwhile — the aggregator dropped the stream or the
-/// connection — the task is marked dropped so training stops
-/// at its next batch and the trainer is free for the next task.
-pub(crate) async fn train_until_abandoned<T: Trainer>(
-    stopped: impl Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>>,
-    trainer: Arc<Mutex<T>>,
-    task: Task,
-    global: Vec<f32>,
-    cancel: Cancel,
-    metrics: Option<Arc<AgentMetrics>>,
-) -> Result<(Task, Result<FitOutcome, TrainerError>), tokio::task::JoinError> {
-    let watch = cancel.clone();
-    let mut training = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        let result = lock(&trainer).fit(&task, &global, &cancel);
-        (task, result, started.elapsed())
-    });
-    let done = |(task, result, elapsed): (Task, _, std::time::Duration)| {
-        if let Some(m) = &metrics {
-            m.trained_for(elapsed);
-        }
-        (task, result)
-    };
-    tokio::select! {
-        finished = &mut training => finished.map(done),
-        _ = stopped => {
-            debug!("the aggregator dropped the task; stopping local training");
-            watch.drop_task();
-            training.await.map(done)
-        }
-    }
-}
-
-/// The update message that reports `fit`, the outcome of `task` (its payload is sent
-/// separately).
-pub(crate) fn update_for(task: &Task, fit: &FitOutcome) -> Update {
-    Update {
-        trial: task.trial,
-        round: task.round,
-        manifest_hash: task.manifest_hash,
-        num_samples: fit.num_samples,
-        metrics: fit.metrics.clone(),
-        used: task.hyperparameters.clone(),
-        proposal: fit.proposal.clone(),
-    }
 }
 
 /// The whole global model of `task`: its payload, checked against the manifest, or the

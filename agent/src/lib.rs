@@ -12,6 +12,7 @@
 //! - [`client`]: connect, hello, serve tasks, reconnect.
 //! - [`metrics`]: the agent's Prometheus metrics, on a loopback `/metrics`.
 //! - `secure`: the agent's side of a secure-aggregation round.
+//! - `task`: one task trained off the runtime, and the update that reports it.
 //! - [`config`]: the daemon's TOML configuration and the local data it names.
 //! - [`tls`]: the client side of mutual TLS.
 
@@ -24,6 +25,7 @@ mod last_update;
 pub mod metrics;
 pub mod partition;
 mod secure;
+mod task;
 pub mod tls;
 pub mod trainer;
 

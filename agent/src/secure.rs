@@ -14,8 +14,8 @@ use fedtune_protocol::{AgentMessage, AggregatorMessage, Decline, ErrorCode, Erro
 use tracing::{debug, warn};
 
 use crate::cancel::Cancel;
-use crate::client::{count, train_until_abandoned, update_for};
 use crate::metrics::{AgentMetrics, TaskOutcome};
+use crate::task::{count, train_until_abandoned, update_for};
 use crate::trainer::Trainer;
 use fedtune_protocol::wire::{WireError, read_frame, write_frame};
 

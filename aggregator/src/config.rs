@@ -3,16 +3,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fedtune_models::weights::WeightsSource;
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::adapt::ServerLrConfig;
-use crate::fairness::Constraint;
-use crate::strategy::StrategyConfig;
-use crate::tuning::{FedExConfig, Metric, PrunerConfig, SamplerKind};
+use crate::trial_metric::Metric;
+use fedtune_federation::privacy::PrivacyConfig;
+use fedtune_federation::server_lr::ServerLrConfig;
+pub use fedtune_federation::settings::{
+    FairnessConfig, FederationConfig, ModelSettings, SecureAggregationConfig, Selection, Settings, SettingsError,
+};
+use fedtune_federation::strategy::StrategyConfig;
+use fedtune_tuning::{FedExConfig, PrunerConfig, SamplerKind};
 
 /// Everything the aggregator needs to run a federation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +48,7 @@ pub struct AggregatorConfig {
     /// The web dashboard and `/metrics` (off unless `listen` is set).
     pub dashboard: DashboardConfig,
     /// Client-level differential privacy (off unless `noise_multiplier` is set).
-    pub privacy: crate::privacy::PrivacyConfig,
+    pub privacy: PrivacyConfig,
 }
 
 /// `[model]`: the architecture (`[model.mlp]`, `[model.cnn]`), LoRA adapters on it, the
@@ -219,17 +222,21 @@ impl ModelConfig {
         };
     }
 
-    /// The freeze patterns tasks carry: `freeze`, and those the architecture implies
-    /// (frozen batch-norm statistics, see [`fedtune_protocol::NormStats`]).
+    /// What a federation reads of this section: the architecture, the freeze patterns
+    /// and the parameters read from `init`.
+    #[must_use]
+    pub fn settings(&self) -> ModelSettings {
+        ModelSettings {
+            spec: self.spec.clone(),
+            freeze: self.freeze.clone(),
+            initial: self.initial.clone(),
+        }
+    }
+
+    /// The freeze patterns tasks carry (see [`ModelSettings::frozen`]).
     #[must_use]
     pub fn frozen(&self) -> Vec<String> {
-        let mut frozen = self.freeze.clone();
-        for pattern in self.spec.implied_frozen() {
-            if !frozen.contains(&pattern) {
-                frozen.push(pattern);
-            }
-        }
-        frozen
+        self.settings().frozen()
     }
 
     /// The part of the model that trains.
@@ -238,8 +245,7 @@ impl ModelConfig {
     /// [`ConfigError::Invalid`] when a freeze pattern names no tensor or every tensor is
     /// frozen.
     pub fn trainable(&self) -> Result<fedtune_protocol::freeze::Trainable, ConfigError> {
-        fedtune_protocol::freeze::Trainable::new(&self.spec.manifest(), &self.frozen())
-            .map_err(|e| ConfigError::Invalid(format!("model.freeze: {e}")))
+        Ok(self.settings().trainable()?)
     }
 
     /// Where the final model goes: `save`, else next to `report`.
@@ -340,125 +346,6 @@ impl StateConfig {
     }
 }
 
-/// Secure aggregation (Bonawitz et al. 2017): agents mask their updates with pairwise
-/// masks agreed over X25519, so the aggregator learns only the sample-weighted sum of a
-/// cohort's updates, and it can still remove the masks of agents that drop out mid-round
-/// from the key shares the others reveal.
-///
-/// Training metrics (losses, accuracies, sample counts) still travel in the clear: the
-/// fairness checks need them. Strategies that must see individual updates (robust rules,
-/// q-FedAvg) cannot run under it; start-up refuses the combination.
-///
-/// Large cohorts run SecAgg+ (Bell et al. 2020): each agent masks against and shares its
-/// secrets with `degree` neighbours on a random ring instead of the whole cohort, so its
-/// work grows with log n rather than n, and `threshold` applies to each neighbourhood (an
-/// agent and its neighbours). The guarantee becomes probabilistic over the random graph:
-/// it holds unless the dropouts or colluders in some neighbourhood pass its threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SecureAggregationConfig {
-    /// Mask every round's updates.
-    pub enabled: bool,
-    /// Fraction of a neighbourhood (the whole cohort on the complete graph) whose key
-    /// shares reconstruct a secret: each neighbourhood needs more than `threshold ×` its
-    /// size of agents (and at least 2) to last until the end, and fewer than that learn
-    /// nothing. In (0, 1); 0.5 means a majority.
-    pub threshold: f64,
-    /// The SecAgg+ graph degree (even; rounded up when odd). Absent: automatic, the
-    /// complete graph for cohorts up to [`Self::SPARSE_FROM`] agents and
-    /// `2⌈1.5 · log₂ n⌉` neighbours above; 0: the complete graph at every size.
-    pub degree: Option<u32>,
-    /// Each update coordinate is clipped to `[-clip, clip]` before fixed-point encoding.
-    pub clip: f32,
-    /// How long the aggregator waits for the agents' answers to each key-exchange step
-    /// (public keys, encrypted shares, unmasking shares), in seconds. Training time is
-    /// bounded by `federation.round_timeout_secs` as in any round.
-    pub step_timeout_secs: f64,
-}
-
-impl Default for SecureAggregationConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            threshold: 0.5,
-            degree: None,
-            clip: 16.0,
-            step_timeout_secs: 30.0,
-        }
-    }
-}
-
-impl SecureAggregationConfig {
-    /// The smallest cohort the automatic degree runs SecAgg+ on: below it the sparse
-    /// graph saves little.
-    pub const SPARSE_FROM: usize = 33;
-
-    /// The graph degree for a cohort of `cohort` agents; `None` for the complete graph.
-    pub fn degree_for(&self, cohort: usize) -> Option<u32> {
-        let degree = match self.degree {
-            Some(0) => return None,
-            Some(d) => d.saturating_add(d % 2),
-            None if cohort < Self::SPARSE_FROM => return None,
-            None => 2 * (1.5 * (cohort as f64).log2()).ceil() as u32,
-        };
-        (u64::from(degree) + 1 < cohort as u64).then_some(degree)
-    }
-
-    /// Shares needed to reconstruct a secret in a cohort of `cohort` agents: the threshold
-    /// of a neighbourhood (the whole cohort on the complete graph).
-    pub fn threshold_for(&self, cohort: usize) -> usize {
-        let neighbourhood = self.degree_for(cohort).map_or(cohort, |d| d as usize + 1);
-        ((self.threshold * neighbourhood as f64).floor() as usize + 1).clamp(2, neighbourhood.max(2))
-    }
-
-    /// The wait for each key-exchange step as a duration.
-    pub fn step_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.step_timeout_secs)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if !(self.threshold > 0.0 && self.threshold < 1.0) {
-            return invalid(format!(
-                "secure_aggregation.threshold must be a fraction in (0, 1), got {}",
-                self.threshold
-            ));
-        }
-        if !(self.clip.is_finite() && self.clip > 0.0) {
-            return invalid(format!("secure_aggregation.clip must be positive, got {}", self.clip));
-        }
-        if !(self.step_timeout_secs.is_finite() && self.step_timeout_secs > 0.0 && self.step_timeout_secs < 1e7) {
-            return invalid(format!(
-                "secure_aggregation.step_timeout_secs must be a positive number of seconds, got {}",
-                self.step_timeout_secs
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// How cohorts are picked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Selection {
-    /// Every connected agent equally likely (seeded).
-    #[default]
-    Uniform,
-    /// Favour agents the global model serves badly or that were rarely asked (seeded).
-    Fairness,
-}
-
-/// Fairness checks run every round.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FairnessConfig {
-    /// Bounds such as `"worst_10pct_accuracy >= 0.8"`; a violation is logged and recorded
-    /// with the round, and a run that ends in violation is reported as infeasible.
-    pub constraints: Vec<Constraint>,
-    /// How cohorts are picked.
-    pub selection: Selection,
-}
-
 /// Paths of the CA certificate and the server's certificate and key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -494,86 +381,6 @@ impl Default for PkiPaths {
     }
 }
 
-/// How the federation runs rounds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FederationConfig {
-    /// Study name, sent with every task.
-    pub study: String,
-    /// Rounds to run.
-    pub rounds: u64,
-    /// Agents that must be connected before the first round.
-    pub min_agents: usize,
-    /// How long to wait for `min_agents` before giving up, in seconds.
-    pub wait_for_agents_secs: f64,
-    /// Agents per round: a fraction of those connected when in (0, 1] (1.0: all of
-    /// them), a count when above 1.
-    pub cohort: f64,
-    /// Fewer accepted updates than this and a round is not applied.
-    pub min_updates: usize,
-    /// How long a round waits for stragglers, in seconds.
-    pub round_timeout_secs: f64,
-    /// Seed for cohort sampling, model initialisation and agents' shuffling.
-    pub seed: u64,
-    /// Most agents connected at once.
-    pub max_agents: usize,
-    /// Largest update payload accepted, in bytes.
-    pub max_payload_bytes: u64,
-    /// Updates buffered in memory at once before being folded into the average.
-    pub max_buffered_updates: usize,
-    /// The largest sample count one update may weigh with. Every update's claimed count
-    /// is also bounded by the training-set size its agent declared when it connected;
-    /// each claim cut down is recorded with its round (`bounded_claims`).
-    pub max_samples: Option<u64>,
-    /// Run a federated evaluation of the final model on every connected agent.
-    pub final_evaluation: bool,
-    /// Use the loopback transport tuning (large datagrams); only for 127.0.0.1.
-    pub loopback: bool,
-}
-
-impl Default for FederationConfig {
-    fn default() -> Self {
-        Self {
-            study: "default".into(),
-            rounds: 30,
-            min_agents: 2,
-            wait_for_agents_secs: 120.0,
-            cohort: 1.0,
-            min_updates: 1,
-            round_timeout_secs: 300.0,
-            seed: 0,
-            max_agents: 1024,
-            max_payload_bytes: 1 << 30,
-            max_buffered_updates: 4,
-            max_samples: None,
-            final_evaluation: true,
-            loopback: false,
-        }
-    }
-}
-
-impl FederationConfig {
-    /// How many of `connected` agents a round asks.
-    pub fn cohort_size(&self, connected: usize) -> usize {
-        let wanted = if self.cohort <= 1.0 {
-            (self.cohort * connected as f64).ceil() as usize
-        } else {
-            self.cohort as usize
-        };
-        wanted.clamp(1, connected.max(1)).min(connected)
-    }
-
-    /// The wait for agents as a duration.
-    pub fn wait_for_agents(&self) -> Duration {
-        Duration::from_secs_f64(self.wait_for_agents_secs)
-    }
-
-    /// The round timeout as a duration.
-    pub fn round_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.round_timeout_secs)
-    }
-}
-
 impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
@@ -595,7 +402,7 @@ impl Default for AggregatorConfig {
             tuning: None,
             state: StateConfig::default(),
             dashboard: DashboardConfig::default(),
-            privacy: crate::privacy::PrivacyConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }
@@ -624,7 +431,28 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl From<SettingsError> for ConfigError {
+    fn from(e: SettingsError) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
 impl AggregatorConfig {
+    /// What a federation reads of this configuration.
+    #[must_use]
+    pub fn settings(&self) -> Settings {
+        Settings {
+            federation: self.federation.clone(),
+            model: self.model.settings(),
+            client: self.client.clone(),
+            strategy: self.strategy.clone(),
+            server_lr: self.server_lr,
+            fairness: self.fairness.clone(),
+            secure_aggregation: self.secure_aggregation,
+            privacy: self.privacy.clone(),
+        }
+    }
+
     /// Reads and validates a TOML file. Relative PKI and report paths are resolved
     /// against the file's directory.
     ///
@@ -661,7 +489,7 @@ impl AggregatorConfig {
             .state
             .db
             .as_mut()
-            .filter(|d| d.is_relative() && !crate::store::is_postgres_url(d))
+            .filter(|d| d.is_relative() && !fedtune_store::is_postgres_url(d))
         {
             *db = base.join(&*db);
         }
@@ -682,49 +510,8 @@ impl AggregatorConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let f = &self.federation;
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if f.rounds == 0 {
-            return invalid("federation.rounds must be at least 1".into());
-        }
-        self.privacy
-            .validate()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if self.privacy.enabled() {
-            use crate::privacy::{Clipping, NoisePlacement};
-            match (self.privacy.noise, self.secure_aggregation.enabled) {
-                (NoisePlacement::Central, true) => {
-                    return invalid(
-                        "privacy with central noise clips single updates, which secure aggregation hides from the \
-                         aggregator: set privacy.noise = \"distributed\" (each agent clips and adds its share of \
-                         the noise before masking) or turn secure aggregation off"
-                            .into(),
-                    );
-                }
-                (NoisePlacement::Distributed, false) => {
-                    return invalid(
-                        "privacy.noise = \"distributed\" needs [secure_aggregation] enabled: without it the \
-                         aggregator sees each agent's small share of the noise; use central noise instead"
-                            .into(),
-                    );
-                }
-                _ => {}
-            }
-            if self.privacy.noise == NoisePlacement::Distributed && self.privacy.clipping == Clipping::Adaptive {
-                return invalid(
-                    "adaptive clipping counts which updates were clipped, which secure aggregation hides: it \
-                     needs central noise"
-                        .into(),
-                );
-            }
-            let name = self.strategy.name();
-            if !["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"].contains(&name) {
-                return invalid(format!(
-                    "privacy needs a strategy that averages the clipped updates (fedavg, fedprox, fedavgm, fedadam, \
-                     fedyogi, fedadagrad); `{name}` does not, so the noise would not bound one agent's influence"
-                ));
-            }
-        }
+        self.settings().validate()?;
         self.dashboard.validate()?;
         if self.dashboard.listen.is_some() && self.state.db.is_none() {
             return invalid("dashboard.listen needs [state] db: the dashboard shows what the store holds".into());
@@ -749,62 +536,6 @@ impl AggregatorConfig {
         {
             return invalid("state.owner must be a non-empty name of at most 200 bytes".into());
         }
-        if f.min_agents == 0 || f.min_agents > f.max_agents {
-            return invalid(format!(
-                "federation.min_agents must be between 1 and max_agents ({}), got {}",
-                f.max_agents, f.min_agents
-            ));
-        }
-        if !(f.cohort.is_finite() && f.cohort > 0.0) {
-            return invalid(format!(
-                "federation.cohort must be a positive count or fraction, got {}",
-                f.cohort
-            ));
-        }
-        if f.min_updates == 0 {
-            return invalid("federation.min_updates must be at least 1".into());
-        }
-        for (name, secs) in [
-            ("wait_for_agents_secs", f.wait_for_agents_secs),
-            ("round_timeout_secs", f.round_timeout_secs),
-        ] {
-            if !(secs.is_finite() && secs > 0.0 && secs < 1e7) {
-                return invalid(format!(
-                    "federation.{name} must be a positive number of seconds, got {secs}"
-                ));
-            }
-        }
-        if f.max_buffered_updates == 0 {
-            return invalid("federation.max_buffered_updates must be at least 1".into());
-        }
-        self.model
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
-        let bytes = self.model.manifest().byte_len() as u64;
-        if bytes > f.max_payload_bytes {
-            return invalid(format!(
-                "the model has {bytes} bytes of parameters, above federation.max_payload_bytes ({})",
-                f.max_payload_bytes
-            ));
-        }
-        self.model.trainable()?;
-        if let Some(initial) = &self.model.initial
-            && initial.len() != self.model.manifest().numel()
-        {
-            return invalid(format!(
-                "the initial model holds {} parameters, [model] lays out {}",
-                initial.len(),
-                self.model.manifest().numel()
-            ));
-        }
-        self.client
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("client: {e}")))?;
-        let secure = &self.secure_aggregation;
-        secure.validate()?;
-        self.strategy
-            .check(secure.enabled)
-            .map_err(|e| ConfigError::Invalid(format!("strategy: {e}")))?;
         if let Some(tuning) = &self.tuning
             && (tuning.trials == 0 || tuning.parallel == 0 || tuning.rounds == Some(0))
         {

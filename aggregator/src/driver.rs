@@ -18,14 +18,14 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{Instrument, info, info_span};
 
 use crate::config::{AggregatorConfig, FederationConfig};
-use crate::federation::{
+use crate::registry::{AgentHandle, Registry, accept_loop};
+use crate::wire::reply_error;
+use fedtune_federation::{
     Action, Answer, EvaluationError, Evaluator, Event, ExchangeId, Federation, GlobalEvaluation, RoundRecord,
     RunReport, SetupError,
 };
-use crate::registry::{AgentHandle, Registry, accept_loop};
-use crate::store::{ResumeError, StoreError};
-use crate::wire::reply_error;
 use fedtune_protocol::wire::{read_frame_gated, write_frame_shared, write_message};
+use fedtune_store::{ResumeError, StoreError};
 
 /// Why a federation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +94,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, FederationError> {
     config.validate()?;
-    let config = Arc::new(config);
-    let federation = Federation::new(config.clone(), 0)?;
+    let federation = Federation::new(Arc::new(config.settings()), 0)?;
     serve_federation(endpoint, federation, hooks, shutdown, |_, _| Flow::Continue, |_| {}).await
 }
 

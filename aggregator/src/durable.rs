@@ -14,14 +14,14 @@ use tracing::{error, info};
 
 use crate::config::AggregatorConfig;
 use crate::driver::{FederationError, Flow, Hooks, serve_federation};
-use crate::federation::{Federation, FederationState, RoundRecord, RunReport};
-use crate::store::{
-    NewRun, ResumeError, RunId, RunKind, RunStatus, Storage, StoreError, StoreWriter, StudyStore, WriterStats,
-};
 use crate::tune::{
     Durable, TuneConfig, TuneError, TuneHooks, TuneReport, new_study, reseed_for_resume, run_study, study_status,
 };
-use crate::tuning::StudyError;
+use fedtune_federation::{Federation, FederationState, RoundRecord, RunReport};
+use fedtune_store::{
+    NewRun, ResumeError, RunId, RunKind, RunStatus, Storage, StoreError, StoreWriter, StudyStore, WriterStats,
+};
+use fedtune_tuning::StudyError;
 
 /// The report of a stored run.
 #[derive(Debug, Clone, Serialize)]
@@ -155,8 +155,8 @@ pub async fn run_stored(
     let config = Arc::new(config);
     let resumed_from = opened.state.as_ref().map(|s| s.round);
     let federation = match opened.state {
-        Some(state) => Federation::resume(config.clone(), state)?,
-        None => Federation::new(config.clone(), 0)?,
+        Some(state) => Federation::resume(Arc::new(config.settings()), state)?,
+        None => Federation::new(Arc::new(config.settings()), 0)?,
     };
     let run = opened.run;
     match resumed_from {

@@ -1,10 +1,10 @@
 //! The federation's identities: one CA, one aggregator (server) certificate and one client
-//! certificate per agent. The TLS configuration built from them is in [`crate::tls`], the
-//! QUIC transport settings in [`crate::transport`] (both re-exported here).
+//! certificate per agent. The TLS configuration built from them is in `crate::tls`, the
+//! QUIC transport settings in `crate::transport`.
 //!
 //! Trust model: the federation CA is the only root either side trusts. The aggregator requires
 //! every agent to present a certificate issued by that CA (mutual TLS) and takes the agent's
-//! identity from the certificate's subject common name, see [`peer_agent_id`]. Server and agent
+//! identity from the certificate's subject common name, see `crate::tls::peer_agent_id`. Server and agent
 //! certificates carry different extended key usages, so an agent's key cannot pose as the
 //! aggregator and the aggregator's key cannot pose as an agent.
 //!
@@ -42,9 +42,6 @@ use x509_parser::extensions::ParsedExtension;
 /// on it, so a client of some other QUIC protocol fails the handshake instead of reaching
 /// the federation's message layer.
 pub use fedtune_protocol::transport::{ALPN, LOOPBACK_UDP_PAYLOAD};
-
-pub use crate::tls::{agent_id_from_certificate, peer_agent_id, server_config};
-pub use crate::transport::TransportTuning;
 
 /// Longest accepted agent id, in bytes (ids are ASCII).
 pub const MAX_AGENT_ID_LEN: usize = 64;
@@ -163,7 +160,7 @@ pub enum IdentityError {
     /// A transport tuning value is out of range.
     #[error("transport tuning: {field} {reason}")]
     InvalidTransport {
-        /// The [`TransportTuning`] field.
+        /// The `TransportTuning` field.
         field: &'static str,
         /// Why the value is refused.
         reason: String,
@@ -171,7 +168,7 @@ pub enum IdentityError {
     /// The peer presented no certificate chain.
     #[error(
         "the peer presented no certificate (the server endpoint must be built with \
-         identity::server_config, which requires client certificates)"
+         tls::server_config, which requires client certificates)"
     )]
     NoPeerCertificate,
 }

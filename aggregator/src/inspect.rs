@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use fedtune_aggregator::plot;
-use fedtune_aggregator::store::{AgentRow, RunId, RunKind, agent_rows, open_read_only};
+use fedtune_store::{AgentRow, RunId, RunKind, agent_rows, open_read_only};
 
 /// `fedtune-aggregator runs`.
 pub fn runs(db: &Path, json: bool) -> anyhow::Result<()> {

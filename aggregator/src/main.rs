@@ -9,13 +9,13 @@ use clap::{Parser, Subcommand};
 use fedtune_aggregator::identity::{generate, issue_agent, load_ca_certificate, validate_agent_id};
 use fedtune_aggregator::metrics::Metrics;
 use fedtune_aggregator::progress::Progress;
-use fedtune_aggregator::store::{self, RunKind, RunStatus, Storage};
 use fedtune_aggregator::tune::{TuneConfig, TuneEvent, TuneHooks, tune};
-use fedtune_aggregator::tuning::spec::load_space_toml;
-use fedtune_aggregator::tuning::{
+use fedtune_aggregator::{AggregatorConfig, Hooks, dashboard, run, run_stored, service, tune_stored};
+use fedtune_store::{self as store, RunKind, RunStatus, Storage};
+use fedtune_tuning::spec::load_space_toml;
+use fedtune_tuning::{
     Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, TrialState, ask_tell, load_objectives,
 };
-use fedtune_aggregator::{AggregatorConfig, Hooks, dashboard, run, run_stored, service, tune_stored};
 use tracing_subscriber::EnvFilter;
 
 mod inspect;
@@ -360,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
                     delta,
                     json,
                 } => (
-                    fedtune_aggregator::privacy::epsilon(noise_multiplier, sample_rate, steps, delta)?,
+                    fedtune_federation::privacy::epsilon(noise_multiplier, sample_rate, steps, delta)?,
                     json,
                 ),
                 PrivacyQuestion::Noise {
@@ -370,7 +370,7 @@ async fn main() -> anyhow::Result<()> {
                     steps,
                     json,
                 } => (
-                    fedtune_aggregator::privacy::noise_multiplier(epsilon, delta, sample_rate, steps)?,
+                    fedtune_federation::privacy::noise_multiplier(epsilon, delta, sample_rate, steps)?,
                     json,
                 ),
             };

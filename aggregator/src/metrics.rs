@@ -26,10 +26,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::federation::RoundRecord;
 use crate::registry::Registry as Agents;
-use crate::store::agent_rows;
-use crate::tuning::TrialState;
+use fedtune_federation::RoundRecord;
+use fedtune_store::agent_rows;
+use fedtune_tuning::TrialState;
 
 /// The content type of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -194,7 +194,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::federation::{Contribution, FailureReason, FailureRecord, GlobalEvaluation};
+    use fedtune_federation::{Contribution, FailureReason, FailureRecord, GlobalEvaluation};
 
     fn record() -> RoundRecord {
         let mut record: RoundRecord = serde_json::from_value(serde_json::json!({

@@ -15,9 +15,9 @@ use plotters::prelude::*;
 
 use crate::dashboard::charts;
 use crate::dashboard::svg::{LineChart, ScatterChart, Series, padded, range, tick_label};
-use crate::federation::RoundRecord;
 use crate::tune::TuneReport;
-use crate::tuning::{Direction, FrozenTrial, Objective};
+use fedtune_federation::RoundRecord;
+use fedtune_tuning::{Direction, FrozenTrial, Objective};
 
 /// Pixel size of every plot.
 const SIZE: (u32, u32) = (960, 540);

@@ -12,7 +12,7 @@ use fedtune_protocol::{
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use crate::identity::peer_agent_id;
+use crate::tls::peer_agent_id;
 use crate::wire::{reply_error, reply_error_and_linger};
 use fedtune_protocol::wire::{WireError, read_frame, write_message};
 

@@ -10,8 +10,10 @@ use fedtune_models::weights::{self, WeightsError};
 use fedtune_protocol::ModelSpec;
 
 use crate::config::AggregatorConfig;
-use crate::identity::{Identity, IdentityError, TransportTuning, load_ca_certificate, load_identity, server_config};
+use crate::identity::{Identity, IdentityError, load_ca_certificate, load_identity};
 use crate::revocation::RevocationList;
+use crate::tls::server_config;
+use crate::transport::TransportTuning;
 
 /// Binds a QUIC server endpoint on `addr` that requires agent certificates signed by
 /// the CA in `ca_cert_pem`.

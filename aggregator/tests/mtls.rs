@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use fedtune_aggregator::identity::{self, ALPN, FederationPki, Identity, TransportTuning};
+use fedtune_aggregator::identity::{self, ALPN, FederationPki, Identity};
+use fedtune_aggregator::tls;
+use fedtune_aggregator::transport::TransportTuning;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
@@ -74,7 +76,7 @@ fn start_server_revoking(
     tuning: &TransportTuning,
     revoked: Option<Arc<fedtune_aggregator::revocation::RevocationList>>,
 ) -> Result<Server> {
-    let config = identity::server_config(&pki.ca_cert_pem, &pki.server, tuning, revoked)?;
+    let config = tls::server_config(&pki.ca_cert_pem, &pki.server, tuning, revoked)?;
     let endpoint = tuning.endpoint(localhost(), Some(config))?;
     let addr = endpoint.local_addr()?;
     let (tx, seen) = mpsc::unbounded_channel();
@@ -85,7 +87,7 @@ fn start_server_revoking(
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(connection) => {
-                        let seen = match identity::peer_agent_id(&connection) {
+                        let seen = match tls::peer_agent_id(&connection) {
                             Ok(id) => Seen::Agent(id),
                             Err(e) => Seen::Refused(format!("peer_agent_id: {e}")),
                         };

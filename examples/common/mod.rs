@@ -110,11 +110,7 @@ pub fn write_summary(path: Option<&Path>, summary: &impl Serialize) -> anyhow::R
 
 /// Writes a run's charts (accuracy, loss, fairness by round) as SVG and PNG into `dir`,
 /// or into `dir/name` when an example plots several runs, when `--plot DIR` was given.
-pub fn plot_run(
-    dir: Option<&Path>,
-    name: &str,
-    rounds: &[fedtune::aggregator::federation::RoundRecord],
-) -> anyhow::Result<()> {
+pub fn plot_run(dir: Option<&Path>, name: &str, rounds: &[fedtune::federation::RoundRecord]) -> anyhow::Result<()> {
     if let Some(dir) = dir {
         let dir = if name.is_empty() {
             dir.to_path_buf()

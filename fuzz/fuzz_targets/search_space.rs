@@ -6,8 +6,8 @@
 
 #![no_main]
 
-use fedtune_protocol::space::file::parse_space_toml;
-use fedtune_protocol::space::{Distribution, ParamSpec, SearchSpace};
+use fedtune_tuning::space::file::parse_space_toml;
+use fedtune_tuning::space::{Distribution, ParamSpec, SearchSpace};
 use libfuzzer_sys::fuzz_target;
 
 fn check(distribution: &Distribution) {

@@ -14,8 +14,8 @@
 use std::ops::Range;
 
 use crate::ProtocolError;
-use crate::model::is_lora_factor;
 use crate::tensor::Manifest;
+use crate::tensor::is_lora_factor;
 
 /// Whether `pattern` names `tensor`: the whole path, or a module the path lies in.
 #[must_use]

@@ -9,8 +9,6 @@
 //! - [`tensor`]: parameter manifests, their hash, and the raw f32 wire layout.
 //! - [`model`]: model specifications and their parameter layout and initialisation.
 //! - [`freeze`]: freeze patterns and the trainable part of a parameter buffer.
-//! - [`client_param`]: client hyperparameter names mapped to their fields, in one place.
-//! - [`space`]: hyperparameter search spaces: distributions, their textual form, values.
 //! - [`secagg`]: secure aggregation: agent and aggregator state machines that reveal only the sum.
 //! - [`transport`]: the QUIC settings both daemons share (ALPN, liveness timers, windows).
 //! - [`error`]: what can go wrong, as one error type.
@@ -19,14 +17,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod client_param;
 pub mod error;
 pub mod frame;
 pub mod freeze;
 pub mod message;
 pub mod model;
 pub mod secagg;
-pub mod space;
 pub mod tensor;
 pub mod transport;
 #[cfg(feature = "quinn")]

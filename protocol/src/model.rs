@@ -1,5 +1,6 @@
 //! Model specifications: what architecture a task trains, and its parameter layout.
 
+pub use crate::tensor::{LORA_A, LORA_B, is_lora_factor};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
@@ -290,19 +291,6 @@ pub struct LoraSpec {
 
 /// A batch norm's tensors under `convs.{i}.norm`, in Burn's traversal order.
 pub const NORM_TENSORS: [&str; 4] = ["gamma", "beta", "running_mean", "running_var"];
-
-/// The last path component of a LoRA adapter tensor's `A` factor.
-pub const LORA_A: &str = "lora.a";
-/// The last path component of a LoRA adapter tensor's `B` factor.
-pub const LORA_B: &str = "lora.b";
-
-/// Whether `tensor` names a LoRA factor (`….lora.a` or `….lora.b`).
-#[must_use]
-pub fn is_lora_factor(tensor: &str) -> bool {
-    [LORA_A, LORA_B]
-        .iter()
-        .any(|f| tensor.strip_suffix(f).is_some_and(|rest| rest.ends_with('.')))
-}
 
 impl LoraSpec {
     /// `alpha / rank`.

@@ -124,6 +124,11 @@ pub fn f32_to_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// Packs parameters as shareable wire bytes (one copy per round, not per receiver).
+pub fn params_to_bytes(params: &[f32]) -> bytes::Bytes {
+    bytes::Bytes::from(f32_to_le_bytes(params).into_owned())
+}
+
 /// Decodes little-endian bytes into f32s.
 ///
 /// # Errors
@@ -165,4 +170,17 @@ pub fn check_finite(values: &[f32]) -> Result<(), ProtocolError> {
     }
     let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
     Err(ProtocolError::NonFinite { index })
+}
+
+/// The last path component of a LoRA adapter tensor's `A` factor.
+pub const LORA_A: &str = "lora.a";
+/// The last path component of a LoRA adapter tensor's `B` factor.
+pub const LORA_B: &str = "lora.b";
+
+/// Whether `tensor` names a LoRA factor (`….lora.a` or `….lora.b`).
+#[must_use]
+pub fn is_lora_factor(tensor: &str) -> bool {
+    [LORA_A, LORA_B]
+        .iter()
+        .any(|f| tensor.strip_suffix(f).is_some_and(|rest| rest.ends_with('.')))
 }

@@ -126,8 +126,3 @@ pub async fn write_frame_shared<M: Serialize>(
 pub async fn write_message<M: Serialize>(send: &mut quinn::SendStream, message: &M) -> Result<(), WireError> {
     write_frame_shared(send, message, Bytes::new()).await
 }
-
-/// Packs parameters as shareable wire bytes (one copy per round, not per receiver).
-pub fn params_to_bytes(params: &[f32]) -> Bytes {
-    Bytes::from(crate::tensor::f32_to_le_bytes(params).into_owned())
-}

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use fedtune_aggregator::fairness::{FairnessReport, History};
-use fedtune_aggregator::federation::{FederationState, GlobalEvaluation, RngState, RoundRecord};
-use fedtune_aggregator::store::{NewRun, RunKind, SqliteStore, Storage};
-use fedtune_aggregator::strategy::StrategyState;
-use fedtune_aggregator::tuning::{Direction, FrozenTrial, Objective, StudyHeader, TrialState};
-use fedtune_protocol::space::{ParamSpec, ParamValue, SearchSpace};
+use fedtune_federation::fairness::{FairnessReport, History};
+use fedtune_federation::strategy::StrategyState;
+use fedtune_federation::{FederationState, GlobalEvaluation, RngState, RoundRecord};
+use fedtune_store::{NewRun, RunKind, SqliteStore, Storage};
+use fedtune_tuning::space::{ParamSpec, ParamValue, SearchSpace};
+use fedtune_tuning::{Direction, FrozenTrial, Objective, StudyHeader, TrialState};
 
 /// A checkpoint of a 16-parameter model at `round`.
 pub fn state(round: u64) -> FederationState {

@@ -2,12 +2,11 @@
 //! inline SVG on the dashboard's pages ([`super::svg`]) and as SVG and PNG files by the
 //! `plot` command ([`crate::plot`]).
 
-use fedtune_protocol::space::{Distribution, ParamValue};
+use fedtune_tuning::space::{Distribution, ParamValue};
 
-use super::pages::num;
-use super::svg::{self, Axis, AxisKind, LineChart, Marker, ParallelChart, ScatterChart, ScatterPoint, Series};
-use crate::federation::RoundRecord;
-use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState, pareto_front};
+use super::svg::{self, Axis, AxisKind, LineChart, Marker, ParallelChart, ScatterChart, ScatterPoint, Series, num};
+use fedtune_federation::RoundRecord;
+use fedtune_tuning::{Direction, FrozenTrial, StudyHeader, TrialState, pareto_front};
 
 /// Trials drawn in the intermediate-values chart (the most recent, and the best).
 const INTERMEDIATE_TRIALS: usize = 100;

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::{self, Metrics};
-use crate::store::{RunId, RunKind, StoreError};
+use fedtune_store::{RunId, RunKind, StoreError};
 pub use reader::Reader;
 
 const SCRIPT: &str = include_str!("static/dashboard.js");

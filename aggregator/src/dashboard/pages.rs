@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::charts;
-use super::svg::{self, TimelineRow, escape};
-use crate::federation::RoundRecord;
-use crate::store::{RunKind, RunStatus, RunSummary, StoredRound, StoredTrial, agent_rows};
-use crate::tuning::fedex::FedExPolicy;
-use crate::tuning::importance::importance;
-use crate::tuning::{Direction, FrozenTrial, StudyHeader, TrialState};
+use super::svg::{self, TimelineRow, escape, num};
+use fedtune_federation::RoundRecord;
+use fedtune_store::{RunKind, RunStatus, RunSummary, StoredRound, StoredTrial, agent_rows};
+use fedtune_tuning::fedex::FedExPolicy;
+use fedtune_tuning::importance::importance;
+use fedtune_tuning::{Direction, FrozenTrial, StudyHeader, TrialState};
 
 /// Rows of the rounds table (newest first); the charts show every round.
 const ROUND_ROWS: usize = 200;
@@ -78,23 +78,6 @@ fn status_badge(status: RunStatus) -> String {
         r#"<span class="status status-{s}" data-testid="status">{s}</span>"#,
         s = status.as_str()
     )
-}
-
-/// Four significant digits, compactly; `–` for nothing.
-pub(super) fn num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => {
-            if v == 0.0 {
-                "0".into()
-            } else if v.abs() >= 1e5 || v.abs() < 1e-3 {
-                format!("{v:.3e}")
-            } else {
-                let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;
-                format!("{v:.digits$}")
-            }
-        }
-        _ => "–".into(),
-    }
 }
 
 fn megabytes(bytes: u64) -> String {

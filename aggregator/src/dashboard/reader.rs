@@ -11,7 +11,7 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use crate::store::{self, Storage, StoreError};
+use fedtune_store::{self as store, Storage, StoreError};
 
 type Job = Box<dyn FnOnce(&dyn Storage) + Send>;
 

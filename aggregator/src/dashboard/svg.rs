@@ -19,6 +19,23 @@ const BOTTOM: f64 = 44.0;
 /// there are few series).
 const DOT_LIMIT: usize = 60;
 
+/// Four significant digits, compactly; `–` for nothing.
+pub fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            if v == 0.0 {
+                "0".into()
+            } else if v.abs() >= 1e5 || v.abs() < 1e-3 {
+                format!("{v:.3e}")
+            } else {
+                let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;
+                format!("{v:.digits$}")
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
 /// Escapes text for HTML and SVG text and attribute values.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -1,6 +1,8 @@
 use std::time::Duration;
 
 use super::*;
+use crate::tls::{agent_id_from_certificate, server_config};
+use crate::transport::TransportTuning;
 
 fn ids(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()

@@ -17,6 +17,7 @@
 //! own proposals (e.g. a halved learning rate on a plateau) are fed to the policy. The
 //! trial reports the policy's most probable values as its result.
 
+pub mod client_param;
 mod params;
 mod trial;
 
@@ -26,7 +27,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use fedtune_protocol::space::{Distribution, Scope, SearchSpace};
+use fedtune_tuning::space::{Distribution, Scope, SearchSpace};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -35,10 +36,10 @@ use tracing::{info, warn};
 pub use crate::config::TuningSection;
 use crate::config::{AggregatorConfig, ConfigError};
 use crate::driver::{FederationError, accept_agents, stop_agents, wait_for_agents};
-use crate::federation::{Evaluator, GlobalEvaluation};
-use crate::store::RunStatus;
-pub use crate::tuning::Metric;
-use crate::tuning::{
+pub use crate::trial_metric::Metric;
+use fedtune_federation::{Evaluator, GlobalEvaluation};
+use fedtune_store::RunStatus;
+use fedtune_tuning::{
     AskedTrial, FedExConfig, FedExPolicy, Journal, Objective, Outcome, Params, PolicySummary, PrunerConfig,
     SamplerKind, Study, StudyError, TrialState,
 };
@@ -143,7 +144,7 @@ impl TuningSection {
     pub fn study(&self, federation_rounds: u64) -> Result<TuneConfig, ConfigError> {
         let invalid = |e: String| ConfigError::Invalid(format!("tuning: {e}"));
         let space = if self.space.extension().is_some_and(|e| e == "json") {
-            let objectives = crate::tuning::load_objectives(&self.space).map_err(|e| invalid(e.to_string()))?;
+            let objectives = fedtune_tuning::load_objectives(&self.space).map_err(|e| invalid(e.to_string()))?;
             let names = objectives.iter().map(|o| o.name.clone()).collect::<Vec<_>>().join(", ");
             let chosen = match &self.objective {
                 Some(name) => objectives.into_iter().find(|o| &o.name == name),
@@ -154,7 +155,7 @@ impl TuningSection {
                 .ok_or_else(|| invalid(format!("pick the space with `objective`, one of {names}")))?
                 .space
         } else {
-            crate::tuning::spec::load_space_toml(&self.space)
+            fedtune_tuning::spec::load_space_toml(&self.space)
                 .map_err(|e| invalid(format!("{}: {e}", self.space.display())))?
         };
         check_space(&space)?;
@@ -250,7 +251,7 @@ pub struct TuneReport {
 
 impl TrialRecord {
     /// The record of a trial a resumed study already held.
-    fn resumed(t: &crate::tuning::FrozenTrial) -> Self {
+    fn resumed(t: &fedtune_tuning::FrozenTrial) -> Self {
         Self {
             number: t.number,
             params: t.params.clone(),
@@ -384,8 +385,8 @@ pub(crate) fn reseed_for_resume(study: Study, tune: &TuneConfig, owner: Option<&
 /// What a study kept in a run's store brings: its writer, and how it takes over running
 /// trials (its own from an earlier session, or those whose owner went silent).
 pub(crate) struct Durable {
-    pub(crate) run: crate::store::RunId,
-    pub(crate) writer: Arc<crate::store::StoreWriter>,
+    pub(crate) run: fedtune_store::RunId,
+    pub(crate) writer: Arc<fedtune_store::StoreWriter>,
     /// The name this aggregator writes trials as.
     pub(crate) owner: String,
     /// How long a silent owner keeps its trials.
@@ -409,7 +410,7 @@ impl Durable {
     /// A running trial this aggregator may run now, with the checkpoint it resumes from
     /// (`None` when it committed no round yet); the study then knows it.
     fn claim(&self, study: &Mutex<Study>, busy: &[u64]) -> Result<Option<(AskedTrial, Option<Resumed>)>, TuneError> {
-        let store_error = |e: crate::store::StoreError| TuneError::Federation(FederationError::Store(e));
+        let store_error = |e: fedtune_store::StoreError| TuneError::Federation(FederationError::Store(e));
         let (run, stale, busy) = (self.run, self.stale_after, busy.to_vec());
         let Some(trial) = self
             .writer
@@ -424,7 +425,7 @@ impl Durable {
             .writer
             .call(move |store| store.latest_checkpoint(run, number))
             .map_err(store_error)?;
-        let rounds: Vec<crate::federation::RoundRecord> = self
+        let rounds: Vec<fedtune_federation::RoundRecord> = self
             .writer
             .call(move |store| store.rounds(run, Some(number)))
             .map_err(store_error)?
@@ -433,7 +434,7 @@ impl Durable {
             .collect();
         let checkpoint = state.as_ref().map_or(0, |s| s.round);
         if checkpoint != rounds.len() as u64 {
-            return Err(store_error(crate::store::StoreError::Corrupt(format!(
+            return Err(store_error(fedtune_store::StoreError::Corrupt(format!(
                 "trial {number}: {} rounds are committed but the last checkpoint is at round {checkpoint}",
                 rounds.len()
             ))));

@@ -2,13 +2,13 @@
 
 use std::str::FromStr;
 
+use crate::tune::client_param::{ClientParam, ClientParamError};
 use fedtune_protocol::ClientHyperparameters;
-use fedtune_protocol::client_param::{ClientParam, ClientParamError};
-use fedtune_protocol::space::{Distribution, ParamValue, Scope, SearchSpace};
+use fedtune_tuning::space::{Distribution, ParamValue, Scope, SearchSpace};
 
 use crate::config::{AggregatorConfig, ConfigError};
-use crate::strategy::StrategyConfig;
-use crate::tuning::Params;
+use fedtune_federation::strategy::StrategyConfig;
+use fedtune_tuning::Params;
 
 /// Client parameters the tuner knows how to send.
 pub(super) const CLIENT_PARAMS: [&str; 11] = ClientParam::NAMES;
@@ -139,7 +139,7 @@ pub fn trial_config(
     }
     if let Some(v) = params.get("freeze") {
         config.model.freeze = match v {
-            ParamValue::Categorical(fedtune_protocol::space::Choice::Str(s)) => freeze_patterns(s),
+            ParamValue::Categorical(fedtune_tuning::space::Choice::Str(s)) => freeze_patterns(s),
             other => return Err(invalid(format!("`freeze` takes `none` or patterns, got {other}"))),
         };
     }
@@ -231,7 +231,7 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
             "freeze" => Some(ParamValue::Categorical(if config.model.freeze.is_empty() {
                 NO_FREEZE.into()
             } else {
-                fedtune_protocol::space::Choice::Str(config.model.freeze.join("+"))
+                fedtune_tuning::space::Choice::Str(config.model.freeze.join("+"))
             })),
             "lora_rank" => Some(ParamValue::Int(config.model.lora().map_or(0, |l| l.rank as i64))),
             "width" => Some(ParamValue::Float(1.0)),

@@ -2,11 +2,11 @@ use std::time::Duration;
 
 use fedtune_protocol::ClientHyperparameters;
 use fedtune_protocol::TrainMetrics;
-use fedtune_protocol::space::{ParamSpec, ParamValue};
+use fedtune_tuning::space::{ParamSpec, ParamValue};
 
 use super::*;
-use crate::federation::ClientTuner;
-use crate::round::AgentResult;
+use fedtune_federation::AgentResult;
+use fedtune_federation::ClientTuner;
 
 fn space() -> SearchSpace {
     SearchSpace::new(vec![
@@ -202,7 +202,7 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
     // Every preset names only parameters a trial can set.
     for preset in ["vision", "nlp", "recsys"] {
         let path = format!("{}/../presets/{preset}.toml", env!("CARGO_MANIFEST_DIR"));
-        let space = crate::tuning::spec::parse_space_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let space = fedtune_tuning::spec::parse_space_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
         check_space(&space).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
     assert!(
@@ -215,14 +215,14 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
 
 #[test]
 fn strategy_choices_are_checked_against_secure_aggregation() {
-    let space = crate::tuning::spec::parse_space_toml(
+    let space = fedtune_tuning::spec::parse_space_toml(
         "[params]\nstrategy = { spec = \"choice(fedavg, fedadam, median)\", scope = \"server\" }\n",
     )
     .unwrap();
     check_strategies(&space, false).unwrap();
     let err = check_strategies(&space, true).unwrap_err().to_string();
     assert!(err.contains("median") && err.contains("secure aggregation"), "{err}");
-    let sum_only = crate::tuning::spec::parse_space_toml(
+    let sum_only = fedtune_tuning::spec::parse_space_toml(
         "[params]\nstrategy = { spec = \"choice(fedavg, fedadam)\", scope = \"server\" }\n",
     )
     .unwrap();

@@ -5,23 +5,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use fedtune_protocol::ClientHyperparameters;
-use fedtune_protocol::space::{Distribution, ParamValue};
+use fedtune_tuning::space::{Distribution, ParamValue};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
+use super::Metric;
 use super::params::{apply_client, client_value, server_lr};
 use super::{TrialRecord, TuneEvent};
 use crate::config::AggregatorConfig;
 use crate::driver::{DriveContext, Flow, drive};
-use crate::fairness::FairnessReport;
-use crate::federation::{
+use crate::registry::Registry;
+use fedtune_federation::AgentResult;
+use fedtune_federation::fairness::FairnessReport;
+use fedtune_federation::{
     ClientTuner, Evaluator, Federation, FederationState, GlobalEvaluation, RoundRecord, final_fairness,
 };
-use crate::registry::Registry;
-use crate::round::AgentResult;
-use crate::store::StoreWriter;
-use crate::tuning::Metric;
-use crate::tuning::{Draw, FedExPolicy, Outcome, Params, Study, StudyError, TrialState};
+use fedtune_store::StoreWriter;
+use fedtune_tuning::{Draw, FedExPolicy, Outcome, Params, Study, StudyError, TrialState};
 
 /// Adapts a trial's adaptive client parameters with a FedEx policy.
 pub(super) struct PolicyTuner {
@@ -193,8 +193,11 @@ impl TrialRun {
         let resumed = self.resume.take();
         let resumed_from = resumed.as_ref().map(|r| r.state.round);
         let (fresh, prior) = match resumed {
-            Some(Resumed { state, rounds }) => (Federation::resume(self.config.clone(), state), rounds),
-            None => (Federation::new(self.config.clone(), self.number), Vec::new()),
+            Some(Resumed { state, rounds }) => (Federation::resume(Arc::new(self.config.settings()), state), rounds),
+            None => (
+                Federation::new(Arc::new(self.config.settings()), self.number),
+                Vec::new(),
+            ),
         };
         let federation = fresh.and_then(|f| {
             let f = f.with_global_evaluation(self.evaluator.is_some());
@@ -335,7 +338,7 @@ impl TrialRun {
         let metrics = measure(eval, &fairness, device, bytes, last.epsilon.unwrap_or(0.0));
         let values = values(&self.objectives, &metrics);
         record.metrics = metrics;
-        record.violations = crate::fairness::violations(&self.config.fairness.constraints, &fairness);
+        record.violations = fedtune_federation::fairness::violations(&self.config.fairness.constraints, &fairness);
         record.feasible = record.violations.is_empty();
         if let Some(tuner) = &self.tuner {
             let tuner = tuner.lock().unwrap_or_else(PoisonError::into_inner);

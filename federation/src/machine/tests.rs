@@ -1,0 +1,878 @@
+//! The federation machine on its own: injected time, no sockets, no sleeping.
+
+use std::time::Duration;
+
+use fedtune_protocol::secagg::{ClientRound, DistributedNoise, RoundContext};
+use fedtune_protocol::{Decline, MlpSpec, ModelSpec, TrainMetrics, Update};
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::settings::FederationConfig;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn config(rounds: u64, secure: bool) -> Settings {
+    let mut config = Settings {
+        federation: FederationConfig {
+            rounds,
+            round_timeout_secs: TIMEOUT.as_secs_f64(),
+            final_evaluation: false,
+            seed: 7,
+            ..FederationConfig::default()
+        },
+        model: ModelSpec::Mlp(MlpSpec {
+            input: 3,
+            hidden: vec![],
+            classes: 2,
+        })
+        .into(),
+        ..Settings::default()
+    };
+    config.secure_aggregation.enabled = secure;
+    config.secure_aggregation.step_timeout_secs = 2.0;
+    config
+}
+
+/// A federation whose privacy noise is seeded, so that tests read the same noise every run.
+fn machine(config: Settings, agents: &[&str], now: Instant) -> Federation {
+    let fed = Federation::new(Arc::new(config), 0).unwrap().with_noise_seed(11);
+    connect(fed, agents, now)
+}
+
+fn connect(mut fed: Federation, agents: &[&str], now: Instant) -> Federation {
+    for agent in agents {
+        fed.handle_event(
+            now,
+            Event::AgentConnected {
+                agent: (*agent).into(),
+                capabilities: Capabilities {
+                    train_samples: 10,
+                    ..Capabilities::default()
+                },
+            },
+        );
+    }
+    fed
+}
+
+fn drain(fed: &mut Federation) -> Vec<Action> {
+    std::iter::from_fn(|| fed.poll_action()).collect()
+}
+
+/// The tasks a round opened, by agent.
+fn tasks(actions: &[Action]) -> BTreeMap<String, (ExchangeId, Task)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Open {
+                exchange,
+                agent,
+                message: AggregatorMessage::Task(task),
+                ..
+            } => Some((agent.clone(), (*exchange, task.clone()))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn update_for(task: &Task, samples: u64) -> AgentMessage {
+    AgentMessage::Update(Update {
+        trial: task.trial,
+        round: task.round,
+        manifest_hash: task.manifest_hash,
+        num_samples: samples,
+        metrics: TrainMetrics {
+            accuracy_before: 0.5,
+            loss_before: 1.0,
+            ..TrainMetrics::default()
+        },
+        used: task.hyperparameters.clone(),
+        proposal: None,
+    })
+}
+
+fn numel(fed: &Federation) -> usize {
+    fed.model().manifest().numel()
+}
+
+fn committed(actions: &[Action]) -> Vec<&RoundRecord> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RoundCommitted(r) => Some(&**r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reply_to(actions: &[Action], exchange: ExchangeId) -> Option<&AggregatorMessage> {
+    actions.iter().find_map(|a| match a {
+        Action::Close {
+            exchange: e,
+            message: Some(m),
+        } if *e == exchange => Some(m),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_round_with_a_straggler_closes_at_the_deadline_and_drops_it() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(2, false), &["a", "b", "c"], t0);
+    assert_eq!(fed.poll_timeout(), Some(t0), "the first round is ready at once");
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    assert_eq!(opened.len(), 3);
+    for agent in ["a", "b"] {
+        let (exchange, task) = &opened[agent];
+        let payload = vec![1.0; numel(&fed)];
+        fed.handle_event(
+            t0 + Duration::from_secs(1),
+            Event::Received {
+                exchange: *exchange,
+                message: Box::new(update_for(task, 5)),
+                payload,
+            },
+        );
+        let actions = drain(&mut fed);
+        assert!(matches!(reply_to(&actions, *exchange), Some(AggregatorMessage::Ack(_))));
+    }
+    // One nanosecond before the deadline the round still waits for c.
+    let deadline = t0 + TIMEOUT;
+    assert_eq!(fed.poll_timeout(), Some(deadline));
+    fed.handle_timeout(deadline - Duration::from_nanos(1));
+    assert!(committed(&drain(&mut fed)).is_empty());
+    // At the deadline exactly it closes; c's stream is reset and c is a straggler.
+    fed.handle_timeout(deadline);
+    let actions = drain(&mut fed);
+    let c = opened["c"].0;
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Abandon { exchange } if *exchange == c))
+    );
+    let records = committed(&actions);
+    assert_eq!(records.len(), 1);
+    let record = records[0];
+    assert_eq!((record.round, record.updates, record.applied), (0, 2, true));
+    assert_eq!(
+        record.failures,
+        vec![FailureRecord {
+            agent: "c".into(),
+            reason: FailureReason::Straggler
+        }]
+    );
+    assert_eq!(record.seconds, TIMEOUT.as_secs_f64());
+    assert!(fed.global().iter().all(|v| v.is_finite()));
+    // c's late update is answered "too late", and counts for nothing.
+    fed.handle_event(
+        deadline,
+        Event::Received {
+            exchange: c,
+            message: Box::new(update_for(&opened["c"].1, 5)),
+            payload: vec![0.0; numel(&fed)],
+        },
+    );
+    let late = drain(&mut fed);
+    assert!(matches!(
+        reply_to(&late, c),
+        Some(AggregatorMessage::Error(e)) if e.code == ErrorCode::TooLate
+    ));
+    assert_eq!(fed.state().round, 1);
+}
+
+#[test]
+fn an_update_at_the_deadline_exactly_is_too_late() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(1, false), &["a", "b"], t0);
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    let (exchange, task) = &opened["a"];
+    fed.handle_event(
+        t0 + TIMEOUT,
+        Event::Received {
+            exchange: *exchange,
+            message: Box::new(update_for(task, 5)),
+            payload: vec![1.0; numel(&fed)],
+        },
+    );
+    let actions = drain(&mut fed);
+    assert!(matches!(
+        reply_to(&actions, *exchange),
+        Some(AggregatorMessage::Error(e)) if e.code == ErrorCode::TooLate
+    ));
+    // The deadline has come: the round closes on this input without b.
+    let record = committed(&actions)[0];
+    assert_eq!(record.updates, 0);
+    assert!(!record.applied);
+    let reasons: Vec<_> = record.failures.iter().map(|f| (f.agent.as_str(), &f.reason)).collect();
+    assert!(matches!(reasons[0], ("a", FailureReason::Refused(e)) if e.code == ErrorCode::TooLate));
+    assert_eq!(reasons[1], ("b", &FailureReason::Straggler));
+}
+
+#[test]
+fn too_few_updates_leave_the_model_unchanged() {
+    let t0 = Instant::now();
+    let mut config = config(1, false);
+    config.federation.min_updates = 2;
+    let mut fed = machine(config, &["a", "b"], t0);
+    let before = fed.global().to_vec();
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    let (a, task) = &opened["a"];
+    fed.handle_event(
+        t0,
+        Event::Received {
+            exchange: *a,
+            message: Box::new(update_for(task, 5)),
+            payload: vec![1.0; numel(&fed)],
+        },
+    );
+    let (b, _) = opened["b"];
+    let decline = AgentMessage::Decline(Decline {
+        trial: 0,
+        round: 0,
+        reason: "battery low".into(),
+    });
+    fed.handle_event(
+        t0,
+        Event::Received {
+            exchange: b,
+            message: Box::new(decline),
+            payload: Vec::new(),
+        },
+    );
+    let actions = drain(&mut fed);
+    let record = committed(&actions)[0];
+    assert!(!record.applied);
+    assert_eq!(record.updates, 1);
+    assert_eq!(record.failures[0].reason, FailureReason::Declined("battery low".into()));
+    assert_eq!(fed.global(), &before[..]);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Finished(r) if !r.interrupted))
+    );
+    assert!(fed.is_finished());
+}
+
+#[test]
+fn refused_updates_are_answered_and_the_round_goes_on() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(1, false), &["a", "b", "c", "d"], t0);
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    let n = numel(&fed);
+    let mut nan = vec![0.0; n];
+    nan[0] = f32::NAN;
+    let mut stale = opened["c"].1.clone();
+    stale.round = 9;
+    let answers = [
+        ("a", update_for(&opened["a"].1, 5), nan),
+        ("b", update_for(&opened["b"].1, 5), vec![0.0; n - 1]),
+        ("c", update_for(&stale, 5), vec![0.0; n]),
+        ("d", update_for(&opened["d"].1, 5), vec![2.0; n]),
+    ];
+    let mut codes = BTreeMap::new();
+    for (agent, message, payload) in answers {
+        let exchange = opened[agent].0;
+        fed.handle_event(
+            t0,
+            Event::Received {
+                exchange,
+                message: Box::new(message),
+                payload,
+            },
+        );
+        let actions = drain(&mut fed);
+        if let Some(AggregatorMessage::Error(e)) = reply_to(&actions, exchange) {
+            codes.insert(agent, e.code);
+        }
+        if agent == "d" {
+            let record = committed(&actions)[0];
+            assert_eq!(record.updates, 1);
+            assert_eq!(record.failures.len(), 3);
+            assert!(
+                record
+                    .failures
+                    .iter()
+                    .all(|f| matches!(f.reason, FailureReason::Refused(_)))
+            );
+        }
+    }
+    assert_eq!(codes["a"], ErrorCode::NonFinite);
+    assert_eq!(codes["b"], ErrorCode::ManifestMismatch);
+    assert_eq!(codes["c"], ErrorCode::NotInRound);
+    assert!(!codes.contains_key("d"));
+}
+
+#[test]
+fn an_agent_that_goes_away_fails_its_round_at_once() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(1, false), &["a", "b"], t0);
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    let (a, task) = &opened["a"];
+    fed.handle_event(
+        t0,
+        Event::Received {
+            exchange: *a,
+            message: Box::new(update_for(task, 5)),
+            payload: vec![1.0; numel(&fed)],
+        },
+    );
+    fed.handle_event(t0, Event::AgentGone { agent: "b".into() });
+    let actions = drain(&mut fed);
+    let record = committed(&actions)[0];
+    assert_eq!(record.failures[0].reason, FailureReason::Disconnected);
+    assert!(record.applied);
+}
+
+#[test]
+fn the_state_is_one_value_and_a_resumed_machine_goes_on_identically() {
+    let t0 = Instant::now();
+    let agents = ["a", "b", "c", "d", "e"];
+    let mut cfg = config(3, false);
+    cfg.federation.cohort = 3.0;
+    cfg.strategy = crate::strategy::StrategyConfig::FedAvgM(crate::strategy::FedAvgMConfig::default());
+    let answer_round = |fed: &mut Federation, now: Instant| {
+        let opened = tasks(&drain(fed));
+        for (exchange, task) in opened.values() {
+            let value = (task.seed % 7) as f32 / 7.0;
+            fed.handle_event(
+                now,
+                Event::Received {
+                    exchange: *exchange,
+                    message: Box::new(update_for(task, 1 + task.seed % 5)),
+                    payload: vec![value; numel(fed)],
+                },
+            );
+        }
+        (opened, drain(fed))
+    };
+    let mut straight = machine(cfg.clone(), &agents, t0);
+    straight.handle_timeout(t0);
+    answer_round(&mut straight, t0);
+    let saved = serde_json::to_string(&straight.state()).unwrap();
+    straight.handle_timeout(t0);
+    let (cohort_a, _) = answer_round(&mut straight, t0);
+
+    let state: FederationState = serde_json::from_str(&saved).unwrap();
+    assert_eq!(state.round, 1);
+    let mut resumed = Federation::resume(Arc::new(cfg), state).unwrap();
+    for agent in agents {
+        resumed.handle_event(
+            t0,
+            Event::AgentConnected {
+                agent: agent.into(),
+                capabilities: Capabilities::default(),
+            },
+        );
+    }
+    resumed.handle_timeout(t0);
+    let (cohort_b, _) = answer_round(&mut resumed, t0);
+    let seeds = |c: &BTreeMap<String, (ExchangeId, Task)>| {
+        c.iter()
+            .map(|(a, (_, t))| (a.clone(), t.seed, t.round))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seeds(&cohort_a), seeds(&cohort_b), "same cohort, same task seeds");
+    assert_eq!(straight.state(), resumed.state());
+}
+
+#[test]
+fn interrupting_abandons_the_round_and_finishes() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(5, false), &["a", "b"], t0);
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    fed.interrupt(t0);
+    let actions = drain(&mut fed);
+    let abandoned = actions.iter().filter(|a| matches!(a, Action::Abandon { .. })).count();
+    assert_eq!(abandoned, opened.len());
+    assert!(matches!(actions.last(), Some(Action::Finished(r)) if r.interrupted && r.rounds.is_empty()));
+    assert_eq!(fed.poll_timeout(), None);
+}
+
+#[test]
+fn the_final_evaluation_waits_for_agents_until_its_deadline() {
+    let t0 = Instant::now();
+    let mut cfg = config(1, false);
+    cfg.federation.final_evaluation = true;
+    let mut fed = machine(cfg, &["a", "b"], t0);
+    fed.handle_timeout(t0);
+    for (exchange, task) in tasks(&drain(&mut fed)).values() {
+        fed.handle_event(
+            t0,
+            Event::Received {
+                exchange: *exchange,
+                message: Box::new(update_for(task, 3)),
+                payload: vec![0.5; numel(&fed)],
+            },
+        );
+    }
+    let requests: Vec<(ExchangeId, String)> = drain(&mut fed)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Open {
+                exchange,
+                agent,
+                message: AggregatorMessage::Evaluate(_),
+                ..
+            } => Some((exchange, agent)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 2);
+    let evaluation = Evaluation {
+        trial: 0,
+        round: 1,
+        loss: 0.5,
+        accuracy: 0.75,
+        samples: 4,
+    };
+    fed.handle_event(
+        t0,
+        Event::Received {
+            exchange: requests[0].0,
+            message: Box::new(AgentMessage::Evaluation(evaluation)),
+            payload: Vec::new(),
+        },
+    );
+    assert!(!fed.is_finished());
+    fed.handle_timeout(t0 + TIMEOUT);
+    let actions = drain(&mut fed);
+    let Some(Action::Finished(report)) = actions.last() else {
+        panic!("no report: {actions:?}");
+    };
+    assert_eq!(report.final_agent_evaluation.len(), 1);
+    assert_eq!(report.final_agent_evaluation[&requests[0].1].accuracy, 0.75);
+}
+
+/// One agent's side of a secure round, from the protocol's client state machine.
+struct SecureAgent {
+    client: ClientRound,
+    task: Task,
+    exchange: ExchangeId,
+}
+
+/// Answers every pending `Ask` of a secure round as an honest agent would, except the
+/// agents in `silent`, which never answer the step `silent_at`.
+fn run_secure(fed: &mut Federation, silent: &[&str], silent_at: SecureStep, now: Instant) -> Vec<Action> {
+    let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(4);
+    let opened = tasks(&drain(fed));
+    let mut agents: BTreeMap<ExchangeId, (String, SecureAgent)> = BTreeMap::new();
+    let mut pending: Vec<(ExchangeId, AgentMessage, Vec<f32>)> = Vec::new();
+    for (agent, (exchange, task)) in opened {
+        let context = RoundContext {
+            study: task.study.clone(),
+            trial: task.trial,
+            round: task.round,
+        };
+        let (client, keys) = ClientRound::new(context, task.secure.unwrap(), &mut rng).unwrap();
+        if !(silent.contains(&agent.as_str()) && silent_at == SecureStep::PublicKeys) {
+            pending.push((exchange, AgentMessage::SecAggKeys(keys), Vec::new()));
+        }
+        agents.insert(exchange, (agent, SecureAgent { client, task, exchange }));
+    }
+    let mut seen = Vec::new();
+    loop {
+        for (exchange, message, payload) in pending.drain(..) {
+            fed.handle_event(
+                now,
+                Event::Received {
+                    exchange,
+                    message: Box::new(message),
+                    payload,
+                },
+            );
+        }
+        let actions = drain(fed);
+        if actions.is_empty() {
+            // Nobody else answers: the step's deadline passes.
+            match fed.poll_timeout() {
+                Some(deadline) if !fed.is_finished() => {
+                    fed.handle_timeout(deadline);
+                    continue;
+                }
+                _ => return seen,
+            }
+        }
+        for action in &actions {
+            let Action::Ask { exchange, message, .. } = action else {
+                continue;
+            };
+            let (agent, member) = agents.get_mut(exchange).unwrap();
+            let step = match message {
+                AggregatorMessage::SecAggRoster(_) => SecureStep::KeyShares,
+                AggregatorMessage::SecAggShares(_) => SecureStep::MaskedUpdate,
+                _ => SecureStep::UnmaskingShares,
+            };
+            if silent.contains(&agent.as_str()) && step == silent_at {
+                continue;
+            }
+            let answer = match message {
+                AggregatorMessage::SecAggRoster(roster) => {
+                    AgentMessage::SecAggShares(member.client.share_keys(roster, &mut rng).unwrap())
+                }
+                AggregatorMessage::SecAggShares(shares) => {
+                    member.client.receive_shares(shares).unwrap();
+                    let mut delta = vec![1.0; numel(fed)];
+                    // Distributed DP: clipped, noised, and counted once.
+                    let weight = match member.client.params().noise {
+                        Some(noise) => {
+                            noise.apply(&mut delta, &mut rng);
+                            1
+                        }
+                        None => 2,
+                    };
+                    let masked = member.client.mask(&delta, weight).unwrap();
+                    let words: Vec<f32> = bytemuck::cast_slice(&masked).to_vec();
+                    pending.push((member.exchange, update_for(&member.task, 2), words));
+                    continue;
+                }
+                AggregatorMessage::SecAggUnmask(survivors) => {
+                    AgentMessage::SecAggReveal(member.client.reveal(survivors).unwrap())
+                }
+                other => panic!("unexpected {}", other.name()),
+            };
+            pending.push((*exchange, answer, Vec::new()));
+        }
+        seen.extend(actions);
+        if fed.is_finished() && pending.is_empty() {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn a_secure_round_unmasks_the_mean() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(1, true), &["a", "b", "c"], t0);
+    let before = fed.global().to_vec();
+    fed.handle_timeout(t0);
+    let actions = run_secure(&mut fed, &[], SecureStep::PublicKeys, t0);
+    let record = committed(&actions)[0];
+    assert!(record.applied, "{:?}", record.failures);
+    assert_eq!(record.updates, 3);
+    for (after, before) in fed.global().iter().zip(&before) {
+        assert!((after - before - 1.0).abs() < 1e-3, "{after} vs {before} + 1");
+    }
+    let acks = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Close {
+                    message: Some(AggregatorMessage::Ack(_)),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(acks, 3);
+}
+
+#[test]
+fn a_dropout_at_each_secure_step_is_recovered_or_refused_cleanly() {
+    let steps = [
+        SecureStep::PublicKeys,
+        SecureStep::KeyShares,
+        SecureStep::MaskedUpdate,
+        SecureStep::UnmaskingShares,
+    ];
+    for step in steps {
+        let t0 = Instant::now();
+        let mut fed = machine(config(1, true), &["a", "b", "c", "d"], t0);
+        let before = fed.global().to_vec();
+        fed.handle_timeout(t0);
+        let actions = run_secure(&mut fed, &["d"], step, t0);
+        let record = committed(&actions)[0];
+        assert!(
+            record.applied,
+            "{step}: {:?} {:?}",
+            record.failures, record.aggregation_error
+        );
+        let expected_updates = if step == SecureStep::UnmaskingShares { 4 } else { 3 };
+        assert_eq!(record.updates, expected_updates, "{step}");
+        if step != SecureStep::UnmaskingShares {
+            assert!(
+                record
+                    .failures
+                    .iter()
+                    .any(|f| f.agent == "d" && f.reason == FailureReason::SecureDeadline(step)),
+                "{step}: {:?}",
+                record.failures
+            );
+        }
+        // Whoever dropped out, the survivors' masks cancel: the model moves by their mean.
+        for (after, before) in fed.global().iter().zip(&before) {
+            assert!((after - before - 1.0).abs() < 1e-3, "{step}: {after} vs {before} + 1");
+        }
+        assert!(fed.is_finished());
+    }
+}
+
+#[test]
+fn a_distributed_noise_round_is_charged_for_the_noise_shares_that_arrived() {
+    use crate::privacy::{NoisePlacement, epsilon};
+    for (silent, contributors) in [(vec![], 4usize), (vec!["d"], 3)] {
+        let mut config = config(1, true);
+        config.privacy.noise_multiplier = 2.0;
+        config.privacy.clip = 0.5;
+        config.privacy.noise = NoisePlacement::Distributed;
+        config.validate().unwrap();
+        let t0 = Instant::now();
+        let mut fed = machine(config, &["a", "b", "c", "d"], t0);
+        let before = fed.global().to_vec();
+        fed.handle_timeout(t0);
+        let opened = tasks(fed.actions.make_contiguous());
+        for (_, task) in opened.values() {
+            let secure = task.secure.unwrap();
+            // σ · clip / √cohort each, in a coordinate range that holds it.
+            assert_eq!(secure.noise, Some(DistributedNoise { clip: 0.5, std: 0.5 }));
+            assert!(secure.clip >= 0.5 + 10.0 * 0.5, "{}", secure.clip);
+        }
+        let actions = run_secure(&mut fed, &silent, SecureStep::MaskedUpdate, t0);
+        let record = committed(&actions)[0];
+        assert!(record.applied, "{:?}", record.failures);
+        assert_eq!(record.updates, contributors);
+        assert_eq!(record.clip, Some(0.5));
+        // The shares of the agents whose inputs arrived: σ · √(n / cohort).
+        let sigma = 2.0 * (contributors as f64 / 4.0).sqrt();
+        let want = epsilon(sigma, 1.0, 1, 1e-5).unwrap().epsilon;
+        let got = record.epsilon.unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want} with {contributors} inputs");
+        // Each input is clipped to norm 0.5 (from all ones): the model moves by about
+        // 0.5 / √numel per value, give or take the noise.
+        let n = before.len();
+        let moved = fed.global().iter().zip(&before).map(|(a, b)| a - b).sum::<f32>() / n as f32;
+        let clipped = 0.5 / (n as f32).sqrt();
+        assert!((moved - clipped).abs() < 0.35, "moved {moved}, clipped value {clipped}");
+    }
+    // A dropout costs privacy: fewer shares, less noise, more ε.
+    let full = epsilon(2.0, 1.0, 1, 1e-5).unwrap().epsilon;
+    let short = epsilon(2.0 * 0.75f64.sqrt(), 1.0, 1, 1e-5).unwrap().epsilon;
+    assert!(short > full);
+}
+
+#[test]
+fn central_noise_is_fresh_from_the_os_while_everything_seeded_repeats() {
+    let mut config = config(2, false);
+    config.federation.cohort = 3.0;
+    config.privacy.noise_multiplier = 1.0;
+    config.privacy.clip = 1.0;
+    config.validate().unwrap();
+    let t0 = Instant::now();
+    // Two federations from one configuration and seed, given the same updates.
+    let run = || {
+        let fed = Federation::new(Arc::new(config.clone()), 0).unwrap();
+        let mut fed = connect(fed, &["a", "b", "c", "d", "e"], t0);
+        fed.handle_timeout(t0);
+        let mut cohorts = Vec::new();
+        for _ in 0..2 {
+            let opened = tasks(&drain(&mut fed));
+            cohorts.push(opened.iter().map(|(a, (_, t))| (a.clone(), t.seed)).collect::<Vec<_>>());
+            for (exchange, task) in opened.values() {
+                fed.handle_event(
+                    t0,
+                    Event::Received {
+                        exchange: *exchange,
+                        message: Box::new(update_for(task, 10)),
+                        payload: vec![0.01; numel(&fed)],
+                    },
+                );
+            }
+            let actions = drain(&mut fed);
+            assert!(committed(&actions)[0].applied);
+            fed.handle_timeout(t0);
+        }
+        (cohorts, fed.state())
+    };
+    let (cohorts_a, a) = run();
+    let (cohorts_b, b) = run();
+    assert_eq!(cohorts_a[0].len(), 3);
+    assert_eq!(cohorts_a, cohorts_b, "cohorts and task seeds follow the seed");
+    assert_eq!(a.rng, b.rng);
+    assert_eq!(a.history, b.history);
+    assert_eq!(a.privacy, b.privacy, "both spent the same privacy");
+    // The released models differ: the seed (and the checkpoint) cannot regenerate the noise.
+    assert_ne!(a.global, b.global, "two runs from one seed released the same noise");
+}
+
+#[test]
+fn privacy_settings_that_cannot_hold_are_refused() {
+    use crate::privacy::{Clipping, NoisePlacement};
+    let mut central_secure = config(1, true);
+    central_secure.privacy.noise_multiplier = 1.0;
+    let err = central_secure.validate().unwrap_err().to_string();
+    assert!(err.contains("privacy.noise = \"distributed\""), "{err}");
+    let mut distributed_plain = config(1, false);
+    distributed_plain.privacy.noise_multiplier = 1.0;
+    distributed_plain.privacy.noise = NoisePlacement::Distributed;
+    let err = distributed_plain.validate().unwrap_err().to_string();
+    assert!(err.contains("needs [secure_aggregation]"), "{err}");
+    let mut adaptive_distributed = config(1, true);
+    adaptive_distributed.privacy.noise_multiplier = 1.0;
+    adaptive_distributed.privacy.noise = NoisePlacement::Distributed;
+    adaptive_distributed.privacy.clipping = Clipping::Adaptive;
+    let err = adaptive_distributed.validate().unwrap_err().to_string();
+    assert!(err.contains("adaptive clipping"), "{err}");
+}
+
+#[test]
+fn adaptive_clipping_moves_the_clip_between_rounds_and_survives_a_restart() {
+    use crate::privacy::Clipping;
+    let mut config = config(3, false);
+    config.privacy.noise_multiplier = 1.0;
+    config.privacy.clip = 100.0;
+    config.privacy.clipping = Clipping::Adaptive;
+    // Noise on the count this small leaves the clip's path readable.
+    config.privacy.clipped_count_stddev = Some(0.51);
+    let t0 = Instant::now();
+    let mut fed = machine(config.clone(), &["a", "b", "c"], t0);
+    fed.handle_timeout(t0);
+    let mut clips = Vec::new();
+    for _ in 0..3 {
+        let opened = tasks(&drain(&mut fed));
+        for (exchange, task) in opened.values() {
+            fed.handle_event(
+                t0,
+                Event::Received {
+                    exchange: *exchange,
+                    message: Box::new(update_for(task, 10)),
+                    payload: vec![0.01; numel(&fed)],
+                },
+            );
+        }
+        let actions = drain(&mut fed);
+        let record = committed(&actions)[0];
+        assert!(record.applied, "{:?}", record.failures);
+        clips.push(record.clip.unwrap());
+        // The next round's clip is part of the state a restart resumes from.
+        let saved = serde_json::to_string(&fed.state()).unwrap();
+        let resumed = Federation::resume(Arc::new(config.clone()), serde_json::from_str(&saved).unwrap()).unwrap();
+        assert!(resumed.ledger.clip.is_some());
+        assert_eq!(resumed.ledger, fed.ledger);
+        fed.handle_timeout(t0);
+    }
+    // Every update is far inside a clip of 100: the clip shrinks round after round.
+    assert_eq!(clips[0], 100.0);
+    assert!(clips[1] < clips[0] && clips[2] < clips[1], "{clips:?}");
+}
+
+#[test]
+fn too_many_dropouts_abandon_the_secure_round_and_say_why() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(1, true), &["a", "b", "c", "d"], t0);
+    let before = fed.global().to_vec();
+    fed.handle_timeout(t0);
+    let actions = run_secure(&mut fed, &["c", "d"], SecureStep::KeyShares, t0);
+    let record = committed(&actions)[0];
+    assert!(!record.applied);
+    assert_eq!(fed.global(), &before[..]);
+    assert!(
+        record
+            .failures
+            .iter()
+            .any(|f| matches!(f.reason, FailureReason::SecureFailed(_))),
+        "{:?}",
+        record.failures
+    );
+    let told = actions
+        .iter()
+        .filter(|a| {
+            matches!(a, Action::Close { message: Some(AggregatorMessage::Error(e)), .. } if e.code == ErrorCode::Internal)
+        })
+        .count();
+    assert_eq!(told, 2, "the remaining members are told why");
+}
+
+#[test]
+fn a_federation_starts_from_the_initial_model_when_one_was_read() {
+    let mut config = config(2, false);
+    let fresh = Federation::new(Arc::new(config.clone()), 0).unwrap();
+    let initial: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
+    config.model.initial = Some(Arc::new(initial.clone()));
+    let now = Instant::now();
+    let mut started = machine(config, &["a", "b"], now);
+    assert_eq!(started.global(), initial.as_slice());
+    assert_ne!(fresh.global(), initial.as_slice());
+    // The tasks carry it.
+    started.handle_timeout(now);
+    let actions = drain(&mut started);
+    let opened = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Open { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert!(!opened.is_empty());
+    for payload in opened {
+        assert_eq!(fedtune_protocol::tensor::f32_from_le_bytes(&payload).unwrap(), initial);
+    }
+}
+
+#[test]
+fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_after_a_miss() {
+    // A 3 -> 2 linear model: weight [3, 2] (frozen), bias [2] (trained).
+    let mut config = config(3, false);
+    config.model.freeze = vec!["layers.0.weight".into()];
+    let now = Instant::now();
+    let mut fed = machine(config, &["a", "b"], now);
+    // Per agent: the exchange, the task, and the values sent down.
+    let opened = |actions: &[Action]| -> BTreeMap<String, (ExchangeId, Task, usize)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Open {
+                    exchange,
+                    agent,
+                    message: AggregatorMessage::Task(task),
+                    payload,
+                    ..
+                } => Some((agent.clone(), (*exchange, task.clone(), payload.len() / 4))),
+                _ => None,
+            })
+            .collect()
+    };
+    let answer = |fed: &mut Federation, exchange: ExchangeId, message: AgentMessage| {
+        fed.handle_event(
+            now,
+            Event::Received {
+                exchange,
+                message: Box::new(message),
+                payload: vec![0.5; 2],
+            },
+        );
+    };
+
+    // Round 0: the whole model to both.
+    fed.handle_timeout(now);
+    let round0 = opened(&drain(&mut fed));
+    assert_eq!(round0.len(), 2);
+    for (exchange, task, len) in round0.values() {
+        assert_eq!((task.base, *len), (None, 8));
+        answer(&mut fed, *exchange, update_for(task, 10));
+    }
+    fed.handle_timeout(now);
+    // Round 1: both hold the frozen weight; only the bias goes down, named by checksum.
+    let round1 = opened(&drain(&mut fed));
+    let checksum = round1["a"].1.base.expect("a holds the frozen values");
+    assert_eq!(
+        (round1["a"].2, round1["b"].1.base, round1["b"].2),
+        (2, Some(checksum), 2)
+    );
+    // a lost them: it says so, and gets the whole model in the next round.
+    answer(
+        &mut fed,
+        round1["a"].0,
+        AgentMessage::Error(ErrorMessage::new(ErrorCode::MissingBase, "no base")),
+    );
+    answer(&mut fed, round1["b"].0, update_for(&round1["b"].1, 10));
+    fed.handle_timeout(now);
+    let round2 = opened(&drain(&mut fed));
+    assert_eq!((round2["a"].1.base, round2["a"].2), (None, 8));
+    assert_eq!((round2["b"].1.base, round2["b"].2), (Some(checksum), 2));
+}

@@ -1,0 +1,45 @@
+//! What a study optimises: objectives, each a name and a direction.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether the objective is to be minimised or maximised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Lower is better.
+    #[default]
+    Minimize,
+    /// Higher is better.
+    Maximize,
+}
+
+impl Direction {
+    /// `value` turned into a loss: itself when minimising, its negation when maximising.
+    #[must_use]
+    pub fn loss(self, value: f64) -> f64 {
+        match self {
+            Self::Minimize => value,
+            Self::Maximize => -value,
+        }
+    }
+}
+
+/// One objective of a study: a name and whether to minimise or maximise it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Objective {
+    /// The name results are reported under (e.g. `accuracy`, `bytes`).
+    pub name: String,
+    /// Whether lower or higher is better.
+    pub direction: Direction,
+}
+
+impl Objective {
+    /// An objective named `name`.
+    #[must_use]
+    pub fn new(name: impl Into<String>, direction: Direction) -> Self {
+        Self {
+            name: name.into(),
+            direction,
+        }
+    }
+}
