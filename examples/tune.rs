@@ -28,7 +28,7 @@ use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::config::ModelConfig;
 use fedtune::aggregator::progress::Progress;
 use fedtune::aggregator::service;
-use fedtune::aggregator::tune::{Metric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
+use fedtune::aggregator::tune::{TrialMetric, TrialRecord, TuneConfig, TuneEvent, TuneHooks, tune};
 use fedtune::aggregator::{AggregatorConfig, tune_stored};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, Optimizer};
@@ -93,7 +93,7 @@ struct Args {
     /// Objectives, comma-separated, the first primary: accuracy, loss,
     /// accuracy_variance, worst_10pct_accuracy, device_seconds, bytes.
     #[arg(long, value_delimiter = ',', default_value = "accuracy")]
-    objectives: Vec<Metric>,
+    objectives: Vec<TrialMetric>,
     /// Weights for a weighted sum of the objectives (one per objective).
     #[arg(long, value_delimiter = ',')]
     weights: Option<Vec<f64>>,
@@ -129,7 +129,7 @@ struct TrialSummary {
     policy_best: Option<Params>,
     state: TrialState,
     values: Option<Vec<f64>>,
-    metrics: BTreeMap<Metric, f64>,
+    metrics: BTreeMap<TrialMetric, f64>,
     rounds: u64,
     test_accuracy: Option<f64>,
 }
@@ -150,7 +150,7 @@ struct Summary {
     sampler: String,
     pruner: String,
     seed: u64,
-    objectives: Vec<Metric>,
+    objectives: Vec<TrialMetric>,
     best_trial: Option<u64>,
     best_test_accuracy: Option<f64>,
     best_params: Option<Params>,
@@ -389,9 +389,9 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| {
             vec![
-                Direction::Maximize.loss(t.metrics[&Metric::Accuracy]),
-                t.metrics[&Metric::DeviceSeconds],
-                t.metrics[&Metric::Bytes],
+                Direction::Maximize.loss(t.metrics[&TrialMetric::Accuracy]),
+                t.metrics[&TrialMetric::DeviceSeconds],
+                t.metrics[&TrialMetric::Bytes],
             ]
         })
         .collect();
@@ -402,9 +402,9 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(_, r)| **r == 0)
         .map(|(t, _)| FrontPoint {
             trial: t.number,
-            accuracy: t.metrics[&Metric::Accuracy],
-            device_seconds: t.metrics[&Metric::DeviceSeconds],
-            bytes: t.metrics[&Metric::Bytes],
+            accuracy: t.metrics[&TrialMetric::Accuracy],
+            device_seconds: t.metrics[&TrialMetric::DeviceSeconds],
+            bytes: t.metrics[&TrialMetric::Bytes],
             params: t.params.clone(),
         })
         .collect();

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use fedtune::aggregator::tune::{Metric, TuneConfig, TuneHooks, tune};
+use fedtune::aggregator::tune::{TrialMetric, TuneConfig, TuneHooks, tune};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
 use fedtune::tuning::space::{ParamSpec, SearchSpace};
 use fedtune::tuning::{PrunerConfig, SamplerKind, SuccessiveHalvingPruner, TrialState};
@@ -65,7 +65,7 @@ async fn parallel_trials_run_on_disjoint_agent_groups() {
     let config = TuneConfig {
         sampler: SamplerKind::Random,
         parallel: 2,
-        objectives: vec![Metric::Accuracy, Metric::Bytes],
+        objectives: vec![TrialMetric::Accuracy, TrialMetric::Bytes],
         ..TuneConfig::new(space(false), 4, 2)
     };
     let report = study(4, config).await;
@@ -200,7 +200,7 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
     .unwrap();
     let study = TuneConfig {
         sampler: SamplerKind::Grid,
-        objectives: vec![Metric::Accuracy, Metric::Bytes],
+        objectives: vec![TrialMetric::Accuracy, TrialMetric::Bytes],
         ..TuneConfig::new(space, 3, 2)
     };
     let test = common::digits().global_test().unwrap();
@@ -215,7 +215,11 @@ async fn the_best_trial_writes_its_model_and_lora_rank_trades_bytes() {
     let report = study_with_hooks(agents, study, config, hooks).await;
     assert!(report.trials.iter().all(|t| t.state == TrialState::Complete));
     // Adapters of rank 0 (none), 2 and 8 move different bytes.
-    let bytes: BTreeSet<u64> = report.trials.iter().map(|t| t.metrics[&Metric::Bytes] as u64).collect();
+    let bytes: BTreeSet<u64> = report
+        .trials
+        .iter()
+        .map(|t| t.metrics[&TrialMetric::Bytes] as u64)
+        .collect();
     assert_eq!(bytes.len(), 3, "{bytes:?}");
 
     let best = report.best_trial().unwrap();
@@ -247,7 +251,7 @@ async fn noise_is_searchable_and_epsilon_is_an_objective() {
     .unwrap();
     let study = TuneConfig {
         sampler: SamplerKind::Grid,
-        objectives: vec![Metric::Accuracy, Metric::Epsilon],
+        objectives: vec![TrialMetric::Accuracy, TrialMetric::Epsilon],
         ..TuneConfig::new(space, 2, 2)
     };
     let report = study_with(3, study, common::config(3, 1)).await;
@@ -259,7 +263,7 @@ async fn noise_is_searchable_and_epsilon_is_an_objective() {
         let want = fedtune::federation::privacy::epsilon(sigma, 1.0, 2, 1e-5)
             .unwrap()
             .epsilon;
-        let got = t.metrics[&Metric::Epsilon];
+        let got = t.metrics[&TrialMetric::Epsilon];
         assert!((got - want).abs() < 1e-9, "σ {sigma}: ε {got} vs {want}");
         assert_eq!(t.values.as_ref().unwrap()[1], got);
     }

@@ -157,7 +157,7 @@ impl FitOutcome {
 }
 
 /// The answer to `request` from a local evaluation.
-pub(crate) fn answer(request: &Evaluate, e: train::Evaluation) -> Evaluation {
+pub(crate) fn answer(request: &Evaluate, e: train::Scores) -> Evaluation {
     Evaluation {
         trial: request.trial,
         round: request.round,

@@ -8,7 +8,7 @@ use fedtune_models::weights::WeightsSource;
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::trial_metric::Metric;
+use crate::trial_metric::TrialMetric;
 use fedtune_federation::privacy::PrivacyConfig;
 use fedtune_federation::server_lr::ServerLrConfig;
 pub use fedtune_federation::settings::{
@@ -582,7 +582,7 @@ pub struct TuningSection {
     pub parallel: usize,
     /// What trials are scored on, primary first.
     #[serde(default = "default_objectives")]
-    pub objectives: Vec<Metric>,
+    pub objectives: Vec<TrialMetric>,
     /// Weights for a weighted sum of the objectives.
     #[serde(default)]
     pub weights: Option<Vec<f64>>,
@@ -613,8 +613,8 @@ fn default_parallel() -> usize {
     1
 }
 
-fn default_objectives() -> Vec<Metric> {
-    vec![Metric::Accuracy]
+fn default_objectives() -> Vec<TrialMetric> {
+    vec![TrialMetric::Accuracy]
 }
 
 #[cfg(test)]

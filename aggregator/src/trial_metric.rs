@@ -10,7 +10,7 @@ use fedtune_tuning::{Direction, Objective};
 /// What a trial can be scored on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Metric {
+pub enum TrialMetric {
     /// Accuracy of the final model: on the server's test set when there is an
     /// evaluator, else the sample-weighted accuracy on the agents' validation splits.
     Accuracy,
@@ -28,7 +28,7 @@ pub enum Metric {
     Epsilon,
 }
 
-impl Metric {
+impl TrialMetric {
     /// Every metric, in its config spelling.
     pub const NAMES: [&'static str; 7] = [
         "accuracy",
@@ -72,13 +72,13 @@ impl Metric {
     }
 }
 
-impl fmt::Display for Metric {
+impl fmt::Display for TrialMetric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl FromStr for Metric {
+impl FromStr for TrialMetric {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {

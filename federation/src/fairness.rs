@@ -76,16 +76,16 @@ impl FairnessReport {
     }
 
     /// The value of `metric` in this report.
-    pub fn get(&self, metric: Metric) -> f64 {
+    pub fn get(&self, metric: FairnessMetric) -> f64 {
         match metric {
-            Metric::MeanAccuracy => self.mean_accuracy,
-            Metric::AccuracyVariance => self.accuracy_variance,
-            Metric::AccuracyStd => self.accuracy_std,
-            Metric::WorstAccuracy => self.worst_accuracy,
-            Metric::Worst10pctAccuracy => self.worst_10pct_accuracy,
-            Metric::AccuracyGap => self.accuracy_gap,
-            Metric::JainIndex => self.jain_index,
-            Metric::ParticipationJain => self.participation_jain,
+            FairnessMetric::MeanAccuracy => self.mean_accuracy,
+            FairnessMetric::AccuracyVariance => self.accuracy_variance,
+            FairnessMetric::AccuracyStd => self.accuracy_std,
+            FairnessMetric::WorstAccuracy => self.worst_accuracy,
+            FairnessMetric::Worst10pctAccuracy => self.worst_10pct_accuracy,
+            FairnessMetric::AccuracyGap => self.accuracy_gap,
+            FairnessMetric::JainIndex => self.jain_index,
+            FairnessMetric::ParticipationJain => self.participation_jain,
         }
     }
 }
@@ -93,7 +93,7 @@ impl FairnessReport {
 /// A fairness figure a constraint can bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Metric {
+pub enum FairnessMetric {
     /// [`FairnessReport::mean_accuracy`].
     MeanAccuracy,
     /// [`FairnessReport::accuracy_variance`].
@@ -112,18 +112,18 @@ pub enum Metric {
     ParticipationJain,
 }
 
-const METRICS: [(&str, Metric); 8] = [
-    ("mean_accuracy", Metric::MeanAccuracy),
-    ("accuracy_variance", Metric::AccuracyVariance),
-    ("accuracy_std", Metric::AccuracyStd),
-    ("worst_accuracy", Metric::WorstAccuracy),
-    ("worst_10pct_accuracy", Metric::Worst10pctAccuracy),
-    ("accuracy_gap", Metric::AccuracyGap),
-    ("jain_index", Metric::JainIndex),
-    ("participation_jain", Metric::ParticipationJain),
+const METRICS: [(&str, FairnessMetric); 8] = [
+    ("mean_accuracy", FairnessMetric::MeanAccuracy),
+    ("accuracy_variance", FairnessMetric::AccuracyVariance),
+    ("accuracy_std", FairnessMetric::AccuracyStd),
+    ("worst_accuracy", FairnessMetric::WorstAccuracy),
+    ("worst_10pct_accuracy", FairnessMetric::Worst10pctAccuracy),
+    ("accuracy_gap", FairnessMetric::AccuracyGap),
+    ("jain_index", FairnessMetric::JainIndex),
+    ("participation_jain", FairnessMetric::ParticipationJain),
 ];
 
-impl fmt::Display for Metric {
+impl fmt::Display for FairnessMetric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = METRICS.iter().find(|(_, m)| m == self).map_or("?", |(n, _)| n);
         f.write_str(name)
@@ -135,7 +135,7 @@ impl fmt::Display for Metric {
 #[serde(try_from = "String", into = "String")]
 pub struct Constraint {
     /// The bounded metric.
-    pub metric: Metric,
+    pub metric: FairnessMetric,
     /// `true` for `>=`, `false` for `<=`.
     pub at_least: bool,
     /// The bound.
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(
             c,
             Constraint {
-                metric: Metric::Worst10pctAccuracy,
+                metric: FairnessMetric::Worst10pctAccuracy,
                 at_least: true,
                 bound: 0.8
             }

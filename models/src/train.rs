@@ -108,7 +108,7 @@ pub enum TrainError {
 
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Evaluation {
+pub struct Scores {
     /// Mean cross-entropy (natural log) over the samples; 0 for no samples.
     pub loss: f64,
     /// Fraction of samples whose largest logit is the label; 0 for no samples.
@@ -167,7 +167,7 @@ impl ModelShape {
 /// [`TrainError::UnsupportedModel`] for custom specs, [`TrainError::InvalidModel`],
 /// [`TrainError::DimensionMismatch`], [`TrainError::ClassMismatch`], [`TrainError::Params`]
 /// when `params` does not fit `spec`, [`TrainError::Backend`].
-pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
+pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Scores, TrainError> {
     struct Evaluate<'a> {
         shape: ModelShape,
         manifest: Manifest,
@@ -176,7 +176,7 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Devic
         device: &'a Device,
     }
     impl ZooTask for Evaluate<'_> {
-        type Output = Result<Evaluation, TrainError>;
+        type Output = Result<Scores, TrainError>;
         fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
             evaluate_with(build, self.shape, &self.manifest, self.params, self.data, self.device)
         }
@@ -232,7 +232,7 @@ pub fn evaluate_with<M: Classifier>(
     params: &[f32],
     data: &Dataset,
     device: &Device,
-) -> Result<Evaluation, TrainError> {
+) -> Result<Scores, TrainError> {
     check_data(shape, data, "validation")?;
     let device = device.clone().without_autodiff();
     let model = load(build(&device), params, manifest)?;
@@ -508,9 +508,9 @@ fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f64) -> 
 
 /// Loss and accuracy of `model` on `data`; the softmax is done on the host in f64, on
 /// logits read back one batch at a time.
-fn evaluate_model<M: Classifier>(model: &M, data: &Dataset, device: &Device) -> Result<Evaluation, TrainError> {
+fn evaluate_model<M: Classifier>(model: &M, data: &Dataset, device: &Device) -> Result<Scores, TrainError> {
     if data.is_empty() {
-        return Ok(Evaluation::default());
+        return Ok(Scores::default());
     }
     let dim = data.dim();
     let mut loss = 0.0;
@@ -544,7 +544,7 @@ fn evaluate_model<M: Classifier>(model: &M, data: &Dataset, device: &Device) -> 
         }
     }
     let n = data.len() as f64;
-    Ok(Evaluation {
+    Ok(Scores {
         loss: loss / n,
         accuracy: correct as f64 / n,
         samples: data.len() as u64,
@@ -1118,7 +1118,7 @@ mod tests {
         let empty = evaluate(&spec, &[0.0; 6], &data.subset(&[]).unwrap(), &device).unwrap();
         assert_eq!(
             empty,
-            Evaluation {
+            Scores {
                 loss: 0.0,
                 accuracy: 0.0,
                 samples: 0

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{RunId, StoreError, StoreWriter};
-use fedtune_tuning::{Created, FrozenTrial, Storage as TrialStorage, StorageError, StudyHeader, TrialState};
+use fedtune_tuning::{Created, FrozenTrial, StorageError, StudyHeader, StudyStorage, TrialState};
 
 /// A trial as text columns (JSON where the value is structured).
 pub(super) struct TrialColumns {
@@ -107,7 +107,7 @@ fn storage_error(e: StoreError) -> StorageError {
     }
 }
 
-impl TrialStorage for StudyStore {
+impl StudyStorage for StudyStore {
     fn open(&mut self, header: &StudyHeader) -> Result<Vec<FrozenTrial>, StorageError> {
         let (run, header) = (self.run, header.clone());
         self.writer

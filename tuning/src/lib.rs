@@ -55,7 +55,7 @@ pub use pareto::{ParetoError, Scalarization, dominates, hypervolume, non_dominat
 pub use pruner::{MedianPruner, NopPruner, Pruner, PrunerConfig, PrunerError, SuccessiveHalvingPruner};
 pub use sampler::{GridSampler, Params, RandomSampler, Sampler, SamplerError};
 pub use spec::{ObjectiveSpec, SpecError, load_objectives, parse_objectives, parse_space_toml};
-pub use storage::{Created, InMemory, Journal, Storage, StorageError, StudyHeader};
+pub use storage::{Created, InMemory, Journal, StorageError, StudyHeader, StudyStorage};
 pub use study::{AskedTrial, Outcome, SamplerKind, Study, StudyError};
 pub use tpe::{TpeConfig, TpeSampler};
 pub use trial::{FrozenTrial, TrialState};

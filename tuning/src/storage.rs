@@ -1,4 +1,4 @@
-//! Where a study's trials are kept (Optuna's `Storage` seam).
+//! Where a study's trials are kept (Optuna's `StudyStorage` seam).
 //!
 //! [`InMemory`] keeps nothing beyond the process. [`Journal`] appends every change of a
 //! trial to a JSON-lines file and syncs it before the study goes on, so a study resumes
@@ -73,7 +73,7 @@ pub struct StudyHeader {
     pub objectives: Vec<Objective>,
 }
 
-/// What [`Storage::create`] did with a new trial.
+/// What [`StudyStorage::create`] did with a new trial.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created {
     /// Stored, under the number the storage gave it.
@@ -85,7 +85,7 @@ pub enum Created {
 }
 
 /// Keeps a study's trials.
-pub trait Storage: Send {
+pub trait StudyStorage: Send {
     /// Opens the storage for the study `header` describes and returns the trials it
     /// already holds, in number order.
     ///
@@ -126,7 +126,7 @@ pub trait Storage: Send {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct InMemory;
 
-impl Storage for InMemory {
+impl StudyStorage for InMemory {
     fn open(&mut self, _: &StudyHeader) -> Result<Vec<FrozenTrial>, StorageError> {
         Ok(Vec::new())
     }
@@ -151,7 +151,7 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// A journal at `path`, created on [`Storage::open`] if it does not exist.
+    /// A journal at `path`, created on [`StudyStorage::open`] if it does not exist.
     #[must_use]
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -242,7 +242,7 @@ impl Journal {
     }
 }
 
-impl Storage for Journal {
+impl StudyStorage for Journal {
     fn open(&mut self, header: &StudyHeader) -> Result<Vec<FrozenTrial>, StorageError> {
         let mut file = OpenOptions::new()
             .read(true)

@@ -36,7 +36,7 @@ use super::gp::{GpConfig, GpSampler};
 use super::pareto::{Scalarization, pareto_front};
 use super::pruner::Pruner;
 use super::sampler::{GridSampler, Params, RandomSampler, Sampler, SamplerError};
-use super::storage::{Created, InMemory, Storage, StorageError, StudyHeader};
+use super::storage::{Created, InMemory, StorageError, StudyHeader, StudyStorage};
 use super::tpe::{TpeConfig, TpeSampler};
 use super::trial::{FrozenTrial, TrialState};
 use crate::objective::{Direction, Objective};
@@ -252,7 +252,7 @@ pub struct Study {
     scalarization: Option<Scalarization>,
     sampler: Box<dyn Sampler + Send>,
     pruner: Box<dyn Pruner + Send>,
-    storage: Box<dyn Storage>,
+    storage: Box<dyn StudyStorage>,
     trials: Vec<FrozenTrial>,
 }
 
@@ -302,7 +302,7 @@ impl Study {
     ///
     /// # Errors
     /// [`StudyError::Storage`] when the storage cannot be read or holds another study.
-    pub fn with_storage(self, storage: Box<dyn Storage>) -> Result<Self, StudyError> {
+    pub fn with_storage(self, storage: Box<dyn StudyStorage>) -> Result<Self, StudyError> {
         let (mut study, running) = self.resume_from(storage)?;
         for trial in running {
             study.tell(trial.number, Outcome::Failed)?;
@@ -316,7 +316,7 @@ impl Study {
     ///
     /// # Errors
     /// [`StudyError::Storage`] when the storage cannot be read or holds another study.
-    pub fn resume_from(mut self, mut storage: Box<dyn Storage>) -> Result<(Self, Vec<AskedTrial>), StudyError> {
+    pub fn resume_from(mut self, mut storage: Box<dyn StudyStorage>) -> Result<(Self, Vec<AskedTrial>), StudyError> {
         let header = StudyHeader {
             space: self.space.clone(),
             objectives: self.objectives.clone(),

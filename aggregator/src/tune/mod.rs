@@ -36,7 +36,7 @@ use tracing::{info, warn};
 pub use crate::config::TuningSection;
 use crate::config::{AggregatorConfig, ConfigError};
 use crate::driver::{FederationError, accept_agents, stop_agents, wait_for_agents};
-pub use crate::trial_metric::Metric;
+pub use crate::trial_metric::TrialMetric;
 use fedtune_federation::{Evaluator, GlobalEvaluation};
 use fedtune_store::RunStatus;
 use fedtune_tuning::{
@@ -54,7 +54,7 @@ pub struct TuneConfig {
     /// The searched space.
     pub space: SearchSpace,
     /// What trials are scored on; the first is the primary objective.
-    pub objectives: Vec<Metric>,
+    pub objectives: Vec<TrialMetric>,
     /// Optimise the weighted sum of the objectives instead of their Pareto front.
     pub weights: Option<Vec<f64>>,
     /// The strategy between trials (and, for `bayes+rl`, within them).
@@ -120,7 +120,7 @@ impl TuneConfig {
     pub fn new(space: SearchSpace, trials: usize, rounds: u64) -> Self {
         Self {
             space,
-            objectives: vec![Metric::Accuracy],
+            objectives: vec![TrialMetric::Accuracy],
             weights: None,
             sampler: SamplerKind::default(),
             pruner: PrunerConfig::None,
@@ -215,7 +215,7 @@ pub struct TrialRecord {
     /// The primary objective after each round.
     pub curve: Vec<f64>,
     /// Every metric of the final model, for complete trials (whatever the objectives).
-    pub metrics: BTreeMap<Metric, f64>,
+    pub metrics: BTreeMap<TrialMetric, f64>,
     /// Server-side evaluation of the final model.
     pub final_test: Option<GlobalEvaluation>,
     /// The within-trial policy's best values (`bayes+rl`), which the trial reports as

@@ -9,7 +9,7 @@ use fedtune_tuning::space::{Distribution, ParamValue};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
-use super::Metric;
+use super::TrialMetric;
 use super::params::{apply_client, client_value, server_lr};
 use super::{TrialRecord, TuneEvent};
 use crate::config::AggregatorConfig;
@@ -122,7 +122,7 @@ pub(super) struct TrialRun {
     pub(super) evaluator: Option<Arc<dyn Evaluator>>,
     pub(super) study: Arc<Mutex<Study>>,
     pub(super) pool: Option<BTreeSet<String>>,
-    pub(super) objectives: Vec<Metric>,
+    pub(super) objectives: Vec<TrialMetric>,
     pub(super) tuner: Option<Arc<Mutex<PolicyTuner>>>,
     pub(super) events: tokio::sync::mpsc::UnboundedSender<TuneEvent>,
     /// Where a trial resumes from (a study restarted from its store).
@@ -150,19 +150,19 @@ pub(super) fn measure(
     device: f64,
     bytes: u64,
     epsilon: f64,
-) -> BTreeMap<Metric, f64> {
+) -> BTreeMap<TrialMetric, f64> {
     BTreeMap::from([
-        (Metric::Epsilon, epsilon),
-        (Metric::Accuracy, eval.map_or(0.0, |e| e.accuracy)),
-        (Metric::Loss, eval.map_or(f64::MAX, |e| e.loss)),
-        (Metric::AccuracyVariance, fairness.accuracy_variance),
-        (Metric::Worst10pctAccuracy, fairness.worst_10pct_accuracy),
-        (Metric::DeviceSeconds, device),
-        (Metric::Bytes, bytes as f64),
+        (TrialMetric::Epsilon, epsilon),
+        (TrialMetric::Accuracy, eval.map_or(0.0, |e| e.accuracy)),
+        (TrialMetric::Loss, eval.map_or(f64::MAX, |e| e.loss)),
+        (TrialMetric::AccuracyVariance, fairness.accuracy_variance),
+        (TrialMetric::Worst10pctAccuracy, fairness.worst_10pct_accuracy),
+        (TrialMetric::DeviceSeconds, device),
+        (TrialMetric::Bytes, bytes as f64),
     ])
 }
 
-pub(super) fn values(objectives: &[Metric], metrics: &BTreeMap<Metric, f64>) -> Vec<f64> {
+pub(super) fn values(objectives: &[TrialMetric], metrics: &BTreeMap<TrialMetric, f64>) -> Vec<f64> {
     objectives.iter().map(|m| metrics[m]).collect()
 }
 
