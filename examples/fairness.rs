@@ -24,10 +24,9 @@ use fedtune::agent::config::FederatedData;
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::PartitionSpec;
 use fedtune::agent::trainer::BurnTrainer;
-use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RunReport};
 use fedtune::federation::strategy::{QFedAvgConfig, StrategyConfig};
-use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
+use fedtune::protocol::ClientHyperparameters;
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -164,22 +163,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let config = AggregatorConfig {
-            federation: FederationConfig {
-                rounds: args.rounds,
-                min_agents: args.agents,
-                seed: args.seed,
-                loopback: true,
-                ..FederationConfig::default()
-            },
-            model: ModelSpec::Mlp(MlpSpec {
-                input: 64,
-                hidden: vec![64],
-                classes: 10,
-            })
-            .into(),
             client: client.clone(),
             strategy: strategy.clone(),
-            ..AggregatorConfig::default()
+            ..fedtune::sim::loopback_config(fedtune::sim::digits_mlp(), args.agents, args.rounds, args.seed)
         };
         let report = fedtune::sim::run_local(config, trainers, Hooks::default())
             .await

@@ -19,11 +19,10 @@ use clap::Parser;
 use fedtune::agent::cancel::Cancel;
 use fedtune::agent::model::default_device;
 use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
-use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::federation::strategy::StrategyConfig;
-use fedtune::protocol::{Capabilities, Evaluate, Evaluation, MlpSpec, ModelSpec, Task};
+use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Task};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -138,24 +137,11 @@ async fn main() -> anyhow::Result<()> {
                     factor: (attacked && i < poisoned).then_some(factor),
                 })
                 .collect();
-            let config = AggregatorConfig {
-                federation: FederationConfig {
-                    rounds: args.rounds,
-                    min_agents: agents,
-                    seed: args.seed,
-                    loopback: true,
-                    final_evaluation: false,
-                    ..FederationConfig::default()
-                },
-                model: ModelSpec::Mlp(MlpSpec {
-                    input: 64,
-                    hidden: vec![64],
-                    classes: 10,
-                })
-                .into(),
+            let mut config = AggregatorConfig {
                 strategy: strategy.clone(),
-                ..AggregatorConfig::default()
+                ..fedtune::sim::loopback_config(fedtune::sim::digits_mlp(), agents, args.rounds, args.seed)
             };
+            config.federation.final_evaluation = false;
             let hooks = Hooks {
                 evaluator: Some(Arc::new(TestSetEvaluator::new(data.global_test()?, default_device()))),
                 ..Hooks::default()

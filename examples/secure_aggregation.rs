@@ -21,7 +21,7 @@ use fedtune::agent::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::{AggregatorConfig, Hooks};
 use fedtune::evaluate::TestSetEvaluator;
-use fedtune::protocol::{Capabilities, ClientHyperparameters, Evaluate, Evaluation, MlpSpec, ModelSpec, Task};
+use fedtune::protocol::{Capabilities, ClientHyperparameters, Evaluate, Evaluation, Task};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
@@ -99,11 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let data = fedtune::sim::digits_split()?;
     let agents = data.clients();
-    let model = ModelSpec::Mlp(MlpSpec {
-        input: 64,
-        hidden: vec![64],
-        classes: 10,
-    });
+    let model = fedtune::sim::digits_mlp();
     let parameters = model.manifest().numel();
     println!(
         "secure aggregation: {agents} agents on the shared digits split, {parameters} parameters, {} rounds, \

@@ -9,11 +9,40 @@ use fedtune_agent::config::{ConfigError, FederatedData};
 use fedtune_agent::partition::PartitionSpec;
 use fedtune_agent::tls::{client_config, default_transport};
 use fedtune_agent::trainer::Trainer;
+use fedtune_aggregator::AggregatorConfig;
+use fedtune_aggregator::config::FederationConfig;
 use fedtune_aggregator::identity::{FederationPki, IdentityError, generate};
 use fedtune_aggregator::service::bind;
 use fedtune_aggregator::transport::TransportTuning;
+use fedtune_protocol::{MlpSpec, ModelSpec};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+/// The digits MLP 64-64-10 (the model of `config/aggregator.toml`), which the examples
+/// and tests federate.
+pub fn digits_mlp() -> ModelSpec {
+    ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: vec![64],
+        classes: 10,
+    })
+}
+
+/// A federation of `agents` agents in this process for `rounds` rounds of `model`,
+/// seeded by `seed`, on the loopback transport; every other setting its default.
+pub fn loopback_config(model: ModelSpec, agents: usize, rounds: u64, seed: u64) -> AggregatorConfig {
+    AggregatorConfig {
+        federation: FederationConfig {
+            rounds,
+            min_agents: agents,
+            seed,
+            loopback: true,
+            ..FederationConfig::default()
+        },
+        model: model.into(),
+        ..AggregatorConfig::default()
+    }
+}
 
 /// The repository's `data/` directory (bundled datasets and the HPO benchmark files).
 pub fn data_dir() -> std::path::PathBuf {

@@ -108,18 +108,9 @@ fn serve_with_three_agents(name: &str, spec: ModelSpec, edit: impl Fn(String) ->
     Served { stdout, report, model }
 }
 
-/// The digits MLP 64-64-10 of `config/aggregator.toml`.
-fn digits_mlp() -> ModelSpec {
-    ModelSpec::Mlp(fedtune::protocol::MlpSpec {
-        input: 64,
-        hidden: vec![64],
-        classes: 10,
-    })
-}
-
 #[test]
 fn aggregator_and_three_agents_run_as_separate_processes() {
-    let Served { stdout, report, model } = serve_with_three_agents("daemons", digits_mlp(), |toml| toml);
+    let Served { stdout, report, model } = serve_with_three_agents("daemons", fedtune::sim::digits_mlp(), |toml| toml);
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     let model = model.expect("serve writes the final model next to its report");
@@ -137,7 +128,7 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
 
 #[test]
 fn the_daemons_run_rounds_under_secure_aggregation() {
-    let Served { stdout, report, .. } = serve_with_three_agents("daemons-secure", digits_mlp(), |toml| {
+    let Served { stdout, report, .. } = serve_with_three_agents("daemons-secure", fedtune::sim::digits_mlp(), |toml| {
         toml.replace(
             "enabled = false                      # needs a strategy",
             "enabled = true # needs a strategy",

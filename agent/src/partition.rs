@@ -17,6 +17,7 @@ use std::str::FromStr;
 use rand::distr::Open01;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngExt};
+use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
 
 /// How many times [`Dirichlet`] redraws before giving up on `min_size`.
@@ -247,36 +248,20 @@ fn sample_dirichlet(alpha: f64, k: usize, rng: &mut dyn Rng) -> Vec<f64> {
     weights.into_iter().map(|w| w / total).collect()
 }
 
-/// The natural log of a Gamma(`shape`, 1) draw (Marsaglia & Tsang 2000).
+/// The natural log of a Gamma(`shape`, 1) draw.
 ///
-/// For `shape < 1` it uses the boost `G(a) = G(a + 1) · U^(1/a)`, kept in log space.
+/// For `shape < 1` it uses the boost `G(a) = G(a + 1) · U^(1/a)` in log space, where the
+/// draw itself would underflow; `shape` is a validated Dirichlet alpha (positive, finite).
 fn ln_gamma_sample(shape: f64, rng: &mut dyn Rng) -> f64 {
     if shape < 1.0 {
         let u: f64 = rng.sample(Open01);
         return ln_gamma_sample(shape + 1.0, rng) + u.ln() / shape;
     }
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let x = standard_normal(rng);
-        let v = 1.0 + c * x;
-        if v <= 0.0 {
-            continue;
-        }
-        let v = v * v * v;
-        let u: f64 = rng.sample(Open01);
-        let x2 = x * x;
-        if u < 1.0 - 0.0331 * x2 * x2 || u.ln() < 0.5 * x2 + d * (1.0 - v + v.ln()) {
-            return (d * v).ln();
-        }
+    match Gamma::new(shape, 1.0) {
+        Ok(gamma) => gamma.sample(rng).ln(),
+        // Unreachable for a validated alpha; an even share rather than a panic.
+        Err(_) => 0.0,
     }
-}
-
-/// A standard normal draw (Box–Muller).
-fn standard_normal(rng: &mut dyn Rng) -> f64 {
-    let u1: f64 = rng.sample(Open01);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// Which partition to use, as given on a command line or in a config file: `iid`,

@@ -16,6 +16,7 @@ use rand::rngs::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::strategy::{Aggregation, StrategyError, UpdateMeta};
+use fedtune_tuning::stats::log_erfc;
 
 /// `[privacy]`: client-level DP-FedAvg (McMahan et al. 2018). Each update is clipped to
 /// L2 norm `clip`, the clipped updates are averaged with equal weights (a sample count an
@@ -592,19 +593,6 @@ fn log_add(x: f64, y: f64) -> f64 {
         return b;
     }
     (a - b).exp().ln_1p() + b
-}
-
-/// `ln erfc(x)`, finite far into the tail (where `erfc` underflows, by its asymptotic
-/// series).
-fn log_erfc(x: f64) -> f64 {
-    let value = libm::erfc(x);
-    if value > 1e-300 {
-        return value.ln();
-    }
-    // erfc(x) ~ e^(−x²) / (x √π) · (1 − 1/(2x²) + 3/(4x⁴) − 15/(8x⁶)).
-    let x2 = x * x;
-    -x2 - (x * std::f64::consts::PI.sqrt()).ln()
-        + (1.0 - 1.0 / (2.0 * x2) + 3.0 / (4.0 * x2 * x2) - 15.0 / (8.0 * x2 * x2 * x2)).ln()
 }
 
 /// `ln A_α` for integer α: `Σ_i C(α, i) q^i (1 − q)^(α − i) e^((i² − i) / (2σ²))`.

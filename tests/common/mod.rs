@@ -14,7 +14,7 @@ use fedtune::agent::trainer::{BurnTrainer, Trainer};
 use fedtune::aggregator::config::FederationConfig;
 use fedtune::aggregator::identity::FederationPki;
 use fedtune::aggregator::{AggregatorConfig, Hooks, RunReport, run};
-use fedtune::protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
+use fedtune::protocol::ClientHyperparameters;
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
 use tokio::task::JoinSet;
 
@@ -42,12 +42,7 @@ pub fn config(agents: usize, rounds: u64) -> AggregatorConfig {
             round_timeout_secs: 30.0,
             ..FederationConfig::default()
         },
-        model: ModelSpec::Mlp(MlpSpec {
-            input: 64,
-            hidden: vec![64],
-            classes: 10,
-        })
-        .into(),
+        model: fedtune::sim::digits_mlp().into(),
         client: ClientHyperparameters::default(),
         ..AggregatorConfig::default()
     }

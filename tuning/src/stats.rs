@@ -1,78 +1,35 @@
-//! Normal-distribution helpers: `erfc`, the normal CDF and its logarithm, sampling.
+//! Normal-distribution helpers: the normal CDF and its logarithm, `ln erfc`, sampling.
 //!
-//! `f64::erf` is not stable yet; [`erfc`] is the Chebyshev fit of *Numerical Recipes*
-//! (3rd ed., §6.2.2), accurate to about 1e-15 relative over the whole line, and its
-//! logarithmic form gives `ln Φ` deep in the lower tail without underflow.
+//! `erfc` is libm's; [`log_erfc`] carries it into the tail where it underflows, so
+//! `ln Φ` stays finite deep in the lower tail. Draws are `rand_distr`'s.
 
 use rand::{Rng, RngExt};
 
-// Kept digit for digit as published, so the table can be checked against the book.
-#[allow(clippy::excessive_precision)]
-const ERFC_COF: [f64; 28] = [
-    -1.3026537197817094,
-    6.4196979235649026e-1,
-    1.9476473204185836e-2,
-    -9.561514786808631e-3,
-    -9.46595344482036e-4,
-    3.66839497852761e-4,
-    4.2523324806907e-5,
-    -2.0278578112534e-5,
-    -1.624290004647e-6,
-    1.303655835580e-6,
-    1.5626441722e-8,
-    -8.5238095915e-8,
-    6.529054439e-9,
-    5.059343495e-9,
-    -9.91364156e-10,
-    -2.27365122e-10,
-    9.6467911e-11,
-    2.394038e-12,
-    -6.886027e-12,
-    8.94487e-13,
-    3.13092e-13,
-    -1.12708e-13,
-    3.81e-16,
-    7.106e-15,
-    -1.523e-15,
-    -9.4e-17,
-    1.21e-16,
-    -2.8e-17,
-];
-
-/// `ln erfc(z)` for `z >= 0`.
-fn ln_erfc_nonneg(z: f64) -> f64 {
-    let t = 2.0 / (2.0 + z);
-    let ty = 4.0 * t - 2.0;
-    let (mut d, mut dd) = (0.0, 0.0);
-    for &c in ERFC_COF[1..].iter().rev() {
-        let tmp = d;
-        d = ty * d - dd + c;
-        dd = tmp;
-    }
-    t.ln() - z * z + 0.5 * (ERFC_COF[0] + ty * d) - dd
-}
-
-/// The complementary error function.
+/// `ln erfc(x)`, finite far into the upper tail where `erfc` itself underflows (there
+/// by its asymptotic series, whose next term is below 1e-11 relative from x ≈ 26 on).
 #[must_use]
-pub fn erfc(x: f64) -> f64 {
-    if x >= 0.0 {
-        ln_erfc_nonneg(x).exp()
-    } else {
-        2.0 - ln_erfc_nonneg(-x).exp()
+pub fn log_erfc(x: f64) -> f64 {
+    let value = libm::erfc(x);
+    if value > 1e-300 {
+        return value.ln();
     }
+    // erfc(x) ~ e^(−x²) / (x √π) · (1 − 1/(2x²) + 3/(4x⁴) − 15/(8x⁶)).
+    let x2 = x * x;
+    -x2 - (x * std::f64::consts::PI.sqrt()).ln()
+        + (1.0 - 1.0 / (2.0 * x2) + 3.0 / (4.0 * x2 * x2) - 15.0 / (8.0 * x2 * x2 * x2)).ln()
 }
 
 /// The standard normal CDF Φ(x).
 #[must_use]
 pub fn norm_cdf(x: f64) -> f64 {
-    0.5 * erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
+    0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
 }
 
 /// `ln Φ(x)`, accurate in the far lower tail.
 #[must_use]
 pub fn norm_log_cdf(x: f64) -> f64 {
     if x < 0.0 {
-        std::f64::consts::LN_2.mul_add(-1.0, ln_erfc_nonneg(-x * std::f64::consts::FRAC_1_SQRT_2))
+        log_erfc(-x * std::f64::consts::FRAC_1_SQRT_2) - std::f64::consts::LN_2
     } else {
         norm_cdf(x).ln()
     }
@@ -85,11 +42,9 @@ pub fn norm_log_pdf(x: f64) -> f64 {
     -0.5 * x * x - LN_SQRT_2PI
 }
 
-/// A standard normal draw (Box–Muller).
+/// A standard normal draw.
 pub fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
-    let u1 = 1.0 - rng.random::<f64>(); // in (0, 1]
-    let u2 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    rng.sample(rand_distr::StandardNormal)
 }
 
 /// A draw from N(mu, sigma²) truncated to `[lo, hi]`.
@@ -127,6 +82,7 @@ pub fn log_sum_exp(xs: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libm::erfc;
 
     #[test]
     fn erfc_matches_reference_values() {

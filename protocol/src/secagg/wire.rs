@@ -83,12 +83,9 @@ impl DistributedNoise {
         let clipped = clip_l2(update, f64::from(self.clip));
         if self.std > 0.0 {
             let std = f64::from(self.std);
-            for pair in update.chunks_mut(2) {
-                let (a, b) = standard_normal_pair(rng);
-                pair[0] += (a * std) as f32;
-                if let Some(second) = pair.get_mut(1) {
-                    *second += (b * std) as f32;
-                }
+            for v in update.iter_mut() {
+                let noise: f64 = rand::RngExt::sample(rng, rand_distr::StandardNormal);
+                *v += (noise * std) as f32;
             }
         }
         clipped
@@ -105,17 +102,6 @@ pub fn clip_l2(update: &mut [f32], clip: f64) -> bool {
         update.iter_mut().for_each(|v| *v *= scale);
     }
     longer
-}
-
-/// Two independent standard normal draws (Box–Muller).
-fn standard_normal_pair(rng: &mut impl rand::CryptoRng) -> (f64, f64) {
-    // 53 random bits: u1 in (0, 1], u2 in [0, 1).
-    let unit = |bits: u64| (bits >> 11) as f64 / (1u64 << 53) as f64;
-    let u1 = 1.0 - unit(rng.next_u64());
-    let u2 = unit(rng.next_u64());
-    let r = (-2.0 * u1.ln()).sqrt();
-    let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
-    (r * cos, r * sin)
 }
 
 impl SecureRound {
