@@ -48,7 +48,7 @@ fn serve(config: &Path) -> Child {
         .arg(config)
         .env("RUST_LOG", "warn")
         // Slow the run down so the browser sees rounds arrive.
-        .env("FEDTUNE_TEST_HOLD_AFTER_COMMIT_MS", "400")
+        .args(["--hold-after-commit-ms", "400"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

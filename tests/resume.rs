@@ -18,8 +18,8 @@ use fedtune_store::{RunKind, RunStatus, SqliteStore, Storage};
 use fedtune_tuning::TrialState;
 
 const ROUNDS: u64 = 8;
-/// How long `serve` holds after each commit (its test hook), so each kill lands where
-/// the test chooses.
+/// How long `serve` holds after each commit (its hidden `--hold-after-commit-ms`), so
+/// each kill lands where the test chooses.
 const HOLD_MS: u64 = 400;
 
 /// Rounds committed to the store so far (0 before the store exists).
@@ -36,7 +36,8 @@ fn serve(config: &Path) -> Child {
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
-        .env("FEDTUNE_TEST_HOLD_AFTER_COMMIT_MS", HOLD_MS.to_string())
+        .arg("--hold-after-commit-ms")
+        .arg(HOLD_MS.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

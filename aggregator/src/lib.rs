@@ -22,6 +22,9 @@
 //! - [`trial_metric`]: what a federated trial is scored on.
 //! - [`tune`]: federated studies: each trial a federation, pruned on rounds, several at once.
 //! - [`wire`]: the aggregator's error replies (frames themselves move through `fedtune_protocol::wire`).
+//!
+//! The `fedtune-aggregator` binary's subcommands live beside these in `src/cli/`, one file
+//! each; they are modules of `main.rs`, not of this library.
 
 #![forbid(unsafe_code)]
 

@@ -1,0 +1,69 @@
+//! `fedtune-aggregator evaluate`: a weights file's accuracy and loss on a test split.
+//! It trains nothing but runs the model over the whole split: `main` runs it off the
+//! async runtime.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fedtune_aggregator::evaluate::{TestSet, evaluate_weights, load_model_toml};
+use fedtune_models::weights::{Layout, WeightsSource};
+
+/// The arguments of `evaluate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A TOML file with a `[model]` table (a model file, or an aggregator's
+    /// configuration).
+    #[arg(long)]
+    model: PathBuf,
+    /// The weights: `.safetensors`, `.pt` / `.pth` or `.bpk`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The file's layout: auto (Burn's for files Burn or fedtune wrote, PyTorch's
+    /// otherwise), pytorch or burn.
+    #[arg(long, default_value = "auto")]
+    layout: String,
+    /// A key rewrite `PATTERN=REPLACEMENT` (a regular expression) applied to the file's
+    /// tensor names before they are matched to the model's; repeatable.
+    #[arg(long = "remap")]
+    remap: Vec<String>,
+    /// `digits`, `fashion-mnist`, `wordnet` or `csv:PATH`.
+    #[arg(long)]
+    dataset: TestSet,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the model's test accuracy and loss with these weights.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let layout = match args.layout.as_str() {
+        "auto" => Layout::Auto,
+        "pytorch" => Layout::Pytorch,
+        "burn" => Layout::Burn,
+        other => anyhow::bail!("--layout {other}: use auto, pytorch or burn"),
+    };
+    let mut source = WeightsSource::new(args.weights).layout(layout);
+    for rule in &args.remap {
+        let (pattern, replacement) = rule
+            .split_once('=')
+            .with_context(|| format!("--remap {rule}: write it as PATTERN=REPLACEMENT"))?;
+        source = source.remap(pattern, replacement);
+    }
+    let spec = load_model_toml(&args.model)?;
+    let report = evaluate_weights(&spec, &source, &args.dataset)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} ({} parameters) from {}\n{} test samples of {}: accuracy {:.4}, loss {:.4}",
+            report.model,
+            report.parameters,
+            report.weights.display(),
+            report.samples,
+            report.dataset,
+            report.accuracy,
+            report.loss
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The `fedtune-aggregator` subcommands, one module each. These are modules of the
+//! binary, not of the library: they report errors with `anyhow`, which the library
+//! leaves to its callers.
+//!
+//! # Layout
+//! - [`init`], [`issue`], [`revoke`]: the federation's certificates.
+//! - [`serve`]: a federation as its configuration says; [`serve_study`] when it has
+//!   `[tuning]`.
+//! - [`tune`]: ask/tell over JSON lines for an objective run outside fedtune.
+//! - [`runs`], [`rounds`], [`trials`], [`export`], [`plot`]: read a store, read-only,
+//!   while a run may be writing it (`--db` is a SQLite file or a `postgres://` URL). They
+//!   block on the store: `main` runs them through [`blocking`].
+//! - [`dashboard`]: the web dashboard over a store.
+//! - [`evaluate`]: a weights file's accuracy and loss on a test split.
+//! - [`privacy`]: ε after some rounds, or the noise an ε budget needs.
+//! - [`signal`]: Ctrl-C and SIGTERM, for the commands that serve until stopped.
+
+pub mod dashboard;
+pub mod evaluate;
+pub mod export;
+pub mod init;
+pub mod issue;
+pub mod plot;
+pub mod privacy;
+pub mod revoke;
+pub mod rounds;
+pub mod runs;
+pub mod serve;
+pub mod serve_study;
+pub mod signal;
+pub mod trials;
+pub mod tune;
+
+/// Runs `work` on a blocking thread.
+pub async fn blocking(work: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(work).await?
+}
