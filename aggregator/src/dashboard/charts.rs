@@ -1,5 +1,5 @@
-//! What the charts show, derived from the store's records once and drawn twice: as
-//! inline SVG on the dashboard's pages ([`super::svg`]) and as SVG and PNG files by the
+//! What the charts show, derived from the store's records and drawn once, by
+//! [`super::svg`]: inline on the dashboard's pages, and as SVG and PNG files by the
 //! `plot` command ([`crate::plot`]).
 
 use fedtune_tuning::space::{Distribution, ParamValue};
@@ -139,8 +139,8 @@ fn state_color(trial: &FrozenTrial) -> &'static str {
     match trial.state {
         TrialState::Complete if trial.feasible => svg::color(0),
         TrialState::Complete => svg::color(1),
-        TrialState::Pruned => "#9aa0a6",
-        TrialState::Failed => "#d93025",
+        TrialState::Pruned => "#9AA0A6",
+        TrialState::Failed => "#D93025",
         TrialState::Running => svg::color(2),
     }
 }
@@ -229,9 +229,9 @@ pub(crate) fn intermediate_chart(trials: &[FrozenTrial], name: &str, best: Optio
                 .filter_map(|(step, v)| v.first().map(|v| (*step as f64, *v)))
                 .collect(),
             color: if t.state == TrialState::Pruned {
-                "#9aa0a6"
+                "#9AA0A6"
             } else if Some(t.number) == best {
-                "#d93025"
+                "#D93025"
             } else {
                 svg::color(t.number as usize)
             },
@@ -355,24 +355,30 @@ pub(crate) fn pareto_charts(
                 if on_front && dims == 2 {
                     line.push((x, y));
                 }
-                points.push(ScatterPoint {
-                    x,
-                    y,
-                    label: format!(
-                        "trial {}{}: {} {}, {} {}",
-                        t.number,
-                        if on_front { " (Pareto front)" } else { "" },
-                        names[a],
-                        num(Some(x)),
-                        names[b],
-                        num(Some(y))
-                    ),
-                    color: if on_front { "#d93025" } else { "#9aa0a6" },
-                    radius: if on_front { 4.0 } else { 3.0 },
-                    href: Some(format!("/runs/{id}?trial={}", t.number)),
-                    emphasised: Some(t.number) == best,
-                });
+                points.push((
+                    on_front,
+                    ScatterPoint {
+                        x,
+                        y,
+                        label: format!(
+                            "trial {}{}: {} {}, {} {}",
+                            t.number,
+                            if on_front { " (Pareto front)" } else { "" },
+                            names[a],
+                            num(Some(x)),
+                            names[b],
+                            num(Some(y))
+                        ),
+                        color: if on_front { "#D93025" } else { "#9AA0A6" },
+                        radius: if on_front { 4.0 } else { 3.0 },
+                        href: Some(format!("/runs/{id}?trial={}", t.number)),
+                        emphasised: Some(t.number) == best,
+                    },
+                ));
             }
+            // Later points cover earlier ones: the front goes over the trials it
+            // dominates, and the chosen trial's ring over everything.
+            points.sort_by_key(|(on_front, p)| (*on_front, p.emphasised));
             line.sort_by(|p, q| p.0.total_cmp(&q.0));
             let testid = if a == 0 && b == 1 {
                 "pareto-chart".to_owned()
@@ -390,7 +396,7 @@ pub(crate) fn pareto_charts(
                 ),
                 x_label: names[a].clone(),
                 y_label: names[b].clone(),
-                points,
+                points: points.into_iter().map(|(_, p)| p).collect(),
                 lines: vec![series("front", 4, line)],
                 testid,
                 step_lines: false,
@@ -398,4 +404,28 @@ pub(crate) fn pareto_charts(
         }
     }
     charts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_is_drawn_over_the_trials_it_dominates() {
+        // Maximise x, minimise y: trial 1 dominates 0 and 2, and is drawn last.
+        let trials: Vec<FrozenTrial> = [(0.5, 2.0), (0.9, 1.0), (0.6, 3.0)]
+            .into_iter()
+            .enumerate()
+            .map(|(n, (x, y))| FrozenTrial {
+                values: Some(vec![x, y]),
+                ..FrozenTrial::complete(n as u64, Default::default(), x)
+            })
+            .collect();
+        let names = ["accuracy".to_owned(), "bytes".to_owned()];
+        let charts = pareto_charts(1, &trials, &names, &[Direction::Maximize, Direction::Minimize], Some(1));
+        let labels: Vec<&str> = charts[0].points.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(labels.len(), 3);
+        assert!(labels[2].starts_with("trial 1 (Pareto front)"), "{labels:?}");
+        assert!(charts[0].points[2].emphasised);
+    }
 }

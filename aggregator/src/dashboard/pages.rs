@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::charts;
-use super::svg::{self, TimelineRow, escape, num};
+use super::svg::{self, Size, TimelineRow, escape, num};
 use fedtune_federation::RoundRecord;
 use fedtune_store::{RunKind, RunStatus, RunSummary, StoredRound, StoredTrial, agent_rows};
 use fedtune_tuning::fedex::FedExPolicy;
@@ -175,7 +175,7 @@ pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
     }
     html.push_str(r#"<section class="charts">"#);
     for chart in charts::run_charts(&records) {
-        html.push_str(&svg::line_chart(&chart));
+        html.push_str(&svg::line_chart(&chart, Size::PAGE));
     }
     html.push_str("</section>");
     let shown = round
@@ -474,19 +474,15 @@ pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[St
     }
     html.push_str(r#"<section class="charts">"#);
     for (k, name) in names.iter().enumerate().take(3) {
-        html.push_str(&svg::scatter_chart(&charts::history_chart(
-            run.id,
-            &trials,
-            k,
-            name,
-            directions[k],
-        )));
+        html.push_str(&svg::scatter_chart(
+            &charts::history_chart(run.id, &trials, k, name, directions[k]),
+            Size::PAGE,
+        ));
     }
-    html.push_str(&svg::line_chart(&charts::intermediate_chart(
-        &trials,
-        &names[0],
-        best.map(|b| b.number),
-    )));
+    html.push_str(&svg::line_chart(
+        &charts::intermediate_chart(&trials, &names[0], best.map(|b| b.number)),
+        Size::PAGE,
+    ));
     html.push_str(&svg::parallel_chart(&charts::parallel_chart(
         header,
         &trials,
@@ -505,7 +501,7 @@ pub(super) fn study(run: &RunSummary, header: Option<&StudyHeader>, stored: &[St
     }
     if names.len() >= 2 {
         for chart in charts::pareto_charts(run.id, &trials, &names, &directions, best.map(|b| b.number)) {
-            html.push_str(&svg::scatter_chart(&chart));
+            html.push_str(&svg::scatter_chart(&chart, Size::PAGE));
         }
     }
     html.push_str("</section>");
