@@ -17,7 +17,7 @@ use clap::Parser;
 use fedtune::agent::cancel::Cancel;
 use fedtune::agent::data::Dataset;
 use fedtune::agent::model::default_device;
-use fedtune::agent::train::train_local;
+use fedtune::agent::train::{TrainJob, train_local};
 use fedtune::protocol::{ClientHyperparameters, CnnSpec, ModelSpec, Optimizer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -71,18 +71,19 @@ fn main() -> anyhow::Result<()> {
         ..ClientHyperparameters::default()
     };
     let device = default_device();
+    let cancel = Cancel::never();
     let run = |seed| {
-        train_local(
-            &spec,
-            &[],
-            &global,
-            &hp,
-            &train,
-            &validation,
+        let job = TrainJob {
+            frozen: &[],
+            global: &global,
+            hp: &hp,
+            train: &train,
+            validation: &validation,
             seed,
-            &device,
-            &Cancel::never(),
-        )
+            device: &device,
+            cancel: &cancel,
+        };
+        train_local(&spec, &job)
     };
     // Warm-up: allocator pools, first-touch pages.
     run(0)?;

@@ -22,8 +22,8 @@ use burn::tensor::activation::relu;
 use clap::Parser;
 use fedtune::agent::custom::{ModelTrainer, custom_spec, initial_params};
 use fedtune::agent::data::Dataset;
-use fedtune::agent::model::{Classifier, Device, default_device, manifest_of};
-use fedtune::agent::train::{ModelShape, evaluate_with};
+use fedtune::agent::model::{Classifier, CustomModel, Device, ModelShape, default_device, manifest_of};
+use fedtune::agent::train::evaluate_with;
 use fedtune::aggregator::config::{FederationConfig, ModelConfig};
 use fedtune::aggregator::{AggregatorConfig, Evaluator, GlobalEvaluation, Hooks, RoundRecord, run};
 use fedtune::federation::EvaluationError;
@@ -95,24 +95,15 @@ struct Args {
 
 /// The aggregator's test-set evaluation of the custom model.
 struct TestSet<F> {
-    build: F,
-    manifest: fedtune::protocol::Manifest,
-    shape: ModelShape,
+    model: CustomModel<F>,
     test: Dataset,
     device: Device,
 }
 
 impl<F: Fn(&Device) -> ResidualMlp + Send + Sync + 'static> Evaluator for TestSet<F> {
     fn evaluate(&self, _model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, EvaluationError> {
-        let e = evaluate_with(
-            &self.build,
-            self.shape,
-            &self.manifest,
-            params,
-            &self.test,
-            &self.device,
-        )
-        .map_err(|e| EvaluationError::Failed(e.to_string()))?;
+        let e = evaluate_with(&self.model, params, &self.test, &self.device)
+            .map_err(|e| EvaluationError::Failed(e.to_string()))?;
         Ok(GlobalEvaluation {
             loss: e.loss,
             accuracy: e.accuracy,
@@ -193,12 +184,9 @@ async fn main() -> anyhow::Result<()> {
             ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let shape = ModelShape { input: 64, classes };
     let hooks = Hooks {
         evaluator: Some(Arc::new(TestSet {
-            build,
-            manifest: manifest.clone(),
-            shape,
+            model: CustomModel::new(build, ModelShape { input: 64, classes }, &device),
             test: data.global_test()?,
             device: device.clone(),
         })),

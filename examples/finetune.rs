@@ -34,7 +34,7 @@ use fedtune::agent::config::FederatedData;
 use fedtune::agent::data::{FASHION_MNIST_DIR, load_fashion_mnist};
 use fedtune::agent::model::default_device;
 use fedtune::agent::partition::{Dirichlet, SplitFile, stratified_holdout};
-use fedtune::agent::train::{evaluate, train_local};
+use fedtune::agent::train::{TrainJob, evaluate, train_local};
 use fedtune::agent::weights::WeightsSource;
 use fedtune::aggregator::config::{FederationConfig, LoraConfig, ModelConfig};
 use fedtune::aggregator::evaluate::{TestSet, evaluate_weights};
@@ -203,17 +203,17 @@ async fn main() -> anyhow::Result<()> {
         ..ClientHyperparameters::default()
     };
     let empty = pretrain.subset(&[])?;
-    let update = train_local(
-        &spec,
-        &[],
-        &init,
-        &hp,
-        &pretrain,
-        &empty,
-        args.seed,
-        &device,
-        &Cancel::never(),
-    )?;
+    let job = TrainJob {
+        frozen: &[],
+        global: &init,
+        hp: &hp,
+        train: &pretrain,
+        validation: &empty,
+        seed: args.seed,
+        device: &device,
+        cancel: &Cancel::never(),
+    };
+    let update = train_local(&spec, &job)?;
     let pretrained: Vec<f32> = init.iter().zip(&update.delta).map(|(w, d)| w + d).collect();
     let pretrained_path = args.out.join("pretrained.safetensors");
     service::save_model(&spec, &pretrained, &pretrained_path)?;

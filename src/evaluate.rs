@@ -24,9 +24,10 @@ impl TestSetEvaluator {
 
 impl Evaluator for TestSetEvaluator {
     fn evaluate(&self, model: &ModelSpec, params: &[f32]) -> Result<GlobalEvaluation, EvaluationError> {
-        if let ModelSpec::Custom { name, .. } = model {
+        if let ModelSpec::Custom(custom) = model {
             return Err(EvaluationError::UnsupportedModel(format!(
-                "the test set evaluates the zoo's models (MLP, CNN), not custom model `{name}`"
+                "the test set evaluates the zoo's models (MLP, CNN), not custom model `{}`",
+                custom.name
             )));
         }
         let e =

@@ -16,20 +16,20 @@
 
 use std::marker::PhantomData;
 
-use fedtune_protocol::{Capabilities, Evaluate, Evaluation, Manifest, ModelSpec, Task};
+use fedtune_protocol::{Capabilities, CustomSpec, Evaluate, Evaluation, ModelSpec, Task};
 
 use crate::cancel::Cancel;
 use crate::data::Dataset;
-use crate::model::{Classifier, Device, flatten, manifest_of};
-use crate::train::{ModelShape, evaluate_with, train_model};
+use crate::model::{Blueprint, Classifier, CustomModel, Device, ModelShape, flatten, manifest_of};
+use crate::train::{TrainJob, evaluate_with, train_model};
 use crate::trainer::{FitOutcome, Trainer, TrainerError};
 
 /// The [`ModelSpec::Custom`] that names a model of your own: its name and its layout.
 pub fn custom_spec<M: Classifier>(name: &str, model: &M) -> ModelSpec {
-    ModelSpec::Custom {
+    ModelSpec::Custom(CustomSpec {
         name: name.to_owned(),
         manifest: manifest_of(model),
-    }
+    })
 }
 
 /// A model's parameters in manifest order: what the global model starts from.
@@ -41,9 +41,7 @@ pub fn initial_params<M: Classifier>(model: &M) -> Vec<f32> {
 /// initialisation; the task's global parameters are loaded into it).
 pub struct ModelTrainer<M, F> {
     name: String,
-    build: F,
-    manifest: Manifest,
-    shape: ModelShape,
+    blueprint: CustomModel<F>,
     train: Dataset,
     validation: Dataset,
     device: Device,
@@ -62,12 +60,9 @@ impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> ModelTrainer<M, F> {
         validation: Dataset,
         device: Device,
     ) -> Self {
-        let manifest = manifest_of(&build(&device.clone().without_autodiff()));
         Self {
             name: name.to_owned(),
-            build,
-            manifest,
-            shape: ModelShape { input, classes },
+            blueprint: CustomModel::new(build, ModelShape { input, classes }, &device),
             train,
             validation,
             device,
@@ -77,12 +72,14 @@ impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> ModelTrainer<M, F> {
 
     /// Refuses a task for another model than this trainer's.
     fn check(&self, model: &ModelSpec) -> Result<(), TrainerError> {
+        let manifest = self.blueprint.manifest();
         match model {
-            ModelSpec::Custom { name, manifest } if *name == self.name && *manifest == self.manifest => Ok(()),
-            ModelSpec::Custom { name, manifest } if *name == self.name => Err(TrainerError::UnsupportedModel(format!(
-                "custom model `{name}` has manifest {} here, the task's is {}",
-                self.manifest.hash(),
-                manifest.hash()
+            ModelSpec::Custom(custom) if custom.name == self.name && custom.manifest == manifest => Ok(()),
+            ModelSpec::Custom(custom) if custom.name == self.name => Err(TrainerError::UnsupportedModel(format!(
+                "custom model `{}` has manifest {} here, the task's is {}",
+                custom.name,
+                manifest.hash(),
+                custom.manifest.hash()
             ))),
             other => Err(TrainerError::UnsupportedModel(format!(
                 "this agent trains custom model `{}`, not {}",
@@ -100,32 +97,23 @@ impl<M: Classifier, F: Fn(&Device) -> M + Send + 'static> Trainer for ModelTrain
 
     fn fit(&mut self, task: &Task, global: &[f32], cancel: &Cancel) -> Result<FitOutcome, TrainerError> {
         self.check(&task.model)?;
-        let local = train_model(
-            &self.build,
-            self.shape,
-            &self.manifest,
-            &task.frozen,
+        let job = TrainJob {
+            frozen: &task.frozen,
             global,
-            &task.hyperparameters,
-            &self.train,
-            &self.validation,
-            task.seed,
-            &self.device,
+            hp: &task.hyperparameters,
+            train: &self.train,
+            validation: &self.validation,
+            seed: task.seed,
+            device: &self.device,
             cancel,
-        )?;
+        };
+        let local = train_model(&self.blueprint, &job)?;
         Ok(FitOutcome::from_local(local, None))
     }
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
         self.check(&request.model)?;
-        let e = evaluate_with(
-            &self.build,
-            self.shape,
-            &self.manifest,
-            params,
-            &self.validation,
-            &self.device,
-        )?;
+        let e = evaluate_with(&self.blueprint, params, &self.validation, &self.device)?;
         Ok(crate::trainer::answer(request, e))
     }
 }

@@ -5,7 +5,7 @@ use fedtune_protocol::{Capabilities, ClientHyperparameters, Evaluate, Evaluation
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
 use crate::model::Device;
-use crate::train::{self, LocalUpdate, TrainError, evaluate, train_local};
+use crate::train::{self, LocalUpdate, TrainError, TrainJob, evaluate, train_local};
 
 /// Why a trainer did not produce an update or an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -109,17 +109,17 @@ impl Trainer for BurnTrainer {
         } else {
             None
         };
-        let mut local = train_local(
-            &task.model,
-            &task.frozen,
+        let job = TrainJob {
+            frozen: &task.frozen,
             global,
             hp,
-            &self.train,
-            &self.validation,
-            task.seed,
-            &self.device,
+            train: &self.train,
+            validation: &self.validation,
+            seed: task.seed,
+            device: &self.device,
             cancel,
-        )?;
+        };
+        let mut local = train_local(&task.model, &job)?;
         local.metrics.train_loss_before = train_loss_before;
         let plateau = self
             .last_loss
@@ -133,9 +133,10 @@ impl Trainer for BurnTrainer {
     }
 
     fn evaluate(&mut self, request: &Evaluate, params: &[f32]) -> Result<Evaluation, TrainerError> {
-        if let ModelSpec::Custom { name, .. } = &request.model {
+        if let ModelSpec::Custom(custom) = &request.model {
             return Err(TrainerError::UnsupportedModel(format!(
-                "this agent evaluates the zoo's models (MLP, CNN), not custom model `{name}`"
+                "this agent evaluates the zoo's models (MLP, CNN), not custom model `{}`",
+                custom.name
             )));
         }
         let e = evaluate(&request.model, params, &self.validation, &self.device)?;

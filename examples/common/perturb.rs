@@ -5,16 +5,18 @@ use std::sync::Arc;
 
 use fedtune::agent::cancel::Cancel;
 use fedtune::agent::trainer::{FitOutcome, Trainer, TrainerError};
-use fedtune::protocol::{Capabilities, Evaluate, Evaluation, Manifest, ModelSpec, Task, TensorSpec, TrainMetrics};
+use fedtune::protocol::{
+    Capabilities, CustomSpec, Evaluate, Evaluation, Manifest, ModelSpec, Task, TensorSpec, TrainMetrics,
+};
 
 /// A model of `params` f32 parameters in one tensor.
 pub fn model(params: usize) -> ModelSpec {
-    ModelSpec::Custom {
+    ModelSpec::Custom(CustomSpec {
         name: "perturbation".into(),
         manifest: Manifest {
             tensors: vec![TensorSpec::new("weights", vec![params])],
         },
-    }
+    })
 }
 
 /// Skips training: answers every task with the same small perturbation.

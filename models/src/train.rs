@@ -1,12 +1,15 @@
 //! Local training and evaluation: what an agent does with a task.
 //!
-//! [`train_local`] takes the global parameters, trains them on the agent's data and returns
-//! `local - global` with the metrics the aggregator asks for. Batches are copied straight
-//! from the dataset's row-major buffer into one tensor per step; nothing is allocated per
-//! sample. The functions block: call them from a blocking thread, not the async runtime.
+//! [`train_local`] takes the global parameters and the rest of a [`TrainJob`], trains them
+//! on the agent's data and returns `local - global` with the metrics the aggregator asks
+//! for; [`train_model`] and [`evaluate_with`] do the same for any [`Blueprint`]. Batches
+//! are copied straight from the dataset's row-major buffer into one tensor per step;
+//! nothing is allocated per sample. The functions block: call them from a blocking
+//! thread, not the async runtime.
 
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -15,7 +18,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use fedtune_protocol::freeze::Trainable;
 use fedtune_protocol::message::ClientParamError;
 use fedtune_protocol::tensor::check_finite;
-use fedtune_protocol::{ClientHyperparameters, Manifest, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
+use fedtune_protocol::{ClientHyperparameters, ModelSpec, Optimizer, ProtocolError, TrainMetrics};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -23,7 +26,8 @@ use rand::seq::SliceRandom;
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
 use crate::model::{
-    Classifier, Device, ModelError, ZooTask, flatten, freeze_paths, load, squared_distance, with_zoo_model,
+    Blueprint, Classifier, Device, ModelError, ModelShape, NotInZoo, ZooTask, flatten, freeze_paths, load,
+    squared_distance, with_zoo_model,
 };
 
 /// Rows per forward pass when evaluating (no gradients): a CNN's convolutions unfold
@@ -129,35 +133,31 @@ pub struct LocalUpdate {
     pub metrics: TrainMetrics,
 }
 
-/// What a model takes and gives, checked against the data before any tensor is built (a
-/// mismatch would otherwise be a panic inside Burn).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelShape {
-    /// Features per input row.
-    pub input: usize,
-    /// Output classes.
-    pub classes: usize,
+impl From<NotInZoo> for TrainError {
+    fn from(custom: NotInZoo) -> Self {
+        TrainError::UnsupportedModel(custom.name)
+    }
 }
 
-impl ModelShape {
-    fn of(spec: &ModelSpec) -> Result<Self, TrainError> {
-        match spec {
-            ModelSpec::Mlp(mlp) => Ok(Self {
-                input: mlp.input,
-                classes: mlp.classes,
-            }),
-            ModelSpec::Cnn(cnn) => Ok(Self {
-                input: cnn.input_len(),
-                classes: cnn.classes,
-            }),
-            ModelSpec::Transformer(t) => Ok(Self {
-                input: t.max_len,
-                classes: t.classes,
-            }),
-            ModelSpec::Lora(lora) => Self::of(&lora.base),
-            ModelSpec::Custom { name, .. } => Err(TrainError::UnsupportedModel(name.clone())),
-        }
-    }
+/// Everything local training takes besides the model.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainJob<'a> {
+    /// Freeze patterns: the tensors that stay as they are (see [`fedtune_protocol::freeze`]).
+    pub frozen: &'a [String],
+    /// The global parameters to start from, in manifest order.
+    pub global: &'a [f32],
+    /// The hyperparameters.
+    pub hp: &'a ClientHyperparameters,
+    /// The local training set.
+    pub train: &'a Dataset,
+    /// The local validation set, evaluated before and after.
+    pub validation: &'a Dataset,
+    /// Seeds the order of the minibatches.
+    pub seed: u64,
+    /// Picks the backend; autodiff is enabled on it for training.
+    pub device: &'a Device,
+    /// Abandons the run when it fires (checked before every batch).
+    pub cancel: &'a Cancel,
 }
 
 /// Evaluates the zoo model `spec` with parameters `params` (manifest order) on `data`, in
@@ -165,41 +165,30 @@ impl ModelShape {
 ///
 /// # Errors
 /// [`TrainError::UnsupportedModel`] for custom specs, [`TrainError::InvalidModel`],
-/// [`TrainError::DimensionMismatch`], [`TrainError::ClassMismatch`], [`TrainError::Params`]
-/// when `params` does not fit `spec`, [`TrainError::Backend`].
+/// [`TrainError::DimensionMismatch`], [`TrainError::ClassMismatch`],
+/// [`TrainError::TokenOutOfRange`], [`TrainError::Params`] when `params` does not fit
+/// `spec`, [`TrainError::Backend`].
 pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Device) -> Result<Scores, TrainError> {
     struct Evaluate<'a> {
-        shape: ModelShape,
-        manifest: Manifest,
         params: &'a [f32],
         data: &'a Dataset,
         device: &'a Device,
     }
     impl ZooTask for Evaluate<'_> {
         type Output = Result<Scores, TrainError>;
-        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
-            evaluate_with(build, self.shape, &self.manifest, self.params, self.data, self.device)
+        fn run<B: Blueprint>(self, model: &B) -> Self::Output {
+            evaluate_with(model, self.params, self.data, self.device)
         }
     }
     spec.validate().map_err(TrainError::InvalidModel)?;
-    check_tokens(spec, data, "validation")?;
-    let task = Evaluate {
-        shape: ModelShape::of(spec)?,
-        manifest: spec.manifest(),
-        params,
-        data,
-        device,
-    };
-    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
+    with_zoo_model(spec, Evaluate { params, data, device })?
 }
 
-/// For a transformer, every feature must be a token id in its vocabulary (Burn would
+/// For a model over token ids, every feature must be one in its vocabulary (Burn would
 /// panic on one outside it).
-fn check_tokens(spec: &ModelSpec, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
-    let vocab = match spec {
-        ModelSpec::Transformer(t) => t.vocab,
-        ModelSpec::Lora(lora) => return check_tokens(&lora.base, data, what),
-        _ => return Ok(()),
+fn check_tokens(model: &impl Blueprint, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
+    let Some(vocab) = model.vocab() else {
+        return Ok(());
     };
     let bad = |v: f32| !(v >= 0.0 && v < vocab as f32 && v.fract() == 0.0);
     match data.features().iter().position(|&v| bad(v)) {
@@ -213,96 +202,60 @@ fn check_tokens(spec: &ModelSpec, data: &Dataset, what: &'static str) -> Result<
     }
 }
 
-fn unsupported(spec: &ModelSpec) -> TrainError {
-    TrainError::UnsupportedModel(match spec {
-        ModelSpec::Custom { name, .. } => name.clone(),
-        other => other.describe(),
-    })
-}
-
-/// Evaluates any [`Classifier`] that `build` makes, with `params` laid out by `manifest`,
-/// on `data`.
+/// Evaluates any model `blueprint` builds, with `params` laid out by its manifest, on
+/// `data`.
 ///
 /// # Errors
 /// As [`evaluate`].
-pub fn evaluate_with<M: Classifier>(
-    build: impl Fn(&Device) -> M,
-    shape: ModelShape,
-    manifest: &Manifest,
+pub fn evaluate_with(
+    blueprint: &impl Blueprint,
     params: &[f32],
     data: &Dataset,
     device: &Device,
 ) -> Result<Scores, TrainError> {
-    check_data(shape, data, "validation")?;
+    check_tokens(blueprint, data, "validation")?;
+    check_data(blueprint.shape(), data, "validation")?;
     let device = device.clone().without_autodiff();
-    let model = load(build(&device), params, manifest)?;
+    let model = load(blueprint.build(&device), params, &blueprint.manifest())?;
     evaluate_model(&model, data, &device)
 }
 
-/// Trains the global parameters `global` on `train` for `hp.local_epochs` epochs of
-/// shuffled minibatches (order seeded by `seed`) with SGD (momentum and weight decay as
-/// `hp` says) or Adam (with weight decay as L2), evaluating on `validation` before and
-/// after. `device` picks the backend; autodiff is enabled on it for training.
+/// Trains the zoo model `spec` from `job.global` on `job.train` for `hp.local_epochs`
+/// epochs of shuffled minibatches (order seeded by `job.seed`) with SGD (momentum and
+/// weight decay as `hp` says) or Adam (with weight decay as L2), evaluating on
+/// `job.validation` before and after.
 ///
 /// SGD momentum uses no dampening (`v ← μv + g`) and Adam uses ε = 1e-8, as PyTorch does,
 /// so results compare with other frameworks' reference runs.
 ///
 /// # Errors
 /// [`TrainError::UnsupportedModel`] for custom specs, [`TrainError::InvalidModel`],
-/// [`TrainError::InvalidHyperparameters`], [`TrainError::DimensionMismatch`] and
-/// [`TrainError::ClassMismatch`] when a dataset does not fit the model,
-/// [`TrainError::EmptyTrainingSet`], [`TrainError::Params`] when `global` does not fit,
-/// [`TrainError::NonFiniteGlobal`], [`TrainError::Diverged`], [`TrainError::Backend`], and
-/// [`TrainError::Abandoned`] when `cancel` fires (checked before every batch).
-// Each argument is one independent input of local training; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
-pub fn train_local(
-    spec: &ModelSpec,
-    frozen: &[String],
-    global: &[f32],
-    hp: &ClientHyperparameters,
-    train: &Dataset,
-    validation: &Dataset,
-    seed: u64,
-    device: &Device,
-    cancel: &Cancel,
-) -> Result<LocalUpdate, TrainError> {
-    struct Train<'a> {
-        shape: ModelShape,
-        manifest: Manifest,
-        frozen: &'a [String],
-        global: &'a [f32],
-        hp: &'a ClientHyperparameters,
-        train: &'a Dataset,
-        validation: &'a Dataset,
-        seed: u64,
-        device: &'a Device,
-        cancel: &'a Cancel,
-    }
-    impl ZooTask for Train<'_> {
-        type Output = Result<LocalUpdate, TrainError>;
-        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
-            train_model(
-                build,
-                self.shape,
-                &self.manifest,
-                self.frozen,
-                self.global,
-                self.hp,
-                self.train,
-                self.validation,
-                self.seed,
-                self.device,
-                self.cancel,
-            )
-        }
-    }
+/// [`TrainError::InvalidHyperparameters`], [`TrainError::DimensionMismatch`],
+/// [`TrainError::ClassMismatch`] and [`TrainError::TokenOutOfRange`] when a dataset does
+/// not fit the model, [`TrainError::EmptyTrainingSet`], [`TrainError::Params`] when
+/// `global` does not fit, [`TrainError::NonFiniteGlobal`], [`TrainError::Diverged`],
+/// [`TrainError::Backend`], and [`TrainError::Abandoned`] when `cancel` fires.
+pub fn train_local(spec: &ModelSpec, job: &TrainJob<'_>) -> Result<LocalUpdate, TrainError> {
     spec.validate().map_err(TrainError::InvalidModel)?;
-    check_tokens(spec, train, "training")?;
-    check_tokens(spec, validation, "validation")?;
-    let task = Train {
-        shape: ModelShape::of(spec)?,
-        manifest: spec.manifest(),
+    with_zoo_model(spec, job)?
+}
+
+/// A job trains whichever zoo model the spec names.
+impl ZooTask for &TrainJob<'_> {
+    type Output = Result<LocalUpdate, TrainError>;
+    fn run<B: Blueprint>(self, model: &B) -> Self::Output {
+        train_model(model, self)
+    }
+}
+
+/// Trains any model `blueprint` builds exactly as [`train_local`] trains the zoo's: the
+/// same optimizers, FedProx term, cancellation, divergence checks and metrics. Its
+/// manifest lays out `job.global` and the returned delta.
+///
+/// # Errors
+/// As [`train_local`].
+pub fn train_model(blueprint: &impl Blueprint, job: &TrainJob<'_>) -> Result<LocalUpdate, TrainError> {
+    let &TrainJob {
         frozen,
         global,
         hp,
@@ -311,32 +264,11 @@ pub fn train_local(
         seed,
         device,
         cancel,
-    };
-    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
-}
-
-/// Trains any [`Classifier`] that `build` makes, exactly as [`train_local`] trains the
-/// zoo's models: the same optimizers, FedProx term, cancellation, divergence checks and
-/// metrics. `manifest` lays out `global` and the returned delta; it must be the module's
-/// layout ([`crate::model::manifest_of`]).
-///
-/// # Errors
-/// As [`train_local`].
-// See `train_local`.
-#[allow(clippy::too_many_arguments)]
-pub fn train_model<M: Classifier>(
-    build: impl Fn(&Device) -> M,
-    shape: ModelShape,
-    manifest: &Manifest,
-    frozen: &[String],
-    global: &[f32],
-    hp: &ClientHyperparameters,
-    train: &Dataset,
-    validation: &Dataset,
-    seed: u64,
-    device: &Device,
-    cancel: &Cancel,
-) -> Result<LocalUpdate, TrainError> {
+    } = job;
+    check_tokens(blueprint, train, "training")?;
+    check_tokens(blueprint, validation, "validation")?;
+    let (shape, manifest) = (blueprint.shape(), &blueprint.manifest());
+    let build = |device: &Device| blueprint.build(device);
     let start = Instant::now();
     hp.validate().map_err(TrainError::InvalidHyperparameters)?;
     let trainable = Trainable::new(manifest, frozen).map_err(TrainError::InvalidModel)?;
@@ -559,7 +491,7 @@ fn backend(error: impl std::fmt::Display) -> TrainError {
 mod tests {
     use super::*;
     use crate::model::default_device;
-    use fedtune_protocol::{MlpSpec, NormStats};
+    use fedtune_protocol::{Manifest, MlpSpec, NormStats};
     use rand::RngExt;
 
     /// Two Gaussian blobs per class on a ring: separable, but not at initialisation.
@@ -647,8 +579,8 @@ mod tests {
         struct Layout;
         impl ZooTask for Layout {
             type Output = Manifest;
-            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Manifest {
-                crate::model::manifest_of(&build(&default_device()))
+            fn run<B: Blueprint>(self, model: &B) -> Manifest {
+                crate::model::manifest_of(&model.build(&default_device()))
             }
         }
         with_zoo_model(spec, Layout).unwrap()
@@ -663,17 +595,17 @@ mod tests {
         train: &Dataset,
         validation: &Dataset,
     ) -> Result<LocalUpdate, TrainError> {
-        train_local(
-            spec,
+        let job = TrainJob {
             frozen,
             global,
             hp,
             train,
             validation,
-            7,
-            &default_device(),
-            &Cancel::never(),
-        )
+            seed: 7,
+            device: &default_device(),
+            cancel: &Cancel::never(),
+        };
+        train_local(spec, &job)
     }
 
     /// `spec` trained from its seed-1 initialisation on the quadrant squares (Adam), with
@@ -903,36 +835,24 @@ mod tests {
             lr_schedule: fedtune_protocol::LrSchedule::Cosine,
             ..plain.clone()
         };
-        let run = |hp: &ClientHyperparameters| {
-            train_local(
-                &spec,
-                &[],
-                &global,
-                hp,
-                &train,
-                &valid,
-                3,
-                &default_device(),
-                &Cancel::never(),
-            )
-            .unwrap()
+        let (device, cancel) = (default_device(), Cancel::never());
+        let job = TrainJob {
+            frozen: &[],
+            global: &global,
+            hp: &plain,
+            train: &train,
+            validation: &valid,
+            seed: 3,
+            device: &device,
+            cancel: &cancel,
         };
+        let run = |hp: &ClientHyperparameters| train_local(&spec, &TrainJob { hp, ..job }).unwrap();
         let (a, b) = (run(&plain), run(&tuned));
         assert!(b.metrics.accuracy_after >= 0.9, "{:?}", b.metrics);
         assert_ne!(a.delta, b.delta);
         let bad = ClientHyperparameters { warmup: 1.0, ..plain };
         assert!(matches!(
-            train_local(
-                &spec,
-                &[],
-                &global,
-                &bad,
-                &train,
-                &valid,
-                3,
-                &default_device(),
-                &Cancel::never()
-            ),
+            train_local(&spec, &TrainJob { hp: &bad, ..job }),
             Err(TrainError::InvalidHyperparameters(_))
         ));
     }
@@ -986,19 +906,19 @@ mod tests {
         let (train, valid) = (blobs(64, 1), blobs(0, 2));
         let mut hp = hp(Optimizer::Adam);
         hp.local_epochs = 1;
+        let (device, cancel) = (default_device(), Cancel::never());
         let run = |seed| {
-            train_local(
-                &spec,
-                &[],
-                &global,
-                &hp,
-                &train,
-                &valid,
+            let job = TrainJob {
+                frozen: &[],
+                global: &global,
+                hp: &hp,
+                train: &train,
+                validation: &valid,
                 seed,
-                &default_device(),
-                &Cancel::never(),
-            )
-            .unwrap()
+                device: &device,
+                cancel: &cancel,
+            };
+            train_local(&spec, &job).unwrap()
         };
         let (a, b, c) = (run(1), run(1), run(2));
         assert_eq!(a.delta, b.delta);
@@ -1019,14 +939,25 @@ mod tests {
         let (train, valid) = (blobs(32, 1), blobs(8, 2));
         let device = default_device();
         let ok = hp(Optimizer::Adam);
+        let cancel = Cancel::never();
         let run = |spec: &ModelSpec, global: &[f32], hp: &ClientHyperparameters, train: &Dataset| {
-            train_local(spec, &[], global, hp, train, &valid, 0, &device, &Cancel::never()).unwrap_err()
+            let job = TrainJob {
+                frozen: &[],
+                global,
+                hp,
+                train,
+                validation: &valid,
+                seed: 0,
+                device: &device,
+                cancel: &cancel,
+            };
+            train_local(spec, &job).unwrap_err()
         };
 
-        let custom = ModelSpec::Custom {
+        let custom = ModelSpec::Custom(fedtune_protocol::CustomSpec {
             name: "cnn".into(),
             manifest: spec.manifest(),
-        };
+        });
         let err = run(&custom, &global, &ok, &train);
         assert!(matches!(&err, TrainError::UnsupportedModel(n) if n == "cnn"), "{err}");
         let bad_hp = ClientHyperparameters {

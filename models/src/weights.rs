@@ -21,7 +21,7 @@ use burn::store::{
 use fedtune_protocol::{Manifest, ModelSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Classifier, Device, ModelError, ZooTask, flatten, load, with_zoo_model};
+use crate::model::{Blueprint, Device, ModelError, NotInZoo, ZooTask, flatten, load, with_zoo_model};
 
 /// How the tensors in a weights file are laid out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +156,12 @@ pub enum WeightsError {
     },
 }
 
+impl From<NotInZoo> for WeightsError {
+    fn from(custom: NotInZoo) -> Self {
+        WeightsError::Unsupported(custom.name)
+    }
+}
+
 fn mismatch_lines(missing: &[String], unexpected: &[String], mismatched: &[String]) -> String {
     let mut text = String::new();
     for (what, names) in [
@@ -182,8 +188,8 @@ pub fn import(spec: &ModelSpec, source: &WeightsSource, device: &Device) -> Resu
     }
     impl ZooTask for Import<'_> {
         type Output = Result<Vec<f32>, WeightsError>;
-        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
-            Ok(flatten(&import_into(build(&self.device), self.source)?))
+        fn run<B: Blueprint>(self, model: &B) -> Self::Output {
+            Ok(flatten(&import_into(model.build(&self.device), self.source)?))
         }
     }
     spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
@@ -197,14 +203,7 @@ pub fn import(spec: &ModelSpec, source: &WeightsSource, device: &Device) -> Resu
         source,
         device: device.clone().without_autodiff(),
     };
-    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
-}
-
-fn unsupported(spec: &ModelSpec) -> WeightsError {
-    WeightsError::Unsupported(match spec {
-        ModelSpec::Custom { name, .. } => name.clone(),
-        other => other.describe(),
-    })
+    with_zoo_model(spec, task)?
 }
 
 /// Reads `source` into any Burn module, every parameter of which it must provide.
@@ -340,27 +339,25 @@ fn check(path: &Path, result: &ApplyResult) -> Result<(), WeightsError> {
 /// [`WeightsError::Model`] when `params` does not fit `spec`, [`WeightsError::Write`].
 pub fn export(spec: &ModelSpec, params: &[f32], path: &Path, device: &Device) -> Result<(), WeightsError> {
     struct Export<'a> {
-        manifest: Manifest,
         params: &'a [f32],
         path: &'a Path,
         device: Device,
     }
     impl ZooTask for Export<'_> {
         type Output = Result<(), WeightsError>;
-        fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output {
+        fn run<B: Blueprint>(self, model: &B) -> Self::Output {
             // Adapters, if any, merged into their weights: the file holds a plain model.
-            let model = load(build(&self.device), self.params, &self.manifest)?.materialize();
-            export_module(&model, self.path)
+            let module = load(model.build(&self.device), self.params, &model.manifest())?.materialize();
+            export_module(&module, self.path)
         }
     }
     spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
     let task = Export {
-        manifest: spec.manifest(),
         params,
         path,
         device: device.clone().without_autodiff(),
     };
-    with_zoo_model(spec, task).unwrap_or_else(|| Err(unsupported(spec)))
+    with_zoo_model(spec, task)?
 }
 
 /// Writes the trainable tensors of `params` (laid out by `manifest`; for a LoRA model, its
@@ -590,8 +587,8 @@ mod tests {
         struct Logits<'a>(&'a [f32], &'a Manifest, Tensor<2>);
         impl ZooTask for Logits<'_> {
             type Output = Vec<f32>;
-            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Vec<f32> {
-                let model = load(build(&default_device()), self.0, self.1).unwrap();
+            fn run<B: Blueprint>(self, model: &B) -> Vec<f32> {
+                let model = load(model.build(&default_device()), self.0, self.1).unwrap();
                 model.forward(self.2).into_data().try_to_vec::<f32>().unwrap()
             }
         }

@@ -34,5 +34,7 @@ pub use message::{
     Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode, ErrorMessage,
     Evaluate, Evaluation, Hello, LrSchedule, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
 };
-pub use model::{CnnSpec, ConvBlock, LoraSpec, MlpSpec, ModelSpec, NormStats, TransformerSpec};
+pub use model::{
+    Architecture, CnnSpec, ConvBlock, CustomSpec, LoraSpec, MlpSpec, ModelSpec, NormStats, TransformerSpec,
+};
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

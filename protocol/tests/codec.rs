@@ -232,19 +232,19 @@ fn model_specs_are_validated() {
         classes: 10,
     });
     assert!(matches!(bad.validate(), Err(ProtocolError::InvalidModel(_))));
-    let dup = ModelSpec::Custom {
+    let dup = ModelSpec::Custom(CustomSpec {
         name: "x".into(),
         manifest: Manifest {
             tensors: vec![TensorSpec::new("w", vec![2]), TensorSpec::new("w", vec![3])],
         },
-    };
+    });
     assert!(dup.validate().is_err());
-    let huge = ModelSpec::Custom {
+    let huge = ModelSpec::Custom(CustomSpec {
         name: "x".into(),
         manifest: Manifest {
             tensors: vec![TensorSpec::new("w", vec![usize::MAX, 2])],
         },
-    };
+    });
     assert!(huge.validate().is_err());
 }
 

@@ -6,9 +6,10 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use fedtune_protocol::{CnnSpec, ModelSpec, NormStats};
+use fedtune_protocol::model::Architecture;
+use fedtune_protocol::{CnnSpec, Manifest, NormStats};
 
-use super::{Classifier, Device, ModelError, load};
+use super::{Blueprint, Classifier, Device, ModelError, ModelShape, load};
 
 /// One block: convolution, optional batch norm, ReLU, then an optional max-pool.
 #[derive(Module, Debug)]
@@ -34,7 +35,7 @@ impl Cnn {
     /// an autodiff device to train.
     ///
     /// # Panics
-    /// If `spec` is invalid (see [`ModelSpec::validate`]): a kernel or pool larger than its
+    /// If `spec` is invalid (see [`fedtune_protocol::ModelSpec::validate`]): a kernel or pool larger than its
     /// feature map.
     pub fn init(spec: &CnnSpec, device: &Device) -> Self {
         let mut channels = spec.channels;
@@ -85,11 +86,7 @@ impl Cnn {
     /// # Errors
     /// [`ModelError`] when `params` does not fit the spec's manifest.
     pub fn from_params(spec: &CnnSpec, params: &[f32], device: &Device) -> Result<Self, ModelError> {
-        load(
-            Self::init(spec, device),
-            params,
-            &ModelSpec::Cnn(spec.clone()).manifest(),
-        )
+        load(Self::init(spec, device), params, &Architecture::manifest(spec))
     }
 }
 
@@ -121,5 +118,24 @@ impl Classifier for Cnn {
             }
         }
         x
+    }
+}
+
+impl Blueprint for CnnSpec {
+    type Model = Cnn;
+
+    fn build(&self, device: &Device) -> Cnn {
+        Cnn::init(self, device)
+    }
+
+    fn manifest(&self) -> Manifest {
+        Architecture::manifest(self)
+    }
+
+    fn shape(&self) -> ModelShape {
+        ModelShape {
+            input: self.input_len(),
+            classes: self.classes,
+        }
     }
 }

@@ -4,9 +4,10 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use fedtune_protocol::{MlpSpec, ModelSpec};
+use fedtune_protocol::model::Architecture;
+use fedtune_protocol::{Manifest, MlpSpec};
 
-use super::{Classifier, Device, ModelError, load};
+use super::{Blueprint, Classifier, Device, ModelError, ModelShape, load};
 
 /// A multi-layer perceptron classifier: linear layers with ReLU between them and none
 /// after the last, so it outputs logits.
@@ -33,11 +34,7 @@ impl Mlp {
     /// # Errors
     /// Those of [`load`].
     pub fn from_params(spec: &MlpSpec, params: &[f32], device: &Device) -> Result<Self, ModelError> {
-        load(
-            Self::init(spec, device),
-            params,
-            &ModelSpec::Mlp(spec.clone()).manifest(),
-        )
+        load(Self::init(spec, device), params, &Architecture::manifest(spec))
     }
 }
 
@@ -54,5 +51,24 @@ impl Classifier for Mlp {
             }
         }
         x
+    }
+}
+
+impl Blueprint for MlpSpec {
+    type Model = Mlp;
+
+    fn build(&self, device: &Device) -> Mlp {
+        Mlp::init(self, device)
+    }
+
+    fn manifest(&self) -> Manifest {
+        Architecture::manifest(self)
+    }
+
+    fn shape(&self) -> ModelShape {
+        ModelShape {
+            input: self.input,
+            classes: self.classes,
+        }
     }
 }

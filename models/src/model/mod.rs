@@ -8,21 +8,36 @@
 //! model and mean nothing across agents. [`manifest_of`] reads a module's layout.
 //!
 //! A model an agent trains is a [`Classifier`]: a module with a forward pass from a batch
-//! of feature rows to logits. The built-in ones are [`Mlp`] and [`Cnn`]; any other Burn
-//! module that implements the trait trains through the same code (see
-//! [`crate::train::train_model`]).
+//! of feature rows to logits. The zoo's are [`Mlp`], [`Cnn`] and [`TextTransformer`], each
+//! built from its spec through that spec's [`Blueprint`] impl, with LoRA adapters on any of
+//! them ([`Adapted`]); any other Burn module that implements the trait trains through the
+//! same code as a [`CustomModel`] (see [`crate::train::train_model`]).
+//!
+//! # Layout
+//! - `zoo`: the [`Blueprint`] trait, [`CustomModel`], and [`with_zoo_model`], the one
+//!   place that picks the architecture a [`ModelSpec`] names.
+//! - `mlp`, `cnn`, `transformer`: each architecture's module and blueprint.
+//! - `lora`: adapters on any module ([`with_lora`]) and the blueprint of a LoRA spec.
+//! - here: the flat parameter vector ([`flatten`], [`load`], [`manifest_of`]), freezing and
+//!   FedProx's distance.
+//!
+//! [`ModelSpec`]: fedtune_protocol::ModelSpec
 
 mod cnn;
+mod lora;
 mod mlp;
 mod transformer;
+mod zoo;
 
 pub use cnn::Cnn;
+pub use lora::{Adapted, with_lora};
 pub use mlp::Mlp;
 pub use transformer::TextTransformer;
+pub use zoo::{Blueprint, CustomModel, ModelShape, NotInZoo, ZooTask, with_zoo_model};
 
-use burn::module::{Lora, Module, ModuleMapper, ModuleVisitor, Param, ParamGroup};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
-use fedtune_protocol::{LoraSpec, Manifest, ModelSpec, TensorSpec};
+use fedtune_protocol::{Manifest, TensorSpec};
 
 /// A classifier an agent can train: a Burn module whose forward pass maps a batch of
 /// feature rows to logits. Rows arrive as the dataset holds them (an image flattened
@@ -34,55 +49,6 @@ pub trait Classifier: Module + 'static {
     /// - `x`: `[batch, features]`
     /// - output: `[batch, classes]`
     fn forward(&self, x: Tensor<2>) -> Tensor<2>;
-}
-
-/// Work to do with a zoo model whatever its Rust type: [`with_zoo_model`] hands
-/// [`ZooTask::run`] a builder of the model a spec describes. (Closures cannot be generic
-/// over the model type; this trait is that closure.)
-pub trait ZooTask {
-    /// What the work gives.
-    type Output;
-    /// Does the work with `build`, which makes the model on a device (with its LoRA
-    /// adapters attached, for a LoRA spec).
-    fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Self::Output;
-}
-
-/// Runs `task` with a builder of the model `spec` describes; `None` for a custom spec,
-/// which names no architecture. `spec` must be valid ([`ModelSpec::validate`]).
-pub fn with_zoo_model<T: ZooTask>(spec: &ModelSpec, task: T) -> Option<T::Output> {
-    fn adapt<M: Module>(model: M, lora: Option<&LoraSpec>) -> M {
-        match lora {
-            Some(lora) => with_lora(model, lora.rank, lora.alpha, &lora.targets),
-            None => model,
-        }
-    }
-    fn dispatch<T: ZooTask>(spec: &ModelSpec, lora: Option<&LoraSpec>, task: T) -> Option<T::Output> {
-        match spec {
-            ModelSpec::Mlp(mlp) => Some(task.run(|d| adapt(Mlp::init(mlp, d), lora))),
-            ModelSpec::Cnn(cnn) => Some(task.run(|d| adapt(Cnn::init(cnn, d), lora))),
-            ModelSpec::Transformer(t) => Some(task.run(|d| adapt(TextTransformer::init(t, d), lora))),
-            // `validate` refuses a LoRA base that is itself LoRA.
-            ModelSpec::Lora(inner) => dispatch(&inner.base, Some(inner), task),
-            ModelSpec::Custom { .. } => None,
-        }
-    }
-    dispatch(spec, None, task)
-}
-
-/// Attaches LoRA adapters of `rank` (scaled by `alpha / rank`) to `model`'s 2-D weights
-/// that a pattern in `targets` names (all of them when `targets` is empty), with Burn's
-/// `Module::apply_lora`: every base parameter is frozen and each adapted weight gains
-/// `….lora.a` and `….lora.b` factors in the model's [`manifest_of`]. Works on any module,
-/// the zoo's or your own.
-pub fn with_lora<M: Module>(model: M, rank: usize, alpha: f64, targets: &[String]) -> M {
-    let paths: Vec<String> = manifest_of(&model)
-        .tensors
-        .into_iter()
-        .filter(|t| t.shape.len() == 2)
-        .filter(|t| targets.is_empty() || targets.iter().any(|p| fedtune_protocol::freeze::matches(p, &t.name)))
-        .map(|t| t.name)
-        .collect();
-    model.apply_lora(Lora::new(rank, alpha).set_param_group(ParamGroup::from_paths(paths)))
 }
 
 /// The handle that picks the backend Burn runs on (CPU, GPU; with or without autodiff).
@@ -572,8 +538,8 @@ mod tests {
         struct RoundTrip(Vec<f32>, Manifest);
         impl ZooTask for RoundTrip {
             type Output = Vec<f32>;
-            fn run<M: Classifier>(self, build: impl Fn(&Device) -> M) -> Vec<f32> {
-                flatten(&load(build(&default_device().autodiff()), &self.0, &self.1).unwrap())
+            fn run<B: Blueprint>(self, model: &B) -> Vec<f32> {
+                flatten(&load(model.build(&default_device().autodiff()), &self.0, &self.1).unwrap())
             }
         }
         for spec in [transformer, lora] {

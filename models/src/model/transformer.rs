@@ -4,9 +4,10 @@ use burn::module::Module;
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Tensor;
-use fedtune_protocol::TransformerSpec;
+use fedtune_protocol::model::Architecture;
+use fedtune_protocol::{Manifest, TransformerSpec};
 
-use super::{Classifier, Device};
+use super::{Blueprint, Classifier, Device, ModelShape};
 
 /// Token and position embeddings, pre-norm encoder layers (burn-nn's), a final layer
 /// norm, the mean over non-padding positions, and a linear head. Token id 0 is padding:
@@ -65,5 +66,29 @@ impl Classifier for TextTransformer {
             .sum_dim(1)
             .reshape([batch, self.norm.gamma.val().dims()[0]]);
         self.head.forward(pooled / count)
+    }
+}
+
+impl Blueprint for TransformerSpec {
+    type Model = TextTransformer;
+
+    fn build(&self, device: &Device) -> TextTransformer {
+        TextTransformer::init(self, device)
+    }
+
+    fn manifest(&self) -> Manifest {
+        Architecture::manifest(self)
+    }
+
+    /// Rows of `max_len` token ids.
+    fn shape(&self) -> ModelShape {
+        ModelShape {
+            input: self.max_len,
+            classes: self.classes,
+        }
+    }
+
+    fn vocab(&self) -> Option<usize> {
+        Some(self.vocab)
     }
 }
