@@ -14,7 +14,7 @@ use crate::tensor::{LORA_A, LORA_B, TensorSpec, is_lora_factor};
 ///
 /// The manifest is the base's with `{weight}.lora.a` and `{weight}.lora.b` after each
 /// adapted weight (Burn's module paths for `Module::apply_lora`). `A` starts from
-/// `N(0, 1/rank)` and `B` from zero, so the adapted model starts as the base model.
+/// a normal distribution of standard deviation `1/rank` and `B` from zero, so the adapted model starts as the base model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraSpec {
     /// The model the adapters attach to (not itself a LoRA model).
@@ -59,7 +59,7 @@ impl LoraSpec {
     }
 
     /// The LoRA model's parameters from the base model's: `base` with fresh adapters
-    /// (`A` from `N(0, 1/rank)`, `B` zero) after each adapted weight.
+    /// (`A` from a normal of standard deviation `1/rank`, `B` zero) after each adapted weight.
     ///
     /// # Panics
     /// If `base` is not the base manifest's length.
