@@ -104,7 +104,7 @@ impl WeightsSource {
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file's extension names no format this reads.
-    #[error("{path}: unknown weights format (use .safetensors, .pt / .pth or .bpk)")]
+    #[error("{path}: unknown weights format (expected .safetensors, .pt / .pth or .bpk)")]
     UnknownFormat {
         /// The file.
         path: PathBuf,

@@ -13,6 +13,7 @@
 //! - [`dashboard`]: the web dashboard over a store.
 //! - [`evaluate`]: a weights file's accuracy and loss on a test split.
 //! - [`privacy`]: ε after some rounds, or the noise an ε budget needs.
+//! - [`run_state`]: the store a served run writes and the dashboard over it.
 //! - [`signal`]: Ctrl-C and SIGTERM, for the commands that serve until stopped.
 
 pub mod dashboard;
@@ -24,6 +25,7 @@ pub mod plot;
 pub mod privacy;
 pub mod revoke;
 pub mod rounds;
+pub mod run_state;
 pub mod runs;
 pub mod serve;
 pub mod serve_study;

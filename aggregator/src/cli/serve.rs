@@ -2,16 +2,15 @@
 //! committed round; with `[tuning]`, a federated study ([`super::serve_study`]). With
 //! `[state] db` the run commits to a store and resumes from it when served again.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use fedtune_aggregator::metrics::Metrics;
 use fedtune_aggregator::progress::Progress;
-use fedtune_aggregator::{AggregatorConfig, Hooks, dashboard, run_stored, service};
+use fedtune_aggregator::{AggregatorConfig, Hooks, run_stored, service};
 use fedtune_store::{self as store, RunStatus, Storage};
 
+use super::run_state::{open_store, start_dashboard};
 use super::serve_study;
 use super::signal::stop_signal;
 
@@ -137,30 +136,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("report written to {}", path.display());
     }
     Ok(())
-}
-
-/// Opens the store `[state] db` names, off the async runtime.
-pub(super) async fn open_store(db: &Path) -> anyhow::Result<Box<dyn Storage>> {
-    let db = db.to_owned();
-    Ok(tokio::task::spawn_blocking(move || store::open(&db)).await??)
-}
-
-/// Starts `[dashboard]` over the store at `db` when the configuration asks for it, with
-/// the metrics the run is to update.
-pub(super) async fn start_dashboard(
-    config: &AggregatorConfig,
-    db: &Path,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Option<Arc<Metrics>>> {
-    let Some(listen) = config.dashboard.listen else {
-        return Ok(None);
-    };
-    let metrics = Arc::new(Metrics::new());
-    let options = dashboard::Options {
-        token: config.dashboard.token.clone(),
-        metrics: Some(metrics.clone()),
-    };
-    let addr = dashboard::start(listen, db, options, shutdown).await?;
-    println!("dashboard on http://{addr} (metrics on http://{addr}/metrics)");
-    Ok(Some(metrics))
 }

@@ -11,7 +11,7 @@ use fedtune_aggregator::tune_stored;
 use fedtune_store::{self as store, RunStatus};
 use fedtune_tuning::TrialState;
 
-use super::serve::{open_store, start_dashboard};
+use super::run_state::{open_store, start_dashboard};
 
 /// Runs `study` on `endpoint` until it ends or `shutdown` stops it; prints the best
 /// trial and writes the report to `report_path`.

@@ -1,0 +1,36 @@
+//! What `serve` and a served study share: the store the run writes, and the dashboard
+//! over it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fedtune_aggregator::AggregatorConfig;
+use fedtune_aggregator::dashboard;
+use fedtune_aggregator::metrics::Metrics;
+use fedtune_store::{self as store, Storage};
+
+/// Opens the store `[state] db` names, off the async runtime.
+pub async fn open_store(db: &Path) -> anyhow::Result<Box<dyn Storage>> {
+    let db = db.to_owned();
+    Ok(tokio::task::spawn_blocking(move || store::open(&db)).await??)
+}
+
+/// Starts `[dashboard]` over the store at `db` when the configuration asks for it, with
+/// the metrics the run is to update.
+pub async fn start_dashboard(
+    config: &AggregatorConfig,
+    db: &Path,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<Arc<Metrics>>> {
+    let Some(listen) = config.dashboard.listen else {
+        return Ok(None);
+    };
+    let metrics = Arc::new(Metrics::new());
+    let options = dashboard::Options {
+        token: config.dashboard.token.clone(),
+        metrics: Some(metrics.clone()),
+    };
+    let addr = dashboard::start(listen, db, options, shutdown).await?;
+    println!("dashboard on http://{addr} (metrics on http://{addr}/metrics)");
+    Ok(Some(metrics))
+}
