@@ -22,9 +22,21 @@
 //! blocking store it is called off the async runtime. The run itself writes through a
 //! [`StoreWriter`], one thread that owns the store, so the federation never waits on the
 //! disk.
+//!
+//! # Layout
+//!
+//! - `ops.rs`: every [`Storage`] operation and its transaction, written once;
+//! - `sql.rs`: the seam they are written over — a database that runs statements, with
+//!   the few pieces of SQL each dialect spells its own way;
+//! - `sqlite.rs`, `postgres.rs`: each database's schema and migrations, opening or
+//!   connecting, its bulk insert and its errors;
+//! - `checkpoint.rs`: the checkpoint's binary encoding; `study.rs`: a trial's columns and
+//!   the study storage over a store; `writer.rs`: the writer thread.
 
 mod checkpoint;
+mod ops;
 mod postgres;
+mod sql;
 mod sqlite;
 mod study;
 #[cfg(test)]

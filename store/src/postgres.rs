@@ -10,6 +10,10 @@
 //! so a run's `created_at` reads the same whichever store holds it. Round records stay
 //! JSON text rather than JSONB: JSONB reorders keys and would not give back the bytes
 //! written.
+//!
+//! What the store does is written once for both databases ([`ops`](super::ops)); this is
+//! the database: its schema, connecting to it, and running [`ops`](super::ops)' statements
+//! on it.
 
 use std::cell::{RefCell, RefMut};
 use std::path::PathBuf;
@@ -17,17 +21,11 @@ use std::time::Duration;
 
 use postgres::config::Host;
 use postgres::error::SqlState;
-use postgres::types::FromSql;
-use postgres::{Client, Config, NoTls, Row, Transaction};
+use postgres::types::{FromSql, ToSql, Type};
+use postgres::{Client, Config, NoTls, Transaction};
 
-use super::checkpoint::{decode_checkpoint, encode_checkpoint};
-use super::study::{TrialColumns, check_header, parse_header, trial_columns, trial_from_columns};
-use super::{
-    LOCAL_OWNER, NewRun, RunId, RunKind, RunStatus, RunSummary, SCHEMA_VERSION, Storage, StoreError, StoredRound,
-    StoredTrial, agent_rows,
-};
-use fedtune_federation::{FederationState, RoundRecord};
-use fedtune_tuning::{Created, FrozenTrial, Params, StudyHeader, TrialState};
+use super::sql::{Cell, Database, DbError, Row, Value, Violation};
+use super::{AgentRow, LOCAL_OWNER, RunId, SCHEMA_VERSION, StoreError};
 
 /// The current time as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` writes it. The
 /// clock, not the transaction's start: like SQLite's, each write is stamped when it happens.
@@ -149,14 +147,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE trials ADD COLUMN owner TEXT, ADD COLUMN heartbeat_at DOUBLE PRECISION;",
 ];
 
-/// Now, in seconds since the Unix epoch, on the server's clock (one clock for every
-/// aggregator sharing the database).
-macro_rules! epoch_now {
-    () => {
-        "extract(epoch FROM clock_timestamp())::DOUBLE PRECISION"
-    };
-}
-
 /// The advisory-lock class of run names (`pg_advisory_xact_lock(class, hashtext(name))`):
 /// aggregators finding or creating a run of one name take turns.
 const RUN_NAME_LOCK: i32 = 0x4644_5452;
@@ -205,12 +195,8 @@ fn db(e: postgres::Error) -> StoreError {
     StoreError::Database(message(&e))
 }
 
-fn is(e: &postgres::Error, state: &SqlState) -> bool {
-    e.code() == Some(state)
-}
-
 /// A column's value; a type the schema does not give it is a corrupt store.
-fn get<'a, T: FromSql<'a>>(row: &'a Row, column: usize) -> Result<T, StoreError> {
+fn get<'a, T: FromSql<'a>>(row: &'a postgres::Row, column: usize) -> Result<T, StoreError> {
     row.try_get(column)
         .map_err(|e| StoreError::Corrupt(format!("column {column}: {}", message(&e))))
 }
@@ -367,528 +353,148 @@ impl PostgresStore {
     }
 }
 
-const SUMMARY: &str = "SELECT r.id, r.name, r.kind, r.status,
-        (SELECT count(*) FROM rounds WHERE run_id = r.id),
-        r.rounds_planned, r.manifest_hash, r.created_at, r.updated_at
-    FROM runs r";
-
-fn to_summary(row: &Row) -> Result<RunSummary, StoreError> {
-    Ok(RunSummary {
-        id: get(row, 0)?,
-        name: get(row, 1)?,
-        kind: RunKind::parse(get(row, 2)?)?,
-        status: RunStatus::parse(get(row, 3)?)?,
-        rounds_committed: get::<i64>(row, 4)? as u64,
-        rounds_planned: get::<i64>(row, 5)? as u64,
-        manifest_hash: get(row, 6)?,
-        created_at: get(row, 7)?,
-        updated_at: get(row, 8)?,
-    })
-}
-
-/// The owner of trial `number` of study `run` when it is not `me`; locks the trial's row
-/// until the transaction ends, so a claim cannot slip in before the write.
-fn other_owner(tx: &mut Transaction<'_>, run: RunId, number: u64, me: &str) -> Result<Option<String>, StoreError> {
-    let row = tx
-        .query_opt(
-            "SELECT owner FROM trials WHERE run_id = $1 AND number = $2 FOR UPDATE",
-            &[&run, &(number as i64)],
-        )
-        .map_err(db)?;
-    let owner: Option<String> = match row {
-        Some(row) => get(&row, 0)?,
-        None => None,
+/// A failed statement, with the constraint it violated.
+fn db_error(e: postgres::Error) -> DbError {
+    let violation = match e.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => Some(Violation::Unique),
+        Some(code) if *code == SqlState::FOREIGN_KEY_VIOLATION => Some(Violation::ForeignKey),
+        _ => None,
     };
-    Ok(owner.filter(|o| o != me))
-}
-
-fn create_run_in(tx: &mut Transaction<'_>, run: &NewRun) -> Result<RunId, StoreError> {
-    let row = tx
-        .query_one(
-            "INSERT INTO runs (name, kind, status, rounds_planned, manifest_hash, config)
-             VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
-            &[
-                &run.name,
-                &run.kind.as_str(),
-                &(run.rounds_planned as i64),
-                &run.manifest_hash,
-                &run.config,
-            ],
-        )
-        .map_err(db)?;
-    get(&row, 0)
-}
-
-fn trial_rows(rows: &[Row], run: RunId) -> Result<Vec<StoredTrial>, StoreError> {
-    rows.iter()
-        .map(|row| {
-            let columns = TrialColumns {
-                state: get(row, 1)?,
-                params: get(row, 2)?,
-                values: get(row, 3)?,
-                intermediate: get(row, 5)?,
-            };
-            Ok(StoredTrial {
-                trial: trial_from_columns(run, get::<i64>(row, 0)? as u64, columns, get(row, 4)?)?,
-                owner: get(row, 8)?,
-                created_at: get(row, 6)?,
-                updated_at: get(row, 7)?,
-            })
-        })
-        .collect()
-}
-
-const TRIALS: &str = "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at,
-        owner
-    FROM trials WHERE run_id = $1";
-
-impl Storage for PostgresStore {
-    fn set_owner(&mut self, owner: &str) {
-        owner.clone_into(&mut self.owner);
+    DbError {
+        violation,
+        message: message(&e),
     }
+}
 
-    fn find_or_create_run(&mut self, run: &NewRun) -> Result<(RunSummary, bool), StoreError> {
-        let mut client = self.client();
-        let mut tx = client.transaction().map_err(db)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&RUN_NAME_LOCK, &run.name],
-        )
-        .map_err(db)?;
-        let found = tx
-            .query_opt(
-                &format!(
-                    "{SUMMARY} WHERE r.name = $1 AND r.kind = $2 AND r.status != 'finished' ORDER BY r.id DESC LIMIT 1"
-                ),
-                &[&run.name, &run.kind.as_str()],
-            )
-            .map_err(db)?;
-        let (summary, created) = match found {
-            Some(row) => (to_summary(&row)?, false),
-            None => {
-                let id = create_run_in(&mut tx, run)?;
-                let row = tx
-                    .query_one(&format!("{SUMMARY} WHERE r.id = $1"), &[&id])
-                    .map_err(db)?;
-                (to_summary(&row)?, true)
+/// `sql` with SQLite's numbered placeholders (`?1`) as PostgreSQL's (`$1`); quoted text
+/// and names are left as they are.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            // A doubled quote inside quotes closes and reopens them: the same text.
+            (Some(q), _) if c == q => quote = None,
+            (None, '?') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('$');
+                continue;
             }
-        };
-        tx.commit().map_err(db)?;
-        Ok((summary, created))
-    }
-
-    fn create_run(&mut self, run: &NewRun) -> Result<RunId, StoreError> {
-        let mut client = self.client();
-        let mut tx = client.transaction().map_err(db)?;
-        let id = create_run_in(&mut tx, run)?;
-        tx.commit().map_err(db)?;
-        Ok(id)
-    }
-
-    fn resumable_run(&self, name: &str, kind: RunKind) -> Result<Option<RunSummary>, StoreError> {
-        let row = self
-            .client()
-            .query_opt(
-                &format!(
-                    "{SUMMARY} WHERE r.name = $1 AND r.kind = $2 AND r.status != 'finished' ORDER BY r.id DESC LIMIT 1"
-                ),
-                &[&name, &kind.as_str()],
-            )
-            .map_err(db)?;
-        row.as_ref().map(to_summary).transpose()
-    }
-
-    fn run(&self, run: RunId) -> Result<RunSummary, StoreError> {
-        let row = self
-            .client()
-            .query_opt(&format!("{SUMMARY} WHERE r.id = $1"), &[&run])
-            .map_err(db)?;
-        to_summary(&row.ok_or(StoreError::NoSuchRun(run))?)
-    }
-
-    fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {
-        let rows = self
-            .client()
-            .query(&format!("{SUMMARY} ORDER BY r.id"), &[])
-            .map_err(db)?;
-        rows.iter().map(to_summary).collect()
-    }
-
-    fn set_status(&mut self, run: RunId, status: RunStatus, rounds_planned: Option<u64>) -> Result<(), StoreError> {
-        let changed = self
-            .client()
-            .execute(
-                concat!(
-                    "UPDATE runs SET status = $2, rounds_planned = coalesce($3, rounds_planned), updated_at = ",
-                    now!(),
-                    " WHERE id = $1"
-                ),
-                &[&run, &status.as_str(), &rounds_planned.map(|r| r as i64)],
-            )
-            .map_err(db)?;
-        if changed == 0 {
-            return Err(StoreError::NoSuchRun(run));
+            _ => {}
         }
+        out.push(c);
+    }
+    out
+}
+
+/// A parameter as the client sends it: typed, so the server's type check passes for `NULL`s.
+fn param<'a>(value: &'a Value<'_>) -> &'a (dyn ToSql + Sync) {
+    match value {
+        Value::Int(v) => v,
+        Value::Real(v) => v,
+        Value::Bool(v) => v,
+        Value::Text(v) => v,
+        Value::Blob(v) => v,
+    }
+}
+
+fn cells(row: &postgres::Row) -> Result<Row, StoreError> {
+    (0..row.len())
+        .map(|i| {
+            let cell = match *row.columns()[i].type_() {
+                Type::INT8 => get::<Option<i64>>(row, i)?.map(Cell::Int),
+                Type::INT4 => get::<Option<i32>>(row, i)?.map(|v| Cell::Int(v.into())),
+                Type::FLOAT8 => get::<Option<f64>>(row, i)?.map(Cell::Real),
+                Type::BOOL => get::<Option<bool>>(row, i)?.map(Cell::Bool),
+                Type::TEXT => get::<Option<String>>(row, i)?.map(Cell::Text),
+                Type::BYTEA => get::<Option<Vec<u8>>>(row, i)?.map(Cell::Blob),
+                ref other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "column {i} is of type {other}, which the store does not use"
+                    )));
+                }
+            };
+            Ok(cell.unwrap_or(Cell::Null))
+        })
+        .collect::<Result<_, _>>()
+        .map(Row)
+}
+
+impl Database for PostgresStore {
+    const NOW: &'static str = now!();
+    const EPOCH_NOW: &'static str = "extract(epoch FROM clock_timestamp())::DOUBLE PRECISION";
+    // Transactions run side by side: the operations lock what they check.
+    const BEGIN: &'static str = "BEGIN";
+    const LOCK_ROWS: &'static str = " FOR UPDATE";
+    // A trial another aggregator is claiming or writing is not this one's.
+    const LOCK_ROWS_SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn owner_mut(&mut self) -> &mut String {
+        &mut self.owner
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), DbError> {
+        self.client().batch_execute(sql).map_err(db_error)
+    }
+
+    fn execute(&self, sql: &str, params: &[Value<'_>]) -> Result<u64, DbError> {
+        let params: Vec<_> = params.iter().map(param).collect();
+        self.client().execute(&numbered(sql), &params).map_err(db_error)
+    }
+
+    fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError> {
+        let params: Vec<_> = params.iter().map(param).collect();
+        let rows = self.client().query(&numbered(sql), &params).map_err(db)?;
+        rows.iter().map(cells).collect()
+    }
+
+    fn lock_run_name(&self, name: &str) -> Result<(), DbError> {
+        self.client()
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&RUN_NAME_LOCK, &name],
+            )
+            .map_err(db_error)?;
         Ok(())
     }
 
-    fn commit_round(
-        &mut self,
-        run: RunId,
-        record: &RoundRecord,
-        state: FederationState,
-        keep: usize,
-    ) -> Result<(), StoreError> {
-        let trial_number = state.trial;
-        let trial = trial_number as i64;
-        let round = record.round as i64;
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let blob = encode_checkpoint(state)?;
-        let already = || StoreError::AlreadyCommitted {
-            run,
-            trial: trial_number,
-            round: record.round,
-        };
-        let mut client = self.client();
-        // Dropped without `commit` on any error below: the transaction rolls back whole.
-        let mut tx = client.transaction().map_err(db)?;
-        if let Some(owner) = other_owner(&mut tx, run, trial_number, &self.owner)? {
-            return Err(StoreError::NotOwner {
-                run,
-                trial: trial_number,
-                owner,
-            });
-        }
-        let exists: bool = get(
-            &tx.query_one(
-                "SELECT EXISTS (SELECT 1 FROM rounds WHERE run_id = $1 AND trial = $2 AND round = $3)",
-                &[&run, &trial, &round],
-            )
-            .map_err(db)?,
-            0,
-        )?;
-        if exists {
-            return Err(already());
-        }
-        tx.execute(
-            "INSERT INTO rounds (run_id, trial, round, updates, applied, train_loss, federated_accuracy,
-                 test_accuracy, test_loss, server_learning_rate, seconds, payload_bytes, record)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &run,
-                &trial,
-                &round,
-                &(record.updates as i64),
-                &record.applied,
-                &record.train_loss,
-                &record.federated_accuracy,
-                &record.test.map(|t| t.accuracy),
-                &record.test.map(|t| t.loss),
-                &record.server_learning_rate,
-                &record.seconds,
-                &(record.payload_bytes as i64),
-                &json,
-            ],
-        )
-        .map_err(|e| {
-            // A writer that committed the same round between our check and this insert.
-            if is(&e, &SqlState::UNIQUE_VIOLATION) {
-                already()
-            } else if is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                StoreError::NoSuchRun(run)
-            } else {
-                db(e)
-            }
-        })?;
+    fn insert_agents(&self, run: RunId, trial: i64, round: i64, rows: &[AgentRow]) -> Result<(), DbError> {
         // The whole cohort in one statement (one round trip, not one per agent). A cohort
         // names an agent once; were it twice, its rows would be equal, so keeping the first
         // is SQLite's `INSERT OR REPLACE`.
-        let rows = agent_rows(trial_number, record);
         let agents: Vec<&str> = rows.iter().map(|r| r.agent.as_str()).collect();
         let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
         let details: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
         let accuracies: Vec<Option<f64>> = rows.iter().map(|r| r.accuracy).collect();
-        tx.execute(
-            "INSERT INTO round_agents (run_id, trial, round, agent, outcome, detail, accuracy)
-             SELECT $1::BIGINT, $2::BIGINT, $3::BIGINT, a.agent, a.outcome, a.detail, a.accuracy
-             FROM unnest($4::TEXT[], $5::TEXT[], $6::TEXT[], $7::DOUBLE PRECISION[])
-                 AS a (agent, outcome, detail, accuracy)
-             ON CONFLICT (run_id, trial, round, agent) DO NOTHING",
-            &[&run, &trial, &round, &agents, &outcomes, &details, &accuracies],
-        )
-        .map_err(db)?;
-        // The model after round r - 1 is what round r's agents measured: that is its score
-        // when no server-side test set scores it.
-        if round > 0 {
-            tx.execute(
-                "UPDATE checkpoints SET score = $4 WHERE run_id = $1 AND trial = $2 AND round = $3 AND score IS NULL",
-                &[&run, &trial, &(round - 1), &record.federated_accuracy],
-            )
-            .map_err(db)?;
-        }
-        tx.execute(
-            "INSERT INTO checkpoints (run_id, trial, round, score, state) VALUES ($1, $2, $3, $4, $5)",
-            &[&run, &trial, &round, &record.test.map(|t| t.accuracy), &blob],
-        )
-        .map_err(db)?;
-        // Keep the last `keep` and the best scored.
-        tx.execute(
-            "DELETE FROM checkpoints WHERE run_id = $1 AND trial = $2
-               AND round NOT IN (SELECT round FROM checkpoints WHERE run_id = $1 AND trial = $2
-                                 ORDER BY round DESC LIMIT $3)
-               AND round NOT IN (SELECT round FROM checkpoints WHERE run_id = $1 AND trial = $2
-                                 AND score IS NOT NULL ORDER BY score DESC, round DESC LIMIT 1)",
-            &[&run, &trial, &(keep.max(1) as i64)],
-        )
-        .map_err(db)?;
-        tx.execute(
-            concat!("UPDATE runs SET updated_at = ", now!(), " WHERE id = $1"),
-            &[&run],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)
-    }
-
-    fn rounds(&self, run: RunId, trial: Option<u64>) -> Result<Vec<StoredRound>, StoreError> {
-        let rows = self
-            .client()
-            .query(
-                "SELECT trial, committed_at, record FROM rounds
-                 WHERE run_id = $1 AND ($2::BIGINT IS NULL OR trial = $2) ORDER BY trial, round",
-                &[&run, &trial.map(|t| t as i64)],
-            )
-            .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let json: &str = get(row, 2)?;
-                let record: RoundRecord = serde_json::from_str(json)
-                    .map_err(|e| StoreError::Corrupt(format!("round record of run {run}: {e}")))?;
-                Ok(StoredRound {
-                    trial: get::<i64>(row, 0)? as u64,
-                    committed_at: get(row, 1)?,
-                    record,
-                })
-            })
-            .collect()
-    }
-
-    fn latest_checkpoint(&self, run: RunId, trial: u64) -> Result<Option<FederationState>, StoreError> {
-        let row = self
-            .client()
-            .query_opt(
-                "SELECT state FROM checkpoints WHERE run_id = $1 AND trial = $2 ORDER BY round DESC LIMIT 1",
-                &[&run, &(trial as i64)],
-            )
-            .map_err(db)?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(decode_checkpoint(get(&row, 0)?)?))
-    }
-
-    fn checkpoint_rounds(&self, run: RunId, trial: u64) -> Result<Vec<u64>, StoreError> {
-        let rows = self
-            .client()
-            .query(
-                "SELECT round FROM checkpoints WHERE run_id = $1 AND trial = $2 ORDER BY round",
-                &[&run, &(trial as i64)],
-            )
-            .map_err(db)?;
-        rows.iter().map(|row| Ok(get::<i64>(row, 0)? as u64)).collect()
-    }
-
-    fn open_study(&mut self, run: RunId, header: &StudyHeader) -> Result<Vec<FrozenTrial>, StoreError> {
-        let kind = self.run(run)?.kind;
-        if kind != RunKind::Study {
-            return Err(StoreError::OtherStudy {
-                run,
-                what: "is a run, not a study".into(),
-            });
-        }
-        // The first aggregator of the study records its header; every one checks it.
-        let json = serde_json::to_string(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.client()
             .execute(
-                "INSERT INTO studies (run_id, header) VALUES ($1, $2) ON CONFLICT (run_id) DO NOTHING",
-                &[&run, &json],
+                "INSERT INTO round_agents (run_id, trial, round, agent, outcome, detail, accuracy)
+                 SELECT $1::BIGINT, $2::BIGINT, $3::BIGINT, a.agent, a.outcome, a.detail, a.accuracy
+                 FROM unnest($4::TEXT[], $5::TEXT[], $6::TEXT[], $7::DOUBLE PRECISION[])
+                     AS a (agent, outcome, detail, accuracy)
+                 ON CONFLICT (run_id, trial, round, agent) DO NOTHING",
+                &[&run, &trial, &round, &agents, &outcomes, &details, &accuracies],
             )
-            .map_err(db)?;
-        let stored = self
-            .client()
-            .query_one("SELECT header FROM studies WHERE run_id = $1", &[&run])
-            .map_err(db)?;
-        check_header(run, get(&stored, 0)?, header)?;
-        Ok(self.trials(run)?.into_iter().map(|t| t.trial).collect())
-    }
-
-    fn study_header(&self, run: RunId) -> Result<Option<StudyHeader>, StoreError> {
-        let row = self
-            .client()
-            .query_opt("SELECT header FROM studies WHERE run_id = $1", &[&run])
-            .map_err(db)?;
-        row.map(|r| parse_header(run, get(&r, 0)?)).transpose()
-    }
-
-    fn save_trial(&mut self, run: RunId, trial: &FrozenTrial) -> Result<(), StoreError> {
-        let TrialColumns {
-            state,
-            params,
-            values,
-            intermediate,
-        } = trial_columns(trial)?;
-        let mut client = self.client();
-        let mut tx = client.transaction().map_err(db)?;
-        if let Some(owner) = other_owner(&mut tx, run, trial.number, &self.owner)? {
-            return Err(StoreError::NotOwner {
-                run,
-                trial: trial.number,
-                owner,
-            });
-        }
-        tx.execute(
-            concat!(
-                "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate,
-                     owner, heartbeat_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ",
-                epoch_now!(),
-                ")
-                 ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
-                     objective_values = excluded.objective_values, feasible = excluded.feasible,
-                     intermediate = excluded.intermediate, owner = excluded.owner,
-                     heartbeat_at = excluded.heartbeat_at, updated_at = ",
-                now!()
-            ),
-            &[
-                &run,
-                &(trial.number as i64),
-                &state,
-                &params,
-                &values,
-                &trial.feasible,
-                &intermediate,
-                &self.owner,
-            ],
-        )
-        .map_err(|e| {
-            if is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                StoreError::NoSuchRun(run)
-            } else {
-                db(e)
-            }
-        })?;
-        tx.commit().map_err(db)
-    }
-
-    fn trials(&self, run: RunId) -> Result<Vec<StoredTrial>, StoreError> {
-        let rows = self
-            .client()
-            .query(&format!("{TRIALS} ORDER BY number"), &[&run])
-            .map_err(db)?;
-        trial_rows(&rows, run)
-    }
-
-    fn create_trial(&mut self, run: RunId, params: &Params, limit: u64, unique: bool) -> Result<Created, StoreError> {
-        let params_json = serde_json::to_string(params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut client = self.client();
-        let mut tx = client.transaction().map_err(db)?;
-        // The study's row is the lock: aggregators number their trials one at a time.
-        let locked = tx
-            .query_opt("SELECT 1 FROM studies WHERE run_id = $1 FOR UPDATE", &[&run])
-            .map_err(db)?;
-        if locked.is_none() {
-            return Err(StoreError::NoSuchRun(run));
-        }
-        let row = tx
-            .query_one(
-                "SELECT count(*), coalesce(max(number) + 1, 0) FROM trials WHERE run_id = $1",
-                &[&run],
-            )
-            .map_err(db)?;
-        let (count, next): (i64, i64) = (get(&row, 0)?, get(&row, 1)?);
-        if count as u64 >= limit {
-            return Ok(Created::Full);
-        }
-        if unique {
-            let rows = tx.query(&format!("{TRIALS} ORDER BY number"), &[&run]).map_err(db)?;
-            if trial_rows(&rows, run)?.iter().any(|t| &t.trial.params == params) {
-                return Ok(Created::Duplicate);
-            }
-        }
-        tx.execute(
-            concat!(
-                "INSERT INTO trials (run_id, number, state, params, feasible, intermediate, owner, heartbeat_at)
-                 VALUES ($1, $2, 'running', $3, true, '{}', $4, ",
-                epoch_now!(),
-                ")"
-            ),
-            &[&run, &next, &params_json, &self.owner],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(Created::Trial(FrozenTrial {
-            number: next as u64,
-            params: params.clone(),
-            values: None,
-            state: TrialState::Running,
-            feasible: true,
-            intermediate: Default::default(),
-        }))
-    }
-
-    fn claim_trial(
-        &mut self,
-        run: RunId,
-        stale_after: Duration,
-        busy: &[u64],
-    ) -> Result<Option<FrozenTrial>, StoreError> {
-        let busy: Vec<i64> = busy.iter().map(|&n| n as i64).collect();
-        let mut client = self.client();
-        let mut tx = client.transaction().map_err(db)?;
-        // SKIP LOCKED: a trial another aggregator is claiming or writing is not this one's.
-        let row = tx
-            .query_opt(
-                concat!(
-                    "SELECT number FROM trials WHERE run_id = $1 AND state = 'running'
-                       AND NOT (number = ANY($4))
-                       AND (owner IS NULL OR owner = $2 OR heartbeat_at IS NULL
-                            OR heartbeat_at < ",
-                    epoch_now!(),
-                    " - $3)
-                     ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED"
-                ),
-                &[&run, &self.owner, &stale_after.as_secs_f64(), &busy],
-            )
-            .map_err(db)?;
-        let Some(row) = row else { return Ok(None) };
-        let number: i64 = get(&row, 0)?;
-        tx.execute(
-            concat!(
-                "UPDATE trials SET owner = $3, heartbeat_at = ",
-                epoch_now!(),
-                ", updated_at = ",
-                now!(),
-                " WHERE run_id = $1 AND number = $2"
-            ),
-            &[&run, &number, &self.owner],
-        )
-        .map_err(db)?;
-        let rows = tx
-            .query(&format!("{TRIALS} AND number = $2"), &[&run, &number])
-            .map_err(db)?;
-        let trial = trial_rows(&rows, run)?.into_iter().next().map(|t| t.trial);
-        tx.commit().map_err(db)?;
-        Ok(trial)
-    }
-
-    fn heartbeat(&mut self, run: RunId) -> Result<(), StoreError> {
-        self.client()
-            .execute(
-                concat!(
-                    "UPDATE trials SET heartbeat_at = ",
-                    epoch_now!(),
-                    " WHERE run_id = $1 AND owner = $2 AND state = 'running'"
-                ),
-                &[&run, &self.owner],
-            )
-            .map_err(db)?;
+            .map_err(db_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_renumbered_outside_quotes() {
+        assert_eq!(
+            numbered("SELECT ?1, '?2', \"a?3\", ?10 FROM t WHERE x = 'it''s ?4' AND y = ?2"),
+            "SELECT $1, '?2', \"a?3\", $10 FROM t WHERE x = 'it''s ?4' AND y = $2"
+        );
+        assert_eq!(numbered("SELECT 1 WHERE a ? b"), "SELECT 1 WHERE a ? b");
     }
 }

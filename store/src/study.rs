@@ -14,7 +14,8 @@ pub(super) struct TrialColumns {
     pub(super) intermediate: String,
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+/// `value` as JSON text.
+pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -59,12 +60,12 @@ pub(super) fn trial_from_columns(
     })
 }
 
-/// Refuses a stored study header that is not `header`.
 /// A stored study header, decoded.
 pub(super) fn parse_header(run: RunId, stored: &str) -> Result<StudyHeader, StoreError> {
     serde_json::from_str(stored).map_err(|e| StoreError::Corrupt(format!("study header of run {run}: {e}")))
 }
 
+/// Refuses a stored study header that is not `header`.
 pub(super) fn check_header(run: RunId, stored: &str, header: &StudyHeader) -> Result<(), StoreError> {
     let stored = parse_header(run, stored)?;
     let other = |what: String| Err(StoreError::OtherStudy { run, what });
