@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fedtune_aggregator::progress::Progress;
 use fedtune_aggregator::{AggregatorConfig, Hooks, run_stored, service};
-use fedtune_store::{self as store, RunStatus, Storage};
+use fedtune_store::{self as store, RunStatus};
 
 use super::run_state::{open_store, start_dashboard};
 use super::serve_study;
