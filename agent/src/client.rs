@@ -180,13 +180,16 @@ async fn serve_connection<T: Trainer>(
         tokio::select! {
             stream = connection.accept_bi() => {
                 let (send, recv) = stream?;
-                let (trainer, last, shutdown_tx) = (trainer.clone(), last.clone(), shutdown_tx.clone());
-                let base = base.clone();
-                let require_secure = options.require_secure_aggregation;
-                let metrics = metrics.clone();
+                let exchange = Exchange {
+                    limits,
+                    require_secure: options.require_secure_aggregation,
+                    trainer: trainer.clone(),
+                    kept: Kept { last: last.clone(), base: base.clone() },
+                    shutdown: shutdown_tx.clone(),
+                    metrics: metrics.clone(),
+                };
                 tokio::spawn(async move {
-                    let kept = Kept { last, base };
-                    let served = serve_stream(send, recv, limits, require_secure, trainer, kept, shutdown_tx, metrics);
+                    let served = serve_stream(send, recv, exchange);
                     if let Err(e) = served.await {
                         debug!("exchange ended: {e}");
                     }
@@ -240,19 +243,31 @@ struct Kept {
     base: Shared<Option<Base>>,
 }
 
-// The stream, its limits and policy, and the agent-wide state each exchange shares.
-#[allow(clippy::too_many_arguments)]
-async fn serve_stream<T: Trainer>(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+/// What one exchange (a stream the aggregator opened) works with: the connection's limits
+/// and policy, and the agent-wide state every exchange shares.
+struct Exchange<T> {
     limits: Limits,
     require_secure: bool,
     trainer: Arc<Mutex<T>>,
     kept: Kept,
+    /// Where an exchange that received `Shutdown` says so to the connection loop.
     shutdown: mpsc::Sender<String>,
-    shared_metrics: Option<Arc<AgentMetrics>>,
+    metrics: Option<Arc<AgentMetrics>>,
+}
+
+async fn serve_stream<T: Trainer>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    exchange: Exchange<T>,
 ) -> Result<(), WireError> {
-    let Kept { last, base } = kept;
+    let Exchange {
+        limits,
+        require_secure,
+        trainer,
+        kept: Kept { last, base },
+        shutdown,
+        metrics: shared_metrics,
+    } = exchange;
     let metrics = shared_metrics.as_deref();
     let (message, payload) = match read_frame(&mut recv, limits).await {
         Ok(frame) => frame,
