@@ -61,7 +61,7 @@ pub use record::{
     AgentResult, BoundedClaim, ClientTuner, Contribution, EvaluationError, Evaluator, FailureReason, FailureRecord,
     GlobalEvaluation, RoundRecord, RunReport, SecureStep,
 };
-use secure::{SecurePhase, StepOutcome};
+use secure::{SecurePhase, Step, StepOutcome};
 pub use state::{FederationState, RngState};
 
 /// Why a federation could not be built.
@@ -371,7 +371,12 @@ impl Federation {
             Phase::Round(open) => {
                 if let Some(secure) = open.secure.as_mut() {
                     if now >= secure.deadline() {
-                        let outcome = secure.on_deadline(&mut open.round, &mut open.exchanges, now, &mut self.actions);
+                        let outcome = secure.on_deadline(Step {
+                            round: &mut open.round,
+                            exchanges: &mut open.exchanges,
+                            now,
+                            actions: &mut self.actions,
+                        });
                         self.after_secure_step(outcome, now);
                     }
                 } else if open.round.poll(now) == RoundStatus::Closed {
@@ -458,15 +463,13 @@ impl Federation {
                     });
                 };
                 if let Some(secure) = open.secure.as_mut() {
-                    let outcome = secure.on_answer(
-                        &agent,
-                        message,
-                        payload,
-                        &mut open.round,
-                        &mut open.exchanges,
+                    let step = Step {
+                        round: &mut open.round,
+                        exchanges: &mut open.exchanges,
                         now,
-                        &mut self.actions,
-                    );
+                        actions: &mut self.actions,
+                    };
+                    let outcome = secure.on_answer(&agent, message, payload, step);
                     return self.after_secure_step(outcome, now);
                 }
                 open.exchanges.remove(&exchange);
@@ -614,14 +617,13 @@ impl Federation {
             return;
         };
         if let Some(secure) = open.secure.as_mut() {
-            let outcome = secure.on_lost(
-                agent,
-                reason,
-                &mut open.round,
-                &mut open.exchanges,
+            let step = Step {
+                round: &mut open.round,
+                exchanges: &mut open.exchanges,
                 now,
-                &mut self.actions,
-            );
+                actions: &mut self.actions,
+            };
+            let outcome = secure.on_lost(agent, reason, step);
             return self.after_secure_step(outcome, now);
         }
         warn!(%agent, "no update: {reason}");

@@ -80,6 +80,15 @@ pub(super) struct SecurePhase {
     noised: bool,
 }
 
+/// What a secure step works on of the round around it: the round's collection, its open
+/// exchanges, the time, and where actions go.
+pub(super) struct Step<'a> {
+    pub(super) round: &'a mut Round,
+    pub(super) exchanges: &'a mut BTreeMap<ExchangeId, String>,
+    pub(super) now: Instant,
+    pub(super) actions: &'a mut VecDeque<Action>,
+}
+
 impl SecurePhase {
     /// Starts the protocol for the round `spec` describes at `now`; `max_weight` bounds
     /// the sum of the members' sample counts.
@@ -146,17 +155,19 @@ impl SecurePhase {
     }
 
     /// Handles `agent`'s answer to the current step.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_answer(
         &mut self,
         agent: &str,
         message: AgentMessage,
         payload: Vec<f32>,
-        round: &mut Round,
-        exchanges: &mut BTreeMap<ExchangeId, String>,
-        now: Instant,
-        actions: &mut VecDeque<Action>,
+        step: Step<'_>,
     ) -> StepOutcome {
+        let Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        } = step;
         if !self.awaiting.remove(agent) {
             return StepOutcome::Pending;
         }
@@ -209,20 +220,23 @@ impl SecurePhase {
                 });
             }
         }
-        self.advance_if_complete(round, exchanges, now, actions)
+        self.advance_if_complete(Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        })
     }
 
     /// `agent`'s exchange failed or its connection went away (the exchange is already
     /// gone); it drops out of the protocol.
-    pub(super) fn on_lost(
-        &mut self,
-        agent: &str,
-        cause: FailureReason,
-        round: &mut Round,
-        exchanges: &mut BTreeMap<ExchangeId, String>,
-        now: Instant,
-        actions: &mut VecDeque<Action>,
-    ) -> StepOutcome {
+    pub(super) fn on_lost(&mut self, agent: &str, cause: FailureReason, step: Step<'_>) -> StepOutcome {
+        let Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        } = step;
         if self.members.remove(agent).is_none() {
             return StepOutcome::Pending;
         }
@@ -236,17 +250,22 @@ impl SecurePhase {
                 cause: Box::new(cause),
             },
         );
-        self.advance_if_complete(round, exchanges, now, actions)
+        self.advance_if_complete(Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        })
     }
 
     /// The step's deadline passed: members that did not answer drop out.
-    pub(super) fn on_deadline(
-        &mut self,
-        round: &mut Round,
-        exchanges: &mut BTreeMap<ExchangeId, String>,
-        now: Instant,
-        actions: &mut VecDeque<Action>,
-    ) -> StepOutcome {
+    pub(super) fn on_deadline(&mut self, step: Step<'_>) -> StepOutcome {
+        let Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        } = step;
         let step = self.step;
         for agent in std::mem::take(&mut self.awaiting) {
             round.on_failure(&agent, FailureReason::SecureDeadline(step));
@@ -254,18 +273,23 @@ impl SecurePhase {
                 actions.push_back(Action::Abandon { exchange });
             }
         }
-        self.advance_if_complete(round, exchanges, now, actions)
+        self.advance_if_complete(Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        })
     }
 
     /// Whether the step is complete now that a member answered or dropped out; if so,
     /// the next step's messages go out.
-    pub(super) fn advance_if_complete(
-        &mut self,
-        round: &mut Round,
-        exchanges: &mut BTreeMap<ExchangeId, String>,
-        now: Instant,
-        actions: &mut VecDeque<Action>,
-    ) -> StepOutcome {
+    pub(super) fn advance_if_complete(&mut self, step: Step<'_>) -> StepOutcome {
+        let Step {
+            round,
+            exchanges,
+            now,
+            actions,
+        } = step;
         if !self.awaiting.is_empty() {
             return StepOutcome::Pending;
         }
