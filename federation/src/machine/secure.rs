@@ -162,12 +162,6 @@ impl SecurePhase {
         payload: Vec<f32>,
         step: Step<'_>,
     ) -> StepOutcome {
-        let Step {
-            round,
-            exchanges,
-            now,
-            actions,
-        } = step;
         if !self.awaiting.remove(agent) {
             return StepOutcome::Pending;
         }
@@ -188,8 +182,8 @@ impl SecurePhase {
                 let words: &[u32] = bytemuck::cast_slice(&payload);
                 let weight = if self.noised { 1 } else { update.num_samples };
                 let fold = || server.add_masked(index, words, weight);
-                round
-                    .on_masked_update(agent, &update, words.len(), now, fold)
+                step.round
+                    .on_masked_update(agent, &update, words.len(), step.now, fold)
                     .map_err(|e| (FailureReason::Refused(e.clone()), e))
             }
             (SecureStep::UnmaskingShares, AgentMessage::SecAggReveal(reveals)) => server
@@ -204,81 +198,54 @@ impl SecurePhase {
             })),
         };
         if let Err((cause, error)) = accepted {
-            let step = self.step;
-            warn!(%agent, "secure aggregation, {step}: {cause}");
-            round.on_failure(
+            let current = self.step;
+            warn!(%agent, "secure aggregation, {current}: {cause}");
+            step.round.on_failure(
                 agent,
                 FailureReason::SecureStep {
-                    step,
+                    step: current,
                     cause: Box::new(cause),
                 },
             );
-            if let Some(exchange) = self.drop_member(agent, exchanges) {
-                actions.push_back(Action::Close {
+            if let Some(exchange) = self.drop_member(agent, step.exchanges) {
+                step.actions.push_back(Action::Close {
                     exchange,
                     message: Some(AggregatorMessage::Error(error)),
                 });
             }
         }
-        self.advance_if_complete(Step {
-            round,
-            exchanges,
-            now,
-            actions,
-        })
+        self.advance_if_complete(step)
     }
 
     /// `agent`'s exchange failed or its connection went away (the exchange is already
     /// gone); it drops out of the protocol.
     pub(super) fn on_lost(&mut self, agent: &str, cause: FailureReason, step: Step<'_>) -> StepOutcome {
-        let Step {
-            round,
-            exchanges,
-            now,
-            actions,
-        } = step;
         if self.members.remove(agent).is_none() {
             return StepOutcome::Pending;
         }
-        let step = self.step;
-        warn!(%agent, "no {step}: {cause}");
+        let current = self.step;
+        warn!(%agent, "no {current}: {cause}");
         self.awaiting.remove(agent);
-        round.on_failure(
+        step.round.on_failure(
             agent,
             FailureReason::SecureStep {
-                step,
+                step: current,
                 cause: Box::new(cause),
             },
         );
-        self.advance_if_complete(Step {
-            round,
-            exchanges,
-            now,
-            actions,
-        })
+        self.advance_if_complete(step)
     }
 
     /// The step's deadline passed: members that did not answer drop out.
     pub(super) fn on_deadline(&mut self, step: Step<'_>) -> StepOutcome {
-        let Step {
-            round,
-            exchanges,
-            now,
-            actions,
-        } = step;
-        let step = self.step;
+        let current = self.step;
         for agent in std::mem::take(&mut self.awaiting) {
-            round.on_failure(&agent, FailureReason::SecureDeadline(step));
-            if let Some(exchange) = self.drop_member(&agent, exchanges) {
-                actions.push_back(Action::Abandon { exchange });
+            step.round.on_failure(&agent, FailureReason::SecureDeadline(current));
+            if let Some(exchange) = self.drop_member(&agent, step.exchanges) {
+                step.actions.push_back(Action::Abandon { exchange });
             }
         }
-        self.advance_if_complete(Step {
-            round,
-            exchanges,
-            now,
-            actions,
-        })
+        self.advance_if_complete(step)
     }
 
     /// Whether the step is complete now that a member answered or dropped out; if so,
