@@ -2,22 +2,17 @@
 //! study, as CSV or JSON.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fedtune_store::{AgentRow, RunId, RunKind, agent_rows, open_read_only};
+
+use super::RunInStore;
 
 /// The arguments of `export`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store.
-    #[arg(long)]
-    db: PathBuf,
-    /// The run's id (see `runs`).
-    #[arg(long, conflicts_with = "study", required_unless_present = "study")]
-    run: Option<RunId>,
-    /// The study's id (see `runs`).
-    #[arg(long)]
-    study: Option<RunId>,
+    #[command(flatten)]
+    target: RunInStore,
     /// `csv` or `json`.
     #[arg(long)]
     format: Format,
@@ -33,11 +28,8 @@ enum Format {
 /// Writes the rows on stdout (blocks on the store).
 pub fn run(args: Args) -> anyhow::Result<()> {
     let json = matches!(args.format, Format::Json);
-    match (args.run, args.study) {
-        (Some(run), _) => export(&args.db, run, None, json),
-        (None, Some(study)) => export(&args.db, study, Some(RunKind::Study), json),
-        (None, None) => anyhow::bail!("give --run or --study"),
-    }
+    let (id, study) = args.target.id()?;
+    export(&args.target.db, id, study.then_some(RunKind::Study), json)
 }
 
 /// One row per cohort member and round (of every trial, for a study). `kind` asks that

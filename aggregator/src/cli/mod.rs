@@ -37,3 +37,31 @@ pub mod tune;
 pub async fn blocking(work: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(work).await?
 }
+
+/// `--db` and one run in it, as `export` and `plot` take them: `--run ID` or `--study ID`.
+#[derive(clap::Args)]
+pub struct RunInStore {
+    /// The store.
+    #[arg(long)]
+    pub db: std::path::PathBuf,
+    /// The run's id (see `runs`).
+    #[arg(long, conflicts_with = "study", required_unless_present = "study")]
+    run: Option<fedtune_store::RunId>,
+    /// The study's id (see `runs`).
+    #[arg(long)]
+    study: Option<fedtune_store::RunId>,
+}
+
+impl RunInStore {
+    /// The id given, and whether it was given as `--study`.
+    ///
+    /// # Errors
+    /// When neither was given (clap refuses that before; this keeps the type honest).
+    pub fn id(&self) -> anyhow::Result<(fedtune_store::RunId, bool)> {
+        match (self.run, self.study) {
+            (Some(run), _) => Ok((run, false)),
+            (None, Some(study)) => Ok((study, true)),
+            (None, None) => anyhow::bail!("give --run or --study"),
+        }
+    }
+}

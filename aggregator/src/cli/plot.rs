@@ -4,20 +4,15 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use fedtune_aggregator::plot;
-use fedtune_store::{RunId, RunKind, open_read_only};
+use fedtune_store::{RunKind, open_read_only};
+
+use super::RunInStore;
 
 /// The arguments of `plot`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store.
-    #[arg(long)]
-    db: PathBuf,
-    /// The run's id (see `runs`).
-    #[arg(long, conflicts_with = "study", required_unless_present = "study")]
-    run: Option<RunId>,
-    /// The study's id (see `runs`).
-    #[arg(long)]
-    study: Option<RunId>,
+    #[command(flatten)]
+    target: RunInStore,
     /// Directory to write into (made when missing; files in it are replaced).
     #[arg(long)]
     out: PathBuf,
@@ -25,13 +20,10 @@ pub struct Args {
 
 /// Writes the charts into `--out` and prints each file's path (blocks on the store).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { db, run, study, out } = args;
-    let (id, kind) = match (run, study) {
-        (Some(run), _) => (run, RunKind::Run),
-        (None, Some(study)) => (study, RunKind::Study),
-        (None, None) => anyhow::bail!("give --run or --study"),
-    };
-    let store = open_read_only(&db)?;
+    let Args { target, out } = args;
+    let (id, study) = target.id()?;
+    let kind = if study { RunKind::Study } else { RunKind::Run };
+    let store = open_read_only(&target.db)?;
     let found = store.run(id)?.kind;
     if found != kind {
         anyhow::bail!("{id} is a {}, not a {} (see `runs`)", found.as_str(), kind.as_str());
