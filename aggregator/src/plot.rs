@@ -137,6 +137,7 @@ pub fn tune_report(report: &TuneReport, out: &Path) -> Result<Vec<PathBuf>, Plot
             state: t.state,
             feasible: t.feasible,
             intermediate: (1..).zip(t.curve.iter().map(|v| vec![*v])).collect(),
+            fail_reason: t.fail_reason.clone(),
         })
         .collect();
     study(&report.objectives, &trials, out)
@@ -261,6 +262,7 @@ mod tests {
                 state: TrialState::Complete,
                 feasible: true,
                 intermediate: Default::default(),
+                fail_reason: None,
             })
             .collect();
         let objectives = [

@@ -438,6 +438,7 @@ impl<D: Database> Storage for D {
                 state: TrialState::Running,
                 feasible: true,
                 intermediate: Default::default(),
+                fail_reason: None,
             }))
         })
     }

@@ -57,6 +57,7 @@ pub(super) fn trial_from_columns(
         state,
         feasible,
         intermediate: serde_json::from_str(&columns.intermediate).map_err(|e| corrupt("intermediate values", e))?,
+        fail_reason: None,
     })
 }
 

@@ -132,6 +132,7 @@ pub fn store(path: &Path, rounds: u64, trials: u64) -> (i64, i64) {
             intermediate: (1..=if pruned { 5 } else { 20 })
                 .map(|step| (step, vec![accuracy * (1.0 - 0.5 / step as f64), 0.0]))
                 .collect(),
+            fail_reason: None,
         };
         store.save_trial(study, &trial).unwrap();
     }

@@ -10,7 +10,8 @@
 //! In, one object per line:
 //! - `{"trial": 0, "value": 1.23}` or `{"trial": 0, "values": [0.9, 1e6]}` — complete,
 //!   optionally with `"feasible": false` when a constraint was violated;
-//! - `{"trial": 0, "state": "pruned"}` or `{"trial": 0, "state": "failed"}`;
+//! - `{"trial": 0, "state": "pruned"}` or `{"trial": 0, "state": "failed"}`, the
+//!   latter optionally with `"reason": "…"`;
 //! - `{"trial": 0, "step": 3, "value": 0.8}` — an intermediate value, answered with
 //!   the pruner's decision.
 //!
@@ -59,6 +60,8 @@ struct Told {
     step: Option<u64>,
     #[serde(default)]
     feasible: Option<bool>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 impl Told {
@@ -187,7 +190,7 @@ fn handle(study: &mut Study, open: &std::collections::BTreeSet<u64>, line: &str)
         },
         (None | Some("complete"), None) => return Err("a complete trial needs `value` or `values`".into()),
         (Some("pruned"), _) => Outcome::Pruned,
-        (Some("failed" | "fail"), _) => Outcome::Failed,
+        (Some("failed" | "fail"), _) => Outcome::failed(told.reason.unwrap_or_else(|| "told failed".into())),
         (Some(other), _) => return Err(format!("unknown state `{other}`; expected complete, pruned or failed")),
     };
     study.tell(told.trial, outcome).map_err(|e| e.to_string())?;

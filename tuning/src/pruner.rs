@@ -442,6 +442,7 @@ mod tests {
             state,
             feasible: true,
             intermediate: curve.iter().cloned().enumerate().map(|(s, v)| (s as u64, v)).collect(),
+            fail_reason: None,
         }
     }
 

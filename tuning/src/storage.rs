@@ -309,6 +309,7 @@ mod tests {
             state,
             feasible: true,
             intermediate: BTreeMap::from([(1, vec![0.5])]),
+            fail_reason: None,
         }
     }
 

@@ -54,8 +54,11 @@ pub enum Outcome {
     },
     /// Stopped early (by the pruner or the user).
     Pruned,
-    /// Crashed or produced nothing usable.
-    Failed,
+    /// Crashed or produced nothing usable, for the reason given.
+    Failed {
+        /// What went wrong, in words for the operator.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -63,6 +66,11 @@ impl Outcome {
     #[must_use]
     pub fn complete(values: Vec<f64>) -> Self {
         Self::Complete { values, feasible: true }
+    }
+
+    /// A failure, for `reason`.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::Failed { reason: reason.into() }
     }
 }
 
@@ -305,7 +313,10 @@ impl Study {
     pub fn with_storage(self, storage: Box<dyn StudyStorage>) -> Result<Self, StudyError> {
         let (mut study, running) = self.resume_from(storage)?;
         for trial in running {
-            study.tell(trial.number, Outcome::Failed)?;
+            study.tell(
+                trial.number,
+                Outcome::failed("still running when the last session ended"),
+            )?;
         }
         Ok(study)
     }
@@ -467,6 +478,7 @@ impl Study {
             state: TrialState::Running,
             feasible: true,
             intermediate: BTreeMap::new(),
+            fail_reason: None,
         };
         let trial = match self.storage.create(&proposed, unique).map_err(storage_error)? {
             Created::Trial(trial) => trial,
@@ -564,7 +576,10 @@ impl Study {
                 trial.state = TrialState::Complete;
             }
             Outcome::Pruned => trial.state = TrialState::Pruned,
-            Outcome::Failed => trial.state = TrialState::Failed,
+            Outcome::Failed { reason } => {
+                trial.state = TrialState::Failed;
+                trial.fail_reason = Some(reason);
+            }
         }
         self.commit(number, previous)?;
         Ok(&self.trials[number as usize])
@@ -695,7 +710,10 @@ mod tests {
             s.tell(t.number, Outcome::complete(vec![f64::NAN])),
             Err(StudyError::NonFinite { .. })
         ));
-        assert!(matches!(s.tell(9, Outcome::Failed), Err(StudyError::UnknownTrial(9))));
+        assert!(matches!(
+            s.tell(9, Outcome::failed("test")),
+            Err(StudyError::UnknownTrial(9))
+        ));
         assert_eq!(s.running(), 1);
         s.tell(t.number, Outcome::complete(vec![1.0])).unwrap();
         assert!(matches!(

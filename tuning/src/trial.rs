@@ -37,6 +37,9 @@ pub struct FrozenTrial {
     /// Intermediate values reported at steps (federated rounds), for pruning: one value
     /// per objective, like `values`.
     pub intermediate: BTreeMap<u64, Vec<f64>>,
+    /// Why a failed trial failed, in words for the operator (Optuna's `fail_reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
 }
 
 impl FrozenTrial {
@@ -50,6 +53,7 @@ impl FrozenTrial {
             state: TrialState::Complete,
             feasible: true,
             intermediate: BTreeMap::new(),
+            fail_reason: None,
         }
     }
 

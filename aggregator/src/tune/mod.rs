@@ -225,6 +225,9 @@ pub struct TrialRecord {
     pub policy: Option<PolicySummary>,
     /// Wall time of the trial.
     pub seconds: f64,
+    /// Why a failed trial failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
     /// Where this trial's final model was written, when it became the study's best
     /// (`[model] save`, or next to the report); a later best overwrites the file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,6 +271,7 @@ impl TrialRecord {
             policy_best: None,
             policy: None,
             seconds: 0.0,
+            fail_reason: t.fail_reason.clone(),
         }
     }
 }
@@ -593,7 +597,7 @@ pub(crate) async fn run_study(
                     Ok(c) => c,
                     Err(e) => {
                         warn!(trial = trial.number, "{e}");
-                        let _ = lock(&study).tell(trial.number, Outcome::Failed);
+                        let _ = lock(&study).tell(trial.number, Outcome::failed(e.to_string()));
                         continue;
                     }
                 };
@@ -613,7 +617,8 @@ pub(crate) async fn run_study(
                         }))),
                         Err(e) => {
                             warn!(trial = trial.number, "no within-trial policy: {e}");
-                            let _ = lock(&study).tell(trial.number, Outcome::Failed);
+                            let _ = lock(&study)
+                                .tell(trial.number, Outcome::failed(format!("no within-trial policy: {e}")));
                             continue;
                         }
                     }

@@ -188,6 +188,7 @@ impl TrialRun {
             policy_best: None,
             policy: None,
             seconds: 0.0,
+            fail_reason: None,
             model: None,
         };
         let resumed = self.resume.take();
@@ -214,7 +215,7 @@ impl TrialRun {
             Ok(federation) => federation,
             Err(e) => {
                 warn!(trial = self.number, "cannot start: {e}");
-                return self.finish(record, Outcome::Failed, started);
+                return self.finish(record, Outcome::failed(format!("cannot start: {e}")), started);
             }
         };
         // A resumed trial's checkpoint carries the server learning rate it had reached.
@@ -314,10 +315,17 @@ impl TrialRun {
                 record.seconds = started.elapsed().as_secs_f64();
                 return record;
             }
-            return self.finish(record, Outcome::Failed, started);
+            let reason = if report.interrupted {
+                "interrupted"
+            } else if commit_failed {
+                "a round could not be committed to the store"
+            } else {
+                "its agents were lost"
+            };
+            return self.finish(record, Outcome::failed(reason), started);
         }
         let Some(last) = last_round else {
-            return self.finish(record, Outcome::Failed, started);
+            return self.finish(record, Outcome::failed("no round was applied"), started);
         };
         // Score the final model: server test set if any, else federated evaluation.
         let per_agent = report.final_agent_evaluation;
@@ -387,6 +395,7 @@ impl TrialRun {
             Ok(trial) => {
                 record.state = trial.state;
                 record.values = trial.values.clone();
+                record.fail_reason = trial.fail_reason.clone();
             }
             Err(StudyError::Lost { owner, .. }) => {
                 warn!(trial = self.number, "not told: `{owner}` took the trial over");
