@@ -291,6 +291,14 @@ fn the_ask_tell_command_speaks_json_lines() {
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    // The first line says which way is better (branin is minimised) and how far the session goes.
+    let header = next();
+    assert_eq!(
+        header["study"]["directions"],
+        serde_json::json!(["minimize"]),
+        "{header}"
+    );
+    assert_eq!(header["study"]["trials"], 4, "{header}");
     // Two trials open at once; tell each (the first badly, to see an error line), then the rest.
     let first = next();
     let second = next();
@@ -334,7 +342,15 @@ fn the_ask_tell_command_resumes_a_study_from_its_journal() {
         let mut child = Command::new(common::binary("fedtune-aggregator"))
             .args(["tune", "--space"])
             .arg(common::repo().join("presets/vision.toml"))
-            .args(["--sampler", "random", "--trials", trials, "--storage"])
+            .args([
+                "--directions",
+                "minimize",
+                "--sampler",
+                "random",
+                "--trials",
+                trials,
+                "--storage",
+            ])
             .arg(&journal)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -354,8 +370,9 @@ fn the_ask_tell_command_resumes_a_study_from_its_journal() {
         out
     };
     let first = session("2");
-    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first.len(), 4, "{first:?}");
     let second = session("4");
+    assert_eq!(second[0]["study"]["held"], 2, "{:?}", second[0]);
     let asked: Vec<u64> = second.iter().filter_map(|l| l["trial"].as_u64()).collect();
     assert_eq!(asked, vec![2, 3], "the resumed study goes on from trial 2");
     let done = second.last().unwrap();
@@ -364,4 +381,98 @@ fn the_ask_tell_command_resumes_a_study_from_its_journal() {
         done["best"]["trial"], 0,
         "the best trial of the first session is kept: {done}"
     );
+}
+
+/// The operator's report: tell trial 0, close stdin with trial 1 open, run the same
+/// command again; the resumed study's next trial must not be trial 0 again.
+#[test]
+fn a_resumed_ask_tell_study_does_not_repeat_the_first_sessions_trials() {
+    use std::io::{BufRead, BufReader, Write};
+    for sampler in ["tpe", "random", "gp"] {
+        let dir = common::scratch_dir(&format!("ask-tell-resume-{sampler}"));
+        let journal = dir.join("st.jsonl");
+        // Tells the first trial it is asked, then closes its input.
+        let session = || -> (Vec<serde_json::Value>, String) {
+            let mut child = Command::new(common::binary("fedtune-aggregator"))
+                .args(["tune", "--space"])
+                .arg(common::repo().join("data/hpo/objectives_public.json"))
+                .args([
+                    "--objective",
+                    "branin",
+                    "--sampler",
+                    sampler,
+                    "--seed",
+                    "0",
+                    "--trials",
+                    "5",
+                ])
+                .arg("--storage")
+                .arg(&journal)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = Some(child.stdin.take().unwrap());
+            let mut out = Vec::new();
+            for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+                let line: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                if line.get("params").is_some() {
+                    let first = !out.iter().any(|l: &serde_json::Value| l.get("params").is_some());
+                    if first && let Some(input) = stdin.as_mut() {
+                        writeln!(input, "{{\"trial\": {}, \"value\": 1.0}}", line["trial"]).unwrap();
+                        input.flush().unwrap();
+                    } else {
+                        stdin = None; // the second trial asked: close input with it open
+                    }
+                }
+                out.push(line);
+            }
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "{sampler}: EOF with a trial open ends the study cleanly"
+            );
+            (out, String::from_utf8_lossy(&output.stderr).into_owned())
+        };
+        let (first, stderr) = session();
+        let asked = |lines: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            lines.iter().filter(|l| l.get("params").is_some()).cloned().collect()
+        };
+        let first_asked = asked(&first);
+        assert_eq!(first_asked.len(), 2, "{sampler}: {first:?}");
+        assert_eq!(
+            first.last().unwrap()["unfinished"],
+            serde_json::json!([1]),
+            "{sampler}: {first:?}"
+        );
+        assert!(stderr.contains("marked failed"), "{sampler}: {stderr}");
+        let (second, _) = session();
+        let second_asked = asked(&second);
+        assert_eq!(second_asked[0]["trial"], 2, "{sampler}: {second:?}");
+        for earlier in &first_asked {
+            assert_ne!(
+                second_asked[0]["params"], earlier["params"],
+                "{sampler}: the resumed study proposed trial {}'s parameters again",
+                earlier["trial"]
+            );
+        }
+    }
+}
+
+#[test]
+fn tune_refuses_a_toml_space_that_does_not_say_which_way_is_better() {
+    let output = Command::new(common::binary("fedtune-aggregator"))
+        .args(["tune", "--space"])
+        .arg(common::repo().join("presets/vision.toml"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not say whether to minimize or maximize") && stderr.contains("--directions"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no trial is asked");
 }

@@ -2,10 +2,15 @@
 //! `fedtune-aggregator tune`).
 //!
 //! Out, one object per line:
+//! - first, `{"study": {"directions": ["minimize"], "objectives": ["objective_0"],
+//!   "trials": 20, "held": 0}}` — which way each objective counts as better, the trials
+//!   the session runs to, and how many a resumed study already held;
 //! - `{"trial": 0, "params": {"lr": 0.01, "optimizer": "adam"}}` — run this trial;
 //! - `{"trial": 0, "step": 3, "prune": false}` — the answer to an intermediate report;
 //! - `{"error": "…", "line": 7}` — an input line was refused (the study goes on);
-//! - `{"done": true, "best": {…}, "pareto_front": [0, 4], "trials": 20}` — last line.
+//! - `{"done": true, "best": {…}, "pareto_front": [0, 4], "trials": 20}` — last line;
+//!   with `"unfinished": [3]` when input ended while trials were still open (they are
+//!   marked failed, and a resumed session asks new ones).
 //!
 //! In, one object per line:
 //! - `{"trial": 0, "value": 1.23}` or `{"trial": 0, "values": [0.9, 1e6]}` — complete,
@@ -17,7 +22,7 @@
 //!
 //! The next trial is asked as soon as one is told, keeping `parallel` open, until the
 //! study holds `trials` trials (counting those a resumed study already had); the run
-//! ends once all of them are told.
+//! ends once all of them are told, or when input ends.
 
 use std::io::{BufRead, Write};
 
@@ -33,18 +38,25 @@ pub enum AskTellError {
     /// Reading stdin or writing stdout failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    /// The study could not ask a trial.
+    /// The study could not ask or store a trial.
     #[error(transparent)]
     Study(#[from] StudyError),
-    /// Input ended while trials were still open.
-    #[error("input ended with {open} trial(s) still running: {numbers:?}")]
-    Unfinished {
-        /// How many.
-        open: usize,
-        /// Which.
-        numbers: Vec<u64>,
-    },
 }
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ended {
+    /// Trials still open when input ended, now marked failed (empty when every asked
+    /// trial was told).
+    pub unfinished: Vec<u64>,
+}
+
+/// The reason stored for a trial still open when input ended.
+pub const INPUT_ENDED: &str = "input ended while the trial was running";
+
+/// JSON has no NaN or infinity; a line that tries to send one gets this hint.
+const NON_FINITE_HINT: &str =
+    "JSON has no NaN or Infinity: tell a trial that produced no usable value as {\"trial\": N, \"state\": \"failed\"}";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,20 +93,29 @@ fn trial_json(t: &FrozenTrial) -> Value {
 }
 
 /// Runs an ask/tell session: asks trials until the study holds `trials`, keeping
-/// `parallel` open, and reads their results from `input` until all are told.
+/// `parallel` open, and reads their results from `input` until all are told. When
+/// input ends first, the open trials are marked failed ([`INPUT_ENDED`]) and the
+/// session ends as usual, with them listed in [`Ended::unfinished`].
 ///
 /// # Errors
-/// [`AskTellError`] on I/O failure, when the sampler cannot ask, or when the input
-/// ends early. Trials told before the error stay in `study`.
+/// [`AskTellError`] on I/O failure or when the study cannot ask or store a trial.
+/// Trials told before the error stay in `study`.
 pub fn run(
     study: &mut Study,
     trials: usize,
     parallel: usize,
     input: impl BufRead,
     mut output: impl Write,
-) -> Result<(), AskTellError> {
+) -> Result<Ended, AskTellError> {
     let parallel = parallel.max(1);
     let mut asked = study.trials().len();
+    let directions = study.directions();
+    let objectives: Vec<&str> = study.objectives().iter().map(|o| o.name.as_str()).collect();
+    writeln!(
+        output,
+        "{}",
+        json!({"study": {"directions": directions, "objectives": objectives, "trials": trials, "held": asked}})
+    )?;
     let mut open = std::collections::BTreeSet::new();
     let mut exhausted = false;
     let mut ask_more = |study: &mut Study,
@@ -122,12 +143,14 @@ pub fn run(
     ask_more(study, &mut open, &mut output)?;
     let mut lines = input.split(b'\n');
     let mut line_number = 0u64;
+    let mut ended = Ended::default();
     while !open.is_empty() {
         let Some(line) = lines.next() else {
-            return Err(AskTellError::Unfinished {
-                open: open.len(),
-                numbers: open.into_iter().collect(),
-            });
+            for &number in &open {
+                study.tell(number, Outcome::failed(INPUT_ENDED))?;
+            }
+            ended.unfinished = std::mem::take(&mut open).into_iter().collect();
+            break;
         };
         let line = line?;
         line_number += 1;
@@ -151,13 +174,13 @@ pub fn run(
     }
     let best = study.best_trial().map(trial_json);
     let front: Vec<u64> = study.pareto_front().iter().map(|t| t.number).collect();
-    writeln!(
-        output,
-        "{}",
-        json!({"done": true, "best": best, "pareto_front": front, "trials": study.trials().len()})
-    )?;
+    let mut done = json!({"done": true, "best": best, "pareto_front": front, "trials": study.trials().len()});
+    if !ended.unfinished.is_empty() {
+        done["unfinished"] = json!(ended.unfinished);
+    }
+    writeln!(output, "{done}")?;
     output.flush()?;
-    Ok(())
+    Ok(ended)
 }
 
 enum Handled {
@@ -166,7 +189,14 @@ enum Handled {
 }
 
 fn handle(study: &mut Study, open: &std::collections::BTreeSet<u64>, line: &str) -> Result<Handled, String> {
-    let told: Told = serde_json::from_str(line).map_err(|e| format!("not a result line: {e}"))?;
+    let told: Told = serde_json::from_str(line).map_err(|e| {
+        let lower = line.to_ascii_lowercase();
+        if lower.contains("nan") || lower.contains("infinity") {
+            format!("not a result line: {e}; {NON_FINITE_HINT}")
+        } else {
+            format!("not a result line: {e}")
+        }
+    })?;
     if !open.contains(&told.trial) {
         return Err(format!("trial {} is not running", told.trial));
     }
@@ -188,7 +218,11 @@ fn handle(study: &mut Study, open: &std::collections::BTreeSet<u64>, line: &str)
             values,
             feasible: told.feasible.unwrap_or(true),
         },
-        (None | Some("complete"), None) => return Err("a complete trial needs `value` or `values`".into()),
+        (None | Some("complete"), None) => {
+            return Err(format!(
+                "a complete trial needs `value` or `values` (null is no value; {NON_FINITE_HINT})"
+            ));
+        }
         (Some("pruned"), _) => Outcome::Pruned,
         (Some("failed" | "fail"), _) => Outcome::failed(told.reason.unwrap_or_else(|| "told failed".into())),
         (Some(other), _) => return Err(format!("unknown state `{other}`; expected complete, pruned or failed")),
@@ -236,7 +270,14 @@ mod tests {
         let mut out = Vec::new();
         run(&mut s, 3, 1, input.as_bytes(), &mut out).unwrap();
         let out = lines(&out);
-        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(out.len(), 5, "{out:?}");
+        assert_eq!(
+            out[0]["study"]["directions"],
+            json!(["minimize"]),
+            "the direction comes first"
+        );
+        assert_eq!(out[0]["study"]["trials"], 3);
+        let out = &out[1..];
         for (i, line) in out[..3].iter().enumerate() {
             assert_eq!(line["trial"], i);
             assert!(line["params"]["x"].is_f64() && line["params"]["opt"].is_string());
@@ -263,7 +304,7 @@ mod tests {
         .join("\n");
         let mut out = Vec::new();
         run(&mut s, 3, 2, input.as_bytes(), &mut out).unwrap();
-        let out = lines(&out);
+        let out = lines(&out)[1..].to_vec();
         // Two asked at once, then one per tell.
         assert_eq!(out[0]["trial"], 0);
         assert_eq!(out[1]["trial"], 1);
@@ -278,12 +319,36 @@ mod tests {
     }
 
     #[test]
-    fn early_end_of_input_is_an_error_that_keeps_what_was_told() {
+    fn end_of_input_fails_the_open_trials_and_ends_the_session_cleanly() {
         let mut s = study();
         let mut out = Vec::new();
-        let err = run(&mut s, 3, 1, "{\"trial\": 0, \"value\": 1.0}\n".as_bytes(), &mut out).unwrap_err();
-        assert!(matches!(err, AskTellError::Unfinished { open: 1, .. }), "{err}");
-        assert!(s.trials()[0].value().is_some());
+        let ended = run(&mut s, 3, 2, "{\"trial\": 0, \"value\": 1.0}\n".as_bytes(), &mut out).unwrap();
+        assert_eq!(ended.unfinished, vec![1, 2]);
+        assert!(s.trials()[0].value().is_some(), "what was told is kept");
+        for t in &s.trials()[1..] {
+            assert_eq!(t.state, crate::TrialState::Failed);
+            assert_eq!(t.fail_reason.as_deref(), Some(INPUT_ENDED));
+        }
+        let done = lines(&out).pop().unwrap();
+        assert_eq!(done["done"], true);
+        assert_eq!(done["unfinished"], json!([1, 2]));
+    }
+
+    #[test]
+    fn a_nan_or_null_value_gets_a_hint_to_tell_the_trial_failed() {
+        let mut s = study();
+        let input = "{\"trial\": 0, \"value\": NaN}\n{\"trial\": 0, \"value\": null}\n{\"trial\": 0, \"state\": \"failed\", \"reason\": \"diverged\"}\n";
+        let mut out = Vec::new();
+        run(&mut s, 1, 1, input.as_bytes(), &mut out).unwrap();
+        let errors: Vec<String> = lines(&out)
+            .iter()
+            .filter_map(|l| l["error"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        for e in &errors {
+            assert!(e.contains("\"state\": \"failed\""), "{e}");
+        }
+        assert_eq!(s.trials()[0].fail_reason.as_deref(), Some("diverged"));
     }
 
     #[test]
@@ -294,7 +359,7 @@ mod tests {
         let mut out = Vec::new();
         run(&mut s, 1, 1, input.as_slice(), &mut out).unwrap();
         let out = lines(&out);
-        assert!(out[1]["error"].as_str().unwrap().contains("UTF-8"), "{out:?}");
-        assert_eq!(out[2]["done"], true);
+        assert!(out[2]["error"].as_str().unwrap().contains("UTF-8"), "{out:?}");
+        assert_eq!(out[3]["done"], true);
     }
 }

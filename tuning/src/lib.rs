@@ -56,6 +56,6 @@ pub use pruner::{MedianPruner, NopPruner, Pruner, PrunerConfig, PrunerError, Suc
 pub use sampler::{GridSampler, Params, RandomSampler, Sampler, SamplerError};
 pub use spec::{ObjectiveSpec, SpecError, load_objectives, parse_objectives, parse_space_toml};
 pub use storage::{Created, InMemory, Journal, StorageError, StudyHeader, StudyStorage};
-pub use study::{AskedTrial, Outcome, SamplerKind, Study, StudyError};
+pub use study::{AskedTrial, Outcome, SamplerKind, Study, StudyError, resume_seed};
 pub use tpe::{TpeConfig, TpeSampler};
 pub use trial::{FrozenTrial, TrialState};

@@ -177,6 +177,30 @@ pub enum SamplerKind {
     BayesRl,
 }
 
+/// The seed a resumed study's sampler starts from: the study's `seed` itself when it
+/// holds no trials and no `owner` is named (a fresh study), otherwise `seed` mixed with
+/// the number of trials it `held` and, for aggregators sharing a study, a stable hash
+/// of the owner's name (so they do not propose the same parameters).
+///
+/// A sampler's draws depend on its seed, not on the trials it was shown, so a resumed
+/// study seeded as on its first day would repeat that day's trials one by one. Mixing
+/// in the count makes every session's stream new and still reproducible from the
+/// journal: the same journal and seed resume to the same proposals.
+#[must_use]
+pub fn resume_seed(seed: u64, held: u64, owner: Option<&str>) -> u64 {
+    if held == 0 && owner.is_none() {
+        return seed;
+    }
+    let mut mixed = seed ^ held.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if let Some(owner) = owner {
+        // FNV-1a: stable across builds and platforms.
+        mixed ^= owner.bytes().fold(0xCBF2_9CE4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
+    }
+    mixed
+}
+
 impl SamplerKind {
     /// Every name, as written in config.
     pub const NAMES: [&'static str; 5] = ["grid", "random", "tpe", "gp", "bayes+rl"];
@@ -198,6 +222,20 @@ impl SamplerKind {
     #[must_use]
     pub fn build(self, seed: u64) -> Box<dyn Sampler + Send> {
         self.build_with_startup(seed, None)
+    }
+
+    /// The sampler of a study that already holds `held` trials (resumed from its
+    /// storage): seeded by [`resume_seed`], so it continues where the stored trials
+    /// leave off instead of proposing the first session's parameters again.
+    #[must_use]
+    pub fn build_resumed(
+        self,
+        seed: u64,
+        held: u64,
+        owner: Option<&str>,
+        startup: Option<usize>,
+    ) -> Box<dyn Sampler + Send> {
+        self.build_with_startup(resume_seed(seed, held, owner), startup)
     }
 
     /// The between-trial sampler, seeded; `startup` overrides how many random trials

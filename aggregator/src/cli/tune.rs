@@ -64,14 +64,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 names()
             ),
         };
-        (chosen.space.clone(), chosen.direction)
+        (chosen.space.clone(), Some(chosen.direction))
     } else {
         if args.objective.is_some() {
             anyhow::bail!("--objective picks from a JSON spec; {} is TOML", args.space.display());
         }
-        (load_space_toml(&args.space)?, Direction::Minimize)
+        (load_space_toml(&args.space)?, toml_direction(&args.space)?)
     };
     let directions: Vec<Direction> = if args.directions.is_empty() {
+        let Some(direction) = direction else {
+            anyhow::bail!(
+                "{} does not say whether to minimize or maximize: write `direction = \"maximize\"` (or \"minimize\") \
+                 at its top, or pass --directions",
+                args.space.display()
+            );
+        };
         vec![direction]
     } else {
         args.directions
@@ -94,9 +101,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut study = Study::new(space, objectives, args.sampler.build(args.seed), args.pruner.build())?;
     if let Some(path) = &args.storage {
         study = study.with_storage(Box::new(Journal::new(path)))?;
+        // A resumed study's sampler goes on from the trials it holds; seeded as on the
+        // first day, it would propose that day's trials again.
+        let held = study.trials().len() as u64;
+        study = study.with_sampler(args.sampler.build_resumed(args.seed, held, None, None));
     }
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
-    ask_tell::run(&mut study, args.trials, args.parallel, stdin, stdout)?;
+    let ended = ask_tell::run(&mut study, args.trials, args.parallel, stdin, stdout)?;
+    if !ended.unfinished.is_empty() {
+        let numbers: Vec<String> = ended.unfinished.iter().map(u64::to_string).collect();
+        eprintln!(
+            "input ended with trial(s) {} still running: marked failed{}",
+            numbers.join(", "),
+            if args.storage.is_some() {
+                "; run the same command again to go on with new trials"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
+}
+
+/// The `direction` a TOML space file gives at its top, if any.
+fn toml_direction(path: &std::path::Path) -> anyhow::Result<Option<Direction>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+    let Some(value) = doc.get("direction") else {
+        return Ok(None);
+    };
+    match value.as_str().map(str::trim) {
+        Some("minimize" | "minimise") => Ok(Some(Direction::Minimize)),
+        Some("maximize" | "maximise") => Ok(Some(Direction::Maximize)),
+        _ => anyhow::bail!(
+            "{}: `direction` is {value}; expected \"minimize\" or \"maximize\"",
+            path.display()
+        ),
+    }
 }

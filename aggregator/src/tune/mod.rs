@@ -367,23 +367,14 @@ pub(crate) fn new_study(config: &AggregatorConfig, tune: &TuneConfig) -> Result<
     Ok(study)
 }
 
-/// A resumed study's sampler, seeded from the seed and the number of trials it already
-/// holds (and, when given, the aggregator's owner name: aggregators sharing a study do
-/// not propose the same parameters), so it does not propose earlier sessions' trials again.
+/// A resumed study's sampler, seeded by [`fedtune_tuning::resume_seed`] from the seed,
+/// the trials the study already holds and (when given) the aggregator's owner name.
 pub(crate) fn reseed_for_resume(study: Study, tune: &TuneConfig, owner: Option<&str>) -> Study {
     let held = study.trials().len() as u64;
     if held == 0 && owner.is_none() {
         return study;
     }
-    let mut seed = tune.seed ^ held.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    if let Some(owner) = owner {
-        // FNV-1a: stable across builds and platforms.
-        let hash = owner.bytes().fold(0xCBF2_9CE4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
-        });
-        seed ^= hash;
-    }
-    study.with_sampler(tune.sampler.build_with_startup(seed, Some(tune.startup())))
+    study.with_sampler(tune.sampler.build_resumed(tune.seed, held, owner, Some(tune.startup())))
 }
 
 /// What a study kept in a run's store brings: its writer, and how it takes over running
