@@ -476,3 +476,40 @@ fn tune_refuses_a_toml_space_that_does_not_say_which_way_is_better() {
     );
     assert!(output.stdout.is_empty(), "no trial is asked");
 }
+
+/// `config/aggregator.toml`'s `[tuning]` block, uncommented as shipped (only shorter),
+/// runs a study in which no trial fails.
+#[test]
+fn the_shipped_tuning_example_runs_as_shipped() {
+    let preset = common::repo().join("presets");
+    let Served { stdout, report, .. } =
+        serve_with_three_agents("daemons-shipped-study", fedtune::sim::digits_mlp(), |toml| {
+            let mut out = String::new();
+            let mut in_tuning = false;
+            for line in toml.lines() {
+                if line == "# [tuning]" {
+                    in_tuning = true;
+                } else if line.trim().is_empty() {
+                    in_tuning = false;
+                }
+                let line = if in_tuning {
+                    line.strip_prefix("# ").unwrap_or(line)
+                } else {
+                    line
+                };
+                out.push_str(line);
+                out.push('\n');
+            }
+            assert!(
+                out.contains("\n[tuning]\n"),
+                "config/aggregator.toml's [tuning] block moved"
+            );
+            out.replace("\"../presets/", &format!("\"{}/", preset.display()))
+                .replace("trials = 20", "trials = 3")
+        });
+    let trials = report["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3, "{stdout}");
+    for t in trials {
+        assert_ne!(t["state"], "failed", "{t}\n{stdout}");
+    }
+}

@@ -44,7 +44,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     // A study's space file is read and checked before anything is bound.
     let study = match &config.tuning {
-        Some(tuning) => Some(tuning.study(config.federation.rounds)?),
+        Some(tuning) => {
+            let study = tuning.study(config.federation.rounds)?;
+            fedtune_aggregator::tune::check_strategies(&study.space, config.secure_aggregation.enabled)?;
+            fedtune_aggregator::tune::check_server_choices(&config, &study.space)?;
+            Some(study)
+        }
         None => None,
     };
     let endpoint = service::bind_from_config(&config)?;

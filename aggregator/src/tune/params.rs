@@ -88,6 +88,40 @@ pub fn check_strategies(space: &SearchSpace, secure_aggregation: bool) -> Result
     Ok(())
 }
 
+/// Refuses a space one of whose server-scope values cannot apply to `base`'s model and
+/// federation — a `freeze` pattern that matches none of the model's tensors, a `width`
+/// the starting weights cannot take, a strategy secure aggregation cannot run — before
+/// any trial starts, instead of failing those trials one by one. Each value a trial
+/// could draw (every choice; a range's two ends) is applied alone, as a trial applies
+/// it, and the result validated.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the parameter, the value and why.
+pub fn check_server_choices(base: &AggregatorConfig, space: &SearchSpace) -> Result<(), ConfigError> {
+    for p in space.params.iter().filter(|p| p.scope == Scope::Server) {
+        let values = match &p.distribution {
+            Distribution::Categorical { choices } => choices.iter().cloned().map(ParamValue::Categorical).collect(),
+            Distribution::Int { low, high, .. } => vec![ParamValue::Int(*low), ParamValue::Int(*high)],
+            Distribution::Float { low, high, .. } => vec![ParamValue::Float(*low), ParamValue::Float(*high)],
+        };
+        for value in values {
+            let params = Params::from([(p.name.clone(), value.clone())]);
+            if let Err(e) = trial_config(base, &params, base.federation.seed, base.federation.rounds.max(1)) {
+                let why = match e {
+                    ConfigError::Invalid(m) => m.trim_start_matches("trial parameters: ").to_owned(),
+                    other => other.to_string(),
+                };
+                return Err(ConfigError::Invalid(format!(
+                    "search space: `{}` = {value} cannot run with this configuration ({why}); \
+                     remove that value from the space or change the [model] it is tried on",
+                    p.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::Client => "client",

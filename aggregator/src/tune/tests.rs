@@ -228,3 +228,24 @@ fn strategy_choices_are_checked_against_secure_aggregation() {
     .unwrap();
     check_strategies(&sum_only, true).unwrap();
 }
+
+#[test]
+fn server_choices_that_cannot_apply_to_the_model_are_refused_before_any_trial() {
+    // The shipped config's model is the digits MLP; a CNN space's `freeze = convs.*`
+    // matches none of its tensors.
+    let base = AggregatorConfig::default();
+    let vision = fedtune_tuning::spec::parse_space_toml(
+        "[params]\nlearning_rate = \"loguniform(1e-3, 1e-1)\"\n\
+         freeze = { spec = \"choice(none, 'convs.*', 'convs.*+head.0')\", scope = \"server\" }\n",
+    )
+    .unwrap();
+    let err = check_server_choices(&base, &vision).unwrap_err().to_string();
+    assert!(err.contains("`freeze`") && err.contains("convs.*"), "{err}");
+    let fits = fedtune_tuning::spec::parse_space_toml(
+        "[params]\nlearning_rate = \"loguniform(1e-3, 1e-1)\"\n\
+         lora_rank = { spec = \"choice(0, 4)\", scope = \"server\" }\n\
+         strategy = { spec = \"choice(fedavg, fedadam)\", scope = \"server\" }\n",
+    )
+    .unwrap();
+    check_server_choices(&base, &fits).unwrap();
+}
