@@ -140,6 +140,27 @@ pub enum IdentityError {
          different federations?)"
     )]
     CaKeyMismatch,
+    /// A private key that does not belong to the certificate it is configured with.
+    #[error(
+        "the key in {} does not belong to the certificate in {} (use the .key file written next to that \
+         certificate)",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// A file named by a configuration setting could not be used.
+    #[error("{setting}: {source}")]
+    Setting {
+        /// The setting, e.g. `[pki] cert`.
+        setting: &'static str,
+        /// What is wrong with the file it names.
+        source: Box<IdentityError>,
+    },
     /// rustls rejected the certificate, key or configuration.
     #[error("building the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
@@ -446,8 +467,17 @@ pub fn issue_agent_dated(
 pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, IdentityError> {
     let cert_pem = read_text(cert_path)?;
     let key_pem = read_text(key_path)?;
-    certificate_chain(&cert_pem, &format!("certificate file {}", cert_path.display()))?;
+    let what = format!("certificate file {}", cert_path.display());
+    let leaf = first_certificate(&cert_pem, &what)?;
     private_key(&key_pem, &format!("key file {}", key_path.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| bad(&what, e))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(certificate_error("reading the key"))?;
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+        return Err(IdentityError::KeyMismatch {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+        });
+    }
     Ok(Identity { cert_pem, key_pem })
 }
 

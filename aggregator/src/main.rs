@@ -4,8 +4,9 @@
 //! This file parses the command line, sets up logging and hands each subcommand to its
 //! module in [`cli`].
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 mod cli;
 
@@ -57,13 +58,18 @@ enum Command {
     Plot(cli::plot::Args),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    cli::exit::init_logging();
+    let command = Cli::parse().command;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return cli::exit::exit(Err(anyhow::Error::new(e).context("cannot start the async runtime"))),
+    };
+    cli::exit::exit(runtime.block_on(run(command)))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Init(args) => cli::init::run(args),
         Command::Issue(args) => cli::issue::run(args),
         Command::Revoke(args) => cli::revoke::run(args),

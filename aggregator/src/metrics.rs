@@ -152,13 +152,7 @@ impl Metrics {
 
     /// Counts a trial that reached `state`.
     pub fn trial_reached(&self, state: TrialState) {
-        let state = match state {
-            TrialState::Running => "running",
-            TrialState::Complete => "complete",
-            TrialState::Pruned => "pruned",
-            TrialState::Failed => "failed",
-        };
-        self.trials.get_or_create(&State { state }).inc();
+        self.trials.get_or_create(&State { state: state.as_str() }).inc();
     }
 
     /// Keeps `fedtune_connected_agents` equal to the registry's count while it lives.

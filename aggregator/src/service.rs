@@ -49,8 +49,19 @@ pub fn bind_with_revocation(
 /// # Errors
 /// As [`bind`], plus unreadable PKI files and a revocation file that does not parse.
 pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, IdentityError> {
-    let ca = load_ca_certificate(&config.pki.ca_cert)?;
-    let identity = load_identity(&config.pki.cert, &config.pki.key)?;
+    let pki = &config.pki;
+    let setting = |setting: &'static str| {
+        move |source: IdentityError| IdentityError::Setting {
+            setting,
+            source: Box::new(source),
+        }
+    };
+    let ca = load_ca_certificate(&pki.ca_cert).map_err(setting("[pki] ca_cert"))?;
+    let identity = load_identity(&pki.cert, &pki.key).map_err(|e| match &e {
+        IdentityError::Io { path, .. } if path == &pki.key => setting("[pki] key")(e),
+        IdentityError::Io { .. } => setting("[pki] cert")(e),
+        _ => e,
+    })?;
     let tuning = if config.federation.loopback {
         TransportTuning::loopback()
     } else {

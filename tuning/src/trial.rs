@@ -21,6 +21,26 @@ pub enum TrialState {
     Failed,
 }
 
+impl TrialState {
+    /// The state as written in storage and shown to users: `running`, `complete`,
+    /// `pruned` or `failed`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Pruned => "pruned",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for TrialState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of one trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrozenTrial {

@@ -15,9 +15,11 @@
 //! - [`privacy`]: ε after some rounds, or the noise an ε budget needs.
 //! - [`run_state`]: the store a served run writes and the dashboard over it.
 //! - [`signal`]: Ctrl-C and SIGTERM, for the commands that serve until stopped.
+//! - [`exit`]: logging set-up, and how an error is told and the command ends.
 
 pub mod dashboard;
 pub mod evaluate;
+pub mod exit;
 pub mod export;
 pub mod init;
 pub mod issue;

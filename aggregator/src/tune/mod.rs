@@ -680,7 +680,14 @@ pub(crate) async fn run_study(
                         }
                         claimed.remove(&record.number);
                         active.remove(&record.number);
-                        info!(trial = record.number, state = ?record.state, values = ?record.values, "trial finished");
+                        match (&record.values, &record.fail_reason) {
+                            (Some(values), _) => {
+                                let values: Vec<String> = values.iter().map(|v| format!("{v:.4}")).collect();
+                                info!(trial = record.number, state = %record.state, values = %values.join(", "), "trial finished");
+                            }
+                            (None, Some(reason)) => info!(trial = record.number, state = %record.state, reason = %reason, "trial finished"),
+                            (None, None) => info!(trial = record.number, state = %record.state, "trial finished"),
+                        }
                         let event = TuneEvent::TrialFinished(Box::new(record.clone()));
                         emit(&event);
                         records.push(record);
