@@ -358,12 +358,26 @@ pub struct PkiPaths {
     pub key: PathBuf,
     /// Revoked agent certificates (fingerprints or serials, one per line; see
     /// [`crate::revocation`]), refused at the handshake and re-read when the file
-    /// changes. `fedtune-aggregator revoke` appends to it.
+    /// changes. Unset, it is `revoked.txt` beside `ca_cert`, the file `fedtune-aggregator
+    /// revoke --pki DIR` appends to; a missing file revokes nothing until it appears.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<PathBuf>,
 }
 
 impl PkiPaths {
+    /// The revocation list in force: `revoked`, or `revoked.txt` beside the CA
+    /// certificate (where `revoke` writes).
+    #[must_use]
+    pub fn revocation_list(&self) -> PathBuf {
+        self.revoked.clone().unwrap_or_else(|| self.default_revocation_list())
+    }
+
+    /// `revoked.txt` beside the CA certificate: the file `revoke --pki DIR` appends to.
+    #[must_use]
+    pub fn default_revocation_list(&self) -> PathBuf {
+        self.ca_cert.parent().unwrap_or(Path::new("")).join("revoked.txt")
+    }
+
     /// The standard file names inside a directory made by `init`.
     pub fn in_dir(dir: &Path) -> Self {
         Self {

@@ -25,9 +25,9 @@ enum Command {
     Init(cli::init::Args),
     /// Issue one more agent certificate from an existing federation CA.
     Issue(cli::issue::Args),
-    /// Revoke an agent's certificate: append its SHA-256 fingerprint to `<pki>/revoked.txt`
-    /// (name that file in `[pki] revoked`; a running aggregator refuses the agent at its
-    /// next handshake).
+    /// Revoke an agent's certificate: append its SHA-256 fingerprint to `<pki>/revoked.txt`,
+    /// which an aggregator with its CA in `<pki>` reads by default (`[pki] revoked`), re-reading
+    /// it while running: the agent is refused at its next handshake.
     Revoke(cli::revoke::Args),
     /// Serve a federation as the configuration says.
     Serve(cli::serve::Args),

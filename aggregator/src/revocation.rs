@@ -168,6 +168,24 @@ impl RevocationList {
         Ok((stamp, Revoked::parse(&text, &self.path)?))
     }
 
+    /// The file this list reads.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Entries in force as last read.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().1.len()
+    }
+
+    /// Whether nothing is revoked as last read.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether `der` is revoked, re-reading the file first if it changed.
     pub fn is_revoked(&self, der: &[u8]) -> bool {
         let stamp = self.stamp();

@@ -67,12 +67,24 @@ pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, Id
     } else {
         TransportTuning::default()
     };
-    let revoked = match &config.pki.revoked {
-        Some(path) => Some(Arc::new(
-            RevocationList::open(path).map_err(|e| IdentityError::Revocation(e.to_string()))?,
-        )),
-        None => None,
-    };
+    let list = pki.revocation_list();
+    let revoked = RevocationList::open(&list).map_err(|e| IdentityError::Revocation(e.to_string()))?;
+    tracing::info!("revocation list {} ({} revoked)", list.display(), revoked.len());
+    // `revoke --pki DIR` writes beside the CA: entries there that another configured
+    // file leaves out would be a silent hole.
+    let beside_ca = pki.default_revocation_list();
+    if list != beside_ca
+        && let Ok(other) = RevocationList::open(&beside_ca)
+        && !other.is_empty()
+    {
+        tracing::warn!(
+            "{} revokes {} certificate(s) but [pki] revoked names {}: those entries are not applied",
+            beside_ca.display(),
+            other.len(),
+            list.display()
+        );
+    }
+    let revoked = Some(Arc::new(revoked));
     bind_with_revocation(config.listen, &ca, &identity, &tuning, revoked)
 }
 

@@ -48,5 +48,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         writeln!(file, "{entry}  # {agent}")?;
         println!("revoked {agent} ({entry}) in {}", list.display());
     }
+    println!(
+        "an aggregator whose [pki] ca_cert is {} refuses {agent} at its next handshake, running or not \
+         (unless its [pki] revoked names another file)",
+        pki.join("ca.pem").display()
+    );
     Ok(())
 }
