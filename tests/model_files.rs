@@ -89,6 +89,33 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
         final_test.accuracy
     );
 
+    // The same rows through CSV: with the agents' `scale` they score as the digits set
+    // does; unscaled (features 0..16 instead of 0..1) they do not.
+    let csv = |scale: Option<&str>| -> serde_json::Value {
+        let mut command = Command::new(binary("fedtune-aggregator"));
+        command
+            .args(["evaluate", "--json", "--dataset"])
+            .arg(format!("csv:{}", common::repo().join("data/digits.csv").display()))
+            .arg("--model")
+            .arg(&model_toml)
+            .arg("--weights")
+            .arg(&model_path);
+        if let Some(scale) = scale {
+            command.args(["--scale", scale]);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let (scaled, fraction, raw) = (csv(Some("0.0625")), csv(Some("1/16")), csv(None));
+    assert_eq!(scaled["loss"], fraction["loss"]);
+    let loss = |v: &serde_json::Value| v["loss"].as_f64().unwrap();
+    assert!(loss(&raw) > 2.0 * loss(&scaled), "scaled {scaled}, raw {raw}");
+    assert!(
+        scaled["dataset"].as_str().unwrap().ends_with("(features × 0.0625)"),
+        "{scaled}"
+    );
+
     // A file that does not fit is a clear error listing the tensors.
     std::fs::write(&model_toml, "[model.mlp]\ninput = 64\nhidden = [32]\nclasses = 10\n").unwrap();
     let output = evaluate_cli(&model_toml, &model_path, false);

@@ -20,7 +20,7 @@ fn digits_dir() -> PathBuf {
 }
 
 /// A dataset whose test split a model is evaluated on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TestSet {
     /// The bundled digits (8×8, scaled to [0, 1]): the global test rows of
     /// `data/digits_partition.json`.
@@ -30,8 +30,14 @@ pub enum TestSet {
     /// The held-out fifth of the WordNet task (Debian's `wordnet-base`, default settings):
     /// 4,000 noun definitions in ten categories, as token ids.
     Wordnet,
-    /// Every row of a CSV file (features, then an integer label), used as given.
-    Csv(PathBuf),
+    /// Every row of a CSV file (features, then an integer label), each feature
+    /// multiplied by `scale` as an agent's `[data] scale` does (digits: 1/16).
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// Multiplier applied to every feature.
+        scale: f32,
+    },
 }
 
 impl FromStr for TestSet {
@@ -43,7 +49,10 @@ impl FromStr for TestSet {
             "fashion-mnist" => Ok(Self::FashionMnist),
             "wordnet" => Ok(Self::Wordnet),
             _ => match s.strip_prefix("csv:") {
-                Some(path) if !path.is_empty() => Ok(Self::Csv(path.into())),
+                Some(path) if !path.is_empty() => Ok(Self::Csv {
+                    path: path.into(),
+                    scale: 1.0,
+                }),
                 _ => Err(format!(
                     "unknown dataset `{s}`: use digits, fashion-mnist, wordnet or csv:PATH"
                 )),
@@ -58,12 +67,31 @@ impl std::fmt::Display for TestSet {
             Self::Digits => f.write_str("digits"),
             Self::FashionMnist => f.write_str("fashion-mnist"),
             Self::Wordnet => f.write_str("wordnet"),
-            Self::Csv(path) => write!(f, "csv:{}", path.display()),
+            Self::Csv { path, scale } if *scale == 1.0 => write!(f, "csv:{}", path.display()),
+            Self::Csv { path, scale } => write!(f, "csv:{} (features × {scale})", path.display()),
         }
     }
 }
 
 impl TestSet {
+    /// The same set with CSV features multiplied by `scale`, as an agent's `[data]
+    /// scale` does.
+    ///
+    /// # Errors
+    /// When `scale` is not a finite positive number, or the set is not a CSV file (the
+    /// others are scaled as they are loaded).
+    pub fn with_scale(self, scale: f32) -> Result<Self, String> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(format!("scale must be a finite positive number, got {scale}"));
+        }
+        match self {
+            Self::Csv { path, .. } => Ok(Self::Csv { path, scale }),
+            other => Err(format!(
+                "--scale applies to csv:PATH; {other} is scaled as it is loaded"
+            )),
+        }
+    }
+
     /// Loads the test split.
     ///
     /// # Errors
@@ -87,7 +115,7 @@ impl TestSet {
             }
             Self::FashionMnist => load_fashion_mnist(FASHION_MNIST_DIR, false).map_err(data),
             Self::Wordnet => WordnetTask::default().load(WORDNET_DIR, Split::Test).map_err(data),
-            Self::Csv(path) => load_csv(path, 1.0).map_err(data),
+            Self::Csv { path, scale } => load_csv(path, *scale).map_err(data),
         }
     }
 }

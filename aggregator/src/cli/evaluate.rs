@@ -29,6 +29,10 @@ pub struct Args {
     /// `digits`, `fashion-mnist`, `wordnet` or `csv:PATH`.
     #[arg(long)]
     dataset: TestSet,
+    /// Multiplier applied to every feature of a `csv:PATH` dataset, as the agents'
+    /// `[data] scale` (digits: 0.0625 or 1/16).
+    #[arg(long, value_parser = parse_scale)]
+    scale: Option<f32>,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -50,7 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         source = source.remap(pattern, replacement);
     }
     let spec = load_model_toml(&args.model)?;
-    let report = evaluate_weights(&spec, &source, &args.dataset)?;
+    let dataset = match args.scale {
+        Some(scale) => args.dataset.with_scale(scale).map_err(anyhow::Error::msg)?,
+        None => args.dataset,
+    };
+    let report = evaluate_weights(&spec, &source, &dataset)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -66,4 +74,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A number, or a fraction `a/b`.
+fn parse_scale(text: &str) -> Result<f32, String> {
+    let number = |t: &str| {
+        t.trim()
+            .parse::<f32>()
+            .map_err(|_| format!("`{text}` is not a number or a fraction a/b"))
+    };
+    match text.split_once('/') {
+        Some((a, b)) => Ok(number(a)? / number(b)?),
+        None => number(text),
+    }
 }
