@@ -216,7 +216,12 @@ async fn main() -> anyhow::Result<()> {
     let update = train_local(&spec, &job)?;
     let pretrained: Vec<f32> = init.iter().zip(&update.delta).map(|(w, d)| w + d).collect();
     let pretrained_path = args.out.join("pretrained.safetensors");
-    service::save_model(&spec, &pretrained, &pretrained_path)?;
+    service::save_model(
+        &spec,
+        &pretrained,
+        &pretrained_path,
+        fedtune::agent::weights::Layout::Burn,
+    )?;
     let pretrained_accuracy = evaluate(&spec, &pretrained, &test, &device)?.accuracy;
     println!(
         "pretrained {} epochs in {:.1} s: test accuracy {pretrained_accuracy:.4}, written to {}\n",
@@ -303,7 +308,12 @@ async fn main() -> anyhow::Result<()> {
 
         let final_test = report.final_test.context("no test evaluation")?;
         let model_path = args.out.join(format!("final-{name}.safetensors"));
-        service::save_model(&model_spec, &report.global, &model_path)?;
+        service::save_model(
+            &model_spec,
+            &report.global,
+            &model_path,
+            fedtune::agent::weights::Layout::Burn,
+        )?;
         let check = evaluate_weights(&spec, &WeightsSource::new(&model_path), &TestSet::FashionMnist)?;
         let rounds = report.rounds.len();
         let bytes: u64 = report.rounds.iter().map(|r| r.payload_bytes).sum();

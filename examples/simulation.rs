@@ -339,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
     println!("  median round time         {:.3} s", summary.median_round_seconds);
     println!("  total                     {:.1} s", summary.total_seconds);
     if let Some(path) = &args.save_model {
-        service::save_model(&model, &report.global, path)?;
+        service::save_model(&model, &report.global, path, fedtune::agent::weights::Layout::Burn)?;
         println!("  final model               {}", path.display());
     }
     common::plot_run(args.plot.as_deref(), "", &report.rounds)?;

@@ -27,6 +27,8 @@ struct Served {
     report: serde_json::Value,
     /// The final model `serve` wrote next to the report, read back.
     model: Option<Vec<f32>>,
+    /// The layout that model's header names.
+    layout: Option<String>,
 }
 
 /// Runs `fedtune-aggregator serve` and three `fedtune-agent run` as processes, with
@@ -105,12 +107,29 @@ fn serve_with_three_agents(name: &str, spec: ModelSpec, edit: impl Fn(String) ->
         let source = fedtune::agent::weights::WeightsSource::new(&model_file);
         fedtune::agent::weights::import(&spec, &source, &fedtune::agent::model::default_device()).unwrap()
     });
-    Served { stdout, report, model }
+    let layout = model_file.exists().then(|| {
+        let bytes = std::fs::read(&model_file).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        header["__metadata__"]["layout"].as_str().unwrap_or_default().to_owned()
+    });
+    Served {
+        stdout,
+        report,
+        model,
+        layout,
+    }
 }
 
 #[test]
 fn aggregator_and_three_agents_run_as_separate_processes() {
-    let Served { stdout, report, model } = serve_with_three_agents("daemons", fedtune::sim::digits_mlp(), |toml| toml);
+    let Served {
+        stdout,
+        report,
+        model,
+        layout,
+    } = serve_with_three_agents("daemons", fedtune::sim::digits_mlp(), |toml| toml);
+    assert_eq!(layout.as_deref(), Some("burn"), "Burn's layout by default");
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     let model = model.expect("serve writes the final model next to its report");
@@ -128,12 +147,21 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
 
 #[test]
 fn the_daemons_run_rounds_under_secure_aggregation() {
-    let Served { stdout, report, .. } = serve_with_three_agents("daemons-secure", fedtune::sim::digits_mlp(), |toml| {
+    // Also: the final model written in PyTorch's layout, read back by what its header says.
+    let Served {
+        stdout,
+        report,
+        model,
+        layout,
+    } = serve_with_three_agents("daemons-secure", fedtune::sim::digits_mlp(), |toml| {
         toml.replace(
             "enabled = false                      # needs a strategy",
             "enabled = true # needs a strategy",
         )
+        .replace("[model]\n", "[model]\nsave_layout = \"pytorch\"\n")
     });
+    assert_eq!(model.map(|m| m.len()), Some(64 * 64 + 64 + 64 * 10 + 10), "{stdout}");
+    assert_eq!(layout.as_deref(), Some("pytorch"));
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3, "{stdout}");
     for round in rounds {
@@ -228,7 +256,9 @@ fn the_service_runs_a_study_from_its_tuning_section() {
         classes: 10,
         norm_stats: Default::default(),
     });
-    let Served { stdout, report, model } = serve_with_three_agents("daemons-study", cnn.clone(), |toml| {
+    let Served {
+        stdout, report, model, ..
+    } = serve_with_three_agents("daemons-study", cnn.clone(), |toml| {
         let toml = toml.replace(
             "[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n",
             "[model.cnn]\nchannels = 1\nheight = 8\nwidth = 8\nhidden = [64]\nclasses = 10\n\

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{binary, config, digits, digits_trainers, scratch_dir, start_agents, start_aggregator};
 use fedtune::agent::client::Exit;
 use fedtune::agent::model::default_device;
-use fedtune::agent::weights::WeightsSource;
+use fedtune::agent::weights::{Layout, WeightsSource};
 use fedtune::aggregator::{Hooks, service};
 use fedtune::protocol::ModelSpec;
 use rand::SeedableRng;
@@ -49,7 +49,7 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
     // A starting model unlike the seeded initialisation: weights from another seed.
     let start = spec.init_params(&mut StdRng::seed_from_u64(1234));
     let init_path = dir.join("start.safetensors");
-    service::save_model(&spec, &start, &init_path).unwrap();
+    service::save_model(&spec, &start, &init_path, Layout::Burn).unwrap();
     config.model.init = Some(WeightsSource::new(&init_path));
     service::load_initial_model(&mut config).unwrap();
     assert_eq!(config.model.initial.as_deref(), Some(&start));
@@ -75,7 +75,7 @@ async fn a_run_starts_from_a_weights_file_and_its_written_model_evaluates_as_the
 
     // The final model, written out and checked by the aggregator's `evaluate` command.
     let model_path = dir.join("final.safetensors");
-    service::save_model(&spec, &report.global, &model_path).unwrap();
+    service::save_model(&spec, &report.global, &model_path, Layout::Burn).unwrap();
     let model_toml = dir.join("model.toml");
     std::fs::write(&model_toml, "[model.mlp]\ninput = 64\nhidden = [64]\nclasses = 10\n").unwrap();
     let output = evaluate_cli(&model_toml, &model_path, true);
@@ -181,7 +181,7 @@ async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adap
     let plain = config.model.spec.clone();
     let start = plain.init_params(&mut StdRng::seed_from_u64(77));
     let init_path = dir.join("start.safetensors");
-    service::save_model(&plain, &start, &init_path).unwrap();
+    service::save_model(&plain, &start, &init_path, Layout::Burn).unwrap();
     config.model.init = Some(WeightsSource::new(&init_path));
     config.model.set_lora(Some(fedtune::aggregator::config::LoraConfig {
         rank: 4,
@@ -242,7 +242,7 @@ async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adap
 
     // Written: the merged model, which `evaluate` scores as the run ended, and the adapters.
     let model_path = dir.join("final.safetensors");
-    let written = service::save_model(&spec, &report.global, &model_path).unwrap();
+    let written = service::save_model(&spec, &report.global, &model_path, Layout::Burn).unwrap();
     assert_eq!(
         written,
         vec![model_path.clone(), dir.join("final.adapters.safetensors")]
@@ -348,7 +348,7 @@ async fn a_transformer_federates_on_wordnet_text_and_lora_on_its_attention_sends
     assert_eq!(adapters, 2 * (16 + 16) * 2);
     let dir = scratch_dir("model-files-transformer");
     let init = dir.join("start.safetensors");
-    service::save_model(&transformer, &start, &init).unwrap();
+    service::save_model(&transformer, &start, &init, Layout::Burn).unwrap();
     config.model.init = Some(WeightsSource::new(&init));
     service::load_initial_model(&mut config).unwrap();
     let fed = start_aggregator(3, config, evaluator());

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fedtune_models::weights::WeightsSource;
+use fedtune_models::weights::{Layout, WeightsSource};
 use fedtune_protocol::{ClientHyperparameters, MlpSpec, ModelSpec};
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,9 @@ pub struct ModelConfig {
     /// (`report.json` → `report.safetensors`) when there is one. A LoRA model is written
     /// merged there, and its adapters alone beside it (`report.adapters.safetensors`).
     pub save: Option<PathBuf>,
+    /// The layout the final model is written in (`save_layout = "pytorch"` for
+    /// `load_state_dict`; Burn's by default); `serve --layout` overrides it.
+    pub save_layout: Layout,
     /// Freeze patterns over module paths (`freeze = ["convs.*"]`, see
     /// [`fedtune_protocol::freeze`]): those tensors keep their starting values, agents do
     /// not train or send them, and only the rest is averaged.
@@ -107,6 +110,8 @@ struct ModelRepr {
     #[serde(default)]
     save: Option<PathBuf>,
     #[serde(default)]
+    save_layout: Layout,
+    #[serde(default)]
     freeze: Vec<String>,
     #[serde(flatten)]
     unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
@@ -123,6 +128,8 @@ struct ModelOut<'a> {
     init: Option<&'a WeightsSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     save: Option<&'a PathBuf>,
+    #[serde(skip_serializing_if = "is_burn")]
+    save_layout: Layout,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     freeze: &'a [String],
 }
@@ -134,10 +141,15 @@ impl Serialize for ModelConfig {
             lora: self.lora(),
             init: self.init.as_ref(),
             save: self.save.as_ref(),
+            save_layout: self.save_layout,
             freeze: &self.freeze,
         }
         .serialize(serializer)
     }
+}
+
+fn is_burn(layout: &Layout) -> bool {
+    matches!(layout, Layout::Burn | Layout::Auto)
 }
 
 impl TryFrom<ModelRepr> for ModelConfig {
@@ -146,7 +158,8 @@ impl TryFrom<ModelRepr> for ModelConfig {
     fn try_from(repr: ModelRepr) -> Result<Self, String> {
         if let Some(key) = repr.unknown.keys().next() {
             return Err(format!(
-                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), lora, init, save and freeze"
+                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), lora, init, save, save_layout \
+                 and freeze"
             ));
         }
         if matches!(repr.spec, ModelSpec::Lora(_)) {
@@ -159,6 +172,7 @@ impl TryFrom<ModelRepr> for ModelConfig {
         config.set_lora(repr.lora);
         config.init = repr.init;
         config.save = repr.save;
+        config.save_layout = repr.save_layout;
         config.freeze = repr.freeze;
         Ok(config)
     }
@@ -170,6 +184,7 @@ impl From<ModelSpec> for ModelConfig {
             spec,
             init: None,
             save: None,
+            save_layout: Layout::Burn,
             freeze: Vec::new(),
             initial: None,
         }

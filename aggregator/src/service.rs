@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fedtune_models::model::default_device;
-use fedtune_models::weights::{self, WeightsError};
+use fedtune_models::weights::{self, Layout, WeightsError};
 use fedtune_protocol::ModelSpec;
 
 use crate::config::AggregatorConfig;
@@ -110,16 +110,17 @@ pub fn load_initial_model(config: &mut AggregatorConfig) -> Result<(), WeightsEr
 }
 
 /// Writes a final global model as safetensors at `path`: one tensor per tensor of the
-/// plain architecture, named by module path, in Burn's layout (read back with `[model]
-/// init` or `evaluate`). A LoRA model is written with its adapters merged into their
+/// plain architecture, named by module path, in `layout` — Burn's, or PyTorch's for
+/// `load_state_dict` — which the header names (read back with `[model] init` or
+/// `evaluate` either way). A LoRA model is written with its adapters merged into their
 /// weights, and its adapters alone go beside it (`final.safetensors` →
 /// `final.adapters.safetensors`, with the rank, alpha and targets in the header).
 /// Returns the files written.
 ///
 /// # Errors
 /// [`WeightsError`] when `params` does not fit `spec` or a file cannot be written.
-pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path) -> Result<Vec<PathBuf>, WeightsError> {
-    weights::export(spec, params, path, &default_device())?;
+pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path, layout: Layout) -> Result<Vec<PathBuf>, WeightsError> {
+    weights::export(spec, params, path, layout, &default_device())?;
     let mut written = vec![path.to_path_buf()];
     if let ModelSpec::Lora(lora) = spec {
         let adapters = adapters_path(path);

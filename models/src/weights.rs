@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{
-    ApplyError, ApplyResult, BurnpackStore, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore,
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, BurnpackStore, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
 };
 use fedtune_protocol::{Manifest, ModelSpec};
 use serde::{Deserialize, Serialize};
@@ -265,8 +265,9 @@ pub fn import_into<M: Module>(mut model: M, source: &WeightsSource) -> Result<M,
     Ok(model)
 }
 
-/// Burn's layout when the file's `producer` metadata names Burn or fedtune, PyTorch's
-/// otherwise. Reads only the header (an 8-byte little-endian length, then JSON).
+/// The layout a safetensors file's `layout` metadata names (fedtune writes it); else
+/// Burn's when its `producer` metadata names Burn or fedtune, PyTorch's otherwise. Reads
+/// only the header (an 8-byte little-endian length, then JSON).
 fn safetensors_layout(path: &Path) -> Result<Layout, String> {
     use std::io::Read;
     /// Headers above this are not safetensors files anyone wrote by hand or by tool.
@@ -284,12 +285,15 @@ fn safetensors_layout(path: &Path) -> Result<Layout, String> {
         .map_err(|_| "not a safetensors file (truncated header)".to_string())?;
     let header: serde_json::Value =
         serde_json::from_slice(&header).map_err(|e| format!("not a safetensors file (header: {e})"))?;
-    let producer = header
-        .get("__metadata__")
-        .and_then(|m| m.get("producer"))
-        .and_then(serde_json::Value::as_str);
-    Ok(match producer {
-        Some("burn" | "fedtune") => Layout::Burn,
+    let field = |name: &str| {
+        header
+            .get("__metadata__")
+            .and_then(|m| m.get(name))
+            .and_then(serde_json::Value::as_str)
+    };
+    Ok(match (field("layout"), field("producer")) {
+        (Some("pytorch"), _) => Layout::Pytorch,
+        (Some("burn"), _) | (None, Some("burn" | "fedtune")) => Layout::Burn,
         _ => Layout::Pytorch,
     })
 }
@@ -331,16 +335,25 @@ fn check(path: &Path, result: &ApplyResult) -> Result<(), WeightsError> {
     })
 }
 
-/// Writes the zoo model `spec` with `params` (manifest order) to `path` as safetensors in
-/// Burn's layout: one tensor per manifest entry, named by its module path (replacing a
-/// file already there).
+/// Writes the zoo model `spec` with `params` (manifest order) to `path` as safetensors:
+/// one tensor per manifest entry, named by its module path (replacing a file already
+/// there), in Burn's layout or, with [`Layout::Pytorch`], PyTorch's (linear weights
+/// `[out, in]`, normalisation `weight` / `bias`), which `load_state_dict` takes. The
+/// header says which ([`metadata`]).
 ///
 /// # Errors
 /// [`WeightsError::Model`] when `params` does not fit `spec`, [`WeightsError::Write`].
-pub fn export(spec: &ModelSpec, params: &[f32], path: &Path, device: &Device) -> Result<(), WeightsError> {
+pub fn export(
+    spec: &ModelSpec,
+    params: &[f32],
+    path: &Path,
+    layout: Layout,
+    device: &Device,
+) -> Result<(), WeightsError> {
     struct Export<'a> {
         params: &'a [f32],
         path: &'a Path,
+        layout: Layout,
         device: Device,
     }
     impl ZooTask for Export<'_> {
@@ -348,16 +361,34 @@ pub fn export(spec: &ModelSpec, params: &[f32], path: &Path, device: &Device) ->
         fn run<B: Blueprint>(self, model: &B) -> Self::Output {
             // Adapters, if any, merged into their weights: the file holds a plain model.
             let module = load(model.build(&self.device), self.params, &model.manifest())?.materialize();
-            export_module(&module, self.path)
+            export_module_as(&module, self.path, self.layout)
         }
     }
     spec.validate().map_err(|e| WeightsError::InvalidModel(e.to_string()))?;
     let task = Export {
         params,
         path,
+        layout,
         device: device.clone().without_autodiff(),
     };
     with_zoo_model(spec, task)?
+}
+
+/// The header metadata of a safetensors file fedtune writes: `format`, `producer`
+/// (`fedtune`), `version` (fedtune's) and `layout` (`burn` or `pytorch`; [`Layout::Auto`]
+/// writes Burn's).
+#[must_use]
+pub fn metadata(layout: Layout) -> Vec<(&'static str, String)> {
+    let layout = match layout {
+        Layout::Pytorch => "pytorch",
+        Layout::Auto | Layout::Burn => "burn",
+    };
+    vec![
+        ("format", "safetensors".into()),
+        ("producer", "fedtune".into()),
+        ("version", env!("CARGO_PKG_VERSION").into()),
+        ("layout", layout.into()),
+    ]
 }
 
 /// Writes the trainable tensors of `params` (laid out by `manifest`; for a LoRA model, its
@@ -402,8 +433,11 @@ pub fn export_trainable(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    let mut info: std::collections::HashMap<String, String> =
-        metadata.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+    let mut info: std::collections::HashMap<String, String> = self::metadata(Layout::Burn)
+        .into_iter()
+        .chain(metadata.iter().cloned())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     info.insert("producer".into(), "fedtune".into());
     safetensors::serialize_to_file(views, Some(info), path).map_err(|e| WeightsError::Write {
         path: path.to_path_buf(),
@@ -411,15 +445,27 @@ pub fn export_trainable(
     })
 }
 
-/// Writes any Burn module to `path` as safetensors, tensors named by module path
-/// (replacing a file already there).
+/// Writes any Burn module to `path` as safetensors in Burn's layout, tensors named by
+/// module path (replacing a file already there).
 ///
 /// # Errors
 /// [`WeightsError::Write`].
 pub fn export_module<M: Module>(model: &M, path: &Path) -> Result<(), WeightsError> {
-    let mut store = SafetensorsStore::from_file(path)
-        .overwrite(true)
-        .metadata("producer", "fedtune");
+    export_module_as(model, path, Layout::Burn)
+}
+
+/// As [`export_module`], in `layout`.
+///
+/// # Errors
+/// [`WeightsError::Write`].
+pub fn export_module_as<M: Module>(model: &M, path: &Path, layout: Layout) -> Result<(), WeightsError> {
+    let mut store = SafetensorsStore::from_file(path).overwrite(true).clear_metadata();
+    for (key, value) in metadata(layout) {
+        store = store.metadata(key, value);
+    }
+    if layout == Layout::Pytorch {
+        store = store.with_to_adapter(BurnToPyTorchAdapter);
+    }
     model.save_into(&mut store).map_err(|e| WeightsError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -452,15 +498,51 @@ mod tests {
             ModelSpec::Cnn(CnnSpec::lenet(1, 28, 28, 10)),
         ] {
             let params = spec.init_params(&mut StdRng::seed_from_u64(9));
-            let path = dir.join("model.safetensors");
-            export(&spec, &params, &path, &default_device()).unwrap();
-            let back = import(
-                &spec,
-                &WeightsSource::new(&path).layout(Layout::Burn),
-                &default_device(),
-            )
-            .unwrap();
-            assert_eq!(back, params, "{}", spec.describe());
+            for layout in [Layout::Burn, Layout::Pytorch] {
+                let path = dir.join("model.safetensors");
+                export(&spec, &params, &path, layout, &default_device()).unwrap();
+                // Read back by what the header says, and as the layout named.
+                for read_as in [Layout::Auto, layout] {
+                    let back = import(&spec, &WeightsSource::new(&path).layout(read_as), &default_device()).unwrap();
+                    assert_eq!(back, params, "{} written {layout:?} read {read_as:?}", spec.describe());
+                }
+            }
+        }
+    }
+
+    /// The header of `path`: its tensors' shapes and its metadata.
+    fn header(path: &Path) -> serde_json::Value {
+        let bytes = std::fs::read(path).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        serde_json::from_slice(&bytes[8..8 + len]).unwrap()
+    }
+
+    #[test]
+    fn a_pytorch_layout_export_is_what_load_state_dict_takes_and_says_so() {
+        let dir = temp("pytorch-out");
+        let spec = ModelSpec::Mlp(MlpSpec {
+            input: 6,
+            hidden: vec![5],
+            classes: 3,
+        });
+        let params = spec.init_params(&mut StdRng::seed_from_u64(3));
+        let (burn, torch) = (dir.join("burn.safetensors"), dir.join("torch.safetensors"));
+        export(&spec, &params, &burn, Layout::Burn, &default_device()).unwrap();
+        export(&spec, &params, &torch, Layout::Pytorch, &default_device()).unwrap();
+        let (burn, torch) = (header(&burn), header(&torch));
+        // nn.Linear(6, 5).weight is [out, in] = [5, 6]; Burn keeps [in, out].
+        assert_eq!(burn["layers.0.weight"]["shape"], serde_json::json!([6, 5]));
+        assert_eq!(torch["layers.0.weight"]["shape"], serde_json::json!([5, 6]));
+        assert_eq!(torch["layers.0.bias"]["shape"], serde_json::json!([5]));
+        for (file, layout) in [(&burn, "burn"), (&torch, "pytorch")] {
+            let meta = &file["__metadata__"];
+            assert_eq!(meta["layout"], layout, "{meta}");
+            assert_eq!(meta["producer"], "fedtune", "{meta}");
+            assert_eq!(
+                meta["version"],
+                env!("CARGO_PKG_VERSION"),
+                "fedtune's version, not Burn's: {meta}"
+            );
         }
     }
 
@@ -474,7 +556,7 @@ mod tests {
         });
         let path = dir.join("small.safetensors");
         let params = written.init_params(&mut StdRng::seed_from_u64(1));
-        export(&written, &params, &path, &default_device()).unwrap();
+        export(&written, &params, &path, Layout::Burn, &default_device()).unwrap();
         // Two hidden layers (layers.2 missing from the file) and 4 inputs (layers.0 mis-shaped).
         let wanted = ModelSpec::Mlp(MlpSpec {
             input: 4,
@@ -595,7 +677,7 @@ mod tests {
         let adapted = with_zoo_model(&spec, Logits(&params, &manifest, x())).unwrap();
         let base_only = with_zoo_model(&lora.base, Logits(&lora.merged(&params), &lora.base.manifest(), x())).unwrap();
         let merged_path = dir.join("merged.safetensors");
-        export(&spec, &params, &merged_path, &device).unwrap();
+        export(&spec, &params, &merged_path, Layout::Burn, &device).unwrap();
         let imported = import(&lora.base, &WeightsSource::new(&merged_path), &device).unwrap();
         let from_file = with_zoo_model(&lora.base, Logits(&imported, &lora.base.manifest(), x())).unwrap();
         for ((a, f), h) in adapted.iter().zip(&from_file).zip(&base_only) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fedtune_aggregator::progress::Progress;
 use fedtune_aggregator::{AggregatorConfig, Hooks, run_stored, service};
+use fedtune_models::weights::Layout;
 use fedtune_store::{self as store, RunStatus};
 
 use super::run_state::{open_store, start_dashboard};
@@ -20,6 +21,10 @@ pub struct Args {
     /// TOML configuration (see config/aggregator.toml).
     #[arg(long)]
     config: PathBuf,
+    /// The layout of the final model file: `burn` (the default, or `[model] save_layout`)
+    /// or `pytorch` (linear weights `[out, in]`, for `load_state_dict`).
+    #[arg(long, value_parser = parse_layout)]
+    layout: Option<Layout>,
     /// Hold the driver this many milliseconds after each committed round of a run (a
     /// study ignores it). Hidden from `--help`: it is there so a crash test can kill the
     /// process between rounds at a moment it chooses, and a browser test can watch
@@ -32,6 +37,9 @@ pub struct Args {
 /// step; writes the final model and the report the configuration names.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = AggregatorConfig::load(&args.config)?;
+    if let Some(layout) = args.layout {
+        config.model.save_layout = layout;
+    }
     // The starting weights are read once, off the runtime, before anything is bound.
     let config =
         tokio::task::spawn_blocking(move || service::load_initial_model(&mut config).map(|()| config)).await??;
@@ -63,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let report_path = config.report.clone();
     let model_path = config.model.save_path(report_path.as_deref());
     let model_spec = config.model.spec.clone();
+    let layout = config.model.save_layout;
     if let Some(study) = study {
         return serve_study::run(endpoint, config, study, shutdown, report_path).await;
     }
@@ -123,7 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let spec = model_spec.clone();
         let global = report.global.clone();
         let written = path.clone();
-        let files = tokio::task::spawn_blocking(move || service::save_model(&spec, &global, &written))
+        let files = tokio::task::spawn_blocking(move || service::save_model(&spec, &global, &written, layout))
             .await?
             .with_context(|| format!("writing the final model to {}", path.display()))?;
         for file in files {
@@ -141,4 +150,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("report written to {}", path.display());
     }
     Ok(())
+}
+
+fn parse_layout(text: &str) -> Result<Layout, String> {
+    match text {
+        "burn" => Ok(Layout::Burn),
+        "pytorch" => Ok(Layout::Pytorch),
+        other => Err(format!("`{other}`: use burn or pytorch")),
+    }
 }

@@ -375,7 +375,7 @@ impl TrialRun {
         if study.best_trial().map(|t| t.number) != Some(self.number) {
             return;
         }
-        match crate::service::save_model(&self.config.model.spec, global, &path) {
+        match crate::service::save_model(&self.config.model.spec, global, &path, self.config.model.save_layout) {
             Ok(_) => {
                 info!(trial = self.number, path = %path.display(), "the study's best model so far written");
                 record.model = Some(path);
