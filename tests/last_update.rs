@@ -83,8 +83,9 @@ async fn accept(endpoint: &quinn::Endpoint) -> quinn::Connection {
     connection
 }
 
-/// Sends `task` with `global` and returns the agent's update payload (acknowledged).
-async fn ask(connection: &quinn::Connection, task: &Task, global: &[f32]) -> Vec<f32> {
+/// Sends `task` with `global` and returns the agent's update payload (acknowledged) and
+/// whether the agent marked it replayed.
+async fn ask(connection: &quinn::Connection, task: &Task, global: &[f32]) -> (Vec<f32>, bool) {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     write_frame(&mut send, &AggregatorMessage::Task(task.clone()), global)
         .await
@@ -100,7 +101,7 @@ async fn ask(connection: &quinn::Connection, task: &Task, global: &[f32]) -> Vec
     });
     write_frame(&mut send, &ack, &[]).await.unwrap();
     send.finish().unwrap();
-    delta
+    (delta, update.replayed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +123,8 @@ async fn a_task_sent_again_after_a_restart_is_answered_without_training_again() 
 
     // First life: round 3 is trained and acknowledged; then the aggregator dies.
     let first = accept(&endpoint).await;
-    let trained = ask(&first, &task(3, 7), &global).await;
+    let (trained, replayed) = ask(&first, &task(3, 7), &global).await;
+    assert!(!replayed);
     assert_eq!(fits.load(Ordering::SeqCst), 1);
     first.close(0u32.into(), b"crash");
 
@@ -130,18 +132,20 @@ async fn a_task_sent_again_after_a_restart_is_answered_without_training_again() 
     let second = tokio::time::timeout(Duration::from_secs(20), accept(&endpoint))
         .await
         .expect("the agent reconnects");
-    let again = ask(&second, &task(3, 7), &global).await;
+    let (again, replayed) = ask(&second, &task(3, 7), &global).await;
     assert_eq!(again, trained, "the same update");
+    assert!(replayed, "the agent says the update is the one it trained before");
     assert_eq!(fits.load(Ordering::SeqCst), 1, "not trained twice");
 
     // Another seed, another global model, the next round: each is trained.
-    let reseeded = ask(&second, &task(3, 8), &global).await;
+    let (reseeded, replayed) = ask(&second, &task(3, 8), &global).await;
+    assert!(!replayed);
     assert_eq!(fits.load(Ordering::SeqCst), 2);
     assert_ne!(reseeded, trained);
     let moved: Vec<f32> = global.iter().map(|g| g + 0.5).collect();
-    ask(&second, &task(3, 8), &moved).await;
+    assert!(!ask(&second, &task(3, 8), &moved).await.1);
     assert_eq!(fits.load(Ordering::SeqCst), 3);
-    ask(&second, &task(4, 8), &moved).await;
+    assert!(!ask(&second, &task(4, 8), &moved).await.1);
     assert_eq!(fits.load(Ordering::SeqCst), 4);
     second.close(0u32.into(), b"done");
     endpoint.close(0u32.into(), b"done");

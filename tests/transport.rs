@@ -144,6 +144,7 @@ async fn malformed_and_oversized_frames_get_an_error_and_the_service_goes_on() {
         metrics: TrainMetrics::default(),
         used: Default::default(),
         proposal: None,
+        replayed: false,
     });
     let frame = encode_frame(&update, &[0u8; 16]).unwrap();
     assert_eq!(error_code(exchange(&connection, &frame).await), ErrorCode::NotInRound);
@@ -346,6 +347,7 @@ async fn truncated_and_tampered_frames_are_clear_errors() {
         metrics: TrainMetrics::default(),
         used: Default::default(),
         proposal: None,
+        replayed: false,
     });
     let frame = encode_frame(&update, &[0u8; 64]).unwrap();
     // Cut short: the stream ends inside the payload.
@@ -432,6 +434,7 @@ async fn replayed_and_misaddressed_updates_are_refused_and_the_rounds_complete()
                     metrics: TrainMetrics::default(),
                     used: task.hyperparameters.clone(),
                     proposal: None,
+                    replayed: false,
                 };
                 let frame = encode_frame(&AgentMessage::Update(update.clone()), &zeros).unwrap();
                 first = Some((update.clone(), frame.clone()));

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedtune_protocol::{
-    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Task,
+    AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Task, Update,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -314,7 +314,11 @@ async fn serve_stream<T: Trainer>(
                     trial,
                     round, "answering a task sent again with the update already trained for it"
                 );
-                write_frame(&mut send, &AgentMessage::Update(kept.update.clone()), &kept.delta).await?;
+                let replayed = Update {
+                    replayed: true,
+                    ..kept.update.clone()
+                };
+                write_frame(&mut send, &AgentMessage::Update(replayed), &kept.delta).await?;
                 count(metrics, TaskOutcome::Resent);
                 if let Some(m) = metrics {
                     m.sent(kept.delta.len());

@@ -70,5 +70,6 @@ pub(crate) fn update_for(task: &Task, fit: &FitOutcome) -> Update {
         metrics: fit.metrics.clone(),
         used: task.hyperparameters.clone(),
         proposal: fit.proposal.clone(),
+        replayed: false,
     }
 }

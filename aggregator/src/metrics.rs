@@ -212,6 +212,7 @@ mod tests {
                 samples: 10,
                 device_seconds: 0.2,
                 update_bytes: 100,
+                replayed: false,
             };
             record.contributions.insert(agent.into(), contribution);
         }

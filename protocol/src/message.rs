@@ -442,6 +442,10 @@ pub struct Update {
     pub used: ClientHyperparameters,
     /// Hyperparameters the agent proposes for its next task, if its local rule moved any.
     pub proposal: Option<ClientHyperparameters>,
+    /// Whether this is an update the agent had already trained for the same task and
+    /// sends again (an aggregator that restarted before committing the round asked for
+    /// it once more), not a fresh training run: its metrics are the first run's.
+    pub replayed: bool,
 }
 
 /// The agent declines a task.

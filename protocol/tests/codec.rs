@@ -46,6 +46,7 @@ fn update(samples: u64, loss: f64, name_len: usize) -> AgentMessage {
         },
         used: ClientHyperparameters::default(),
         proposal: name_len.is_multiple_of(2).then(ClientHyperparameters::default),
+        replayed: false,
     })
 }
 

@@ -83,8 +83,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let on_waiting = progress.clone();
     let mut hooks = Hooks {
         on_round: Some(Box::new(move |r| {
+            // After a restart, agents answer the round the last process did not commit
+            // with the update they had trained: no training, so a short round.
+            let replayed = r.contributions.values().filter(|c| c.replayed).count();
+            let replayed = if replayed > 0 {
+                format!("  ({replayed} replayed from before the restart)")
+            } else {
+                String::new()
+            };
             on_round.line(&format!(
-                "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s",
+                "round {:>3}  updates {:>3}  failures {:>2}  train loss {:.4}  federated accuracy {:.4}  {:.2}s{replayed}",
                 r.round,
                 r.updates,
                 r.failures.len(),

@@ -45,6 +45,7 @@ fn result(agent: &str, used: &ClientHyperparameters, proposal: Option<f64>, drop
             learning_rate: lr,
             ..used.clone()
         }),
+        replayed: false,
     }
 }
 

@@ -170,6 +170,7 @@ impl Federation {
                         samples: r.num_samples,
                         device_seconds: r.metrics.wall_seconds,
                         update_bytes: spec.numel as u64 * 4,
+                        replayed: r.replayed,
                     };
                     (r.agent.clone(), contribution)
                 })

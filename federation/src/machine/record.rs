@@ -24,6 +24,8 @@ pub struct AgentResult {
     pub used: ClientHyperparameters,
     /// What the agent's local rule proposes for its next task, if anything moved.
     pub proposal: Option<ClientHyperparameters>,
+    /// Whether the agent sent again an update it had already trained for this task.
+    pub replayed: bool,
 }
 
 /// Loss and accuracy of a global model on a dataset.
@@ -242,6 +244,10 @@ pub struct Contribution {
     pub device_seconds: f64,
     /// Update bytes the agent sent.
     pub update_bytes: u64,
+    /// Whether the agent sent again an update it had trained for this same task before
+    /// the aggregator restarted (so the round took no training time for it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// The result of a whole run.

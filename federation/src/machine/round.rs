@@ -176,6 +176,7 @@ impl Round {
             arrived_after: now.saturating_duration_since(self.started),
             used: update.used.clone(),
             proposal: update.proposal.clone(),
+            replayed: update.replayed,
         });
         Ok(())
     }
@@ -326,6 +327,7 @@ mod tests {
             metrics: TrainMetrics::default(),
             used: ClientHyperparameters::default(),
             proposal: None,
+            replayed: false,
         }
     }
 
@@ -461,6 +463,7 @@ mod loss_tests {
             },
             used: ClientHyperparameters::default(),
             proposal: None,
+            replayed: false,
         }
     }
 

@@ -91,6 +91,7 @@ fn update_for(task: &Task, samples: u64) -> AgentMessage {
         },
         used: task.hyperparameters.clone(),
         proposal: None,
+        replayed: false,
     })
 }
 
@@ -549,4 +550,34 @@ fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_a
     let round2 = opened(&drain(&mut fed));
     assert_eq!((round2["a"].1.base, round2["a"].2), (None, 8));
     assert_eq!((round2["b"].1.base, round2["b"].2), (Some(checksum), 2));
+}
+
+#[test]
+fn an_update_the_agent_replayed_is_marked_in_the_round_record() {
+    let t0 = Instant::now();
+    let mut fed = machine(config(1, false), &["a", "b"], t0);
+    fed.handle_timeout(t0);
+    let opened = tasks(&drain(&mut fed));
+    let mut actions = Vec::new();
+    for (agent, replayed) in [("a", true), ("b", false)] {
+        let (exchange, task) = &opened[agent];
+        let AgentMessage::Update(update) = update_for(task, 5) else {
+            unreachable!()
+        };
+        fed.handle_event(
+            t0,
+            Event::Received {
+                exchange: *exchange,
+                message: Box::new(AgentMessage::Update(Update { replayed, ..update })),
+                payload: vec![1.0; numel(&fed)],
+            },
+        );
+        actions.extend(drain(&mut fed));
+    }
+    let record = committed(&actions)[0];
+    assert!(record.contributions["a"].replayed);
+    assert!(!record.contributions["b"].replayed);
+    let json = serde_json::to_value(record).unwrap();
+    assert_eq!(json["contributions"]["a"]["replayed"], true);
+    assert!(json["contributions"]["b"].get("replayed").is_none(), "{json}");
 }
