@@ -684,6 +684,51 @@ mod tests {
         }
     }
 
+    /// Every setting `config/aggregator.toml` shows commented out, uncommented in place
+    /// (a key set twice, like the PostgreSQL `db`, keeps its live value): the file parses
+    /// and validates, so what it documents is real and its examples fit its model.
+    #[test]
+    fn every_setting_the_shipped_config_documents_is_real() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let text = std::fs::read_to_string(shipped.join("aggregator.toml")).unwrap();
+        let mut out = String::new();
+        let mut live = std::collections::BTreeSet::new();
+        let mut uncommented = 0;
+        for line in text.lines() {
+            let bare = line.trim_start_matches('#').trim_start();
+            let key = bare.split([' ', '=']).next().unwrap_or("");
+            let setting = line.starts_with('#')
+                && !key.is_empty()
+                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                && bare[key.len()..].trim_start().starts_with('=');
+            if bare.starts_with('[') && (line.starts_with('[') || line.starts_with("# [")) {
+                live.clear();
+                out.push_str(bare);
+            } else if setting && !live.contains(key) {
+                live.insert(key.to_owned());
+                uncommented += 1;
+                out.push_str(bare);
+            } else {
+                if !line.starts_with('#') && !key.is_empty() {
+                    live.insert(key.to_owned());
+                }
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        assert!(uncommented > 30, "{uncommented} commented settings: {out}");
+        let path = shipped.join("every-setting.toml.test");
+        std::fs::write(&path, &out).unwrap();
+        let loaded = AggregatorConfig::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        let config = loaded.unwrap_or_else(|e| panic!("{e}\n{out}"));
+        config.validate().unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let tuning = config.tuning.as_ref().expect("the [tuning] block was uncommented");
+        assert!(!tuning.baseline_first, "the file shows baseline_first's default, false");
+        let study = tuning.study(config.federation.rounds).unwrap();
+        crate::tune::check_server_choices(&config, &study.space).unwrap();
+    }
+
     #[test]
     fn the_model_section_takes_an_architecture_a_starting_file_and_a_save_path() {
         let dir = std::env::temp_dir().join(format!("fedtune-model-config-{}", std::process::id()));
