@@ -29,47 +29,60 @@ fn by_round(records: &[&RoundRecord], value: impl Fn(&RoundRecord) -> Option<f64
 }
 
 /// A run's charts by round: global accuracy, loss, fairness across agents, and the
-/// server learning rate when the strategy has one.
+/// server learning rate when the strategy has one. The server's test accuracy and loss
+/// are drawn only when some round was evaluated on a test set: a run without one has no
+/// test series, not an empty one in the legend.
 pub(crate) fn run_charts(records: &[&RoundRecord]) -> Vec<LineChart> {
     let mut charts = Vec::with_capacity(4);
-    let mut test_accuracy = series("test accuracy", 0, by_round(records, |r| r.test.map(|t| t.accuracy)));
-    test_accuracy.testid = Some("test-accuracy-point".into());
+    let tested = records.iter().any(|r| r.test.is_some());
+    let mut accuracy = Vec::with_capacity(2);
+    if tested {
+        accuracy.push(Series {
+            testid: Some("test-accuracy-point".into()),
+            ..series("test accuracy", 0, by_round(records, |r| r.test.map(|t| t.accuracy)))
+        });
+    }
+    accuracy.push(Series {
+        testid: Some("federated-accuracy-point".into()),
+        ..series(
+            "federated accuracy (agents, before training)",
+            1,
+            by_round(records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
+        )
+    });
     charts.push(LineChart {
-        title: "Global model accuracy".into(),
+        title: if tested {
+            "Global model accuracy".into()
+        } else {
+            // One series draws no legend: the title says what it is.
+            "Global model accuracy: federated (agents, before training; no server test set)".into()
+        },
         x_label: "round".into(),
         y_label: "accuracy".into(),
-        series: vec![
-            test_accuracy,
-            Series {
-                testid: Some("federated-accuracy-point".into()),
-                ..series(
-                    "federated accuracy (agents, before training)",
-                    1,
-                    by_round(records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
-                )
-            },
-        ],
+        series: accuracy,
         markers: Vec::new(),
         y_range: Some((0.0, 1.0)),
         testid: "accuracy-chart".into(),
     });
+    let mut loss = Vec::with_capacity(3);
+    if tested {
+        loss.push(series("test loss", 0, by_round(records, |r| r.test.map(|t| t.loss))));
+    }
+    loss.push(series(
+        "federated loss",
+        1,
+        by_round(records, |r| (r.updates > 0).then_some(r.federated_loss)),
+    ));
+    loss.push(series(
+        "train loss",
+        2,
+        by_round(records, |r| (r.updates > 0).then_some(r.train_loss)),
+    ));
     charts.push(LineChart {
         title: "Loss".into(),
         x_label: "round".into(),
         y_label: "loss".into(),
-        series: vec![
-            series("test loss", 0, by_round(records, |r| r.test.map(|t| t.loss))),
-            series(
-                "federated loss",
-                1,
-                by_round(records, |r| (r.updates > 0).then_some(r.federated_loss)),
-            ),
-            series(
-                "train loss",
-                2,
-                by_round(records, |r| (r.updates > 0).then_some(r.train_loss)),
-            ),
-        ],
+        series: loss,
         markers: Vec::new(),
         y_range: None,
         testid: "loss-chart".into(),
@@ -409,6 +422,61 @@ pub(crate) fn pareto_charts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::svg::{Size, line_chart};
+    use fedtune_federation::GlobalEvaluation;
+
+    fn round(n: u64, test: Option<f64>) -> RoundRecord {
+        let mut record: RoundRecord = serde_json::from_value(serde_json::json!({
+            "round": n, "cohort": ["a", "b"], "updates": 2, "applied": true, "failures": [],
+            "aggregation_error": null, "train_loss": 0.5, "federated_accuracy": 0.5,
+            "federated_loss": 0.7, "agent_accuracy": {}, "server_learning_rate": null,
+            "fairness": {"agents": 0, "mean_accuracy": 0.0, "accuracy_variance": 0.0,
+                "accuracy_std": 0.0, "worst_accuracy": 0.0, "worst_10pct_accuracy": 0.0,
+                "accuracy_gap": 0.0, "jain_index": 1.0, "mean_loss": 0.0, "participation_jain": 1.0},
+            "violations": [], "test": null, "seconds": 0.3, "device_seconds": 0.4,
+            "payload_bytes": 500
+        }))
+        .unwrap();
+        record.test = test.map(|accuracy| GlobalEvaluation {
+            loss: 1.0 - accuracy,
+            accuracy,
+            samples: 8,
+        });
+        record
+    }
+
+    fn names(chart: &LineChart) -> Vec<&str> {
+        chart.series.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_run_without_a_test_set_draws_no_test_series() {
+        let rounds = [round(0, None), round(1, None)];
+        let records: Vec<&RoundRecord> = rounds.iter().collect();
+        let charts = run_charts(&records);
+        for chart in &charts[..2] {
+            assert!(
+                names(chart).iter().all(|n| !n.starts_with("test")),
+                "{}: {:?}",
+                chart.title,
+                names(chart)
+            );
+            let svg = line_chart(chart, Size::PAGE);
+            assert!(!svg.contains(">test "), "{svg}");
+            assert!(!svg.contains("test-accuracy-point"), "{svg}");
+        }
+        assert_eq!(names(&charts[1]), ["federated loss", "train loss"]);
+        // One evaluated round is enough for the series, with its one point.
+        let rounds = [round(0, None), round(1, Some(0.75))];
+        let records: Vec<&RoundRecord> = rounds.iter().collect();
+        let charts = run_charts(&records);
+        assert_eq!(names(&charts[0])[0], "test accuracy");
+        assert_eq!(charts[0].series[0].points, [(1.0, 0.75)]);
+        assert_eq!(names(&charts[1])[0], "test loss");
+        let svg = line_chart(&charts[0], Size::PAGE);
+        assert!(svg.contains(">test accuracy<"), "{svg}");
+        assert_eq!(svg.matches(r#"data-testid="test-accuracy-point""#).count(), 1);
+    }
 
     #[test]
     fn the_front_is_drawn_over_the_trials_it_dominates() {
