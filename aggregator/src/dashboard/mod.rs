@@ -289,18 +289,25 @@ async fn run_page(State(app): State<App>, Path(id): Path<RunId>, Query(q): Query
             };
             let rounds = store.rounds(id, Some(trial))?;
             // The trial's FedEx policy lives in its latest checkpoint.
-            let (policy, version) = match run.kind {
-                RunKind::Study => (
-                    store.latest_checkpoint(id, trial)?.and_then(|s| s.tuner),
-                    pages::version(&run, Some(&store.trials(id)?)),
-                ),
-                RunKind::Run => (None, pages::version(&run, None)),
+            let (policy, version, stored) = match run.kind {
+                RunKind::Study => {
+                    let trials = store.trials(id)?;
+                    let version = pages::version(&run, Some(&trials));
+                    let stored = trials.into_iter().find(|t| t.trial.number == trial);
+                    (
+                        store.latest_checkpoint(id, trial)?.and_then(|s| s.tuner),
+                        version,
+                        stored,
+                    )
+                }
+                RunKind::Run => (None, pages::version(&run, None), None),
             };
             let view = pages::RunView {
                 run,
                 trial,
                 rounds,
                 policy,
+                stored,
             };
             Ok(Some((view, version)))
         })
