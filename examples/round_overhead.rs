@@ -156,8 +156,8 @@ async fn aggregator_role(args: &Args) -> anyhow::Result<()> {
         if args.dashboard {
             let metrics = Arc::new(Metrics::new());
             let options = dashboard::Options {
-                token: None,
                 metrics: Some(metrics.clone()),
+                ..dashboard::Options::default()
             };
             let addr = dashboard::start(([127, 0, 0, 1], 0).into(), &db, options, stopped.clone()).await?;
             announce_port(&dashboard_file(&out), addr.port())?;

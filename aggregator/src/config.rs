@@ -274,37 +274,110 @@ impl ModelConfig {
 
 /// The web dashboard over the run's store, and the Prometheus `/metrics` on the same
 /// listener.
+///
+/// On loopback it serves plain HTTP unless given a certificate. Beyond loopback it needs
+/// a token, and serves HTTPS (with `cert` and `key`, or under `serve` the federation's
+/// own `[pki] cert` and `key`) so that the token and its cookie never cross the network
+/// in clear; plain HTTP there takes `insecure = true`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DashboardConfig {
-    /// TCP address to serve HTTP on, e.g. `"127.0.0.1:8080"`. It needs `[state] db`: the
+    /// TCP address to serve on, e.g. `"127.0.0.1:8080"`. It needs `[state] db`: the
     /// dashboard shows what the store holds.
     pub listen: Option<SocketAddr>,
     /// A bearer token every request must carry (`Authorization: Bearer …`, or once as
     /// `?token=…`, which sets a cookie). Required when `listen` is not a loopback
     /// address: the dashboard shows parameters and agent ids.
     pub token: Option<String>,
+    /// A certificate (PEM, leaf first) to serve HTTPS with, on any address, loopback
+    /// included; with `key`. Relative to the configuration file.
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP beyond loopback, the token and its cookie in clear: only behind
+    /// something that encrypts the way (a TLS-terminating proxy on the same host, a VPN).
+    pub insecure: bool,
+}
+
+/// A certificate file and the file of its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 impl DashboardConfig {
-    /// Checks that a dashboard reachable from other hosts has a token.
+    /// The certificate to serve HTTPS with, or `None` for plain HTTP: `cert` and `key`
+    /// when set, on any address; else, beyond loopback and unless `insecure`,
+    /// `fallback` (under `serve`, the federation's own server certificate).
+    #[must_use]
+    pub fn https(&self, fallback: Option<CertificateFiles>) -> Option<CertificateFiles> {
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            return Some(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        match self.listen {
+            Some(addr) if !addr.ip().is_loopback() && !self.insecure => fallback,
+            _ => None,
+        }
+    }
+
+    /// Checks the section on its own, as `fedtune-aggregator dashboard` serves it: no
+    /// certificate to fall back on (see [`validate_with`](Self::validate_with)).
+    ///
+    /// # Errors
+    /// As [`validate_with`](Self::validate_with).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(None)
+    }
+
+    /// Checks that the token is usable, that `cert` and `key` come together, and that a
+    /// dashboard reachable from other hosts has a token and, unless `insecure`, HTTPS:
+    /// its own certificate or `fallback`.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming what is missing.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate_with(&self, fallback: Option<CertificateFiles>) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if let Some(token) = &self.token
             && (token.len() < 16 || token.chars().any(char::is_whitespace))
         {
-            return Err(ConfigError::Invalid(
-                "dashboard.token must be at least 16 characters without spaces".into(),
+            return invalid("dashboard.token must be at least 16 characters without spaces".into());
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return invalid("dashboard.cert and dashboard.key go together: set both, or neither".into());
+            }
+            (Some(_), Some(_)) if self.insecure => {
+                return invalid(
+                    "dashboard.insecure = true asks for plain HTTP, dashboard.cert and dashboard.key for HTTPS: \
+                     keep one"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        let Some(addr) = self.listen.filter(|a| !a.ip().is_loopback()) else {
+            return Ok(());
+        };
+        if self.token.is_none() {
+            return invalid(format!(
+                "dashboard.listen = {addr} is reachable from other hosts: set dashboard.token too"
             ));
         }
-        match self.listen {
-            Some(addr) if !addr.ip().is_loopback() && self.token.is_none() => Err(ConfigError::Invalid(format!(
-                "dashboard.listen = {addr} is reachable from other hosts: set dashboard.token too"
-            ))),
-            _ => Ok(()),
+        if self.https(fallback).is_none() && !self.insecure {
+            return invalid(format!(
+                "dashboard.listen = {addr} is reachable from other hosts, and over plain HTTP its token \
+                 and cookie would cross the network in clear: give it a certificate (dashboard.cert and \
+                 dashboard.key; --cert and --key for `fedtune-aggregator dashboard`), or set \
+                 dashboard.insecure = true (--insecure) if something else encrypts the way"
+            ));
         }
+        Ok(())
     }
 }
 
@@ -391,6 +464,16 @@ impl PkiPaths {
     #[must_use]
     pub fn default_revocation_list(&self) -> PathBuf {
         self.ca_cert.parent().unwrap_or(Path::new("")).join("revoked.txt")
+    }
+
+    /// The aggregator's own certificate and key: what the dashboard serves HTTPS with
+    /// beyond loopback when `[dashboard]` names no certificate.
+    #[must_use]
+    pub fn server_certificate(&self) -> CertificateFiles {
+        CertificateFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
     }
 
     /// The standard file names inside a directory made by `init`.
@@ -482,8 +565,8 @@ impl AggregatorConfig {
         }
     }
 
-    /// Reads and validates a TOML file. Relative PKI and report paths are resolved
-    /// against the file's directory.
+    /// Reads and validates a TOML file. Relative PKI, dashboard certificate and report
+    /// paths are resolved against the file's directory.
     ///
     /// # Errors
     /// [`ConfigError`] saying which file and which value.
@@ -500,6 +583,8 @@ impl AggregatorConfig {
         for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key]
             .into_iter()
             .chain(config.pki.revoked.as_mut())
+            .chain(config.dashboard.cert.as_mut())
+            .chain(config.dashboard.key.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -541,7 +626,7 @@ impl AggregatorConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.settings().validate()?;
-        self.dashboard.validate()?;
+        self.dashboard.validate_with(Some(self.pki.server_certificate()))?;
         if self.dashboard.listen.is_some() && self.state.db.is_none() {
             return invalid("dashboard.listen needs [state] db: the dashboard shows what the store holds".into());
         }
@@ -727,6 +812,79 @@ mod tests {
         assert!(!tuning.baseline_first, "the file shows baseline_first's default, false");
         let study = tuning.study(config.federation.rounds).unwrap();
         crate::tune::check_server_choices(&config, &study.space).unwrap();
+    }
+
+    #[test]
+    fn a_dashboard_beyond_loopback_without_tls_is_refused() {
+        let token = "[dashboard]\nlisten = \"0.0.0.0:8443\"\ntoken = \"0123456789abcdef\"\n";
+        let section = |extra: &str| {
+            toml::from_str::<AggregatorConfig>(&format!("{token}{extra}"))
+                .unwrap()
+                .dashboard
+        };
+        // Alone, as the standalone `dashboard` command has it: no certificate, no HTTPS.
+        let err = section("").validate().unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:8443") && err.contains("plain HTTP") && err.contains("dashboard.insecure"),
+            "{err}"
+        );
+        assert_eq!(section("").https(None), None);
+        // The operator's word, or a certificate of its own.
+        section("insecure = true\n").validate().unwrap();
+        let own = section("cert = \"d.pem\"\nkey = \"d.key\"\n");
+        own.validate().unwrap();
+        assert_eq!(
+            own.https(None).map(|f| f.cert),
+            Some(PathBuf::from("d.pem")),
+            "its own certificate"
+        );
+        // Under `serve`, the federation's server certificate serves beyond loopback.
+        let config: AggregatorConfig = toml::from_str(&format!("{token}[state]\ndb = \"f.db\"\n")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.dashboard.https(Some(config.pki.server_certificate())),
+            Some(config.pki.server_certificate())
+        );
+        // … unless the operator said plain HTTP.
+        let insecure = section("insecure = true\n");
+        assert_eq!(insecure.https(Some(config.pki.server_certificate())), None);
+        // Half a certificate, or a certificate and `insecure`, are named.
+        let err = section("cert = \"d.pem\"\n").validate().unwrap_err().to_string();
+        assert!(err.contains("dashboard.cert and dashboard.key go together"), "{err}");
+        let err = section("cert = \"d.pem\"\nkey = \"d.key\"\ninsecure = true\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dashboard.insecure"), "{err}");
+        // Loopback stays plain HTTP, unless given a certificate: then HTTPS there too.
+        let loopback = DashboardConfig {
+            listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..DashboardConfig::default()
+        };
+        loopback.validate().unwrap();
+        assert_eq!(loopback.https(Some(config.pki.server_certificate())), None);
+        let forced = DashboardConfig {
+            cert: Some("d.pem".into()),
+            key: Some("d.key".into()),
+            ..loopback
+        };
+        assert!(forced.https(None).is_some());
+    }
+
+    #[test]
+    fn the_dashboard_certificate_is_relative_to_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("fedtune-dashboard-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("aggregator.toml");
+        std::fs::write(
+            &path,
+            "[state]\ndb = \"f.db\"\n[dashboard]\nlisten = \"127.0.0.1:8443\"\ncert = \"tls/d.pem\"\nkey = \"tls/d.key\"\n",
+        )
+        .unwrap();
+        let config = AggregatorConfig::load(&path).unwrap();
+        assert_eq!(config.dashboard.cert, Some(dir.join("tls/d.pem")));
+        assert_eq!(config.dashboard.key, Some(dir.join("tls/d.key")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`transport`]: QUIC transport tuning and the UDP endpoint.
 //! - [`registry`]: the accept loop, the hello handshake, connected agents.
 //! - [`driver`]: the tokio driver that moves frames between QUIC and the federation.
-//! - [`dashboard`]: the web dashboard over a store (server-rendered pages and SVG charts).
+//! - [`dashboard`]: the web dashboard over a store (server-rendered pages and SVG charts),
+//!   over HTTPS beyond loopback.
 //! - [`durable`]: a run that commits every round to a store and resumes after a crash.
 //! - [`evaluate`]: a weights file's accuracy and loss on a dataset's test split.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.

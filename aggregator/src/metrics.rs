@@ -11,17 +11,18 @@
 //! | `fedtune_update_bytes_total` | counter | `direction`: `sent` (global models) or `received` (updates) |
 //! | `fedtune_connected_agents` | gauge | |
 //! | `fedtune_trials_total` | counter | `state` a trial reached: `running`, `complete`, `pruned`, `failed` |
-//! | `fedtune_global_test_accuracy` | gauge | |
+//! | `fedtune_global_test_accuracy` | gauge | (absent until a round is evaluated on a server test set) |
 //! | `fedtune_build_info` | gauge (1) | `version` |
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -59,7 +60,46 @@ pub struct Metrics {
     bytes: Family<Direction, Counter>,
     connected: Gauge,
     trials: Family<State, Counter>,
-    accuracy: Gauge<f64, AtomicU64>,
+    accuracy: Arc<TestAccuracy>,
+}
+
+/// `fedtune_global_test_accuracy`, written only once a round has been evaluated on the
+/// server's test set: without a test set there is no accuracy to report, and a gauge at
+/// 0 would read as a model that gets everything wrong.
+#[derive(Debug)]
+struct TestAccuracy {
+    /// The accuracy's bits; NaN until the first evaluated round.
+    bits: AtomicU64,
+}
+
+impl TestAccuracy {
+    const NAME: &'static str = "fedtune_global_test_accuracy";
+    const HELP: &'static str = "Server-side test accuracy of the global model after the last evaluated round";
+
+    fn new() -> Self {
+        Self {
+            bits: AtomicU64::new(f64::NAN.to_bits()),
+        }
+    }
+
+    fn set(&self, accuracy: f64) {
+        self.bits.store(accuracy.to_bits(), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<f64> {
+        Some(f64::from_bits(self.bits.load(Ordering::Relaxed))).filter(|v| v.is_finite())
+    }
+}
+
+impl Collector for TestAccuracy {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(accuracy) = self.get() else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(accuracy);
+        let metric = encoder.encode_descriptor(Self::NAME, Self::HELP, None, gauge.metric_type())?;
+        gauge.encode(metric)
+    }
 }
 
 impl Default for Metrics {
@@ -98,12 +138,8 @@ impl Metrics {
         registry.register("fedtune_connected_agents", "Agents connected now", connected.clone());
         let trials = Family::<State, Counter>::default();
         registry.register("fedtune_trials", "Trials that reached a state", trials.clone());
-        let accuracy = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "fedtune_global_test_accuracy",
-            "Server-side test accuracy of the global model after the last round",
-            accuracy.clone(),
-        );
+        let accuracy = Arc::new(TestAccuracy::new());
+        registry.register_collector(Box::new(accuracy.clone()));
         registry.register(
             "fedtune_build",
             "The aggregator's build",
@@ -122,7 +158,7 @@ impl Metrics {
     }
 
     /// Counts a committed round: its duration, each cohort member's outcome, the bytes
-    /// it moved and the global model's test accuracy.
+    /// it moved and the global model's test accuracy (when the round has one).
     pub fn observe_round(&self, record: &RoundRecord) {
         self.rounds.inc();
         self.round_duration.observe(record.seconds);
@@ -222,6 +258,28 @@ mod tests {
             samples: 8,
         });
         record
+    }
+
+    #[test]
+    fn without_a_test_set_no_test_accuracy_is_reported() {
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("fedtune_global_test_accuracy"));
+        let mut untested = record();
+        untested.test = None;
+        metrics.observe_round(&untested);
+        let text = metrics.encode();
+        assert!(text.contains("fedtune_rounds_total 1"), "{text}");
+        assert!(
+            !text.contains("fedtune_global_test_accuracy"),
+            "absent is not zero:\n{text}"
+        );
+        // The first evaluated round brings it in, and an untested round after it keeps
+        // the last evaluated value.
+        metrics.observe_round(&record());
+        metrics.observe_round(&untested);
+        let text = metrics.encode();
+        assert!(text.contains("fedtune_global_test_accuracy 0.875"), "{text}");
+        assert!(text.contains("# TYPE fedtune_global_test_accuracy gauge"), "{text}");
     }
 
     #[test]

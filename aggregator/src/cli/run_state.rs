@@ -26,11 +26,14 @@ pub async fn start_dashboard(
         return Ok(None);
     };
     let metrics = Arc::new(Metrics::new());
+    // Beyond loopback, HTTPS with the federation's own server certificate unless
+    // `[dashboard]` names one (or says `insecure`).
     let options = dashboard::Options {
-        token: config.dashboard.token.clone(),
         metrics: Some(metrics.clone()),
+        ..dashboard::Options::from_config(&config.dashboard, Some(config.pki.server_certificate()))?
     };
+    let scheme = options.scheme();
     let addr = dashboard::start(listen, db, options, shutdown).await?;
-    println!("dashboard on http://{addr} (metrics on http://{addr}/metrics)");
+    println!("dashboard on {scheme}://{addr} (metrics on {scheme}://{addr}/metrics)");
     Ok(Some(metrics))
 }

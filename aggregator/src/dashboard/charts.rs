@@ -2,7 +2,7 @@
 //! [`super::svg`]: inline on the dashboard's pages, and as SVG and PNG files by the
 //! `plot` command ([`crate::plot`]).
 
-use fedtune_tuning::space::{Distribution, ParamValue};
+use fedtune_tuning::space::{Choice, Distribution, ParamValue};
 
 use super::svg::{self, Axis, AxisKind, LineChart, Marker, ParallelChart, ScatterChart, ScatterPoint, Series, num};
 use fedtune_federation::RoundRecord;
@@ -29,47 +29,60 @@ fn by_round(records: &[&RoundRecord], value: impl Fn(&RoundRecord) -> Option<f64
 }
 
 /// A run's charts by round: global accuracy, loss, fairness across agents, and the
-/// server learning rate when the strategy has one.
+/// server learning rate when the strategy has one. The server's test accuracy and loss
+/// are drawn only when some round was evaluated on a test set: a run without one has no
+/// test series, not an empty one in the legend.
 pub(crate) fn run_charts(records: &[&RoundRecord]) -> Vec<LineChart> {
     let mut charts = Vec::with_capacity(4);
-    let mut test_accuracy = series("test accuracy", 0, by_round(records, |r| r.test.map(|t| t.accuracy)));
-    test_accuracy.testid = Some("test-accuracy-point".into());
+    let tested = records.iter().any(|r| r.test.is_some());
+    let mut accuracy = Vec::with_capacity(2);
+    if tested {
+        accuracy.push(Series {
+            testid: Some("test-accuracy-point".into()),
+            ..series("test accuracy", 0, by_round(records, |r| r.test.map(|t| t.accuracy)))
+        });
+    }
+    accuracy.push(Series {
+        testid: Some("federated-accuracy-point".into()),
+        ..series(
+            "federated accuracy (agents, before training)",
+            1,
+            by_round(records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
+        )
+    });
     charts.push(LineChart {
-        title: "Global model accuracy".into(),
+        title: if tested {
+            "Global model accuracy".into()
+        } else {
+            // One series draws no legend: the title says what it is.
+            "Global model accuracy: federated (agents, before training; no server test set)".into()
+        },
         x_label: "round".into(),
         y_label: "accuracy".into(),
-        series: vec![
-            test_accuracy,
-            Series {
-                testid: Some("federated-accuracy-point".into()),
-                ..series(
-                    "federated accuracy (agents, before training)",
-                    1,
-                    by_round(records, |r| (r.updates > 0).then_some(r.federated_accuracy)),
-                )
-            },
-        ],
+        series: accuracy,
         markers: Vec::new(),
         y_range: Some((0.0, 1.0)),
         testid: "accuracy-chart".into(),
     });
+    let mut loss = Vec::with_capacity(3);
+    if tested {
+        loss.push(series("test loss", 0, by_round(records, |r| r.test.map(|t| t.loss))));
+    }
+    loss.push(series(
+        "federated loss",
+        1,
+        by_round(records, |r| (r.updates > 0).then_some(r.federated_loss)),
+    ));
+    loss.push(series(
+        "train loss",
+        2,
+        by_round(records, |r| (r.updates > 0).then_some(r.train_loss)),
+    ));
     charts.push(LineChart {
         title: "Loss".into(),
         x_label: "round".into(),
         y_label: "loss".into(),
-        series: vec![
-            series("test loss", 0, by_round(records, |r| r.test.map(|t| t.loss))),
-            series(
-                "federated loss",
-                1,
-                by_round(records, |r| (r.updates > 0).then_some(r.federated_loss)),
-            ),
-            series(
-                "train loss",
-                2,
-                by_round(records, |r| (r.updates > 0).then_some(r.train_loss)),
-            ),
-        ],
+        series: loss,
         markers: Vec::new(),
         y_range: None,
         testid: "loss-chart".into(),
@@ -254,6 +267,79 @@ pub(crate) fn intermediate_chart(trials: &[FrozenTrial], name: &str, best: Optio
     }
 }
 
+/// A parameter's axis, and where a trial's value of it lies on that axis.
+struct ParamAxis<'a> {
+    name: &'a str,
+    distribution: &'a Distribution,
+    /// For a choice, each choice's position on the axis (choices listed in `labels`).
+    ranks: Vec<usize>,
+    labels: Vec<String>,
+}
+
+impl<'a> ParamAxis<'a> {
+    /// Floats and integers on a numeric axis; choices on a categorical one, numeric
+    /// choices (`choice(16, 32, 64)`) in numeric order, others as the space lists them.
+    fn new(name: &'a str, distribution: &'a Distribution) -> Self {
+        let Distribution::Categorical { choices } = distribution else {
+            return Self {
+                name,
+                distribution,
+                ranks: Vec::new(),
+                labels: Vec::new(),
+            };
+        };
+        let numbers: Option<Vec<f64>> = choices.iter().map(Choice::as_f64).collect();
+        let mut order: Vec<usize> = (0..choices.len()).collect();
+        if let Some(numbers) = &numbers {
+            order.sort_by(|&a, &b| numbers[a].total_cmp(&numbers[b]));
+        }
+        let mut ranks = vec![0; choices.len()];
+        for (rank, &i) in order.iter().enumerate() {
+            ranks[i] = rank;
+        }
+        Self {
+            name,
+            distribution,
+            ranks,
+            labels: order.iter().map(|&i| choices[i].to_string()).collect(),
+        }
+    }
+
+    fn axis(&self) -> Axis {
+        Axis {
+            name: self.name.to_owned(),
+            kind: match self.distribution {
+                Distribution::Float { log, .. } | Distribution::Int { log, .. } => AxisKind::Numeric { log: *log },
+                Distribution::Categorical { .. } => AxisKind::Categorical(self.labels.clone()),
+            },
+        }
+    }
+
+    /// Where `value` lies: a number on a numeric axis, a position on a categorical one;
+    /// NaN when the trial has none the axis knows.
+    fn at(&self, value: Option<&ParamValue>) -> f64 {
+        let Some(value) = value else { return f64::NAN };
+        match self.distribution {
+            Distribution::Categorical { choices } => {
+                choice_index(choices, value).map_or(f64::NAN, |i| self.ranks[i] as f64)
+            }
+            _ => value.as_f64().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Which of `choices` `value` is. A numeric choice read back from a store's JSON is a
+/// plain number (`32`, not the choice `32`), so numbers match numeric choices by value.
+fn choice_index(choices: &[Choice], value: &ParamValue) -> Option<usize> {
+    if let ParamValue::Categorical(c) = value
+        && let Some(i) = choices.iter().position(|x| x == c)
+    {
+        return Some(i);
+    }
+    let x = value.as_f64()?;
+    choices.iter().position(|c| c.as_f64() == Some(x))
+}
+
 /// One axis per parameter and one for the first objective; a line per complete trial,
 /// shaded by its objective (darkest = best).
 pub(crate) fn parallel_chart(
@@ -269,20 +355,13 @@ pub(crate) fn parallel_chart(
             (t.state == TrialState::Complete && v.is_finite()).then_some((t, v))
         })
         .collect();
-    let mut axes: Vec<Axis> = header
+    let params: Vec<ParamAxis> = header
         .space
         .params
         .iter()
-        .map(|p| Axis {
-            name: p.name.clone(),
-            kind: match &p.distribution {
-                Distribution::Float { log, .. } | Distribution::Int { log, .. } => AxisKind::Numeric { log: *log },
-                Distribution::Categorical { choices } => {
-                    AxisKind::Categorical(choices.iter().map(ToString::to_string).collect())
-                }
-            },
-        })
+        .map(|p| ParamAxis::new(&p.name, &p.distribution))
         .collect();
+    let mut axes: Vec<Axis> = params.iter().map(ParamAxis::axis).collect();
     axes.push(Axis {
         name: name.into(),
         kind: AxisKind::Numeric { log: false },
@@ -290,18 +369,7 @@ pub(crate) fn parallel_chart(
     let rows: Vec<Vec<f64>> = done
         .iter()
         .map(|(t, value)| {
-            let mut row: Vec<f64> = header
-                .space
-                .params
-                .iter()
-                .map(|p| match (t.params.get(&p.name), &p.distribution) {
-                    (Some(ParamValue::Categorical(c)), Distribution::Categorical { choices }) => {
-                        choices.iter().position(|x| x == c).map_or(f64::NAN, |i| i as f64)
-                    }
-                    (Some(v), _) => v.as_f64().unwrap_or(f64::NAN),
-                    (None, _) => f64::NAN,
-                })
-                .collect();
+            let mut row: Vec<f64> = params.iter().map(|p| p.at(t.params.get(p.name))).collect();
             row.push(*value);
             row
         })
@@ -409,6 +477,146 @@ pub(crate) fn pareto_charts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::svg::{Size, line_chart};
+    use fedtune_federation::GlobalEvaluation;
+
+    fn round(n: u64, test: Option<f64>) -> RoundRecord {
+        let mut record: RoundRecord = serde_json::from_value(serde_json::json!({
+            "round": n, "cohort": ["a", "b"], "updates": 2, "applied": true, "failures": [],
+            "aggregation_error": null, "train_loss": 0.5, "federated_accuracy": 0.5,
+            "federated_loss": 0.7, "agent_accuracy": {}, "server_learning_rate": null,
+            "fairness": {"agents": 0, "mean_accuracy": 0.0, "accuracy_variance": 0.0,
+                "accuracy_std": 0.0, "worst_accuracy": 0.0, "worst_10pct_accuracy": 0.0,
+                "accuracy_gap": 0.0, "jain_index": 1.0, "mean_loss": 0.0, "participation_jain": 1.0},
+            "violations": [], "test": null, "seconds": 0.3, "device_seconds": 0.4,
+            "payload_bytes": 500
+        }))
+        .unwrap();
+        record.test = test.map(|accuracy| GlobalEvaluation {
+            loss: 1.0 - accuracy,
+            accuracy,
+            samples: 8,
+        });
+        record
+    }
+
+    fn names(chart: &LineChart) -> Vec<&str> {
+        chart.series.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_run_without_a_test_set_draws_no_test_series() {
+        let rounds = [round(0, None), round(1, None)];
+        let records: Vec<&RoundRecord> = rounds.iter().collect();
+        let charts = run_charts(&records);
+        for chart in &charts[..2] {
+            assert!(
+                names(chart).iter().all(|n| !n.starts_with("test")),
+                "{}: {:?}",
+                chart.title,
+                names(chart)
+            );
+            let svg = line_chart(chart, Size::PAGE);
+            assert!(!svg.contains(">test "), "{svg}");
+            assert!(!svg.contains("test-accuracy-point"), "{svg}");
+        }
+        assert_eq!(names(&charts[1]), ["federated loss", "train loss"]);
+        // One evaluated round is enough for the series, with its one point.
+        let rounds = [round(0, None), round(1, Some(0.75))];
+        let records: Vec<&RoundRecord> = rounds.iter().collect();
+        let charts = run_charts(&records);
+        assert_eq!(names(&charts[0])[0], "test accuracy");
+        assert_eq!(charts[0].series[0].points, [(1.0, 0.75)]);
+        assert_eq!(names(&charts[1])[0], "test loss");
+        let svg = line_chart(&charts[0], Size::PAGE);
+        assert!(svg.contains(">test accuracy<"), "{svg}");
+        assert_eq!(svg.matches(r#"data-testid="test-accuracy-point""#).count(), 1);
+    }
+
+    #[test]
+    fn numeric_choices_get_an_axis_in_numeric_order() {
+        use fedtune_tuning::Objective;
+        use fedtune_tuning::space::{ParamSpec, SearchSpace};
+        let space = SearchSpace::new(vec![
+            ParamSpec::parse("learning_rate", "loguniform(1e-3, 1e-1)").unwrap(),
+            ParamSpec::parse("batch_size", "choice(64, 16, 32)").unwrap(),
+            ParamSpec::parse("optimizer", "choice(sgd, adam)").unwrap(),
+        ])
+        .unwrap();
+        let header = StudyHeader {
+            space,
+            objectives: vec![Objective::new("accuracy", Direction::Maximize)],
+        };
+        // Parameters as the store gives them back (JSON: a numeric choice is a number),
+        // and one as the sampler made it.
+        let stored = |json: serde_json::Value| serde_json::from_value(json).unwrap();
+        let mut trials = vec![
+            FrozenTrial::complete(
+                0,
+                stored(serde_json::json!({"learning_rate": 0.01, "batch_size": 32, "optimizer": "adam"})),
+                0.9,
+            ),
+            FrozenTrial::complete(
+                1,
+                stored(serde_json::json!({"learning_rate": 0.001, "batch_size": 16, "optimizer": "sgd"})),
+                0.7,
+            ),
+        ];
+        let mut sampled = trials[0].params.clone();
+        sampled.insert("batch_size".into(), ParamValue::Categorical(Choice::Int(64)));
+        trials.push(FrozenTrial::complete(2, sampled, 0.8));
+        let chart = parallel_chart(&header, &trials, "accuracy", Direction::Maximize);
+        let names: Vec<&str> = chart.axes.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["learning_rate", "batch_size", "optimizer", "accuracy"]);
+        let AxisKind::Categorical(labels) = &chart.axes[1].kind else {
+            panic!("batch_size has no categorical axis")
+        };
+        assert_eq!(labels, &["16", "32", "64"]);
+        let AxisKind::Categorical(labels) = &chart.axes[2].kind else {
+            panic!("optimizer has no categorical axis")
+        };
+        assert_eq!(labels, &["sgd", "adam"], "string choices keep the space's order");
+        let batch: Vec<f64> = chart.rows.iter().map(|r| r[1]).collect();
+        assert_eq!(batch, [1.0, 0.0, 2.0]);
+        let optimizer: Vec<f64> = chart.rows.iter().map(|r| r[2]).collect();
+        assert_eq!(optimizer, [1.0, 0.0, 1.0]);
+        // Every trial's line crosses every axis: one unbroken path of four points.
+        let svg = svg::parallel_chart(&chart);
+        let paths: Vec<&str> = svg
+            .split(r#"<path d=""#)
+            .skip(1)
+            .map(|p| p.split('"').next().unwrap_or(""))
+            .collect();
+        assert_eq!(paths.len(), 3, "{svg}");
+        for d in paths {
+            assert_eq!((d.matches('M').count(), d.matches('L').count()), (1, 3), "{d}");
+        }
+        assert!(svg.contains(">64<") && svg.contains(">16<"), "{svg}");
+    }
+
+    #[test]
+    fn mixed_choices_match_stored_numbers_by_value() {
+        let choices = vec![
+            Choice::Bool(true),
+            Choice::Float(0.5),
+            Choice::from("a b"),
+            Choice::Int(-3),
+        ];
+        assert_eq!(choice_index(&choices, &ParamValue::Float(0.5)), Some(1));
+        assert_eq!(choice_index(&choices, &ParamValue::Int(-3)), Some(3));
+        assert_eq!(
+            choice_index(&choices, &ParamValue::Categorical(Choice::Bool(true))),
+            Some(0)
+        );
+        assert_eq!(choice_index(&choices, &ParamValue::Categorical("a b".into())), Some(2));
+        assert_eq!(choice_index(&choices, &ParamValue::Int(7)), None);
+        // Mixed choices keep the order the space lists them in.
+        let mixed = Distribution::categorical(choices).unwrap();
+        let axis = ParamAxis::new("mixed", &mixed);
+        assert_eq!(axis.labels, ["true", "0.5", "\"a b\"", "-3"]);
+        assert_eq!(axis.at(Some(&ParamValue::Int(-3))), 3.0);
+        assert!(axis.at(None).is_nan());
+    }
 
     #[test]
     fn the_front_is_drawn_over_the_trials_it_dominates() {

@@ -18,9 +18,15 @@
 //! - `/metrics`: Prometheus text (when served by `serve`).
 //!
 //! With a token every route needs `Authorization: Bearer TOKEN`, a `fedtune_token`
-//! cookie, or `?token=TOKEN` (which sets the cookie, so links keep working).
+//! cookie, or `?token=TOKEN` (which sets the cookie, so links keep working; `HttpOnly`,
+//! `SameSite=Strict`, and `Secure` over HTTPS).
+//!
+//! Beyond loopback the dashboard needs a token and serves HTTPS ([`https`]), unless the
+//! operator accepts plain HTTP ([`Options::insecure`]); on loopback it serves plain HTTP
+//! unless given a TLS configuration.
 
 pub(crate) mod charts;
+pub mod https;
 mod pages;
 pub mod reader;
 pub mod svg;
@@ -38,6 +44,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::{CertificateFiles, DashboardConfig};
+use crate::identity::IdentityError;
 use crate::metrics::{self, Metrics};
 use fedtune_store::{RunId, RunKind, StoreError};
 pub use reader::Reader;
@@ -46,13 +54,51 @@ const SCRIPT: &str = include_str!("static/dashboard.js");
 const STYLE: &str = include_str!("static/dashboard.css");
 const COOKIE: &str = "fedtune_token";
 
-/// What the dashboard serves besides the store.
+/// What the dashboard serves besides the store, and how.
 #[derive(Clone, Default)]
 pub struct Options {
     /// The bearer token requests must carry, if any.
     pub token: Option<String>,
     /// The serving aggregator's metrics, for `/metrics`.
     pub metrics: Option<Arc<Metrics>>,
+    /// Serve HTTPS with this configuration ([`https::server_config`]), on any address;
+    /// `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Plain HTTP beyond loopback is what the operator wants (`[dashboard] insecure`):
+    /// without it, [`start`] refuses to serve the token in clear to other hosts.
+    pub insecure: bool,
+}
+
+impl Options {
+    /// What a `[dashboard]` section asks for: its token, and HTTPS with the certificate
+    /// [`DashboardConfig::https`] picks (`fallback`: the federation's own, under
+    /// `serve`), read here. No metrics.
+    ///
+    /// # Errors
+    /// [`StartError::Certificate`] when the certificate or its key cannot be read or used.
+    pub fn from_config(config: &DashboardConfig, fallback: Option<CertificateFiles>) -> Result<Self, StartError> {
+        let tls = match config.https(fallback) {
+            Some(files) => Some(
+                https::load(&files.cert, &files.key).map_err(|source| StartError::Certificate {
+                    cert: files.cert.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            token: config.token.clone(),
+            metrics: None,
+            tls,
+            insecure: config.insecure,
+        })
+    }
+
+    /// `https` or `http`, as the dashboard's address is written.
+    #[must_use]
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// Why the dashboard could not start.
@@ -72,6 +118,22 @@ pub enum StartError {
     /// A dashboard reachable from other hosts without a token.
     #[error("the dashboard would listen on {0}, reachable from other hosts, without a token: give it one")]
     NoToken(SocketAddr),
+    /// A dashboard reachable from other hosts over plain HTTP, which the operator did not
+    /// ask for.
+    #[error(
+        "the dashboard would listen on {0}, reachable from other hosts, over plain HTTP: its token and \
+         cookie would cross the network in clear. Give it a certificate ([dashboard] cert and key; \
+         --cert and --key), or say insecure = true (--insecure) if something else encrypts the way"
+    )]
+    Plaintext(SocketAddr),
+    /// The HTTPS certificate or its key cannot be read or used.
+    #[error("the dashboard's HTTPS certificate {}: {source}", cert.display())]
+    Certificate {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// Why.
+        source: IdentityError,
+    },
 }
 
 /// Opens `db` read-only, binds `listen` and serves the dashboard there in a task until
@@ -79,15 +141,20 @@ pub enum StartError {
 ///
 /// # Errors
 /// [`StartError`] when the store cannot be opened, the address cannot be bound, or a
-/// non-loopback address has no token.
+/// non-loopback address has no token, or no TLS and no [`Options::insecure`].
 pub async fn start(
     listen: SocketAddr,
     db: &std::path::Path,
     options: Options,
     shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, StartError> {
-    if !listen.ip().is_loopback() && options.token.is_none() {
-        return Err(StartError::NoToken(listen));
+    if !listen.ip().is_loopback() {
+        if options.token.is_none() {
+            return Err(StartError::NoToken(listen));
+        }
+        if options.tls.is_none() && !options.insecure {
+            return Err(StartError::Plaintext(listen));
+        }
     }
     let path = db.to_owned();
     let reader = tokio::task::spawn_blocking(move || Reader::open(&path))
@@ -113,7 +180,8 @@ struct App {
     options: Options,
 }
 
-/// Serves the dashboard on `listener` until `shutdown` becomes `true`.
+/// Serves the dashboard on `listener` until `shutdown` becomes `true`: over HTTPS when
+/// `options` has a TLS configuration, else plain HTTP.
 ///
 /// # Errors
 /// When the listener fails.
@@ -121,8 +189,9 @@ pub async fn serve(
     listener: TcpListener,
     reader: Reader,
     options: Options,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let tls = options.tls.clone();
     let app = App { reader, options };
     let router = Router::new()
         .route("/", get(runs_page))
@@ -143,16 +212,28 @@ pub async fn serve(
         )
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    // Nobody can ask us to stop any more: serve until the process ends.
-                    std::future::pending::<()>().await;
-                }
-            }
-        })
-        .await
+    match tls {
+        Some(config) => {
+            axum::serve(https::TlsListener::new(listener, config), router)
+                .with_graceful_shutdown(stopped(shutdown))
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(shutdown))
+                .await
+        }
+    }
+}
+
+/// Resolves once `shutdown` becomes `true`.
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            // Nobody can ask us to stop any more: serve until the process ends.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Lets a request through when no token is set or it carries the token.
@@ -182,11 +263,18 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
     }
     let mut response = next.run(request).await;
     if query.is_some()
-        && let Ok(value) = HeaderValue::from_str(&format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"))
+        && let Ok(value) = HeaderValue::from_str(&token_cookie(token, app.options.tls.is_some()))
     {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+/// The cookie that carries the token after `?token=`: out of scripts' reach, never sent
+/// by another site's request, and over HTTPS never sent in clear.
+fn token_cookie(token: &str, https: bool) -> String {
+    let secure = if https { "; Secure" } else { "" };
+    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}")
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
@@ -289,18 +377,25 @@ async fn run_page(State(app): State<App>, Path(id): Path<RunId>, Query(q): Query
             };
             let rounds = store.rounds(id, Some(trial))?;
             // The trial's FedEx policy lives in its latest checkpoint.
-            let (policy, version) = match run.kind {
-                RunKind::Study => (
-                    store.latest_checkpoint(id, trial)?.and_then(|s| s.tuner),
-                    pages::version(&run, Some(&store.trials(id)?)),
-                ),
-                RunKind::Run => (None, pages::version(&run, None)),
+            let (policy, version, stored) = match run.kind {
+                RunKind::Study => {
+                    let trials = store.trials(id)?;
+                    let version = pages::version(&run, Some(&trials));
+                    let stored = trials.into_iter().find(|t| t.trial.number == trial);
+                    (
+                        store.latest_checkpoint(id, trial)?.and_then(|s| s.tuner),
+                        version,
+                        stored,
+                    )
+                }
+                RunKind::Run => (None, pages::version(&run, None), None),
             };
             let view = pages::RunView {
                 run,
                 trial,
                 rounds,
                 policy,
+                stored,
             };
             Ok(Some((view, version)))
         })
@@ -393,6 +488,14 @@ async fn metrics_text(State(app): State<App>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_cookie_is_secure_over_https() {
+        let plain = token_cookie("secret", false);
+        assert_eq!(plain, "fedtune_token=secret; Path=/; HttpOnly; SameSite=Strict");
+        let https = token_cookie("secret", true);
+        assert!(https.ends_with("; HttpOnly; SameSite=Strict; Secure"), "{https}");
+    }
 
     #[test]
     fn secrets_compare_whole() {

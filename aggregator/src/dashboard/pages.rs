@@ -135,6 +135,8 @@ pub(super) struct RunView {
     pub rounds: Vec<StoredRound>,
     /// The trial's FedEx policy from its latest checkpoint, when it has one.
     pub policy: Option<serde_json::Value>,
+    /// A study's trial as the store keeps it (`None` outside a study).
+    pub stored: Option<StoredTrial>,
 }
 
 /// A run's page (or a study trial's).
@@ -144,6 +146,7 @@ pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
         trial,
         rounds,
         policy,
+        stored,
     } = view;
     let records: Vec<&RoundRecord> = rounds.iter().map(|r| &r.record).collect();
     let mut html = String::new();
@@ -169,6 +172,9 @@ pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
         created = escape(&run.created_at),
         updated = escape(&run.updated_at),
     );
+    if let Some(stored) = stored {
+        html.push_str(&trial_state(stored));
+    }
     if records.is_empty() {
         html.push_str("<p>No round committed yet.</p>");
         return html;
@@ -191,6 +197,56 @@ pub(super) fn run(view: &RunView, round: Option<u64>) -> String {
     html.push_str(&agents_table(&records));
     html.push_str(&rounds_table(run.id, *trial, run.kind, &records));
     html
+}
+
+/// A study trial's state on its page; a failed trial's failure in words.
+fn trial_state(stored: &StoredTrial) -> String {
+    let t = &stored.trial;
+    let mut html = format!(
+        r#"<p class="summary">trial state <strong data-testid="trial-state">{}</strong> · updated {}</p>"#,
+        state_text(t),
+        escape(&stored.updated_at)
+    );
+    if let Some(failure) = failure(stored) {
+        let _ = write!(
+            html,
+            r#"<p class="error" data-testid="trial-failure">trial {} failed: {}</p>"#,
+            t.number,
+            escape(&failure)
+        );
+    }
+    html
+}
+
+/// A trial's state as the trials table and its page write it.
+fn state_text(t: &FrozenTrial) -> String {
+    let state = format!("{:?}", t.state).to_lowercase();
+    if t.state == TrialState::Complete && !t.feasible {
+        format!("{state} (infeasible)")
+    } else {
+        state
+    }
+}
+
+/// Why a failed trial failed, in words; `None` for a trial that did not fail.
+///
+/// The store keeps no failure reason yet (a [`StoredTrial`] is the trial's parameters,
+/// state, values and rounds, its owner and times): until it does, this says how far the
+/// trial got and whose log holds the reason.
+fn failure(stored: &StoredTrial) -> Option<String> {
+    let t = &stored.trial;
+    if t.state != TrialState::Failed {
+        return None;
+    }
+    let rounds = t.intermediate.len();
+    let plural = if rounds == 1 { "" } else { "s" };
+    let log = match stored.owner.as_deref() {
+        Some(owner) => format!("the log of aggregator {owner}"),
+        None => "the aggregator's log".to_owned(),
+    };
+    Some(format!(
+        "after {rounds} round{plural}; the store keeps no reason (see {log})"
+    ))
 }
 
 fn round_link(id: i64, trial: u64, kind: RunKind, round: u64) -> String {
@@ -555,15 +611,12 @@ fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &Stud
     for p in &header.space.params {
         let _ = write!(html, "<th data-sort>{}</th>", escape(&p.name));
     }
-    html.push_str("<th data-sort>rounds</th><th data-sort>owner</th><th data-sort>updated</th></tr></thead><tbody>");
+    html.push_str(
+        "<th data-sort>rounds</th><th data-sort>owner</th><th data-sort>updated</th><th data-sort>failure</th></tr></thead><tbody>",
+    );
     for s in stored.iter().rev().take(shown).rev() {
         let t = &s.trial;
-        let state = format!("{:?}", t.state).to_lowercase();
-        let state = if t.state == TrialState::Complete && !t.feasible {
-            format!("{state} (infeasible)")
-        } else {
-            state
-        };
+        let state = state_text(t);
         let _ = write!(
             html,
             r#"<tr data-testid="trial-row"><td data-value="{n}"><a href="/runs/{id}?trial={n}">{n}</a></td><td>{state}</td>"#,
@@ -581,10 +634,11 @@ fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &Stud
         let rounds = t.intermediate.len() as f64;
         let _ = write!(
             html,
-            "{rounds}<td>{owner}</td><td>{updated}</td></tr>",
+            r#"{rounds}<td>{owner}</td><td>{updated}</td><td class="failure">{failure}</td></tr>"#,
             rounds = cell(Some(rounds), &t.intermediate.len().to_string()),
             owner = escape(s.owner.as_deref().unwrap_or("")),
             updated = escape(&s.updated_at),
+            failure = escape(&failure(s).unwrap_or_default()),
         );
     }
     html.push_str("</tbody></table></section>");
@@ -594,6 +648,99 @@ fn trials_table(id: i64, stored: &[StoredTrial], names: &[String], header: &Stud
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fedtune_tuning::Objective;
+    use fedtune_tuning::space::{ParamSpec, SearchSpace};
+
+    fn study_run() -> RunSummary {
+        RunSummary {
+            id: 7,
+            name: "digits".into(),
+            kind: RunKind::Study,
+            status: RunStatus::Finished,
+            rounds_committed: 5,
+            rounds_planned: 3,
+            manifest_hash: "00".into(),
+            created_at: "2025-01-01T00:00:00Z".into(),
+            updated_at: "2025-01-01T00:10:00Z".into(),
+        }
+    }
+
+    fn stored(trial: FrozenTrial, owner: Option<&str>) -> StoredTrial {
+        StoredTrial {
+            trial,
+            owner: owner.map(str::to_owned),
+            created_at: "2025-01-01T00:00:00Z".into(),
+            updated_at: "2025-01-01T00:05:00Z".into(),
+        }
+    }
+
+    /// Trial 0 complete; trial 1 failed after two rounds on aggregator `eu-1`.
+    fn trials() -> Vec<StoredTrial> {
+        let params = BTreeMap::from([(
+            "learning_rate".to_owned(),
+            fedtune_tuning::space::ParamValue::Float(0.01),
+        )]);
+        let mut failed = FrozenTrial {
+            values: None,
+            state: TrialState::Failed,
+            ..FrozenTrial::complete(1, params.clone(), 0.0)
+        };
+        failed.intermediate = BTreeMap::from([(1, vec![0.4]), (2, vec![0.5])]);
+        vec![
+            stored(FrozenTrial::complete(0, params, 0.8), Some("eu-1")),
+            stored(failed, Some("eu-1")),
+        ]
+    }
+
+    #[test]
+    fn a_failed_trial_says_why_in_the_table_and_on_its_page() {
+        let header = StudyHeader {
+            space: SearchSpace::new(vec![
+                ParamSpec::parse("learning_rate", "loguniform(1e-3, 1e-1)").unwrap(),
+            ])
+            .unwrap(),
+            objectives: vec![Objective::new("accuracy", Direction::Maximize)],
+        };
+        let stored = trials();
+        let html = study(&study_run(), Some(&header), &stored, false);
+        assert!(html.contains("<th data-sort>failure</th>"), "{html}");
+        let rows: Vec<&str> = html.split(r#"<tr data-testid="trial-row">"#).skip(1).collect();
+        assert_eq!(rows.len(), 2);
+        let why = "after 2 rounds; the store keeps no reason (see the log of aggregator eu-1)";
+        assert!(
+            rows[1].contains(&format!(r#"<td class="failure">{why}</td>"#)),
+            "{}",
+            rows[1]
+        );
+        assert!(rows[0].contains(r#"<td class="failure"></td>"#), "{}", rows[0]);
+
+        // The trial's own page, though it committed no round the store kept.
+        let view = RunView {
+            run: study_run(),
+            trial: 1,
+            rounds: Vec::new(),
+            policy: None,
+            stored: Some(stored[1].clone()),
+        };
+        let page = run(&view, None);
+        assert!(page.contains(r#"data-testid="trial-state">failed<"#), "{page}");
+        assert!(
+            page.contains(&format!(
+                r#"<p class="error" data-testid="trial-failure">trial 1 failed: {why}</p>"#
+            )),
+            "{page}"
+        );
+        let view = RunView {
+            trial: 0,
+            stored: Some(stored[0].clone()),
+            ..view
+        };
+        let page = run(&view, None);
+        assert!(
+            page.contains(r#"data-testid="trial-state">complete<"#) && !page.contains("trial-failure"),
+            "{page}"
+        );
+    }
 
     #[test]
     fn numbers_keep_four_significant_digits() {
