@@ -398,7 +398,11 @@ impl Study {
         }
     }
 
-    fn replace_trials(&mut self, trials: Vec<FrozenTrial>) -> Result<(), StudyError> {
+    fn replace_trials(&mut self, mut trials: Vec<FrozenTrial>) -> Result<(), StudyError> {
+        // Stored as JSON, a numeric choice comes back as a plain number.
+        for trial in &mut trials {
+            self.space.canonicalize(&mut trial.params);
+        }
         if let Some((i, t)) = trials.iter().enumerate().find(|(i, t)| t.number != *i as u64) {
             return Err(StudyError::Storage(format!(
                 "the stored trials skip from {} to {}",
@@ -886,5 +890,61 @@ mod tests {
         drop(second);
         assert_eq!(open().trials().len(), 5);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn numeric_choices_read_back_from_a_journal_are_the_choices_the_sampler_drew() {
+        use crate::space::{Distribution, ParamSpec, ParamValue, SearchSpace};
+        let path = std::env::temp_dir().join(format!("fedtune-study-choices-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let space = SearchSpace::new(vec![
+            ParamSpec::parse("batch_size", "choice(16, 32, 64)").unwrap(),
+            ParamSpec::parse("scale", "choice(0.5, 1, 2)").unwrap(),
+        ])
+        .unwrap();
+        let open = |kind: SamplerKind| {
+            Study::new(
+                space.clone(),
+                vec![Objective::new("f", Direction::Minimize)],
+                kind.build(1),
+                Box::new(crate::pruner::NopPruner),
+            )
+            .unwrap()
+            .with_storage(Box::new(crate::storage::Journal::new(&path)))
+            .unwrap()
+        };
+        let mut first = open(SamplerKind::Grid);
+        for _ in 0..4 {
+            let t = first.ask().unwrap();
+            first.tell(t.number, Outcome::complete(vec![1.0])).unwrap();
+        }
+        let drawn: Vec<_> = first.trials().iter().map(|t| t.params.clone()).collect();
+        drop(first);
+        let mut second = open(SamplerKind::Grid);
+        for (trial, params) in second.trials().iter().zip(&drawn) {
+            assert_eq!(&trial.params, params, "read back as drawn");
+            for p in &space.params {
+                assert!(
+                    p.distribution.to_internal(&trial.params[&p.name]).is_some(),
+                    "{:?}",
+                    trial.params
+                );
+            }
+        }
+        // The grid sees the stored points and goes on to the other five.
+        let mut rest = Vec::new();
+        while let Ok(t) = second.ask() {
+            rest.push(t.params.clone());
+            second.tell(t.number, Outcome::complete(vec![1.0])).unwrap();
+        }
+        assert_eq!(rest.len(), 5, "{rest:?}");
+        assert!(
+            rest.iter().all(|p| !drawn.contains(p)),
+            "a stored point was proposed again"
+        );
+        let _ = std::fs::remove_file(&path);
+        // Floats and integers get their kind back too.
+        let float = Distribution::parse("uniform(0, 5)").unwrap();
+        assert_eq!(float.canonical(ParamValue::Int(2)), ParamValue::Float(2.0));
     }
 }

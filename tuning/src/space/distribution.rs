@@ -215,6 +215,28 @@ impl Distribution {
         }
     }
 
+    /// `value` as this distribution draws it. Values read back from JSON (a journal, a
+    /// store) lose their kind: a numeric choice `32` comes back as an integer, a float
+    /// `2.0` may come back as `2`. This gives them their kind again — the matching choice,
+    /// the integer, the float — and leaves anything else as it is.
+    #[must_use]
+    pub fn canonical(&self, value: ParamValue) -> ParamValue {
+        match (self, &value) {
+            (Self::Categorical { choices }, ParamValue::Int(_) | ParamValue::Float(_)) => {
+                let x = value.as_f64();
+                choices
+                    .iter()
+                    .find(|c| c.as_f64().is_some() && c.as_f64() == x)
+                    .map_or(value, |c| ParamValue::Categorical(c.clone()))
+            }
+            (Self::Float { .. }, ParamValue::Int(i)) => ParamValue::Float(*i as f64),
+            (Self::Int { .. }, ParamValue::Float(x)) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                ParamValue::Int(*x as i64)
+            }
+            _ => value,
+        }
+    }
+
     /// The internal representation of `value`, or `None` when the value has the wrong kind
     /// or is not one of the choices.
     #[must_use]

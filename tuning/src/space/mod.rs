@@ -130,6 +130,17 @@ pub struct SearchSpace {
 }
 
 impl SearchSpace {
+    /// Gives every value of `params` that this space names its distribution's kind (see
+    /// [`Distribution::canonical`]): parameters as read back from JSON compare equal to
+    /// the ones the samplers drew, and the samplers can use them.
+    pub fn canonicalize(&self, params: &mut std::collections::BTreeMap<String, ParamValue>) {
+        for p in &self.params {
+            if let Some(value) = params.remove(&p.name) {
+                params.insert(p.name.clone(), p.distribution.canonical(value));
+            }
+        }
+    }
+
     /// A validated space.
     ///
     /// # Errors
