@@ -203,6 +203,23 @@ fn a_message_of_the_other_direction_does_not_decode_silently_as_a_valid_one() {
 }
 
 #[test]
+fn interrupted_is_appended_and_leaves_the_shutdown_encoding_as_older_agents_read_it() {
+    // Shutdown is variant 8, its reason a length-prefixed string: the bytes every agent of
+    // this protocol version decodes. Interrupted comes after it, as variant 9.
+    let shutdown = encode_header(&AggregatorMessage::Shutdown(Shutdown { reason: "bye".into() })).unwrap();
+    assert_eq!(shutdown, [8, 3, b'b', b'y', b'e']);
+    let interrupted = AggregatorMessage::Interrupted(Interrupted {
+        reason: "SIGTERM".into(),
+    });
+    let bytes = encode_header(&interrupted).unwrap();
+    assert_eq!(bytes[..2], [9, 7]);
+    assert_eq!(decode_header::<AggregatorMessage>(&bytes).unwrap(), interrupted);
+    assert_eq!(interrupted.name(), "Interrupted");
+    // A variant past the last is refused, not mistaken for one.
+    assert!(decode_header::<AggregatorMessage>(&[10, 0]).is_err());
+}
+
+#[test]
 fn manifest_hash_identifies_architecture() {
     let a = ModelSpec::Mlp(MlpSpec {
         input: 64,
