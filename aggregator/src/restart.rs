@@ -14,14 +14,18 @@
 //!   takes the old IDs for noise and stays silent.
 //!
 //! Both are derived here from the aggregator's private key with HKDF-SHA256 under fixed
-//! labels: stable across restarts, secret, and independent of the key's signing use and of
-//! each other. A new server key (a new identity) changes them, which costs the agents of
-//! the old one an idle timeout, once.
+//! labels and the listen address: stable across restarts, secret, and independent of the
+//! key's signing use and of each other. A new server key (a new identity) or a new listen
+//! address changes them, which costs the agents of the old one an idle timeout, once.
 //!
-//! One caveat from RFC 9000 §10.3.2: processes that share the server key share these keys,
-//! so aggregators serving the same identity at once could reset each other's agents if
-//! their connection IDs collided. Give each concurrently served endpoint its own identity.
+//! The address is in the derivation for RFC 9000 §10.3.2: endpoints that share a reset
+//! key hand out each other's tokens, so an observer of one aggregator's connection IDs
+//! could get a reset for them from another. Aggregators that share an identity on one host
+//! (e.g. those serving one study) listen on different addresses and so get different keys;
+//! ones on different hosts listening on the same wildcard address and port do not, and
+//! should each have their own identity.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn_proto::HashedConnectionIdGenerator;
@@ -60,16 +64,18 @@ impl hkdf::KeyType for Len {
 }
 
 impl RestartKeys {
-    /// Derives the keys from `identity`'s private key.
+    /// Derives the keys of an endpoint listening on `listen` from `identity`'s private key.
     ///
     /// # Errors
     /// [`IdentityError::Pem`] or [`IdentityError::MissingPem`] when the key does not parse.
-    pub fn derive(identity: &Identity) -> Result<Self, IdentityError> {
+    pub fn derive(identity: &Identity, listen: SocketAddr) -> Result<Self, IdentityError> {
         let key = private_key(&identity.key_pem, "server key")?;
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(key.secret_der());
-        let reset = hmac::Key::from(prk.expand(&[RESET_KEY], hmac::HMAC_SHA256).expect(EXPANDS));
+        let address = listen.to_string();
+        let info = |label| [label, b" for ".as_slice(), address.as_bytes()];
+        let reset = hmac::Key::from(prk.expand(&info(RESET_KEY), hmac::HMAC_SHA256).expect(EXPANDS));
         let mut cid = [0u8; 8];
-        prk.expand(&[CID_KEY], Len(cid.len()))
+        prk.expand(&info(CID_KEY), Len(cid.len()))
             .expect(EXPANDS)
             .fill(&mut cid)
             .expect(EXPANDS);
@@ -105,17 +111,21 @@ mod tests {
     }
 
     #[test]
-    fn the_same_server_key_gives_the_same_keys_and_another_key_others() {
+    fn the_same_server_key_and_address_give_the_same_keys_and_others_others() {
         let server = identity();
-        let (first, again) = (
-            RestartKeys::derive(&server).unwrap(),
-            RestartKeys::derive(&server).unwrap(),
-        );
-        let other = RestartKeys::derive(&identity()).unwrap();
+        let addr: SocketAddr = "0.0.0.0:4433".parse().unwrap();
+        let first = RestartKeys::derive(&server, addr).unwrap();
+        let again = RestartKeys::derive(&server, addr).unwrap();
         assert_eq!(token(&first, b"cid"), token(&again, b"cid"));
-        assert_ne!(token(&first, b"cid"), token(&other, b"cid"));
         assert_eq!(first.cid, again.cid);
-        assert_ne!(first.cid, other.cid);
+        let elsewhere = "0.0.0.0:4434".parse().unwrap();
+        for other in [
+            RestartKeys::derive(&identity(), addr).unwrap(),
+            RestartKeys::derive(&server, elsewhere).unwrap(),
+        ] {
+            assert_ne!(token(&first, b"cid"), token(&other, b"cid"));
+            assert_ne!(first.cid, other.cid);
+        }
 
         // A connection ID of the first process is recognised by the second.
         let mut old = HashedConnectionIdGenerator::from_key(first.cid);

@@ -47,7 +47,7 @@ pub fn bind_with_revocation(
 ) -> Result<quinn::Endpoint, IdentityError> {
     let server = server_config(ca_cert_pem, identity, tuning, revoked)?;
     let mut endpoint_config = tuning.endpoint_config()?;
-    RestartKeys::derive(identity)?.apply(&mut endpoint_config);
+    RestartKeys::derive(identity, addr)?.apply(&mut endpoint_config);
     tuning.endpoint_with(addr, endpoint_config, Some(server))
 }
 
