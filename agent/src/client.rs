@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fedtune_protocol::{
     AgentMessage, AggregatorMessage, Decline, ErrorCode, ErrorMessage, Hello, Limits, PROTOCOL_VERSION, Task, Update,
+    Welcome,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -13,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::cancel::Cancel;
 use crate::last_update::{LastUpdate, TaskKey};
 use crate::metrics::{AgentMetrics, TaskOutcome};
+use crate::refusal::Refusal;
 use crate::task::{count, lock, train_until_abandoned, update_for};
 use crate::trainer::{Trainer, TrainerError};
 use fedtune_protocol::wire::{WireError, read_frame, write_frame};
@@ -37,6 +39,9 @@ pub struct AgentOptions {
 }
 
 /// Exponential backoff between connection attempts.
+///
+/// The wait starts again from `initial` once a session was served, and is skipped when
+/// a served session ended in a stateless reset: the aggregator restarted and is listening.
 #[derive(Debug, Clone, Copy)]
 pub struct Reconnect {
     /// First wait.
@@ -80,13 +85,24 @@ pub enum AgentError {
     /// The aggregator refused the session.
     #[error("the aggregator refused the session: {0}")]
     Refused(ErrorMessage),
+    /// The TLS handshake failed in a way no retry can fix: the aggregator refused this
+    /// agent's certificate (another CA's, revoked, expired), or this agent cannot verify
+    /// the aggregator's.
+    #[error(transparent)]
+    Handshake(#[from] Refusal),
+    /// No connection can be attempted as configured (e.g. a server name that is not a
+    /// valid DNS name).
+    #[error("cannot connect to the aggregator: {0}")]
+    Connect(quinn::ConnectError),
 }
 
 /// Serves the aggregator until it says shutdown or `stop` becomes `true`, reconnecting
-/// with backoff when the connection drops.
+/// with backoff when the connection drops or the aggregator says it was interrupted.
 ///
 /// # Errors
-/// [`AgentError`] when the aggregator refuses the session or stays unreachable.
+/// [`AgentError`] when the aggregator refuses the session or this agent's certificate,
+/// this agent cannot verify the aggregator's certificate, or the aggregator stays
+/// unreachable.
 pub async fn run<T: Trainer>(
     endpoint: quinn::Endpoint,
     options: AgentOptions,
@@ -102,26 +118,34 @@ pub async fn run<T: Trainer>(
     let mut backoff = options.reconnect.initial;
     let mut failures = 0u32;
     loop {
-        let attempt = serve_connection(&endpoint, &options, &trainer, &last, &base, &mut stop, &mut failures).await;
-        let last = match attempt {
+        let attempt = serve_connection(&endpoint, &options, &trainer, &last, &base, &mut stop).await;
+        let lost = match attempt {
             Ok(exit) => return Ok(exit),
-            Err(Failure::Refused(error)) => return Err(AgentError::Refused(error)),
-            Err(Failure::Lost(e)) => e,
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Lost(lost)) => lost,
         };
+        if lost.served {
+            failures = 0;
+            backoff = options.reconnect.initial;
+        }
         failures += 1;
         if options.reconnect.max_attempts.is_some_and(|max| failures >= max) {
             warn!(
-                "giving up on {}: {failures} attempts in a row failed, the last with {last}",
-                options.aggregator
+                "giving up on {}: {failures} attempts in a row failed, the last with {}",
+                options.aggregator, lost.why
             );
             return Err(AgentError::Unreachable {
                 attempts: failures,
-                last,
+                last: lost.why,
             });
         }
+        if lost.listening {
+            info!("{}: reconnecting to {} at once", lost.why, options.aggregator);
+            continue;
+        }
         warn!(
-            "connection to {} failed ({last}); retrying in {backoff:?}",
-            options.aggregator
+            "connection to {} failed ({}); retrying in {backoff:?}",
+            options.aggregator, lost.why
         );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -131,27 +155,83 @@ pub async fn run<T: Trainer>(
     }
 }
 
+/// Why a connection ended without an [`Exit`].
 enum Failure {
-    Refused(ErrorMessage),
-    Lost(String),
+    /// No retry can help.
+    Fatal(AgentError),
+    /// Worth another attempt.
+    Lost(Lost),
+}
+
+/// A connection attempt that failed, or a session that ended, in a way that may heal.
+struct Lost {
+    /// What happened, in words.
+    why: String,
+    /// A session had been served on the connection (the backoff starts over).
+    served: bool,
+    /// The aggregator is known to be listening again: a served session ended in a
+    /// stateless reset, sent by a restarted aggregator that no longer knows the connection.
+    listening: bool,
+}
+
+impl Lost {
+    fn attempt(why: impl std::fmt::Display) -> Self {
+        Self {
+            why: why.to_string(),
+            served: false,
+            listening: false,
+        }
+    }
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure::Lost(e.to_string())
+        Failure::Lost(Lost::attempt(e))
     }
 }
 
-async fn serve_connection<T: Trainer>(
+/// The failure `error` ended a connection with: fatal when it is a TLS refusal no retry
+/// can fix (see [`Refusal::of`] for `handshake_done`).
+fn connection_failure(error: &quinn::ConnectionError, handshake_done: bool) -> Failure {
+    match Refusal::of(error, handshake_done) {
+        Some(refusal) => Failure::Fatal(refusal.into()),
+        None => Failure::Lost(Lost::attempt(error)),
+    }
+}
+
+/// Connects and says hello; the connection and the aggregator's welcome.
+async fn open_session<T: Trainer>(
     endpoint: &quinn::Endpoint,
     options: &AgentOptions,
     trainer: &Arc<Mutex<T>>,
-    last: &Shared<Option<LastUpdate>>,
-    base: &Shared<Option<Base>>,
-    stop: &mut watch::Receiver<bool>,
-    failures: &mut u32,
-) -> Result<Exit, Failure> {
-    let connection = endpoint.connect(options.aggregator, &options.server_name)?.await?;
+) -> Result<(quinn::Connection, Welcome), Failure> {
+    let connecting = endpoint
+        .connect(options.aggregator, &options.server_name)
+        .map_err(|e| match e {
+            quinn::ConnectError::CidsExhausted => Failure::Lost(Lost::attempt(e)),
+            e => Failure::Fatal(AgentError::Connect(e)),
+        })?;
+    let connection = connecting.await.map_err(|e| connection_failure(&e, false))?;
+    match hello(&connection, options, trainer).await {
+        Ok(welcome) => Ok((connection, welcome)),
+        // In TLS 1.3 the aggregator checks this agent's certificate after the agent has
+        // finished its handshake: a refusal shows up here, as the way the connection
+        // ended, whichever step of the hello noticed it first.
+        Err(failure) => Err(match connection.close_reason() {
+            Some(reason) => match Refusal::of(&reason, true) {
+                Some(refusal) => Failure::Fatal(refusal.into()),
+                None => failure,
+            },
+            None => failure,
+        }),
+    }
+}
+
+async fn hello<T: Trainer>(
+    connection: &quinn::Connection,
+    options: &AgentOptions,
+    trainer: &Arc<Mutex<T>>,
+) -> Result<Welcome, Failure> {
     let (mut send, mut recv) = connection.open_bi().await?;
     let capabilities = lock(trainer).capabilities();
     let hello = Hello {
@@ -161,13 +241,34 @@ async fn serve_connection<T: Trainer>(
     };
     write_frame(&mut send, &AgentMessage::Hello(hello), &[]).await?;
     send.finish()?;
-    let welcome = match read_frame(&mut recv, Limits::control()).await?.0 {
-        AggregatorMessage::Welcome(welcome) => welcome,
-        AggregatorMessage::Error(error) => return Err(Failure::Refused(error)),
-        other => return Err(Failure::Lost(format!("expected Welcome, got {}", other.name()))),
-    };
+    match read_frame(&mut recv, Limits::control()).await?.0 {
+        AggregatorMessage::Welcome(welcome) => Ok(welcome),
+        AggregatorMessage::Error(error) => Err(Failure::Fatal(AgentError::Refused(error))),
+        other => Err(Failure::Lost(Lost::attempt(format!(
+            "expected Welcome, got {}",
+            other.name()
+        )))),
+    }
+}
+
+/// How the aggregator ended a session.
+enum Goodbye {
+    /// The federation is over.
+    Over(String),
+    /// The aggregator stops before the end and will be served again.
+    Interrupted(String),
+}
+
+async fn serve_connection<T: Trainer>(
+    endpoint: &quinn::Endpoint,
+    options: &AgentOptions,
+    trainer: &Arc<Mutex<T>>,
+    last: &Shared<Option<LastUpdate>>,
+    base: &Shared<Option<Base>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Exit, Failure> {
+    let (connection, welcome) = open_session(endpoint, options, trainer).await?;
     info!(agent = %welcome.agent_id, session = welcome.session_id, "connected to {}", options.aggregator);
-    *failures = 0;
     let metrics = options.metrics.clone();
     let _connected = Connected::new(metrics.clone());
 
@@ -175,17 +276,24 @@ async fn serve_connection<T: Trainer>(
         max_payload: options.max_payload_bytes,
         ..Limits::default()
     };
-    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<String>(1);
+    let (goodbye_tx, mut goodbye_rx) = mpsc::channel::<Goodbye>(1);
     loop {
         tokio::select! {
             stream = connection.accept_bi() => {
-                let (send, recv) = stream?;
+                let (send, recv) = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => return Err(Failure::Lost(Lost {
+                        listening: matches!(e, quinn::ConnectionError::Reset),
+                        served: true,
+                        why: format!("connection lost: {e}"),
+                    })),
+                };
                 let exchange = Exchange {
                     limits,
                     require_secure: options.require_secure_aggregation,
                     trainer: trainer.clone(),
                     kept: Kept { last: last.clone(), base: base.clone() },
-                    shutdown: shutdown_tx.clone(),
+                    goodbye: goodbye_tx.clone(),
                     metrics: metrics.clone(),
                 };
                 tokio::spawn(async move {
@@ -195,10 +303,22 @@ async fn serve_connection<T: Trainer>(
                     }
                 });
             }
-            Some(reason) = shutdown_rx.recv() => {
-                info!("aggregator shut the federation down: {reason}");
+            Some(goodbye) = goodbye_rx.recv() => {
                 connection.close(0u32.into(), b"bye");
-                return Ok(Exit::Shutdown(reason));
+                return match goodbye {
+                    Goodbye::Over(reason) => {
+                        info!("aggregator shut the federation down: {reason}");
+                        Ok(Exit::Shutdown(reason))
+                    }
+                    Goodbye::Interrupted(reason) => {
+                        info!("aggregator interrupted: {reason}; waiting for it to be served again");
+                        Err(Failure::Lost(Lost {
+                            why: format!("the aggregator was interrupted ({reason})"),
+                            served: true,
+                            listening: false,
+                        }))
+                    }
+                };
             }
             _ = stop.changed() => {
                 connection.close(0u32.into(), b"agent stopping");
@@ -250,8 +370,9 @@ struct Exchange<T> {
     require_secure: bool,
     trainer: Arc<Mutex<T>>,
     kept: Kept,
-    /// Where an exchange that received `Shutdown` says so to the connection loop.
-    shutdown: mpsc::Sender<String>,
+    /// Where an exchange that received `Shutdown` or `Interrupted` says so to the
+    /// connection loop.
+    goodbye: mpsc::Sender<Goodbye>,
     metrics: Option<Arc<AgentMetrics>>,
 }
 
@@ -265,7 +386,7 @@ async fn serve_stream<T: Trainer>(
         require_secure,
         trainer,
         kept: Kept { last, base },
-        shutdown,
+        goodbye,
         metrics: shared_metrics,
     } = exchange;
     let metrics = shared_metrics.as_deref();
@@ -390,7 +511,11 @@ async fn serve_stream<T: Trainer>(
             write_frame(&mut send, &reply, &[]).await?;
         }
         AggregatorMessage::Shutdown(s) => {
-            let _ = shutdown.send(s.reason).await;
+            let _ = goodbye.send(Goodbye::Over(s.reason)).await;
+            return Ok(());
+        }
+        AggregatorMessage::Interrupted(i) => {
+            let _ = goodbye.send(Goodbye::Interrupted(i.reason)).await;
             return Ok(());
         }
         AggregatorMessage::Error(e) => warn!("aggregator error: {e}"),

@@ -10,6 +10,7 @@
 //!   implementation.
 //! - [`custom`]: a model of your own in an agent ([`custom::ModelTrainer`]).
 //! - [`client`]: connect, hello, serve tasks, reconnect.
+//! - [`refusal`]: a TLS handshake that no retry can fix (a certificate refused either way).
 //! - [`metrics`]: the agent's Prometheus metrics, on a loopback `/metrics`.
 //! - `secure`: the agent's side of a secure-aggregation round.
 //! - `task`: one task trained off the runtime, and the update that reports it.
@@ -24,6 +25,7 @@ pub mod custom;
 mod last_update;
 pub mod metrics;
 pub mod partition;
+pub mod refusal;
 mod secure;
 mod task;
 pub mod tls;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fedtune_protocol::{AggregatorMessage, Limits, Shutdown};
+use fedtune_protocol::{AggregatorMessage, Interrupted, Limits, Shutdown};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{Instrument, info, info_span};
@@ -156,7 +156,8 @@ pub(crate) async fn serve_federation(
     // Before the agents go: a store records the run's end first, so a crash from here on
     // does not leave it waiting at restart for agents that were told to stop.
     on_done(&result);
-    stop_agents(&registry, &endpoint, "the federation finished").await;
+    let goodbye = Goodbye::after(&result, |report| report.interrupted, "the federation");
+    stop_agents(&registry, &endpoint, goodbye).await;
     result
 }
 
@@ -495,14 +496,56 @@ pub(crate) async fn wait_for_agents(
     }
 }
 
-/// Tells every agent to stop, then closes the endpoint.
-pub(crate) async fn stop_agents(registry: &Registry, endpoint: &quinn::Endpoint, reason: &str) {
+/// What agents are told when the aggregator stops serving them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Goodbye {
+    /// The federation or study is over (or failed): agents exit.
+    Over(String),
+    /// It stopped before its end (a stop signal) and goes on when the aggregator is served
+    /// again: agents wait and reconnect.
+    Interrupted(String),
+}
+
+impl Goodbye {
+    /// The goodbye after serving `what` ("the federation", "the study") ended with `result`;
+    /// `interrupted` says whether a report is of one stopped before its end.
+    pub(crate) fn after<T, E: std::fmt::Display>(
+        result: &Result<T, E>,
+        interrupted: impl FnOnce(&T) -> bool,
+        what: &str,
+    ) -> Self {
+        match result {
+            Ok(report) if interrupted(report) => Goodbye::Interrupted(format!("{what} was interrupted before its end")),
+            Ok(_) => Goodbye::Over(format!("{what} finished")),
+            Err(e) => Goodbye::Over(format!("{what} failed: {e}")),
+        }
+    }
+
+    fn message(&self) -> AggregatorMessage {
+        match self {
+            Goodbye::Over(reason) => AggregatorMessage::Shutdown(Shutdown { reason: reason.clone() }),
+            Goodbye::Interrupted(reason) => AggregatorMessage::Interrupted(Interrupted { reason: reason.clone() }),
+        }
+    }
+}
+
+/// Tells every agent why the aggregator stops, then closes the endpoint.
+pub(crate) async fn stop_agents(registry: &Registry, endpoint: &quinn::Endpoint, goodbye: Goodbye) {
+    let agents = registry.snapshot();
+    match &goodbye {
+        Goodbye::Over(reason) => info!("{reason}: telling {} connected agents to exit", agents.len()),
+        Goodbye::Interrupted(reason) => info!(
+            "{reason}: telling {} connected agents to wait for the aggregator to be served again",
+            agents.len()
+        ),
+    }
+    let message = goodbye.message();
     let mut goodbyes = JoinSet::new();
-    for agent in registry.snapshot() {
-        let reason = reason.to_owned();
+    for agent in agents {
+        let message = message.clone();
         goodbyes.spawn(async move {
             if let Ok((mut send, _recv)) = agent.connection.open_bi().await {
-                let _ = write_message(&mut send, &AggregatorMessage::Shutdown(Shutdown { reason })).await;
+                let _ = write_message(&mut send, &message).await;
                 let _ = send.finish();
                 // Give the agent a moment to read it and close from its side.
                 let _ = tokio::time::timeout(Duration::from_secs(2), agent.connection.closed()).await;

@@ -8,6 +8,8 @@
 //! - [`identity`]: the federation's CA, server and agent certificates (the PKI).
 //! - [`tls`]: the server's mutual-TLS configuration; agent ids from certificates.
 //! - [`revocation`]: revoked agent certificates, refused at the handshake, re-read on change.
+//! - [`verifier`]: the agents' certificate verifier, which logs each refusal naming the agent.
+//! - [`restart`]: keys that survive a restart, so agents learn of it at once (stateless reset).
 //! - [`transport`]: QUIC transport tuning and the UDP endpoint.
 //! - [`registry`]: the accept loop, the hello handshake, connected agents.
 //! - [`driver`]: the tokio driver that moves frames between QUIC and the federation.
@@ -39,12 +41,14 @@ pub mod metrics;
 pub mod plot;
 pub mod progress;
 pub mod registry;
+pub mod restart;
 pub mod revocation;
 pub mod service;
 pub mod tls;
 pub mod transport;
 pub mod trial_metric;
 pub mod tune;
+pub mod verifier;
 pub mod wire;
 
 pub use config::AggregatorConfig;

@@ -238,8 +238,8 @@ impl ClientCertVerifier for RevokingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // Logged, naming the agent, by `crate::verifier::NamingVerifier` around this one.
         if self.revoked.is_revoked(end_entity) {
-            tracing::warn!("refused a revoked agent certificate ({})", fingerprint(end_entity));
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         self.inner.verify_client_cert(end_entity, intermediates, now)

@@ -11,6 +11,7 @@ use fedtune_protocol::ModelSpec;
 
 use crate::config::AggregatorConfig;
 use crate::identity::{Identity, IdentityError, load_ca_certificate, load_identity};
+use crate::restart::RestartKeys;
 use crate::revocation::RevocationList;
 use crate::tls::server_config;
 use crate::transport::TransportTuning;
@@ -31,6 +32,10 @@ pub fn bind(
 
 /// As [`bind`], refusing the certificates `revoked` lists at the handshake.
 ///
+/// The endpoint's stateless-reset and connection-ID keys come from `identity`'s key
+/// ([`RestartKeys`]), so when it is bound again after a crash or a restart, the agents of
+/// the previous process are reset by their next packet and reconnect at once.
+///
 /// # Errors
 /// As [`bind`].
 pub fn bind_with_revocation(
@@ -40,7 +45,10 @@ pub fn bind_with_revocation(
     tuning: &TransportTuning,
     revoked: Option<Arc<RevocationList>>,
 ) -> Result<quinn::Endpoint, IdentityError> {
-    tuning.endpoint(addr, Some(server_config(ca_cert_pem, identity, tuning, revoked)?))
+    let server = server_config(ca_cert_pem, identity, tuning, revoked)?;
+    let mut endpoint_config = tuning.endpoint_config()?;
+    RestartKeys::derive(identity, addr)?.apply(&mut endpoint_config);
+    tuning.endpoint_with(addr, endpoint_config, Some(server))
 }
 
 /// Loads the PKI files a configuration names (with `[pki] revoked`, when set) and binds

@@ -12,6 +12,7 @@ use rustls::server::danger::ClientCertVerifier;
 use crate::identity::{Identity, IdentityError, bad, certificate_chain, private_key, validate_agent_id};
 use crate::revocation::{RevocationList, RevokingVerifier};
 use crate::transport::TransportTuning;
+use crate::verifier::NamingVerifier;
 use fedtune_protocol::transport::ALPN;
 
 /// The aggregator's QUIC server configuration: TLS 1.3 with the *ring* provider, ALPN
@@ -48,7 +49,8 @@ pub fn server_config(
 }
 
 /// The verifier of agents' certificates: chained to the federation CA, inside their
-/// validity period, and not on `revoked`.
+/// validity period, and not on `revoked`. Each refusal is logged naming the agent and the
+/// reason ([`NamingVerifier`]).
 ///
 /// # Errors
 /// [`IdentityError::Pem`], [`IdentityError::MissingPem`] or [`IdentityError::Tls`] for a
@@ -63,10 +65,11 @@ pub fn client_verifier(
         roots.add(ca)?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-    Ok(match revoked {
+    let verifier = match revoked {
         Some(revoked) => Arc::new(RevokingVerifier::new(verifier, revoked)),
         None => verifier,
-    })
+    };
+    Ok(Arc::new(NamingVerifier::new(verifier)))
 }
 
 /// The agent id of an accepted connection: the subject common name of the certificate the

@@ -218,6 +218,21 @@ impl TransportTuning {
         addr: std::net::SocketAddr,
         server_config: Option<quinn::ServerConfig>,
     ) -> Result<quinn::Endpoint, IdentityError> {
+        self.endpoint_with(addr, self.endpoint_config()?, server_config)
+    }
+
+    /// As [`TransportTuning::endpoint`], with `endpoint_config` (from
+    /// [`TransportTuning::endpoint_config`], then adjusted, e.g. by
+    /// [`crate::restart::RestartKeys::apply`]).
+    ///
+    /// # Errors
+    /// As [`TransportTuning::endpoint`].
+    pub fn endpoint_with(
+        &self,
+        addr: std::net::SocketAddr,
+        endpoint_config: quinn::EndpointConfig,
+        server_config: Option<quinn::ServerConfig>,
+    ) -> Result<quinn::Endpoint, IdentityError> {
         self.validate()?;
         let socket_error = |source| IdentityError::Socket { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(socket_error)?;
@@ -229,7 +244,7 @@ impl TransportTuning {
                 "no async runtime: create endpoints inside a tokio runtime",
             ))
         })?;
-        quinn::Endpoint::new(self.endpoint_config()?, server_config, socket, runtime).map_err(socket_error)
+        quinn::Endpoint::new(endpoint_config, server_config, socket, runtime).map_err(socket_error)
     }
 
     /// The quinn endpoint configuration (it carries `max_udp_payload_size`). Build the

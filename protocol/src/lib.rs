@@ -32,7 +32,8 @@ pub use error::ProtocolError;
 pub use frame::{FrameReader, Limits, PROTOCOL_VERSION};
 pub use message::{
     Ack, AgentMessage, AggregatorMessage, Capabilities, ClientHyperparameters, Decline, ErrorCode, ErrorMessage,
-    Evaluate, Evaluation, Hello, LrSchedule, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics, Update, Welcome,
+    Evaluate, Evaluation, Hello, Interrupted, LrSchedule, Optimizer, SessionLimits, Shutdown, Task, TrainMetrics,
+    Update, Welcome,
 };
 pub use model::{
     Architecture, CnnSpec, ConvBlock, CustomSpec, LoraSpec, MlpSpec, ModelSpec, NormStats, TransformerSpec,

@@ -54,8 +54,18 @@ pub enum AggregatorMessage {
     SecAggUnmask(Vec<u32>),
     /// The aggregator refused what it received.
     Error(ErrorMessage),
-    /// The federation is stopping; the agent should disconnect and exit.
+    /// The federation is over; the agent should disconnect and exit.
     Shutdown(Shutdown),
+    /// The aggregator is stopping before the federation is over (Ctrl-C, SIGTERM) and
+    /// resumes it when it is served again; the agent should disconnect, keep what it holds
+    /// and reconnect, as after a crash.
+    ///
+    /// Appended after every other variant, and without a [`crate::PROTOCOL_VERSION`] bump:
+    /// bincode numbers variants by position, so every message an older peer knows keeps
+    /// its encoding. An older agent cannot decode this one; it answers an error, the
+    /// aggregator closes the connection, and that agent reconnects — what this message
+    /// asks of it anyway. A version bump would instead shut every older agent out.
+    Interrupted(Interrupted),
 }
 
 impl AgentMessage {
@@ -87,6 +97,7 @@ impl AggregatorMessage {
             Self::SecAggUnmask(_) => "SecAggUnmask",
             Self::Error(_) => "Error",
             Self::Shutdown(_) => "Shutdown",
+            Self::Interrupted(_) => "Interrupted",
         }
     }
 }
@@ -468,10 +479,18 @@ pub struct Ack {
     pub round: u64,
 }
 
-/// The federation is stopping.
+/// The federation is over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shutdown {
     /// Why, in words.
+    pub reason: String,
+}
+
+/// The aggregator stops serving before the federation is over, and resumes it when it is
+/// served again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupted {
+    /// Why, in words (e.g. `SIGTERM`).
     pub reason: String,
 }
 

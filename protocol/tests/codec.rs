@@ -204,6 +204,23 @@ fn a_message_of_the_other_direction_does_not_decode_silently_as_a_valid_one() {
 }
 
 #[test]
+fn interrupted_is_appended_and_leaves_the_shutdown_encoding_as_older_agents_read_it() {
+    // Shutdown is variant 8, its reason a length-prefixed string: the bytes every agent of
+    // this protocol version decodes. Interrupted comes after it, as variant 9.
+    let shutdown = encode_header(&AggregatorMessage::Shutdown(Shutdown { reason: "bye".into() })).unwrap();
+    assert_eq!(shutdown, [8, 3, b'b', b'y', b'e']);
+    let interrupted = AggregatorMessage::Interrupted(Interrupted {
+        reason: "SIGTERM".into(),
+    });
+    let bytes = encode_header(&interrupted).unwrap();
+    assert_eq!(bytes[..2], [9, 7]);
+    assert_eq!(decode_header::<AggregatorMessage>(&bytes).unwrap(), interrupted);
+    assert_eq!(interrupted.name(), "Interrupted");
+    // A variant past the last is refused, not mistaken for one.
+    assert!(decode_header::<AggregatorMessage>(&[10, 0]).is_err());
+}
+
+#[test]
 fn manifest_hash_identifies_architecture() {
     let a = ModelSpec::Mlp(MlpSpec {
         input: 64,
@@ -370,10 +387,12 @@ fn frame_reader_refuses_oversized_payload_before_allocating() {
 /// Now such a prefix is refused.
 #[test]
 fn fuzz_regression_reserved_prefix_bytes_are_refused() {
-    let crash: [u8; 37] = [
+    let mut crash: [u8; 37] = [
         70, 68, 84, 78, 6, 0, 87, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 248, 248, 248, 10, 248, 248, 6, 0, 0, 0, 0,
         0, 0, 0, 6, 248,
     ];
+    // Found at protocol version 6; the version field follows the protocol.
+    crash[4..6].copy_from_slice(&fedtune_protocol::PROTOCOL_VERSION.to_le_bytes());
     let prefix: &[u8; PREFIX_LEN] = crash[..PREFIX_LEN].try_into().unwrap();
     let err = FramePrefix::decode(prefix, &Limits::default()).unwrap_err();
     assert!(

@@ -239,3 +239,103 @@ pub fn agent_process(config: &Path) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// A `fedtune-aggregator serve --config CONFIG` process, logging at `info` without colours;
+/// its stdout and stderr are read line by line as they come, each line stamped with when
+/// it arrived. Killed when dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Serve {
+    pub fn start(config: &Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(binary("fedtune-aggregator"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> = Default::default();
+        let mut readers = Vec::new();
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [stdout, stderr] {
+            let log = log.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push((std::time::Instant::now(), line));
+                }
+            }));
+        }
+        Self { child, log, readers }
+    }
+
+    /// When each line so far that contains `text` arrived.
+    pub fn seen(&self, text: &str) -> Vec<std::time::Instant> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, line)| line.contains(text))
+            .map(|(at, _)| *at)
+            .collect()
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, line)| format!("{line}\n"))
+            .collect()
+    }
+
+    /// Waits for the process to exit and for its output to be read; whether it succeeded.
+    pub fn wait(&mut self, limit: std::time::Duration) -> bool {
+        let mut status = None;
+        wait_until(limit, "serve to exit", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status.is_some_and(|s| s.success())
+    }
+
+    /// Sends `signal` (e.g. `-INT`, `-KILL`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `config/aggregator.toml` for a `serve` on 127.0.0.1:`port` with the PKI in `dir/pki`,
+/// no store, its report in `dir`, `edit` applied; written to `dir/aggregator.toml`.
+pub fn serve_config(dir: &Path, port: u16, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let toml = std::fs::read_to_string(repo().join("config/aggregator.toml"))
+        .unwrap()
+        .replace("127.0.0.1:4433", &format!("127.0.0.1:{port}"))
+        .replace("aggregator-report.json", dir.join("report.json").to_str().unwrap())
+        .replace("db = \"fedtune.db\"", "# no store");
+    let path = dir.join("aggregator.toml");
+    std::fs::write(&path, edit(toml)).unwrap();
+    path
+}

@@ -33,8 +33,9 @@ pub struct Args {
     hold_after_commit_ms: Option<u64>,
 }
 
-/// Serves until the run or study ends, or Ctrl-C or SIGTERM stops it after the current
-/// step; writes the final model and the report the configuration names.
+/// Serves until the run or study ends, or Ctrl-C or SIGTERM interrupts it after the
+/// current step (agents are told it was interrupted, and wait for serve to start again);
+/// writes the final model and the report the configuration names.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = AggregatorConfig::load(&args.config)?;
     if let Some(layout) = args.layout {
@@ -65,7 +66,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let signal = stop_signal().await;
-        tracing::info!("{signal}: finishing the current step and telling agents to stop");
+        tracing::warn!(
+            "{signal}: interrupted; finishing the current step, then telling agents to wait for serve to start again"
+        );
         let _ = stop.send(true);
     });
     let report_path = config.report.clone();
@@ -129,7 +132,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (stored.report, json)
         }
         None => {
+            let rounds = config.federation.rounds;
             let report = fedtune_aggregator::run(endpoint, config, hooks, shutdown).await?;
+            if report.interrupted {
+                println!(
+                    "run interrupted after {} of {rounds} rounds (no [state] db: serving again starts a new run)",
+                    report.rounds.len()
+                );
+            }
             let json = serde_json::to_vec_pretty(&report)?;
             (report, json)
         }

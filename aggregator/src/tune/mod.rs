@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 pub use crate::config::TuningSection;
 use crate::config::{AggregatorConfig, ConfigError};
-use crate::driver::{FederationError, accept_agents, stop_agents, wait_for_agents};
+use crate::driver::{FederationError, Goodbye, accept_agents, stop_agents, wait_for_agents};
 pub use crate::trial_metric::TrialMetric;
 use fedtune_federation::{Evaluator, GlobalEvaluation};
 use fedtune_store::RunStatus;
@@ -721,7 +721,8 @@ pub(crate) async fn run_study(
     if let Some(durable) = &durable {
         durable.record_end(&result);
     }
-    stop_agents(&registry, &endpoint, "the study finished").await;
+    let goodbye = Goodbye::after(&result, |report| report.interrupted, "the study");
+    stop_agents(&registry, &endpoint, goodbye).await;
     result
 }
 
