@@ -11,8 +11,9 @@
 //!   strategy state, server-LR controller, fairness history, cohort RNG position, round
 //!   number, a trial's within-trial policy. The last `keep_checkpoints` and the best one
 //!   are kept per trial;
-//! - **trials** of a study: parameters, state, values, intermediate values per round, and
-//!   the study's space and objectives, so a restarted study refuses another's file.
+//! - **trials** of a study: parameters, state, values, intermediate values per round, why
+//!   a failed one failed, and the study's space and objectives, so a restarted study
+//!   refuses another's file.
 //!
 //! A round and its checkpoint commit in one transaction, so a run restarted after a
 //! crash resumes from exactly the rounds in the store: none lost once committed, none

@@ -25,7 +25,7 @@ const SUMMARY: &str = "SELECT r.id, r.name, r.kind, r.status,
 
 /// The trials of study `?1`, as [`stored_trial`] reads them.
 const TRIALS: &str = "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at,
-        owner
+        owner, fail_reason
     FROM trials WHERE run_id = ?1";
 
 fn summary(row: &Row) -> Result<RunSummary, StoreError> {
@@ -48,6 +48,7 @@ fn stored_trial(run: RunId, row: &Row) -> Result<StoredTrial, StoreError> {
         params: row.text(2)?.to_owned(),
         values: row.opt_text(3)?.map(str::to_owned),
         intermediate: row.text(5)?.to_owned(),
+        fail_reason: row.opt_text(9)?.map(str::to_owned),
     };
     Ok(StoredTrial {
         trial: trial_from_columns(run, row.int(0)? as u64, columns, row.bool(4)?)?,
@@ -351,18 +352,20 @@ impl<D: Database> Storage for D {
             params,
             values,
             intermediate,
+            fail_reason,
         } = trial_columns(trial)?;
         transaction(self, || {
             check_owner(self, run, trial.number)?;
             self.execute(
                 &format!(
                     "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate,
-                         owner, heartbeat_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {epoch_now})
+                         owner, heartbeat_at, fail_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {epoch_now}, ?9)
                      ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
                          objective_values = excluded.objective_values, feasible = excluded.feasible,
                          intermediate = excluded.intermediate, owner = excluded.owner,
-                         heartbeat_at = excluded.heartbeat_at, updated_at = {now}",
+                         heartbeat_at = excluded.heartbeat_at, fail_reason = excluded.fail_reason,
+                         updated_at = {now}",
                     epoch_now = D::EPOCH_NOW,
                     now = D::NOW,
                 ),
@@ -375,6 +378,7 @@ impl<D: Database> Storage for D {
                     trial.feasible.into(),
                     intermediate.as_str().into(),
                     self.owner().into(),
+                    fail_reason.as_deref().into(),
                 ],
             )
             .map_err(|e| match e.violation {

@@ -20,7 +20,7 @@ use super::{AgentRow, LOCAL_OWNER, RunId, StoreError};
 const APPLICATION_ID: i64 = 0x4644_544E;
 
 /// The newest schema this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each migration takes the schema from its index to the next version.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -94,6 +94,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 2 → 3: trials shared by several aggregators (who runs each, and since when alive)
     "ALTER TABLE trials ADD COLUMN owner TEXT;
     ALTER TABLE trials ADD COLUMN heartbeat_at REAL;",
+    // 3 → 4: why a failed trial failed
+    "ALTER TABLE trials ADD COLUMN fail_reason TEXT;",
 ];
 
 /// A store in one SQLite file.

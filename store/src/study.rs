@@ -12,6 +12,7 @@ pub(super) struct TrialColumns {
     pub(super) params: String,
     pub(super) values: Option<String>,
     pub(super) intermediate: String,
+    pub(super) fail_reason: Option<String>,
 }
 
 /// `value` as JSON text.
@@ -34,6 +35,7 @@ pub(super) fn trial_columns(trial: &FrozenTrial) -> Result<TrialColumns, StoreEr
         params: json(&trial.params)?,
         values: trial.values.as_ref().map(json).transpose()?,
         intermediate: json(&trial.intermediate)?,
+        fail_reason: trial.fail_reason.clone(),
     })
 }
 
@@ -57,7 +59,7 @@ pub(super) fn trial_from_columns(
         state,
         feasible,
         intermediate: serde_json::from_str(&columns.intermediate).map_err(|e| corrupt("intermediate values", e))?,
-        fail_reason: None,
+        fail_reason: columns.fail_reason,
     })
 }
 

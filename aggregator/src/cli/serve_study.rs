@@ -1,5 +1,5 @@
 //! `serve` with a `[tuning]` section: a federated study, one line per committed round
-//! and per finished trial.
+//! and per finished trial (a failed one with its reason).
 
 use std::path::PathBuf;
 
@@ -12,6 +12,7 @@ use fedtune_store::{self as store, RunStatus};
 use fedtune_tuning::TrialState;
 
 use super::run_state::{open_store, start_dashboard};
+use super::trials::one_line;
 
 /// Runs `study` on `endpoint` until it ends or `shutdown` stops it; prints the best
 /// trial and writes the report to `report_path`.
@@ -45,14 +46,23 @@ pub async fn run(
             }
             TuneEvent::TrialFinished(t) => {
                 finished += 1;
-                on_event.line(&format!(
-                    "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
-                    t.number,
-                    format!("{:?}", t.state).to_lowercase(),
-                    t.values,
-                    t.rounds,
-                    serde_json::to_string(&t.params).unwrap_or_default()
-                ));
+                let params = serde_json::to_string(&t.params).unwrap_or_default();
+                let line = match (t.state, &t.fail_reason) {
+                    (TrialState::Failed, reason) => format!(
+                        "trial {:>3}  failed    rounds {:>3}  params {params}  reason: {}",
+                        t.number,
+                        t.rounds,
+                        one_line(reason.as_deref().unwrap_or("not recorded"))
+                    ),
+                    (state, _) => format!(
+                        "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {params}",
+                        t.number,
+                        format!("{state:?}").to_lowercase(),
+                        t.values,
+                        t.rounds,
+                    ),
+                };
+                on_event.line(&line);
                 on_event.advance(finished, "");
             }
             TuneEvent::TrialStarted { number, .. } => on_event.advance(finished, &format!("trial {number} started")),

@@ -136,6 +136,10 @@ fn postgres_keeps_the_storage_contract() {
     assert_eq!(runs.len(), 4);
     assert_eq!(store.rounds(1, Some(0)).unwrap().len(), 6);
     assert_eq!(store.trials(3).unwrap().len(), 2);
+    assert!(
+        store.trials(3).unwrap()[1].trial.fail_reason.is_some(),
+        "a failed trial keeps its reason"
+    );
     assert_eq!(store.checkpoint_rounds(1, 0).unwrap(), vec![1, 4, 5]);
     assert_eq!(store.latest_checkpoint(1, 0).unwrap().unwrap(), state(6, 1000));
     // Per-agent rows are stored as SQLite stores them.

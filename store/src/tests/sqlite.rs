@@ -18,6 +18,10 @@ fn sqlite_keeps_the_storage_contract() {
     assert_eq!(store.runs().unwrap().len(), 4);
     assert_eq!(store.rounds(1, Some(0)).unwrap().len(), 6);
     assert_eq!(store.trials(3).unwrap().len(), 2);
+    assert!(
+        store.trials(3).unwrap()[1].trial.fail_reason.is_some(),
+        "a failed trial keeps its reason"
+    );
 }
 
 #[test]
