@@ -472,11 +472,18 @@ impl Durable {
 
     /// Commits the study's end (before its agents are told to stop, so a crash after it
     /// does not leave the study waiting at restart for agents that are gone). While other
-    /// aggregators still run trials of a shared study, it stays `running`.
+    /// aggregators still run trials of a shared study, it stays `running`, however this
+    /// one ended: a study is served by all its aggregators, and one that failed (its agents
+    /// never came, its store broke) says so in its own exit, not by marking the study
+    /// failed under the others.
     fn record_end(&self, result: &Result<TuneReport, TuneError>) {
         let (run, status) = (self.run, study_status(result, self.writer.error().is_some()));
-        if status != RunStatus::Failed && self.others_running().unwrap_or(false) {
-            info!(run, "other aggregators still run trials of the study; it stays running");
+        if self.others_running().unwrap_or(false) {
+            info!(
+                run,
+                status = status.as_str(),
+                "other aggregators still run trials of the study; it stays running"
+            );
             return;
         }
         if let Err(e) = self.writer.call(move |store| store.set_status(run, status, None)) {

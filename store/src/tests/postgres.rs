@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::runs::suite;
+use super::runs::{lease_suite, suite, writer_keeps_the_lease};
 use super::studies::{sharing_suite, study_suite};
 use super::*;
 
@@ -186,6 +186,14 @@ fn postgres_studies_are_shared_between_aggregators() {
     let db = TempPg::new("shared");
     let (mut a, mut b) = (db.store(), db.store());
     sharing_suite(&mut a, &mut b);
+}
+
+#[test]
+fn postgres_runs_have_one_aggregator_at_a_time() {
+    let db = TempPg::new("lease");
+    let (mut a, mut b) = (db.store(), db.store());
+    lease_suite(&mut a, &mut b);
+    writer_keeps_the_lease(Box::new(a), &mut b);
 }
 
 #[test]
