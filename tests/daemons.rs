@@ -29,6 +29,8 @@ struct Served {
     model: Option<Vec<f32>>,
     /// The layout that model's header names.
     layout: Option<String>,
+    /// The scratch directory: the configuration, and the store (`fedtune.db`).
+    dir: common::Scratch,
 }
 
 /// Runs `fedtune-aggregator serve` and three `fedtune-agent run` as processes, with
@@ -118,6 +120,7 @@ fn serve_with_three_agents(name: &str, spec: ModelSpec, edit: impl Fn(String) ->
         report,
         model,
         layout,
+        dir,
     }
 }
 
@@ -128,6 +131,7 @@ fn aggregator_and_three_agents_run_as_separate_processes() {
         report,
         model,
         layout,
+        ..
     } = serve_with_three_agents("daemons", fedtune::sim::digits_mlp(), |toml| toml);
     assert_eq!(layout.as_deref(), Some("burn"), "Burn's layout by default");
     let rounds = report["rounds"].as_array().unwrap();
@@ -153,6 +157,7 @@ fn the_daemons_run_rounds_under_secure_aggregation() {
         report,
         model,
         layout,
+        ..
     } = serve_with_three_agents("daemons-secure", fedtune::sim::digits_mlp(), |toml| {
         toml.replace(
             "enabled = false                      # needs a strategy",
@@ -294,6 +299,71 @@ fn the_service_runs_a_study_from_its_tuning_section() {
     assert!(stdout.contains("best trial's final model written to"), "{stdout}");
     assert!(stdout.contains("trial   0"), "{stdout}");
     assert!(stdout.contains("best trial"), "{stdout}");
+}
+
+#[test]
+fn a_failed_trial_says_why_in_the_serve_output_and_in_trials() {
+    // The baseline (the [client] values; an MLP has no dropout to give) runs; the
+    // sampler's trial asks the MLP for dropout, which it cannot apply: that trial fails
+    // before it starts.
+    let space_dir = common::scratch_dir("failed-trial-space");
+    let space = space_dir.join("space.toml");
+    std::fs::write(
+        &space,
+        "[params]\nlearning_rate = \"loguniform(1e-3, 1e-1)\"\n\
+         dropout = { spec = \"uniform(0.1, 0.3)\", scope = \"server\" }\n",
+    )
+    .unwrap();
+    let Served {
+        stdout, report, dir, ..
+    } = serve_with_three_agents("failed-trial", fedtune::sim::digits_mlp(), |toml| {
+        assert!(
+            toml.contains("db = \"fedtune.db\""),
+            "config/aggregator.toml keeps a store"
+        );
+        format!(
+            "{toml}\n[tuning]\nspace = {space:?}\nsampler = \"random\"\ntrials = 2\nrounds = 2\n\
+             baseline_first = true\n"
+        )
+    });
+    let reason = "has no dropout";
+    let trials = report["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2, "{report}");
+    assert_eq!(trials[0]["state"], "complete", "{report}");
+    assert_eq!(trials[1]["state"], "failed", "{report}");
+    assert!(trials[1]["fail_reason"].as_str().unwrap().contains(reason), "{report}");
+
+    // serve lists the failed trial as it fails, with its reason.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("trial   1") && l.contains("failed"))
+        .unwrap_or_else(|| panic!("no line for the failed trial:\n{stdout}"));
+    assert!(line.contains("reason: ") && line.contains(reason), "{line}");
+
+    // So does `trials`, read from the store: in its table and its JSON.
+    let db = dir.join("fedtune.db");
+    let trials_cli = |json: bool| {
+        let mut command = Command::new(common::binary("fedtune-aggregator"));
+        command.args(["trials", "--study", "1", "--db"]).arg(&db);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = trials_cli(false);
+    assert_eq!(table.lines().count(), 3, "one line per trial:\n{table}");
+    let row = table.lines().nth(2).unwrap();
+    assert!(
+        row.contains("failed") && row.contains("reason: ") && row.contains(reason),
+        "{table}"
+    );
+    assert!(!table.lines().nth(1).unwrap().contains("reason"), "{table}");
+    let listed: serde_json::Value = serde_json::from_str(&trials_cli(true)).unwrap();
+    assert_eq!(listed[1]["state"], "failed", "{listed}");
+    assert!(listed[1]["fail_reason"].as_str().unwrap().contains(reason), "{listed}");
+    assert!(listed[0].get("fail_reason").is_none(), "{listed}");
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! while the next round's updates arrive, later in it) and at four points of a four-trial
 //! study (inside a trial, as a trial ends, inside a later one, during a trial's final
 //! evaluation), restarted each time with the same configuration; the run ends with every
-//! round in the store exactly once, the study with every trial once.
+//! round in the store exactly once, the study with every trial once. A second `serve` of
+//! a run that is live (another port, the same store) is refused, naming who serves it,
+//! and the first finishes the run.
 
 mod common;
 
@@ -50,6 +52,8 @@ struct Federation {
     config: std::path::PathBuf,
     db: std::path::PathBuf,
     report: std::path::PathBuf,
+    /// The aggregator's port.
+    port: u16,
     _agents: Processes,
 }
 
@@ -78,6 +82,7 @@ fn federation(name: &str, edit: impl FnOnce(String) -> String) -> Federation {
         config,
         db,
         report,
+        port,
         _agents: Processes(agents),
     }
 }
@@ -116,6 +121,7 @@ fn a_stored_run_resumes_after_sigkill_at_four_points() {
         db,
         report,
         _agents,
+        ..
     } = federation("resume", |toml| toml);
     resumes_after_sigkills(&config, &db, &report);
 }
@@ -128,6 +134,7 @@ fn a_secure_stored_run_resumes_after_sigkill_inside_its_secure_steps() {
         db,
         report,
         _agents,
+        ..
     } = federation("resume-secure", |toml| {
         toml.replace(
             "enabled = false                      # needs a strategy",
@@ -135,6 +142,70 @@ fn a_secure_stored_run_resumes_after_sigkill_inside_its_secure_steps() {
         )
     });
     resumes_after_sigkills(&config, &db, &report);
+}
+
+#[test]
+fn a_second_serve_of_a_live_run_is_refused_and_the_first_finishes_it() {
+    let Federation {
+        dir,
+        config,
+        db,
+        report,
+        port,
+        _agents,
+    } = federation("second-serve", |toml| toml);
+    // The same store and run, another port: what an operator gets by copying the
+    // configuration to serve "again". Both keep the default owner (host:port).
+    let other_port = common::free_udp_port();
+    let other = dir.join("other.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    assert!(toml.contains(&listen));
+    std::fs::write(
+        &other,
+        toml.replace(&listen, &format!("127.0.0.1:{other_port}"))
+            .replace(report.to_str().unwrap(), dir.join("other.json").to_str().unwrap()),
+    )
+    .unwrap();
+    let owner = fedtune_aggregator::config::StateConfig::default().owner(listen.parse().unwrap());
+
+    let mut first = Processes(vec![serve(&config)]);
+    wait_until(Duration::from_secs(90), "the first round", || committed(&db) >= 1);
+    let second = Command::new(common::binary("fedtune-aggregator"))
+        .args(["serve", "--config"])
+        .arg(&other)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second serve ran: {stderr}");
+    assert!(
+        stderr.contains(&format!("being served by `{owner}`")) && stderr.contains("last seen"),
+        "{stderr}"
+    );
+    // It left the run alone: still running, under the first's lease.
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let run = store.runs().unwrap()[0].clone();
+    assert_eq!(
+        (run.status, run.owner.as_deref()),
+        (RunStatus::Running, Some(owner.as_str()))
+    );
+
+    // The first finishes its run, every round once.
+    let (success, stdout) = wait_for_exit(&mut first.0[0], Duration::from_secs(120));
+    assert!(success, "{stdout}");
+    assert!(stdout.contains("finished"), "{stdout}");
+    let runs = store.runs().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, RunStatus::Finished);
+    let rounds: Vec<u64> = store
+        .rounds(runs[0].id, None)
+        .unwrap()
+        .iter()
+        .map(|r| r.record.round)
+        .collect();
+    assert_eq!(rounds, (0..ROUNDS).collect::<Vec<_>>(), "each round once, in order");
+    assert_eq!(report_json(&report)["status"], "finished");
 }
 
 /// Kills `serve` at four points of the run, restarts it each time and checks the store,
@@ -285,6 +356,7 @@ fn a_stored_study_resumes_after_sigkill_at_four_points() {
         db,
         report,
         _agents,
+        ..
     } = federation("resume-study", |toml| {
         // Long enough local training that each kill lands inside a round.
         let toml = toml.replace("local_epochs = 8", "local_epochs = 120");
@@ -390,6 +462,7 @@ fn an_agent_killed_mid_training_rejoins_and_the_run_completes() {
         db,
         report,
         mut _agents,
+        ..
     } = federation("agent-kill", |toml| {
         // Long enough local training that the kill lands inside it (120 epochs of an
         // agent's digits share pass within the 100 ms slack on Burn's flex backend).

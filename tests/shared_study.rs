@@ -219,6 +219,121 @@ fn two_aggregators_share_a_study_and_take_over_a_dead_ones_trial() {
     drop(reader);
 }
 
+/// An aggregator that joins a study and fails (no agent of its own ever connects) while
+/// another runs trials of it leaves the study `running`: the study is the other's to end.
+#[test]
+fn an_aggregator_failing_beside_a_live_one_leaves_the_study_running() {
+    // The database is made and dropped off the runtime (its client blocks), whether the
+    // test passes or not.
+    let db = TestDatabase::new();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(failing_beside_a_live_one(db.url.clone()));
+}
+
+async fn failing_beside_a_live_one(url: String) {
+    use fedtune::aggregator::tune::{TuneConfig, TuneEvent, TuneHooks};
+    use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
+    use fedtune::tuning::SamplerKind;
+    use fedtune::tuning::space::{ParamSpec, SearchSpace};
+    let connect = |url: String| async move {
+        tokio::task::spawn_blocking(move || PostgresStore::connect(&url))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let space = SearchSpace::new(vec![
+        ParamSpec::parse("learning_rate", "loguniform(1e-3, 1e-1)").unwrap(),
+    ])
+    .unwrap();
+    let study = TuneConfig {
+        sampler: SamplerKind::Random,
+        ..TuneConfig::new(space, 2, 200)
+    };
+
+    // a: two agents, a long trial; it says when the trial's first round is in.
+    let pki = ephemeral_pki(2).unwrap();
+    let endpoint = bind_aggregator(&pki, false).unwrap();
+    let mut config = common::config(2, 200);
+    config.listen = endpoint.local_addr().unwrap();
+    config.state.owner = Some(OWNERS[0].into());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let data = common::digits();
+    let mut agents = spawn_agents(
+        &pki,
+        config.listen,
+        common::digits_trainers(&data, 2),
+        false,
+        stop.subscribe(),
+    )
+    .unwrap();
+    let (first_round, mut round_seen) = tokio::sync::watch::channel(false);
+    let hooks = TuneHooks {
+        on_event: Some(Box::new(move |event: &TuneEvent| {
+            if matches!(event, TuneEvent::Round { .. }) {
+                let _ = first_round.send(true);
+            }
+        })),
+        ..TuneHooks::default()
+    };
+    let a = tokio::spawn(fedtune::aggregator::tune_stored(
+        endpoint,
+        config,
+        study.clone(),
+        Box::new(connect(url.clone()).await),
+        2,
+        hooks,
+        stopped,
+    ));
+    round_seen.wait_for(|seen| *seen).await.unwrap();
+
+    // b: the same study, no agents; it gives up waiting for them.
+    let pki_b = ephemeral_pki(1).unwrap();
+    let endpoint_b = bind_aggregator(&pki_b, false).unwrap();
+    let mut config_b = common::config(1, 200);
+    config_b.listen = endpoint_b.local_addr().unwrap();
+    config_b.state.owner = Some(OWNERS[1].into());
+    config_b.federation.wait_for_agents_secs = 1.0;
+    let (_stop_b, stopped_b) = tokio::sync::watch::channel(false);
+    let failed = fedtune::aggregator::tune_stored(
+        endpoint_b,
+        config_b,
+        study,
+        Box::new(connect(url.clone()).await),
+        2,
+        TuneHooks::default(),
+        stopped_b,
+    )
+    .await;
+    assert!(failed.is_err(), "b had no agents");
+    let read = move || {
+        let store = PostgresStore::connect(&url).unwrap();
+        let runs = store.runs().unwrap();
+        let trials = store.trials(runs[0].id).unwrap();
+        (runs, trials)
+    };
+    let (runs, trials) = tokio::task::spawn_blocking(read.clone()).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, RunStatus::Running, "b's failure left a's study running");
+    assert!(
+        trials
+            .iter()
+            .any(|t| t.trial.state == TrialState::Running && t.owner.as_deref() == Some(OWNERS[0])),
+        "{trials:?}"
+    );
+
+    // a, stopped, ends the study as its last aggregator.
+    stop.send(true).unwrap();
+    let stored = a.await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Interrupted);
+    while agents.join_next().await.is_some() {}
+    let (runs, _) = tokio::task::spawn_blocking(read).await.unwrap();
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+}
+
 /// A plain run (`serve` without `[tuning]`) kept in PostgreSQL: opened, written and closed
 /// from the async runtime without blocking it, every round committed once, the final
 /// model's CRC-32 that of the last checkpoint.

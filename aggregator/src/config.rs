@@ -382,7 +382,8 @@ impl DashboardConfig {
 }
 
 /// Durable state: with `db` set, `serve` commits every round and its checkpoint to that
-/// SQLite file and, restarted with the same configuration, resumes the run.
+/// store and, restarted with the same configuration, resumes the run; while it serves
+/// the run, no other `serve` does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
@@ -391,14 +392,16 @@ pub struct StateConfig {
     pub db: Option<PathBuf>,
     /// Checkpoints kept per run: the last `keep_checkpoints`, and the best one.
     pub keep_checkpoints: usize,
-    /// The name this aggregator writes a study's trials as. Aggregators sharing a study
-    /// (one store, one `[federation] study` name) need distinct owners; by default the
-    /// host name and the listening port. A restart under the same owner takes its
+    /// The name this aggregator holds a run's lease and a study's trials as. Aggregators
+    /// sharing a study (one store, one `[federation] study` name) need distinct owners,
+    /// and so do two aggregators that must not serve one run; by default the host name
+    /// and the listening port. A restart under the same owner takes its run and its
     /// running trials straight back; others wait `trial_timeout_secs`.
     pub owner: Option<String>,
-    /// A trial whose owner's heartbeat is older than this many seconds is taken over by
-    /// the next aggregator of the study with a free slot (heartbeats go every quarter of
-    /// it while the owner lives).
+    /// An owner whose heartbeat is older than this many seconds loses what it holds: a
+    /// running trial is taken over by the next aggregator of the study with a free slot,
+    /// and a run by the next `serve` of it, which is refused until then (heartbeats go
+    /// every quarter of it while the owner lives).
     pub trial_timeout_secs: f64,
 }
 

@@ -5,6 +5,17 @@
 //! not finish is resumed from its last checkpoint — same run id, the rounds after the
 //! last committed one, none counted twice; otherwise a new run starts. A run resumes
 //! only with the model it was made for (the manifest hash is checked).
+//!
+//! A run has one aggregator at a time. The one serving it holds the run's lease in the
+//! store, under its `[state] owner`, and its writer thread renews it every quarter of
+//! `[state] trial_timeout_secs`; ending the run releases it. Another `serve` of the same
+//! run is refused while the lease is live, with the holder's name and when it was last
+//! seen; once the holder has been silent for longer than the timeout, the next `serve`
+//! takes the run over. A restart under the same owner (the same configuration, after a
+//! crash) takes its own lease straight back and resumes at once.
+//!
+//! A study has no such lease: several aggregators serve one study by design, each trial
+//! leased to one of them ([`tune_stored`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -80,9 +91,19 @@ struct Opened {
     previous: Vec<RoundRecord>,
 }
 
-fn open_run(store: &mut dyn Storage, config: &AggregatorConfig) -> Result<Opened, ResumeError> {
+/// The owner this aggregator writes as: `[state] owner`, by default the host and the port
+/// it is bound to (the bound one, so that two aggregators listening on port 0 do not share
+/// a name).
+fn owner(config: &AggregatorConfig, endpoint: &quinn::Endpoint) -> String {
+    config.state.owner(endpoint.local_addr().unwrap_or(config.listen))
+}
+
+/// Finds the run to serve, or registers it, and takes its lease as `owner`.
+fn open_run(store: &mut dyn Storage, config: &AggregatorConfig, owner: &str) -> Result<Opened, ResumeError> {
     let fed = &config.federation;
     let hash = manifest_hex(config);
+    let timeout = config.state.trial_timeout();
+    store.set_owner(owner);
     let (found, created) = store.find_or_create_run(&NewRun {
         name: fed.study.clone(),
         kind: RunKind::Run,
@@ -91,6 +112,9 @@ fn open_run(store: &mut dyn Storage, config: &AggregatorConfig) -> Result<Opened
         config: serde_json::to_string(config).unwrap_or_default(),
     })?;
     if created {
+        // Another aggregator may find the new run before its lease is taken: then one of
+        // the two is refused here.
+        store.take_run(found.id, timeout)?;
         return Ok(Opened {
             run: found.id,
             state: None,
@@ -105,6 +129,9 @@ fn open_run(store: &mut dyn Storage, config: &AggregatorConfig) -> Result<Opened
             configured: hash,
         });
     }
+    // Before reading the rounds: refused while another aggregator serves the run (it
+    // would be resuming a run still being written), taken over once it went silent.
+    store.take_run(found.id, timeout)?;
     let previous: Vec<RoundRecord> = store.rounds(found.id, Some(0))?.into_iter().map(|r| r.record).collect();
     let state = store.latest_checkpoint(found.id, 0)?;
     let checkpoint = state.as_ref().map_or(0, |s| s.round);
@@ -140,9 +167,10 @@ pub async fn run_stored(
     shutdown: watch::Receiver<bool>,
 ) -> Result<StoredReport, FederationError> {
     config.validate()?;
+    let owner = owner(&config, &endpoint);
     let (store, opened) = off_runtime(store, {
-        let config = config.clone();
-        move |store| open_run(store, &config)
+        let (config, owner) = (config.clone(), owner.clone());
+        move |store| open_run(store, &config, &owner)
     })
     .await?;
     let opened = match opened {
@@ -162,11 +190,13 @@ pub async fn run_stored(
     match resumed_from {
         Some(round) => info!(
             run,
-            round, "resuming run {run} at round {round} of {}", config.federation.rounds
+            round, owner, "resuming run {run} at round {round} of {}", config.federation.rounds
         ),
-        None => info!(run, "starting run {run}"),
+        None => info!(run, owner, "starting run {run}"),
     }
-    let writer = StoreWriter::spawn(store, run, keep);
+    // The writer renews the run's lease while this process lives.
+    let timeout = config.state.trial_timeout();
+    let writer = StoreWriter::spawn_with_heartbeat(store, run, keep, Some(timeout / 4));
     let failed: Arc<Mutex<Option<StoreError>>> = Arc::default();
     let mut status = RunStatus::Failed;
     let result = {
@@ -236,11 +266,16 @@ pub struct StoredTuneReport {
 
 /// Finds the latest unfinished study of this name, or registers a new one (atomically:
 /// aggregators sharing the study find the same run).
-fn open_study_run(store: &mut dyn Storage, config: &AggregatorConfig, tune: &TuneConfig) -> Result<RunId, ResumeError> {
+fn open_study_run(
+    store: &mut dyn Storage,
+    config: &AggregatorConfig,
+    tune: &TuneConfig,
+    owner: &str,
+) -> Result<RunId, ResumeError> {
     let fed = &config.federation;
     let hash = manifest_hex(config);
     let planned = tune.trials as u64 * tune.rounds;
-    store.set_owner(&config.state.owner(config.listen));
+    store.set_owner(owner);
     let (found, created) = store.find_or_create_run(&NewRun {
         name: fed.study.clone(),
         kind: RunKind::Study,
@@ -289,9 +324,10 @@ pub async fn tune_stored(
     shutdown: watch::Receiver<bool>,
 ) -> Result<StoredTuneReport, TuneError> {
     let study = new_study(&config, &tune)?;
+    let owner = owner(&config, &endpoint);
     let (store, run) = off_runtime(store, {
-        let (config, tune) = (config.clone(), tune.clone());
-        move |store| open_study_run(store, &config, &tune)
+        let (config, tune, owner) = (config.clone(), tune.clone(), owner.clone());
+        move |store| open_study_run(store, &config, &tune, &owner)
     })
     .await?;
     let run = match run {
@@ -316,7 +352,6 @@ pub async fn tune_stored(
             e => e.into(),
         })?;
     let resumed_trials = study.trials().len();
-    let owner = config.state.owner(config.listen);
     let study = reseed_for_resume(study, &tune, config.state.owner.as_deref());
     if resumed_trials > 0 {
         info!(run, trials = resumed_trials, owner, "resuming study {run}");

@@ -3,7 +3,8 @@
 //! A [`Storage`] holds what must survive the aggregator process:
 //!
 //! - **runs** (a `serve` federation, or a study), with their status and how many rounds
-//!   were planned and committed;
+//!   were planned and committed, and a run's lease: the aggregator serving it and its last
+//!   heartbeat, so a second `serve` of a live run is refused;
 //! - **rounds**: each committed [`RoundRecord`] (cohort, per-agent accuracies and
 //!   refusals, fairness report, timings, bytes, server learning rate), with one row per
 //!   agent of the round for exports;
@@ -11,8 +12,9 @@
 //!   strategy state, server-LR controller, fairness history, cohort RNG position, round
 //!   number, a trial's within-trial policy. The last `keep_checkpoints` and the best one
 //!   are kept per trial;
-//! - **trials** of a study: parameters, state, values, intermediate values per round, and
-//!   the study's space and objectives, so a restarted study refuses another's file.
+//! - **trials** of a study: parameters, state, values, intermediate values per round, why
+//!   a failed one failed, and the study's space and objectives, so a restarted study
+//!   refuses another's file.
 //!
 //! A round and its checkpoint commit in one transaction, so a run restarted after a
 //! crash resumes from exactly the rounds in the store: none lost once committed, none
@@ -161,6 +163,10 @@ pub struct RunSummary {
     pub created_at: String,
     /// When it last changed (UTC, RFC 3339).
     pub updated_at: String,
+    /// The aggregator that serves it, or served it last (`[state] owner`): the holder of
+    /// its lease ([`Storage::take_run`]). `None` for a run never leased, and for a study,
+    /// whose trials have owners instead.
+    pub owner: Option<String>,
 }
 
 /// A committed round as stored.
@@ -296,6 +302,32 @@ pub enum StoreError {
         /// Who runs it.
         owner: String,
     },
+    /// Another aggregator serves the run: it holds the run's lease and its heartbeat is
+    /// recent. A run has one aggregator at a time.
+    #[error(
+        "run {run} is being served by `{owner}`, last seen {seen_secs_ago:.1} s ago: stop that aggregator first, \
+         or give [federation] study another name; a run whose aggregator has been silent for \
+         {timeout_secs} s ([state] trial_timeout_secs) is taken over"
+    )]
+    RunBusy {
+        /// The run.
+        run: RunId,
+        /// Who serves it (`[state] owner`).
+        owner: String,
+        /// Seconds since its last heartbeat, on the store's clock.
+        seen_secs_ago: f64,
+        /// How long a silent aggregator keeps the run, in seconds.
+        timeout_secs: f64,
+    },
+    /// Another aggregator took the run over (this one's heartbeat had stopped for longer
+    /// than the timeout): nothing of this aggregator's is written for it.
+    #[error("run {run} is now served by `{owner}`: this aggregator lost it and writes nothing more to it")]
+    RunTaken {
+        /// The run.
+        run: RunId,
+        /// Who serves it now.
+        owner: String,
+    },
     /// A stored value does not decode.
     #[error("a stored value is corrupt: {0}")]
     Corrupt(String),
@@ -354,6 +386,15 @@ pub enum ResumeError {
 /// itself ([`create_trial`](Storage::create_trial)), hands a trial whose owner's heartbeat
 /// stopped to whoever asks ([`claim_trial`](Storage::claim_trial)), and refuses writes for
 /// a trial from anyone but its owner ([`StoreError::NotOwner`]).
+///
+/// A run of kind [`RunKind::Run`] has one aggregator at a time, by the same means at the
+/// run's level: the aggregator that serves it takes its lease
+/// ([`take_run`](Storage::take_run)), its writer's [`heartbeat`](Storage::heartbeat) renews
+/// it, and ending the run ([`set_status`](Storage::set_status) to anything but `running`)
+/// releases it. Another owner is refused while the lease is live
+/// ([`StoreError::RunBusy`]) and takes it over once the heartbeat is older than its
+/// timeout; from then on the run's rounds and status are written only by the new holder
+/// ([`StoreError::RunTaken`]).
 pub trait Storage: Send {
     /// Names the aggregator this store writes for (default `local`).
     fn set_owner(&mut self, owner: &str);
@@ -390,18 +431,35 @@ pub trait Storage: Send {
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
     fn runs(&self) -> Result<Vec<RunSummary>, StoreError>;
 
-    /// Sets a run's status (and, when reopened, the rounds it now plans).
+    /// Sets a run's status (and, when reopened, the rounds it now plans). Any status but
+    /// `running` ends the run and releases its lease.
     ///
     /// # Errors
+    /// [`StoreError::RunTaken`] when another aggregator holds the run's lease,
     /// [`StoreError::NoSuchRun`], [`StoreError::Database`].
     fn set_status(&mut self, run: RunId, status: RunStatus, rounds_planned: Option<u64>) -> Result<(), StoreError>;
+
+    /// Takes run `run`'s lease for this store's owner and marks the run `running` (a run
+    /// of kind [`RunKind::Run`]; a study's trials are leased one by one instead), so that
+    /// no other aggregator serves it while this one lives. The lease is free when the run has ended (its status is
+    /// not `running`), was never leased, is this owner's already (a restart under the
+    /// same owner takes it straight back), or its holder's last heartbeat is older than
+    /// `stale_after`; otherwise it is refused. Atomic: of two aggregators taking one
+    /// lease, one gets it.
+    ///
+    /// # Errors
+    /// [`StoreError::RunBusy`] naming the holder and when it was last seen,
+    /// [`StoreError::NoSuchRun`], [`StoreError::Database`].
+    fn take_run(&mut self, run: RunId, stale_after: Duration) -> Result<(), StoreError>;
 
     /// Commits a round and the federation's state after it, in one transaction; keeps the
     /// last `keep` checkpoints of the trial and its best one.
     ///
     /// # Errors
     /// [`StoreError::AlreadyCommitted`] when the round is stored already (nothing is
-    /// written then), [`StoreError::Database`].
+    /// written then), [`StoreError::RunTaken`] when another aggregator holds the run's
+    /// lease, [`StoreError::NotOwner`] when another owns the trial,
+    /// [`StoreError::Database`].
     fn commit_round(
         &mut self,
         run: RunId,
@@ -478,7 +536,8 @@ pub trait Storage: Send {
         busy: &[u64],
     ) -> Result<Option<FrozenTrial>, StoreError>;
 
-    /// Refreshes the heartbeat of this owner's running trials of study `run`.
+    /// Refreshes this owner's heartbeats in run `run`: its lease on the run, when it holds
+    /// it, and its running trials of a study.
     ///
     /// # Errors
     /// [`StoreError::Database`].

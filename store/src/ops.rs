@@ -7,6 +7,10 @@
 //! transactions run side by side: there, the rows an operation checks and then writes are
 //! locked as they are read ([`Database::LOCK_ROWS`]), trials are numbered under the
 //! study's row lock, and runs are found or created under a lock on their name.
+//!
+//! Leases — a run's, a trial's — are an owner and a heartbeat time (seconds since the
+//! epoch on the database's clock, [`Database::EPOCH_NOW`], so that aggregators on several
+//! machines agree on how old a heartbeat is).
 
 use std::time::Duration;
 
@@ -20,12 +24,12 @@ use fedtune_tuning::{Created, FrozenTrial, Params, StudyHeader, TrialState};
 /// A run with the number of its committed rounds, as [`summary`] reads it.
 const SUMMARY: &str = "SELECT r.id, r.name, r.kind, r.status,
         (SELECT count(*) FROM rounds WHERE run_id = r.id),
-        r.rounds_planned, r.manifest_hash, r.created_at, r.updated_at
+        r.rounds_planned, r.manifest_hash, r.created_at, r.updated_at, r.owner
     FROM runs r";
 
 /// The trials of study `?1`, as [`stored_trial`] reads them.
 const TRIALS: &str = "SELECT number, state, params, objective_values, feasible, intermediate, created_at, updated_at,
-        owner
+        owner, fail_reason
     FROM trials WHERE run_id = ?1";
 
 fn summary(row: &Row) -> Result<RunSummary, StoreError> {
@@ -39,6 +43,7 @@ fn summary(row: &Row) -> Result<RunSummary, StoreError> {
         manifest_hash: row.text(6)?.to_owned(),
         created_at: row.text(7)?.to_owned(),
         updated_at: row.text(8)?.to_owned(),
+        owner: row.opt_text(9)?.map(str::to_owned),
     })
 }
 
@@ -48,6 +53,7 @@ fn stored_trial(run: RunId, row: &Row) -> Result<StoredTrial, StoreError> {
         params: row.text(2)?.to_owned(),
         values: row.opt_text(3)?.map(str::to_owned),
         intermediate: row.text(5)?.to_owned(),
+        fail_reason: row.opt_text(9)?.map(str::to_owned),
     };
     Ok(StoredTrial {
         trial: trial_from_columns(run, row.int(0)? as u64, columns, row.bool(4)?)?,
@@ -96,6 +102,56 @@ fn check_owner<D: Database>(db: &D, run: RunId, number: u64) -> Result<(), Store
             owner,
         }),
         None => Ok(()),
+    }
+}
+
+/// A run's lease as stored: its status, its holder, and the age of the holder's last
+/// heartbeat in seconds (`None` when it never beat).
+struct Lease {
+    status: RunStatus,
+    owner: Option<String>,
+    age: Option<f64>,
+}
+
+impl Lease {
+    /// Reads run `run`'s lease and locks its row until the transaction ends, so that the
+    /// write that follows the check is the checker's.
+    fn of<D: Database>(db: &D, run: RunId) -> Result<Self, StoreError> {
+        let rows = db.query(
+            &format!(
+                "SELECT status, owner, {} - heartbeat_at FROM runs WHERE id = ?1{}",
+                D::EPOCH_NOW,
+                D::LOCK_ROWS
+            ),
+            &[run.into()],
+        )?;
+        let row = rows.first().ok_or(StoreError::NoSuchRun(run))?;
+        Ok(Self {
+            status: RunStatus::parse(row.text(0)?)?,
+            owner: row.opt_text(1)?.map(str::to_owned),
+            age: row.opt_real(2)?,
+        })
+    }
+
+    /// The owner other than `me` that holds the lease now, and how many seconds ago it was
+    /// last seen: a run that has not ended, under another owner whose heartbeat is at most
+    /// `stale_after` old. An ended run, a run never leased, one of `me`'s (a restart under
+    /// the same owner) or one whose holder went silent is free.
+    fn live_holder(&self, me: &str, stale_after: Duration) -> Option<(&str, f64)> {
+        let owner = self.owner.as_deref().filter(|owner| *owner != me)?;
+        let age = self.age?;
+        (self.status == RunStatus::Running && age <= stale_after.as_secs_f64()).then_some((owner, age.max(0.0)))
+    }
+
+    /// Refuses a write to the run by anyone but the lease's holder, once it has one.
+    fn check_holder(&self, run: RunId, me: &str) -> Result<(), StoreError> {
+        match self.owner.as_deref() {
+            Some(owner) if owner != me => Err(StoreError::RunTaken {
+                run,
+                owner: owner.to_owned(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -170,22 +226,47 @@ impl<D: Database> Storage for D {
     }
 
     fn set_status(&mut self, run: RunId, status: RunStatus, rounds_planned: Option<u64>) -> Result<(), StoreError> {
-        let changed = self.execute(
-            &format!(
-                "UPDATE runs SET status = ?2, rounds_planned = coalesce(?3, rounds_planned), updated_at = {}
-                 WHERE id = ?1",
-                D::NOW
-            ),
-            &[
-                run.into(),
-                status.as_str().into(),
-                rounds_planned.map(|r| r as i64).into(),
-            ],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::NoSuchRun(run));
-        }
-        Ok(())
+        transaction(self, || {
+            Lease::of(self, run)?.check_holder(run, self.owner())?;
+            // An ended run's lease is free: its owner stays, as who served it last.
+            self.execute(
+                &format!(
+                    "UPDATE runs SET status = ?2, rounds_planned = coalesce(?3, rounds_planned), updated_at = {}
+                     WHERE id = ?1",
+                    D::NOW
+                ),
+                &[
+                    run.into(),
+                    status.as_str().into(),
+                    rounds_planned.map(|r| r as i64).into(),
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn take_run(&mut self, run: RunId, stale_after: Duration) -> Result<(), StoreError> {
+        transaction(self, || {
+            let lease = Lease::of(self, run)?;
+            if let Some((owner, seen_secs_ago)) = lease.live_holder(self.owner(), stale_after) {
+                return Err(StoreError::RunBusy {
+                    run,
+                    owner: owner.to_owned(),
+                    seen_secs_ago,
+                    timeout_secs: stale_after.as_secs_f64(),
+                });
+            }
+            // Running at once: a lease on a run still marked ended would look free to others.
+            self.execute(
+                &format!(
+                    "UPDATE runs SET owner = ?2, heartbeat_at = {}, status = 'running', updated_at = {} WHERE id = ?1",
+                    D::EPOCH_NOW,
+                    D::NOW
+                ),
+                &[run.into(), self.owner().into()],
+            )?;
+            Ok(())
+        })
     }
 
     fn commit_round(
@@ -206,6 +287,7 @@ impl<D: Database> Storage for D {
             round: record.round,
         };
         transaction(self, || {
+            Lease::of(self, run)?.check_holder(run, self.owner())?;
             check_owner(self, run, trial_number)?;
             let exists = self.query(
                 "SELECT EXISTS (SELECT 1 FROM rounds WHERE run_id = ?1 AND trial = ?2 AND round = ?3)",
@@ -351,18 +433,20 @@ impl<D: Database> Storage for D {
             params,
             values,
             intermediate,
+            fail_reason,
         } = trial_columns(trial)?;
         transaction(self, || {
             check_owner(self, run, trial.number)?;
             self.execute(
                 &format!(
                     "INSERT INTO trials (run_id, number, state, params, objective_values, feasible, intermediate,
-                         owner, heartbeat_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {epoch_now})
+                         owner, heartbeat_at, fail_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {epoch_now}, ?9)
                      ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, params = excluded.params,
                          objective_values = excluded.objective_values, feasible = excluded.feasible,
                          intermediate = excluded.intermediate, owner = excluded.owner,
-                         heartbeat_at = excluded.heartbeat_at, updated_at = {now}",
+                         heartbeat_at = excluded.heartbeat_at, fail_reason = excluded.fail_reason,
+                         updated_at = {now}",
                     epoch_now = D::EPOCH_NOW,
                     now = D::NOW,
                 ),
@@ -375,6 +459,7 @@ impl<D: Database> Storage for D {
                     trial.feasible.into(),
                     intermediate.as_str().into(),
                     self.owner().into(),
+                    fail_reason.as_deref().into(),
                 ],
             )
             .map_err(|e| match e.violation {
@@ -489,6 +574,13 @@ impl<D: Database> Storage for D {
     }
 
     fn heartbeat(&mut self, run: RunId) -> Result<(), StoreError> {
+        self.execute(
+            &format!(
+                "UPDATE runs SET heartbeat_at = {} WHERE id = ?1 AND owner = ?2",
+                D::EPOCH_NOW
+            ),
+            &[run.into(), self.owner().into()],
+        )?;
         self.execute(
             &format!(
                 "UPDATE trials SET heartbeat_at = {}

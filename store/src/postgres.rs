@@ -145,6 +145,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ),
     // 2 → 3: trials shared by several aggregators (who runs each, and since when alive)
     "ALTER TABLE trials ADD COLUMN owner TEXT, ADD COLUMN heartbeat_at DOUBLE PRECISION;",
+    // 3 → 4: why a failed trial failed
+    "ALTER TABLE trials ADD COLUMN fail_reason TEXT;",
+    // 4 → 5: a run's lease (the aggregator serving it, and since when alive)
+    "ALTER TABLE runs ADD COLUMN owner TEXT, ADD COLUMN heartbeat_at DOUBLE PRECISION;",
 ];
 
 /// The advisory-lock class of run names (`pg_advisory_xact_lock(class, hashtext(name))`):

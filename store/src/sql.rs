@@ -159,6 +159,16 @@ impl Row {
         }
     }
 
+    /// A floating-point column that may be `NULL`.
+    pub(crate) fn opt_real(&self, column: usize) -> Result<Option<f64>, StoreError> {
+        match self.cell(column)? {
+            Cell::Real(v) => Ok(Some(*v)),
+            Cell::Int(v) => Ok(Some(*v as f64)),
+            Cell::Null => Ok(None),
+            _ => Err(self.wrong(column, "a real")),
+        }
+    }
+
     /// A bytes column.
     pub(crate) fn blob(&self, column: usize) -> Result<&[u8], StoreError> {
         match self.cell(column)? {

@@ -20,7 +20,7 @@ use super::{AgentRow, LOCAL_OWNER, RunId, StoreError};
 const APPLICATION_ID: i64 = 0x4644_544E;
 
 /// The newest schema this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Each migration takes the schema from its index to the next version.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -94,6 +94,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 2 → 3: trials shared by several aggregators (who runs each, and since when alive)
     "ALTER TABLE trials ADD COLUMN owner TEXT;
     ALTER TABLE trials ADD COLUMN heartbeat_at REAL;",
+    // 3 → 4: why a failed trial failed
+    "ALTER TABLE trials ADD COLUMN fail_reason TEXT;",
+    // 4 → 5: a run's lease (the aggregator serving it, and since when alive)
+    "ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE runs ADD COLUMN heartbeat_at REAL;",
 ];
 
 /// A store in one SQLite file.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{RunId, StoreError, StoreWriter};
-use fedtune_tuning::{Created, FrozenTrial, StorageError, StudyHeader, StudyStorage, TrialState};
+use fedtune_tuning::{Created, FrozenTrial, StorageError, StudyHeader, StudyStorage};
 
 /// A trial as text columns (JSON where the value is structured).
 pub(super) struct TrialColumns {
@@ -12,6 +12,7 @@ pub(super) struct TrialColumns {
     pub(super) params: String,
     pub(super) values: Option<String>,
     pub(super) intermediate: String,
+    pub(super) fail_reason: Option<String>,
 }
 
 /// `value` as JSON text.
@@ -19,21 +20,13 @@ pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError>
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn state_name(state: TrialState) -> &'static str {
-    match state {
-        TrialState::Running => "running",
-        TrialState::Complete => "complete",
-        TrialState::Pruned => "pruned",
-        TrialState::Failed => "failed",
-    }
-}
-
 pub(super) fn trial_columns(trial: &FrozenTrial) -> Result<TrialColumns, StoreError> {
     Ok(TrialColumns {
-        state: state_name(trial.state).to_owned(),
+        state: trial.state.as_str().to_owned(),
         params: json(&trial.params)?,
         values: trial.values.as_ref().map(json).transpose()?,
         intermediate: json(&trial.intermediate)?,
+        fail_reason: trial.fail_reason.clone(),
     })
 }
 
@@ -57,7 +50,7 @@ pub(super) fn trial_from_columns(
         state,
         feasible,
         intermediate: serde_json::from_str(&columns.intermediate).map_err(|e| corrupt("intermediate values", e))?,
-        fail_reason: None,
+        fail_reason: columns.fail_reason,
     })
 }
 

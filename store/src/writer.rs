@@ -56,9 +56,9 @@ impl StoreWriter {
         Self::spawn_with_heartbeat(store, run, keep, None)
     }
 
-    /// As [`spawn`](Self::spawn), refreshing the heartbeat of this owner's running
-    /// trials every `heartbeat` while it waits for work (a study: its trials stay its own
-    /// while the process lives).
+    /// As [`spawn`](Self::spawn), refreshing this owner's heartbeats in the run every
+    /// `heartbeat` while it waits for work ([`Storage::heartbeat`]): its lease on a run,
+    /// its running trials of a study, which stay its own while the process lives.
     pub fn spawn_with_heartbeat(
         mut store: Box<dyn Storage>,
         run: RunId,
@@ -86,7 +86,7 @@ impl StoreWriter {
                 if heartbeat.is_some_and(|every| last_beat.elapsed() >= every) {
                     last_beat = Instant::now();
                     if let Err(e) = store.heartbeat(run) {
-                        // Not fatal: the next one may pass; a long outage hands the trials on.
+                        // Not fatal: the next one may pass; a long outage hands the run or its trials on.
                         tracing::warn!(run, "store heartbeat: {e}");
                     }
                 }

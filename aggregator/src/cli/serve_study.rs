@@ -1,5 +1,5 @@
 //! `serve` with a `[tuning]` section: a federated study, one line per committed round
-//! and per finished trial.
+//! and per finished trial (a failed one with its reason).
 
 use std::path::PathBuf;
 
@@ -12,6 +12,7 @@ use fedtune_store::{self as store, RunStatus};
 use fedtune_tuning::TrialState;
 
 use super::run_state::{open_store, start_dashboard};
+use super::trials::one_line;
 
 /// Runs `study` on `endpoint` until it ends or `shutdown` stops it; prints the best
 /// trial and writes the report to `report_path`.
@@ -40,19 +41,28 @@ pub async fn run(
             TuneEvent::Round {
                 number, round, values, ..
             } => {
-                on_event.line(&format!("trial {number:>3}  round {round:>3}  values {values:?}"));
+                on_event.line(&format!("trial {number:>3}  round {round:>3}  values {}", list(values)));
                 on_event.advance(finished, &format!("trial {number} at round {round}"));
             }
             TuneEvent::TrialFinished(t) => {
                 finished += 1;
-                on_event.line(&format!(
-                    "trial {:>3}  {:<8}  values {:?}  rounds {:>3}  params {}",
-                    t.number,
-                    format!("{:?}", t.state).to_lowercase(),
-                    t.values,
-                    t.rounds,
-                    serde_json::to_string(&t.params).unwrap_or_default()
-                ));
+                let params = serde_json::to_string(&t.params).unwrap_or_default();
+                let line = match (t.state, &t.fail_reason) {
+                    (TrialState::Failed, reason) => format!(
+                        "trial {:>3}  failed    rounds {:>3}  params {params}  reason: {}",
+                        t.number,
+                        t.rounds,
+                        one_line(reason.as_deref().unwrap_or("not recorded"))
+                    ),
+                    (state, _) => format!(
+                        "trial {:>3}  {:<8}  values {}  rounds {:>3}  params {params}",
+                        t.number,
+                        state.as_str(),
+                        t.values.as_deref().map_or_else(|| "none".to_owned(), list),
+                        t.rounds,
+                    ),
+                };
+                on_event.line(&line);
                 on_event.advance(finished, "");
             }
             TuneEvent::TrialStarted { number, .. } => on_event.advance(finished, &format!("trial {number} started")),
@@ -96,9 +106,9 @@ pub async fn run(
     match report.best_trial() {
         Some(best) => {
             println!(
-                "best trial {}: values {:?}, params {}",
+                "best trial {}: values {}, params {}",
                 best.number,
-                best.values,
+                best.values.as_deref().map_or_else(|| "none".to_owned(), list),
                 serde_json::to_string(&best.params)?
             );
             if let Some(model) = &best.model {
@@ -107,13 +117,28 @@ pub async fn run(
         }
         None => println!("no trial completed"),
     }
+    let front: Vec<String> = report.pareto_front.iter().map(u64::to_string).collect();
     println!(
-        "rounds spent {}, Pareto front {:?}",
-        report.rounds_spent, report.pareto_front
+        "rounds spent {}, Pareto front: trial(s) {}",
+        report.rounds_spent,
+        front.join(", ")
     );
     if let Some(path) = report_path {
         std::fs::write(&path, json).with_context(|| format!("writing report {}", path.display()))?;
         println!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Objective values for a person: four significant digits, comma-separated.
+fn list(values: &[f64]) -> String {
+    let one = |v: &f64| {
+        let a = v.abs();
+        if a != 0.0 && !(1e-3..1e5).contains(&a) {
+            format!("{v:.3e}")
+        } else {
+            format!("{v:.4}")
+        }
+    };
+    values.iter().map(one).collect::<Vec<_>>().join(", ")
 }

@@ -1,4 +1,5 @@
-//! `fedtune-aggregator trials`: a study's trials, as a table or JSON.
+//! `fedtune-aggregator trials`: a study's trials, as a table or JSON; a failed trial with
+//! why it failed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,9 +44,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             || "-".to_owned(),
             |v| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", "),
         );
+        // A failed trial says why at the end of its row, so one line per trial still holds.
+        let reason = t
+            .trial
+            .fail_reason
+            .as_deref()
+            .map_or_else(String::new, |reason| format!("  reason: {}", one_line(reason)));
         writeln!(
             out,
-            "{:>5}  {:<8}  {:>6}  {:<24}  {:<24}  {}",
+            "{:>5}  {:<8}  {:>6}  {:<24}  {:<24}  {}{reason}",
             t.trial.number,
             serde_json::to_value(t.trial.state)?.as_str().unwrap_or("?"),
             t.trial.last_intermediate().map_or(0, |(step, _)| step),
@@ -55,4 +62,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `text` on one line: a reason's line breaks as spaces.
+pub(super) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -182,7 +182,7 @@ pub(crate) fn history_chart(
         points.push(ScatterPoint {
             x: t.number as f64,
             y: value,
-            label: format!("trial {} ({:?}): {name} {}", t.number, t.state, num(Some(value))).to_lowercase(),
+            label: format!("trial {} ({}): {name} {}", t.number, t.state, num(Some(value))),
             color: state_color(t),
             radius: 3.0,
             href: Some(format!("/runs/{id}?trial={}", t.number)),

@@ -220,7 +220,7 @@ fn trial_state(stored: &StoredTrial) -> String {
 
 /// A trial's state as the trials table and its page write it.
 fn state_text(t: &FrozenTrial) -> String {
-    let state = format!("{:?}", t.state).to_lowercase();
+    let state = t.state.as_str().to_owned();
     if t.state == TrialState::Complete && !t.feasible {
         format!("{state} (infeasible)")
     } else {
@@ -240,6 +240,9 @@ fn failure(stored: &StoredTrial) -> Option<String> {
     }
     let rounds = t.intermediate.len();
     let plural = if rounds == 1 { "" } else { "s" };
+    if let Some(reason) = &t.fail_reason {
+        return Some(format!("{reason} (after {rounds} round{plural})"));
+    }
     let log = match stored.owner.as_deref() {
         Some(owner) => format!("the log of aggregator {owner}"),
         None => "the aggregator's log".to_owned(),
@@ -662,6 +665,7 @@ mod tests {
             manifest_hash: "00".into(),
             created_at: "2025-01-01T00:00:00Z".into(),
             updated_at: "2025-01-01T00:10:00Z".into(),
+            owner: None,
         }
     }
 
@@ -686,6 +690,7 @@ mod tests {
             ..FrozenTrial::complete(1, params.clone(), 0.0)
         };
         failed.intermediate = BTreeMap::from([(1, vec![0.4]), (2, vec![0.5])]);
+        failed.fail_reason = Some("its agents were lost <all 3>".into());
         vec![
             stored(FrozenTrial::complete(0, params, 0.8), Some("eu-1")),
             stored(failed, Some("eu-1")),
@@ -706,7 +711,7 @@ mod tests {
         assert!(html.contains("<th data-sort>failure</th>"), "{html}");
         let rows: Vec<&str> = html.split(r#"<tr data-testid="trial-row">"#).skip(1).collect();
         assert_eq!(rows.len(), 2);
-        let why = "after 2 rounds; the store keeps no reason (see the log of aggregator eu-1)";
+        let why = "its agents were lost &lt;all 3&gt; (after 2 rounds)";
         assert!(
             rows[1].contains(&format!(r#"<td class="failure">{why}</td>"#)),
             "{}",
@@ -739,6 +744,14 @@ mod tests {
         assert!(
             page.contains(r#"data-testid="trial-state">complete<"#) && !page.contains("trial-failure"),
             "{page}"
+        );
+
+        // A trial failed by an older fedtune, which kept no reason, points at the log.
+        let mut old = stored[1].clone();
+        old.trial.fail_reason = None;
+        assert_eq!(
+            failure(&old).as_deref(),
+            Some("after 2 rounds; the store keeps no reason (see the log of aggregator eu-1)")
         );
     }
 

@@ -253,8 +253,9 @@ pub struct TuneReport {
 }
 
 impl TrialRecord {
-    /// The record of a trial a resumed study already held.
-    fn resumed(t: &fedtune_tuning::FrozenTrial) -> Self {
+    /// The record of a trial as the study holds it: one a resumed study already held, or
+    /// one that failed before it started.
+    fn from_trial(t: &fedtune_tuning::FrozenTrial) -> Self {
         Self {
             number: t.number,
             params: t.params.clone(),
@@ -463,11 +464,18 @@ impl Durable {
 
     /// Commits the study's end (before its agents are told to stop, so a crash after it
     /// does not leave the study waiting at restart for agents that are gone). While other
-    /// aggregators still run trials of a shared study, it stays `running`.
+    /// aggregators still run trials of a shared study, it stays `running`, however this
+    /// one ended: a study is served by all its aggregators, and one that failed (its agents
+    /// never came, its store broke) says so in its own exit, not by marking the study
+    /// failed under the others.
     fn record_end(&self, result: &Result<TuneReport, TuneError>) {
         let (run, status) = (self.run, study_status(result, self.writer.error().is_some()));
-        if status != RunStatus::Failed && self.others_running().unwrap_or(false) {
-            info!(run, "other aggregators still run trials of the study; it stays running");
+        if self.others_running().unwrap_or(false) {
+            info!(
+                run,
+                status = status.as_str(),
+                "other aggregators still run trials of the study; it stays running"
+            );
             return;
         }
         if let Err(e) = self.writer.call(move |store| store.set_status(run, status, None)) {
@@ -501,7 +509,7 @@ pub(crate) async fn run_study(
         };
         if nothing_left {
             info!("every trial of the study is done");
-            let records = lock(&study).trials().iter().map(TrialRecord::resumed).collect();
+            let records = lock(&study).trials().iter().map(TrialRecord::from_trial).collect();
             return Ok(finish_report(&study, records, false));
         }
         if !wait_for_agents(
@@ -588,8 +596,10 @@ pub(crate) async fn run_study(
                 let trial_cfg = match trial_config(&config, &trial.params, seed, tune.rounds) {
                     Ok(c) => c,
                     Err(e) => {
-                        warn!(trial = trial.number, "{e}");
-                        let _ = lock(&study).tell(trial.number, Outcome::failed(e.to_string()));
+                        if let Some(record) = failed_before_start(&study, trial.number, e.to_string()) {
+                            emit(&TuneEvent::TrialFinished(Box::new(record.clone())));
+                            records.push(record);
+                        }
                         continue;
                     }
                 };
@@ -608,9 +618,11 @@ pub(crate) async fn run_study(
                             draws: HashMap::new(),
                         }))),
                         Err(e) => {
-                            warn!(trial = trial.number, "no within-trial policy: {e}");
-                            let _ = lock(&study)
-                                .tell(trial.number, Outcome::failed(format!("no within-trial policy: {e}")));
+                            let reason = format!("no within-trial policy: {e}");
+                            if let Some(record) = failed_before_start(&study, trial.number, reason) {
+                                emit(&TuneEvent::TrialFinished(Box::new(record.clone())));
+                                records.push(record);
+                            }
                             continue;
                         }
                     }
@@ -712,7 +724,7 @@ pub(crate) async fn run_study(
             .iter()
             .map(|t| match ran.remove(&t.number) {
                 Some(record) if record.state != TrialState::Running || t.state == TrialState::Running => record,
-                _ => TrialRecord::resumed(t),
+                _ => TrialRecord::from_trial(t),
             })
             .collect();
         Ok(finish_report(&study, records, interrupted))
@@ -724,6 +736,20 @@ pub(crate) async fn run_study(
     let goodbye = Goodbye::after(&result, |report| report.interrupted, "the study");
     stop_agents(&registry, &endpoint, goodbye).await;
     result
+}
+
+/// Tells the study that trial `number` failed before it started (its parameters do not
+/// apply), for `reason`; returns its record, which the study's progress and report list
+/// like any other finished trial.
+fn failed_before_start(study: &Mutex<Study>, number: u64, reason: String) -> Option<TrialRecord> {
+    warn!(trial = number, "cannot start: {reason}");
+    match lock(study).tell(number, Outcome::failed(reason)) {
+        Ok(trial) => Some(TrialRecord::from_trial(trial)),
+        Err(e) => {
+            warn!(trial = number, "not told: {e}");
+            None
+        }
+    }
 }
 
 /// The next trial of the study: the baseline first when asked for (unless a process

@@ -129,6 +129,7 @@ fn trial(number: u64, state: fedtune_tuning::TrialState, rounds: u64) -> FrozenT
         state,
         feasible: number.is_multiple_of(2),
         intermediate: (1..=rounds).map(|step| (step, vec![0.1 * step as f64])).collect(),
-        fail_reason: None,
+        fail_reason: (state == fedtune_tuning::TrialState::Failed)
+            .then(|| format!("trial parameters: trial {number}'s `dropout` does not fit the model")),
     }
 }

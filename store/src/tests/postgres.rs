@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::runs::suite;
+use super::runs::{lease_suite, suite, writer_keeps_the_lease};
 use super::studies::{sharing_suite, study_suite};
 use super::*;
 
@@ -136,6 +136,10 @@ fn postgres_keeps_the_storage_contract() {
     assert_eq!(runs.len(), 4);
     assert_eq!(store.rounds(1, Some(0)).unwrap().len(), 6);
     assert_eq!(store.trials(3).unwrap().len(), 2);
+    assert!(
+        store.trials(3).unwrap()[1].trial.fail_reason.is_some(),
+        "a failed trial keeps its reason"
+    );
     assert_eq!(store.checkpoint_rounds(1, 0).unwrap(), vec![1, 4, 5]);
     assert_eq!(store.latest_checkpoint(1, 0).unwrap().unwrap(), state(6, 1000));
     // Per-agent rows are stored as SQLite stores them.
@@ -182,6 +186,14 @@ fn postgres_studies_are_shared_between_aggregators() {
     let db = TempPg::new("shared");
     let (mut a, mut b) = (db.store(), db.store());
     sharing_suite(&mut a, &mut b);
+}
+
+#[test]
+fn postgres_runs_have_one_aggregator_at_a_time() {
+    let db = TempPg::new("lease");
+    let (mut a, mut b) = (db.store(), db.store());
+    lease_suite(&mut a, &mut b);
+    writer_keeps_the_lease(Box::new(a), &mut b);
 }
 
 #[test]

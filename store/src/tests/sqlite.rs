@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::runs::suite;
+use super::runs::{lease_suite, suite, writer_keeps_the_lease};
 use super::studies::{sharing_suite, study_suite};
 use super::*;
 
@@ -18,6 +18,10 @@ fn sqlite_keeps_the_storage_contract() {
     assert_eq!(store.runs().unwrap().len(), 4);
     assert_eq!(store.rounds(1, Some(0)).unwrap().len(), 6);
     assert_eq!(store.trials(3).unwrap().len(), 2);
+    assert!(
+        store.trials(3).unwrap()[1].trial.fail_reason.is_some(),
+        "a failed trial keeps its reason"
+    );
 }
 
 #[test]
@@ -26,6 +30,15 @@ fn sqlite_studies_are_shared_between_aggregators() {
     let mut a = SqliteStore::open(&db.0).unwrap();
     let mut b = SqliteStore::open(&db.0).unwrap();
     sharing_suite(&mut a, &mut b);
+}
+
+#[test]
+fn sqlite_runs_have_one_aggregator_at_a_time() {
+    let db = TempDb::new("lease");
+    let mut a = SqliteStore::open(&db.0).unwrap();
+    let mut b = SqliteStore::open(&db.0).unwrap();
+    lease_suite(&mut a, &mut b);
+    writer_keeps_the_lease(Box::new(a), &mut b);
 }
 
 #[test]

@@ -17,15 +17,25 @@ pub(super) fn study_suite(store: &mut dyn Storage) {
     store.save_trial(study, &trial(0, TrialState::Running, 0)).unwrap();
     store.save_trial(study, &trial(1, TrialState::Running, 2)).unwrap();
     store.save_trial(study, &trial(0, TrialState::Complete, 3)).unwrap();
-    // Reopened, the study has the last snapshot of every trial.
+    store.save_trial(study, &trial(1, TrialState::Failed, 2)).unwrap();
+    // Reopened, the study has the last snapshot of every trial, a failed one's reason too.
     let trials = store.open_study(study, &header("accuracy")).unwrap();
     assert_eq!(
         trials,
-        vec![trial(0, TrialState::Complete, 3), trial(1, TrialState::Running, 2)]
+        vec![trial(0, TrialState::Complete, 3), trial(1, TrialState::Failed, 2)]
     );
     let stored = store.trials(study).unwrap();
     assert_eq!(stored.len(), 2);
     assert!(stored[0].updated_at >= stored[0].created_at);
+    assert_eq!(stored[0].trial.fail_reason, None);
+    assert_eq!(
+        stored[1].trial.fail_reason.as_deref(),
+        Some("trial parameters: trial 1's `dropout` does not fit the model")
+    );
+    // Each save stores the snapshot's reason, none included.
+    store.save_trial(study, &trial(1, TrialState::Running, 2)).unwrap();
+    assert_eq!(store.trials(study).unwrap()[1].trial.fail_reason, None);
+    store.save_trial(study, &trial(1, TrialState::Failed, 2)).unwrap();
     // Another study under the same run, or a run taken for a study, is refused.
     let err = store.open_study(study, &header("loss")).unwrap_err();
     assert!(
