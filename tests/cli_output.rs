@@ -103,3 +103,50 @@ fn a_reader_that_goes_away_ends_the_listing_quietly() {
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// `fedtune-agent run` on `config/agent.toml` edited by `edit` (its PKI made in `dir`); its
+/// exit status, stdout and stderr.
+fn agent(dir: &std::path::Path, edit: impl Fn(String) -> String) -> (bool, String, String) {
+    common::init_pki(dir, 2);
+    let path = common::agent_config(dir, common::free_udp_port(), 0);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(toml)).unwrap();
+    let output = Command::new(common::binary("fedtune-agent"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_agent_whose_key_is_not_its_certificates_names_both_files_and_its_settings() {
+    let dir = common::scratch_dir("cli-agent-key");
+    let (ok, stdout, stderr) = agent(&dir, |t| t.replace("agents/agent-0.key", "agents/agent-1.key"));
+    assert!(!ok);
+    assert!(stdout.is_empty(), "logs and errors go to stderr: {stdout}");
+    assert!(
+        stderr.contains("agent-1.key") && stderr.contains("agent-0.pem") && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("InconsistentKeys"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+#[test]
+fn an_agent_with_a_missing_file_names_its_setting() {
+    let dir = common::scratch_dir("cli-agent-missing");
+    let (ok, _, stderr) = agent(&dir, |t| t.replace("agents/agent-0.pem", "agents/nobody.pem"));
+    assert!(!ok);
+    assert!(stderr.starts_with("error: [pki] cert: "), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}

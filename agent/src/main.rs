@@ -1,6 +1,8 @@
 //! `fedtune-agent`: the edge daemon.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,7 +11,7 @@ use fedtune_agent::client::{Exit, client_endpoint, run};
 use fedtune_agent::config::AgentConfig;
 use fedtune_agent::metrics::{self, AgentMetrics};
 use fedtune_agent::model::default_device;
-use fedtune_agent::tls::{client_config, default_transport};
+use fedtune_agent::tls::{TlsError, client_config, default_transport};
 use fedtune_agent::trainer::BurnTrainer;
 use tracing_subscriber::EnvFilter;
 
@@ -30,20 +32,55 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Logs go to stderr, coloured only on a terminal without `NO_COLOR`; an error is one
+/// line of words (its causes not already in it) and a non-zero exit, with no backtrace:
+/// backtraces are for panics, which are bugs.
+fn main() -> ExitCode {
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let Command::Run { config } = Cli::parse().command;
-    let config = AgentConfig::load(&config)?;
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(&config)));
+    let Err(error) = result else {
+        return ExitCode::SUCCESS;
+    };
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    eprintln!("error: {text}");
+    ExitCode::FAILURE
+}
+
+/// Runs the agent the configuration at `path` describes until the federation ends, it
+/// is stopped, or an error that retrying cannot heal.
+async fn serve(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    let read = |setting: &str, p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("[pki] {setting}: {}", p.display()))
+    };
     let tls = client_config(
-        &read(&config.pki.ca_cert)?,
-        &read(&config.pki.cert)?,
-        &read(&config.pki.key)?,
+        &read("ca_cert", &config.pki.ca_cert)?,
+        &read("cert", &config.pki.cert)?,
+        &read("key", &config.pki.key)?,
         Arc::new(default_transport(config.loopback)),
-    )?;
+    )
+    .map_err(|e| match e {
+        TlsError::Tls(rustls::Error::InconsistentKeys(_)) => anyhow::anyhow!(
+            "the key in {} ([pki] key) does not belong to the certificate in {} ([pki] cert): use the .key file \
+             written next to that certificate",
+            config.pki.key.display(),
+            config.pki.cert.display()
+        ),
+        other => other.into(),
+    })?;
     let (train, validation) = config.data.load()?;
     tracing::info!(train = train.len(), validation = validation.len(), "local data loaded");
     let endpoint = client_endpoint(tls, config.aggregator, config.loopback)?;
