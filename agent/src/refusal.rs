@@ -27,7 +27,12 @@ const MAX_REASON_CHARS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The aggregator refused this agent's certificate.
-    #[error("the aggregator refused this agent's certificate: {} (TLS alert {alert:?}){}", problem(*alert), said(reason))]
+    #[error(
+        "the aggregator refused this agent's certificate: {} (TLS alert {}){}",
+        problem(*alert),
+        alert_name(*alert),
+        said(reason)
+    )]
     ByAggregator {
         /// The alert it sent.
         alert: AlertDescription,
@@ -35,7 +40,11 @@ pub enum Refusal {
         reason: String,
     },
     /// This agent could not verify the aggregator's certificate.
-    #[error("cannot verify the aggregator's certificate: {} (TLS alert {alert:?}; {reason})", problem(*alert))]
+    #[error(
+        "cannot verify the aggregator's certificate: {} (TLS alert {}; {reason})",
+        problem(*alert),
+        alert_name(*alert)
+    )]
     OfAggregator {
         /// The alert this agent's TLS stack raised.
         alert: AlertDescription,
@@ -122,6 +131,21 @@ fn problem(alert: AlertDescription) -> &'static str {
     }
 }
 
+/// The alert's name as the TLS RFCs write it: `certificate_revoked`, `unknown_ca`.
+fn alert_name(alert: AlertDescription) -> String {
+    let camel = format!("{alert:?}");
+    let mut name = String::with_capacity(camel.len() + 4);
+    let mut previous_lower = false;
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() && previous_lower {
+            name.push('_');
+        }
+        previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        name.push(c.to_ascii_lowercase());
+    }
+    name
+}
+
 fn said(reason: &str) -> String {
     if reason.is_empty() {
         String::new()
@@ -173,7 +197,18 @@ mod tests {
             );
             assert!(text.contains(words), "{text}");
             assert!(text.contains("it said: invalid peer certificate"), "{text}");
+            assert!(
+                !text.contains("Certificate") && !text.contains("UnknownCA"),
+                "no Rust names: {text}"
+            );
         }
+    }
+
+    #[test]
+    fn alerts_are_named_as_the_rfcs_name_them() {
+        assert_eq!(alert_name(AlertDescription::CertificateRevoked), "certificate_revoked");
+        assert_eq!(alert_name(AlertDescription::UnknownCA), "unknown_ca");
+        assert_eq!(alert_name(AlertDescription::CertificateExpired), "certificate_expired");
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl FromStr for TestSet {
                     scale: 1.0,
                 }),
                 _ => Err(format!(
-                    "unknown dataset `{s}`: use digits, fashion-mnist, wordnet or csv:PATH"
+                    "unknown dataset `{s}`: expected digits, fashion-mnist, wordnet or csv:PATH"
                 )),
             },
         }
