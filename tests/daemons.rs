@@ -303,15 +303,16 @@ fn the_service_runs_a_study_from_its_tuning_section() {
 
 #[test]
 fn a_failed_trial_says_why_in_the_serve_output_and_in_trials() {
-    // The baseline (the [client] values; an MLP has no dropout to give) runs; the
-    // sampler's trial asks the MLP for dropout, which it cannot apply: that trial fails
-    // before it starts.
+    // The baseline (the config's fedavg without noise) runs. Each value of the space fits
+    // the model alone, so serve starts; but the sampler's trial draws the median with DP
+    // noise, which cannot go together: that trial fails before it starts.
     let space_dir = common::scratch_dir("failed-trial-space");
     let space = space_dir.join("space.toml");
     std::fs::write(
         &space,
         "[params]\nlearning_rate = \"loguniform(1e-3, 1e-1)\"\n\
-         dropout = { spec = \"uniform(0.1, 0.3)\", scope = \"server\" }\n",
+         strategy = { spec = \"choice(median)\", scope = \"server\" }\n\
+         noise_multiplier = { spec = \"uniform(0.5, 1.0)\", scope = \"server\" }\n",
     )
     .unwrap();
     let Served {
@@ -326,7 +327,7 @@ fn a_failed_trial_says_why_in_the_serve_output_and_in_trials() {
              baseline_first = true\n"
         )
     });
-    let reason = "has no dropout";
+    let reason = "privacy needs a strategy that averages";
     let trials = report["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 2, "{report}");
     assert_eq!(trials[0]["state"], "complete", "{report}");
