@@ -150,3 +150,28 @@ fn an_agent_with_a_missing_file_names_its_setting() {
     assert!(stderr.starts_with("error: [pki] cert: "), "{stderr}");
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
+
+#[test]
+fn other_missing_files_name_their_settings() {
+    for (setting, edit) in [
+        (
+            "[model] init: ",
+            Box::new(|t: String| t.replace("# init = \"pretrained.safetensors\" ", "init = \"missing.safetensors\""))
+                as Box<dyn Fn(String) -> String>,
+        ),
+        (
+            "[tuning] space: ",
+            Box::new(|t: String| {
+                t.replace("# [tuning]", "[tuning]")
+                    .replace("# space = \"../presets/tabular.toml\"", "space = \"nope.toml\"")
+            }),
+        ),
+    ] {
+        let dir = common::scratch_dir("cli-missing-setting");
+        let config = aggregator_config(&dir, edit);
+        let (ok, stderr) = serve(&config);
+        assert!(!ok);
+        assert!(stderr.contains(setting), "{setting}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

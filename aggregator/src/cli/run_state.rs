@@ -11,8 +11,11 @@ use fedtune_store::{self as store, Storage};
 
 /// Opens the store `[state] db` names, off the async runtime.
 pub async fn open_store(db: &Path) -> anyhow::Result<Box<dyn Storage>> {
+    use anyhow::Context as _;
     let db = db.to_owned();
-    Ok(tokio::task::spawn_blocking(move || store::open(&db)).await??)
+    Ok(tokio::task::spawn_blocking(move || store::open(&db))
+        .await?
+        .context("[state] db")?)
 }
 
 /// Starts `[dashboard]` over the store at `db` when the configuration asks for it, with

@@ -42,8 +42,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.model.save_layout = layout;
     }
     // The starting weights are read once, off the runtime, before anything is bound.
-    let config =
-        tokio::task::spawn_blocking(move || service::load_initial_model(&mut config).map(|()| config)).await??;
+    let config = tokio::task::spawn_blocking(move || service::load_initial_model(&mut config).map(|()| config))
+        .await?
+        .context("[model] init")?;
     if let Some(init) = &config.model.init {
         println!(
             "global model starts from {} ({} parameters)",

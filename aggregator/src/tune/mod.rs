@@ -155,8 +155,11 @@ impl TuningSection {
                 .ok_or_else(|| invalid(format!("pick the space with `objective`, one of {names}")))?
                 .space
         } else {
-            fedtune_tuning::spec::load_space_toml(&self.space)
-                .map_err(|e| invalid(format!("{}: {e}", self.space.display())))?
+            fedtune_tuning::spec::load_space_toml(&self.space).map_err(|e| match e {
+                // The I/O error names the file already.
+                fedtune_tuning::SpecError::Io { .. } => ConfigError::Invalid(format!("[tuning] space: {e}")),
+                e => ConfigError::Invalid(format!("[tuning] space: {}: {e}", self.space.display())),
+            })?
         };
         check_space(&space)?;
         self.pruner.validate().map_err(|e| invalid(e.to_string()))?;
