@@ -13,9 +13,9 @@ use fedtune_store::{self as store, Storage};
 pub async fn open_store(db: &Path) -> anyhow::Result<Box<dyn Storage>> {
     use anyhow::Context as _;
     let db = db.to_owned();
-    Ok(tokio::task::spawn_blocking(move || store::open(&db))
+    tokio::task::spawn_blocking(move || store::open(&db))
         .await?
-        .context("[state] db")?)
+        .context("[state] db")
 }
 
 /// Starts `[dashboard]` over the store at `db` when the configuration asks for it, with
