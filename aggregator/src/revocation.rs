@@ -1,5 +1,5 @@
-//! Revoked agent certificates: a text file the aggregator re-reads when it changes, and
-//! a client-certificate verifier that refuses its entries at the handshake.
+//! Revoked agent certificates: a text file the aggregator re-reads when it changes, which
+//! the client-certificate verifier ([`crate::verifier`]) consults at every handshake.
 //!
 //! One entry per line: a certificate's SHA-256 fingerprint (`sha256:` and 64 hex digits,
 //! or the 64 digits alone, colons allowed) or its serial number (`serial:` and hex
@@ -9,13 +9,8 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
-
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// What a revocation file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -200,71 +195,6 @@ impl RevocationList {
             }
         }
         state.1.contains(der)
-    }
-}
-
-/// A client-certificate verifier that refuses revoked certificates, then asks `inner`
-/// (the federation CA's verifier, which also refuses expired and not-yet-valid ones).
-#[derive(Debug)]
-pub struct RevokingVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    revoked: Arc<RevocationList>,
-}
-
-impl RevokingVerifier {
-    /// Wraps `inner`.
-    #[must_use]
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, revoked: Arc<RevocationList>) -> Self {
-        Self { inner, revoked }
-    }
-}
-
-impl ClientCertVerifier for RevokingVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        // Logged, naming the agent, by `crate::verifier::NamingVerifier` around this one.
-        if self.revoked.is_revoked(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
-        self.inner.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

@@ -10,7 +10,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 
 use crate::identity::{Identity, IdentityError, bad, certificate_chain, private_key, validate_agent_id};
-use crate::revocation::{RevocationList, RevokingVerifier};
+use crate::revocation::RevocationList;
 use crate::transport::TransportTuning;
 use crate::verifier::NamingVerifier;
 use fedtune_protocol::transport::ALPN;
@@ -65,11 +65,7 @@ pub fn client_verifier(
         roots.add(ca)?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-    let verifier = match revoked {
-        Some(revoked) => Arc::new(RevokingVerifier::new(verifier, revoked)),
-        None => verifier,
-    };
-    Ok(Arc::new(NamingVerifier::new(verifier)))
+    Ok(Arc::new(NamingVerifier::new(verifier, revoked)))
 }
 
 /// The agent id of an accepted connection: the subject common name of the certificate the

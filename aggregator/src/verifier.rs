@@ -15,19 +15,22 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::revocation::fingerprint;
+use crate::revocation::{RevocationList, fingerprint};
 
-/// Wraps a client-certificate verifier and logs, as a warning, each certificate it refuses.
+/// Wraps the federation CA's verifier (which also refuses expired and not-yet-valid
+/// certificates): refuses what `revoked` lists before asking it, and logs, as a warning,
+/// each certificate refused.
 #[derive(Debug)]
 pub struct NamingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    revoked: Option<Arc<RevocationList>>,
 }
 
 impl NamingVerifier {
-    /// Logs the refusals of `inner`.
+    /// Refuses what `revoked` lists, then what `inner` refuses, logging every refusal.
     #[must_use]
-    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        Self { inner }
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, revoked: Option<Arc<RevocationList>>) -> Self {
+        Self { inner, revoked }
     }
 }
 
@@ -101,7 +104,11 @@ impl ClientCertVerifier for NamingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verdict = self.inner.verify_client_cert(end_entity, intermediates, now);
+        let verdict = if self.revoked.as_ref().is_some_and(|r| r.is_revoked(end_entity)) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        } else {
+            self.inner.verify_client_cert(end_entity, intermediates, now)
+        };
         if let Err(error) = &verdict {
             let reason = refusal_reason(error);
             let fingerprint = fingerprint(end_entity);
