@@ -8,7 +8,8 @@
 //! - [`identity`]: the federation's CA, server and agent certificates (the PKI).
 //! - [`tls`]: the server's mutual-TLS configuration; agent ids from certificates.
 //! - [`revocation`]: revoked agent certificates, refused at the handshake, re-read on change.
-//! - [`verifier`]: the agents' certificate verifier, which logs each refusal naming the agent.
+//! - [`verifier`]: the agents' certificate verifier: revocation, and a log line naming each
+//!   refused agent.
 //! - [`restart`]: keys that survive a restart, so agents learn of it at once (stateless reset).
 //! - [`transport`]: QUIC transport tuning and the UDP endpoint.
 //! - [`registry`]: the accept loop, the hello handshake, connected agents.
@@ -36,6 +37,8 @@ pub mod dashboard;
 pub mod driver;
 pub mod durable;
 pub mod evaluate;
+#[cfg(test)]
+mod fixtures;
 pub mod identity;
 pub mod metrics;
 pub mod plot;

@@ -227,17 +227,7 @@ mod tests {
     use fedtune_federation::{Contribution, FailureReason, FailureRecord, GlobalEvaluation};
 
     fn record() -> RoundRecord {
-        let mut record: RoundRecord = serde_json::from_value(serde_json::json!({
-            "round": 0, "cohort": ["a", "b", "c"], "updates": 2, "applied": true, "failures": [],
-            "aggregation_error": null, "train_loss": 0.5, "federated_accuracy": 0.5,
-            "federated_loss": 0.7, "agent_accuracy": {}, "server_learning_rate": null,
-            "fairness": {"agents": 0, "mean_accuracy": 0.0, "accuracy_variance": 0.0,
-                "accuracy_std": 0.0, "worst_accuracy": 0.0, "worst_10pct_accuracy": 0.0,
-                "accuracy_gap": 0.0, "jain_index": 1.0, "mean_loss": 0.0, "participation_jain": 1.0},
-            "violations": [], "test": null, "seconds": 0.3, "device_seconds": 0.4,
-            "payload_bytes": 500
-        }))
-        .unwrap();
+        let mut record = crate::fixtures::round_record(0, &["a", "b", "c"]);
         record.failures.push(FailureRecord {
             agent: "c".into(),
             reason: FailureReason::Straggler,
