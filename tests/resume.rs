@@ -195,8 +195,15 @@ fn a_second_serve_of_a_live_run_is_refused_and_the_first_finishes_it() {
     let (success, stdout) = wait_for_exit(&mut first.0[0], Duration::from_secs(120));
     assert!(success, "{stdout}");
     assert!(stdout.contains("finished"), "{stdout}");
+    one_finished_run(&store, "one serve ran it");
+    assert_eq!(report_json(&report)["status"], "finished");
+}
+
+/// The store's runs, checked to be one finished run that committed every round once,
+/// in order (`what` says why there must be one).
+fn one_finished_run(store: &SqliteStore, what: &str) -> Vec<fedtune_store::RunSummary> {
     let runs = store.runs().unwrap();
-    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs.len(), 1, "{what}: {runs:?}");
     assert_eq!(runs[0].status, RunStatus::Finished);
     let rounds: Vec<u64> = store
         .rounds(runs[0].id, None)
@@ -205,7 +212,7 @@ fn a_second_serve_of_a_live_run_is_refused_and_the_first_finishes_it() {
         .map(|r| r.record.round)
         .collect();
     assert_eq!(rounds, (0..ROUNDS).collect::<Vec<_>>(), "each round once, in order");
-    assert_eq!(report_json(&report)["status"], "finished");
+    runs
 }
 
 /// Kills `serve` at four points of the run, restarts it each time and checks the store,
@@ -239,16 +246,7 @@ fn resumes_after_sigkills(config: &Path, db: &Path, report: &Path) {
     assert!(success, "{stdout}");
 
     let store = SqliteStore::open_read_only(&db).unwrap();
-    let runs = store.runs().unwrap();
-    assert_eq!(runs.len(), 1, "every restart resumed the same run: {runs:?}");
-    assert_eq!(runs[0].status, RunStatus::Finished);
-    let rounds: Vec<u64> = store
-        .rounds(runs[0].id, None)
-        .unwrap()
-        .iter()
-        .map(|r| r.record.round)
-        .collect();
-    assert_eq!(rounds, (0..ROUNDS).collect::<Vec<_>>(), "each round once, in order");
+    let runs = one_finished_run(&store, "every restart resumed the same run");
     for r in store.rounds(runs[0].id, None).unwrap() {
         assert_eq!(r.record.updates, 3, "round {}: {:?}", r.record.round, r.record.failures);
     }

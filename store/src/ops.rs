@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use super::checkpoint::{decode_checkpoint, encode_checkpoint};
-use super::sql::{Database, Row, Value, Violation};
+use super::sql::{Database, DbError, Row, Value, Violation};
 use super::study::{TrialColumns, check_header, json, parse_header, trial_columns, trial_from_columns};
 use super::{NewRun, RunId, RunKind, RunStatus, RunSummary, Storage, StoreError, StoredRound, StoredTrial, agent_rows};
 use fedtune_federation::{FederationState, RoundRecord};
@@ -61,6 +61,15 @@ fn stored_trial(run: RunId, row: &Row) -> Result<StoredTrial, StoreError> {
         created_at: row.text(6)?.to_owned(),
         updated_at: row.text(7)?.to_owned(),
     })
+}
+
+/// The error of a statement writing into `run`: a missing run when the database says its
+/// row is not there.
+fn in_run(run: RunId) -> impl FnOnce(DbError) -> StoreError {
+    move |e| match e.violation {
+        Some(Violation::ForeignKey) => StoreError::NoSuchRun(run),
+        _ => e.into(),
+    }
 }
 
 /// Runs `body` in a transaction: committed when it succeeds, rolled back when it fails.
@@ -462,10 +471,7 @@ impl<D: Database> Storage for D {
                     fail_reason.as_deref().into(),
                 ],
             )
-            .map_err(|e| match e.violation {
-                Some(Violation::ForeignKey) => StoreError::NoSuchRun(run),
-                _ => e.into(),
-            })?;
+            .map_err(in_run(run))?;
             Ok(())
         })
     }
@@ -512,10 +518,7 @@ impl<D: Database> Storage for D {
                     self.owner().into(),
                 ],
             )
-            .map_err(|e| match e.violation {
-                Some(Violation::ForeignKey) => StoreError::NoSuchRun(run),
-                _ => e.into(),
-            })?;
+            .map_err(in_run(run))?;
             Ok(Created::Trial(FrozenTrial {
                 number: next as u64,
                 params: params.clone(),
