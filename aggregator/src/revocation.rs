@@ -163,12 +163,6 @@ impl RevocationList {
         Ok((stamp, Revoked::parse(&text, &self.path)?))
     }
 
-    /// The file this list reads.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Entries in force as last read.
     #[must_use]
     pub fn len(&self) -> usize {

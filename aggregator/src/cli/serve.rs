@@ -56,8 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let study = match &config.tuning {
         Some(tuning) => {
             let study = tuning.study(config.federation.rounds)?;
-            fedtune_aggregator::tune::check_strategies(&study.space, config.secure_aggregation.enabled)?;
-            fedtune_aggregator::tune::check_server_choices(&config, &study.space)?;
+            fedtune_aggregator::tune::check_space_fits(&config, &study.space)?;
             Some(study)
         }
         None => None,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedtune_tuning::spec::load_space_toml;
+use fedtune_tuning::spec::parse_space_toml;
 use fedtune_tuning::{Direction, Journal, Objective, PrunerConfig, SamplerKind, Study, ask_tell, load_objectives};
 
 /// The arguments of `tune`.
@@ -69,7 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.objective.is_some() {
             anyhow::bail!("--objective picks from a JSON spec; {} is TOML", args.space.display());
         }
-        (load_space_toml(&args.space)?, toml_direction(&args.space)?)
+        let text =
+            std::fs::read_to_string(&args.space).with_context(|| format!("cannot read {}", args.space.display()))?;
+        let space = parse_space_toml(&text).with_context(|| args.space.display().to_string())?;
+        (space, toml_direction(&args.space, &text)?)
     };
     let directions: Vec<Direction> = if args.directions.is_empty() {
         let Some(direction) = direction else {
@@ -124,10 +127,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `direction` a TOML space file gives at its top, if any.
-fn toml_direction(path: &std::path::Path) -> anyhow::Result<Option<Direction>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+/// The `direction` the TOML space file `path` holding `text` gives at its top, if any.
+fn toml_direction(path: &std::path::Path, text: &str) -> anyhow::Result<Option<Direction>> {
+    let doc: toml::Table = toml::from_str(text).with_context(|| format!("{} is not TOML", path.display()))?;
     let Some(value) = doc.get("direction") else {
         return Ok(None);
     };

@@ -44,7 +44,7 @@ use fedtune_tuning::{
     SamplerKind, Study, StudyError, TrialState,
 };
 use params::baseline_params;
-pub use params::{apply_client, check_server_choices, check_space, check_strategies, trial_config};
+pub use params::{apply_client, check_server_choices, check_space, check_space_fits, check_strategies, trial_config};
 pub(crate) use trial::Resumed;
 use trial::{PolicyTuner, TrialRun, lock};
 
@@ -357,8 +357,7 @@ pub async fn tune(
 pub(crate) fn new_study(config: &AggregatorConfig, tune: &TuneConfig) -> Result<Study, TuneError> {
     config.validate()?;
     tune.validate()?;
-    check_strategies(&tune.space, config.secure_aggregation.enabled)?;
-    check_server_choices(config, &tune.space)?;
+    check_space_fits(config, &tune.space)?;
     let objectives: Vec<Objective> = tune.objectives.iter().map(|m| m.objective()).collect();
     let mut study = Study::new(
         tune.space.clone(),

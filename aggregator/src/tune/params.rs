@@ -88,6 +88,17 @@ pub fn check_strategies(space: &SearchSpace, secure_aggregation: bool) -> Result
     Ok(())
 }
 
+/// Refuses a space that cannot run with `base` before any trial starts: a strategy
+/// secure aggregation cannot run ([`check_strategies`]), or any other server-scope value
+/// that does not fit the model or the federation ([`check_server_choices`]).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the parameter, the value and why.
+pub fn check_space_fits(base: &AggregatorConfig, space: &SearchSpace) -> Result<(), ConfigError> {
+    check_strategies(space, base.secure_aggregation.enabled)?;
+    check_server_choices(base, space)
+}
+
 /// Refuses a space one of whose server-scope values cannot apply to `base`'s model and
 /// federation — a `freeze` pattern that matches none of the model's tensors, a `width`
 /// the starting weights cannot take, a strategy secure aggregation cannot run — before
