@@ -99,8 +99,8 @@ struct Args {
     save_model: Option<PathBuf>,
     /// The layout of `--save-model`'s file: Burn's, or PyTorch's (linear weights
     /// `[out, in]`) for `load_state_dict`.
-    #[arg(long, value_enum, default_value = "burn")]
-    save_layout: SaveLayout,
+    #[arg(long, default_value = "burn")]
+    save_layout: fedtune::agent::weights::Layout,
     /// Write the final figures as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -343,21 +343,10 @@ async fn main() -> anyhow::Result<()> {
     println!("  median round time         {:.3} s", summary.median_round_seconds);
     println!("  total                     {:.1} s", summary.total_seconds);
     if let Some(path) = &args.save_model {
-        let layout = match args.save_layout {
-            SaveLayout::Burn => fedtune::agent::weights::Layout::Burn,
-            SaveLayout::Pytorch => fedtune::agent::weights::Layout::Pytorch,
-        };
-        service::save_model(&model, &report.global, path, layout)?;
+        service::save_model(&model, &report.global, path, args.save_layout)?;
         println!("  final model               {}", path.display());
     }
     common::plot_run(args.plot.as_deref(), "", &report.rounds)?;
     common::plots_written(args.plot.as_deref());
     common::write_summary(args.summary.as_deref(), &summary)
-}
-
-/// `--save-layout`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum SaveLayout {
-    Burn,
-    Pytorch,
 }

@@ -37,6 +37,20 @@ pub enum Layout {
     Burn,
 }
 
+impl std::str::FromStr for Layout {
+    type Err = String;
+
+    /// `auto`, `burn` or `pytorch`, as the command-line flags and TOML write it.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "burn" => Ok(Self::Burn),
+            "pytorch" => Ok(Self::Pytorch),
+            other => Err(format!("`{other}`: expected auto, burn or pytorch")),
+        }
+    }
+}
+
 /// A weights file to start a model from. In TOML either a path (`init = "model.pt"`) or a
 /// table (`init = { path = "model.safetensors", layout = "pytorch", remap = [["^fc1\\.",
 /// "head.0."]] }`).

@@ -21,7 +21,7 @@ pub struct Args {
     /// The file's layout: auto (Burn's for files Burn or fedtune wrote, PyTorch's
     /// otherwise), pytorch or burn.
     #[arg(long, default_value = "auto")]
-    layout: String,
+    layout: Layout,
     /// A key rewrite `PATTERN=REPLACEMENT` (a regular expression) applied to the file's
     /// tensor names before they are matched to the model's; repeatable.
     #[arg(long = "remap")]
@@ -40,13 +40,7 @@ pub struct Args {
 
 /// Prints the model's test accuracy and loss with these weights.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = match args.layout.as_str() {
-        "auto" => Layout::Auto,
-        "pytorch" => Layout::Pytorch,
-        "burn" => Layout::Burn,
-        other => anyhow::bail!("--layout {other}: use auto, pytorch or burn"),
-    };
-    let mut source = WeightsSource::new(args.weights).layout(layout);
+    let mut source = WeightsSource::new(args.weights).layout(args.layout);
     for rule in &args.remap {
         let (pattern, replacement) = rule
             .split_once('=')

@@ -170,10 +170,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A layout to write a file in: `burn` or `pytorch` (`auto` is for reading).
 fn parse_layout(text: &str) -> Result<Layout, String> {
-    match text {
-        "burn" => Ok(Layout::Burn),
-        "pytorch" => Ok(Layout::Pytorch),
-        other => Err(format!("`{other}`: use burn or pytorch")),
+    match text.parse()? {
+        Layout::Auto => Err("`auto` is for reading files; write burn or pytorch".into()),
+        layout => Ok(layout),
     }
 }
