@@ -1,0 +1,57 @@
+"""fedtune: federated hyperparameter tuning and fine-tuning, from Python.
+
+The samplers (grid, random, TPE, GP, "bayes+rl"), pruners and studies run in Rust; Python
+supplies the objective::
+
+    import fedtune
+
+    space = fedtune.SearchSpace({
+        "learning_rate": "loguniform(1e-5, 1e-2)",
+        "batch_size": "choice(16, 32, 64, 128)",
+        "optimizer": "choice(adam, sgd)",
+    })
+
+    def train_model(config, trial):
+        for epoch in range(10):
+            accuracy = ...  # train one epoch with config["learning_rate"], ...
+            trial.report(epoch, accuracy)
+            if trial.should_prune():
+                raise fedtune.TrialPruned()
+        return accuracy
+
+    tuner = fedtune.Tuner(model_fn=train_model, search_space=space, max_trials=50,
+                          strategy="bayes+rl", directions=["maximize"], pruner="asha",
+                          storage="study.db")
+    best_config = tuner.run()
+
+Or Optuna's ask/tell: ``study = fedtune.create_study(space, direction="maximize")``,
+``trial = study.ask()``, ``study.tell(trial, value)``.
+"""
+
+from ._native import (
+    DuplicatedStudyError,
+    FedtuneError,
+    FrozenTrial,
+    SearchSpace,
+    StorageError,
+    Study,
+    Trial,
+    TrialPruned,
+    __version__,
+    create_study,
+)
+from ._tuner import Tuner
+
+__all__ = [
+    "DuplicatedStudyError",
+    "FedtuneError",
+    "FrozenTrial",
+    "SearchSpace",
+    "StorageError",
+    "Study",
+    "Trial",
+    "TrialPruned",
+    "Tuner",
+    "__version__",
+    "create_study",
+]
