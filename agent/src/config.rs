@@ -38,8 +38,9 @@ pub struct AgentConfig {
     pub require_secure_aggregation: bool,
     /// Certificate files.
     pub pki: AgentPki,
-    /// Local data.
-    pub data: DataConfig,
+    /// Local data the Burn trainer reads (`fedtune-agent`); a Python agent brings its own.
+    #[serde(default)]
+    pub data: Option<DataConfig>,
     /// Reconnection policy.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
@@ -216,12 +217,14 @@ impl AgentConfig {
         resolve(&mut config.pki.ca_cert);
         resolve(&mut config.pki.cert);
         resolve(&mut config.pki.key);
-        match &mut config.data.source {
-            DataSource::Csv { path, .. } => resolve(path),
-            DataSource::FashionMnist { dir } | DataSource::Wordnet { dir } => resolve(dir),
-        }
-        if let PartitionSpec::File(p) = &mut config.data.partition {
-            resolve(p);
+        if let Some(data) = &mut config.data {
+            match &mut data.source {
+                DataSource::Csv { path, .. } => resolve(path),
+                DataSource::FashionMnist { dir } | DataSource::Wordnet { dir } => resolve(dir),
+            }
+            if let PartitionSpec::File(p) = &mut data.partition {
+                resolve(p);
+            }
         }
         Ok(config)
     }
@@ -401,7 +404,7 @@ mod tests {
     fn example_config_parses_and_its_data_loads() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.toml"));
         let config = AgentConfig::load(path).unwrap();
-        let (train, validation) = config.data.load().unwrap();
+        let (train, validation) = config.data.as_ref().unwrap().load().unwrap();
         assert!(train.len() > 20 && validation.len() > 5);
         assert_eq!(train.dim(), 64);
         assert!(config.options().reconnect.max_attempts.is_some());

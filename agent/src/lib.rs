@@ -10,6 +10,7 @@
 //!   implementation.
 //! - [`custom`]: a model of your own in an agent ([`custom::ModelTrainer`]).
 //! - [`client`]: connect, hello, serve tasks, reconnect.
+//! - [`daemon`]: the whole daemon (TLS, endpoint, metrics, connection loop) for any trainer.
 //! - [`refusal`]: a TLS handshake that no retry can fix (a certificate refused either way).
 //! - [`metrics`]: the agent's Prometheus metrics, on a loopback `/metrics`.
 //! - `secure`: the agent's side of a secure-aggregation round.
@@ -22,6 +23,7 @@
 pub mod client;
 pub mod config;
 pub mod custom;
+pub mod daemon;
 mod last_update;
 pub mod metrics;
 pub mod partition;

@@ -3,15 +3,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fedtune_agent::client::{Exit, client_endpoint, run};
 use fedtune_agent::config::AgentConfig;
-use fedtune_agent::metrics::{self, AgentMetrics};
+use fedtune_agent::daemon;
 use fedtune_agent::model::default_device;
-use fedtune_agent::tls::{TlsError, client_config, default_transport};
 use fedtune_agent::trainer::BurnTrainer;
 use tracing_subscriber::EnvFilter;
 
@@ -63,45 +60,21 @@ fn main() -> ExitCode {
 /// is stopped, or an error that retrying cannot heal.
 async fn serve(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
-    let read = |setting: &str, p: &PathBuf| {
-        std::fs::read_to_string(p).with_context(|| format!("[pki] {setting}: {}", p.display()))
-    };
-    let tls = client_config(
-        &read("ca_cert", &config.pki.ca_cert)?,
-        &read("cert", &config.pki.cert)?,
-        &read("key", &config.pki.key)?,
-        Arc::new(default_transport(config.loopback)),
-    )
-    .map_err(|e| match e {
-        TlsError::Tls(rustls::Error::InconsistentKeys(_)) => anyhow::anyhow!(
-            "the key in {} ([pki] key) does not belong to the certificate in {} ([pki] cert): use the .key file \
-             written next to that certificate",
-            config.pki.key.display(),
-            config.pki.cert.display()
-        ),
-        other => other.into(),
+    let data = config.data.as_ref().with_context(|| {
+        format!(
+            "{}: no [data] table: fedtune-agent trains on the local data it names (see config/agent.toml)",
+            path.display()
+        )
     })?;
-    let (train, validation) = config.data.load()?;
+    let (train, validation) = data.load()?;
     tracing::info!(train = train.len(), validation = validation.len(), "local data loaded");
-    let endpoint = client_endpoint(tls, config.aggregator, config.loopback)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             let _ = stop.send(true);
         }
     });
-    let mut options = config.options();
-    if let Some(listen) = config.metrics.listen {
-        let metrics = Arc::new(AgentMetrics::new());
-        let addr = metrics::serve(listen, metrics.clone(), stopped.clone()).await?;
-        println!("metrics on http://{addr}/metrics");
-        options.metrics = Some(metrics);
-    }
     let trainer = BurnTrainer::new(train, validation, default_device());
-    match run(endpoint.clone(), options, trainer, stopped).await? {
-        Exit::Shutdown(reason) => tracing::info!("federation over: {reason}"),
-        Exit::Stopped => tracing::info!("stopped"),
-    }
-    endpoint.wait_idle().await;
+    daemon::serve(&config, trainer, stopped).await?;
     Ok(())
 }

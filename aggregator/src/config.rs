@@ -152,6 +152,44 @@ fn is_burn(layout: &Layout) -> bool {
     matches!(layout, Layout::Burn | Layout::Auto)
 }
 
+/// Reads `[model] custom = { name = "…", init = "model.safetensors" }`: a model the
+/// aggregator knows only by its tensors. The file (relative to `base`, the configuration's
+/// directory) gives the manifest — its tensors' names and shapes, in the file's order —
+/// and becomes `[model] init`, the starting values. Rewrites `table` so that the rest of
+/// the configuration reads it as `custom = { name, manifest }` beside `init`; returns
+/// whether there was such a model.
+fn custom_from_file(table: &mut toml::Table, base: &Path) -> Result<bool, String> {
+    let Some(custom) = table
+        .get_mut("model")
+        .and_then(|m| m.get_mut("custom"))
+        .and_then(toml::Value::as_table_mut)
+    else {
+        return Ok(false);
+    };
+    let Some(init) = custom.remove("init") else {
+        return Ok(false);
+    };
+    let Some(file) = init.as_str() else {
+        return Err("[model] custom: `init` is the path of a safetensors file".into());
+    };
+    if custom.contains_key("manifest") {
+        return Err("[model] custom: give `init` (a safetensors file) or `manifest`, not both".into());
+    }
+    let file = base.join(file);
+    let (manifest, _) = fedtune_models::weights::read_custom(&file).map_err(|e| format!("[model] custom: {e}"))?;
+    let manifest = toml::Value::try_from(&manifest).map_err(|e| e.to_string())?;
+    custom.insert("manifest".into(), manifest);
+    let model = table
+        .get_mut("model")
+        .and_then(toml::Value::as_table_mut)
+        .ok_or("[model] is not a table")?;
+    if model.contains_key("init") {
+        return Err("[model] custom has an `init` file already; drop [model] init".into());
+    }
+    model.insert("init".into(), toml::Value::String(file.display().to_string()));
+    Ok(true)
+}
+
 impl TryFrom<ModelRepr> for ModelConfig {
     type Error = String;
 
@@ -578,11 +616,18 @@ impl AggregatorConfig {
             path: path.into(),
             source,
         })?;
-        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse = |message: String| ConfigError::Parse {
             path: path.into(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
         let base = path.parent().unwrap_or(Path::new("."));
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        let mut config: Self = if custom_from_file(&mut table, base).map_err(parse)? {
+            table.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))?
+        } else {
+            // Parsed from the text again, so errors point at a line.
+            toml::from_str(&text).map_err(|e| parse(e.to_string()))?
+        };
         for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key]
             .into_iter()
             .chain(config.pki.revoked.as_mut())

@@ -108,6 +108,19 @@ pub fn bind_from_config(config: &AggregatorConfig) -> Result<quinn::Endpoint, Id
 pub fn load_initial_model(config: &mut AggregatorConfig) -> Result<(), WeightsError> {
     use rand::SeedableRng;
     if let Some(source) = &config.model.init {
+        if let ModelSpec::Custom(custom) = &config.model.spec {
+            // The aggregator knows a custom model by its tensors alone: the file is
+            // its layout and its starting values.
+            let (manifest, params) = weights::read_custom(&source.path)?;
+            if manifest != custom.manifest {
+                return Err(WeightsError::Read {
+                    path: source.path.clone(),
+                    reason: format!("holds other tensors than custom model `{}` names", custom.name),
+                });
+            }
+            config.model.initial = Some(Arc::new(params));
+            return Ok(());
+        }
         let mut params = weights::import(config.model.architecture(), source, &default_device())?;
         if let ModelSpec::Lora(lora) = &config.model.spec {
             params = lora.with_adapters(&params, &mut rand::rngs::StdRng::seed_from_u64(config.federation.seed));
@@ -128,6 +141,17 @@ pub fn load_initial_model(config: &mut AggregatorConfig) -> Result<(), WeightsEr
 /// # Errors
 /// [`WeightsError`] when `params` does not fit `spec` or a file cannot be written.
 pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path, layout: Layout) -> Result<Vec<PathBuf>, WeightsError> {
+    if let ModelSpec::Custom(custom) = spec {
+        // Named and shaped as the custom model's file was: `load_state_dict` reads it.
+        weights::export_trainable(
+            &custom.manifest,
+            &[],
+            params,
+            &[("custom_model", custom.name.clone())],
+            path,
+        )?;
+        return Ok(vec![path.to_path_buf()]);
+    }
     weights::export(spec, params, path, layout, &default_device())?;
     let mut written = vec![path.to_path_buf()];
     if let ModelSpec::Lora(lora) = spec {

@@ -405,6 +405,75 @@ pub fn metadata(layout: Layout) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A custom model's layout and starting values from a safetensors file, such as a
+/// PyTorch `state_dict` saved with `safetensors.torch.save_file`: one tensor per entry,
+/// named as in the file and in the file's order, its values as f32 (f16, bf16 and f64
+/// are converted). Integer and boolean tensors (BatchNorm's `num_batches_tracked`, say)
+/// are refused: only floating-point tensors train and average.
+///
+/// # Errors
+/// [`WeightsError::Read`] when the file cannot be read, is not safetensors, holds a
+/// tensor that is not floating-point, or no tensor at all.
+pub fn read_custom(path: &Path) -> Result<(Manifest, Vec<f32>), WeightsError> {
+    use safetensors::{Dtype, SafeTensors};
+    let read = |reason: String| WeightsError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+    let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| read(format!("not a safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| read(format!("not a safetensors file: {e}")))?;
+    let mut tensors = Vec::new();
+    let mut values = Vec::new();
+    let mut refused = Vec::new();
+    for name in metadata.offset_keys() {
+        let view = file.tensor(&name).map_err(|e| read(e.to_string()))?;
+        let data = view.data();
+        let before = values.len();
+        match view.dtype() {
+            Dtype::F32 => values.extend(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Dtype::F64 => values.extend(
+                data.chunks_exact(8)
+                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
+            ),
+            Dtype::F16 => values.extend(
+                data.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Dtype::BF16 => values.extend(
+                data.chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            other => {
+                refused.push(format!("`{name}` ({other:?})"));
+                continue;
+            }
+        }
+        let spec = fedtune_protocol::TensorSpec::new(name, view.shape().to_vec());
+        if values.len() - before != spec.numel() {
+            return Err(read(format!(
+                "tensor `{}` holds fewer values than its shape",
+                spec.name
+            )));
+        }
+        tensors.push(spec);
+    }
+    if !refused.is_empty() {
+        return Err(read(format!(
+            "only floating-point tensors federate; drop {} from the state_dict before saving it (load_state_dict \
+             with strict=False restores the rest)",
+            refused.join(", ")
+        )));
+    }
+    if tensors.is_empty() {
+        return Err(read("the file holds no tensor".into()));
+    }
+    Ok((Manifest { tensors }, values))
+}
+
 /// Writes the trainable tensors of `params` (laid out by `manifest`; for a LoRA model, its
 /// adapters) to `path` as safetensors named by module path, with `metadata` (e.g. the
 /// LoRA rank and alpha) in the header: what a fine-tune changed, without the base.

@@ -26,9 +26,19 @@ supplies the objective::
 
 Or Optuna's ask/tell: ``study = fedtune.create_study(space, direction="maximize")``,
 ``trial = study.ask()``, ``study.tell(trial, value)``.
+
+Agents whose training step is Python join a federation as ``fedtune-agent`` does::
+
+    def fit(params, config, ctx):          # params: {tensor name: float32 numpy array}
+        ...                                # train with config["learning_rate"], ...
+        return new_params, len(x_train), {"loss": loss, "accuracy": accuracy}
+
+    fedtune.Agent("agent.toml", fit=fit, evaluate=evaluate, train_samples=len(x_train)).run()
 """
 
 from ._native import (
+    Agent,
+    Context,
     DuplicatedStudyError,
     FedtuneError,
     FrozenTrial,
@@ -40,9 +50,12 @@ from ._native import (
     __version__,
     create_study,
 )
+from ._safetensors import load_safetensors, save_safetensors
 from ._tuner import Tuner
 
 __all__ = [
+    "Agent",
+    "Context",
     "DuplicatedStudyError",
     "FedtuneError",
     "FrozenTrial",
@@ -54,4 +67,6 @@ __all__ = [
     "Tuner",
     "__version__",
     "create_study",
+    "load_safetensors",
+    "save_safetensors",
 ]

@@ -5,8 +5,10 @@
 //! (`python/fedtune/`) adds the objective loop (`Study.optimize`, `Tuner`) and pandas
 //! export on top of the classes here.
 
+mod agent;
 mod convert;
 mod errors;
+mod logging;
 mod space;
 mod storage;
 mod study;
@@ -22,6 +24,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TrialPruned", py.get_type::<errors::TrialPruned>())?;
     m.add("StorageError", py.get_type::<errors::StorageError>())?;
     m.add_class::<space::SearchSpace>()?;
+    m.add_class::<agent::Agent>()?;
+    m.add_class::<agent::Context>()?;
     m.add_class::<study::Study>()?;
     m.add_class::<study::Trial>()?;
     m.add_class::<study::FrozenTrial>()?;

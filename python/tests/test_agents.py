@@ -1,0 +1,103 @@
+"""Python agents in a real federation: three numpy agents with secure aggregation, over
+QUIC and mutual TLS to a real `fedtune-aggregator serve`."""
+
+import json
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+import fedtune
+from federation import SKEWS, NumpyClient, blobs, softmax_loss, write_federation
+
+
+def serve(aggregator_bin, config):
+    return subprocess.Popen(
+        [aggregator_bin, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_agents(agents):
+    results = [None] * len(agents)
+    errors = []
+
+    def run(i, agent):
+        try:
+            results[i] = agent.run()
+        except Exception as e:  # surfaced by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(agents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not errors, errors
+    return results
+
+
+def test_three_python_agents_federate_a_model_under_secure_aggregation(tmp_path, aggregator_bin):
+    config, agent_configs = write_federation(aggregator_bin, tmp_path, rounds=6, secure=True)
+    server = serve(aggregator_bin, config)
+    clients = [NumpyClient(seed=i, weights=SKEWS[i]) for i in range(3)]
+    agents = [
+        fedtune.Agent(str(c), fit=client.fit, evaluate=client.evaluate, train_samples=240, validation_samples=60)
+        for c, client in zip(agent_configs, clients)
+    ]
+    exits = run_agents(agents)
+    out, err = server.communicate(timeout=120)
+    assert server.returncode == 0, err
+    assert all("federation" in e or "done" in e or e for e in exits)
+    assert all(client.rounds == list(range(6)) for client in clients), [c.rounds for c in clients]
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    rounds = report["rounds"]
+    assert len(rounds) == 6
+    assert all(r["secure"] and r["applied"] and r["updates"] == 3 for r in rounds)
+
+    # The final model is written as the starting file was: same names and shapes.
+    final = fedtune.load_safetensors(str(tmp_path / "final.safetensors"))
+    assert {k: v.shape for k, v in final.items()} == {"linear.weight": (3, 4), "linear.bias": (3,)}
+    x, y = blobs(np.random.default_rng(99), 600, [1 / 3, 1 / 3, 1 / 3])
+    _, p = softmax_loss(final["linear.weight"], final["linear.bias"], x, y)
+    assert (p.argmax(axis=1) == y).mean() > 0.9
+
+
+def test_a_fit_returning_a_wrong_shape_is_declined_and_the_round_goes_on(tmp_path, aggregator_bin):
+    config, agent_configs = write_federation(aggregator_bin, tmp_path, rounds=3, secure=False)
+    server = serve(aggregator_bin, config)
+    clients = [NumpyClient(seed=i, weights=SKEWS[i]) for i in range(3)]
+
+    def wrong_fit(params, config, ctx):
+        new, n, metrics = clients[0].fit(params, config, ctx)
+        if ctx.round == 1:
+            new["linear.weight"] = new["linear.weight"][:, :2]
+        if ctx.round == 2:
+            new["linear.bias"] = new["linear.bias"].astype(np.float64)
+        return new, n, metrics
+
+    fits = [wrong_fit, clients[1].fit, clients[2].fit]
+    agents = [
+        fedtune.Agent(str(c), fit=fit, evaluate=client.evaluate, train_samples=240)
+        for c, fit, client in zip(agent_configs, fits, clients)
+    ]
+    run_agents(agents)
+    _, err = server.communicate(timeout=120)
+    assert server.returncode == 0, err
+    rounds = json.loads((tmp_path / "report.json").read_text())["rounds"]
+    assert [r["updates"] for r in rounds] == [3, 2, 2]
+    reasons = [f["reason"]["detail"] for r in rounds for f in r["failures"]]
+    assert all(f["reason"]["kind"] == "declined" for r in rounds for f in r["failures"])
+    assert any("tensor `linear.weight` has shape [3, 2]; the model's is [3, 4]" in r for r in reasons), reasons
+    assert any("tensor `linear.bias` is float64, not a float32 numpy array" in r for r in reasons), reasons
+
+
+def test_an_agent_config_that_does_not_parse_is_a_value_error(tmp_path):
+    bad = tmp_path / "agent.toml"
+    bad.write_text('name = "a"\naggregator = "not an address"\n')
+    with pytest.raises(ValueError, match="agent.toml"):
+        fedtune.Agent(str(bad), fit=lambda p, c, x: None)
