@@ -49,6 +49,7 @@ from ._native import (
     TrialPruned,
     __version__,
     create_study,
+    simulate,
 )
 from ._safetensors import load_safetensors, save_safetensors
 from ._tuner import Tuner
@@ -69,4 +70,5 @@ __all__ = [
     "create_study",
     "load_safetensors",
     "save_safetensors",
+    "simulate",
 ]

@@ -86,6 +86,24 @@ pub struct PyTrainer {
     capabilities: Capabilities,
 }
 
+impl PyTrainer {
+    /// A trainer calling `fit` and `evaluate`, declaring `train_samples` and
+    /// `validation_samples` in its hello.
+    pub fn new(fit: Py<PyAny>, evaluate: Option<Py<PyAny>>, train_samples: u64, validation_samples: u64) -> Self {
+        Self {
+            fit,
+            evaluate,
+            capabilities: Capabilities {
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                memory_bytes: 0,
+                backend: "python".into(),
+                train_samples,
+                validation_samples,
+            },
+        }
+    }
+}
+
 /// What a Python call failed with, as the decline the aggregator is sent.
 fn declined(what: &str, e: &PyErr) -> TrainerError {
     Python::attach(|py| {
@@ -387,20 +405,9 @@ impl Agent {
         if let Some(name) = name {
             config.name = name;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         Ok(Self {
             config,
-            trainer: Some(PyTrainer {
-                fit,
-                evaluate,
-                capabilities: Capabilities {
-                    cores,
-                    memory_bytes: 0,
-                    backend: "python".into(),
-                    train_samples,
-                    validation_samples,
-                },
-            }),
+            trainer: Some(PyTrainer::new(fit, evaluate, train_samples, validation_samples)),
         })
     }
 
@@ -419,40 +426,52 @@ impl Agent {
             .trainer
             .take()
             .ok_or_else(|| errors::fedtune("this agent has run already; make a new one"))?;
-        crate::logging::init();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(errors::fedtune)?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         let config = self.config.clone();
-        let mut daemon = runtime.spawn(async move { fedtune_agent::daemon::serve(&config, trainer, stopped).await });
-        let mut interrupted = None;
-        let result = loop {
-            // Wait off the GIL, and look at Python's signals every 100 ms: Ctrl-C stops the
-            // daemon, which says goodbye before the KeyboardInterrupt is raised.
-            let waited = py.detach(|| {
-                runtime.block_on(async { tokio::time::timeout(Duration::from_millis(100), &mut daemon).await })
-            });
-            if let Ok(joined) = waited {
-                break joined;
-            }
-            if interrupted.is_none()
-                && let Err(e) = py.check_signals()
-            {
-                let _ = stop.send(true);
-                interrupted = Some(e);
-            }
-        };
-        if let Some(e) = interrupted {
-            return Err(e);
-        }
+        let result = run_interruptibly(py, move |stopped| async move {
+            fedtune_agent::daemon::serve(&config, trainer, stopped).await
+        })?;
         match result {
-            Ok(Ok(Exit::Shutdown(reason))) => Ok(reason),
-            Ok(Ok(Exit::Stopped)) => Ok("stopped".into()),
-            Ok(Err(e)) => Err(errors::fedtune(format!("{e:#}"))),
-            Err(panic) => Err(errors::fedtune(format!("the agent crashed: {panic}"))),
+            Ok(Exit::Shutdown(reason)) => Ok(reason),
+            Ok(Exit::Stopped) => Ok("stopped".into()),
+            Err(e) => Err(errors::fedtune(format!("{e:#}"))),
         }
     }
+}
+
+/// Runs the future `start` makes on a runtime of its own, off the GIL, looking at
+/// Python's signals every 100 ms: Ctrl-C sets the watch `start` was given (so the
+/// federation ends cleanly: agents say goodbye, the aggregator tells them it stopped)
+/// and, once the future has returned, is raised as KeyboardInterrupt.
+pub fn run_interruptibly<F, Fut, T>(py: Python<'_>, start: F) -> PyResult<T>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    crate::logging::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(errors::fedtune)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut task = runtime.spawn(start(stopped));
+    let mut interrupted = None;
+    let joined = loop {
+        let waited =
+            py.detach(|| runtime.block_on(async { tokio::time::timeout(Duration::from_millis(100), &mut task).await }));
+        if let Ok(joined) = waited {
+            break joined;
+        }
+        if interrupted.is_none()
+            && let Err(e) = py.check_signals()
+        {
+            let _ = stop.send(true);
+            interrupted = Some(e);
+        }
+    };
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    joined.map_err(|panic| errors::fedtune(format!("crashed: {panic}")))
 }

@@ -9,6 +9,7 @@ mod agent;
 mod convert;
 mod errors;
 mod logging;
+mod simulate;
 mod space;
 mod storage;
 mod study;
@@ -30,6 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<study::Trial>()?;
     m.add_class::<study::FrozenTrial>()?;
     m.add_function(wrap_pyfunction!(study::create_study, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -2,14 +2,21 @@
 QUIC and mutual TLS to a real `fedtune-aggregator serve`."""
 
 import json
+import pathlib
+import signal
 import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
 
 import fedtune
 from federation import SKEWS, NumpyClient, blobs, softmax_loss, write_federation
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def serve(aggregator_bin, config):
@@ -101,3 +108,78 @@ def test_an_agent_config_that_does_not_parse_is_a_value_error(tmp_path):
     bad.write_text('name = "a"\naggregator = "not an address"\n')
     with pytest.raises(ValueError, match="agent.toml"):
         fedtune.Agent(str(bad), fit=lambda p, c, x: None)
+
+
+def test_simulate_runs_a_federation_of_python_agents_in_this_process(tmp_path, aggregator_bin):
+    config, _ = write_federation(aggregator_bin, tmp_path, agents=3, rounds=4, secure=False)
+    clients = [NumpyClient(seed=10 + i, weights=SKEWS[i % 3]) for i in range(4)]
+    for c in clients:
+        c.train_samples, c.validation_samples = len(c.y), len(c.vy)
+    report = fedtune.simulate(str(config), clients, rounds=5)
+    assert len(report["rounds"]) == 5
+    assert [r["updates"] for r in report["rounds"]] == [4] * 5
+    assert set(report["final_agent_evaluation"]) == {f"agent-{i}" for i in range(4)}
+    assert report["final_accuracy"] > 0.85
+    model = report["model"]
+    assert {k: v.shape for k, v in model.items()} == {"linear.weight": (3, 4), "linear.bias": (3,)}
+    final = fedtune.load_safetensors(str(tmp_path / "final.safetensors"))
+    assert all(np.array_equal(final[k], model[k]) for k in model)
+    assert all(c.rounds == list(range(5)) for c in clients)
+
+
+def test_frozen_tensors_stay_out_of_fit_and_travel_in_the_context(tmp_path, aggregator_bin):
+    config, _ = write_federation(aggregator_bin, tmp_path, agents=2, rounds=2, secure=False)
+    text = config.read_text().replace('save = "final.safetensors"', 'save = "final.safetensors"\nfreeze = ["linear.bias"]')
+    config.write_text(text)
+    seen = []
+
+    class Frozen(NumpyClient):
+        def fit(self, params, config, ctx):
+            seen.append((sorted(params), sorted(ctx.frozen)))
+            w = params["linear.weight"] + 0.5
+            return {"linear.weight": w}, len(self.y), {"loss": 1.0}
+
+    start = fedtune.load_safetensors(str(tmp_path / "model.safetensors"))
+    report = fedtune.simulate(str(config), [Frozen(0, SKEWS[0]), Frozen(1, SKEWS[1])])
+    assert seen and all(s == (["linear.weight"], ["linear.bias"]) for s in seen)
+    assert np.array_equal(report["model"]["linear.bias"], start["linear.bias"])
+    assert np.allclose(report["model"]["linear.weight"], start["linear.weight"] + 1.0)
+
+
+def test_simulate_refuses_agents_without_fit(tmp_path, aggregator_bin):
+    config, _ = write_federation(aggregator_bin, tmp_path, agents=1, rounds=1, secure=False)
+    with pytest.raises(ValueError, match=r"agents\[0\] has no callable `fit`"):
+        fedtune.simulate(str(config), [{"evaluate": None}])
+
+
+def test_ctrl_c_stops_a_python_agent_cleanly(tmp_path, aggregator_bin):
+    config, agent_configs = write_federation(aggregator_bin, tmp_path, agents=1, rounds=100000, secure=False)
+    server = serve(aggregator_bin, config)
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(HERE)!r})
+        import fedtune
+        from federation import NumpyClient
+        client = NumpyClient(0, [0.4, 0.3, 0.3])
+        def fit(params, config, ctx):
+            time.sleep(0.05)
+            print("round", ctx.round, flush=True)
+            return client.fit(params, config, ctx)
+        fedtune.Agent({str(agent_configs[0])!r}, fit=fit, evaluate=client.evaluate, train_samples=240).run()
+        """
+    )
+    agent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout.readline().startswith("round 0")
+        time.sleep(0.5)
+        agent.send_signal(signal.SIGINT)
+        _, err = agent.communicate(timeout=30)
+        assert agent.returncode != 0
+        assert "KeyboardInterrupt" in err
+        assert "stopped" in err
+    finally:
+        agent.kill()
+        server.kill()
+        server.communicate()
+
