@@ -276,6 +276,8 @@ def results_document(runs: dict, trials: int) -> dict:
 
 
 def comma_list(allowed):
+    """An argparse type: a comma-separated, non-empty subset of ``allowed``."""
+
     def parse(text: str):
         items = [item.strip() for item in text.split(",") if item.strip()]
         unknown = [item for item in items if item not in allowed]

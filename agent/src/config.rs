@@ -263,8 +263,12 @@ pub const GLOBAL_TEST_FRACTION: f64 = 0.2;
 pub const VALIDATION_FRACTION: f64 = 0.2;
 
 /// The split `partition` names of rows with `labels` among `clients` clients, checked
-/// against the row count.
-fn split_labels(
+/// against the row count: the split [`FederatedData::load`] makes, and the one
+/// `fedtune.split` gives Python agents, so both kinds of agent can hold the same shares.
+///
+/// # Errors
+/// [`ConfigError::Data`] when the rows cannot be split so.
+pub fn split_labels(
     labels: &[u32],
     partition: &PartitionSpec,
     clients: usize,

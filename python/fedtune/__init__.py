@@ -50,6 +50,7 @@ from ._native import (
     __version__,
     create_study,
     simulate,
+    split,
 )
 from ._safetensors import load_safetensors, save_safetensors
 from ._tuner import Tuner
@@ -71,4 +72,5 @@ __all__ = [
     "load_safetensors",
     "save_safetensors",
     "simulate",
+    "split",
 ]

@@ -11,6 +11,7 @@ mod errors;
 mod logging;
 mod simulate;
 mod space;
+mod split;
 mod storage;
 mod study;
 
@@ -32,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<study::FrozenTrial>()?;
     m.add_function(wrap_pyfunction!(study::create_study, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(split::split, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -183,3 +183,18 @@ def test_ctrl_c_stops_a_python_agent_cleanly(tmp_path, aggregator_bin):
         server.kill()
         server.communicate()
 
+
+
+def test_split_gives_the_shares_fedtunes_agents_hold():
+    labels = np.repeat(np.arange(10), 100)
+    shares = fedtune.split(labels, clients=5, partition="dirichlet:0.5", seed=3)
+    rows = np.concatenate([shares["test"]] + [np.concatenate([c["train"], c["validation"]]) for c in shares["clients"]])
+    assert sorted(rows.tolist()) == list(range(1000)), "every row exactly once"
+    assert len(shares["test"]) == 200
+    again = fedtune.split(labels, clients=5, partition="dirichlet:0.5", seed=3)
+    assert all(np.array_equal(a["train"], b["train"]) for a, b in zip(shares["clients"], again["clients"]))
+    # Dirichlet(0.5) skews the labels: some client's most common class is well over a tenth.
+    top = [np.bincount(labels[c["train"]], minlength=10).max() / len(c["train"]) for c in shares["clients"]]
+    assert max(top) > 0.25
+    with pytest.raises(ValueError, match="dirichlet:0"):
+        fedtune.split(labels, clients=5, partition="dirichlet:0")

@@ -169,3 +169,22 @@ def test_trials_dataframe_has_optunas_columns():
     assert isinstance(frame, pandas.DataFrame)
     assert list(frame.columns) == ["number", "value", "params_x", "params_y", "state", "fail_reason"]
     assert list(frame["number"]) == [0, 1, 2, 3]
+
+
+def test_the_tune_example_runs_and_resumes(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python" / "tune.py"
+    command = [sys.executable, str(example), "--trials", "6", "--epochs", "4", "--storage", str(tmp_path / "s.db")]
+    first = subprocess.run(command + ["--summary", str(tmp_path / "a.json")], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((tmp_path / "a.json").read_text())
+    assert summary["trials"] == 6 and summary["best_value"] > 0.5
+    assert set(summary["best_params"]) == {"learning_rate", "batch_size", "optimizer"}
+    command[3] = "9"
+    again = subprocess.run(command + ["--summary", str(tmp_path / "b.json")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["trials"] == 9
