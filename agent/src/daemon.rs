@@ -14,14 +14,13 @@ use crate::metrics::{self, AgentMetrics};
 use crate::tls::{TlsError, client_config, default_transport};
 use crate::trainer::Trainer;
 
-/// Serves the federation `config` names with `trainer` until the aggregator says it is
-/// over or `stop` becomes true; waits until the connection is closed cleanly.
+/// The agent's QUIC endpoint for `config`: mutual TLS from `[pki]`. Called before the
+/// local data is loaded, so a missing or mismatched certificate fails at once.
 ///
 /// # Errors
-/// A certificate file that cannot be read or does not fit its key, an endpoint that
-/// cannot bind, a metrics port that cannot be served, and every error
-/// [`crate::client::run`] gives up with.
-pub async fn serve<T: Trainer>(config: &AgentConfig, trainer: T, stop: watch::Receiver<bool>) -> anyhow::Result<Exit> {
+/// A certificate file that cannot be read or does not fit its key, or an endpoint that
+/// cannot bind.
+pub fn endpoint(config: &AgentConfig) -> anyhow::Result<quinn::Endpoint> {
     let read = |setting: &str, p: &std::path::PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("[pki] {setting}: {}", p.display()))
     };
@@ -40,7 +39,22 @@ pub async fn serve<T: Trainer>(config: &AgentConfig, trainer: T, stop: watch::Re
         ),
         other => other.into(),
     })?;
-    let endpoint = client_endpoint(tls, config.aggregator, config.loopback)?;
+    Ok(client_endpoint(tls, config.aggregator, config.loopback)?)
+}
+
+/// Serves the federation `config` names over `endpoint` (from [`endpoint`]) with
+/// `trainer` until the aggregator says it is over or `stop` becomes true; waits until
+/// the connection is closed cleanly.
+///
+/// # Errors
+/// A metrics port that cannot be served, and every error [`crate::client::run`] gives
+/// up with.
+pub async fn serve<T: Trainer>(
+    config: &AgentConfig,
+    endpoint: quinn::Endpoint,
+    trainer: T,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Exit> {
     let mut options = config.options();
     if let Some(listen) = config.metrics.listen {
         let metrics = Arc::new(AgentMetrics::new());

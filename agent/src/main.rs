@@ -60,6 +60,7 @@ fn main() -> ExitCode {
 /// is stopped, or an error that retrying cannot heal.
 async fn serve(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
+    let endpoint = daemon::endpoint(&config)?;
     let data = config.data.as_ref().with_context(|| {
         format!(
             "{}: no [data] table: fedtune-agent trains on the local data it names (see config/agent.toml)",
@@ -75,6 +76,6 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
         }
     });
     let trainer = BurnTrainer::new(train, validation, default_device());
-    daemon::serve(&config, trainer, stopped).await?;
+    daemon::serve(&config, endpoint, trainer, stopped).await?;
     Ok(())
 }

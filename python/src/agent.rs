@@ -428,7 +428,8 @@ impl Agent {
             .ok_or_else(|| errors::fedtune("this agent has run already; make a new one"))?;
         let config = self.config.clone();
         let result = run_interruptibly(py, move |stopped| async move {
-            fedtune_agent::daemon::serve(&config, trainer, stopped).await
+            let endpoint = fedtune_agent::daemon::endpoint(&config)?;
+            fedtune_agent::daemon::serve(&config, endpoint, trainer, stopped).await
         })?;
         match result {
             Ok(Exit::Shutdown(reason)) => Ok(reason),

@@ -1,19 +1,33 @@
 //! fedtune for Python: the `fedtune._native` extension module.
 //!
-//! The samplers, pruners, studies and their storage stay in Rust (`fedtune-tuning`,
-//! `fedtune-store`); Python supplies the objective. The pure-Python part of the package
-//! (`python/fedtune/`) adds the objective loop (`Study.optimize`, `Tuner`) and pandas
-//! export on top of the classes here.
+//! The samplers, pruners, studies, the federation and the agent daemon stay in Rust;
+//! Python supplies the objective or the training step. The pure-Python part of the
+//! package (`python/fedtune/`) adds `Tuner` and safetensors files with numpy.
+//!
+//! # Layout
+//! - `space`: `SearchSpace`, the textual distributions as a dict.
+//! - `objective`: directions and objective names as `create_study` takes them.
+//! - `study`: `create_study` and `Study` (ask, tell, optimize, best trial, Pareto front).
+//! - `trial`: `Trial`, with the within-trial FedEx policy of "bayes+rl".
+//! - `frozen`: `FrozenTrial`, a trial as stored.
+//! - `storage`: memory, a journal, or a SQLite / PostgreSQL store the dashboard reads.
+//! - `agent`: `Agent`, fedtune-agent's daemon around Python's `fit` and `evaluate`.
+//! - `simulate`: `simulate`, an aggregator and Python agents in one process.
+//! - `split`: `split`, the shares fedtune's agents hold.
+//! - `convert`, `errors`, `logging`: values, exceptions and logs across the boundary.
 
 mod agent;
 mod convert;
 mod errors;
+mod frozen;
 mod logging;
+mod objective;
 mod simulate;
 mod space;
 mod split;
 mod storage;
 mod study;
+mod trial;
 
 use pyo3::prelude::*;
 
@@ -29,8 +43,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<agent::Agent>()?;
     m.add_class::<agent::Context>()?;
     m.add_class::<study::Study>()?;
-    m.add_class::<study::Trial>()?;
-    m.add_class::<study::FrozenTrial>()?;
+    m.add_class::<trial::Trial>()?;
+    m.add_class::<frozen::FrozenTrial>()?;
     m.add_function(wrap_pyfunction!(study::create_study, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(split::split, m)?)?;

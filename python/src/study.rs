@@ -9,18 +9,19 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use fedtune_store::RunStatus;
-use fedtune_tuning::{
-    Direction, Draw, FedExConfig, FedExPolicy, Objective, Outcome, Params, PrunerConfig, SamplerKind,
-};
+use fedtune_tuning::{Direction, FedExConfig, FedExPolicy, Objective, Outcome, Params, PrunerConfig, SamplerKind};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList};
 
 use crate::convert::{params_to_py, value_from_py, values_from_py};
 use crate::errors;
+use crate::frozen::FrozenTrial;
+use crate::objective::{direction_name, objectives};
 use crate::space::SearchSpace;
 use crate::storage::{self, Described, Location, StoreRun};
+use crate::trial::{Adapting, Trial, TrialProgress};
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -53,86 +54,6 @@ pub struct Study {
     location: Location,
     space: SearchSpace,
     objectives: Vec<Objective>,
-}
-
-fn direction(text: &str) -> PyResult<Direction> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "minimize" | "minimise" => Ok(Direction::Minimize),
-        "maximize" | "maximise" => Ok(Direction::Maximize),
-        other => Err(errors::value(format!(
-            "direction `{other}` is neither \"minimize\" nor \"maximize\""
-        ))),
-    }
-}
-
-fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Minimize => "minimize",
-        Direction::Maximize => "maximize",
-    }
-}
-
-/// The objectives from `directions` (a list of directions, or a dict from name to
-/// direction), `direction` (one) and `objective_names`.
-fn objectives(
-    direction_one: Option<&str>,
-    directions: Option<&Bound<'_, PyAny>>,
-    names: Option<Vec<String>>,
-) -> PyResult<Vec<Objective>> {
-    let mut named: Vec<(Option<String>, Direction)> = Vec::new();
-    match (direction_one, directions) {
-        (Some(_), Some(_)) => return Err(errors::value("give `direction` or `directions`, not both")),
-        (Some(d), None) => named.push((None, direction(d)?)),
-        (None, Some(ds)) => {
-            if let Ok(dict) = ds.cast::<PyDict>() {
-                for (k, v) in dict.iter() {
-                    named.push((Some(k.extract()?), direction(&v.extract::<String>()?)?));
-                }
-            } else if ds.is_instance_of::<PyString>() {
-                named.push((None, direction(&ds.extract::<String>()?)?));
-            } else {
-                for d in ds.try_iter()? {
-                    named.push((None, direction(&d?.extract::<String>()?)?));
-                }
-            }
-        }
-        (None, None) => named.push((None, Direction::Minimize)),
-    }
-    if named.is_empty() {
-        return Err(errors::value("a study needs at least one direction"));
-    }
-    if let Some(names) = names {
-        if names.len() != named.len() {
-            return Err(errors::value(format!(
-                "{} objective name(s) for {} direction(s)",
-                names.len(),
-                named.len()
-            )));
-        }
-        if named.iter().any(|(n, _)| n.is_some()) {
-            return Err(errors::value(
-                "`directions` as a dict names the objectives already; drop `objective_names`",
-            ));
-        }
-        for (slot, name) in named.iter_mut().zip(names) {
-            slot.0 = Some(name);
-        }
-    }
-    let single = named.len() == 1;
-    Ok(named
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, d))| {
-            let name = name.unwrap_or_else(|| {
-                if single {
-                    "value".into()
-                } else {
-                    format!("objective_{i}")
-                }
-            });
-            Objective::new(name, d)
-        })
-        .collect())
 }
 
 /// A fresh seed when the user gave none (Optuna's default: a new stream every run).
@@ -290,7 +211,7 @@ impl Study {
     }
 
     /// Objective values from a number, a sequence, or a dict keyed by objective name.
-    fn values(&self, values: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    pub(crate) fn values(&self, values: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
         let Ok(dict) = values.cast::<PyDict>() else {
             return values_from_py(values);
         };
@@ -384,6 +305,17 @@ impl Study {
             .map_err(errors::storage)?;
         inner.closed = status != RunStatus::Running;
         Ok(())
+    }
+
+    /// Records trial `number`'s `values` after `step`; whether the pruner would stop it.
+    pub(crate) fn report(&self, py: Python<'_>, number: u64, step: u64, values: Vec<f64>) -> PyResult<bool> {
+        py.detach(|| lock(&self.inner).study.report(number, step, values))
+            .map_err(errors::study)
+    }
+
+    /// The direction of the first objective (what "bayes+rl" rewards within a trial).
+    pub(crate) fn primary_direction(&self) -> Direction {
+        self.objectives[0].direction
     }
 
     /// Tells trial `number` its outcome and returns it as stored.
@@ -782,202 +714,5 @@ impl Study {
             self.sampler.name(),
             self.directions()
         )
-    }
-}
-
-/// A trial's own FedEx policy ("bayes+rl"): the values of the current step and the last
-/// reported value, to reward the next report against.
-struct Adapting {
-    policy: FedExPolicy,
-    draw: Draw,
-    last: Option<f64>,
-}
-
-impl Adapting {
-    fn new(mut policy: FedExPolicy) -> Self {
-        let draw = policy.draw();
-        Self {
-            policy,
-            draw,
-            last: None,
-        }
-    }
-
-    /// Rewards the values in use with the improvement from the last report to
-    /// `value` (higher is better after `direction`), then draws the next step's.
-    fn observe(&mut self, value: f64, direction: Direction) {
-        let score = match direction {
-            Direction::Maximize => value,
-            Direction::Minimize => -value,
-        };
-        if let Some(last) = self.last {
-            self.policy.observe(&[(self.draw.clone(), score - last)]);
-        }
-        self.last = Some(score);
-        self.draw = self.policy.draw();
-    }
-}
-
-struct TrialProgress {
-    pruned: bool,
-    policy: Option<Adapting>,
-}
-
-/// A running trial, handed to the objective.
-///
-/// `params` are the values to train with. Under "bayes+rl", parameters the space marks
-/// `adaptive` are moved within the trial by a FedEx policy: each `report(step, value)`
-/// rewards the values in use with the improvement of `value` since the previous report
-/// and draws the values for the next step from the policy's updated distribution, so an
-/// objective reads `trial.params` again after each report. The trial is recorded with
-/// the values the between-trial sampler proposed; `policy_best` gives the values the
-/// policy favours.
-#[pyclass(module = "fedtune", frozen)]
-pub struct Trial {
-    study: Py<Study>,
-    number: u64,
-    params: Params,
-    state: Mutex<TrialProgress>,
-}
-
-#[pymethods]
-impl Trial {
-    /// The trial's number in its study.
-    #[getter]
-    fn number(&self) -> u64 {
-        self.number
-    }
-
-    /// The values to use now: the sampler's, with adaptive parameters at the policy's
-    /// current draw under "bayes+rl".
-    #[getter]
-    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let state = lock(&self.state);
-        match &state.policy {
-            Some(adapting) => params_to_py(py, &adapting.draw.params),
-            None => params_to_py(py, &self.params),
-        }
-    }
-
-    /// The values the between-trial sampler proposed (what the study records).
-    #[getter]
-    fn suggested_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        params_to_py(py, &self.params)
-    }
-
-    /// The values the within-trial policy favours (its most probable arm of each
-    /// adaptive parameter); the suggested values outside "bayes+rl".
-    #[getter]
-    fn policy_best<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let state = lock(&self.state);
-        match &state.policy {
-            Some(adapting) => params_to_py(py, &adapting.policy.best()),
-            None => params_to_py(py, &self.params),
-        }
-    }
-
-    /// Records the objective's value after `step` (an epoch, a round) and returns
-    /// whether the pruner would stop the trial there (also kept for `should_prune`).
-    fn report(&self, py: Python<'_>, step: u64, value: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let study = self.study.bind(py).get();
-        let values = study.values(value)?;
-        let number = self.number;
-        let prune = py
-            .detach(|| lock(&study.inner).study.report(number, step, values.clone()))
-            .map_err(errors::study)?;
-        let mut state = lock(&self.state);
-        state.pruned = prune;
-        if let Some(adapting) = &mut state.policy {
-            adapting.observe(values[0], study.objectives[0].direction);
-        }
-        Ok(prune)
-    }
-
-    /// Whether the pruner would stop the trial at its last report.
-    fn should_prune(&self) -> bool {
-        lock(&self.state).pruned
-    }
-
-    /// The study the trial belongs to.
-    #[getter]
-    fn study(&self, py: Python<'_>) -> Py<Study> {
-        self.study.clone_ref(py)
-    }
-
-    fn __repr__(&self) -> String {
-        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("Trial(number={}, params={{{}}})", self.number, params.join(", "))
-    }
-}
-
-/// A trial as stored: its parameters, state, values and intermediate values.
-#[pyclass(module = "fedtune", frozen, get_all)]
-pub struct FrozenTrial {
-    /// The trial's number in its study.
-    number: u64,
-    /// "running", "complete", "pruned" or "failed".
-    state: String,
-    /// The parameters it ran with.
-    params: Py<PyDict>,
-    /// One value per objective once complete, else None.
-    values: Option<Vec<f64>>,
-    /// The first objective's value once complete, else None.
-    value: Option<f64>,
-    /// The first objective's value at each reported step.
-    intermediate_values: Py<PyDict>,
-    /// Why a failed trial failed.
-    fail_reason: Option<String>,
-    /// Whether every constraint held.
-    feasible: bool,
-}
-
-impl FrozenTrial {
-    fn clone_ref(&self, py: Python<'_>) -> PyResult<Self> {
-        Ok(Self {
-            number: self.number,
-            state: self.state.clone(),
-            params: self.params.clone_ref(py),
-            values: self.values.clone(),
-            value: self.value,
-            intermediate_values: self.intermediate_values.clone_ref(py),
-            fail_reason: self.fail_reason.clone(),
-            feasible: self.feasible,
-        })
-    }
-
-    fn from_trial(py: Python<'_>, t: &fedtune_tuning::FrozenTrial) -> PyResult<Self> {
-        let intermediate = PyDict::new(py);
-        for (step, values) in &t.intermediate {
-            match values.as_slice() {
-                [one] => intermediate.set_item(step, one)?,
-                many => intermediate.set_item(step, PyList::new(py, many)?)?,
-            }
-        }
-        Ok(Self {
-            number: t.number,
-            state: t.state.as_str().to_owned(),
-            params: params_to_py(py, &t.params)?.unbind(),
-            values: t.values.clone(),
-            value: t.values.as_ref().and_then(|v| v.first().copied()),
-            intermediate_values: intermediate.unbind(),
-            fail_reason: t.fail_reason.clone(),
-            feasible: t.feasible,
-        })
-    }
-}
-
-#[pymethods]
-impl FrozenTrial {
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let values = match &self.values {
-            Some(values) => format!("{values:?}"),
-            None => "None".into(),
-        };
-        Ok(format!(
-            "FrozenTrial(number={}, state='{}', values={values}, params={})",
-            self.number,
-            self.state,
-            self.params.bind(py).repr()?
-        ))
     }
 }

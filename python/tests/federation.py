@@ -1,6 +1,7 @@
 """A small federation for the tests: a real `fedtune-aggregator serve` on 127.0.0.1 and
 agents whose training is numpy (softmax regression on Gaussian blobs, skewed by agent)."""
 
+import json
 import pathlib
 import socket
 import subprocess
@@ -78,7 +79,7 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, secure=True, extra=""):
+def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, secure=True, freeze=()):
     """Certificates, the starting model, the aggregator's and agents' TOML; returns the
     aggregator's configuration path and the agents'."""
     subprocess.run([aggregator_bin, "init", "--out", str(root / "pki"), "--agents", str(agents)], check=True,
@@ -110,6 +111,7 @@ def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, sec
         [model]
         custom = {{ name = "softmax", init = "model.safetensors" }}
         save = "final.safetensors"
+        freeze = {json.dumps(list(freeze))}
         [secure_aggregation]
         enabled = {str(secure).lower()}
         clip = 4.0
@@ -118,7 +120,7 @@ def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, sec
         batch_size = 16
         local_epochs = 1
         optimizer = "sgd"
-        """) + extra)
+        """))
     configs = []
     for i in range(agents):
         path = root / f"agent-{i}.toml"

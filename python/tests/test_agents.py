@@ -128,9 +128,7 @@ def test_simulate_runs_a_federation_of_python_agents_in_this_process(tmp_path, a
 
 
 def test_frozen_tensors_stay_out_of_fit_and_travel_in_the_context(tmp_path, aggregator_bin):
-    config, _ = write_federation(aggregator_bin, tmp_path, agents=2, rounds=2, secure=False)
-    text = config.read_text().replace('save = "final.safetensors"', 'save = "final.safetensors"\nfreeze = ["linear.bias"]')
-    config.write_text(text)
+    config, _ = write_federation(aggregator_bin, tmp_path, agents=2, rounds=2, secure=False, freeze=["linear.bias"])
     seen = []
 
     class Frozen(NumpyClient):
