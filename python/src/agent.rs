@@ -6,6 +6,7 @@
 //! [`PyTrainer`], an implementation of the agent's [`Trainer`] seam.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fedtune_agent::cancel::Cancel;
@@ -84,6 +85,45 @@ pub struct PyTrainer {
     fit: Py<PyAny>,
     evaluate: Option<Py<PyAny>>,
     capabilities: Capabilities,
+    slots: Option<Arc<Slots>>,
+}
+
+/// At most so many Python agents of one process train at once. Agents in one process
+/// share its interpreter lock: ten threads taking turns at every small torch call spend
+/// their time switching, while one per core keeps the cores busy.
+pub struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    /// `n` slots (at least one).
+    pub fn new(n: usize) -> Arc<Self> {
+        Arc::new(Self {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Waits for a slot; it is given back when the guard drops.
+    fn take(self: &Arc<Self>) -> SlotGuard {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        SlotGuard(self.clone())
+    }
+}
+
+/// A slot taken from [`Slots`].
+struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl PyTrainer {
@@ -100,7 +140,15 @@ impl PyTrainer {
                 train_samples,
                 validation_samples,
             },
+            slots: None,
         }
+    }
+
+    /// Trains only while it holds one of `slots`, shared with the process's other agents.
+    #[must_use]
+    pub fn sharing(mut self, slots: Arc<Slots>) -> Self {
+        self.slots = Some(slots);
+        self
     }
 }
 
@@ -256,6 +304,7 @@ impl Trainer for PyTrainer {
         let started = Instant::now();
         let trainable = task.trainable().map_err(|e| TrainerError::Declined(e.to_string()))?;
         let tensors = layout(&task.model, &trainable);
+        let _slot = self.slots.as_ref().map(Slots::take);
         let outcome = Python::attach(|py| -> Result<FitOutcome, TrainerError> {
             let fail = |what: &str, e: PyErr| declined(what, &e);
             let params = PyDict::new(py);

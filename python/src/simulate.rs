@@ -9,7 +9,7 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::agent::{PyTrainer, run_interruptibly};
+use crate::agent::{PyTrainer, Slots, run_interruptibly};
 use crate::errors;
 
 /// `name` of `agent`: an attribute (a client object with `fit` and `evaluate` methods),
@@ -52,7 +52,9 @@ fn trainer(index: usize, agent: &Bound<'_, PyAny>) -> PyResult<PyTrainer> {
 ///
 /// Each agent is an object (or a dict) with `fit` and, optionally, `evaluate`,
 /// `train_samples` and `validation_samples`, as `fedtune.Agent` takes them. `rounds`
-/// overrides `[federation] rounds`. The aggregator waits for every agent.
+/// overrides `[federation] rounds`. The aggregator waits for every agent. The agents
+/// share this interpreter, so at most one per core trains at a time (more only take
+/// turns at its lock).
 ///
 /// Returns the run's report as a dict: `rounds` (one dict per round: `updates`,
 /// `train_loss`, `federated_accuracy`, `agent_accuracy`, `seconds`, …),
@@ -77,10 +79,12 @@ pub fn simulate<'py>(
     config.federation.min_agents = agents.len();
     config.federation.loopback = true;
     service::load_initial_model(&mut config).map_err(errors::value)?;
+    // One agent per core trains at a time: they share this interpreter's lock.
+    let slots = Slots::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let trainers = agents
         .iter()
         .enumerate()
-        .map(|(i, a)| trainer(i, a))
+        .map(|(i, a)| trainer(i, a).map(|t| t.sharing(slots.clone())))
         .collect::<PyResult<Vec<_>>>()?;
     let spec = config.model.spec.clone();
     let (save, layout, report_path) = (
