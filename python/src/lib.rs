@@ -7,8 +7,9 @@
 //! # Layout
 //! - `space`: `SearchSpace`, the textual distributions as a dict.
 //! - `objective`: directions and objective names as `create_study` takes them.
-//! - `study`: `create_study` and `Study` (ask, tell, optimize, best trial, Pareto front).
-//! - `trial`: `Trial`, with the within-trial FedEx policy of "bayes+rl".
+//! - `study`: `create_study`, `Study` (ask, tell, optimize, best trial, Pareto front) and
+//!   the `Trial` it hands out.
+//! - `policy`: the within-trial FedEx policy of "bayes+rl".
 //! - `frozen`: `FrozenTrial`, a trial as stored.
 //! - `storage`: memory, a journal, or a SQLite / PostgreSQL store the dashboard reads.
 //! - `agent`: `Agent`, fedtune-agent's daemon around Python's `fit` and `evaluate`.
@@ -22,12 +23,12 @@ mod errors;
 mod frozen;
 mod logging;
 mod objective;
+mod policy;
 mod simulate;
 mod space;
 mod split;
 mod storage;
 mod study;
-mod trial;
 
 use pyo3::prelude::*;
 
@@ -43,7 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<agent::Agent>()?;
     m.add_class::<agent::Context>()?;
     m.add_class::<study::Study>()?;
-    m.add_class::<trial::Trial>()?;
+    m.add_class::<study::Trial>()?;
     m.add_class::<frozen::FrozenTrial>()?;
     m.add_function(wrap_pyfunction!(study::create_study, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;

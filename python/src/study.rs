@@ -17,11 +17,11 @@ use crate::convert::{params_to_py, value_from_py, values_from_py};
 use crate::errors;
 use crate::frozen::FrozenTrial;
 use crate::objective::{direction_name, objectives};
+use crate::policy::{Adapting, TrialProgress};
 use crate::space::SearchSpace;
 use crate::storage::{self, Described, Location, StoreRun};
-use crate::trial::{Adapting, Trial, TrialProgress};
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -714,5 +714,89 @@ impl Study {
             self.sampler.name(),
             self.directions()
         )
+    }
+}
+
+/// A running trial, handed to the objective.
+///
+/// `params` are the values to train with. Under "bayes+rl", parameters the space marks
+/// `adaptive` are moved within the trial by a FedEx policy: each `report(step, value)`
+/// rewards the values in use with the improvement of `value` since the previous report
+/// and draws the values for the next step from the policy's updated distribution, so an
+/// objective reads `trial.params` again after each report. The trial is recorded with
+/// the values the between-trial sampler proposed; `policy_best` gives the values the
+/// policy favours.
+#[pyclass(module = "fedtune", frozen)]
+pub struct Trial {
+    pub(crate) study: Py<Study>,
+    pub(crate) number: u64,
+    pub(crate) params: Params,
+    pub(crate) state: Mutex<TrialProgress>,
+}
+
+#[pymethods]
+impl Trial {
+    /// The trial's number in its study.
+    #[getter]
+    fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The values to use now: the sampler's, with adaptive parameters at the policy's
+    /// current draw under "bayes+rl".
+    #[getter]
+    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let state = lock(&self.state);
+        match &state.policy {
+            Some(adapting) => params_to_py(py, &adapting.draw.params),
+            None => params_to_py(py, &self.params),
+        }
+    }
+
+    /// The values the between-trial sampler proposed (what the study records).
+    #[getter]
+    fn suggested_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        params_to_py(py, &self.params)
+    }
+
+    /// The values the within-trial policy favours (its most probable arm of each
+    /// adaptive parameter); the suggested values outside "bayes+rl".
+    #[getter]
+    fn policy_best<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let state = lock(&self.state);
+        match &state.policy {
+            Some(adapting) => params_to_py(py, &adapting.policy.best()),
+            None => params_to_py(py, &self.params),
+        }
+    }
+
+    /// Records the objective's value after `step` (an epoch, a round) and returns
+    /// whether the pruner would stop the trial there (also kept for `should_prune`).
+    fn report(&self, py: Python<'_>, step: u64, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let study = self.study.bind(py).get();
+        let values = study.values(value)?;
+        let prune = study.report(py, self.number, step, values.clone())?;
+        let mut state = lock(&self.state);
+        state.pruned = prune;
+        if let Some(adapting) = &mut state.policy {
+            adapting.observe(values[0], study.primary_direction());
+        }
+        Ok(prune)
+    }
+
+    /// Whether the pruner would stop the trial at its last report.
+    fn should_prune(&self) -> bool {
+        lock(&self.state).pruned
+    }
+
+    /// The study the trial belongs to.
+    #[getter]
+    fn study(&self, py: Python<'_>) -> Py<Study> {
+        self.study.clone_ref(py)
+    }
+
+    fn __repr__(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("Trial(number={}, params={{{}}})", self.number, params.join(", "))
     }
 }
