@@ -79,7 +79,7 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, secure=True, freeze=()):
+def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, secure=True, freeze=(), noise_multiplier=0.0):
     """Certificates, the starting model, the aggregator's and agents' TOML; returns the
     aggregator's configuration path and the agents'."""
     subprocess.run([aggregator_bin, "init", "--out", str(root / "pki"), "--agents", str(agents)], check=True,
@@ -115,6 +115,10 @@ def write_federation(aggregator_bin, root: pathlib.Path, agents=3, rounds=6, sec
         [secure_aggregation]
         enabled = {str(secure).lower()}
         clip = 4.0
+        [privacy]
+        noise_multiplier = {noise_multiplier}
+        clip = 1.0
+        noise = "{"distributed" if secure else "central"}"
         [client]
         learning_rate = 0.1
         batch_size = 16

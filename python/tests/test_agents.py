@@ -74,6 +74,27 @@ def test_three_python_agents_federate_a_model_under_secure_aggregation(tmp_path,
     assert (p.argmax(axis=1) == y).mean() > 0.9
 
 
+def test_python_agents_add_distributed_dp_noise_under_secure_aggregation(tmp_path, aggregator_bin):
+    config, _ = write_federation(aggregator_bin, tmp_path, rounds=3, secure=True, noise_multiplier=0.8)
+    def clients():
+        made = [NumpyClient(seed=i, weights=SKEWS[i]) for i in range(3)]
+        for c in made:
+            c.train_samples, c.validation_samples = 240, 60
+        return made
+
+    report = fedtune.simulate(str(config), clients())
+    rounds = report["rounds"]
+    assert all(r["secure"] and r["updates"] == 3 for r in rounds)
+    epsilons = [r["epsilon"] for r in rounds]
+    assert all(e is not None and e > 0 for e in epsilons), epsilons
+    assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]
+    # The noise is real: the same federation without it ends on another model.
+    quiet, _ = write_federation(aggregator_bin, tmp_path / "quiet", rounds=3, secure=True)
+    again = fedtune.simulate(str(quiet), clients())
+    assert all(r.get("epsilon") is None and r["updates"] == 3 for r in again["rounds"])
+    assert not np.allclose(report["model"]["linear.weight"], again["model"]["linear.weight"], atol=1e-3)
+
+
 def test_a_fit_returning_a_wrong_shape_is_declined_and_the_round_goes_on(tmp_path, aggregator_bin):
     config, agent_configs = write_federation(aggregator_bin, tmp_path, rounds=3, secure=False)
     server = serve(aggregator_bin, config)
