@@ -460,12 +460,7 @@ impl StateConfig {
         if let Some(owner) = &self.owner {
             return owner.clone();
         }
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "aggregator".to_owned());
+        let host = fedtune_store::host_name().unwrap_or_else(|| "aggregator".to_owned());
         format!("{host}:{}", listen.port())
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fedtune_agent::cancel::Cancel;
 use fedtune_agent::client::Exit;
 use fedtune_agent::config::AgentConfig;
+use fedtune_agent::train::peak_rss_bytes;
 use fedtune_agent::trainer::{FitOutcome, Trainer, TrainerError};
 use fedtune_protocol::freeze::Trainable;
 use fedtune_protocol::{Capabilities, Evaluate, Evaluation, ModelSpec, Task, TensorSpec, TrainMetrics};
@@ -59,7 +60,7 @@ impl Context {
 }
 
 /// The tensors of `spec` with their place in the flat buffer, and whether they train.
-fn layout(spec: &ModelSpec, trainable: &Trainable) -> Vec<(TensorSpec, std::ops::Range<usize>, bool)> {
+pub(crate) fn layout(spec: &ModelSpec, trainable: &Trainable) -> Vec<(TensorSpec, std::ops::Range<usize>, bool)> {
     let mut offset = 0;
     spec.manifest()
         .tensors
@@ -74,10 +75,8 @@ fn layout(spec: &ModelSpec, trainable: &Trainable) -> Vec<(TensorSpec, std::ops:
 }
 
 /// `values` as a numpy array of `shape` that owns them.
-fn array<'py>(py: Python<'py>, values: &[f32], shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
-    Ok(PyArray1::from_vec(py, values.to_vec())
-        .reshape(shape.to_vec())?
-        .into_any())
+pub(crate) fn array<'py>(py: Python<'py>, values: Vec<f32>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+    Ok(PyArray1::from_vec(py, values).reshape(shape.to_vec())?.into_any())
 }
 
 /// Trains with Python's `fit` and measures with its `evaluate`.
@@ -184,10 +183,8 @@ impl PyTrainer {
                 }
                 at += range.len();
             }
-            let array = PyArray1::from_vec(py, values)
-                .reshape(spec.shape.clone())
+            dict.set_item(&spec.name, array(py, values, &spec.shape).map_err(fail)?)
                 .map_err(fail)?;
-            dict.set_item(&spec.name, array).map_err(fail)?;
         }
         let returned = evaluate.call1(py, (dict,)).map_err(fail)?;
         let scores = returned.extract(py).map_err(|_| {
@@ -283,18 +280,6 @@ fn metric(metrics: Option<&Bound<'_, PyDict>>, name: &str) -> Result<Option<f64>
     }
 }
 
-/// Peak resident memory of this process, in bytes (0 where /proc does not say).
-fn peak_memory() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
 impl Trainer for PyTrainer {
     fn capabilities(&self) -> Capabilities {
         self.capabilities.clone()
@@ -311,7 +296,7 @@ impl Trainer for PyTrainer {
             let frozen = PyDict::new(py);
             for (spec, range, trains) in &tensors {
                 let target = if *trains { &params } else { &frozen };
-                let value = array(py, &global[range.clone()], &spec.shape).map_err(|e| fail("fit", e))?;
+                let value = array(py, global[range.clone()].to_vec(), &spec.shape).map_err(|e| fail("fit", e))?;
                 target.set_item(&spec.name, value).map_err(|e| fail("fit", e))?;
             }
             let config = hyperparameters(py, task).map_err(|e| fail("fit", e))?;
@@ -378,7 +363,7 @@ impl Trainer for PyTrainer {
                 validation_samples: get("validation_samples")?
                     .map_or(self.capabilities.validation_samples, |n| n as u64),
                 wall_seconds: started.elapsed().as_secs_f64(),
-                peak_memory_bytes: peak_memory(),
+                peak_memory_bytes: peak_rss_bytes(),
             };
             Ok(FitOutcome {
                 delta,

@@ -6,21 +6,8 @@ use pyo3::types::{PyDict, PyString};
 
 use crate::errors;
 
-pub fn direction(text: &str) -> PyResult<Direction> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "minimize" | "minimise" => Ok(Direction::Minimize),
-        "maximize" | "maximise" => Ok(Direction::Maximize),
-        other => Err(errors::value(format!(
-            "direction `{other}` is neither \"minimize\" nor \"maximize\""
-        ))),
-    }
-}
-
-pub fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Minimize => "minimize",
-        Direction::Maximize => "maximize",
-    }
+fn direction(text: &str) -> PyResult<Direction> {
+    text.parse().map_err(|e| errors::value(format!("direction {e}")))
 }
 
 /// The objectives from `directions` (a list of directions, or a dict from name to

@@ -24,10 +24,7 @@ impl Adapting {
     /// Rewards the values in use with the improvement from the last report to
     /// `value` (higher is better after `direction`), then draws the next step's.
     pub(crate) fn observe(&mut self, value: f64, direction: Direction) {
-        let score = match direction {
-            Direction::Maximize => value,
-            Direction::Minimize => -value,
-        };
+        let score = -direction.loss(value);
         if let Some(last) = self.last {
             self.policy.observe(&[(self.draw.clone(), score - last)]);
         }

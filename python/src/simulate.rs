@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 use fedtune_aggregator::{AggregatorConfig, Hooks, service};
-use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::agent::{PyTrainer, Slots, run_interruptibly};
+use crate::agent::{PyTrainer, Slots, array, layout, run_interruptibly};
 use crate::errors;
+use fedtune_protocol::freeze::Trainable;
 
 /// `name` of `agent`: an attribute (a client object with `fit` and `evaluate` methods),
 /// or a key (a dict).
@@ -87,7 +87,7 @@ pub fn simulate<'py>(
         .map(|(i, a)| trainer(i, a).map(|t| t.sharing(slots.clone())))
         .collect::<PyResult<Vec<_>>>()?;
     let spec = config.model.spec.clone();
-    let (save, layout, report_path) = (
+    let (save, save_layout, report_path) = (
         config.model.save.clone(),
         config.model.save_layout,
         config.report.clone(),
@@ -105,7 +105,7 @@ pub fn simulate<'py>(
     })?
     .map_err(errors::fedtune)?;
     if let Some(path) = save.filter(|_| !report.global.is_empty()) {
-        service::save_model(&spec, &report.global, &path, layout).map_err(errors::fedtune)?;
+        service::save_model(&spec, &report.global, &path, save_layout).map_err(errors::fedtune)?;
     }
     let json = serde_json::to_string(&report).map_err(errors::fedtune)?;
     if let Some(path) = report_path {
@@ -119,16 +119,11 @@ pub fn simulate<'py>(
     let mean = (!accuracies.is_empty()).then(|| accuracies.iter().sum::<f64>() / accuracies.len() as f64);
     out.set_item("final_accuracy", mean)?;
     let model = PyDict::new(py);
-    let mut offset = 0;
-    for tensor in spec.manifest().tensors {
-        let end = offset + tensor.numel();
-        if let Some(values) = report.global.get(offset..end) {
-            model.set_item(
-                &tensor.name,
-                PyArray1::from_slice(py, values).reshape(tensor.shape.clone())?,
-            )?;
+    // A run stopped before its first round has no model of its own.
+    if report.global.len() == spec.manifest().numel() {
+        for (tensor, range, _) in layout(&spec, &Trainable::all(report.global.len())) {
+            model.set_item(&tensor.name, array(py, report.global[range].to_vec(), &tensor.shape)?)?;
         }
-        offset = end;
     }
     out.set_item("model", model)?;
     Ok(out)

@@ -16,7 +16,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::convert::{params_to_py, value_from_py, values_from_py};
 use crate::errors;
 use crate::frozen::FrozenTrial;
-use crate::objective::{direction_name, objectives};
+use crate::objective::objectives;
 use crate::policy::{Adapting, TrialProgress};
 use crate::space::SearchSpace;
 use crate::storage::{self, Described, Location, StoreRun};
@@ -70,9 +70,7 @@ fn entropy_seed() -> u64 {
 
 /// This process as the owner of the trials it runs in a shared store.
 fn owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = fedtune_store::host_name().unwrap_or_else(|| "localhost".into());
     format!("python:{host}:{}", std::process::id())
 }
 
@@ -582,7 +580,7 @@ impl Study {
     /// One direction per objective: "minimize" or "maximize".
     #[getter]
     fn directions(&self) -> Vec<&'static str> {
-        self.objectives.iter().map(|o| direction_name(o.direction)).collect()
+        self.objectives.iter().map(|o| o.direction.name()).collect()
     }
 
     /// The objectives' names, in order.

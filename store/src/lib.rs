@@ -547,6 +547,16 @@ pub trait Storage: Send {
 /// The owner a store writes as until told otherwise.
 pub const LOCAL_OWNER: &str = "local";
 
+/// This machine's name (`HOSTNAME`, else the kernel's), for owner names that say where
+/// a writer runs; `None` when neither says.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
 /// Whether `db` (a `[state] db` or `--db` value) names a PostgreSQL database
 /// (`postgres://…` or `postgresql://…`) rather than a SQLite file.
 pub fn is_postgres_url(db: &std::path::Path) -> bool {

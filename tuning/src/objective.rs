@@ -14,12 +14,34 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The name as written in configuration: `minimize` or `maximize`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Minimize => "minimize",
+            Self::Maximize => "maximize",
+        }
+    }
+
     /// `value` turned into a loss: itself when minimising, its negation when maximising.
     #[must_use]
     pub fn loss(self, value: f64) -> f64 {
         match self {
             Self::Minimize => value,
             Self::Maximize => -value,
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = String;
+
+    /// `minimize` or `maximize` (also spelt `minimise`, `maximise`; any case, trimmed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "minimize" | "minimise" => Ok(Self::Minimize),
+            "maximize" | "maximise" => Ok(Self::Maximize),
+            _ => Err(format!("`{}` is neither \"minimize\" nor \"maximize\"", s.trim())),
         }
     }
 }

@@ -113,13 +113,12 @@ fn objective(raw: RawObjective, direction: Direction) -> Result<ObjectiveSpec, S
 pub fn parse_objectives(text: &str) -> Result<Vec<ObjectiveSpec>, SpecError> {
     let file: ObjectivesFile = serde_json::from_str(text)?;
     let direction = match file.direction.as_deref() {
-        None | Some("minimize" | "minimise") => Direction::Minimize,
-        Some("maximize" | "maximise") => Direction::Maximize,
-        Some(other) => {
-            return Err(SpecError::Json(serde::de::Error::custom(format!(
-                "direction must be minimize or maximize, got `{other}`"
-            ))));
-        }
+        None => Direction::Minimize,
+        Some(text) => text.parse().map_err(|_| {
+            SpecError::Json(serde::de::Error::custom(format!(
+                "direction must be minimize or maximize, got `{text}`"
+            )))
+        })?,
     };
     file.objectives
         .into_iter()

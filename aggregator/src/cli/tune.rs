@@ -86,10 +86,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.directions
             .iter()
-            .map(|d| match d.trim() {
-                "minimize" | "minimise" => Ok(Direction::Minimize),
-                "maximize" | "maximise" => Ok(Direction::Maximize),
-                other => anyhow::bail!("--directions: `{other}` is not minimize or maximize"),
+            .map(|d| {
+                d.parse::<Direction>()
+                    .map_err(|_| anyhow::anyhow!("--directions: `{}` is not minimize or maximize", d.trim()))
             })
             .collect::<anyhow::Result<_>>()?
     };
@@ -133,9 +132,8 @@ fn toml_direction(path: &std::path::Path, text: &str) -> anyhow::Result<Option<D
     let Some(value) = doc.get("direction") else {
         return Ok(None);
     };
-    match value.as_str().map(str::trim) {
-        Some("minimize" | "minimise") => Ok(Some(Direction::Minimize)),
-        Some("maximize" | "maximise") => Ok(Some(Direction::Maximize)),
+    match value.as_str().map(str::parse::<Direction>) {
+        Some(Ok(direction)) => Ok(Some(direction)),
         _ => anyhow::bail!(
             "{}: `direction` is {value}; expected \"minimize\" or \"maximize\"",
             path.display()
