@@ -8,6 +8,9 @@
 //!   parameter I/O by module path.
 //! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
 //! - [`text`]: a real text task (WordNet noun definitions by category), tokenised.
+//! - [`pretrained`]: Hugging Face model folders (BERT-family checkpoints) as a spec,
+//!   starting weights, class names and tokenizer.
+//! - [`tokenizer`]: a pretrained model's Hugging Face tokenizer (`tokenizer.json`).
 //! - [`train`]: local training and evaluation (of the zoo's models or your own).
 //! - [`weights`]: weight files in (safetensors, PyTorch `.pt`, burnpack) and out.
 //! - [`cancel`]: abandoning training at a deadline or on request.
@@ -17,6 +20,8 @@
 pub mod cancel;
 pub mod data;
 pub mod model;
+pub mod pretrained;
 pub mod text;
+pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -415,7 +415,7 @@ pub fn metadata(layout: Layout) -> Vec<(&'static str, String)> {
 /// [`WeightsError::Read`] when the file cannot be read, is not safetensors, holds a
 /// tensor that is not floating-point, or no tensor at all.
 pub fn read_custom(path: &Path) -> Result<(Manifest, Vec<f32>), WeightsError> {
-    use safetensors::{Dtype, SafeTensors};
+    use safetensors::SafeTensors;
     let read = |reason: String| WeightsError::Read {
         path: path.to_path_buf(),
         reason,
@@ -430,27 +430,9 @@ pub fn read_custom(path: &Path) -> Result<(Manifest, Vec<f32>), WeightsError> {
         let view = file.tensor(&name).map_err(|e| read(e.to_string()))?;
         let data = view.data();
         let before = values.len();
-        match view.dtype() {
-            Dtype::F32 => values.extend(
-                data.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-            Dtype::F64 => values.extend(
-                data.chunks_exact(8)
-                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
-            ),
-            Dtype::F16 => values.extend(
-                data.chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            ),
-            Dtype::BF16 => values.extend(
-                data.chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            ),
-            other => {
-                refused.push(format!("`{name}` ({other:?})"));
-                continue;
-            }
+        if !extend_floats(&mut values, view.dtype(), data) {
+            refused.push(format!("`{name}` ({:?})", view.dtype()));
+            continue;
         }
         let spec = fedtune_protocol::TensorSpec::new(name, view.shape().to_vec());
         if values.len() - before != spec.numel() {
@@ -472,6 +454,32 @@ pub fn read_custom(path: &Path) -> Result<(Manifest, Vec<f32>), WeightsError> {
         return Err(read("the file holds no tensor".into()));
     }
     Ok((Manifest { tensors }, values))
+}
+
+/// Appends a tensor's little-endian bytes of `dtype` to `values` as f32 (f64, f16 and
+/// bf16 converted); false, with nothing appended, for a dtype that is not floating-point.
+pub(crate) fn extend_floats(values: &mut Vec<f32>, dtype: safetensors::Dtype, data: &[u8]) -> bool {
+    use safetensors::Dtype;
+    match dtype {
+        Dtype::F32 => values.extend(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        Dtype::F64 => values.extend(
+            data.chunks_exact(8)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
+        ),
+        Dtype::F16 => values.extend(
+            data.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        Dtype::BF16 => values.extend(
+            data.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        _ => return false,
+    }
+    true
 }
 
 /// Writes the trainable tensors of `params` (laid out by `manifest`; for a LoRA model, its

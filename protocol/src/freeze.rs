@@ -1,8 +1,9 @@
 //! Frozen parameters: which tensors of a manifest train, and which stay as they are.
 //!
 //! A freeze pattern names tensors by module path. `*` matches any run of characters
-//! (dots included), so `convs.*` freezes every convolution block and `*.bias` every bias;
-//! a pattern without `*` names a module (`convs.0` freezes the first block) or one tensor.
+//! (dots included), so `convs.*` freezes every convolution block and `*.bias` every bias.
+//! A pattern names a module (`convs.0` freezes the first block, `*.attention.self.query`
+//! every query projection) or one tensor.
 //! Agents and the aggregator compute the same [`Trainable`] from the task's manifest and
 //! patterns: updates carry only the trainable values, in manifest order, and only those
 //! are averaged.
@@ -21,7 +22,8 @@ use crate::tensor::is_lora_factor;
 #[must_use]
 pub fn matches(pattern: &str, tensor: &str) -> bool {
     if pattern.contains('*') {
-        return glob(pattern.as_bytes(), tensor.as_bytes());
+        let named = |path: &str| glob(pattern.as_bytes(), path.as_bytes());
+        return named(tensor) || tensor.match_indices('.').any(|(end, _)| named(&tensor[..end]));
     }
     tensor == pattern || tensor.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.'))
 }
@@ -216,6 +218,14 @@ mod tests {
         assert!(!matches("head", "heads.0.weight"));
         assert!(matches("*", "anything"));
         assert!(matches("a*b*c", "aXXbYYc") && !matches("a*b*c", "aXXbYY"));
+        // A glob names modules too: every tensor under a module it matches.
+        assert!(matches(
+            "*.attention.self.query",
+            "bert.encoder.layer.0.attention.self.query.weight"
+        ));
+        assert!(matches("*.value", "encoder.layer.1.attention.self.value.bias"));
+        assert!(!matches("*.value", "encoder.layer.1.attention.self.values.bias"));
+        assert!(!matches("*.query", "encoder.query_proj.weight"));
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub use message::{
     Update, Welcome,
 };
 pub use model::{
-    Architecture, CnnSpec, ConvBlock, CustomSpec, LoraSpec, MlpSpec, ModelSpec, NormStats, TransformerSpec,
+    Architecture, BertSpec, CnnSpec, ConvBlock, CustomSpec, LoraSpec, MlpSpec, ModelSpec, NormStats, Pooling,
+    TransformerSpec,
 };
 pub use tensor::{Manifest, ManifestHash, TensorSpec};

@@ -1,25 +1,48 @@
 //! Low-rank adapters on any module, and the blueprint of a LoRA spec.
 
-use burn::module::{Lora, Module, ParamGroup};
+use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
+use burn::tensor::Tensor;
 use fedtune_protocol::model::Architecture;
 use fedtune_protocol::{LoraSpec, Manifest};
 
-use super::{Blueprint, Device, ModelShape, manifest_of};
+use super::{Blueprint, Device, ModelShape, path_segment};
 
 /// Attaches LoRA adapters of `rank` (scaled by `alpha / rank`) to `model`'s 2-D weights
 /// that a pattern in `targets` names (all of them when `targets` is empty), with Burn's
 /// `Module::apply_lora`: every base parameter is frozen and each adapted weight gains
-/// `….lora.a` and `….lora.b` factors in the model's [`manifest_of`]. Works on any module,
+/// `….lora.a` and `….lora.b` factors in the model's [`manifest_of`](super::manifest_of). Works on any module,
 /// the zoo's or your own.
 pub fn with_lora<M: Module>(model: M, rank: usize, alpha: f64, targets: &[String]) -> M {
-    let paths: Vec<String> = manifest_of(&model)
-        .tensors
-        .into_iter()
-        .filter(|t| t.shape.len() == 2)
-        .filter(|t| targets.is_empty() || targets.iter().any(|p| fedtune_protocol::freeze::matches(p, &t.name)))
-        .map(|t| t.name)
-        .collect();
-    model.apply_lora(Lora::new(rank, alpha).set_param_group(ParamGroup::from_paths(paths)))
+    /// Burn's own path of each 2-D weight a target names (Burn matches its paths, which
+    /// spell keyword fields as declared; targets name [`super::path_segment`]'s).
+    struct Targets<'a> {
+        targets: &'a [String],
+        path: Vec<String>,
+        paths: Vec<String>,
+    }
+    impl ModuleVisitor for Targets<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
+            let name = self.path.iter().map(|s| path_segment(s)).collect::<Vec<_>>().join(".");
+            if D == 2
+                && (self.targets.is_empty() || self.targets.iter().any(|p| fedtune_protocol::freeze::matches(p, &name)))
+            {
+                self.paths.push(self.path.join("."));
+            }
+        }
+    }
+    let mut found = Targets {
+        targets,
+        path: Vec::new(),
+        paths: Vec::new(),
+    };
+    model.visit(&mut found);
+    model.apply_lora(Lora::new(rank, alpha).set_param_group(ParamGroup::from_paths(found.paths)))
 }
 
 /// The blueprint of a [`LoraSpec`]: its base's module with the adapters attached.

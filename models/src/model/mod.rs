@@ -16,19 +16,21 @@
 //! # Layout
 //! - `zoo`: the [`Blueprint`] trait, [`CustomModel`], and [`with_zoo_model`], the one
 //!   place that picks the architecture a [`ModelSpec`] names.
-//! - `mlp`, `cnn`, `transformer`: each architecture's module and blueprint.
+//! - `mlp`, `cnn`, `transformer`, `bert`: each architecture's module and blueprint.
 //! - `lora`: adapters on any module ([`with_lora`]) and the blueprint of a LoRA spec.
 //! - here: the flat parameter vector ([`flatten`], [`load`], [`manifest_of`]), freezing and
 //!   FedProx's distance.
 //!
 //! [`ModelSpec`]: fedtune_protocol::ModelSpec
 
+mod bert;
 mod cnn;
 mod lora;
 mod mlp;
 mod transformer;
 mod zoo;
 
+pub use bert::BertClassifier;
 pub use cnn::Cnn;
 pub use lora::{Adapted, with_lora};
 pub use mlp::Mlp;
@@ -102,6 +104,17 @@ pub enum ModelError {
     },
 }
 
+/// A module path's segment for a field: its name, but a field named after a Rust keyword
+/// with an underscore appended (`self_`, for Hugging Face's `attention.self`) is spelled
+/// as the keyword, so paths are the names a checkpoint uses.
+#[must_use]
+pub fn path_segment(field: &str) -> &str {
+    match field {
+        "self_" => "self",
+        other => other,
+    }
+}
+
 /// The layout of `model`'s float parameters in traversal order, named by module path.
 pub fn manifest_of<M: Module>(model: &M) -> Manifest {
     struct Layout {
@@ -110,7 +123,7 @@ pub fn manifest_of<M: Module>(model: &M) -> Manifest {
     }
     impl ModuleVisitor for Layout {
         fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_owned());
+            self.path.push(path_segment(name).to_owned());
         }
         fn exit_module(&mut self, _name: &str, _container_type: &str) {
             self.path.pop();
@@ -195,7 +208,7 @@ pub fn freeze_paths<M: Module>(model: M, frozen: &[String]) -> M {
     }
     impl ModuleMapper for Freeze<'_> {
         fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_owned());
+            self.path.push(path_segment(name).to_owned());
         }
         fn exit_module(&mut self, _name: &str, _container_type: &str) {
             self.path.pop();
@@ -312,7 +325,7 @@ impl Loader<'_> {
 
 impl ModuleMapper for Loader<'_> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
+        self.path.push(path_segment(name).to_owned());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {

@@ -110,6 +110,7 @@ pub fn with_zoo_model<T: ZooTask>(spec: &ModelSpec, task: T) -> Result<T::Output
             ModelSpec::Mlp(mlp) => Ok(run(mlp, lora, task)),
             ModelSpec::Cnn(cnn) => Ok(run(cnn, lora, task)),
             ModelSpec::Transformer(transformer) => Ok(run(transformer, lora, task)),
+            ModelSpec::Bert(bert) => Ok(run(bert, lora, task)),
             // `validate` refuses a LoRA base that is itself LoRA.
             ModelSpec::Lora(inner) => dispatch(&inner.base, Some(inner), task),
             ModelSpec::Custom(custom) => Err(NotInZoo {

@@ -10,15 +10,18 @@
 //! - [`mlp`]: the multi-layer perceptron.
 //! - [`cnn`]: the convolutional classifier, its blocks and batch-norm policy.
 //! - [`transformer`]: the transformer encoder classifier over token ids.
+//! - [`bert`]: BERT-family encoders (Hugging Face's `BertModel`) with a classification head.
 //! - [`lora`]: low-rank adapters on any of them.
 //! - [`custom`]: a bare parameter layout for trainers that bring their own model.
 
+pub mod bert;
 pub mod cnn;
 pub mod custom;
 pub mod lora;
 pub mod mlp;
 pub mod transformer;
 
+pub use bert::{BertSpec, Pooling};
 pub use cnn::{CnnSpec, ConvBlock, NORM_TENSORS, NormStats};
 pub use custom::CustomSpec;
 pub use lora::LoraSpec;
@@ -49,6 +52,9 @@ pub enum ModelSpec {
     /// A flat parameter layout with no architecture behind it, for trainers that bring
     /// their own model (benchmarks, custom agents). The built-in trainer refuses it.
     Custom(CustomSpec),
+    /// A BERT-family encoder (Hugging Face's `BertModel`) with a classification head,
+    /// usually started from a pretrained checkpoint.
+    Bert(BertSpec),
 }
 
 /// What fedtune knows about one kind of model. Every [`ModelSpec`] variant holds a type
@@ -170,6 +176,7 @@ impl ModelSpec {
             ModelSpec::Transformer(transformer) => transformer,
             ModelSpec::Lora(lora) => lora,
             ModelSpec::Custom(custom) => custom,
+            ModelSpec::Bert(bert) => bert,
         }
     }
 

@@ -1,0 +1,158 @@
+//! A pretrained model's tokenizer: Hugging Face's `tokenizers` reading the model's
+//! `tokenizer.json`, so an agent turns its own text into exactly the ids the model was
+//! trained on.
+//!
+//! Rows are `max_len` ids: the tokenizer's own special tokens (`[CLS] … [SEP]` for BERT),
+//! truncated to `max_len` as Hugging Face's `truncation=True` does, then padded with 0,
+//! the id a BERT vocabulary gives `[PAD]` and the one fedtune's models mask. The file's
+//! SHA-256 names the tokenizer, so agents and the aggregator can check they hold the same.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+/// Why a tokenizer could not be read or a text not encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The file could not be read or is not a tokenizer.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The tokenizer failed on a text.
+    #[error("tokenizing `{text}`: {reason}")]
+    Encode {
+        /// The start of the text.
+        text: String,
+        /// What the tokenizer said.
+        reason: String,
+    },
+}
+
+/// A `tokenizer.json`, ready to make rows of token ids.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    hash: String,
+    vocab: usize,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("hash", &self.hash)
+            .field("vocab", &self.vocab)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextTokenizer {
+    /// Reads a Hugging Face `tokenizer.json`.
+    ///
+    /// # Errors
+    /// [`TokenizerError::Read`] when the file cannot be read, is not a tokenizer, or pads
+    /// with an id other than 0.
+    pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
+        let read = |reason: String| TokenizerError::Read {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| read(format!("not a tokenizer.json: {e}")))?;
+        let pad = match inner.get_padding() {
+            Some(padding) => Some((padding.pad_token.clone(), padding.pad_id)),
+            None => inner.token_to_id("[PAD]").map(|id| ("[PAD]".to_string(), id)),
+        };
+        if let Some((token, id)) = pad
+            && id != 0
+        {
+            return Err(read(format!(
+                "its padding token {token} has id {id}; fedtune's models take id 0 as padding"
+            )));
+        }
+        // Rows are cut and padded here, to the model's length, not as the file says.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| read(format!("not a tokenizer.json: {e}")))?;
+        let vocab = inner.get_vocab_size(true);
+        Ok(Self {
+            inner,
+            hash: hex_sha256(&bytes),
+            vocab,
+        })
+    }
+
+    /// The SHA-256 of the `tokenizer.json` file, in hex.
+    #[must_use]
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Ids the tokenizer gives (its vocabulary with added tokens).
+    #[must_use]
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// The ids of `text` with the tokenizer's special tokens, untruncated.
+    ///
+    /// # Errors
+    /// [`TokenizerError::Encode`] when the tokenizer fails on it.
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| encode_error(text, &e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The row of `text`: its ids with the special tokens, truncated to `max_len` as
+    /// Hugging Face's `truncation=True` does (the text's tokens are cut, the special
+    /// tokens around them kept), then padded with 0.
+    ///
+    /// # Errors
+    /// [`TokenizerError::Encode`] when the tokenizer fails on it or `max_len` leaves no
+    /// room beside the special tokens.
+    pub fn row(&self, text: &str, max_len: usize) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| encode_error(text, &e))?;
+        let (ids, special) = (encoding.get_ids(), encoding.get_special_tokens_mask());
+        let mut row = if ids.len() <= max_len {
+            ids.to_vec()
+        } else {
+            let leading = special.iter().take_while(|&&s| s == 1).count();
+            let trailing = special.iter().rev().take_while(|&&s| s == 1).count();
+            if leading + trailing >= max_len {
+                return Err(encode_error(
+                    text,
+                    &format!(
+                        "{max_len} ids leave no room beside {} special tokens",
+                        leading + trailing
+                    ),
+                ));
+            }
+            let keep = max_len - leading - trailing;
+            let mut row = Vec::with_capacity(max_len);
+            row.extend_from_slice(&ids[..leading + keep]);
+            row.extend_from_slice(&ids[ids.len() - trailing..]);
+            row
+        };
+        row.resize(max_len, 0);
+        Ok(row)
+    }
+}
+
+fn encode_error(text: &str, error: &dyn std::fmt::Display) -> TokenizerError {
+    TokenizerError::Encode {
+        text: text.chars().take(60).collect(),
+        reason: error.to_string(),
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+fn hex_sha256(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
