@@ -76,6 +76,10 @@ pub struct ModelConfig {
     /// [`fedtune_protocol::freeze`]): those tensors keep their starting values, agents do
     /// not train or send them, and only the rest is averaged.
     pub freeze: Vec<String>,
+    /// Class names in id order (`classes = ["cat", "dog"]`): what agents' labels map to
+    /// and what predictions print. A `pretrained` folder's classification head gives its
+    /// own. Empty: classes are known by id only.
+    pub classes: Vec<String>,
     /// The parameters `init` holds, read by [`crate::service::load_initial_model`] before
     /// the federation starts; not configuration.
     pub initial: Option<Arc<Vec<f32>>>,
@@ -113,6 +117,8 @@ struct ModelRepr {
     save_layout: Layout,
     #[serde(default)]
     freeze: Vec<String>,
+    #[serde(default)]
+    classes: Vec<String>,
     #[serde(flatten)]
     unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
@@ -132,6 +138,8 @@ struct ModelOut<'a> {
     save_layout: Layout,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     freeze: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    classes: &'a [String],
 }
 
 impl Serialize for ModelConfig {
@@ -143,6 +151,7 @@ impl Serialize for ModelConfig {
             save: self.save.as_ref(),
             save_layout: self.save_layout,
             freeze: &self.freeze,
+            classes: &self.classes,
         }
         .serialize(serializer)
     }
@@ -190,14 +199,85 @@ fn custom_from_file(table: &mut toml::Table, base: &Path) -> Result<bool, String
     Ok(true)
 }
 
+/// Reads `[model] pretrained = "DIR"`: a Hugging Face BERT-family folder (see
+/// [`fedtune_models::pretrained`]), with `max_len` (token ids per row, 128 unless set),
+/// `pooling` (`cls` or `mean`; the folder's by default), `classes` (a classification
+/// checkpoint's own by default) and `dropout` beside it. Rewrites `table` so that the rest
+/// of the configuration reads `bert = { … }` (the sizes from the folder's `config.json`),
+/// `classes` and `init = "DIR"`, whose weights [`crate::service::load_initial_model`]
+/// reads; returns whether there was such a model.
+fn pretrained_from_folder(table: &mut toml::Table, base: &Path) -> Result<bool, String> {
+    use fedtune_models::pretrained::{PretrainedOptions, describe};
+    let Some(model) = table.get_mut("model").and_then(toml::Value::as_table_mut) else {
+        return Ok(false);
+    };
+    let Some(dir) = model.remove("pretrained") else {
+        return Ok(false);
+    };
+    let dir = base.join(
+        dir.as_str()
+            .ok_or("[model] pretrained is the path of a Hugging Face model folder")?,
+    );
+    for key in ["init", "mlp", "cnn", "transformer", "bert", "custom"] {
+        if model.contains_key(key) {
+            return Err(format!(
+                "[model] pretrained builds the model and its starting weights from {}; drop [model] {key}",
+                dir.display()
+            ));
+        }
+    }
+    let mut value = |key: &str| model.remove(key);
+    let max_len = match value("max_len") {
+        None => 128,
+        Some(v) => v
+            .as_integer()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or("[model] max_len is a number of token ids")?,
+    };
+    let pooling = value("pooling")
+        .map(|v| v.as_str().ok_or("[model] pooling is `cls` or `mean`")?.parse())
+        .transpose()
+        .map_err(|e: String| format!("[model] {e}"))?;
+    let dropout = value("dropout")
+        .map(|v| v.as_float().ok_or("[model] dropout is a number in [0, 1)"))
+        .transpose()?;
+    let classes = model
+        .get("classes")
+        .map(|v| {
+            v.clone()
+                .try_into::<Vec<String>>()
+                .map_err(|_| "[model] classes is a list of names")
+        })
+        .transpose()?;
+    let options = PretrainedOptions {
+        max_len,
+        pooling,
+        classes,
+        dropout,
+        seed: 0,
+    };
+    let described = describe(&dir, &options).map_err(|e| format!("[model] pretrained: {e}"))?;
+    for note in &described.notes {
+        tracing::info!("[model] pretrained {}: {note}", dir.display());
+    }
+    let spec = toml::Value::try_from(&described.spec).map_err(|e| e.to_string())?;
+    model.insert("bert".into(), spec);
+    model.insert(
+        "classes".into(),
+        toml::Value::try_from(&described.classes).map_err(|e| e.to_string())?,
+    );
+    model.insert("init".into(), toml::Value::String(dir.display().to_string()));
+    Ok(true)
+}
+
 impl TryFrom<ModelRepr> for ModelConfig {
     type Error = String;
 
     fn try_from(repr: ModelRepr) -> Result<Self, String> {
         if let Some(key) = repr.unknown.keys().next() {
             return Err(format!(
-                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn), lora, init, save, save_layout \
-                 and freeze"
+                "unknown key `{key}` in [model]: it takes one architecture table (mlp, cnn, transformer, bert) or \
+                 `pretrained`, lora, init, save, save_layout, freeze and classes"
             ));
         }
         if matches!(repr.spec, ModelSpec::Lora(_)) {
@@ -212,6 +292,16 @@ impl TryFrom<ModelRepr> for ModelConfig {
         config.save = repr.save;
         config.save_layout = repr.save_layout;
         config.freeze = repr.freeze;
+        config.classes = repr.classes;
+        if let Some(outputs) = config.spec.classes()
+            && !config.classes.is_empty()
+            && config.classes.len() != outputs
+        {
+            return Err(format!(
+                "[model] classes names {} classes but the model has {outputs} outputs",
+                config.classes.len()
+            ));
+        }
         Ok(config)
     }
 }
@@ -224,6 +314,7 @@ impl From<ModelSpec> for ModelConfig {
             save: None,
             save_layout: Layout::Burn,
             freeze: Vec::new(),
+            classes: Vec::new(),
             initial: None,
         }
     }
@@ -617,7 +708,8 @@ impl AggregatorConfig {
         };
         let base = path.parent().unwrap_or(Path::new("."));
         let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-        let mut config: Self = if custom_from_file(&mut table, base).map_err(parse)? {
+        let rewritten = custom_from_file(&mut table, base).map_err(parse)?;
+        let mut config: Self = if pretrained_from_folder(&mut table, base).map_err(parse)? || rewritten {
             table.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))?
         } else {
             // Parsed from the text again, so errors point at a line.
@@ -927,6 +1019,72 @@ mod tests {
         let config = AggregatorConfig::load(&path).unwrap();
         assert_eq!(config.dashboard.cert, Some(dir.join("tls/d.pem")));
         assert_eq!(config.dashboard.key, Some(dir.join("tls/d.key")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_pretrained_folder_gives_the_bert_its_classes_and_its_starting_weights() {
+        use fedtune_models::pretrained::{PretrainedOptions, load_pretrained};
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bert-tiny");
+        let dir = std::env::temp_dir().join(format!("fedtune-pretrained-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("aggregator.toml");
+        let write = |model: &str| {
+            std::fs::write(&path, format!("[model]\n{model}\n")).unwrap();
+        };
+        write(&format!(
+            "pretrained = {:?}\nmax_len = 16\nlora = {{ rank = 2, targets = [\"*.query\", \"*.value\"] }}",
+            fixture.join("classifier")
+        ));
+        let mut config = AggregatorConfig::load(&path).unwrap();
+        let ModelSpec::Bert(bert) = config.model.architecture() else {
+            panic!("{:?}", config.model.spec)
+        };
+        assert_eq!((bert.max_len, bert.classes, bert.hidden), (16, 3, 32));
+        assert_eq!(config.model.classes, ["negative", "neutral", "positive"]);
+        assert_eq!(config.model.lora().unwrap().targets, ["*.query", "*.value"]);
+        crate::service::load_initial_model(&mut config).unwrap();
+        config.validate().unwrap();
+        let options = PretrainedOptions {
+            max_len: 16,
+            ..PretrainedOptions::default()
+        };
+        let checkpoint = load_pretrained(&fixture.join("classifier"), &options).unwrap();
+        let initial = config.model.initial.clone().unwrap();
+        // The checkpoint's weights with fresh adapters (B = 0: merged, they are the checkpoint).
+        let ModelSpec::Lora(lora) = &config.model.spec else {
+            unreachable!()
+        };
+        assert_eq!(initial.len(), config.model.spec.manifest().numel());
+        assert!(
+            lora.merged(&initial) == checkpoint.params,
+            "the base weights are not the checkpoint's"
+        );
+
+        // Written back, the section reads the same model again.
+        let written = toml::to_string(&config).unwrap();
+        std::fs::write(&path, &written).unwrap();
+        assert_eq!(AggregatorConfig::load(&path).unwrap().model.spec, config.model.spec);
+
+        // A BertModel folder needs class names; other sizes or a second architecture are refused.
+        write(&format!("pretrained = {:?}", fixture.join("encoder")));
+        let err = AggregatorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("[model] classes"), "{err}");
+        write(&format!(
+            "pretrained = {:?}\nclasses = [\"a\", \"b\"]\npooling = \"max\"",
+            fixture.join("encoder")
+        ));
+        let err = AggregatorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pooling `max`: expected cls or mean"), "{err}");
+        write(&format!("pretrained = {:?}\nmax_len = 100", fixture.join("classifier")));
+        let err = AggregatorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_len 100 exceeds the 64 position embeddings"), "{err}");
+        write(&format!(
+            "pretrained = {:?}\n[model.mlp]\ninput = 2\nhidden = []\nclasses = 2",
+            fixture.join("classifier")
+        ));
+        let err = AggregatorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("drop [model] mlp"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fedtune_models::model::default_device;
 use fedtune_models::weights::{self, Layout, WeightsError};
-use fedtune_protocol::ModelSpec;
+use fedtune_protocol::{BertSpec, ModelSpec};
 
 use crate::config::AggregatorConfig;
 use crate::identity::{Identity, IdentityError, load_ca_certificate, load_identity};
@@ -121,13 +121,39 @@ pub fn load_initial_model(config: &mut AggregatorConfig) -> Result<(), WeightsEr
             config.model.initial = Some(Arc::new(params));
             return Ok(());
         }
-        let mut params = weights::import(config.model.architecture(), source, &default_device())?;
+        let mut params = match config.model.architecture() {
+            // A Hugging Face folder (`[model] pretrained`): its own names and layout.
+            ModelSpec::Bert(bert) if source.path.is_dir() => {
+                pretrained_weights(&source.path, bert, &config.model.classes, config.federation.seed)?
+            }
+            architecture => weights::import(architecture, source, &default_device())?,
+        };
         if let ModelSpec::Lora(lora) = &config.model.spec {
             params = lora.with_adapters(&params, &mut rand::rngs::StdRng::seed_from_u64(config.federation.seed));
         }
         config.model.initial = Some(Arc::new(params));
     }
     Ok(())
+}
+
+/// A Hugging Face folder's weights for `bert` with `classes` (a fresh head seeded by
+/// `seed` unless the checkpoint's classifies exactly those); what was left out or started
+/// fresh is logged.
+fn pretrained_weights(dir: &Path, bert: &BertSpec, classes: &[String], seed: u64) -> Result<Vec<f32>, WeightsError> {
+    use fedtune_models::pretrained::{PretrainedError, load_weights};
+    match load_weights(dir, bert, classes, seed) {
+        Ok((params, _, notes)) => {
+            for note in notes {
+                tracing::info!("{}: {note}", dir.display());
+            }
+            Ok(params)
+        }
+        Err(PretrainedError::Weights(error)) => Err(error),
+        Err(error) => Err(WeightsError::Read {
+            path: dir.to_path_buf(),
+            reason: error.to_string(),
+        }),
+    }
 }
 
 /// Writes a final global model as safetensors at `path`: one tensor per tensor of the

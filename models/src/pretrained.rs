@@ -146,26 +146,31 @@ struct PoolingConfig {
     pooling_mode_mean_tokens: bool,
 }
 
-/// Reads the Hugging Face folder `dir` as a BERT classifier.
+/// What a Hugging Face folder describes, before its weights are read.
+#[derive(Debug)]
+pub struct Described {
+    /// The architecture.
+    pub spec: BertSpec,
+    /// Class names in id order.
+    pub classes: Vec<String>,
+    /// The folder's tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// What was decided that a user should know (a fresh head).
+    pub notes: Vec<String>,
+}
+
+/// Reads the Hugging Face folder `dir` as a BERT classifier: its spec, class names and
+/// tokenizer, without the weights.
 ///
 /// # Errors
 /// [`PretrainedError`] naming the file and what is wrong: an unreadable file, a
-/// configuration field fedtune does not implement, options that do not fit, weights that
-/// do not fit (every tensor listed), a tokenizer that cannot be read or whose
-/// vocabulary is larger than the model's.
-pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretrained, PretrainedError> {
+/// configuration field fedtune does not implement, options that do not fit, a tokenizer
+/// that cannot be read or whose vocabulary is larger than the model's.
+pub fn describe(dir: &Path, options: &PretrainedOptions) -> Result<Described, PretrainedError> {
     let config_path = dir.join("config.json");
     let config: HfConfig = read_json(&config_path)?;
     check_supported(&config, &config_path)?;
-    let classifier_checkpoint = config
-        .architectures
-        .iter()
-        .any(|a| a == "BertForSequenceClassification");
-    let checkpoint_classes = classifier_checkpoint
-        .then(|| labels(&config, &config_path))
-        .transpose()?;
-
-    let mut notes = Vec::new();
+    let checkpoint_classes = checkpoint_classes(&config, &config_path)?;
     let folder_pooling = {
         let path = dir.join("1_Pooling").join("config.json");
         if path.is_file() {
@@ -187,33 +192,28 @@ pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretra
             )));
         }
     };
-    let keep_head = checkpoint_classes.as_ref() == Some(&classes) && pooling == Pooling::Cls;
-    if let Some(own) = &checkpoint_classes
-        && !keep_head
-    {
-        notes.push(if pooling == Pooling::Mean {
-            "the checkpoint's classifier was trained on BERT's pooler; under mean pooling the head starts fresh"
-                .to_string()
-        } else {
-            format!(
-                "the checkpoint classifies [{}]; the head starts fresh for [{}]",
-                own.join(", "),
-                classes.join(", ")
-            )
-        });
-    } else if checkpoint_classes.is_none() {
-        notes.push(format!(
-            "the checkpoint has no classification head; a fresh one classifies [{}]",
-            classes.join(", ")
-        ));
-    }
     if classes.len() < 2 {
         return Err(PretrainedError::Options(format!(
             "a classifier needs at least two classes, not [{}]",
             classes.join(", ")
         )));
     }
-
+    let mut notes = Vec::new();
+    match &checkpoint_classes {
+        Some(_) if keeps_head(checkpoint_classes.as_deref(), &classes, pooling) => {}
+        Some(_) if pooling == Pooling::Mean => notes.push(
+            "the checkpoint's classifier was trained on BERT's pooler; under mean pooling the head starts fresh".into(),
+        ),
+        Some(own) => notes.push(format!(
+            "the checkpoint classifies [{}]; the head starts fresh for [{}]",
+            own.join(", "),
+            classes.join(", ")
+        )),
+        None => notes.push(format!(
+            "the checkpoint has no classification head; a fresh one classifies [{}]",
+            classes.join(", ")
+        )),
+    }
     let spec = BertSpec {
         vocab: config.vocab_size,
         hidden: config.hidden_size,
@@ -232,7 +232,6 @@ pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretra
     ModelSpec::Bert(spec.clone())
         .validate()
         .map_err(|e| PretrainedError::Options(format!("{}: {e}", dir.display())))?;
-
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     if tokenizer.vocab() > spec.vocab {
         return Err(PretrainedError::Options(format!(
@@ -242,21 +241,28 @@ pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretra
             spec.vocab
         )));
     }
+    Ok(Described {
+        spec,
+        classes,
+        tokenizer,
+        notes,
+    })
+}
 
-    let (weights_path, tensors) = read_checkpoint(dir)?;
-    let prefixed = tensors.keys().any(|k| k.starts_with("bert."));
-    if pooling == Pooling::Mean && tensors.keys().any(|k| k.contains("pooler.")) {
-        notes.push("mean pooling does not use the checkpoint's pooler; it is left out".into());
-    }
-    let params = map_onto(
-        &spec,
-        &tensors,
-        prefixed,
-        keep_head,
-        options.seed,
-        &weights_path,
-        &mut notes,
-    )?;
+/// Reads the Hugging Face folder `dir` as a BERT classifier, weights included.
+///
+/// # Errors
+/// As [`describe`], and [`PretrainedError::Weights`] listing every tensor that does not
+/// fit.
+pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretrained, PretrainedError> {
+    let Described {
+        spec,
+        classes,
+        tokenizer,
+        mut notes,
+    } = describe(dir, options)?;
+    let (params, prefixed, more) = load_weights(dir, &spec, &classes, options.seed)?;
+    notes.extend(more);
     Ok(Pretrained {
         spec,
         params,
@@ -265,6 +271,52 @@ pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretra
         prefixed,
         notes,
     })
+}
+
+/// The weights of the folder `dir` laid out for `spec` (as [`describe`] gave it) with
+/// `classes`: the checkpoint's head when it classifies exactly these under BERT's pooler,
+/// else a fresh one seeded by `seed`. Also gives whether the keys were under `bert.`, and
+/// notes on tensors left out.
+///
+/// # Errors
+/// [`PretrainedError::Read`] for an unreadable folder, [`PretrainedError::Weights`]
+/// listing every tensor that does not fit.
+pub fn load_weights(
+    dir: &Path,
+    spec: &BertSpec,
+    classes: &[String],
+    seed: u64,
+) -> Result<(Vec<f32>, bool, Vec<String>), PretrainedError> {
+    let config_path = dir.join("config.json");
+    let config: HfConfig = read_json(&config_path)?;
+    let keep_head = keeps_head(
+        checkpoint_classes(&config, &config_path)?.as_deref(),
+        classes,
+        spec.pooling,
+    );
+    let (weights_path, tensors) = read_checkpoint(dir)?;
+    let prefixed = tensors.keys().any(|k| k.starts_with("bert."));
+    let mut notes = Vec::new();
+    if spec.pooling == Pooling::Mean && tensors.keys().any(|k| k.contains("pooler.")) {
+        notes.push("mean pooling does not use the checkpoint's pooler; it is left out".into());
+    }
+    let params = map_onto(spec, &tensors, prefixed, keep_head, seed, &weights_path, &mut notes)?;
+    Ok((params, prefixed, notes))
+}
+
+/// A `BertForSequenceClassification` checkpoint's class names (`id2label` in id order).
+fn checkpoint_classes(config: &HfConfig, path: &Path) -> Result<Option<Vec<String>>, PretrainedError> {
+    let classifier = config
+        .architectures
+        .iter()
+        .any(|a| a == "BertForSequenceClassification");
+    classifier.then(|| labels(config, path)).transpose()
+}
+
+/// The checkpoint's classifier is used when it classifies exactly `classes` on BERT's
+/// pooler.
+fn keeps_head(checkpoint: Option<&[String]>, classes: &[String], pooling: Pooling) -> bool {
+    checkpoint == Some(classes) && pooling == Pooling::Cls
 }
 
 /// Refuses what the BERT fedtune builds does not compute, naming the field.

@@ -153,6 +153,23 @@ impl WordnetTask {
     /// that leave nothing to train on, [`DataError::InFile`] for a category with too few
     /// definitions.
     pub fn load(&self, dir: impl AsRef<Path>, split: Split) -> Result<Dataset, DataError> {
+        let (texts, labels) = self.texts(dir, split)?;
+        let mut features = Vec::with_capacity(texts.len() * self.max_len);
+        for definition in &texts {
+            let mut ids = tokenize(definition, self.vocab);
+            ids.resize(self.max_len, 0);
+            features.extend(ids.iter().map(|&id| id as f32));
+        }
+        Dataset::from_parts(features, labels, self.max_len, self.categories.len())
+    }
+
+    /// The definitions of `split` as text, with their labels (category indices), in
+    /// category order: what [`WordnetTask::load`] tokenises, for a model with its own
+    /// tokenizer.
+    ///
+    /// # Errors
+    /// As [`WordnetTask::load`].
+    pub fn texts(&self, dir: impl AsRef<Path>, split: Split) -> Result<(Vec<String>, Vec<u32>), DataError> {
         let path = dir.as_ref().join("data.noun");
         if !path.is_file() {
             return Err(DataError::WordnetMissing { path });
@@ -164,7 +181,7 @@ impl WordnetTask {
         self.parse(&text, &path, split)
     }
 
-    fn parse(&self, text: &str, path: &Path, split: Split) -> Result<Dataset, DataError> {
+    fn parse(&self, text: &str, path: &Path, split: Split) -> Result<(Vec<String>, Vec<u32>), DataError> {
         let shape = DataError::Wordnet;
         if self.max_len == 0 || self.vocab < 2 || self.per_class < 5 {
             return Err(shape(format!(
@@ -207,7 +224,7 @@ impl WordnetTask {
             by_class[class].push(definition);
         }
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut features = Vec::new();
+        let mut texts = Vec::new();
         let mut labels = Vec::new();
         for (class, definitions) in by_class.iter_mut().enumerate() {
             definitions.retain(|d| !ambiguous.contains(d));
@@ -228,14 +245,10 @@ impl WordnetTask {
                 Split::Test => &definitions[..test],
                 Split::Train => &definitions[test..],
             };
-            for definition in rows {
-                let mut ids = tokenize(definition, self.vocab);
-                ids.resize(self.max_len, 0);
-                features.extend(ids.iter().map(|&id| id as f32));
-                labels.push(class as u32);
-            }
+            texts.extend(rows.iter().map(|d| (*d).to_string()));
+            labels.extend(std::iter::repeat_n(class as u32, rows.len()));
         }
-        Dataset::from_parts(features, labels, self.max_len, files.len())
+        Ok((texts, labels))
     }
 }
 

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 
+use crate::data::Dataset;
+
 /// Why a tokenizer could not be read or a text not encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -22,6 +24,9 @@ pub enum TokenizerError {
         /// What went wrong.
         reason: String,
     },
+    /// Tokenized texts and their labels do not make a dataset.
+    #[error("{0}")]
+    Data(String),
     /// The tokenizer failed on a text.
     #[error("tokenizing `{text}`: {reason}")]
     Encode {
@@ -138,6 +143,26 @@ impl TextTokenizer {
         };
         row.resize(max_len, 0);
         Ok(row)
+    }
+
+    /// A dataset of `texts` as rows of `max_len` ids ([`TextTokenizer::row`]) with their
+    /// `labels` (class ids below `classes`).
+    ///
+    /// # Errors
+    /// [`TokenizerError::Encode`] for a text the tokenizer fails on, and
+    /// [`TokenizerError::Data`] when the labels do not fit the texts or the classes.
+    pub fn dataset<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        labels: Vec<u32>,
+        max_len: usize,
+        classes: usize,
+    ) -> Result<Dataset, TokenizerError> {
+        let mut features = Vec::with_capacity(texts.len() * max_len);
+        for text in texts {
+            features.extend(self.row(text.as_ref(), max_len)?.into_iter().map(|id| id as f32));
+        }
+        Dataset::from_parts(features, labels, max_len, classes).map_err(|e| TokenizerError::Data(e.to_string()))
     }
 }
 

@@ -242,6 +242,11 @@ pub fn import_into<M: Module>(mut model: M, source: &WeightsSource) -> Result<M,
                 reason: e.to_string(),
             })?;
     }
+    // Module paths name a keyword field as the keyword (`attention.self`, see
+    // `model::path_segment`); Burn's own paths keep its underscore.
+    remapper = remapper
+        .add_pattern(KEYWORD_IN_FILE, KEYWORD_IN_BURN)
+        .expect("the keyword pattern is a valid regular expression");
     // Partial and unvalidated: the result lists every problem, reported all at once below.
     let result = match extension(path).as_deref() {
         Some("safetensors") => {
@@ -311,6 +316,15 @@ fn safetensors_layout(path: &Path) -> Result<Layout, String> {
         _ => Layout::Pytorch,
     })
 }
+
+/// A `self` segment of a file's tensor name, and the Burn path segment it reads into: a
+/// field cannot be named `self`, so fedtune's BERT names it `self_` (module paths and
+/// files spell it `self`, as Hugging Face does).
+const KEYWORD_IN_FILE: &str = r"(^|\.)self\.";
+const KEYWORD_IN_BURN: &str = "${1}self_.";
+/// The same, written out.
+const KEYWORD_IN_BURN_PATH: &str = r"(^|\.)self_\.";
+const KEYWORD_IN_FILE_NAME: &str = "${1}self.";
 
 fn extension(path: &Path) -> Option<String> {
     path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -550,7 +564,13 @@ pub fn export_module<M: Module>(model: &M, path: &Path) -> Result<(), WeightsErr
 /// # Errors
 /// [`WeightsError::Write`].
 pub fn export_module_as<M: Module>(model: &M, path: &Path, layout: Layout) -> Result<(), WeightsError> {
-    let mut store = SafetensorsStore::from_file(path).overwrite(true).clear_metadata();
+    let names = KeyRemapper::new()
+        .add_pattern(KEYWORD_IN_BURN_PATH, KEYWORD_IN_FILE_NAME)
+        .expect("the keyword pattern is a valid regular expression");
+    let mut store = SafetensorsStore::from_file(path)
+        .overwrite(true)
+        .clear_metadata()
+        .remap(names);
     for (key, value) in metadata(layout) {
         store = store.metadata(key, value);
     }

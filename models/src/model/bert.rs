@@ -253,15 +253,33 @@ impl BertOutput {
     }
 }
 
+/// `rows` without the trailing columns that are padding (0) in every row: they change
+/// nothing (attention never looks at padding, pooling leaves it out, positions count
+/// from the start) and would cost as much as the text. At least one column stays.
+fn without_trailing_padding(rows: Tensor<2>) -> Tensor<2> {
+    let len = rows.dims()[1];
+    let Ok(values) = rows.clone().into_data().try_to_vec::<f32>() else {
+        return rows;
+    };
+    let used = values
+        .chunks(len.max(1))
+        .map(|row| row.iter().rposition(|&id| id != 0.0).map_or(0, |last| last + 1))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    if used == len { rows } else { rows.narrow(1, 0, used) }
+}
+
 impl Classifier for BertClassifier {
-    /// Rows are `max_len` token ids as floats (0 for padding), of segment 0.
+    /// Rows are `max_len` token ids as floats (0 for padding), of segment 0; the columns
+    /// that are padding in every row of the batch are cut first.
     ///
     /// # Panics
     /// If the rows are longer than the position embeddings, or hold an id outside the
     /// vocabulary (Burn asserts both); the data loaders check ids against the vocabulary
     /// first.
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let pooled = self.pooled(x.int());
+        let pooled = self.pooled(without_trailing_padding(x).int());
         self.classifier.forward(self.dropout.forward(pooled))
     }
 }

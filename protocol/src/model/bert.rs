@@ -182,6 +182,10 @@ impl Architecture for BertSpec {
         Ok(())
     }
 
+    fn classes(&self) -> Option<usize> {
+        Some(self.classes)
+    }
+
     fn describe(&self) -> String {
         let pooling = match self.pooling {
             Pooling::Cls => "cls",

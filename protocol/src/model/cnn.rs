@@ -244,6 +244,10 @@ impl Architecture for CnnSpec {
         self.head_dims().map(drop)
     }
 
+    fn classes(&self) -> Option<usize> {
+        Some(self.classes)
+    }
+
     fn describe(&self) -> String {
         let blocks: Vec<String> = self
             .blocks

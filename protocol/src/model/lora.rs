@@ -195,6 +195,10 @@ impl Architecture for LoraSpec {
         Ok(())
     }
 
+    fn classes(&self) -> Option<usize> {
+        self.base.classes()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} + LoRA r{} α{} on {} weights",

@@ -55,6 +55,10 @@ impl Architecture for MlpSpec {
         Ok(())
     }
 
+    fn classes(&self) -> Option<usize> {
+        Some(self.classes)
+    }
+
     fn describe(&self) -> String {
         let widths: Vec<String> = self.widths().iter().map(ToString::to_string).collect();
         format!("MLP {}", widths.join("-"))

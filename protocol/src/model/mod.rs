@@ -92,6 +92,12 @@ pub trait Architecture {
         )))
     }
 
+    /// The number of classes it outputs logits for; `None` for a layout without a known
+    /// head (the default).
+    fn classes(&self) -> Option<usize> {
+        None
+    }
+
     /// Freeze patterns the architecture itself implies (none by default).
     fn implied_frozen(&self) -> Vec<String> {
         Vec::new()
@@ -209,6 +215,12 @@ impl ModelSpec {
     /// [`ProtocolError::InvalidModel`] for a model without dropout or `p` outside [0, 1).
     pub fn with_dropout(&self, p: f64) -> Result<ModelSpec, ProtocolError> {
         self.architecture().with_dropout(p)
+    }
+
+    /// The number of classes the model outputs logits for (`None` for a custom layout).
+    #[must_use]
+    pub fn classes(&self) -> Option<usize> {
+        self.architecture().classes()
     }
 
     /// Freeze patterns the architecture itself implies: the running statistics of batch

@@ -122,6 +122,10 @@ impl Architecture for TransformerSpec {
         Ok(())
     }
 
+    fn classes(&self) -> Option<usize> {
+        Some(self.classes)
+    }
+
     fn describe(&self) -> String {
         format!(
             "transformer {}x{} vocab {} d{} h{} ff{} → {}",
