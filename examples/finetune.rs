@@ -142,6 +142,7 @@ fn mode(name: &str, lora_rank: usize) -> anyhow::Result<Mode> {
                 rank: lora_rank,
                 alpha: Some(2.0 * lora_rank as f64),
                 targets: vec!["head.*".into()],
+                train: Vec::new(),
             }),
         ),
         other => anyhow::bail!("unknown mode `{other}`: use scratch, full, frozen, frozen-head0 or lora"),

@@ -187,6 +187,7 @@ async fn a_lora_run_sends_only_adapters_and_writes_the_merged_model_and_the_adap
         rank: 4,
         alpha: Some(8.0),
         targets: vec![],
+        train: Vec::new(),
     }));
     config.client.learning_rate = 0.01;
     service::load_initial_model(&mut config).unwrap();
@@ -342,6 +343,7 @@ async fn a_transformer_federates_on_wordnet_text_and_lora_on_its_attention_sends
         rank: 2,
         alpha: Some(4.0),
         targets: vec!["*.mha.query.*".into(), "*.mha.value.*".into()],
+        train: Vec::new(),
     };
     let mut config = configure(transformer.clone(), Some(lora));
     let adapters = config.model.trainable().unwrap().numel();

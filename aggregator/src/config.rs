@@ -98,6 +98,10 @@ pub struct LoraConfig {
     /// Which weights get adapters (patterns over module paths); all 2-D weights when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// Base tensors that train in full beside the adapters (patterns, e.g.
+    /// `["classifier"]`). A BERT's classification head does unless this names others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train: Vec<String>,
 }
 
 /// `[model]` as written: the architecture's table, `lora`, `init`, `save`, `freeze`, and
@@ -346,6 +350,7 @@ impl ModelConfig {
                 rank: lora.rank,
                 alpha: Some(lora.alpha),
                 targets: lora.targets.clone(),
+                train: lora.train.clone(),
             }),
             _ => None,
         }
@@ -355,12 +360,19 @@ impl ModelConfig {
     /// `None`. `alpha` defaults to twice the rank.
     pub fn set_lora(&mut self, lora: Option<LoraConfig>) {
         let base = self.architecture().clone();
+        let bert = matches!(base, ModelSpec::Bert(_));
         self.spec = match lora {
             Some(lora) => ModelSpec::Lora(fedtune_protocol::LoraSpec {
                 base: Box::new(base),
                 rank: lora.rank,
                 alpha: lora.alpha.unwrap_or(2.0 * lora.rank as f64),
                 targets: lora.targets,
+                // A pretrained encoder's head is usually fresh: it trains with the adapters.
+                train: if lora.train.is_empty() && bert {
+                    vec!["classifier".into()]
+                } else {
+                    lora.train
+                },
             }),
             None => base,
         };

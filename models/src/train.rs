@@ -295,12 +295,22 @@ pub fn train_model(blueprint: &impl Blueprint, job: &TrainJob<'_>) -> Result<Loc
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut train_loss = 0.0;
     let steps_per_epoch = train.len().div_ceil(hp.batch_size as usize);
-    let steps = steps_per_epoch * hp.local_epochs as usize;
+    let mut steps = steps_per_epoch * hp.local_epochs as usize;
+    if hp.local_steps > 0 {
+        steps = steps.min(hp.local_steps as usize);
+    }
     let warmup = (hp.warmup * steps as f64).round() as usize;
     for epoch in 0..hp.local_epochs {
+        if epoch as usize * steps_per_epoch >= steps {
+            break;
+        }
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
+        let mut seen = 0;
         for (step, rows) in order.chunks(hp.batch_size as usize).enumerate() {
+            if epoch as usize * steps_per_epoch + step >= steps {
+                break;
+            }
             cancel.check().map_err(TrainError::Abandoned)?;
             let (x, y) = batch(train, rows, &autodiff);
             let loss = cross_entropy(model.forward(x), y, hp.label_smoothing);
@@ -313,12 +323,13 @@ pub fn train_model(blueprint: &impl Blueprint, job: &TrainJob<'_>) -> Result<Loc
                 return Err(TrainError::Diverged { epoch, step });
             }
             loss_sum += f64::from(value) * rows.len() as f64;
+            seen += rows.len();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let at = epoch as usize * steps_per_epoch + step;
             let lr = hp.learning_rate * hp.lr_schedule.factor(at, steps, warmup);
             model = optim.step(lr, model, grads);
         }
-        train_loss = loss_sum / train.len() as f64;
+        train_loss = loss_sum / seen.max(1) as f64;
     }
 
     let local = flatten(&model);
@@ -657,6 +668,7 @@ mod tests {
             rank: 2,
             alpha: 4.0,
             targets: vec!["head.*".into()],
+            train: Vec::new(),
         });
         let manifest = spec.manifest();
         // Burn's `apply_lora` lays the model out as the spec says.
@@ -776,6 +788,7 @@ mod tests {
             rank: 2,
             alpha: 4.0,
             targets: vec!["*.mha.query.*".into(), "*.mha.value.*".into()],
+            train: Vec::new(),
         });
         lora.validate().unwrap();
         assert_eq!(built_layout(&lora), lora.manifest());

@@ -764,6 +764,7 @@ mod tests {
             rank: 4,
             alpha: 8.0,
             targets: vec!["head.*".into()],
+            train: Vec::new(),
         };
         let spec = ModelSpec::Lora(lora.clone());
         let manifest = spec.manifest();

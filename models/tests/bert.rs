@@ -283,6 +283,7 @@ fn lora_adapts_the_attention_projections_hugging_face_names() {
         rank: 2,
         alpha: 4.0,
         targets: targets.clone(),
+        train: Vec::new(),
     };
     let adapted: Vec<String> = lora.adapted().into_iter().map(|(name, _, _)| name).collect();
     assert_eq!(
@@ -294,6 +295,27 @@ fn lora_adapts_the_attention_projections_hugging_face_names() {
             "bert.encoder.layer.1.attention.self.value.weight",
         ]
     );
+    // The head trains beside the adapters when the spec says so (`!classifier`).
+    let with_head = LoraSpec {
+        train: vec!["classifier".into()],
+        ..lora.clone()
+    };
+    let frozen = ModelSpec::Lora(with_head.clone()).implied_frozen();
+    assert_eq!(frozen, ["!classifier"]);
+    let trainable = fedtune_protocol::freeze::Trainable::new(&ModelSpec::Lora(with_head).manifest(), &frozen).unwrap();
+    assert_eq!(trainable.numel(), 4 * (32 * 2 + 2 * 32) + 32 * 3 + 3);
+    let autodiff = default_device().autodiff();
+    let manifest = ModelSpec::Bert(pretrained.spec.clone()).manifest();
+    let trainable_model = load(
+        BertClassifier::init(&pretrained.spec, &autodiff),
+        &pretrained.params,
+        &manifest,
+    )
+    .unwrap();
+    let adapted = with_lora(trainable_model, 2, 4.0, &targets);
+    assert_eq!(trained_values(&adapted), 4 * (32 * 2 + 2 * 32));
+    let unfrozen = fedtune_models::model::freeze_paths(adapted, &frozen);
+    assert_eq!(trained_values(&unfrozen), trainable.numel());
     let module = with_lora(model(&pretrained), 2, 4.0, &targets);
     assert_eq!(manifest_of(&module), ModelSpec::Lora(lora).manifest());
     // B starts at zero: the adapted model computes what the checkpoint does.
@@ -303,6 +325,21 @@ fn lora_adapts_the_attention_projections_hugging_face_names() {
         &expected.logits,
         "LoRA logits",
     );
+}
+
+/// Values of the parameters that take gradients.
+fn trained_values<M: burn::module::Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.lazy_shape().num_elements();
+            }
+        }
+    }
+    let mut count = Count(0);
+    module.visit(&mut count);
+    count.0
 }
 
 #[test]

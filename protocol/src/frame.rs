@@ -24,7 +24,7 @@ use crate::ProtocolError;
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FDTN";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Size of the fixed frame prefix.
 pub const PREFIX_LEN: usize = 20;
 /// Hard ceiling on a header: messages are small, tensors travel in the payload.

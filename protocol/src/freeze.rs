@@ -10,13 +10,34 @@
 //!
 //! A manifest with LoRA factors (`….lora.a`, `….lora.b`, see [`crate::model::LoraSpec`])
 //! trains those factors only: every other tensor is frozen without a pattern, and
-//! patterns may freeze some factors too.
+//! patterns may freeze some factors too. An unfreeze pattern, `!` then a pattern
+//! (`!classifier`), trains the base tensors it names beside the factors (a LoRA spec's
+//! `train` list becomes such patterns); a freeze pattern naming the same tensor wins.
 
 use std::ops::Range;
 
 use crate::ProtocolError;
 use crate::tensor::Manifest;
 use crate::tensor::is_lora_factor;
+
+/// The prefix of an unfreeze pattern: `!classifier` trains `classifier.*` in a LoRA model.
+pub const UNFREEZE: &str = "!";
+
+/// Whether the patterns freeze `tensor` (`Some(true)`), unfreeze it (`Some(false)`), or
+/// say nothing of it (`None`); a freeze pattern wins over an unfreeze pattern.
+#[must_use]
+pub fn verdict(patterns: &[String], tensor: &str) -> Option<bool> {
+    let mut verdict = None;
+    for pattern in patterns {
+        match pattern.strip_prefix(UNFREEZE) {
+            Some(unfrozen) if matches(unfrozen, tensor) => verdict = verdict.or(Some(false)),
+            Some(_) => {}
+            None if matches(pattern, tensor) => return Some(true),
+            None => {}
+        }
+    }
+    verdict
+}
 
 /// Whether `pattern` names `tensor`: the whole path, or a module the path lies in.
 #[must_use]
@@ -71,16 +92,16 @@ impl Trainable {
     }
 
     /// The tensors of `manifest` that no pattern in `frozen` names (and, when the manifest
-    /// has LoRA factors, only those).
+    /// has LoRA factors, only those and the tensors an unfreeze pattern names).
     ///
     /// # Errors
     /// [`ProtocolError::InvalidModel`] when a pattern names no tensor (a typo would
     /// otherwise freeze nothing) or when every tensor is frozen.
     pub fn new(manifest: &Manifest, frozen: &[String]) -> Result<Self, ProtocolError> {
-        if let Some(unused) = frozen
-            .iter()
-            .find(|p| !manifest.tensors.iter().any(|t| matches(p, &t.name)))
-        {
+        if let Some(unused) = frozen.iter().find(|p| {
+            let pattern = p.strip_prefix(UNFREEZE).unwrap_or(p);
+            !manifest.tensors.iter().any(|t| matches(pattern, &t.name))
+        }) {
             return Err(ProtocolError::InvalidModel(format!(
                 "freeze pattern `{unused}` names no tensor of the model (tensors are named by module path, e.g. `{}`)",
                 manifest.tensors.first().map_or("", |t| t.name.as_str())
@@ -91,8 +112,11 @@ impl Trainable {
         let mut offset = 0;
         for tensor in &manifest.tensors {
             let end = offset + tensor.numel();
-            let trains = !adapters_only || is_lora_factor(&tensor.name);
-            if trains && !frozen.iter().any(|p| matches(p, &tensor.name)) {
+            let trains = match verdict(frozen, &tensor.name) {
+                Some(frozen) => !frozen,
+                None => !adapters_only || is_lora_factor(&tensor.name),
+            };
+            if trains {
                 match ranges.last_mut() {
                     Some(last) if last.end == offset => last.end = end,
                     _ => ranges.push(offset..end),
@@ -226,6 +250,30 @@ mod tests {
         assert!(matches("*.value", "encoder.layer.1.attention.self.value.bias"));
         assert!(!matches("*.value", "encoder.layer.1.attention.self.values.bias"));
         assert!(!matches("*.query", "encoder.query_proj.weight"));
+    }
+
+    #[test]
+    fn an_unfreeze_pattern_trains_a_lora_models_head_beside_its_factors() {
+        let manifest = Manifest {
+            tensors: vec![
+                TensorSpec::new("body.weight", vec![2, 2]),
+                TensorSpec::new("body.weight.lora.a", vec![2, 1]),
+                TensorSpec::new("body.weight.lora.b", vec![1, 2]),
+                TensorSpec::new("classifier.weight", vec![2, 3]),
+                TensorSpec::new("classifier.bias", vec![3]),
+            ],
+        };
+        let factors = Trainable::new(&manifest, &[]).unwrap();
+        assert_eq!(factors.numel(), 4);
+        let head = Trainable::new(&manifest, &["!classifier".into()]).unwrap();
+        assert_eq!(head.numel(), 4 + 9);
+        // A freeze pattern wins over an unfreeze pattern.
+        let bias_frozen = Trainable::new(&manifest, &["!classifier".into(), "*.bias".into()]).unwrap();
+        assert_eq!(bias_frozen.numel(), 4 + 6);
+        assert_eq!(verdict(&["!classifier".into()], "classifier.bias"), Some(false));
+        assert_eq!(verdict(&["!classifier".into()], "body.weight"), None);
+        let err = Trainable::new(&manifest, &["!head".into()]).unwrap_err().to_string();
+        assert!(err.contains("`!head` names no tensor"), "{err}");
     }
 
     #[test]

@@ -188,6 +188,9 @@ pub struct ClientHyperparameters {
     pub batch_size: u32,
     /// Passes over the local training split.
     pub local_epochs: u32,
+    /// At most this many minibatch steps per round, however many `local_epochs` would
+    /// take (0: no bound). Bounds a round's work on devices with much data.
+    pub local_steps: u32,
     /// Optimizer.
     pub optimizer: Optimizer,
     /// L2 weight decay.
@@ -251,6 +254,7 @@ impl Default for ClientHyperparameters {
             learning_rate: 0.01,
             batch_size: 32,
             local_epochs: 2,
+            local_steps: 0,
             optimizer: Optimizer::Adam,
             weight_decay: 0.0,
             momentum: 0.0,

@@ -17,6 +17,8 @@ pub enum ClientParam {
     BatchSize,
     /// `local_epochs`.
     LocalEpochs,
+    /// `local_steps` (at most this many minibatch steps per round).
+    LocalSteps,
     /// `optimizer` (`adam` or `sgd`).
     Optimizer,
     /// `weight_decay`.
@@ -35,10 +37,11 @@ pub enum ClientParam {
 
 impl ClientParam {
     /// Every parameter, in its canonical spelling order.
-    pub const ALL: [ClientParam; 10] = [
+    pub const ALL: [ClientParam; 11] = [
         ClientParam::LearningRate,
         ClientParam::BatchSize,
         ClientParam::LocalEpochs,
+        ClientParam::LocalSteps,
         ClientParam::Optimizer,
         ClientParam::WeightDecay,
         ClientParam::Momentum,
@@ -49,11 +52,12 @@ impl ClientParam {
     ];
 
     /// Every accepted spelling, aliases included.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "learning_rate",
         "lr",
         "batch_size",
         "local_epochs",
+        "local_steps",
         "optimizer",
         "weight_decay",
         "momentum",
@@ -70,6 +74,7 @@ impl ClientParam {
             "learning_rate" | "lr" => Self::LearningRate,
             "batch_size" => Self::BatchSize,
             "local_epochs" => Self::LocalEpochs,
+            "local_steps" => Self::LocalSteps,
             "optimizer" => Self::Optimizer,
             "weight_decay" => Self::WeightDecay,
             "momentum" => Self::Momentum,
@@ -88,6 +93,7 @@ impl ClientParam {
             Self::LearningRate => "learning_rate",
             Self::BatchSize => "batch_size",
             Self::LocalEpochs => "local_epochs",
+            Self::LocalSteps => "local_steps",
             Self::Optimizer => "optimizer",
             Self::WeightDecay => "weight_decay",
             Self::Momentum => "momentum",
@@ -106,6 +112,7 @@ impl ClientParam {
             Self::LearningRate => hp.learning_rate,
             Self::BatchSize => f64::from(hp.batch_size),
             Self::LocalEpochs => f64::from(hp.local_epochs),
+            Self::LocalSteps => f64::from(hp.local_steps),
             Self::WeightDecay => hp.weight_decay,
             Self::Momentum => hp.momentum,
             Self::ProximalMu => hp.proximal_mu,
@@ -156,6 +163,7 @@ impl ClientParam {
             Self::LearningRate => hp.learning_rate = number()?,
             Self::BatchSize => hp.batch_size = count()?,
             Self::LocalEpochs => hp.local_epochs = count()?,
+            Self::LocalSteps => hp.local_steps = count()?,
             Self::WeightDecay => hp.weight_decay = number()?,
             Self::Momentum => hp.momentum = number()?,
             Self::ProximalMu => hp.proximal_mu = number()?,

@@ -11,7 +11,7 @@ use fedtune_federation::strategy::StrategyConfig;
 use fedtune_tuning::Params;
 
 /// Client parameters the tuner knows how to send.
-pub(super) const CLIENT_PARAMS: [&str; 11] = ClientParam::NAMES;
+pub(super) const CLIENT_PARAMS: [&str; 12] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
 pub(super) const SERVER_PARAMS: [&str; 10] = [
     "server_learning_rate",
@@ -239,17 +239,19 @@ fn lora_with_rank(model: &crate::config::ModelConfig, rank: usize) -> Option<cra
     if rank == 0 {
         return None;
     }
-    let (ratio, targets) = match model.lora() {
+    let (ratio, targets, train) = match model.lora() {
         Some(lora) => (
             lora.alpha.unwrap_or(2.0 * lora.rank as f64) / lora.rank as f64,
             lora.targets,
+            lora.train,
         ),
-        None => (2.0, Vec::new()),
+        None => (2.0, Vec::new(), Vec::new()),
     };
     Some(crate::config::LoraConfig {
         rank,
         alpha: Some(ratio * rank as f64),
         targets,
+        train,
     })
 }
 

@@ -200,7 +200,9 @@ pub fn load<M: Module>(model: M, params: &[f32], manifest: &Manifest) -> Result<
 }
 
 /// Stops gradients at every float parameter whose module path a freeze pattern names
-/// (see [`fedtune_protocol::freeze`]), so an optimizer leaves it as it is.
+/// (see [`fedtune_protocol::freeze`]), so an optimizer leaves it as it is, and lets them
+/// flow again where an unfreeze pattern (`!classifier`) names one (a LoRA base tensor
+/// that trains).
 pub fn freeze_paths<M: Module>(model: M, frozen: &[String]) -> M {
     struct Freeze<'a> {
         frozen: &'a [String],
@@ -214,11 +216,9 @@ pub fn freeze_paths<M: Module>(model: M, frozen: &[String]) -> M {
             self.path.pop();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let name = self.path.join(".");
-            if self.frozen.iter().any(|p| fedtune_protocol::freeze::matches(p, &name)) {
-                param.set_require_grad(false)
-            } else {
-                param
+            match fedtune_protocol::freeze::verdict(self.frozen, &self.path.join(".")) {
+                Some(frozen) => param.set_require_grad(!frozen),
+                None => param,
             }
         }
     }
@@ -547,6 +547,7 @@ mod tests {
             rank: 2,
             alpha: 4.0,
             targets: vec!["head".into(), "*.pwff.*".into()],
+            train: Vec::new(),
         });
         struct RoundTrip(Vec<f32>, Manifest);
         impl ZooTask for RoundTrip {

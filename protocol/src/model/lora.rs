@@ -28,6 +28,12 @@ pub struct LoraSpec {
     /// wire format is not self-describing.)
     #[serde(default)]
     pub targets: Vec<String>,
+    /// Patterns naming base tensors that train in full beside the adapters (PEFT's
+    /// `modules_to_save`), e.g. `["classifier"]` for a fresh classification head. They
+    /// train, travel and are averaged as the adapters are (see [`crate::freeze`]'s `!`
+    /// patterns).
+    #[serde(default)]
+    pub train: Vec<String>,
 }
 
 impl LoraSpec {
@@ -182,6 +188,15 @@ impl Architecture for LoraSpec {
                 weights.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             ));
         }
+        if let Some(unused) = self
+            .train
+            .iter()
+            .find(|p| !base.tensors.iter().any(|t| crate::freeze::matches(p, &t.name)))
+        {
+            return invalid(format!(
+                "LoRA `train` pattern `{unused}` names no tensor of the base model"
+            ));
+        }
         let adapted = self.adapted_in(&base.tensors);
         if adapted.is_empty() {
             return invalid("the LoRA base model has no 2-D weight to adapt".into());
@@ -223,8 +238,11 @@ impl Architecture for LoraSpec {
         }))
     }
 
+    /// The base's, and an unfreeze pattern (`!…`) for each of `train`.
     fn implied_frozen(&self) -> Vec<String> {
-        self.base.implied_frozen()
+        let mut patterns = self.base.implied_frozen();
+        patterns.extend(self.train.iter().map(|p| format!("{}{p}", crate::freeze::UNFREEZE)));
+        patterns
     }
 
     /// The base's fresh parameters, then the adapters' (so the base part is what the base
@@ -248,6 +266,7 @@ mod tests {
             rank,
             alpha: 8.0,
             targets: targets.iter().map(ToString::to_string).collect(),
+            train: Vec::new(),
         }
     }
 
@@ -305,6 +324,7 @@ mod tests {
             rank: 1,
             alpha: 2.0,
             targets: vec![],
+            train: Vec::new(),
         };
         // W = [[1, 2], [3, 4]], A = [[1], [2]], B = [[10, 20]], bias [5, 6]; scale 2.
         let params = [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 10.0, 20.0, 5.0, 6.0];
