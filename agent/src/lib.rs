@@ -33,4 +33,4 @@ mod task;
 pub mod tls;
 pub mod trainer;
 
-pub use fedtune_models::{cancel, data, model, pretrained, text, tokenizer, train, weights};
+pub use fedtune_models::{cancel, data, model, pretrained, table, text, tokenizer, train, weights};

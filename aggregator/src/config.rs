@@ -404,6 +404,33 @@ impl ModelConfig {
         Ok(self.settings().trainable()?)
     }
 
+    /// The `[model]` table of a TOML file (a model file, or an aggregator's whole
+    /// configuration), read as [`AggregatorConfig::load`] reads it: `pretrained` and
+    /// `custom = { init }` resolved, relative paths against the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the problem.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let parse = |message: String| ConfigError::Parse {
+            path: path.into(),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        custom_from_file(&mut table, base).map_err(parse)?;
+        pretrained_from_folder(&mut table, base).map_err(parse)?;
+        let model = table.remove("model").ok_or_else(|| parse("no [model] table".into()))?;
+        let mut model: Self = model.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        if let Some(init) = model.init.as_mut().filter(|i| i.path.is_relative()) {
+            init.path = base.join(&init.path);
+        }
+        Ok(model)
+    }
+
     /// Where the final model goes: `save`, else next to `report`.
     #[must_use]
     pub fn save_path(&self, report: Option<&Path>) -> Option<PathBuf> {

@@ -168,18 +168,15 @@ pub enum EvaluateError {
 /// # Errors
 /// [`EvaluateError::Model`] naming the file and the problem.
 pub fn load_model_toml(path: &Path) -> Result<ModelSpec, EvaluateError> {
-    let model = |reason: String| EvaluateError::Model {
+    let model = ModelConfig::from_file(path).map_err(|e| EvaluateError::Model {
         path: path.into(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| model(e.to_string()))?;
-    #[derive(Deserialize)]
-    struct File {
-        model: ModelConfig,
-    }
-    let file: File = toml::from_str(&text).map_err(|e| model(e.to_string()))?;
-    file.model.spec.validate().map_err(|e| model(e.to_string()))?;
-    Ok(file.model.architecture().clone())
+        reason: e.to_string(),
+    })?;
+    model.spec.validate().map_err(|e| EvaluateError::Model {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(model.architecture().clone())
 }
 
 /// Evaluates the weights in `source`, read into `spec`, on `test`.

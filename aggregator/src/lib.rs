@@ -18,6 +18,7 @@
 //!   over HTTPS beyond loopback.
 //! - [`durable`]: a run that commits every round to a store and resumes after a crash.
 //! - [`evaluate`]: a weights file's accuracy and loss on a dataset's test split.
+//! - [`predict`]: a model's class and class probabilities for each row of a user's file.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`plot`]: a run's or a study's charts as SVG and PNG files.
 //! - [`progress`]: console progress (bars on a terminal, plain lines otherwise).
@@ -42,6 +43,7 @@ mod fixtures;
 pub mod identity;
 pub mod metrics;
 pub mod plot;
+pub mod predict;
 pub mod progress;
 pub mod registry;
 pub mod restart;

@@ -49,6 +49,10 @@ enum Command {
     /// Print the test accuracy and loss of a weights file (a fedtune run's final model,
     /// or one exported from PyTorch) on a dataset's test split.
     Evaluate(cli::evaluate::Args),
+    /// Print each row's predicted class and class probabilities under a model fedtune
+    /// produced (rows of a CSV or JSON Lines file: text for text models, features
+    /// otherwise).
+    Predict(cli::predict::Args),
     /// Plan a differentially private run: ε after some rounds at a noise multiplier, or
     /// the noise multiplier an ε budget needs (the RDP accountant of the sampled Gaussian
     /// mechanism, as Opacus computes it).
@@ -83,6 +87,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dashboard(args) => cli::dashboard::run(args).await,
         Command::Export(args) => blocking(move || cli::export::run(args)).await,
         Command::Evaluate(args) => blocking(move || cli::evaluate::run(args)).await,
+        Command::Predict(args) => blocking(move || cli::predict::run(args)).await,
         Command::Privacy(args) => cli::privacy::run(args),
         Command::Plot(args) => blocking(move || cli::plot::run(args)).await,
     }

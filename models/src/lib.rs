@@ -7,6 +7,8 @@
 //!   transformer, LoRA on any of them), the [`model::Classifier`] trait for your own, flat
 //!   parameter I/O by module path.
 //! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
+//! - [`table`]: rows a user or a device holds (CSV, JSON Lines) as text or features
+//!   with labels.
 //! - [`text`]: a real text task (WordNet noun definitions by category), tokenised.
 //! - [`pretrained`]: Hugging Face model folders (BERT-family checkpoints) as a spec,
 //!   starting weights, class names and tokenizer.
@@ -21,6 +23,7 @@ pub mod cancel;
 pub mod data;
 pub mod model;
 pub mod pretrained;
+pub mod table;
 pub mod text;
 pub mod tokenizer;
 pub mod train;

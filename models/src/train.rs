@@ -184,6 +184,50 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset, device: &Devic
     with_zoo_model(spec, Evaluate { params, data, device })?
 }
 
+/// Class probabilities (softmax of the logits, in f64 on the host) of the zoo model
+/// `spec` with `params` for every row of `data` (its labels are not read), in batches.
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn probabilities(
+    spec: &ModelSpec,
+    params: &[f32],
+    data: &Dataset,
+    device: &Device,
+) -> Result<Vec<Vec<f64>>, TrainError> {
+    struct Predict<'a> {
+        params: &'a [f32],
+        data: &'a Dataset,
+        device: &'a Device,
+    }
+    impl ZooTask for Predict<'_> {
+        type Output = Result<Vec<Vec<f64>>, TrainError>;
+        fn run<B: Blueprint>(self, blueprint: &B) -> Self::Output {
+            check_tokens(blueprint, self.data, "input")?;
+            check_data(blueprint.shape(), self.data, "input")?;
+            let device = self.device.clone().without_autodiff();
+            let model = load(blueprint.build(&device), self.params, &blueprint.manifest())?;
+            let dim = self.data.dim();
+            let mut out = Vec::with_capacity(self.data.len());
+            for rows in self.data.features().chunks(EVAL_BATCH * dim.max(1)) {
+                let n = rows.len() / dim.max(1);
+                let x = Tensor::from_data(TensorData::new(rows.to_vec(), [n, dim]), &device);
+                let logits = model.forward(x).try_into_vec_as::<f32>().map_err(backend)?;
+                let classes = logits.len() / n.max(1);
+                for row in logits.chunks_exact(classes.max(1)) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let exp: Vec<f64> = row.iter().map(|&l| f64::from(l - max).exp()).collect();
+                    let sum: f64 = exp.iter().sum();
+                    out.push(exp.into_iter().map(|e| e / sum).collect());
+                }
+            }
+            Ok(out)
+        }
+    }
+    spec.validate().map_err(TrainError::InvalidModel)?;
+    with_zoo_model(spec, Predict { params, data, device })?
+}
+
 /// For a model over token ids, every feature must be one in its vocabulary (Burn would
 /// panic on one outside it).
 fn check_tokens(model: &impl Blueprint, data: &Dataset, what: &'static str) -> Result<(), TrainError> {

@@ -12,6 +12,7 @@
 //!   block on the store: `main` runs them through [`blocking`].
 //! - [`dashboard`]: the web dashboard over a store.
 //! - [`evaluate`]: a weights file's accuracy and loss on a test split.
+//! - [`predict`]: each row's class and class probabilities under a model.
 //! - [`privacy`]: ε after some rounds, or the noise an ε budget needs.
 //! - [`run_state`]: the store a served run writes and the dashboard over it.
 //! - [`signal`]: Ctrl-C and SIGTERM, for the commands that serve until stopped.
@@ -24,6 +25,7 @@ pub mod export;
 pub mod init;
 pub mod issue;
 pub mod plot;
+pub mod predict;
 pub mod privacy;
 pub mod revoke;
 pub mod rounds;
