@@ -110,6 +110,7 @@ struct ModeRun {
     rounds: usize,
     test_accuracy_by_round: Vec<f64>,
     model: PathBuf,
+    hugging_face_folder: Option<PathBuf>,
     seconds: f64,
 }
 
@@ -265,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
         service::load_initial_model(&mut config)?;
         config.validate()?;
         let model_spec = config.model.spec.clone();
+        let model_config = config.model.clone();
         let trainable_parameters = config.model.trainable()?.numel();
         println!(
             "mode {name}: {trainable_parameters} parameters train (learning rate {learning_rate}, freeze {freeze:?})"
@@ -305,6 +307,7 @@ async fn main() -> anyhow::Result<()> {
             &model_path,
             fedtune::agent::weights::Layout::Burn,
         )?;
+        let folder = service::save_pretrained(&model_config, &report.global, &model_path)?;
         let rounds = report.rounds.len();
         // The first round also carries the frozen weights to every agent, once.
         let per_agent = |r: &RoundRecord| r.payload_bytes as f64 / r.updates.max(1) as f64;
@@ -337,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|r| r.test.map_or(f64::NAN, |t| t.accuracy))
                 .collect(),
             model: model_path,
+            hugging_face_folder: folder,
             seconds: t.elapsed().as_secs_f64(),
         };
         println!(

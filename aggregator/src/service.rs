@@ -9,7 +9,7 @@ use fedtune_models::model::default_device;
 use fedtune_models::weights::{self, Layout, WeightsError};
 use fedtune_protocol::{BertSpec, ModelSpec};
 
-use crate::config::AggregatorConfig;
+use crate::config::{AggregatorConfig, ModelConfig};
 use crate::identity::{Identity, IdentityError, load_ca_certificate, load_identity};
 use crate::restart::RestartKeys;
 use crate::revocation::RevocationList;
@@ -186,12 +186,45 @@ pub fn save_model(spec: &ModelSpec, params: &[f32], path: &Path, layout: Layout)
             ("lora_rank", lora.rank.to_string()),
             ("lora_alpha", lora.alpha.to_string()),
             ("lora_targets", lora.targets.join(",")),
+            ("lora_train", lora.train.join(",")),
             ("base_model", lora.base.describe()),
         ];
-        weights::export_trainable(&spec.manifest(), &[], params, &metadata, &adapters)?;
+        // The adapters, and the base tensors that trained beside them (a head).
+        weights::export_trainable(&spec.manifest(), &spec.implied_frozen(), params, &metadata, &adapters)?;
         written.push(adapters);
     }
     Ok(written)
+}
+
+/// For a model read from a Hugging Face folder (`[model] pretrained`), writes the final
+/// model as such a folder too, beside `path` (`final.safetensors` → `final.hf/`), with the
+/// source folder's tokenizer and configuration (see
+/// [`fedtune_models::pretrained::write_folder`]): `from_pretrained` loads it. LoRA
+/// adapters are merged. Returns the folder, or `None` for any other model.
+///
+/// # Errors
+/// [`WeightsError::Write`] when the folder cannot be written.
+pub fn save_pretrained(model: &ModelConfig, params: &[f32], path: &Path) -> Result<Option<PathBuf>, WeightsError> {
+    let (ModelSpec::Bert(bert), Some(source)) = (model.architecture(), model.init.as_ref().filter(|i| i.path.is_dir()))
+    else {
+        return Ok(None);
+    };
+    let merged;
+    let params = match &model.spec {
+        ModelSpec::Lora(lora) => {
+            merged = lora.merged(params);
+            &merged
+        }
+        _ => params,
+    };
+    let dir = path.with_extension("hf");
+    fedtune_models::pretrained::write_folder(&dir, bert, params, &model.classes, &source.path).map_err(|e| {
+        WeightsError::Write {
+            path: dir.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(Some(dir))
 }
 
 /// Where [`save_model`] writes a LoRA model's adapters: `model.safetensors` →

@@ -561,3 +561,113 @@ fn checkpoint_keys(name: &str, prefixed: bool) -> Vec<String> {
     }
     vec![name.to_string()]
 }
+
+/// Writes a BERT classifier as a Hugging Face folder `dir`, which
+/// `BertForSequenceClassification.from_pretrained(dir)` loads: `model.safetensors` with
+/// that class's keys (`bert.…`, `classifier.…`; linear weights `[out, in]`, layer norms
+/// `weight` / `bias`), `config.json` (the source folder's, with this model's sizes,
+/// `BertForSequenceClassification` as its architecture and `classes` as its `id2label`)
+/// and the source folder's tokenizer files. `params` lay out `spec` (adapters merged
+/// already). Under mean pooling there is no pooler to write: Hugging Face's class then
+/// starts its pooler fresh, and only fedtune computes the model exactly.
+///
+/// # Errors
+/// [`PretrainedError::Read`] when `params` does not fit `spec` or a file cannot be
+/// written.
+pub fn write_folder(
+    dir: &Path,
+    spec: &BertSpec,
+    params: &[f32],
+    classes: &[String],
+    source: &Path,
+) -> Result<(), PretrainedError> {
+    use safetensors::{Dtype, tensor::TensorView};
+    let failed = |path: &Path, reason: String| PretrainedError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let tensors = spec.tensors();
+    let numel: usize = tensors.iter().map(|(t, _)| t.numel()).sum();
+    if params.len() != numel {
+        return Err(failed(
+            dir,
+            format!("{} parameters for a model of {numel}", params.len()),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| failed(dir, e.to_string()))?;
+    let mut entries = Vec::with_capacity(tensors.len());
+    let mut offset = 0;
+    for (tensor, _) in &tensors {
+        let values = &params[offset..offset + tensor.numel()];
+        offset += tensor.numel();
+        let key = checkpoint_keys(&tensor.name, true).swap_remove(0);
+        let transposed = tensor.shape.len() == 2 && !tensor.name.contains("embeddings");
+        let (shape, bytes): (Vec<usize>, Vec<u8>) = if transposed {
+            let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+            let bytes = (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| values[r * cols + c]))
+                .flat_map(f32::to_le_bytes)
+                .collect();
+            (vec![cols, rows], bytes)
+        } else {
+            (
+                tensor.shape.clone(),
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        };
+        entries.push((key, shape, bytes));
+    }
+    let weights = dir.join("model.safetensors");
+    let views = entries
+        .iter()
+        .map(|(key, shape, bytes)| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (key.as_str(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(&weights, e.to_string()))?;
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &weights).map_err(|e| failed(&weights, e.to_string()))?;
+
+    let mut config: serde_json::Value = std::fs::read_to_string(source.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let id2label: serde_json::Map<String, serde_json::Value> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i.to_string(), c.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> =
+        classes.iter().enumerate().map(|(i, c)| (c.clone(), i.into())).collect();
+    for (key, value) in [
+        ("architectures", serde_json::json!(["BertForSequenceClassification"])),
+        ("model_type", "bert".into()),
+        ("vocab_size", spec.vocab.into()),
+        ("hidden_size", spec.hidden.into()),
+        ("num_hidden_layers", spec.layers.into()),
+        ("num_attention_heads", spec.heads.into()),
+        ("intermediate_size", spec.intermediate.into()),
+        ("max_position_embeddings", spec.max_positions.into()),
+        ("type_vocab_size", spec.type_vocab.into()),
+        ("layer_norm_eps", spec.layer_norm_eps.into()),
+        ("hidden_act", "gelu".into()),
+        ("id2label", id2label.into()),
+        ("label2id", label2id.into()),
+    ] {
+        config[key] = value;
+    }
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config).map_err(|e| failed(&config_path, e.to_string()))?;
+    std::fs::write(&config_path, text + "\n").map_err(|e| failed(&config_path, e.to_string()))?;
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ] {
+        let from = source.join(file);
+        if from.is_file() && from != dir.join(file) {
+            std::fs::copy(&from, dir.join(file)).map_err(|e| failed(&from, e.to_string()))?;
+        }
+    }
+    Ok(())
+}

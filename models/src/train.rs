@@ -915,6 +915,27 @@ mod tests {
     }
 
     #[test]
+    fn local_steps_bound_a_rounds_minibatches() {
+        let (spec, global) = setup();
+        let (train, valid) = (blobs(240, 1), blobs(30, 2));
+        let bounded = |steps: u32| {
+            let hp = ClientHyperparameters {
+                local_steps: steps,
+                local_epochs: 3,
+                ..hp(Optimizer::Sgd)
+            };
+            fit(&spec, &[], &global, &hp, &train, &valid).unwrap().delta
+        };
+        let per_epoch = 240usize.div_ceil(hp(Optimizer::Sgd).batch_size as usize) as u32;
+        // A bound above the epochs' steps changes nothing; one below them stops early,
+        // and one step moves the model less than an epoch of them.
+        assert_eq!(bounded(0), bounded(3 * per_epoch + 5));
+        assert_ne!(bounded(per_epoch + 1), bounded(0));
+        let norm = |d: &[f32]| d.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
+        assert!(norm(&bounded(1)) < norm(&bounded(per_epoch)));
+    }
+
+    #[test]
     fn the_proximal_term_keeps_local_training_near_the_global_model() {
         let (spec, global) = setup();
         let (train, valid) = (blobs(240, 1), blobs(30, 2));

@@ -362,3 +362,28 @@ fn a_fresh_bert_spec_builds_the_layout_it_promises() {
     let module = BertClassifier::init(&spec, &default_device());
     assert_eq!(manifest_of(&module), ModelSpec::Bert(spec).manifest());
 }
+
+#[test]
+fn a_model_written_as_a_hugging_face_folder_reads_back_as_it_was() {
+    use fedtune_models::pretrained::write_folder;
+    let source = fixture().join("encoder");
+    let classes: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+    let loaded = load_pretrained(&source, &options(Some(&classes), Some(Pooling::Cls))).unwrap();
+    let dir = std::env::temp_dir().join(format!("fedtune-bert-written-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_folder(&dir, &loaded.spec, &loaded.params, &classes, &source).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["3"], "d");
+    // Read back as a classification checkpoint: its own head and classes, nothing fresh.
+    let again = load_pretrained(&dir, &options(None, None)).unwrap();
+    assert!(again.prefixed && again.notes.is_empty(), "{:?}", again.notes);
+    assert_eq!(again.classes, classes);
+    assert_eq!(again.spec, loaded.spec);
+    assert!(again.params == loaded.params);
+    assert_eq!(again.tokenizer.hash(), loaded.tokenizer.hash());
+    let err = write_folder(&dir, &loaded.spec, &loaded.params[1..], &classes, &source).unwrap_err();
+    assert!(err.to_string().contains("parameters for a model of"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let report_path = config.report.clone();
     let model_path = config.model.save_path(report_path.as_deref());
     let model_spec = config.model.spec.clone();
+    let model_config = config.model.clone();
     let layout = config.model.save_layout;
     if let Some(study) = study {
         return serve_study::run(endpoint, config, study, shutdown, report_path).await;
@@ -150,9 +151,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let spec = model_spec.clone();
         let global = report.global.clone();
         let written = path.clone();
-        let files = tokio::task::spawn_blocking(move || service::save_model(&spec, &global, &written, layout))
-            .await?
-            .with_context(|| format!("writing the final model to {}", path.display()))?;
+        let files = tokio::task::spawn_blocking(move || {
+            let mut files = service::save_model(&spec, &global, &written, layout)?;
+            files.extend(service::save_pretrained(&model_config, &global, &written)?);
+            Ok::<_, fedtune_models::weights::WeightsError>(files)
+        })
+        .await?
+        .with_context(|| format!("writing the final model to {}", path.display()))?;
         for file in files {
             println!("final model written to {}", file.display());
         }
