@@ -54,6 +54,7 @@ pub fn digits_source() -> fedtune_agent::config::DataSource {
     fedtune_agent::config::DataSource::Csv {
         path: data_dir().join("digits.csv"),
         scale: 1.0 / 16.0,
+        label: None,
     }
 }
 

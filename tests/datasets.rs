@@ -70,10 +70,11 @@ fn an_agent_streams_exactly_its_own_fashion_mnist_share() {
     for client in [0, 9] {
         let config = DataConfig {
             source: source.clone(),
-            partition: partition.clone(),
+            partition: Some(partition.clone()),
             clients: 10,
             client,
             seed: 7,
+            validation: 0.2,
         };
         let (train, validation) = config.load().unwrap();
         let (want_train, want_validation) = whole.client(client).unwrap();

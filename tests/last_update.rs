@@ -62,6 +62,7 @@ fn task(round: u64, seed: u64) -> Task {
         secure: None,
         frozen: Vec::new(),
         base: None,
+        classes: Vec::new(),
     }
 }
 

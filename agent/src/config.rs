@@ -81,13 +81,32 @@ pub struct AgentPki {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
 pub enum DataSource {
-    /// A CSV file: features, then an integer label in the last column.
+    /// A CSV file. Without `label`: no header, features, then an integer label in the
+    /// last column. With `label`: a header, the named label column (class names or ids,
+    /// mapped through the task's classes) and feature columns.
     Csv {
         /// File path.
         path: PathBuf,
         /// Multiplier applied to every feature (digits: 1/16).
         #[serde(default = "one")]
         scale: f32,
+        /// The label column of a CSV with a header.
+        #[serde(default)]
+        label: Option<String>,
+    },
+    /// Texts with labels: JSON Lines or a CSV with a header, tokenized by the model's
+    /// tokenizer, which the device holds (`tokenizer`, the model's `tokenizer.json`).
+    Text {
+        /// File path (`.jsonl` or `.csv`).
+        path: PathBuf,
+        /// The text field or column.
+        #[serde(default = "text_field")]
+        text: String,
+        /// The label field or column (class names or ids).
+        #[serde(default = "label_field")]
+        label: String,
+        /// The model's `tokenizer.json`.
+        tokenizer: PathBuf,
     },
     /// Fashion-MNIST's training set in IDX files (Debian package `dataset-fashion-mnist`).
     FashionMnist {
@@ -104,6 +123,14 @@ pub enum DataSource {
     },
 }
 
+fn text_field() -> String {
+    "text".into()
+}
+
+fn label_field() -> String {
+    "label".into()
+}
+
 fn wordnet_dir() -> PathBuf {
     crate::text::WORDNET_DIR.into()
 }
@@ -116,23 +143,34 @@ fn fashion_dir() -> PathBuf {
     crate::data::FASHION_MNIST_DIR.into()
 }
 
-/// Which share of a dataset this agent holds.
+/// The data this agent holds: a source, and in a simulation the share of it that is
+/// this agent's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// The dataset.
     pub source: DataSource,
-    /// `iid`, `dirichlet:ALPHA` or `file:PATH` (a split file such as
-    /// `data/digits_partition.json`).
-    pub partition: PartitionSpec,
+    /// A simulation's share: `iid`, `dirichlet:ALPHA` or `file:PATH` (a split file such as
+    /// `data/digits_partition.json`). Without it the whole source is this device's own.
+    #[serde(default)]
+    pub partition: Option<PartitionSpec>,
     /// Number of clients the data is split among (ignored for `file:`).
     #[serde(default = "ten")]
     pub clients: usize,
-    /// This agent's client number.
+    /// This agent's client number (with a partition).
+    #[serde(default)]
     pub client: u32,
-    /// Seed of the split (every agent of a federation must use the same one).
+    /// Seed of the split (every agent of a federation must use the same one), or of the
+    /// validation share of a device's own rows.
     #[serde(default)]
     pub seed: u64,
+    /// Share of a device's own rows (no partition) kept for local validation.
+    #[serde(default = "validation_share")]
+    pub validation: f64,
+}
+
+fn validation_share() -> f64 {
+    VALIDATION_FRACTION
 }
 
 fn ten() -> usize {
@@ -220,9 +258,13 @@ impl AgentConfig {
         if let Some(data) = &mut config.data {
             match &mut data.source {
                 DataSource::Csv { path, .. } => resolve(path),
+                DataSource::Text { path, tokenizer, .. } => {
+                    resolve(path);
+                    resolve(tokenizer);
+                }
                 DataSource::FashionMnist { dir } | DataSource::Wordnet { dir } => resolve(dir),
             }
-            if let PartitionSpec::File(p) = &mut data.partition {
+            if let Some(PartitionSpec::File(p)) = &mut data.partition {
                 resolve(p);
             }
         }
@@ -318,13 +360,7 @@ impl FederatedData {
         clients: usize,
         seed: u64,
     ) -> Result<Self, ConfigError> {
-        let data_err = |e: &dyn std::fmt::Display| ConfigError::Data(e.to_string());
-        let dataset = match source {
-            DataSource::Csv { path, scale } => load_csv(path, *scale),
-            DataSource::FashionMnist { dir } => load_fashion_mnist(dir, true),
-            DataSource::Wordnet { dir } => crate::text::WordnetTask::default().load(dir, crate::text::Split::Train),
-        }
-        .map_err(|e| data_err(&e))?;
+        let dataset = load_source(source)?;
         let split = split_labels(dataset.labels(), partition, clients, seed)?;
         Ok(Self { dataset, split })
     }
@@ -374,20 +410,64 @@ impl FederatedData {
     }
 }
 
+/// Every row of a source whose rows are ready for any model (no named labels, no text).
+///
+/// # Errors
+/// [`ConfigError::Data`] when it cannot be read, or its rows depend on the task's model
+/// (see [`DataSource::rows_need_the_model`]).
+fn load_source(source: &DataSource) -> Result<Dataset, ConfigError> {
+    let data_err = |e: &dyn std::fmt::Display| ConfigError::Data(e.to_string());
+    match source {
+        DataSource::Csv {
+            path,
+            scale,
+            label: None,
+        } => load_csv(path, *scale),
+        DataSource::FashionMnist { dir } => load_fashion_mnist(dir, true),
+        DataSource::Wordnet { dir } => crate::text::WordnetTask::default().load(dir, crate::text::Split::Train),
+        DataSource::Csv { label: Some(_), .. } | DataSource::Text { .. } => {
+            return Err(ConfigError::Data(
+                "a source labelled by name or holding text is read as the device's own rows, without a partition"
+                    .into(),
+            ));
+        }
+    }
+    .map_err(|e| data_err(&e))
+}
+
+impl DataSource {
+    /// Whether its rows become features and labels only once a task names the model and
+    /// its classes (text to tokenize, labels by name).
+    #[must_use]
+    pub fn rows_need_the_model(&self) -> bool {
+        matches!(self, Self::Text { .. } | Self::Csv { label: Some(_), .. })
+    }
+}
+
 impl DataConfig {
     /// Loads this agent's (train, validation) share. From Fashion-MNIST's IDX files only
     /// the labels (to compute the split) and this agent's own images are decoded, as a
-    /// stream, so memory holds the share and not the 60,000 images.
+    /// stream, so memory holds the share and not the 60,000 images. Without a partition
+    /// the whole source is the agent's, a seeded `validation` share of it kept aside.
     ///
     /// # Errors
-    /// [`ConfigError::Data`] when the data cannot be read or split.
+    /// [`ConfigError::Data`] when the data cannot be read or split, or when its rows
+    /// depend on the task's model (those load with [`crate::own::load`]).
     pub fn load(&self) -> Result<(Dataset, Dataset), ConfigError> {
+        let Some(partition) = &self.partition else {
+            let all = load_source(&self.source)?;
+            let mut order: Vec<usize> = (0..all.len()).collect();
+            rand::seq::SliceRandom::shuffle(&mut order[..], &mut StdRng::seed_from_u64(self.seed));
+            let held = ((all.len() as f64 * self.validation).round() as usize).min(all.len().saturating_sub(1));
+            let subset = |rows: &[usize]| all.subset(rows).map_err(|e| ConfigError::Data(e.to_string()));
+            return Ok((subset(&order[held..])?, subset(&order[..held])?));
+        };
         let DataSource::FashionMnist { dir } = &self.source else {
-            return FederatedData::load(&self.source, &self.partition, self.clients, self.seed)?.client(self.client);
+            return FederatedData::load(&self.source, partition, self.clients, self.seed)?.client(self.client);
         };
         let data_err = |e: crate::data::DataError| ConfigError::Data(e.to_string());
         let labels = load_fashion_mnist_labels(dir, true).map_err(data_err)?;
-        let split = split_labels(&labels, &self.partition, self.clients, self.seed)?;
+        let split = split_labels(&labels, partition, self.clients, self.seed)?;
         let share = split.client(self.client).ok_or_else(|| {
             ConfigError::Data(format!(
                 "the split has no client {} (it has {})",

@@ -16,6 +16,8 @@
 //! - `secure`: the agent's side of a secure-aggregation round.
 //! - `task`: one task trained off the runtime, and the update that reports it.
 //! - [`config`]: the daemon's TOML configuration and the local data it names.
+//! - [`own`]: data a device really holds (its own text or labelled rows), made into
+//!   datasets for the model each task names.
 //! - [`tls`]: the client side of mutual TLS.
 
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ pub mod custom;
 pub mod daemon;
 mod last_update;
 pub mod metrics;
+pub mod own;
 pub mod partition;
 pub mod refusal;
 mod secure;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use fedtune_agent::config::AgentConfig;
 use fedtune_agent::daemon;
 use fedtune_agent::model::default_device;
-use fedtune_agent::trainer::BurnTrainer;
+use fedtune_agent::own::LocalData;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -67,15 +67,26 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    let (train, validation) = data.load()?;
-    tracing::info!(train = train.len(), validation = validation.len(), "local data loaded");
+    let local = fedtune_agent::own::load(data)?;
+    match &local {
+        LocalData::Ready(train, validation) => {
+            tracing::info!(train = train.len(), validation = validation.len(), "local data loaded");
+        }
+        LocalData::Rows(rows) => {
+            tracing::info!(
+                train = rows.train_rows(),
+                validation = rows.validation_rows(),
+                "own rows read; they become features for each task's model"
+            );
+        }
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             let _ = stop.send(true);
         }
     });
-    let trainer = BurnTrainer::new(train, validation, default_device());
+    let trainer = local.trainer(default_device());
     daemon::serve(&config, endpoint, trainer, stopped).await?;
     Ok(())
 }

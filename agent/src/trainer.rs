@@ -226,6 +226,7 @@ mod tests {
             secure: None,
             frozen: Vec::new(),
             base: None,
+            classes: Vec::new(),
         }
     }
 

@@ -386,6 +386,7 @@ impl ModelConfig {
             spec: self.spec.clone(),
             freeze: self.freeze.clone(),
             initial: self.initial.clone(),
+            classes: self.classes.clone(),
         }
     }
 

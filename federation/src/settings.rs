@@ -55,6 +55,8 @@ pub struct ModelSettings {
     /// The parameters the global model starts from; without them a fresh initialisation
     /// seeded by `federation.seed`.
     pub initial: Option<Arc<Vec<f32>>>,
+    /// Class names in id order, which tasks carry to agents (empty: ids only).
+    pub classes: Vec<String>,
 }
 
 impl Default for ModelSettings {
@@ -74,6 +76,7 @@ impl From<ModelSpec> for ModelSettings {
             spec,
             freeze: Vec::new(),
             initial: None,
+            classes: Vec::new(),
         }
     }
 }

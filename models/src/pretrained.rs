@@ -228,6 +228,7 @@ pub fn describe(dir: &Path, options: &PretrainedOptions) -> Result<Described, Pr
         classes: classes.len(),
         dropout: options.dropout.unwrap_or(config.hidden_dropout_prob),
         attention_dropout: options.dropout.unwrap_or(config.attention_probs_dropout_prob),
+        tokenizer: None,
     };
     ModelSpec::Bert(spec.clone())
         .validate()
@@ -241,6 +242,10 @@ pub fn describe(dir: &Path, options: &PretrainedOptions) -> Result<Described, Pr
             spec.vocab
         )));
     }
+    let spec = BertSpec {
+        tokenizer: Some(tokenizer.hash().to_string()),
+        ..spec
+    };
     Ok(Described {
         spec,
         classes,

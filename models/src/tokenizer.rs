@@ -111,6 +111,15 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// How many tokens `text` gives besides the special ones (0: it tokenizes to nothing).
+    ///
+    /// # Errors
+    /// [`TokenizerError::Encode`] when the tokenizer fails on it.
+    pub fn content_tokens(&self, text: &str) -> Result<usize, TokenizerError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| encode_error(text, &e))?;
+        Ok(encoding.get_special_tokens_mask().iter().filter(|&&s| s == 0).count())
+    }
+
     /// The row of `text`: its ids with the special tokens, truncated to `max_len` as
     /// Hugging Face's `truncation=True` does (the text's tokens are cut, the special
     /// tokens around them kept), then padded with 0.

@@ -358,6 +358,7 @@ fn a_fresh_bert_spec_builds_the_layout_it_promises() {
         classes: 2,
         dropout: 0.1,
         attention_dropout: 0.1,
+        tokenizer: None,
     };
     let module = BertClassifier::init(&spec, &default_device());
     assert_eq!(manifest_of(&module), ModelSpec::Bert(spec).manifest());

@@ -371,6 +371,9 @@ pub struct Task {
     /// ([`crate::freeze::Trainable::frozen_checksum`]) this is. An agent that does not hold
     /// them answers [`crate::ErrorCode::MissingBase`], and gets the whole model next time.
     pub base: Option<u32>,
+    /// Class names in id order: an agent whose own rows are labelled by name maps them
+    /// to ids through this list (empty: labels are class ids).
+    pub classes: Vec<String>,
 }
 
 impl Task {
@@ -398,6 +401,8 @@ pub struct Evaluate {
     pub model: ModelSpec,
     /// Hash of `model.manifest()`; the payload is laid out by it.
     pub manifest_hash: ManifestHash,
+    /// Class names in id order, as in [`Task::classes`].
+    pub classes: Vec<String>,
 }
 
 /// Result of an [`Evaluate`] request.

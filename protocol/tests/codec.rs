@@ -29,6 +29,7 @@ fn task(trial: u64, round: u64, hidden: Vec<usize>, lr: f64) -> AggregatorMessag
         secure: None,
         frozen: vec!["convs.*".into()],
         base: Some(7),
+        classes: vec!["cat".into(), "dog".into()],
     })
 }
 

@@ -252,6 +252,7 @@ impl Federation {
             round: self.config.federation.rounds,
             manifest_hash: model.manifest().hash(),
             model,
+            classes: self.config.model.classes.clone(),
         };
         let payload = params_to_bytes(&self.global);
         let mut exchanges = BTreeMap::new();

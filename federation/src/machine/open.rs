@@ -137,6 +137,7 @@ impl Federation {
                 secure: None,
                 frozen: frozen.clone(),
                 base: None,
+                classes: config.model.classes.clone(),
             });
         }
         let payload = params_to_bytes(&self.global);

@@ -52,6 +52,10 @@ pub struct BertSpec {
     /// (`attention_probs_dropout_prob`).
     #[serde(default)]
     pub attention_dropout: f64,
+    /// The SHA-256 (hex) of the `tokenizer.json` the model's ids come from: an agent
+    /// tokenizing its own text checks it holds the same tokenizer.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
 }
 
 /// How a [`BertSpec`] turns the encoded tokens into one vector per row.
@@ -236,6 +240,7 @@ mod tests {
             classes: 3,
             dropout: 0.1,
             attention_dropout: 0.1,
+            tokenizer: None,
         }
     }
 
