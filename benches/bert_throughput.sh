@@ -14,9 +14,10 @@ mode="${2:-lora}"
 model="${MINILM:-target/minilm}"
 python="${PYTHON:-python3}"
 cargo build --release --example bert_throughput
+bin="${CARGO_TARGET_DIR:-target}/release/examples/bert_throughput"
 out="$(mktemp -d)"
 for round in $(seq 1 "$rounds"); do
-  RAYON_NUM_THREADS=1 taskset -c 0 target/release/examples/bert_throughput --pretrained "$model" \
+  RAYON_NUM_THREADS=1 taskset -c 0 "$bin" --pretrained "$model" \
     --mode "$mode" --summary "$out/fedtune-$round.json" >/dev/null
   taskset -c 0 "$python" benches/bert_throughput_torch.py --pretrained "$model" --mode "$mode" \
     --json "$out/torch-$round.json" >/dev/null 2>&1
