@@ -406,20 +406,29 @@ fn fuzz_regression_reserved_prefix_bytes_are_refused() {
     assert!(FramePrefix::decode(&cleared, &Limits::default()).is_ok());
 }
 
-/// Found by the `aggregator_message` fuzz target: a 115-byte task whose transformer asked
-/// for billions of layers made the agent build a manifest until it ran out of memory, while
-/// validating it. The layer count is now bounded before the manifest is built.
+/// Found by the `aggregator_message` fuzz target at protocol version 6: a 115-byte task
+/// whose transformer asked for billions of layers (4,294,967,292) made the agent build a
+/// manifest until it ran out of memory, while validating it. The layer count is now
+/// bounded before the manifest is built. The task is built here with the crash's model,
+/// since the wire layout of tasks has grown since.
 #[test]
 fn fuzz_regression_a_task_cannot_ask_for_billions_of_layers() {
-    use fedtune_protocol::AggregatorMessage;
-    let crash: [u8; 115] = [
-        1, 0, 0, 3, 2, 2, 3, 3, 3, 252, 255, 255, 255, 224, 3, 3, 3, 49, 3, 3, 3, 0, 0, 0, 255, 255, 255, 11, 0, 255,
-        8, 0, 1, 0, 0, 111, 0, 155, 0, 1, 0, 0, 9, 0, 1, 0, 0, 42, 0, 128, 0, 0, 0, 0, 0, 1, 0, 0, 0, 20, 4, 250, 4, 1,
-        0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 192, 0, 0, 0, 0, 0, 1, 0, 147, 255, 246, 0, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0,
-        93, 17, 0, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
-    ];
-    let AggregatorMessage::Task(task) = decode_header::<AggregatorMessage>(&crash).unwrap() else {
-        panic!("the crash input is a task")
+    let AggregatorMessage::Task(mut task) = task(1, 0, vec![], 0.1) else {
+        panic!("a task")
+    };
+    task.model = ModelSpec::Transformer(TransformerSpec {
+        max_len: 3,
+        vocab: 49,
+        d_model: 3,
+        heads: 3,
+        layers: 4_294_967_292,
+        d_ff: 3,
+        classes: 3,
+        dropout: 0.0,
+    });
+    let bytes = encode_header(&AggregatorMessage::Task(task)).unwrap();
+    let AggregatorMessage::Task(task) = decode_header::<AggregatorMessage>(&bytes).unwrap() else {
+        panic!("the input is a task")
     };
     let err = task.model.validate().unwrap_err();
     assert!(err.to_string().contains("transformer layers must be at most"), "{err}");
