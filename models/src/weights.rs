@@ -332,14 +332,16 @@ fn extension(path: &Path) -> Option<String> {
 
 /// Every tensor the model needs was applied, none was left over, none failed.
 fn check(path: &Path, result: &ApplyResult) -> Result<(), WeightsError> {
-    let mut missing: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+    // Named as module paths and files name them (`attention.self`, not Burn's `self_`).
+    let named = |path: &str| path.replace(".self_.", ".self.");
+    let mut missing: Vec<String> = result.missing.iter().map(|(p, _)| named(p)).collect();
     missing.sort();
     // PyTorch's batch norms count their batches; Burn's keep no such counter.
     let mut unexpected: Vec<String> = result
         .unused
         .iter()
         .filter(|name| !name.ends_with(".num_batches_tracked"))
-        .cloned()
+        .map(|name| named(name))
         .collect();
     unexpected.sort();
     let mismatched: Vec<String> = result
@@ -347,7 +349,12 @@ fn check(path: &Path, result: &ApplyResult) -> Result<(), WeightsError> {
         .iter()
         .map(|e| match e {
             ApplyError::ShapeMismatch { path, expected, found } => {
-                format!("{path} (model {:?}, file {:?})", expected.as_slice(), found.as_slice())
+                format!(
+                    "{} (model {:?}, file {:?})",
+                    named(path),
+                    expected.as_slice(),
+                    found.as_slice()
+                )
             }
             other => other.to_string(),
         })

@@ -388,3 +388,41 @@ fn a_model_written_as_a_hugging_face_folder_reads_back_as_it_was() {
     assert!(err.to_string().contains("parameters for a model of"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fedtune_written_bert_reads_back_and_a_misfit_names_hugging_face_paths() {
+    use fedtune_models::weights::{Layout, WeightsSource, export, import};
+    let pretrained = load_pretrained(&fixture().join("classifier"), &options(None, None)).unwrap();
+    let spec = ModelSpec::Bert(pretrained.spec.clone());
+    let dir = std::env::temp_dir().join(format!("fedtune-bert-burn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bert.safetensors");
+    export(&spec, &pretrained.params, &path, Layout::Burn, &default_device()).unwrap();
+    let back = import(&spec, &WeightsSource::new(&path), &default_device()).unwrap();
+    assert!(back == pretrained.params);
+    // Another intermediate width: every misfit is named as the model names it.
+    let wider = ModelSpec::Bert(BertSpec {
+        intermediate: 48,
+        ..pretrained.spec.clone()
+    });
+    let err = import(&wider, &WeightsSource::new(&path), &default_device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bert.encoder.layer.0.intermediate.dense.weight (model [32, 48], file [32, 64])"),
+        "{err}"
+    );
+    let narrower = ModelSpec::Bert(BertSpec {
+        hidden: 36,
+        ..pretrained.spec.clone()
+    });
+    let err = import(&narrower, &WeightsSource::new(&path), &default_device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bert.encoder.layer.1.attention.self.query.weight (model [36, 36], file [32, 32])"),
+        "{err}"
+    );
+    assert!(!err.contains("self_"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
