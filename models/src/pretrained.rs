@@ -299,13 +299,13 @@ pub fn load_weights(
         classes,
         spec.pooling,
     );
-    let (weights_path, tensors) = read_checkpoint(dir)?;
+    let (weights_path, mut tensors) = read_checkpoint(dir)?;
     let prefixed = tensors.keys().any(|k| k.starts_with("bert."));
     let mut notes = Vec::new();
     if spec.pooling == Pooling::Mean && tensors.keys().any(|k| k.contains("pooler.")) {
         notes.push("mean pooling does not use the checkpoint's pooler; it is left out".into());
     }
-    let params = map_onto(spec, &tensors, prefixed, keep_head, seed, &weights_path, &mut notes)?;
+    let params = map_onto(spec, &mut tensors, prefixed, keep_head, seed, &weights_path, &mut notes)?;
     Ok((params, prefixed, notes))
 }
 
@@ -405,8 +405,59 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Pretraine
     serde_json::from_str(&text).map_err(|e| read(e.to_string()))
 }
 
-/// A checkpoint's float tensors by key: shape and values (row-major, f32).
-type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+/// A checkpoint's float tensors by key: shape and values (row-major), read when used.
+type Tensors = HashMap<String, Stored>;
+
+/// One checkpoint tensor: its shape and where its values are.
+#[derive(Debug)]
+struct Stored {
+    shape: Vec<usize>,
+    values: Values,
+}
+
+/// Where a checkpoint tensor's values are.
+#[derive(Debug)]
+enum Values {
+    /// Read already, as f32.
+    Read(Vec<f32>),
+    /// Bytes `start..start + len` of the file, of `dtype`: read when the model takes the
+    /// tensor, so loading never holds the whole file and all its values at once.
+    InFile {
+        path: PathBuf,
+        dtype: safetensors::Dtype,
+        start: u64,
+        len: usize,
+    },
+}
+
+impl Stored {
+    /// The tensor's values as f32 (taken: each tensor is read once).
+    fn take(&mut self) -> Result<Vec<f32>, PretrainedError> {
+        match std::mem::replace(&mut self.values, Values::Read(Vec::new())) {
+            Values::Read(values) => Ok(values),
+            Values::InFile {
+                path,
+                dtype,
+                start,
+                len,
+            } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let read = |reason: String| PretrainedError::Read {
+                    path: path.clone(),
+                    reason,
+                };
+                let mut file = std::fs::File::open(&path).map_err(|e| read(e.to_string()))?;
+                file.seek(SeekFrom::Start(start)).map_err(|e| read(e.to_string()))?;
+                let mut bytes = vec![0u8; len];
+                file.read_exact(&mut bytes)
+                    .map_err(|e| read(format!("truncated tensor data: {e}")))?;
+                let mut values = Vec::with_capacity(self.shape.iter().product());
+                extend_floats(&mut values, dtype, &bytes);
+                Ok(values)
+            }
+        }
+    }
+}
 
 /// The folder's weights: `model.safetensors`, else `pytorch_model.bin`.
 fn read_checkpoint(dir: &Path) -> Result<(PathBuf, Tensors), PretrainedError> {
@@ -424,21 +475,77 @@ fn read_checkpoint(dir: &Path) -> Result<(PathBuf, Tensors), PretrainedError> {
     })
 }
 
+/// A safetensors file's float tensors, from its header alone (an 8-byte little-endian
+/// length, then JSON naming each tensor's dtype, shape and byte range); each range is
+/// checked against the shape and the file's length.
 fn read_safetensors(path: &Path) -> Result<Tensors, PretrainedError> {
+    use std::io::Read;
+    /// Headers above this are not safetensors files anyone wrote by hand or by tool.
+    const MAX_HEADER: u64 = 100 << 20;
     let read = |reason: String| PretrainedError::Read {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
-    let file =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read(format!("not a safetensors file: {e}")))?;
+    let mut file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| read(e.to_string()))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| read("not a safetensors file (shorter than its header length)".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER || 8 + len > file_len {
+        return Err(read(format!("not a safetensors file (a {len}-byte header)")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| read("not a safetensors file (truncated header)".into()))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| read(format!("not a safetensors file (header: {e})")))?;
+    #[derive(Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: (u64, u64),
+    }
+    let data_start = 8 + len;
     let mut tensors = Tensors::new();
-    for (name, view) in file.tensors() {
-        let mut values = Vec::new();
-        // Integer buffers (`position_ids`) are not parameters.
-        if extend_floats(&mut values, view.dtype(), view.data()) {
-            tensors.insert(name, (view.shape().to_vec(), values));
+    for (name, value) in header {
+        if name == "__metadata__" {
+            continue;
         }
+        let entry: Entry = serde_json::from_value(value).map_err(|e| read(format!("tensor `{name}`: {e}")))?;
+        let (dtype, width) = match entry.dtype.as_str() {
+            "F32" => (safetensors::Dtype::F32, 4),
+            "F64" => (safetensors::Dtype::F64, 8),
+            "F16" => (safetensors::Dtype::F16, 2),
+            "BF16" => (safetensors::Dtype::BF16, 2),
+            // Integer buffers (`position_ids`) are not parameters.
+            _ => continue,
+        };
+        let (start, end) = entry.data_offsets;
+        let numel = entry
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| read(format!("tensor `{name}`: its shape overflows")))?;
+        if end < start || end - start != numel.saturating_mul(width) || data_start + end > file_len {
+            return Err(read(format!(
+                "tensor `{name}`: bytes {start}..{end} do not hold a {:?} {} tensor within the file",
+                entry.shape, entry.dtype
+            )));
+        }
+        let values = Values::InFile {
+            path: path.to_path_buf(),
+            dtype,
+            start: data_start + start,
+            len: (end - start) as usize,
+        };
+        tensors.insert(
+            name,
+            Stored {
+                shape: entry.shape,
+                values,
+            },
+        );
     }
     Ok(tensors)
 }
@@ -466,7 +573,13 @@ fn read_pytorch(path: &Path) -> Result<Tensors, PretrainedError> {
         if values.len() != tensor.num_elements() {
             return Err(read(format!("tensor `{name}` holds fewer values than its shape")));
         }
-        tensors.insert(name.clone(), (tensor.shape().to_vec(), values));
+        tensors.insert(
+            name.clone(),
+            Stored {
+                shape: tensor.shape().to_vec(),
+                values: Values::Read(values),
+            },
+        );
     }
     Ok(tensors)
 }
@@ -475,7 +588,7 @@ fn read_pytorch(path: &Path) -> Result<Tensors, PretrainedError> {
 /// mismatch listed at once. `keep_head` takes the classifier from the checkpoint.
 fn map_onto(
     spec: &BertSpec,
-    tensors: &Tensors,
+    tensors: &mut Tensors,
     prefixed: bool,
     keep_head: bool,
     seed: u64,
@@ -493,14 +606,13 @@ fn map_onto(
             continue;
         }
         let candidates = checkpoint_keys(name, prefixed);
-        let Some((key, (shape, values))) = candidates
-            .iter()
-            .find_map(|key| tensors.get(key).map(|found| (key, found)))
-        else {
+        let Some(key) = candidates.iter().find(|key| tensors.contains_key(*key)).cloned() else {
             missing.push(candidates[0].clone());
             params.resize(params.len() + tensor.numel(), 0.0);
             continue;
         };
+        let stored = tensors.get_mut(&key).expect("the key was just found");
+        let shape = stored.shape.clone();
         used.insert(key.clone());
         // Linear weights are `[out, in]` in the checkpoint, `[in, out]` here.
         let transposed = tensor.shape.len() == 2 && !name.contains("embeddings");
@@ -509,16 +621,18 @@ fn map_onto(
         } else {
             tensor.shape.clone()
         };
-        if *shape != expected {
+        if shape != expected {
             mismatched.push(format!("{key} (model {expected:?}, file {shape:?})"));
             params.resize(params.len() + tensor.numel(), 0.0);
             continue;
         }
+        let values = stored.take()?;
         if transposed {
             let (rows, cols) = (shape[0], shape[1]);
+            let values = &values;
             params.extend((0..cols).flat_map(|c| (0..rows).map(move |r| values[r * cols + c])));
         } else {
-            params.extend_from_slice(values);
+            params.extend_from_slice(&values);
         }
     }
     let ignored = |key: &str| {
