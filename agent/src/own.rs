@@ -24,8 +24,7 @@ use crate::cancel::Cancel;
 use crate::data::Dataset;
 use crate::model::Device;
 use crate::table::{Content, Row, class_id};
-use crate::text::tokenize;
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{TextInput, TextTokenizer};
 use crate::trainer::{BurnTrainer, FitOutcome, Trainer, TrainerError};
 
 /// A device's own rows, with the share kept for local validation.
@@ -116,41 +115,34 @@ impl OwnRows {
             ModelSpec::Lora(lora) => &*lora.base,
             other => other,
         };
+        if let (ModelSpec::Bert(bert), Some(tokenizer)) = (base, &self.tokenizer)
+            && let Some(expected) = &bert.tokenizer
+            && expected != tokenizer.hash()
+        {
+            return Err(declined(format!(
+                "this device's tokenizer ({}…) is not the model's ({}…)",
+                &tokenizer.hash()[..12],
+                &expected[..expected.len().min(12)]
+            )));
+        }
+        let input = TextInput::of(model, self.tokenizer.as_ref())
+            .map_err(|_| declined("text rows need a tokenizer ([data] source tokenizer)".into()))?;
         let mut features = Vec::new();
         let mut labels = Vec::with_capacity(self.rows.len());
         for row in &self.rows {
             let label = row.label.as_deref().ok_or_else(|| at(row, "no label".into()))?;
             labels.push(class_id(label, classes, outputs).map_err(|reason| at(row, reason))?);
-            match (&row.content, base) {
-                (Content::Text(text), ModelSpec::Bert(bert)) => {
-                    let tokenizer = self
-                        .tokenizer
-                        .as_ref()
-                        .ok_or_else(|| declined("text rows need a tokenizer ([data] source tokenizer)".into()))?;
-                    if let Some(expected) = &bert.tokenizer
-                        && expected != tokenizer.hash()
-                    {
-                        return Err(declined(format!(
-                            "this device's tokenizer ({}…) is not the model's ({}…)",
-                            &tokenizer.hash()[..12],
-                            &expected[..expected.len().min(12)]
-                        )));
-                    }
-                    let ids = tokenizer.row(text, bert.max_len).map_err(|e| at(row, e.to_string()))?;
-                    features.extend(ids.into_iter().map(|id| id as f32));
-                }
-                (Content::Text(text), ModelSpec::Transformer(t)) => {
-                    let mut ids = tokenize(text, t.vocab);
-                    ids.resize(t.max_len, 0);
-                    features.extend(ids.into_iter().map(|id| id as f32));
-                }
-                (Content::Text(_), other) => {
-                    return Err(declined(format!(
-                        "this device holds text; {} reads features",
-                        other.describe()
-                    )));
+            match (&row.content, &input) {
+                (Content::Text(text), Some(input)) => {
+                    features.extend(input.row(text).map_err(|e| at(row, e.to_string()))?);
                 }
                 (Content::Features(values), _) => features.extend_from_slice(values),
+                (Content::Text(_), None) => {
+                    return Err(declined(format!(
+                        "this device holds text; {} reads features",
+                        base.describe()
+                    )));
+                }
             }
         }
         let dim = features.len() / self.rows.len().max(1);

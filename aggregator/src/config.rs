@@ -274,6 +274,51 @@ fn pretrained_from_folder(table: &mut toml::Table, base: &Path) -> Result<bool, 
     Ok(true)
 }
 
+/// A TOML configuration file as read: its text, and its table with `[model] custom =
+/// { init }` and `[model] pretrained` already read ([`custom_from_file`],
+/// [`pretrained_from_folder`]).
+struct ConfigFile {
+    path: PathBuf,
+    /// Its directory, which relative paths are resolved against.
+    base: PathBuf,
+    text: String,
+    table: toml::Table,
+    /// Whether a `[model]` file or folder rewrote the table.
+    rewritten: bool,
+}
+
+impl ConfigFile {
+    fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let parse = |message: String| ConfigError::Parse {
+            path: path.into(),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        let custom = custom_from_file(&mut table, &base).map_err(parse)?;
+        let pretrained = pretrained_from_folder(&mut table, &base).map_err(parse)?;
+        Ok(Self {
+            path: path.into(),
+            base,
+            text,
+            table,
+            rewritten: custom || pretrained,
+        })
+    }
+
+    /// A parse error naming the file.
+    fn error(&self, message: String) -> ConfigError {
+        ConfigError::Parse {
+            path: self.path.clone(),
+            message,
+        }
+    }
+}
+
 impl TryFrom<ModelRepr> for ModelConfig {
     type Error = String;
 
@@ -412,22 +457,16 @@ impl ModelConfig {
     /// # Errors
     /// [`ConfigError`] naming the file and the problem.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let parse = |message: String| ConfigError::Parse {
-            path: path.into(),
-            message,
-        };
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-        custom_from_file(&mut table, base).map_err(parse)?;
-        pretrained_from_folder(&mut table, base).map_err(parse)?;
-        let model = table.remove("model").ok_or_else(|| parse("no [model] table".into()))?;
-        let mut model: Self = model.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        let mut file = ConfigFile::read(path)?;
+        let model = file
+            .table
+            .remove("model")
+            .ok_or_else(|| file.error("no [model] table".into()))?;
+        let mut model: Self = model
+            .try_into()
+            .map_err(|e: toml::de::Error| file.error(e.to_string()))?;
         if let Some(init) = model.init.as_mut().filter(|i| i.path.is_relative()) {
-            init.path = base.join(&init.path);
+            init.path = file.base.join(&init.path);
         }
         Ok(model)
     }
@@ -738,23 +777,16 @@ impl AggregatorConfig {
     /// # Errors
     /// [`ConfigError`] saying which file and which value.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let parse = |message: String| ConfigError::Parse {
-            path: path.into(),
-            message,
-        };
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-        let rewritten = custom_from_file(&mut table, base).map_err(parse)?;
-        let mut config: Self = if pretrained_from_folder(&mut table, base).map_err(parse)? || rewritten {
-            table.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))?
+        let mut file = ConfigFile::read(path)?;
+        let mut config: Self = if file.rewritten {
+            std::mem::take(&mut file.table)
+                .try_into()
+                .map_err(|e: toml::de::Error| file.error(e.to_string()))?
         } else {
             // Parsed from the text again, so errors point at a line.
-            toml::from_str(&text).map_err(|e| parse(e.to_string()))?
+            toml::from_str(&file.text).map_err(|e| file.error(e.to_string()))?
         };
+        let base = file.base.as_path();
         for p in [&mut config.pki.ca_cert, &mut config.pki.cert, &mut config.pki.key]
             .into_iter()
             .chain(config.pki.revoked.as_mut())

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use fedtune_models::data::Dataset;
 use fedtune_models::model::default_device;
 use fedtune_models::table::{Columns, Content, TableError, class_id, read_rows};
-use fedtune_models::text::tokenize;
-use fedtune_models::tokenizer::TextTokenizer;
+use fedtune_models::tokenizer::{TextInput, TextTokenizer};
 use fedtune_models::train::{TrainError, probabilities};
 use fedtune_models::weights::{self, WeightsError, WeightsSource};
 use fedtune_protocol::ModelSpec;
@@ -62,61 +61,22 @@ pub enum PredictError {
     Data(#[from] TrainError),
 }
 
-/// How a model's rows are made from a table's rows.
-enum Encoder {
-    /// A pretrained model's tokenizer, to `max_len` ids.
-    Tokenizer(Box<TextTokenizer>, usize),
-    /// The transformer's hashed words, to `max_len` ids below `vocab`.
-    Hashed { vocab: usize, max_len: usize },
-    /// Feature columns as they are.
-    Features,
-}
-
-impl Encoder {
-    fn for_model(model: &ModelConfig) -> Result<Self, PredictError> {
-        Ok(match model.architecture() {
-            ModelSpec::Bert(bert) => {
-                let folder = model
-                    .init
-                    .as_ref()
-                    .map(|i| i.path.clone())
-                    .filter(|p| p.is_dir())
-                    .ok_or_else(|| {
-                        PredictError::Model(
-                            "a BERT reads text with its tokenizer: name its folder with [model] pretrained".into(),
-                        )
-                    })?;
-                let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"))
-                    .map_err(|e| PredictError::Model(e.to_string()))?;
-                Self::Tokenizer(Box::new(tokenizer), bert.max_len)
-            }
-            ModelSpec::Transformer(t) => Self::Hashed {
-                vocab: t.vocab,
-                max_len: t.max_len,
-            },
-            _ => Self::Features,
-        })
+/// The tokenizer of a BERT's `[model] pretrained` folder; none for other models.
+fn folder_tokenizer(model: &ModelConfig) -> Result<Option<TextTokenizer>, PredictError> {
+    if !matches!(model.architecture(), ModelSpec::Bert(_)) {
+        return Ok(None);
     }
-
-    fn text(&self) -> bool {
-        !matches!(self, Self::Features)
-    }
-
-    fn row(&self, content: &Content) -> Result<Vec<f32>, String> {
-        match (self, content) {
-            (Self::Tokenizer(tokenizer, max_len), Content::Text(text)) => {
-                let ids = tokenizer.row(text, *max_len).map_err(|e| e.to_string())?;
-                Ok(ids.into_iter().map(|id| id as f32).collect())
-            }
-            (Self::Hashed { vocab, max_len }, Content::Text(text)) => {
-                let mut ids = tokenize(text, *vocab);
-                ids.resize(*max_len, 0);
-                Ok(ids.into_iter().map(|id| id as f32).collect())
-            }
-            (Self::Features, Content::Features(values)) => Ok(values.clone()),
-            _ => Err("the row is not what the model reads".into()),
-        }
-    }
+    let folder = model
+        .init
+        .as_ref()
+        .map(|i| i.path.clone())
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| {
+            PredictError::Model("a BERT reads text with its tokenizer: name its folder with [model] pretrained".into())
+        })?;
+    TextTokenizer::from_file(&folder.join("tokenizer.json"))
+        .map(Some)
+        .map_err(|e| PredictError::Model(e.to_string()))
 }
 
 /// Predicts every row of `input` with `model` (its plain architecture) and the weights
@@ -129,9 +89,10 @@ pub fn predict(model: &ModelConfig, weights: &WeightsSource, input: &Path) -> Re
     let outputs = spec
         .classes()
         .ok_or_else(|| PredictError::Model("a custom model has no head fedtune can run".into()))?;
-    let encoder = Encoder::for_model(model)?;
+    let tokenizer = folder_tokenizer(model)?;
+    let text_input = TextInput::of(spec, tokenizer.as_ref()).map_err(PredictError::Model)?;
     let columns = Columns {
-        text: encoder.text().then(|| "text".to_string()),
+        text: text_input.is_some().then(|| "text".to_string()),
         label: Some("label".into()),
         label_required: false,
     };
@@ -142,7 +103,12 @@ pub fn predict(model: &ModelConfig, weights: &WeightsSource, input: &Path) -> Re
     let mut features = Vec::new();
     let mut truths = Vec::with_capacity(rows.len());
     for row in &rows {
-        let encoded = encoder.row(&row.content).map_err(|reason| PredictError::Label {
+        let encoded = match (&row.content, &text_input) {
+            (Content::Text(text), Some(text_input)) => text_input.row(text).map_err(|e| e.to_string()),
+            (Content::Features(values), None) => Ok(values.clone()),
+            _ => Err("the row is not what the model reads".to_string()),
+        }
+        .map_err(|reason| PredictError::Label {
             path: input.to_path_buf(),
             row: row.line,
             reason,

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 
+use fedtune_protocol::ModelSpec;
+
 use crate::data::Dataset;
 
 /// Why a tokenizer could not be read or a text not encoded.
@@ -172,6 +174,64 @@ impl TextTokenizer {
             features.extend(self.row(text.as_ref(), max_len)?.into_iter().map(|id| id as f32));
         }
         Dataset::from_parts(features, labels, max_len, classes).map_err(|e| TokenizerError::Data(e.to_string()))
+    }
+}
+
+/// How a text model makes its rows from text: a BERT through its tokenizer, to its
+/// `max_len` ids; the transformer from hashed words ([`crate::text::tokenize`]).
+#[derive(Debug, Clone, Copy)]
+pub enum TextInput<'a> {
+    /// A pretrained model's tokenizer, to `max_len` ids.
+    Tokenizer {
+        /// The tokenizer.
+        tokenizer: &'a TextTokenizer,
+        /// Ids per row.
+        max_len: usize,
+    },
+    /// Hashed words, to `max_len` ids below `vocab`.
+    Hashed {
+        /// Ids words hash to are below this.
+        vocab: usize,
+        /// Ids per row.
+        max_len: usize,
+    },
+}
+
+impl<'a> TextInput<'a> {
+    /// The text input of `model` (through LoRA adapters), `Ok(None)` for a model that
+    /// reads features.
+    ///
+    /// # Errors
+    /// A message when a BERT has no `tokenizer` to read text with.
+    pub fn of(model: &ModelSpec, tokenizer: Option<&'a TextTokenizer>) -> Result<Option<Self>, String> {
+        Ok(match model {
+            ModelSpec::Lora(lora) => return Self::of(&lora.base, tokenizer),
+            ModelSpec::Bert(bert) => Some(Self::Tokenizer {
+                tokenizer: tokenizer.ok_or("a BERT reads text with its tokenizer, and there is none")?,
+                max_len: bert.max_len,
+            }),
+            ModelSpec::Transformer(t) => Some(Self::Hashed {
+                vocab: t.vocab,
+                max_len: t.max_len,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The row of `text`, ids as floats.
+    ///
+    /// # Errors
+    /// [`TokenizerError::Encode`] when the tokenizer fails on it.
+    pub fn row(&self, text: &str) -> Result<Vec<f32>, TokenizerError> {
+        let ids = match *self {
+            Self::Tokenizer { tokenizer, max_len } => tokenizer.row(text, max_len)?,
+            Self::Hashed { vocab, max_len } => {
+                let mut ids = crate::text::tokenize(text, vocab);
+                ids.resize(max_len, 0);
+                ids
+            }
+        };
+        Ok(ids.into_iter().map(|id| id as f32).collect())
     }
 }
 
