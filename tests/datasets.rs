@@ -48,7 +48,8 @@ fn the_wordnet_task_loads_from_the_debian_package() {
             .all(|&id| id.fract() == 0.0 && (0.0..8_192.0).contains(&id))
     );
     // Definitions are short: most rows end in padding, and none is empty.
-    let rows = || train.features().chunks(32);
+    let features = train.features();
+    let rows = || features.chunks(32);
     assert!(rows().all(|row| row[0] > 0.0));
     let padded = rows().filter(|row| row[31] == 0.0).count();
     assert!(padded > 15_000, "{padded}");

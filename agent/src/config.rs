@@ -108,6 +108,13 @@ pub enum DataSource {
         /// The model's `tokenizer.json`.
         tokenizer: PathBuf,
     },
+    /// Images in one subfolder per class (PNG, JPEG), each converted to the model's
+    /// channels and size (see [`crate::image_folder`]); the subfolder names are class
+    /// names, mapped through the task's classes.
+    ImageFolder {
+        /// The folder holding one subfolder per class.
+        path: PathBuf,
+    },
     /// Fashion-MNIST's training set in IDX files (Debian package `dataset-fashion-mnist`).
     FashionMnist {
         /// Directory of the IDX files.
@@ -257,7 +264,7 @@ impl AgentConfig {
         resolve(&mut config.pki.key);
         if let Some(data) = &mut config.data {
             match &mut data.source {
-                DataSource::Csv { path, .. } => resolve(path),
+                DataSource::Csv { path, .. } | DataSource::ImageFolder { path } => resolve(path),
                 DataSource::Text { path, tokenizer, .. } => {
                     resolve(path);
                     resolve(tokenizer);
@@ -425,9 +432,9 @@ fn load_source(source: &DataSource) -> Result<Dataset, ConfigError> {
         } => load_csv(path, *scale),
         DataSource::FashionMnist { dir } => load_fashion_mnist(dir, true),
         DataSource::Wordnet { dir } => crate::text::WordnetTask::default().load(dir, crate::text::Split::Train),
-        DataSource::Csv { label: Some(_), .. } | DataSource::Text { .. } => {
+        DataSource::Csv { label: Some(_), .. } | DataSource::Text { .. } | DataSource::ImageFolder { .. } => {
             return Err(ConfigError::Data(
-                "a source labelled by name or holding text is read as the device's own rows, without a partition"
+                "a source labelled by name, holding text or images is read as the device's own rows, without a partition"
                     .into(),
             ));
         }
@@ -437,10 +444,13 @@ fn load_source(source: &DataSource) -> Result<Dataset, ConfigError> {
 
 impl DataSource {
     /// Whether its rows become features and labels only once a task names the model and
-    /// its classes (text to tokenize, labels by name).
+    /// its classes (text to tokenize, images to resize, labels by name).
     #[must_use]
     pub fn rows_need_the_model(&self) -> bool {
-        matches!(self, Self::Text { .. } | Self::Csv { label: Some(_), .. })
+        matches!(
+            self,
+            Self::Text { .. } | Self::Csv { label: Some(_), .. } | Self::ImageFolder { .. }
+        )
     }
 }
 
@@ -492,6 +502,35 @@ mod tests {
         assert!(train.len() > 20 && validation.len() > 5);
         assert_eq!(train.dim(), 64);
         assert!(config.options().reconnect.max_attempts.is_some());
+    }
+
+    #[test]
+    fn an_image_folder_source_parses_and_resolves_against_the_config() {
+        let dir = std::env::temp_dir().join(format!("fedtune-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(
+            &path,
+            r#"
+            name = "camera-7"
+            aggregator = "127.0.0.1:1"
+            [pki]
+            ca_cert = "x"
+            cert = "y"
+            key = "z"
+            [data]
+            source = { kind = "image-folder", path = "photos" }
+            "#,
+        )
+        .unwrap();
+        let data = AgentConfig::load(&path).unwrap().data.unwrap();
+        assert_eq!(
+            data.source,
+            DataSource::ImageFolder {
+                path: dir.join("photos")
+            }
+        );
+        assert!(data.source.rows_need_the_model() && data.partition.is_none());
     }
 
     #[test]

@@ -36,4 +36,4 @@ mod task;
 pub mod tls;
 pub mod trainer;
 
-pub use fedtune_models::{cancel, data, model, pretrained, table, text, tokenizer, train, weights};
+pub use fedtune_models::{cancel, data, image_folder, model, pretrained, table, text, tokenizer, train, weights};

@@ -12,6 +12,11 @@
 //! tokenizes to nothing: an error naming the file and row); what depends on the task (a
 //! label outside the task's classes, another tokenizer) makes the agent decline it with
 //! a reason the aggregator records, as does a device left with no row to train on.
+//!
+//! An `image-folder` source's rows are its images, labelled by their class folder's
+//! name; each is decoded when the agent starts (an unreadable one is an error naming it)
+//! and again, converted to the CNN's channels and size, when a task names the model.
+//! Their pixels stay bytes ([`Dataset::from_pixels`]).
 
 use std::path::PathBuf;
 
@@ -22,6 +27,7 @@ use rand::seq::SliceRandom;
 
 use crate::cancel::Cancel;
 use crate::data::Dataset;
+use crate::image_folder::{ImageShape, pixels};
 use crate::model::Device;
 use crate::table::{Content, Row, class_id};
 use crate::tokenizer::{TextInput, TextTokenizer};
@@ -100,7 +106,12 @@ impl OwnRows {
     /// The (train, validation) datasets of these rows for `model` with `classes`.
     fn datasets(&self, model: &ModelSpec, classes: &[String]) -> Result<(Dataset, Dataset), TrainerError> {
         let declined = |reason: String| TrainerError::Declined(reason);
-        let at = |row: &Row, reason: String| declined(format!("{}, row {}: {reason}", self.path.display(), row.line));
+        let at = |row: &Row, reason: String| {
+            declined(match &row.content {
+                Content::Image(image) => format!("{}: {reason}", image.display()),
+                _ => format!("{}, row {}: {reason}", self.path.display(), row.line),
+            })
+        };
         let outputs = model
             .classes()
             .ok_or_else(|| TrainerError::UnsupportedModel("a custom model cannot read this device's rows".into()))?;
@@ -128,11 +139,21 @@ impl OwnRows {
         let input = TextInput::of(model, self.tokenizer.as_ref())
             .map_err(|_| declined("text rows need a tokenizer ([data] source tokenizer)".into()))?;
         let mut features = Vec::new();
+        let mut image_bytes = Vec::new();
         let mut labels = Vec::with_capacity(self.rows.len());
         for row in &self.rows {
             let label = row.label.as_deref().ok_or_else(|| at(row, "no label".into()))?;
             labels.push(class_id(label, classes, outputs).map_err(|reason| at(row, reason))?);
             match (&row.content, &input) {
+                (Content::Image(path), _) => {
+                    let shape = image_shape(base).ok_or_else(|| {
+                        declined(format!(
+                            "this device holds images; {} does not read them (a CNN does)",
+                            base.describe()
+                        ))
+                    })?;
+                    pixels(path, shape, &mut image_bytes).map_err(|e| declined(e.to_string()))?;
+                }
                 (Content::Text(text), Some(input)) => {
                     features.extend(input.row(text).map_err(|e| at(row, e.to_string()))?);
                 }
@@ -145,12 +166,31 @@ impl OwnRows {
                 }
             }
         }
-        let dim = features.len() / self.rows.len().max(1);
-        let all = Dataset::from_parts(features, labels, dim, outputs).map_err(|e| declined(e.to_string()))?;
+        let all = if image_bytes.is_empty() {
+            let dim = features.len() / self.rows.len().max(1);
+            Dataset::from_parts(features, labels, dim, outputs)
+        } else {
+            let dim = image_bytes.len() / self.rows.len().max(1);
+            Dataset::from_pixels(image_bytes, labels, dim, outputs)
+        }
+        .map_err(|e| declined(e.to_string()))?;
         let pick =
             |held: bool| -> Vec<usize> { (0..self.rows.len()).filter(|&i| self.validation[i] == held).collect() };
         let split = |rows: &[usize]| all.subset(rows).map_err(|e| declined(e.to_string()));
         Ok((split(&pick(false))?, split(&pick(true))?))
+    }
+}
+
+/// The shape a model reads images in: a CNN's channels and size.
+fn image_shape(model: &ModelSpec) -> Option<ImageShape> {
+    match model {
+        ModelSpec::Cnn(cnn) => Some(ImageShape {
+            channels: cnn.channels,
+            height: cnn.height,
+            width: cnn.width,
+        }),
+        ModelSpec::Lora(lora) => image_shape(&lora.base),
+        _ => None,
     }
 }
 
@@ -186,7 +226,10 @@ impl OwnDataTrainer {
         let input = match base {
             ModelSpec::Bert(b) => format!("bert {} {} {:?}", b.max_len, b.vocab, b.tokenizer),
             ModelSpec::Transformer(t) => format!("transformer {} {}", t.max_len, t.vocab),
-            _ => "features".to_string(),
+            other => match image_shape(other) {
+                Some(shape) => format!("image {shape:?}"),
+                None => "features".to_string(),
+            },
         };
         let key = format!("{input} {} [{}]", base.classes().unwrap_or(0), classes.join("\u{1f}"));
         if self.ready.as_ref().is_none_or(|(k, _)| *k != key) {
@@ -246,7 +289,7 @@ impl LocalData {
 }
 
 /// Reads the data `config` names: [`crate::config::DataConfig::load`]'s share, or for a
-/// source labelled by name or holding text (see
+/// source labelled by name, holding text or images (see
 /// [`crate::config::DataSource::rows_need_the_model`]) every row of the device's file.
 ///
 /// # Errors
@@ -284,18 +327,56 @@ pub fn load(config: &crate::config::DataConfig) -> Result<LocalData, crate::conf
             },
             Some(TextTokenizer::from_file(tokenizer).map_err(|e| data(e.to_string()))?),
         ),
+        DataSource::ImageFolder { path } => {
+            refuse_partition(config, path)?;
+            let folder = crate::image_folder::read_folder(path).map_err(|e| data(e.to_string()))?;
+            if folder.images.is_empty() {
+                tracing::warn!(
+                    "{}: no image (expected one subfolder per class holding {} files)",
+                    path.display(),
+                    crate::image_folder::EXTENSIONS.join(", ")
+                );
+            } else if !folder.empty.is_empty() {
+                tracing::warn!(
+                    "{}: class folders without an image: {}",
+                    path.display(),
+                    folder.empty.join(", ")
+                );
+            }
+            let rows = folder
+                .images
+                .into_iter()
+                .enumerate()
+                .map(|(i, image)| Row {
+                    line: i + 1,
+                    content: Content::Image(image.path),
+                    label: Some(image.class),
+                })
+                .collect();
+            let rows = OwnRows::new(path.clone(), rows, None, config.validation, config.seed).map_err(data)?;
+            return Ok(LocalData::Rows(Box::new(rows)));
+        }
         _ => {
             let (train, validation) = config.load()?;
             return Ok(LocalData::Ready(train, validation));
         }
     };
-    if config.partition.is_some() {
-        return Err(data(format!(
-            "{}: a device's own rows take no partition (partitions split a shared dataset in simulations)",
-            path.display()
-        )));
-    }
+    refuse_partition(config, path)?;
     let rows = read_rows(path, &columns).map_err(|e| data(e.to_string()))?;
     let rows = OwnRows::new(path.clone(), rows, tokenizer, config.validation, config.seed).map_err(data)?;
     Ok(LocalData::Rows(Box::new(rows)))
+}
+
+/// A device's own rows are all its own: a partition (a simulation's share) is refused.
+fn refuse_partition(
+    config: &crate::config::DataConfig,
+    path: &std::path::Path,
+) -> Result<(), crate::config::ConfigError> {
+    match config.partition {
+        Some(_) => Err(crate::config::ConfigError::Data(format!(
+            "{}: a device's own rows take no partition (partitions split a shared dataset in simulations)",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
 }

@@ -220,3 +220,137 @@ fn bad_files_and_rows_are_named_and_an_empty_device_declines() {
         "{err}"
     );
 }
+
+/// Writes an image folder: `images` as (class, file name, grey level, side), PNG or
+/// JPEG by extension, grey or RGB by the name's `rgb` prefix.
+fn image_folder(name: &str, images: &[(&str, &str, u8, u32)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedtune-own-images-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for &(class, file, level, side) in images {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        let path = dir.join(class).join(file);
+        if file.starts_with("rgb") {
+            image::RgbImage::from_pixel(side, side, image::Rgb([level, level, level]))
+                .save(&path)
+                .unwrap();
+        } else {
+            image::GrayImage::from_pixel(side, side, image::Luma([level]))
+                .save(&path)
+                .unwrap();
+        }
+    }
+    dir
+}
+
+fn images(path: &Path) -> DataConfig {
+    data(DataSource::ImageFolder {
+        path: path.to_path_buf(),
+    })
+}
+
+fn cnn(channels: usize, side: usize, classes: usize) -> ModelSpec {
+    ModelSpec::Cnn(fedtune_protocol::CnnSpec {
+        channels,
+        height: side,
+        width: side,
+        blocks: vec![fedtune_protocol::ConvBlock {
+            channels: 4,
+            kernel: 3,
+            padding: 1,
+            pool: 2,
+            batch_norm: false,
+        }],
+        hidden: vec![],
+        classes,
+        norm_stats: Default::default(),
+    })
+}
+
+#[test]
+fn an_image_folder_trains_a_cnn_whatever_the_files_size_and_colour() {
+    let dir = image_folder(
+        "good",
+        &[
+            ("dark", "a.png", 10, 8),
+            ("dark", "b.PNG", 20, 12),
+            ("dark", "rgb-c.jpg", 30, 8),
+            ("light", "a.png", 230, 8),
+            ("light", "rgb-b.jpeg", 240, 5),
+            ("light", "c.png", 250, 8),
+            ("light", "d.png", 220, 8),
+        ],
+    );
+    std::fs::write(dir.join("light/README.txt"), "not an image").unwrap();
+    let LocalData::Rows(rows) = load(&images(&dir)).unwrap() else {
+        panic!("images wait for the model's shape")
+    };
+    assert_eq!(rows.train_rows() + rows.validation_rows(), 7);
+    let mut trainer = LocalData::Rows(rows).trainer(default_device());
+    let classes: Vec<String> = ["dark", "light"].map(String::from).to_vec();
+    for channels in [1, 3] {
+        let model = cnn(channels, 8, 2);
+        let global = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(3));
+        let outcome = trainer.fit(&task(model, &classes), &global, &Cancel::never()).unwrap();
+        assert_eq!(outcome.num_samples + outcome.metrics.validation_samples, 7);
+    }
+
+    // A class folder outside the model's classes, a model that reads no images.
+    let other: Vec<String> = ["dark", "medium"].map(String::from).to_vec();
+    let model = cnn(1, 8, 2);
+    let global = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(3));
+    let err = trainer
+        .fit(&task(model, &other), &global, &Cancel::never())
+        .unwrap_err();
+    assert!(matches!(err, TrainerError::Declined(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("light") && message.contains("is not one of the model's classes (dark, medium)"),
+        "{message}"
+    );
+    let mlp = ModelSpec::Mlp(MlpSpec {
+        input: 64,
+        hidden: vec![],
+        classes: 2,
+    });
+    let params = mlp.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
+    let err = trainer
+        .fit(&task(mlp, &classes), &params, &Cancel::never())
+        .unwrap_err();
+    assert!(err.to_string().contains("this device holds images"), "{err}");
+}
+
+#[test]
+fn a_corrupt_image_is_named_and_an_empty_folder_declines() {
+    let dir = image_folder("corrupt", &[("cat", "ok.png", 100, 8)]);
+    std::fs::write(dir.join("cat/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let err = load(&images(&dir)).unwrap_err().to_string();
+    assert!(
+        err.contains("broken.png") && err.contains("not a readable image"),
+        "{err}"
+    );
+
+    let err = load(&images(&dir.join("missing"))).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+
+    let mut partitioned = images(&dir);
+    partitioned.partition = Some("iid".parse().unwrap());
+    assert!(
+        load(&partitioned)
+            .unwrap_err()
+            .to_string()
+            .contains("take no partition")
+    );
+
+    let empty = image_folder("empty", &[]);
+    std::fs::create_dir_all(empty.join("cat")).unwrap();
+    let LocalData::Rows(rows) = load(&images(&empty)).unwrap() else {
+        unreachable!()
+    };
+    let mut trainer = LocalData::Rows(rows).trainer(default_device());
+    let model = cnn(1, 8, 1);
+    let global = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(3));
+    let err = trainer
+        .fit(&task(model, &["cat".to_string()]), &global, &Cancel::never())
+        .unwrap_err();
+    assert!(err.to_string().contains("no row to train on"), "{err}");
+}

@@ -1,10 +1,14 @@
 //! In-memory classification datasets and their loaders (CSV, IDX/MNIST, Fashion-MNIST).
 //!
-//! A [`Dataset`] is one row-major `f32` feature buffer plus a label per row; training
-//! slices batches straight out of that buffer, so nothing here allocates per sample.
+//! A [`Dataset`] is one row-major feature buffer plus a label per row; training copies
+//! each batch's rows straight out of that buffer, so nothing here allocates per sample.
+//! Features are `f32`, or pixels kept as bytes (a quarter of the memory) and read as
+//! `byte / 255` when a batch is made.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Where the Debian package `dataset-fashion-mnist` installs the Fashion-MNIST IDX files.
@@ -212,11 +216,34 @@ impl DataError {
 #[derive(Clone, PartialEq)]
 pub struct Dataset {
     /// Row-major, `len() × dim` values.
-    features: Vec<f32>,
+    features: Values,
     /// One label per row, each `< classes`.
     labels: Vec<u32>,
     dim: usize,
     classes: usize,
+}
+
+/// A dataset's feature values as stored.
+#[derive(Clone, PartialEq)]
+enum Values {
+    /// Each value as it is.
+    Floats(Vec<f32>),
+    /// Pixels: each byte is the value `byte / 255`.
+    Pixels(Vec<u8>),
+}
+
+impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Self::Floats(v) => v.len(),
+            Self::Pixels(v) => v.len(),
+        }
+    }
+}
+
+/// The value a pixel byte stands for (the same expression wherever pixels become `f32`).
+fn pixel(byte: u8) -> f32 {
+    f32::from(byte) / 255.0
 }
 
 impl fmt::Debug for Dataset {
@@ -238,6 +265,19 @@ impl Dataset {
     /// `features.len() != labels.len() * dim`, [`DataError::LabelOutOfRange`] when a label
     /// is not below `classes`.
     pub fn from_parts(features: Vec<f32>, labels: Vec<u32>, dim: usize, classes: usize) -> Result<Self, DataError> {
+        Self::checked(Values::Floats(features), labels, dim, classes)
+    }
+
+    /// Builds a dataset of pixels kept as bytes, each read as `byte / 255` (see
+    /// [`Dataset::extend_rows`]), from a row-major buffer and one label per row.
+    ///
+    /// # Errors
+    /// As [`Dataset::from_parts`].
+    pub fn from_pixels(pixels: Vec<u8>, labels: Vec<u32>, dim: usize, classes: usize) -> Result<Self, DataError> {
+        Self::checked(Values::Pixels(pixels), labels, dim, classes)
+    }
+
+    fn checked(features: Values, labels: Vec<u32>, dim: usize, classes: usize) -> Result<Self, DataError> {
         if dim == 0 || classes == 0 {
             return Err(DataError::Degenerate { dim, classes });
         }
@@ -279,9 +319,31 @@ impl Dataset {
         self.classes
     }
 
-    /// The row-major feature buffer (`len() × dim()` values).
-    pub fn features(&self) -> &[f32] {
-        &self.features
+    /// Every feature value, row-major (`len() × dim()` values): borrowed for `f32`
+    /// features, converted for pixels. Batches use [`Dataset::extend_rows`], which
+    /// converts only the rows they take.
+    pub fn features(&self) -> Cow<'_, [f32]> {
+        match &self.features {
+            Values::Floats(v) => Cow::Borrowed(v),
+            Values::Pixels(v) => Cow::Owned(v.iter().map(|&p| pixel(p)).collect()),
+        }
+    }
+
+    /// Appends the features of rows `rows` (row-major) to `out`.
+    ///
+    /// # Panics
+    /// When `rows` goes past [`Dataset::len`].
+    pub fn extend_rows(&self, rows: Range<usize>, out: &mut Vec<f32>) {
+        let values = rows.start * self.dim..rows.end * self.dim;
+        match &self.features {
+            Values::Floats(v) => out.extend_from_slice(&v[values]),
+            Values::Pixels(v) => out.extend(v[values].iter().map(|&p| pixel(p))),
+        }
+    }
+
+    /// Whether features are pixels kept as bytes.
+    pub fn holds_pixels(&self) -> bool {
+        matches!(self.features, Values::Pixels(_))
     }
 
     /// One label per row.
@@ -305,7 +367,7 @@ impl Dataset {
     /// [`DataError::Degenerate`] when `classes` is zero, [`DataError::LabelOutOfRange`] when a
     /// label is not below `classes`.
     pub fn with_classes(self, classes: usize) -> Result<Self, DataError> {
-        Self::from_parts(self.features, self.labels, self.dim, classes)
+        Self::checked(self.features, self.labels, self.dim, classes)
     }
 
     /// The rows at `indices`, in that order (repeats allowed), with the same dimension and
@@ -318,10 +380,11 @@ impl Dataset {
         if let Some(&index) = indices.iter().find(|&&i| i >= len) {
             return Err(DataError::IndexOutOfRange { index, len });
         }
-        let mut features = Vec::with_capacity(indices.len() * self.dim);
-        for &i in indices {
-            features.extend_from_slice(&self.features[i * self.dim..(i + 1) * self.dim]);
-        }
+        let rows = |i: usize| i * self.dim..(i + 1) * self.dim;
+        let features = match &self.features {
+            Values::Floats(v) => Values::Floats(indices.iter().flat_map(|&i| &v[rows(i)]).copied().collect()),
+            Values::Pixels(v) => Values::Pixels(indices.iter().flat_map(|&i| &v[rows(i)]).copied().collect()),
+        };
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
         Ok(Self {
             features,
@@ -464,9 +527,13 @@ pub fn parse_idx(images_bytes: &[u8], labels_bytes: &[u8]) -> Result<Dataset, Da
     let Some(&max_label) = labels.iter().max() else {
         return Err(DataError::NoRows);
     };
-    let features = images_bytes[16..].iter().map(|&p| f32::from(p) / 255.0).collect();
     // `dim` fits in usize: the body holding at least one image of `dim` bytes is in memory.
-    Dataset::from_parts(features, labels, dim as usize, max_label as usize + 1)
+    Dataset::from_pixels(
+        images_bytes[16..].to_vec(),
+        labels,
+        dim as usize,
+        max_label as usize + 1,
+    )
 }
 
 /// Reads an IDX label file (raw or gzip): one label per row.
@@ -485,7 +552,7 @@ pub fn load_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u32>, DataError> {
 /// Reads only the rows `rows` (in that order, repeats allowed) of an IDX image file (raw
 /// or gzip), decoding it as a stream: memory holds the chosen rows and one image, never
 /// the whole file. `labels` are the file's labels (see [`load_idx_labels`]), `classes`
-/// the class count of the result. Pixels are scaled to `[0, 1]`.
+/// the class count of the result. Pixels stay bytes (see [`Dataset::from_pixels`]).
 ///
 /// # Errors
 /// [`DataError::Io`] and [`DataError::Read`] when the file cannot be read,
@@ -538,7 +605,7 @@ pub fn load_idx_rows(
     // Where each wanted image goes, in file order.
     let mut wanted: Vec<(usize, usize)> = rows.iter().enumerate().map(|(at, &row)| (row, at)).collect();
     wanted.sort_unstable();
-    let mut features = vec![0.0f32; rows.len() * dim];
+    let mut features = vec![0u8; rows.len() * dim];
     let mut image = vec![0u8; dim];
     let mut next = wanted.iter().peekable();
     let last = wanted.last().map_or(0, |&(row, _)| row + 1);
@@ -553,14 +620,12 @@ pub fn load_idx_rows(
         while let Some(&&(row, at)) = next.peek()
             && row == i
         {
-            for (f, &p) in features[at * dim..(at + 1) * dim].iter_mut().zip(&image) {
-                *f = f32::from(p) / 255.0;
-            }
+            features[at * dim..(at + 1) * dim].copy_from_slice(&image);
             next.next();
         }
     }
     let labels = rows.iter().map(|&r| labels[r]).collect();
-    Dataset::from_parts(features, labels, dim, classes)
+    Dataset::from_pixels(features, labels, dim, classes)
 }
 
 /// Fills `buf` from `reader`; a short read is [`DataError::IdxTruncated`] (`expected`
@@ -717,7 +782,7 @@ mod tests {
         assert_eq!(data.len(), 2);
         assert_eq!(data.dim(), 2);
         assert_eq!(data.classes(), 3);
-        assert_eq!(data.features(), &[0.5, 1.0, 1.5, 2.0]);
+        assert_eq!(*data.features(), [0.5, 1.0, 1.5, 2.0]);
         assert_eq!(data.labels(), &[0, 2]);
         assert_eq!(data.label_counts(), vec![1, 0, 1]);
     }
@@ -797,7 +862,7 @@ mod tests {
         ));
         let data = Dataset::from_parts(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![0, 1, 0], 2, 2).unwrap();
         let sub = data.subset(&[2, 0]).unwrap();
-        assert_eq!(sub.features(), &[5.0, 6.0, 1.0, 2.0]);
+        assert_eq!(*sub.features(), [5.0, 6.0, 1.0, 2.0]);
         assert_eq!(sub.labels(), &[0, 0]);
         assert_eq!(sub.classes(), 2);
         assert!(data.subset(&[]).unwrap().is_empty());
@@ -837,7 +902,7 @@ mod tests {
         let labels = idx_labels(&[1, 4, 0]);
         let data = parse_idx(&images, &labels).unwrap();
         assert_eq!((data.len(), data.dim(), data.classes()), (3, 2, 5));
-        assert_eq!(data.features(), &[0.0, 1.0, 0.2, 0.4, 1.0, 0.0]);
+        assert_eq!(*data.features(), [0.0, 1.0, 0.2, 0.4, 1.0, 0.0]);
         assert_eq!(data.labels(), &[1, 4, 0]);
     }
 

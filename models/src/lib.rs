@@ -9,6 +9,8 @@
 //! - [`data`]: in-memory datasets and loaders for CSV and IDX files.
 //! - [`table`]: rows a user or a device holds (CSV, JSON Lines) as text or features
 //!   with labels.
+//! - [`image_folder`]: images a device holds, one subfolder per class, as a model's
+//!   input.
 //! - [`text`]: a real text task (WordNet noun definitions by category), tokenised.
 //! - [`pretrained`]: Hugging Face model folders (BERT-family checkpoints) as a spec,
 //!   starting weights, class names and tokenizer.
@@ -21,6 +23,7 @@
 
 pub mod cancel;
 pub mod data;
+pub mod image_folder;
 pub mod model;
 pub mod pretrained;
 pub mod table;

@@ -21,6 +21,9 @@ pub enum Content {
     Text(String),
     /// Feature values.
     Features(Vec<f32>),
+    /// An image file, read as the model's input (a row of an image folder: see
+    /// [`crate::image_folder`]).
+    Image(PathBuf),
 }
 
 /// One row of a table file.
@@ -90,7 +93,7 @@ pub fn read_rows(path: &Path, columns: &Columns) -> Result<Vec<Row>, TableError>
     };
     let widths = rows.iter().filter_map(|r| match &r.content {
         Content::Features(f) => Some((r.line, f.len())),
-        Content::Text(_) => None,
+        Content::Text(_) | Content::Image(_) => None,
     });
     let mut first = None;
     for (line, width) in widths {

@@ -209,9 +209,11 @@ pub fn probabilities(
             let model = load(blueprint.build(&device), self.params, &blueprint.manifest())?;
             let dim = self.data.dim();
             let mut out = Vec::with_capacity(self.data.len());
-            for rows in self.data.features().chunks(EVAL_BATCH * dim.max(1)) {
-                let n = rows.len() / dim.max(1);
-                let x = Tensor::from_data(TensorData::new(rows.to_vec(), [n, dim]), &device);
+            for start in (0..self.data.len()).step_by(EVAL_BATCH) {
+                let n = EVAL_BATCH.min(self.data.len() - start);
+                let mut rows = Vec::with_capacity(n * dim);
+                self.data.extend_rows(start..start + n, &mut rows);
+                let x = Tensor::from_data(TensorData::new(rows, [n, dim]), &device);
                 let logits = model.forward(x).try_into_vec_as::<f32>().map_err(backend)?;
                 let classes = logits.len() / n.max(1);
                 for row in logits.chunks_exact(classes.max(1)) {
@@ -235,11 +237,12 @@ fn check_tokens(model: &impl Blueprint, data: &Dataset, what: &'static str) -> R
         return Ok(());
     };
     let bad = |v: f32| !(v >= 0.0 && v < vocab as f32 && v.fract() == 0.0);
-    match data.features().iter().position(|&v| bad(v)) {
+    let features = data.features();
+    match features.iter().position(|&v| bad(v)) {
         Some(i) => Err(TrainError::TokenOutOfRange {
             what,
             row: i / data.dim().max(1),
-            id: data.features()[i],
+            id: features[i],
             vocab,
         }),
         None => Ok(()),
@@ -466,11 +469,11 @@ fn optimizer(hp: &ClientHyperparameters) -> ModuleOptimizer {
 /// The rows `rows` of `data` as a `[batch, dim]` feature tensor and a `[batch]` label tensor.
 fn batch(data: &Dataset, rows: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
     let dim = data.dim();
-    let (features, labels) = (data.features(), data.labels());
+    let labels = data.labels();
     let mut x = Vec::with_capacity(rows.len() * dim);
     let mut y = Vec::with_capacity(rows.len());
     for &row in rows {
-        x.extend_from_slice(&features[row * dim..(row + 1) * dim]);
+        data.extend_rows(row..row + 1, &mut x);
         y.push(i64::from(labels[row]));
     }
     (
@@ -502,12 +505,11 @@ fn evaluate_model<M: Classifier>(model: &M, data: &Dataset, device: &Device) -> 
     let dim = data.dim();
     let mut loss = 0.0;
     let mut correct = 0u64;
-    for (rows, labels) in data
-        .features()
-        .chunks(EVAL_BATCH * dim)
-        .zip(data.labels().chunks(EVAL_BATCH))
-    {
-        let x = Tensor::from_data(TensorData::new(rows.to_vec(), [labels.len(), dim]), device);
+    for (batch, labels) in data.labels().chunks(EVAL_BATCH).enumerate() {
+        let start = batch * EVAL_BATCH;
+        let mut rows = Vec::with_capacity(labels.len() * dim);
+        data.extend_rows(start..start + labels.len(), &mut rows);
+        let x = Tensor::from_data(TensorData::new(rows, [labels.len(), dim]), device);
         let logits = model.forward(x).try_into_vec_as::<f32>().map_err(backend)?;
         let classes = logits.len() / labels.len();
         for (row, &label) in logits.chunks_exact(classes).zip(labels) {
