@@ -28,12 +28,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use fedtune::agent::config::FederatedData;
-use fedtune::agent::data::Dataset;
 use fedtune::agent::model::default_device;
-use fedtune::agent::partition::{Dirichlet, SplitFile, stratified_holdout};
-use fedtune::agent::pretrained::{PretrainedOptions, describe};
-use fedtune::agent::text::{Split, WORDNET_DIR, WordnetTask};
 use fedtune::agent::train::evaluate;
 use fedtune::agent::weights::WeightsSource;
 use fedtune::aggregator::config::{FederationConfig, LoraConfig, ModelConfig};
@@ -42,8 +37,6 @@ use fedtune::aggregator::{AggregatorConfig, Hooks, RoundRecord, run, service};
 use fedtune::evaluate::TestSetEvaluator;
 use fedtune::protocol::{ClientHyperparameters, ModelSpec, Optimizer, Pooling};
 use fedtune::sim::{bind_aggregator, ephemeral_pki, spawn_agents};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde::Serialize;
 
 const LOOPBACK: bool = true;
@@ -164,46 +157,24 @@ async fn main() -> anyhow::Result<()> {
     let device = default_device();
 
     // The task: WordNet definitions as text, their categories as classes.
-    let task = WordnetTask::default();
-    let options = PretrainedOptions {
-        max_len: args.max_len,
-        pooling: None,
-        classes: Some(task.categories.clone()),
-        dropout: None,
-        seed: args.seed,
-    };
-    let described =
-        describe(&args.pretrained, &options).with_context(|| format!("reading {}", args.pretrained.display()))?;
-    let spec = ModelSpec::Bert(described.spec.clone());
-    for note in &described.notes {
-        println!("{}: {note}", args.pretrained.display());
-    }
-    let tokenize = |split| -> anyhow::Result<Dataset> {
-        let (texts, labels) = task.texts(WORDNET_DIR, split)?;
-        Ok(described
-            .tokenizer
-            .dataset(&texts, labels, args.max_len, task.categories.len())?)
-    };
     let t = Instant::now();
-    let train = tokenize(Split::Train)?;
-    let test = tokenize(Split::Test)?;
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let partitioner = Dirichlet {
-        alpha: 0.5,
-        min_size: 10,
-    };
-    let split = SplitFile::generate(
-        train.labels(),
-        &partitioner,
+    let (
+        common::text::TextTask {
+            described,
+            classes,
+            test,
+            test_sample,
+        },
+        data,
+    ) = common::text::wordnet_text(
+        &args.pretrained,
+        args.max_len,
         args.agents,
-        0.0,
         args.validation_fraction,
-        &mut rng,
+        args.eval_sample,
+        args.seed,
     )?;
-    let data = FederatedData { dataset: train, split };
-    let fraction = (args.eval_sample as f64 / test.len() as f64).min(1.0);
-    let (_, sample_rows) = stratified_holdout(test.labels(), fraction, &mut rng)?;
-    let test_sample = test.subset(&sample_rows)?;
+    let spec = ModelSpec::Bert(described.spec.clone());
     let pooling = match described.spec.pooling {
         Pooling::Cls => "BERT's pooler",
         Pooling::Mean => "mean pooling",
@@ -248,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
             model: ModelConfig {
                 init: Some(WeightsSource::new(&args.pretrained)),
                 freeze: freeze.clone(),
-                classes: task.categories.clone(),
+                classes: classes.clone(),
                 ..spec.clone().into()
             },
             client: ClientHyperparameters {

@@ -7,6 +7,17 @@
 //! cargo run --release --example tune -- --sampler random --pruner none
 //! ```
 //!
+//! With `--pretrained DIR` (a Hugging Face BERT-family folder, e.g. all-MiniLM-L6-v2 from
+//! `scripts/fetch_minilm.sh`) every trial fine-tunes that encoder with LoRA (rank 8 on the
+//! attention's query and value, the head training beside them, Adam) over the WordNet
+//! texts, tokenized by its own tokenizer; `presets/nlp.toml` searches the adapters'
+//! rank, alpha and targets with the learning rate, local steps and warm-up:
+//!
+//! ```text
+//! cargo run --release --example tune -- --dataset wordnet --pretrained target/minilm \
+//!     --space presets/nlp.toml --objectives accuracy,bytes --agents 4 --trials 12 --rounds 2
+//! ```
+//!
 //! The aggregator's own settings are Flower's quickstart ones (SGD, lr 0.05, one local
 //! epoch); with `--baseline` (the default) they run as trial 0, so the table shows what
 //! tuning adds.
@@ -54,6 +65,21 @@ struct Args {
     /// The model every trial trains.
     #[arg(long, value_enum, default_value_t = common::ModelKind::Mlp)]
     model: common::ModelKind,
+    /// Fine-tune this Hugging Face BERT-family folder with LoRA instead (`--dataset
+    /// wordnet`, as raw text; `--model` does not apply).
+    #[arg(long)]
+    pretrained: Option<PathBuf>,
+    /// With `--pretrained`: token ids per text.
+    #[arg(long, default_value_t = 32)]
+    max_len: usize,
+    /// With `--pretrained`: at most this many minibatch steps per agent and round in the
+    /// untuned settings (a space's `local_steps` replaces it).
+    #[arg(long, default_value_t = 8)]
+    local_steps: u32,
+    /// With `--pretrained`: test texts every trial is evaluated on (a fixed stratified
+    /// sample; 0 for all).
+    #[arg(long, default_value_t = 1000)]
+    eval_sample: usize,
     /// Start every trial's global model from this weights file (a pretrained model).
     #[arg(long)]
     init: Option<PathBuf>,
@@ -199,8 +225,32 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let space = load_space_toml(&args.space).with_context(|| format!("search space {}", args.space.display()))?;
 
-    let (data, side) = match args.dataset.as_str() {
-        "fashion-mnist" => (
+    let text = match &args.pretrained {
+        Some(dir) => {
+            anyhow::ensure!(
+                args.dataset == "wordnet",
+                "--pretrained fine-tunes an encoder on text: use --dataset wordnet"
+            );
+            let eval_sample = if args.eval_sample == 0 {
+                usize::MAX
+            } else {
+                args.eval_sample
+            };
+            Some(common::text::wordnet_text(
+                dir,
+                args.max_len,
+                args.agents,
+                fedtune::agent::config::VALIDATION_FRACTION,
+                eval_sample,
+                args.seed,
+            )?)
+        }
+        None => None,
+    };
+    let (text, text_data) = text.unzip();
+    let (data, side) = match (text_data, args.dataset.as_str()) {
+        (Some(data), _) => (data, 0),
+        (None, "fashion-mnist") => (
             FederatedData::load(
                 &DataSource::FashionMnist {
                     dir: fedtune::agent::data::FASHION_MNIST_DIR.into(),
@@ -211,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
             )?,
             28,
         ),
-        "wordnet" => (
+        (None, "wordnet") => (
             FederatedData::load(
                 &DataSource::Wordnet {
                     dir: fedtune::agent::text::WORDNET_DIR.into(),
@@ -222,10 +272,10 @@ async fn main() -> anyhow::Result<()> {
             )?,
             0,
         ),
-        "digits" => (fedtune::sim::digits_split()?, 8),
-        other => bail!("unknown dataset `{other}`: use digits, fashion-mnist or wordnet"),
+        (None, "digits") => (fedtune::sim::digits_split()?, 8),
+        (None, other) => bail!("unknown dataset `{other}`: use digits, fashion-mnist or wordnet"),
     };
-    if (args.dataset == "wordnet") != matches!(args.model, common::ModelKind::Transformer) {
+    if text.is_none() && (args.dataset == "wordnet") != matches!(args.model, common::ModelKind::Transformer) {
         bail!(
             "the transformer reads token ids and the other models images: use --dataset wordnet with --model transformer"
         );
@@ -239,7 +289,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let classes = data.dataset.classes();
-    let model = common::model_for(args.model, side, &args.hidden, classes);
+    let model = match &text {
+        Some(t) => fedtune::protocol::ModelSpec::Bert(t.described.spec.clone()),
+        None => common::model_for(args.model, side, &args.hidden, classes),
+    };
     let pki = ephemeral_pki(args.agents)?;
     let endpoint = bind_aggregator(&pki, LOOPBACK)?;
     let addr = endpoint.local_addr()?;
@@ -268,6 +321,29 @@ async fn main() -> anyhow::Result<()> {
         },
         ..AggregatorConfig::default()
     };
+    if let (Some(dir), Some(text)) = (&args.pretrained, &text) {
+        // What finetune_text's `lora` mode runs: adapters on query and value, the head
+        // beside them, Adam; a round is bounded in steps, not epochs.
+        config.model.init = Some(WeightsSource::new(dir));
+        config.model.classes = text.classes.clone();
+        config.model.set_lora(Some(fedtune::aggregator::config::LoraConfig {
+            rank: 8,
+            alpha: Some(16.0),
+            targets: vec!["*.attention.self.query".into(), "*.attention.self.value".into()],
+            train: Vec::new(),
+        }));
+        config.client = ClientHyperparameters {
+            learning_rate: 1e-3,
+            local_epochs: 1,
+            local_steps: args.local_steps,
+            batch_size: 32,
+            optimizer: Optimizer::Adam,
+            weight_decay: 0.01,
+            ..ClientHyperparameters::default()
+        };
+        config.federation.round_timeout_secs = 1800.0;
+        config.federation.wait_for_agents_secs = 60.0;
+    }
     service::load_initial_model(&mut config)?;
     let pruner = match args.pruner.clone() {
         PrunerConfig::Asha(asha) => PrunerConfig::Asha(SuccessiveHalvingPruner {
@@ -293,7 +369,10 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let trainers = data.burn_trainers(args.agents, &default_device())?;
-    let test = data.global_test()?;
+    let test = match text {
+        Some(t) => t.test_sample,
+        None => data.global_test()?,
+    };
     println!(
         "fedtune study: {} trials of up to {} rounds on {} agents ({}), {}, sampler {}, pruner {}, seed {}",
         args.trials,

@@ -4,10 +4,12 @@
 //! - [`perturb`]: agents that skip training and answer with a fixed perturbation.
 //! - [`processes`]: the aggregator and the agents in separate processes (PKI on disk,
 //!   the port handed over in a file).
+//! - [`text`]: the WordNet task as raw text for a pretrained encoder, split among agents.
 #![allow(dead_code)]
 
 pub mod perturb;
 pub mod processes;
+pub mod text;
 
 use std::path::Path;
 

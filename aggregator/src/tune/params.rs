@@ -13,13 +13,15 @@ use fedtune_tuning::Params;
 /// Client parameters the tuner knows how to send.
 pub(super) const CLIENT_PARAMS: [&str; 12] = ClientParam::NAMES;
 /// Server parameters the tuner knows how to apply.
-pub(super) const SERVER_PARAMS: [&str; 10] = [
+pub(super) const SERVER_PARAMS: [&str; 12] = [
     "server_learning_rate",
     "server_lr",
     "strategy",
     "cohort",
     "freeze",
     "lora_rank",
+    "lora_alpha",
+    "lora_targets",
     "width",
     "dropout",
     "noise_multiplier",
@@ -35,6 +37,11 @@ fn freeze_patterns(value: &str) -> Vec<String> {
     if value == NO_FREEZE || value.is_empty() {
         return Vec::new();
     }
+    patterns(value)
+}
+
+/// Patterns joined by `+` (`'*.query+*.value'`).
+fn patterns(value: &str) -> Vec<String> {
     value.split('+').map(|p| p.trim().to_owned()).collect()
 }
 
@@ -229,6 +236,7 @@ pub fn trial_config(
             .ok_or_else(|| invalid(format!("`lora_rank` must be a whole number ≥ 0 (0: no LoRA), got {v}")))?;
         config.model.set_lora(lora_with_rank(&base.model, rank as usize));
     }
+    set_lora_alpha_and_targets(&mut config, params).map_err(invalid)?;
     config.validate()?;
     Ok(config)
 }
@@ -253,6 +261,39 @@ fn lora_with_rank(model: &crate::config::ModelConfig, rank: usize) -> Option<cra
         targets,
         train,
     })
+}
+
+/// Applies `lora_alpha` (PEFT's `lora_alpha`: adapters scale by alpha / rank) and
+/// `lora_targets` (patterns joined by `+`, `'*.query+*.value'`) to the trial's LoRA. A
+/// trial whose `lora_rank` is 0 has no adapters and ignores them; without `lora_rank`
+/// in the trial the model must have LoRA.
+fn set_lora_alpha_and_targets(config: &mut AggregatorConfig, params: &Params) -> Result<(), String> {
+    let alpha = params.get("lora_alpha");
+    let targets = params.get("lora_targets");
+    if alpha.is_none() && targets.is_none() {
+        return Ok(());
+    }
+    let Some(mut lora) = config.model.lora() else {
+        if params.contains_key("lora_rank") {
+            return Ok(());
+        }
+        return Err("`lora_alpha` and `lora_targets` need adapters: [model.lora] or a `lora_rank` parameter".into());
+    };
+    if let Some(v) = alpha {
+        let alpha = v
+            .as_f64()
+            .filter(|a| a.is_finite() && *a > 0.0)
+            .ok_or_else(|| format!("`lora_alpha` must be a positive number, got {v}"))?;
+        lora.alpha = Some(alpha);
+    }
+    if let Some(v) = targets {
+        lora.targets = match v {
+            ParamValue::Categorical(fedtune_tuning::space::Choice::Str(s)) if !s.trim().is_empty() => patterns(s),
+            other => return Err(format!("`lora_targets` takes patterns joined by `+`, got {other}")),
+        };
+    }
+    config.model.set_lora(Some(lora));
+    Ok(())
 }
 
 pub(super) fn server_lr(params: &Params) -> Option<&ParamValue> {
@@ -281,6 +322,15 @@ pub(super) fn baseline_params(space: &SearchSpace, config: &AggregatorConfig) ->
                 fedtune_tuning::space::Choice::Str(config.model.freeze.join("+"))
             })),
             "lora_rank" => Some(ParamValue::Int(config.model.lora().map_or(0, |l| l.rank as i64))),
+            "lora_alpha" => config
+                .model
+                .lora()
+                .map(|l| ParamValue::Float(l.alpha.unwrap_or(2.0 * l.rank as f64))),
+            "lora_targets" => config
+                .model
+                .lora()
+                .filter(|l| !l.targets.is_empty())
+                .map(|l| ParamValue::Categorical(fedtune_tuning::space::Choice::Str(l.targets.join("+")))),
             "width" => Some(ParamValue::Float(1.0)),
             "noise_multiplier" => Some(ParamValue::Float(config.privacy.noise_multiplier)),
             "clip" => Some(ParamValue::Float(config.privacy.clip)),

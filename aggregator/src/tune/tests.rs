@@ -131,6 +131,33 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
         ParamValue::Int(2)
     );
 
+    // `lora_alpha` and `lora_targets` shape the trial's adapters; a trial without
+    // adapters ignores them, a model that has none and no `lora_rank` refuses them.
+    let shaped = |rank: i64, alpha: f64, targets: &str| {
+        let mut params = lora(rank);
+        params.insert("lora_alpha".into(), ParamValue::Float(alpha));
+        params.insert("lora_targets".into(), ParamValue::Categorical(targets.into()));
+        trial_config(&base, &params, 0, 1)
+    };
+    let one_layer = shaped(4, 16.0, "layers.0").unwrap();
+    let l = one_layer.model.lora().unwrap();
+    assert_eq!(
+        (l.rank, l.alpha, l.targets),
+        (4, Some(16.0), vec!["layers.0".to_string()])
+    );
+    let both = shaped(4, 16.0, "layers.0+layers.1").unwrap();
+    assert!(one_layer.model.trainable().unwrap().numel() < both.model.trainable().unwrap().numel());
+    assert_eq!(shaped(0, 16.0, "layers.0").unwrap().model.spec, *base.model);
+    let err = shaped(4, 16.0, "convs.*").unwrap_err().to_string();
+    assert!(err.contains("convs.*"), "{err}");
+    let err = shaped(4, -1.0, "layers.0").unwrap_err().to_string();
+    assert!(err.contains("`lora_alpha` must be a positive number"), "{err}");
+    let alone = Params::from([("lora_alpha".to_string(), ParamValue::Float(8.0))]);
+    let err = trial_config(&base, &alone, 0, 1).unwrap_err().to_string();
+    assert!(err.contains("need adapters"), "{err}");
+    let alpha_on_adapted = trial_config(&adapted, &alone, 0, 1).unwrap();
+    assert_eq!(alpha_on_adapted.model.lora().unwrap().alpha, Some(8.0));
+
     // `width` scales the hidden widths; `dropout` needs a model with dropout.
     let wide = trial_config(
         &base,
@@ -201,11 +228,17 @@ fn trial_parameters_map_onto_the_run_and_bad_ones_are_named() {
     ])
     .unwrap();
     // Every preset names only parameters a trial can set.
-    for preset in ["vision", "nlp", "recsys"] {
-        let path = format!("{}/../presets/{preset}.toml", env!("CARGO_MANIFEST_DIR"));
-        let space = fedtune_tuning::spec::parse_space_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        check_space(&space).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let presets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../presets");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&presets).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let space = fedtune_tuning::spec::parse_space_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            check_space(&space).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
     }
+    assert!(checked >= 5, "{checked} presets");
     assert!(
         check_space(&server_adaptive)
             .unwrap_err()
@@ -249,4 +282,51 @@ fn server_choices_that_cannot_apply_to_the_model_are_refused_before_any_trial() 
     )
     .unwrap();
     check_server_choices(&base, &fits).unwrap();
+}
+
+#[test]
+fn the_nlp_preset_fits_a_pretrained_encoder_with_lora_and_its_targets_change_the_bytes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::temp_dir().join(format!("fedtune-nlp-preset-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("aggregator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\npretrained = {:?}\nmax_len = 16\nlora = {{ rank = 8, targets = [\"*.attention.self.query\", \"*.attention.self.value\"] }}\n",
+            root.join("tests/fixtures/bert-tiny/classifier")
+        ),
+    )
+    .unwrap();
+    let base = AggregatorConfig::load(&path).unwrap();
+    let space =
+        fedtune_tuning::spec::parse_space_toml(&std::fs::read_to_string(root.join("presets/nlp.toml")).unwrap())
+            .unwrap();
+    check_space(&space).unwrap();
+    check_space_fits(&base, &space).unwrap();
+    let Some(targets) = space.params.iter().find(|p| p.name == "lora_targets") else {
+        panic!("nlp.toml searches lora_targets")
+    };
+    let Distribution::Categorical { choices } = &targets.distribution else {
+        panic!("{:?}", targets.distribution)
+    };
+    let mut trainable = Vec::new();
+    for choice in choices {
+        let params = Params::from([("lora_targets".to_string(), ParamValue::Categorical(choice.clone()))]);
+        let config = trial_config(&base, &params, 0, 1).unwrap();
+        trainable.push(config.model.trainable().unwrap().numel());
+    }
+    assert!(
+        trainable.windows(2).all(|w| w[0] < w[1]),
+        "each wider choice of targets trains more: {trainable:?}"
+    );
+    // The untuned run's own values are what the baseline trial sends.
+    let baseline = baseline_params(&space, &base);
+    assert_eq!(baseline["lora_rank"], ParamValue::Int(8));
+    assert_eq!(baseline["lora_alpha"], ParamValue::Float(16.0));
+    assert_eq!(
+        baseline["lora_targets"],
+        ParamValue::Categorical("*.attention.self.query+*.attention.self.value".into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
