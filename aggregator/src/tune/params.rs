@@ -237,6 +237,7 @@ pub fn trial_config(
         config.model.set_lora(lora_with_rank(&base.model, rank as usize));
     }
     set_lora_alpha_and_targets(&mut config, params).map_err(invalid)?;
+    refit_initial(&mut config, base, seed);
     config.validate()?;
     Ok(config)
 }
@@ -261,6 +262,33 @@ fn lora_with_rank(model: &crate::config::ModelConfig, rank: usize) -> Option<cra
         targets,
         train,
     })
+}
+
+/// Fits the starting weights `[model] init` gave `base` to the trial's layout when its
+/// adapters differ: the plain model's weights (adapters merged in) with fresh adapters
+/// for the trial's rank and targets, drawn from the trial's seed.
+fn refit_initial(config: &mut AggregatorConfig, base: &AggregatorConfig, seed: u64) {
+    use fedtune_protocol::ModelSpec;
+    use rand::SeedableRng;
+    let Some(initial) = &base.model.initial else {
+        return;
+    };
+    if config.model.spec.manifest() == base.model.spec.manifest() {
+        return;
+    }
+    let plain = match &base.model.spec {
+        ModelSpec::Lora(lora) => lora.merged(initial),
+        _ => initial.to_vec(),
+    };
+    if plain.len() != config.model.architecture().manifest().numel() {
+        // Another architecture (a `width`): validation names the mismatch.
+        return;
+    }
+    let params = match &config.model.spec {
+        ModelSpec::Lora(lora) => lora.with_adapters(&plain, &mut rand::rngs::StdRng::seed_from_u64(seed)),
+        _ => plain,
+    };
+    config.model.initial = Some(std::sync::Arc::new(params));
 }
 
 /// Applies `lora_alpha` (PEFT's `lora_alpha`: adapters scale by alpha / rank) and

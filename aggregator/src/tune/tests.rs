@@ -298,7 +298,8 @@ fn the_nlp_preset_fits_a_pretrained_encoder_with_lora_and_its_targets_change_the
         ),
     )
     .unwrap();
-    let base = AggregatorConfig::load(&path).unwrap();
+    let mut base = AggregatorConfig::load(&path).unwrap();
+    crate::service::load_initial_model(&mut base).unwrap();
     let space =
         fedtune_tuning::spec::parse_space_toml(&std::fs::read_to_string(root.join("presets/nlp.toml")).unwrap())
             .unwrap();
@@ -319,6 +320,24 @@ fn the_nlp_preset_fits_a_pretrained_encoder_with_lora_and_its_targets_change_the
     assert!(
         trainable.windows(2).all(|w| w[0] < w[1]),
         "each wider choice of targets trains more: {trainable:?}"
+    );
+    // Another rank starts from the same pretrained weights, with adapters of its own.
+    let rank4 = trial_config(
+        &base,
+        &Params::from([("lora_rank".to_string(), ParamValue::Int(4))]),
+        0,
+        1,
+    )
+    .unwrap();
+    use fedtune_protocol::ModelSpec;
+    let (ModelSpec::Lora(lora4), ModelSpec::Lora(lora8)) = (&rank4.model.spec, &base.model.spec) else {
+        panic!("LoRA on both")
+    };
+    let initial4 = rank4.model.initial.as_ref().unwrap();
+    assert_eq!(initial4.len(), rank4.model.spec.manifest().numel());
+    assert_eq!(
+        lora4.merged(initial4),
+        lora8.merged(base.model.initial.as_ref().unwrap())
     );
     // The untuned run's own values are what the baseline trial sends.
     let baseline = baseline_params(&space, &base);
