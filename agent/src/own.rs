@@ -325,7 +325,7 @@ pub fn load(config: &crate::config::DataConfig) -> Result<LocalData, crate::conf
                 label: Some(label.clone()),
                 label_required: true,
             },
-            Some(TextTokenizer::from_file(tokenizer).map_err(|e| data(e.to_string()))?),
+            Some(TextTokenizer::from_path(tokenizer).map_err(|e| data(e.to_string()))?),
         ),
         DataSource::ImageFolder { path } => {
             refuse_partition(config, path)?;

@@ -74,7 +74,7 @@ fn folder_tokenizer(model: &ModelConfig) -> Result<Option<TextTokenizer>, Predic
         .ok_or_else(|| {
             PredictError::Model("a BERT reads text with its tokenizer: name its folder with [model] pretrained".into())
         })?;
-    TextTokenizer::from_file(&folder.join("tokenizer.json"))
+    TextTokenizer::in_folder(&folder)
         .map(Some)
         .map_err(|e| PredictError::Model(e.to_string()))
 }

@@ -233,7 +233,7 @@ pub fn describe(dir: &Path, options: &PretrainedOptions) -> Result<Described, Pr
     ModelSpec::Bert(spec.clone())
         .validate()
         .map_err(|e| PretrainedError::Options(format!("{}: {e}", dir.display())))?;
-    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer = TextTokenizer::in_folder(dir)?;
     if tokenizer.vocab() > spec.vocab {
         return Err(PretrainedError::Options(format!(
             "{}: the tokenizer gives {} ids but the model embeds {}",

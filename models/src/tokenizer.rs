@@ -1,11 +1,16 @@
 //! A pretrained model's tokenizer: Hugging Face's `tokenizers` reading the model's
 //! `tokenizer.json`, so an agent turns its own text into exactly the ids the model was
-//! trained on.
+//! trained on. A folder with only BERT's `vocab.txt` gets the tokenizer transformers'
+//! `BertTokenizerFast` builds from it: WordPiece (`##` continuations, `[UNK]`), BERT's
+//! normalizer and pre-tokenizer, `[CLS] … [SEP]`, with `do_lower_case`,
+//! `strip_accents`, `tokenize_chinese_chars` and the special tokens read from a
+//! `tokenizer_config.json` beside it (transformers' defaults without one).
 //!
 //! Rows are `max_len` ids: the tokenizer's own special tokens (`[CLS] … [SEP]` for BERT),
 //! truncated to `max_len` as Hugging Face's `truncation=True` does, then padded with 0,
 //! the id a BERT vocabulary gives `[PAD]` and the one fedtune's models mask. The file's
-//! SHA-256 names the tokenizer, so agents and the aggregator can check they hold the same.
+//! SHA-256 names the tokenizer, so agents and the aggregator can check they hold the same
+//! (for a `vocab.txt`: the SHA-256 of the vocabulary and the options it was built with).
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +61,117 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// The tokenizer of a Hugging Face model folder: its `tokenizer.json`, or else its
+    /// `vocab.txt` ([`TextTokenizer::from_vocab`]).
+    ///
+    /// # Errors
+    /// [`TokenizerError::Read`] when the folder holds neither, or the one it holds
+    /// cannot be read.
+    pub fn in_folder(dir: &Path) -> Result<Self, TokenizerError> {
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        if json.is_file() || !vocab.is_file() {
+            return Self::from_file(&json).map_err(|e| match e {
+                TokenizerError::Read { path, reason } if !path.exists() => TokenizerError::Read {
+                    path: dir.to_path_buf(),
+                    reason: format!("no tokenizer.json or vocab.txt ({reason})"),
+                },
+                e => e,
+            });
+        }
+        Self::from_vocab(&vocab)
+    }
+
+    /// A `tokenizer.json` ([`TextTokenizer::from_file`]), or a file named `*.txt` as a
+    /// BERT vocabulary ([`TextTokenizer::from_vocab`]).
+    ///
+    /// # Errors
+    /// As those.
+    pub fn from_path(path: &Path) -> Result<Self, TokenizerError> {
+        if path.extension().is_some_and(|e| e == "txt") {
+            Self::from_vocab(path)
+        } else {
+            Self::from_file(path)
+        }
+    }
+
+    /// BERT's tokenizer built from a `vocab.txt` (one token per line, its id the line
+    /// number) and the `tokenizer_config.json` beside it, if any (see the module docs).
+    ///
+    /// # Errors
+    /// [`TokenizerError::Read`] when a file cannot be read, the configuration is not
+    /// JSON, or the vocabulary lacks a special token or pads with an id other than 0.
+    pub fn from_vocab(path: &Path) -> Result<Self, TokenizerError> {
+        use tokenizers::models::wordpiece::WordPiece;
+        use tokenizers::normalizers::bert::BertNormalizer;
+        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+        use tokenizers::processors::bert::BertProcessing;
+        let read = |path: &Path, reason: String| TokenizerError::Read {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read(path, e.to_string()))?;
+        let vocab = WordPiece::read_bytes(&bytes).map_err(|e| read(path, format!("not a vocab.txt: {e}")))?;
+        let config_path = path.with_file_name("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read(&config_path) {
+            Ok(text) => serde_json::from_slice(&text).map_err(|e| read(&config_path, e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+            Err(e) => return Err(read(&config_path, e.to_string())),
+        };
+        let flag = |key: &str, default: bool| config.get(key).and_then(serde_json::Value::as_bool).unwrap_or(default);
+        let token = |key: &str, default: &str| {
+            config
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        let lowercase = flag("do_lower_case", true);
+        let chinese = flag("tokenize_chinese_chars", true);
+        let strip_accents = config.get("strip_accents").and_then(serde_json::Value::as_bool);
+        let [unk, cls, sep, pad] = [
+            ("unk_token", "[UNK]"),
+            ("cls_token", "[CLS]"),
+            ("sep_token", "[SEP]"),
+            ("pad_token", "[PAD]"),
+        ]
+        .map(|(key, default)| token(key, default));
+        let id = |token: &str| {
+            vocab
+                .get(token)
+                .copied()
+                .ok_or_else(|| read(path, format!("the vocabulary has no {token}")))
+        };
+        let (cls_id, sep_id, pad_id) = (id(&cls)?, id(&sep)?, id(&pad)?);
+        id(&unk)?;
+        if pad_id != 0 {
+            return Err(read(
+                path,
+                format!("its padding token {pad} has id {pad_id}; fedtune's models take id 0 as padding"),
+            ));
+        }
+        let model = WordPiece::builder()
+            .vocab(vocab)
+            .unk_token(unk.clone())
+            .build()
+            .map_err(|e| read(path, e.to_string()))?;
+        let mut inner = Tokenizer::new(model);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, chinese, strip_accents, lowercase)))
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new((sep.clone(), sep_id), (cls.clone(), cls_id))));
+        let vocab = inner.get_vocab_size(true);
+        let options = format!(
+            "vocab.txt {} lowercase={lowercase} strip_accents={strip_accents:?} chinese={chinese} unk={unk} cls={cls} sep={sep} pad={pad}",
+            hex_sha256(&bytes)
+        );
+        Ok(Self {
+            inner,
+            hash: hex_sha256(options.as_bytes()),
+            vocab,
+        })
+    }
+
     /// Reads a Hugging Face `tokenizer.json`.
     ///
     /// # Errors
@@ -92,7 +208,8 @@ impl TextTokenizer {
         })
     }
 
-    /// The SHA-256 of the `tokenizer.json` file, in hex.
+    /// The SHA-256 of the `tokenizer.json` file (or of a `vocab.txt` and its options), in
+    /// hex.
     #[must_use]
     pub fn hash(&self) -> &str {
         &self.hash

@@ -94,6 +94,39 @@ fn the_tokenizer_gives_hugging_faces_ids_truncated_and_padded_as_it_does() {
     assert_eq!(pretrained.tokenizer.hash().len(), 64);
 }
 
+/// A folder with BERT's `vocab.txt` and no `tokenizer.json` tokenizes as transformers'
+/// `BertTokenizerFast` built from it does: Hugging Face's ids for every sentence.
+#[test]
+fn a_folder_with_only_a_vocab_txt_gives_the_same_ids() {
+    let expected = expected();
+    let dir = copy_of_classifier("vocab-only");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    for file in ["vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(fixture().join("classifier").join(file), dir.join(file)).unwrap();
+    }
+    let pretrained = load_pretrained(&dir, &options(None, None)).unwrap();
+    for ((sentence, unpadded), row) in expected
+        .sentences
+        .iter()
+        .zip(&expected.unpadded_ids)
+        .zip(&expected.input_ids)
+    {
+        assert_eq!(&pretrained.tokenizer.ids(sentence).unwrap(), unpadded, "{sentence:?}");
+        assert_eq!(&pretrained.tokenizer.row(sentence, 16).unwrap(), row, "{sentence:?}");
+    }
+    // The spec names this tokenizer; an agent given the same vocab.txt holds the same.
+    let agent = fedtune_models::tokenizer::TextTokenizer::from_path(&dir.join("vocab.txt")).unwrap();
+    assert_eq!(pretrained.spec.tokenizer.as_deref(), Some(agent.hash()));
+    // Another casing is another tokenizer.
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"do_lower_case": false}"#).unwrap();
+    let cased = fedtune_models::tokenizer::TextTokenizer::from_path(&dir.join("vocab.txt")).unwrap();
+    assert_ne!(cased.hash(), agent.hash());
+    // Neither file: the folder is named.
+    std::fs::remove_file(dir.join("vocab.txt")).unwrap();
+    let err = load_pretrained(&dir, &options(None, None)).unwrap_err().to_string();
+    assert!(err.contains("no tokenizer.json or vocab.txt"), "{err}");
+}
+
 #[test]
 fn a_sequence_classification_checkpoint_gives_hugging_faces_logits() {
     let expected = expected();
