@@ -261,8 +261,10 @@ fn pretrained_from_folder(table: &mut toml::Table, base: &Path) -> Result<bool, 
         seed: 0,
     };
     let described = describe(&dir, &options).map_err(|e| format!("[model] pretrained: {e}"))?;
+    // What the folder's weights become (a fresh head, a pooler left out) is logged when
+    // they are read (`serve`), not here: `predict` and `evaluate` read other weights.
     for note in &described.notes {
-        tracing::info!("[model] pretrained {}: {note}", dir.display());
+        tracing::debug!("[model] pretrained {}: {note}", dir.display());
     }
     let spec = toml::Value::try_from(&described.spec).map_err(|e| e.to_string())?;
     model.insert("bert".into(), spec);

@@ -198,22 +198,9 @@ pub fn describe(dir: &Path, options: &PretrainedOptions) -> Result<Described, Pr
             classes.join(", ")
         )));
     }
-    let mut notes = Vec::new();
-    match &checkpoint_classes {
-        Some(_) if keeps_head(checkpoint_classes.as_deref(), &classes, pooling) => {}
-        Some(_) if pooling == Pooling::Mean => notes.push(
-            "the checkpoint's classifier was trained on BERT's pooler; under mean pooling the head starts fresh".into(),
-        ),
-        Some(own) => notes.push(format!(
-            "the checkpoint classifies [{}]; the head starts fresh for [{}]",
-            own.join(", "),
-            classes.join(", ")
-        )),
-        None => notes.push(format!(
-            "the checkpoint has no classification head; a fresh one classifies [{}]",
-            classes.join(", ")
-        )),
-    }
+    let notes = head_note(checkpoint_classes.as_deref(), &classes, pooling)
+        .into_iter()
+        .collect::<Vec<_>>();
     let spec = BertSpec {
         vocab: config.vocab_size,
         hidden: config.hidden_size,
@@ -267,7 +254,12 @@ pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretra
         mut notes,
     } = describe(dir, options)?;
     let (params, prefixed, more) = load_weights(dir, &spec, &classes, options.seed)?;
-    notes.extend(more);
+    // Both say why the head starts fresh; keep it once.
+    for note in more {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
     Ok(Pretrained {
         spec,
         params,
@@ -279,6 +271,26 @@ pub fn load_pretrained(dir: &Path, options: &PretrainedOptions) -> Result<Pretra
 }
 
 /// The weights of the folder `dir` laid out for `spec` (as [`describe`] gave it) with
+/// Why the head starts fresh, when it does: a checkpoint that classifies
+/// `checkpoint_classes` (none: no head) read for `classes` under `pooling`.
+fn head_note(checkpoint_classes: Option<&[String]>, classes: &[String], pooling: Pooling) -> Option<String> {
+    match checkpoint_classes {
+        Some(_) if keeps_head(checkpoint_classes, classes, pooling) => None,
+        Some(_) if pooling == Pooling::Mean => Some(
+            "the checkpoint's classifier was trained on BERT's pooler; under mean pooling the head starts fresh".into(),
+        ),
+        Some(own) => Some(format!(
+            "the checkpoint classifies [{}]; the head starts fresh for [{}]",
+            own.join(", "),
+            classes.join(", ")
+        )),
+        None => Some(format!(
+            "the checkpoint has no classification head; a fresh one classifies [{}]",
+            classes.join(", ")
+        )),
+    }
+}
+
 /// `classes`: the checkpoint's head when it classifies exactly these under BERT's pooler,
 /// else a fresh one seeded by `seed`. Also gives whether the keys were under `bert.`, and
 /// notes on tensors left out.
@@ -294,14 +306,13 @@ pub fn load_weights(
 ) -> Result<(Vec<f32>, bool, Vec<String>), PretrainedError> {
     let config_path = dir.join("config.json");
     let config: HfConfig = read_json(&config_path)?;
-    let keep_head = keeps_head(
-        checkpoint_classes(&config, &config_path)?.as_deref(),
-        classes,
-        spec.pooling,
-    );
+    let own_classes = checkpoint_classes(&config, &config_path)?;
+    let keep_head = keeps_head(own_classes.as_deref(), classes, spec.pooling);
     let (weights_path, mut tensors) = read_checkpoint(dir)?;
     let prefixed = tensors.keys().any(|k| k.starts_with("bert."));
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = head_note(own_classes.as_deref(), classes, spec.pooling)
+        .into_iter()
+        .collect();
     if spec.pooling == Pooling::Mean && tensors.keys().any(|k| k.contains("pooler.")) {
         notes.push("mean pooling does not use the checkpoint's pooler; it is left out".into());
     }
