@@ -268,3 +268,67 @@ async fn noise_is_searchable_and_epsilon_is_an_objective() {
         assert_eq!(t.values.as_ref().unwrap()[1], got);
     }
 }
+
+/// A study over a pretrained model's adapters sends each agent the frozen base once: the
+/// next trials, whatever their rank, send only what trains, and their bytes say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_trials_do_not_send_the_frozen_base_again() {
+    use fedtune::aggregator::config::LoraConfig;
+    use fedtune::protocol::ModelSpec;
+    use fedtune::tuning::space::Scope;
+    use rand::SeedableRng;
+    let agents = 3;
+    let rounds = 2;
+    let mut config = common::config(agents, 1);
+    let plain = config.model.architecture().clone();
+    // Starting weights as `[model] init` gives them, under adapters of rank 2.
+    let pretrained = plain.init_params(&mut rand::rngs::StdRng::seed_from_u64(9));
+    config.model.set_lora(Some(LoraConfig {
+        rank: 2,
+        alpha: None,
+        targets: Vec::new(),
+        train: Vec::new(),
+    }));
+    let ModelSpec::Lora(lora) = &config.model.spec else {
+        unreachable!()
+    };
+    config.model.initial = Some(std::sync::Arc::new(
+        lora.with_adapters(&pretrained, &mut rand::rngs::StdRng::seed_from_u64(1)),
+    ));
+    config.federation.cohort = 1.0;
+    let space = SearchSpace::new(vec![
+        ParamSpec::parse("lora_rank", "choice(2, 4, 8)")
+            .unwrap()
+            .with_scope(Scope::Server),
+    ])
+    .unwrap();
+    let study = TuneConfig {
+        sampler: SamplerKind::Grid,
+        pruner: PrunerConfig::None,
+        baseline_first: false,
+        ..TuneConfig::new(space, 3, rounds)
+    };
+    let report = study_with(agents, study, config).await;
+    let whole = plain.manifest().numel() as u64 * 4;
+    for trial in &report.trials {
+        assert_eq!(trial.state, TrialState::Complete, "trial {}", trial.number);
+        let rank = trial.params["lora_rank"].as_f64().unwrap() as usize;
+        let mut adapted: fedtune::aggregator::config::ModelConfig = plain.clone().into();
+        adapted.set_lora(Some(LoraConfig {
+            rank,
+            alpha: None,
+            targets: Vec::new(),
+            train: Vec::new(),
+        }));
+        let trainable = adapted.trainable().unwrap().numel() as u64 * 4;
+        let bytes = trial.metrics[&TrialMetric::Bytes] as u64;
+        // Every round: the trainable values down and back, for every agent.
+        let light = rounds * agents as u64 * trainable * 2;
+        if trial.number == 0 {
+            // The first sends each agent the frozen base besides, once.
+            assert_eq!(bytes, light + agents as u64 * whole, "{trial:?}");
+        } else {
+            assert_eq!(bytes, light, "trial {} (rank {rank}) sent the base again", trial.number);
+        }
+    }
+}

@@ -351,8 +351,8 @@ impl Drop for Connected {
 /// State shared by the tasks of an agent.
 type Shared<T> = Arc<Mutex<T>>;
 
-/// A whole model kept for the frozen values later tasks leave out: their checksum, and
-/// the model.
+/// The frozen values later tasks leave out: their checksum, and the values in order
+/// ([`fedtune_protocol::freeze::Trainable::gather_frozen`]).
 type Base = (u32, Vec<f32>);
 
 /// What an agent keeps between exchanges.
@@ -556,9 +556,11 @@ async fn read_ack(
 }
 
 /// The whole global model of `task`: its payload, checked against the manifest, or the
-/// trainable values it carries written over the frozen ones kept from an earlier task
-/// ([`Task::base`]). A whole model of a task with frozen tensors (frozen by pattern, or a
-/// LoRA model's base) is kept for the next.
+/// trainable values it carries put together with the frozen ones kept from an earlier
+/// task ([`Task::base`]). The frozen values of a whole model of a task with frozen
+/// tensors (frozen by pattern, or a LoRA model's base) are kept for the next, whatever
+/// its layout: a trial of a study with adapters of another rank on the same base finds
+/// them too.
 fn whole_model(task: &Task, payload: Vec<f32>, base: &Shared<Option<Base>>) -> Result<Vec<f32>, ErrorMessage> {
     let Some(checksum) = task.base else {
         if let Some(error) = check_layout(&task.model, task.manifest_hash, payload.len()) {
@@ -567,7 +569,7 @@ fn whole_model(task: &Task, payload: Vec<f32>, base: &Shared<Option<Base>>) -> R
         if let Ok(trainable) = task.trainable()
             && !trainable.is_all()
         {
-            *lock(base) = Some((trainable.frozen_checksum(&payload), payload.clone()));
+            *lock(base) = Some((trainable.frozen_checksum(&payload), trainable.gather_frozen(&payload)));
         }
         return Ok(payload);
     };
@@ -587,17 +589,16 @@ fn whole_model(task: &Task, payload: Vec<f32>, base: &Shared<Option<Base>>) -> R
             ),
         ));
     }
-    match lock(base).as_ref() {
-        Some((kept, whole)) if *kept == checksum && whole.len() == trainable.total() => {
-            let mut whole = whole.clone();
-            trainable.scatter(&payload, &mut whole);
-            Ok(whole)
-        }
-        _ => Err(ErrorMessage::new(
+    let whole = match lock(base).as_ref() {
+        Some((kept, frozen)) if *kept == checksum => trainable.assemble(&payload, frozen),
+        _ => None,
+    };
+    whole.ok_or_else(|| {
+        ErrorMessage::new(
             ErrorCode::MissingBase,
             "this agent does not hold the frozen values the task leaves out; send the whole model",
-        )),
-    }
+        )
+    })
 }
 
 fn check_layout(

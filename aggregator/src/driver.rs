@@ -283,6 +283,7 @@ pub(crate) async fn drive(
                     }
                 },
                 Action::RoundCommitted(record) => {
+                    record_bases(&federation, context.registry, &agents);
                     if on_round(&record, &federation) == Flow::Stop {
                         federation.interrupt(now());
                     }
@@ -333,6 +334,22 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
+/// Tells the registry which sessions hold the run's frozen values, so that the next run
+/// over the same connections (a study's next trial) need not send them again.
+fn record_bases(federation: &Federation, registry: &Registry, known: &BTreeMap<String, AgentHandle>) {
+    let Some((checksum, holders)) = federation.base_holders() else {
+        return;
+    };
+    for (agent, handle) in known {
+        if holders.contains(agent) {
+            registry.record_base(agent, handle.session_id, checksum);
+        } else {
+            // It was seeded from the registry when it connected, and dropped since.
+            registry.forget_base(agent, checksum);
+        }
+    }
+}
+
 /// Feeds the machine who connected and who left since the last look.
 fn sync_agents(federation: &mut Federation, registry: &Registry, known: &mut BTreeMap<String, AgentHandle>) {
     let current: BTreeMap<String, AgentHandle> = registry.snapshot().into_iter().map(|a| (a.id.clone(), a)).collect();
@@ -348,12 +365,15 @@ fn sync_agents(federation: &mut Federation, registry: &Registry, known: &mut BTr
     for (id, handle) in current {
         if !known.contains_key(&id) {
             let capabilities = handle.capabilities.clone();
+            let handle_session = handle.session_id;
             known.insert(id.clone(), handle);
+            let holds_base = registry.base_of(&id, handle_session);
             federation.handle_event(
                 now(),
                 Event::AgentConnected {
                     agent: id,
                     capabilities,
+                    holds_base,
                 },
             );
         }

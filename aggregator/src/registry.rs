@@ -88,6 +88,10 @@ pub struct Registry {
     /// Bumped on every connect and disconnect.
     version: watch::Sender<u64>,
     next_session: AtomicU64,
+    /// For each agent, the session that was sent a model whole and the checksum of that
+    /// model's frozen values: a later run over the same connection (the next trial of a
+    /// study) sends that session only the trainable values.
+    bases: Mutex<BTreeMap<String, (u64, u32)>>,
 }
 
 impl Default for Registry {
@@ -97,6 +101,7 @@ impl Default for Registry {
             allowances: Mutex::default(),
             version: watch::Sender::new(0),
             next_session: AtomicU64::new(0),
+            bases: Mutex::default(),
         }
     }
 }
@@ -121,6 +126,32 @@ impl Registry {
     /// two looks, unlike a notification).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+
+    /// The checksum of the frozen values `agent`'s session `session` holds, if it was sent
+    /// them whole (see [`Registry::record_base`]).
+    pub fn base_of(&self, agent: &str, session: u64) -> Option<u32> {
+        let bases = self.bases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        bases
+            .get(agent)
+            .filter(|(held_by, _)| *held_by == session)
+            .map(|(_, checksum)| *checksum)
+    }
+
+    /// Records that `agent`'s session `session` holds the frozen values whose checksum is
+    /// `checksum`; another session of the agent (a reconnection) holds nothing.
+    pub fn record_base(&self, agent: &str, session: u64, checksum: u32) {
+        let mut bases = self.bases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        bases.insert(agent.to_owned(), (session, checksum));
+    }
+
+    /// Forgets that `agent` holds the frozen values whose checksum is `checksum` (it
+    /// failed a task of a run with them: it may have lost them).
+    pub fn forget_base(&self, agent: &str, checksum: u32) {
+        let mut bases = self.bases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if bases.get(agent).is_some_and(|(_, held)| *held == checksum) {
+            bases.remove(agent);
+        }
     }
 
     /// Spends one of `agent`'s unsolicited streams; `false` when it has none left.

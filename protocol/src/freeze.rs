@@ -197,6 +197,44 @@ impl Trainable {
         out
     }
 
+    /// The frozen values of `full`, in order: what [`Trainable::frozen_checksum`] sums.
+    ///
+    /// # Panics
+    /// If `full` is not [`Trainable::total`] long.
+    #[must_use]
+    pub fn gather_frozen(&self, full: &[f32]) -> Vec<f32> {
+        assert_eq!(full.len(), self.total, "buffer does not fit the manifest");
+        let mut out = Vec::with_capacity(self.total - self.numel);
+        let mut start = 0;
+        for range in self.ranges.iter().chain(std::iter::once(&(self.total..self.total))) {
+            out.extend_from_slice(&full[start..range.start]);
+            start = range.end;
+        }
+        out
+    }
+
+    /// The whole buffer of `part` (trainable values, in order) and `frozen` (frozen
+    /// values, in order, as [`Trainable::gather_frozen`] gives them): `None` when either
+    /// is not as long as this layout needs. Frozen values kept from one layout fill any
+    /// other whose frozen tensors hold the same values (the same base under adapters of
+    /// another rank, say).
+    #[must_use]
+    pub fn assemble(&self, part: &[f32], frozen: &[f32]) -> Option<Vec<f32>> {
+        if part.len() != self.numel || frozen.len() != self.total - self.numel {
+            return None;
+        }
+        let mut full = Vec::with_capacity(self.total);
+        let (mut at_part, mut at_frozen) = (0, 0);
+        for range in self.ranges.iter().chain(std::iter::once(&(self.total..self.total))) {
+            let gap = range.start - full.len();
+            full.extend_from_slice(&frozen[at_frozen..at_frozen + gap]);
+            at_frozen += gap;
+            full.extend_from_slice(&part[at_part..at_part + range.len()]);
+            at_part += range.len();
+        }
+        Some(full)
+    }
+
     /// Writes `part` (trainable values, in order) into their places in `full`.
     ///
     /// # Panics
@@ -300,6 +338,16 @@ mod tests {
         assert_eq!(t.frozen_checksum(&moved), t.frozen_checksum(&full));
         moved[2] += 1.0;
         assert_ne!(t.frozen_checksum(&moved), t.frozen_checksum(&full));
+        // Frozen values and trainable ones make the whole buffer again; lengths that do
+        // not fit make nothing.
+        let frozen = t.gather_frozen(&full);
+        assert_eq!(frozen, vec![2.0, 3.0, 6.0, 10.0, 11.0, 12.0]);
+        assert_eq!(t.assemble(&t.gather(&full), &frozen), Some(full.clone()));
+        assert_eq!(t.assemble(&t.gather(&full), &frozen[1..]), None);
+        assert_eq!(t.assemble(&[], &frozen), None);
+        let everything = Trainable::all(13);
+        assert!(everything.gather_frozen(&full).is_empty());
+        assert_eq!(everything.assemble(&full, &[]), Some(full.clone()));
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub enum Event {
         agent: String,
         /// What it offers.
         capabilities: Capabilities,
+        /// The checksum of the frozen values this session was sent whole before (by an
+        /// earlier trial of a study): when they are this run's, it is sent only the
+        /// trainable values.
+        holds_base: Option<u32>,
     },
     /// An agent's connection ended.
     AgentGone {

@@ -398,8 +398,17 @@ impl Federation {
     pub fn handle_event(&mut self, now: Instant, event: Event) {
         self.now = Some(now);
         match event {
-            Event::AgentConnected { agent, capabilities } => {
+            Event::AgentConnected {
+                agent,
+                capabilities,
+                holds_base,
+            } => {
                 self.forget_base(&agent);
+                if let Some((checksum, holders)) = self.base.as_mut()
+                    && holds_base == Some(*checksum)
+                {
+                    holders.insert(agent.clone());
+                }
                 self.agents.insert(agent, capabilities);
             }
             Event::AgentGone { agent } => {
@@ -415,6 +424,15 @@ impl Federation {
             Event::ExchangeFailed { exchange, error } => self.on_exchange_failed(exchange, error, now),
             Event::GlobalEvaluated { round, result } => self.on_global_evaluated(round, result, now),
         }
+    }
+
+    /// With frozen tensors: the checksum of their values and the agents known to hold
+    /// them (sent only the trainable values).
+    #[must_use]
+    pub fn base_holders(&self) -> Option<(u32, Vec<String>)> {
+        self.base
+            .as_ref()
+            .map(|(checksum, holders)| (*checksum, holders.iter().cloned().collect()))
     }
 
     /// `agent` no longer counts as holding the frozen values: it gets the whole model next.

@@ -52,6 +52,7 @@ fn connect(mut fed: Federation, agents: &[&str], now: Instant) -> Federation {
                     train_samples: 10,
                     ..Capabilities::default()
                 },
+                holds_base: None,
             },
         );
     }
@@ -373,6 +374,7 @@ fn the_state_is_one_value_and_a_resumed_machine_goes_on_identically() {
             Event::AgentConnected {
                 agent: agent.into(),
                 capabilities: Capabilities::default(),
+                holds_base: None,
             },
         );
     }
