@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use crate::cancel::{Abandoned, Cancel};
 use crate::data::Dataset;
 use crate::model::{
-    Blueprint, Classifier, Device, ModelError, ModelShape, NotInZoo, ZooTask, flatten, freeze_paths, load,
+    Blueprint, Classifier, Device, ModelError, ModelShape, NotInZoo, ZooTask, flatten_trainable, freeze_paths, load,
     squared_distance, with_zoo_model,
 };
 
@@ -379,18 +379,16 @@ pub fn train_model(blueprint: &impl Blueprint, job: &TrainJob<'_>) -> Result<Loc
         train_loss = loss_sum / seen.max(1) as f64;
     }
 
-    let local = flatten(&model);
-    let delta: Vec<f32> = if trainable.is_all() {
-        local.iter().zip(global).map(|(l, g)| l - g).collect()
+    // Only the trainable values are read out of the model (a LoRA base stays put).
+    let mut delta = flatten_trainable(&model, &trainable);
+    if trainable.is_all() {
+        delta.iter_mut().zip(global).for_each(|(l, g)| *l -= g);
     } else {
-        let global = trainable.gather(global);
-        trainable
-            .gather(&local)
-            .iter()
-            .zip(&global)
-            .map(|(l, g)| l - g)
-            .collect()
-    };
+        delta
+            .iter_mut()
+            .zip(trainable.gather(global))
+            .for_each(|(l, g)| *l -= g);
+    }
     if check_finite(&delta).is_err() {
         return Err(TrainError::Diverged {
             epoch: hp.local_epochs - 1,

@@ -163,6 +163,36 @@ pub fn flatten<M: Module>(model: &M) -> Vec<f32> {
     visitor.0
 }
 
+/// The values of `model`'s parameters that `trainable` names, in order
+/// ([`fedtune_protocol::freeze::Trainable::gather`] of [`flatten`], without reading the
+/// frozen ones: a LoRA model's base is never copied out).
+pub fn flatten_trainable<M: Module>(model: &M, trainable: &fedtune_protocol::freeze::Trainable) -> Vec<f32> {
+    struct Gather<'a> {
+        trainable: &'a fedtune_protocol::freeze::Trainable,
+        offset: usize,
+        out: Vec<f32>,
+    }
+    impl ModuleVisitor for Gather<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let numel = param.shape().num_elements();
+            let range = self.offset..self.offset + numel;
+            self.offset += numel;
+            if self.trainable.contains(range) {
+                let data = param.val().into_data_as::<f32>();
+                let values = data.as_slice::<f32>().expect("tensor data was just converted to f32");
+                self.out.extend_from_slice(values);
+            }
+        }
+    }
+    let mut visitor = Gather {
+        trainable,
+        offset: 0,
+        out: Vec::with_capacity(trainable.numel()),
+    };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
 /// Replaces `model`'s parameters with `params`, laid out by `manifest`, keeping each
 /// parameter's device and gradient setting (so a model built on an autodiff device stays
 /// trainable).
