@@ -64,6 +64,7 @@ fn record(round: u64) -> RoundRecord {
         seconds: 0.1,
         device_seconds: 1.0,
         payload_bytes: 80_000_000,
+        base_bytes: 0,
         contributions: Default::default(),
         secure: false,
         bounded_claims: Default::default(),

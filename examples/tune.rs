@@ -80,6 +80,10 @@ struct Args {
     /// sample; 0 for all).
     #[arg(long, default_value_t = 1000)]
     eval_sample: usize,
+    /// With `--pretrained`: share of each agent's texts kept for its validation (every
+    /// task evaluates on it before and after training).
+    #[arg(long, default_value_t = 0.05)]
+    validation_fraction: f64,
     /// Start every trial's global model from this weights file (a pretrained model).
     #[arg(long)]
     init: Option<PathBuf>,
@@ -240,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
                 dir,
                 args.max_len,
                 args.agents,
-                fedtune::agent::config::VALIDATION_FRACTION,
+                args.validation_fraction,
                 eval_sample,
                 args.seed,
             )?)

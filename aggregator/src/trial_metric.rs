@@ -22,7 +22,9 @@ pub enum TrialMetric {
     Worst10pctAccuracy,
     /// Device time the trial cost: the agents' task wall times, summed, in seconds.
     DeviceSeconds,
-    /// Model bytes the trial moved between aggregator and agents.
+    /// Model bytes the trial moved between aggregator and agents, less the frozen values
+    /// sent whole (once per connection whatever the configuration: see
+    /// [`fedtune_federation::RoundRecord::base_bytes`]).
     Bytes,
     /// ε spent at `[privacy] delta` (0 without differential privacy).
     Epsilon,

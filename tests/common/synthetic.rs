@@ -71,6 +71,7 @@ pub fn record(round: u64) -> RoundRecord {
         seconds: 0.02,
         device_seconds: 0.15,
         payload_bytes: 20 * 64 * 4,
+        base_bytes: 0,
         contributions: Default::default(),
         secure: false,
         bounded_claims: Default::default(),

@@ -231,7 +231,7 @@ impl TrialRun {
             info!(trial = self.number, round, "trial resumed from its checkpoint");
         }
         let mut device: f64 = prior.iter().map(|r| r.device_seconds).sum();
-        let mut bytes: u64 = prior.iter().map(|r| r.payload_bytes).sum();
+        let mut bytes: u64 = prior.iter().map(RoundRecord::configuration_bytes).sum();
         record.rounds = prior.last().map_or(0, |r| r.round + 1);
         if let Some(trial) = lock(&self.study).trial(self.number) {
             record.curve = trial.intermediate.values().filter_map(|v| v.first().copied()).collect();
@@ -255,7 +255,7 @@ impl TrialRun {
             let round = r.round;
             record.rounds = round + 1;
             device += r.device_seconds;
-            bytes += r.payload_bytes;
+            bytes += r.configuration_bytes();
             // The round's incoming model was measured by the agents; the model after it
             // by the evaluator, when there is one.
             let federated = GlobalEvaluation {

@@ -45,6 +45,7 @@ impl Federation {
             exchanges,
             known,
             downlink_bytes,
+            base_bytes,
             dp,
             bounded_claims,
             ..
@@ -162,6 +163,7 @@ impl Federation {
             seconds: 0.0,
             device_seconds: results.iter().map(|r| r.metrics.wall_seconds).sum(),
             payload_bytes,
+            base_bytes,
             contributions: results
                 .iter()
                 .map(|r| {

@@ -98,6 +98,8 @@ struct OpenRound {
     known: Vec<String>,
     /// Bytes of global model sent to the cohort.
     downlink_bytes: u64,
+    /// Of those, the frozen values sent whole to members that did not hold them.
+    base_bytes: u64,
     /// Under `[privacy]`: the round's sampling rate and clip.
     dp: Option<DpRound>,
     /// Sample counts cut down to their bound: agent → (claimed, used).

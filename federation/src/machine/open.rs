@@ -159,6 +159,7 @@ impl Federation {
             secure: None,
             known,
             downlink_bytes: 0,
+            base_bytes: 0,
             dp,
             bounded_claims: BTreeMap::new(),
         });
@@ -205,7 +206,11 @@ impl Federation {
                     task.base = Some(*checksum);
                     trainable.clone()
                 }
-                _ => payload.clone(),
+                Some((_, _, trainable)) => {
+                    open.base_bytes += (payload.len() - trainable.len()) as u64;
+                    payload.clone()
+                }
+                None => payload.clone(),
             };
             open.downlink_bytes += payload.len() as u64;
             self.actions.push_back(Action::Open {

@@ -214,6 +214,11 @@ pub struct RoundRecord {
     /// Model bytes the round moved: the global model to each cohort member plus each
     /// accepted update.
     pub payload_bytes: u64,
+    /// Of `payload_bytes`, the frozen values sent whole to members that did not hold
+    /// them yet (a pretrained base under adapters): once per connection, whatever the
+    /// configuration, so a study's `bytes` objective leaves it out.
+    #[serde(default)]
+    pub base_bytes: u64,
     /// Each accepted update's part: when it arrived, what it cost the device.
     #[serde(default)]
     pub contributions: BTreeMap<String, Contribution>,
@@ -273,6 +278,15 @@ pub struct RunReport {
     /// Final global parameters.
     #[serde(skip)]
     pub global: Vec<f32>,
+}
+
+impl RoundRecord {
+    /// The bytes the round's configuration moved: [`RoundRecord::payload_bytes`] less the
+    /// frozen values sent whole ([`RoundRecord::base_bytes`]).
+    #[must_use]
+    pub fn configuration_bytes(&self) -> u64 {
+        self.payload_bytes.saturating_sub(self.base_bytes)
+    }
 }
 
 impl RunReport {

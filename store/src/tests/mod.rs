@@ -72,6 +72,7 @@ fn record(round: u64, test: Option<f64>) -> RoundRecord {
         seconds: 0.25,
         device_seconds: 0.5,
         payload_bytes: 1 << 20,
+        base_bytes: 0,
         contributions: Default::default(),
         secure: false,
         bounded_claims: Default::default(),

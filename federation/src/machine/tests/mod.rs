@@ -494,10 +494,10 @@ fn a_federation_starts_from_the_initial_model_when_one_was_read() {
 #[test]
 fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_after_a_miss() {
     // A 3 -> 2 linear model: weight [3, 2] (frozen), bias [2] (trained).
-    let mut config = config(3, false);
-    config.model.freeze = vec!["layers.0.weight".into()];
+    let mut settings = config(3, false);
+    settings.model.freeze = vec!["layers.0.weight".into()];
     let now = Instant::now();
-    let mut fed = machine(config, &["a", "b"], now);
+    let mut fed = machine(settings.clone(), &["a", "b"], now);
     // Per agent: the exchange, the task, and the values sent down.
     let opened = |actions: &[Action]| -> BTreeMap<String, (ExchangeId, Task, usize)> {
         actions
@@ -535,7 +535,12 @@ fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_a
     }
     fed.handle_timeout(now);
     // Round 1: both hold the frozen weight; only the bias goes down, named by checksum.
-    let round1 = opened(&drain(&mut fed));
+    let actions = drain(&mut fed);
+    let round1 = opened(&actions);
+    // The frozen weight (6 values) went down whole to both in round 0, a one-time cost.
+    let record0 = committed(&actions)[0];
+    assert_eq!(record0.base_bytes, 2 * 6 * 4);
+    assert_eq!(record0.configuration_bytes(), record0.payload_bytes - 48);
     let checksum = round1["a"].1.base.expect("a holds the frozen values");
     assert_eq!(
         (round1["a"].2, round1["b"].1.base, round1["b"].2),
@@ -549,9 +554,33 @@ fn agents_holding_the_frozen_values_get_the_trainable_ones_and_the_whole_model_a
     );
     answer(&mut fed, round1["b"].0, update_for(&round1["b"].1, 10));
     fed.handle_timeout(now);
-    let round2 = opened(&drain(&mut fed));
+    let actions = drain(&mut fed);
+    let round2 = opened(&actions);
+    assert_eq!(committed(&actions)[0].base_bytes, 0);
     assert_eq!((round2["a"].1.base, round2["a"].2), (None, 8));
     assert_eq!((round2["b"].1.base, round2["b"].2), (Some(checksum), 2));
+
+    // A new run (a study's next trial) over connections that hold these frozen values
+    // sends them only the trainable ones; a connection holding others gets everything.
+    let mut next = Federation::new(Arc::new(settings), 1).unwrap();
+    for (agent, holds_base) in [("a", Some(checksum)), ("b", Some(checksum ^ 1))] {
+        next.handle_event(
+            now,
+            Event::AgentConnected {
+                agent: agent.into(),
+                capabilities: Capabilities {
+                    train_samples: 10,
+                    ..Capabilities::default()
+                },
+                holds_base,
+            },
+        );
+    }
+    assert_eq!(next.base_holders(), Some((checksum, vec!["a".to_string()])));
+    next.handle_timeout(now);
+    let first = opened(&drain(&mut next));
+    assert_eq!((first["a"].1.base, first["a"].2), (Some(checksum), 2));
+    assert_eq!((first["b"].1.base, first["b"].2), (None, 8));
 }
 
 #[test]
