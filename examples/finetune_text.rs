@@ -127,15 +127,7 @@ struct Summary {
 fn mode(name: &str, lora_rank: usize) -> anyhow::Result<(Vec<String>, Option<LoraConfig>)> {
     Ok(match name {
         "head" => (vec!["bert".into()], None),
-        "lora" => (
-            vec![],
-            Some(LoraConfig {
-                rank: lora_rank,
-                alpha: Some(2.0 * lora_rank as f64),
-                targets: vec!["*.attention.self.query".into(), "*.attention.self.value".into()],
-                train: Vec::new(),
-            }),
-        ),
+        "lora" => (vec![], Some(common::text::query_value_lora(lora_rank))),
         "full" => (vec![], None),
         other => anyhow::bail!("unknown mode `{other}`: use head, lora or full"),
     })

@@ -330,12 +330,7 @@ async fn main() -> anyhow::Result<()> {
         // beside them, Adam; a round is bounded in steps, not epochs.
         config.model.init = Some(WeightsSource::new(dir));
         config.model.classes = text.classes.clone();
-        config.model.set_lora(Some(fedtune::aggregator::config::LoraConfig {
-            rank: 8,
-            alpha: Some(16.0),
-            targets: vec!["*.attention.self.query".into(), "*.attention.self.value".into()],
-            train: Vec::new(),
-        }));
+        config.model.set_lora(Some(common::text::query_value_lora(8)));
         config.client = ClientHyperparameters {
             learning_rate: 1e-3,
             local_epochs: 1,

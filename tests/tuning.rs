@@ -279,21 +279,25 @@ async fn later_trials_do_not_send_the_frozen_base_again() {
     use rand::SeedableRng;
     let agents = 3;
     let rounds = 2;
+    // Adapters of `rank` on every 2-D weight, alpha twice the rank.
+    let lora = |rank| {
+        Some(LoraConfig {
+            rank,
+            alpha: None,
+            targets: Vec::new(),
+            train: Vec::new(),
+        })
+    };
     let mut config = common::config(agents, 1);
     let plain = config.model.architecture().clone();
     // Starting weights as `[model] init` gives them, under adapters of rank 2.
     let pretrained = plain.init_params(&mut rand::rngs::StdRng::seed_from_u64(9));
-    config.model.set_lora(Some(LoraConfig {
-        rank: 2,
-        alpha: None,
-        targets: Vec::new(),
-        train: Vec::new(),
-    }));
-    let ModelSpec::Lora(lora) = &config.model.spec else {
+    config.model.set_lora(lora(2));
+    let ModelSpec::Lora(adapted) = &config.model.spec else {
         unreachable!()
     };
     config.model.initial = Some(std::sync::Arc::new(
-        lora.with_adapters(&pretrained, &mut rand::rngs::StdRng::seed_from_u64(1)),
+        adapted.with_adapters(&pretrained, &mut rand::rngs::StdRng::seed_from_u64(1)),
     ));
     config.federation.cohort = 1.0;
     let space = SearchSpace::new(vec![
@@ -321,12 +325,7 @@ async fn later_trials_do_not_send_the_frozen_base_again() {
         assert_eq!(trial.state, TrialState::Complete, "trial {}", trial.number);
         let rank = trial.params["lora_rank"].as_f64().unwrap() as usize;
         let mut adapted: fedtune::aggregator::config::ModelConfig = plain.clone().into();
-        adapted.set_lora(Some(LoraConfig {
-            rank,
-            alpha: None,
-            targets: Vec::new(),
-            train: Vec::new(),
-        }));
+        adapted.set_lora(lora(rank));
         let trainable = adapted.trainable().unwrap().numel() as u64 * 4;
         // Every round: the trainable values down and back, for every agent; the frozen
         // base, sent once, is no configuration's cost.

@@ -504,25 +504,23 @@ mod tests {
         assert!(config.options().reconnect.max_attempts.is_some());
     }
 
+    /// An agent's name, aggregator and PKI; tests add its `[data]`.
+    const HEADER: &str = r#"
+        name = "a"
+        aggregator = "127.0.0.1:1"
+        [pki]
+        ca_cert = "x"
+        cert = "y"
+        key = "z"
+    "#;
+
     #[test]
     fn an_image_folder_source_parses_and_resolves_against_the_config() {
         let dir = std::env::temp_dir().join(format!("fedtune-agent-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
-        std::fs::write(
-            &path,
-            r#"
-            name = "camera-7"
-            aggregator = "127.0.0.1:1"
-            [pki]
-            ca_cert = "x"
-            cert = "y"
-            key = "z"
-            [data]
-            source = { kind = "image-folder", path = "photos" }
-            "#,
-        )
-        .unwrap();
+        let data = "[data]\nsource = { kind = \"image-folder\", path = \"photos\" }\n";
+        std::fs::write(&path, format!("{HEADER}{data}")).unwrap();
         let data = AgentConfig::load(&path).unwrap().data.unwrap();
         assert_eq!(
             data.source,
@@ -535,19 +533,10 @@ mod tests {
 
     #[test]
     fn bad_partition_is_named() {
-        let text = r#"
-            name = "a"
-            aggregator = "127.0.0.1:1"
-            [pki]
-            ca_cert = "x"
-            cert = "y"
-            key = "z"
-            [data]
-            source = { kind = "csv", path = "d.csv" }
-            partition = "dirichlet:-1"
-            client = 0
-        "#;
-        let err = toml::from_str::<AgentConfig>(text).unwrap_err().to_string();
+        let text = format!(
+            "{HEADER}[data]\nsource = {{ kind = \"csv\", path = \"d.csv\" }}\npartition = \"dirichlet:-1\"\nclient = 0\n"
+        );
+        let err = toml::from_str::<AgentConfig>(&text).unwrap_err().to_string();
         assert!(err.contains("dirichlet"), "{err}");
     }
 }

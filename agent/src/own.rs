@@ -138,6 +138,7 @@ impl OwnRows {
         }
         let input = TextInput::of(model, self.tokenizer.as_ref())
             .map_err(|_| declined("text rows need a tokenizer ([data] source tokenizer)".into()))?;
+        let shape = image_shape(base);
         let mut features = Vec::new();
         let mut image_bytes = Vec::new();
         let mut labels = Vec::with_capacity(self.rows.len());
@@ -146,7 +147,7 @@ impl OwnRows {
             labels.push(class_id(label, classes, outputs).map_err(|reason| at(row, reason))?);
             match (&row.content, &input) {
                 (Content::Image(path), _) => {
-                    let shape = image_shape(base).ok_or_else(|| {
+                    let shape = shape.ok_or_else(|| {
                         declined(format!(
                             "this device holds images; {} does not read them (a CNN does)",
                             base.describe()

@@ -10,7 +10,7 @@ use fedtune_agent::config::{DataConfig, DataSource};
 use fedtune_agent::model::default_device;
 use fedtune_agent::own::{LocalData, load};
 use fedtune_agent::pretrained::{PretrainedOptions, describe};
-use fedtune_agent::trainer::TrainerError;
+use fedtune_agent::trainer::{Trainer, TrainerError};
 use fedtune_protocol::{BertSpec, ClientHyperparameters, MlpSpec, ModelSpec, Task};
 use rand::SeedableRng;
 
@@ -77,6 +77,15 @@ fn task(model: ModelSpec, classes: &[String]) -> Task {
     }
 }
 
+/// Why `trainer` refuses a task for `model` with `classes` (the parameters do not
+/// matter: a refusal comes before training).
+fn refusal(trainer: &mut dyn Trainer, model: ModelSpec, classes: &[String]) -> TrainerError {
+    let params = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
+    trainer
+        .fit(&task(model, classes), &params, &Cancel::never())
+        .unwrap_err()
+}
+
 const REVIEWS: &str = "{\"text\": \"The movie was good, the acting wonderful.\", \"label\": \"positive\"}
 {\"text\": \"Café déjà vu\", \"label\": \"neutral\"}
 {\"text\": \"It was bad. Very bad!\", \"label\": \"negative\"}
@@ -133,10 +142,7 @@ fn a_device_trains_a_bert_on_its_own_texts_labelled_by_class_name() {
         hidden: vec![],
         classes: 3,
     });
-    let params = mlp.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
-    let err = trainer
-        .fit(&task(mlp, &classes), &params, &Cancel::never())
-        .unwrap_err();
+    let err = refusal(trainer.as_mut(), mlp, &classes);
     assert!(err.to_string().contains("this device holds text"), "{err}");
 }
 
@@ -210,11 +216,7 @@ fn bad_files_and_rows_are_named_and_an_empty_device_declines() {
     };
     let mut trainer = LocalData::Rows(rows).trainer(default_device());
     let (spec, classes) = bert();
-    let model = ModelSpec::Bert(spec);
-    let global = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
-    let err = trainer
-        .fit(&task(model, &classes), &global, &Cancel::never())
-        .unwrap_err();
+    let err = refusal(trainer.as_mut(), ModelSpec::Bert(spec), &classes);
     assert!(
         matches!(err, TrainerError::Declined(_)) && err.to_string().contains("no row to train on"),
         "{err}"
@@ -296,11 +298,7 @@ fn an_image_folder_trains_a_cnn_whatever_the_files_size_and_colour() {
 
     // A class folder outside the model's classes, a model that reads no images.
     let other: Vec<String> = ["dark", "medium"].map(String::from).to_vec();
-    let model = cnn(1, 8, 2);
-    let global = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(3));
-    let err = trainer
-        .fit(&task(model, &other), &global, &Cancel::never())
-        .unwrap_err();
+    let err = refusal(trainer.as_mut(), cnn(1, 8, 2), &other);
     assert!(matches!(err, TrainerError::Declined(_)), "{err}");
     let message = err.to_string();
     assert!(
@@ -312,10 +310,7 @@ fn an_image_folder_trains_a_cnn_whatever_the_files_size_and_colour() {
         hidden: vec![],
         classes: 2,
     });
-    let params = mlp.init_params(&mut rand::rngs::StdRng::seed_from_u64(1));
-    let err = trainer
-        .fit(&task(mlp, &classes), &params, &Cancel::never())
-        .unwrap_err();
+    let err = refusal(trainer.as_mut(), mlp, &classes);
     assert!(err.to_string().contains("this device holds images"), "{err}");
 }
 
@@ -347,10 +342,6 @@ fn a_corrupt_image_is_named_and_an_empty_folder_declines() {
         unreachable!()
     };
     let mut trainer = LocalData::Rows(rows).trainer(default_device());
-    let model = cnn(1, 8, 1);
-    let global = model.init_params(&mut rand::rngs::StdRng::seed_from_u64(3));
-    let err = trainer
-        .fit(&task(model, &["cat".to_string()]), &global, &Cancel::never())
-        .unwrap_err();
+    let err = refusal(trainer.as_mut(), cnn(1, 8, 1), &["cat".to_string()]);
     assert!(err.to_string().contains("no row to train on"), "{err}");
 }

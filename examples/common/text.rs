@@ -10,8 +10,20 @@ use fedtune::agent::data::Dataset;
 use fedtune::agent::partition::{Dirichlet, SplitFile, stratified_holdout};
 use fedtune::agent::pretrained::{Described, PretrainedOptions, describe};
 use fedtune::agent::text::{Split, WORDNET_DIR, WordnetTask};
+use fedtune::aggregator::config::LoraConfig;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+
+/// The LoRA paper's choice for an encoder: adapters of `rank` on the attention's query
+/// and value projections, alpha twice the rank; the head trains beside them.
+pub fn query_value_lora(rank: usize) -> LoraConfig {
+    LoraConfig {
+        rank,
+        alpha: Some(2.0 * rank as f64),
+        targets: vec!["*.attention.self.query".into(), "*.attention.self.value".into()],
+        train: Vec::new(),
+    }
+}
 
 /// A pretrained encoder and the WordNet texts it is tested on.
 pub struct TextTask {

@@ -434,24 +434,23 @@ fn a_fedtune_written_bert_reads_back_and_a_misfit_names_hugging_face_paths() {
     let back = import(&spec, &WeightsSource::new(&path), &default_device()).unwrap();
     assert!(back == pretrained.params);
     // Another intermediate width: every misfit is named as the model names it.
-    let wider = ModelSpec::Bert(BertSpec {
+    let misfit = |spec: BertSpec| {
+        import(&ModelSpec::Bert(spec), &WeightsSource::new(&path), &default_device())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = misfit(BertSpec {
         intermediate: 48,
         ..pretrained.spec.clone()
     });
-    let err = import(&wider, &WeightsSource::new(&path), &default_device())
-        .unwrap_err()
-        .to_string();
     assert!(
         err.contains("bert.encoder.layer.0.intermediate.dense.weight (model [32, 48], file [32, 64])"),
         "{err}"
     );
-    let narrower = ModelSpec::Bert(BertSpec {
+    let err = misfit(BertSpec {
         hidden: 36,
         ..pretrained.spec.clone()
     });
-    let err = import(&narrower, &WeightsSource::new(&path), &default_device())
-        .unwrap_err()
-        .to_string();
     assert!(
         err.contains("bert.encoder.layer.1.attention.self.query.weight (model [36, 36], file [32, 32])"),
         "{err}"
